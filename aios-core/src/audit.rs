@@ -1,0 +1,733 @@
+//! The tamper-evident audit log: typed, versioned events in a SHA-256 hash chain.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    AgentId, AnchorId, ApprovalId, ConnectorId, EffectClass, HumanId, IdempotencyKey, MemoryId,
+    ModelId, Money, PathwayId, Principal, RoleId, RunId, StoreError, TaskId, Timestamp, TokenUsage,
+};
+
+/// The version of the entry format written by this build. Entries of a newer version are
+/// reported by [`verify_chain`] instead of being misread.
+pub const AUDIT_SCHEMA_VERSION: u16 = 1;
+
+/// Errors of the audit log are storage errors.
+pub type AuditError = StoreError;
+
+/// How something ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked.
+    Succeeded,
+    /// It failed.
+    Failed,
+    /// It was cancelled or stopped.
+    Cancelled,
+    /// It is waiting for a human.
+    Parked,
+    /// The result came from the journal; the backend was not called again.
+    Replayed,
+}
+
+/// The verdict of a governance decision, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// The agent may act alone.
+    Allow,
+    /// The action is refused.
+    Deny,
+    /// A human must approve first.
+    RequireApproval,
+    /// A human must take over or be told.
+    Escalate,
+}
+
+/// How an approval request ended, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    /// Approved as requested.
+    Approved,
+    /// Approved with an edited action.
+    Edited,
+    /// Rejected.
+    Rejected,
+    /// Nobody answered in time; treated as a rejection.
+    Expired,
+}
+
+/// Everything AIOS records. Typed so that reports can be computed from the log; the enum is
+/// tagged by `type` in its serialised form and grows only by adding variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A run started under a governance model version.
+    RunStarted {
+        /// The run.
+        run: RunId,
+        /// The workflow's name.
+        workflow: String,
+        /// The governance model version the run is pinned to.
+        governance_version: u64,
+    },
+    /// A run ended (or parked).
+    RunFinished {
+        /// The run.
+        run: RunId,
+        /// How.
+        outcome: Outcome,
+        /// Why, in words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A task started.
+    TaskStarted {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: TaskId,
+        /// The role it runs under.
+        role: RoleId,
+        /// The agent executing it.
+        agent: AgentId,
+    },
+    /// A task ended.
+    TaskFinished {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: TaskId,
+        /// How.
+        outcome: Outcome,
+        /// Why, in words.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A model was called.
+    ModelCalled {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: TaskId,
+        /// The model.
+        model: ModelId,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// Tokens consumed.
+        usage: TokenUsage,
+        /// What it cost.
+        cost: Money,
+        /// How it ended.
+        outcome: Outcome,
+        /// Why this model was chosen or why the call failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// A connector was invoked: a side effect.
+    ConnectorInvoked {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: TaskId,
+        /// The connector.
+        connector: ConnectorId,
+        /// The operation.
+        operation: String,
+        /// Its effect class.
+        effect: EffectClass,
+        /// The key it carried.
+        idempotency_key: IdempotencyKey,
+        /// Which attempt (1-based).
+        attempt: u32,
+        /// How it ended.
+        outcome: Outcome,
+        /// What it cost.
+        cost: Money,
+    },
+    /// Governance decided on an action.
+    DecisionMade {
+        /// The run, if the action belongs to one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+        /// The pathway the action was requested on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pathway: Option<PathwayId>,
+        /// The action.
+        action: String,
+        /// The verdict.
+        decision: DecisionKind,
+        /// The rules that fired.
+        rules: Vec<String>,
+        /// The governance model version that decided.
+        model_version: u64,
+    },
+    /// A human approval was requested.
+    ApprovalRequested {
+        /// The request.
+        approval: ApprovalId,
+        /// The anchor asked.
+        anchor: AnchorId,
+        /// The run waiting, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+        /// The action to approve.
+        action: String,
+        /// When the request expires (and is treated as rejected).
+        expires_at: Timestamp,
+    },
+    /// A human answered an approval request, or it expired.
+    ApprovalDecided {
+        /// The request.
+        approval: ApprovalId,
+        /// Who answered (absent when it expired).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<HumanId>,
+        /// The answer.
+        outcome: ApprovalOutcome,
+        /// The reason given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Work was escalated to an accountable anchor.
+    Escalated {
+        /// The run, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+        /// The anchor.
+        anchor: AnchorId,
+        /// Why.
+        reason: String,
+    },
+    /// A budget crossed an alert threshold.
+    BudgetAlert {
+        /// The budget's name.
+        budget: String,
+        /// The dimension (`cost`, `tokens`, ...).
+        dimension: String,
+        /// The threshold crossed, in percent.
+        threshold_percent: u32,
+        /// Used (committed plus reserved) after the operation.
+        used: i64,
+        /// The limit.
+        limit: i64,
+    },
+    /// An operator control was applied (pause, resume, stop, override).
+    ControlApplied {
+        /// What it applies to (`agent:...`, `pathway:...`, `organisation`).
+        target: String,
+        /// Which control.
+        control: String,
+        /// Why.
+        reason: String,
+        /// Until when, for time-limited controls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<Timestamp>,
+    },
+    /// A memory record was written, revised or retracted.
+    MemoryWritten {
+        /// The record lineage.
+        memory: MemoryId,
+        /// The version written.
+        version: u32,
+        /// Its scope.
+        scope: String,
+        /// `remember`, `revise`, `retract`, `prune`, ...
+        operation: String,
+    },
+    /// A free-form note.
+    Note {
+        /// The text.
+        text: String,
+    },
+    /// An event type defined by the host or an extension.
+    Custom {
+        /// Its kind.
+        kind: String,
+        /// Its data.
+        data: serde_json::Value,
+    },
+}
+
+/// What a caller appends: who did what, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// When it happened (from the caller's [`crate::Clock`]).
+    pub at: Timestamp,
+    /// Who did it.
+    pub actor: Principal,
+    /// What happened.
+    pub event: AuditEvent,
+}
+
+impl AuditRecord {
+    /// A record at the Unix epoch; set [`AuditRecord::at`] or use [`AuditRecord::at`] builder.
+    pub fn new(actor: Principal, event: AuditEvent) -> Self {
+        Self {
+            at: Timestamp::UNIX_EPOCH,
+            actor,
+            event,
+        }
+    }
+
+    /// Sets when it happened.
+    pub fn at(mut self, at: Timestamp) -> Self {
+        self.at = at;
+        self
+    }
+}
+
+/// A SHA-256 digest, written as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct EntryHash(pub [u8; 32]);
+
+impl EntryHash {
+    /// The hash before the first entry.
+    pub const GENESIS: EntryHash = EntryHash([0; 32]);
+}
+
+impl std::fmt::Debug for EntryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&self.0[..8]))
+    }
+}
+
+impl std::fmt::Display for EntryHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl Serialize for EntryHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(EntryHash(out))
+    }
+}
+
+/// One link of the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Entry format version.
+    pub v: u16,
+    /// Position in the log, from 0, without gaps.
+    pub seq: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Who did it.
+    pub actor: Principal,
+    /// What happened.
+    pub event: AuditEvent,
+    /// The hash of the previous entry ([`EntryHash::GENESIS`] for the first).
+    pub prev: EntryHash,
+    /// The hash of this entry: SHA-256 over the version, `prev`, `seq`, `at`, `actor` and
+    /// `event` (see [`AuditEntry::compute_hash`]).
+    pub hash: EntryHash,
+}
+
+impl AuditEntry {
+    /// Seals `record` as entry `seq` after `prev`.
+    pub fn seal(seq: u64, prev: EntryHash, record: AuditRecord) -> Result<Self, AuditError> {
+        let mut buf = Vec::with_capacity(256);
+        let hash = hash_parts(
+            &mut buf,
+            AUDIT_SCHEMA_VERSION,
+            seq,
+            &prev,
+            &record.at,
+            &record.actor,
+            &record.event,
+        )?;
+        Ok(Self {
+            v: AUDIT_SCHEMA_VERSION,
+            seq,
+            at: record.at,
+            actor: record.actor,
+            event: record.event,
+            prev,
+            hash,
+        })
+    }
+
+    /// Recomputes this entry's hash from its content (using `buf` as scratch space).
+    pub fn compute_hash(&self, buf: &mut Vec<u8>) -> Result<EntryHash, AuditError> {
+        hash_parts(
+            buf,
+            self.v,
+            self.seq,
+            &self.prev,
+            &self.at,
+            &self.actor,
+            &self.event,
+        )
+    }
+
+    /// The chain head just after this entry.
+    pub fn head(&self) -> ChainHead {
+        ChainHead {
+            len: self.seq + 1,
+            hash: self.hash,
+        }
+    }
+}
+
+fn hash_parts(
+    buf: &mut Vec<u8>,
+    v: u16,
+    seq: u64,
+    prev: &EntryHash,
+    at: &Timestamp,
+    actor: &Principal,
+    event: &AuditEvent,
+) -> Result<EntryHash, AuditError> {
+    buf.clear();
+    buf.extend_from_slice(b"aios-audit");
+    buf.extend_from_slice(&v.to_be_bytes());
+    buf.extend_from_slice(&prev.0);
+    buf.extend_from_slice(&seq.to_be_bytes());
+    buf.extend_from_slice(&at.timestamp().to_be_bytes());
+    buf.extend_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
+    serde_json::to_writer(&mut *buf, &(actor, event)).map_err(|e| StoreError::Corrupt {
+        location: format!("audit entry {seq}"),
+        detail: e.to_string(),
+    })?;
+    Ok(EntryHash(Sha256::digest(buf.as_slice()).into()))
+}
+
+/// The length and last hash of a chain. Anchor it outside the log (print it, sign it, store
+/// it elsewhere) to detect truncation later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Number of entries.
+    pub len: u64,
+    /// Hash of the last entry ([`EntryHash::GENESIS`] when empty).
+    pub hash: EntryHash,
+}
+
+/// One thing wrong with a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum ChainProblem {
+    /// The entry's content does not match its hash: it was changed.
+    ContentChanged {
+        /// The entry's position.
+        seq: u64,
+    },
+    /// The entry does not link to the one before it: an entry was removed, inserted or moved,
+    /// or a changed entry's hash was recomputed.
+    BrokenLink {
+        /// The entry's position.
+        seq: u64,
+    },
+    /// Sequence numbers are not consecutive.
+    SequenceGap {
+        /// The sequence number expected.
+        expected: u64,
+        /// The one found.
+        found: u64,
+    },
+    /// The entry uses a format this build does not know.
+    UnsupportedVersion {
+        /// The entry's position.
+        seq: u64,
+        /// Its version.
+        version: u16,
+    },
+    /// The chain is shorter than the anchored head: entries were cut off the end.
+    Truncated {
+        /// Length of the anchored head.
+        anchored: u64,
+        /// Length found.
+        found: u64,
+    },
+    /// The entry at the anchored position does not have the anchored hash: the chain was
+    /// rewritten.
+    AnchorMismatch {
+        /// The anchored position.
+        seq: u64,
+    },
+    /// The entry could not be hashed.
+    Unreadable {
+        /// The entry's position.
+        seq: u64,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The result of verifying a chain: a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainReport {
+    /// Entries checked.
+    pub checked: u64,
+    /// The head of the chain as found.
+    pub head: ChainHead,
+    /// Everything wrong, in order of position.
+    pub problems: Vec<ChainProblem>,
+}
+
+impl ChainReport {
+    /// `true` when nothing is wrong.
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies a chain incrementally; [`verify_chain`] is the one-shot form.
+#[derive(Debug)]
+pub(crate) struct ChainVerifier {
+    buf: Vec<u8>,
+    expected_seq: u64,
+    prev: EntryHash,
+    checked: u64,
+    problems: Vec<ChainProblem>,
+    anchor: Option<ChainHead>,
+}
+
+impl ChainVerifier {
+    pub(crate) fn new(anchor: Option<ChainHead>) -> Self {
+        Self {
+            buf: Vec::with_capacity(512),
+            expected_seq: 0,
+            prev: EntryHash::GENESIS,
+            checked: 0,
+            problems: Vec::new(),
+            anchor,
+        }
+    }
+
+    pub(crate) fn push(&mut self, e: &AuditEntry) {
+        self.checked += 1;
+        if e.seq != self.expected_seq {
+            self.problems.push(ChainProblem::SequenceGap {
+                expected: self.expected_seq,
+                found: e.seq,
+            });
+        }
+        if e.prev != self.prev {
+            self.problems.push(ChainProblem::BrokenLink { seq: e.seq });
+        }
+        if e.v > AUDIT_SCHEMA_VERSION || e.v == 0 {
+            self.problems.push(ChainProblem::UnsupportedVersion {
+                seq: e.seq,
+                version: e.v,
+            });
+        } else {
+            match e.compute_hash(&mut self.buf) {
+                Ok(h) if h == e.hash => {}
+                Ok(_) => self
+                    .problems
+                    .push(ChainProblem::ContentChanged { seq: e.seq }),
+                Err(err) => self.problems.push(ChainProblem::Unreadable {
+                    seq: e.seq,
+                    detail: err.to_string(),
+                }),
+            }
+        }
+        if let Some(anchor) = self.anchor {
+            if anchor.len > 0 && e.seq == anchor.len - 1 && e.hash != anchor.hash {
+                self.problems
+                    .push(ChainProblem::AnchorMismatch { seq: e.seq });
+            }
+        }
+        self.expected_seq = e.seq.wrapping_add(1);
+        self.prev = e.hash;
+    }
+
+    pub(crate) fn finish(mut self) -> ChainReport {
+        if let Some(anchor) = self.anchor {
+            if anchor.len > self.checked {
+                self.problems.push(ChainProblem::Truncated {
+                    anchored: anchor.len,
+                    found: self.checked,
+                });
+            }
+        }
+        ChainReport {
+            checked: self.checked,
+            head: ChainHead {
+                len: self.checked,
+                hash: self.prev,
+            },
+            problems: self.problems,
+        }
+    }
+}
+
+/// Verifies that `entries` form an intact chain from the genesis, and, if `anchor` is given,
+/// that the chain still contains the anchored head (detecting truncation and rewrites).
+///
+/// Detects every changed, removed, reordered or inserted entry.
+pub fn verify_chain<'a>(
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+    anchor: Option<ChainHead>,
+) -> ChainReport {
+    let mut v = ChainVerifier::new(anchor);
+    for e in entries {
+        v.push(e);
+    }
+    v.finish()
+}
+
+/// An append-only, hash-chained log of audit events.
+///
+/// Contract: `append` assigns the next sequence number and seals the entry atomically (no
+/// two entries share a sequence number, none is skipped) and returns the new head; entries are
+/// never changed or removed through this trait; `read` returns entries in sequence order.
+#[async_trait]
+pub trait AuditLog: Send + Sync + std::fmt::Debug {
+    /// Appends one record and returns the new head.
+    async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError>;
+
+    /// Up to `limit` entries starting at sequence number `from`.
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError>;
+
+    /// The current head.
+    async fn head(&self) -> Result<ChainHead, AuditError>;
+}
+
+/// Conveniences over any [`AuditLog`].
+#[async_trait]
+pub trait AuditLogExt: AuditLog {
+    /// Every entry, in order.
+    async fn entries(&self) -> Result<Vec<AuditEntry>, AuditError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self.read(out.len() as u64, 4096).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+
+    /// Verifies the whole chain page by page (see [`verify_chain`]).
+    async fn verify(&self, anchor: Option<ChainHead>) -> Result<ChainReport, AuditError> {
+        let mut v = ChainVerifier::new(anchor);
+        let mut from = 0u64;
+        loop {
+            let page = self.read(from, 4096).await?;
+            if page.is_empty() {
+                return Ok(v.finish());
+            }
+            from += page.len() as u64;
+            for e in &page {
+                v.push(e);
+            }
+        }
+    }
+}
+
+impl<T: AuditLog + ?Sized> AuditLogExt for T {}
+
+#[derive(Debug, Default)]
+struct LogState {
+    entries: Vec<AuditEntry>,
+    buf: Vec<u8>,
+}
+
+/// An audit log in process memory. Clones share the log.
+///
+/// [`InMemoryAuditLog::tamper`] gives tests raw access to the entries to simulate an attacker.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryAuditLog {
+    state: Arc<RwLock<LogState>>,
+}
+
+impl InMemoryAuditLog {
+    /// An empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.state.read().entries.len()
+    }
+
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends synchronously (the async [`AuditLog::append`] calls this).
+    pub fn append_sync(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
+        let mut st = self.state.write();
+        let st = &mut *st;
+        let seq = st.entries.len() as u64;
+        let prev = st
+            .entries
+            .last()
+            .map(|e| e.hash)
+            .unwrap_or(EntryHash::GENESIS);
+        let hash = hash_parts(
+            &mut st.buf,
+            AUDIT_SCHEMA_VERSION,
+            seq,
+            &prev,
+            &record.at,
+            &record.actor,
+            &record.event,
+        )?;
+        st.entries.push(AuditEntry {
+            v: AUDIT_SCHEMA_VERSION,
+            seq,
+            at: record.at,
+            actor: record.actor,
+            event: record.event,
+            prev,
+            hash,
+        });
+        Ok(ChainHead { len: seq + 1, hash })
+    }
+
+    /// Verifies the chain in place without copying it.
+    pub fn verify_sync(&self, anchor: Option<ChainHead>) -> ChainReport {
+        verify_chain(self.state.read().entries.iter(), anchor)
+    }
+
+    /// Raw mutable access to the entries, for tests that simulate tampering. Nothing in AIOS
+    /// calls it.
+    pub fn tamper<R>(&self, f: impl FnOnce(&mut Vec<AuditEntry>) -> R) -> R {
+        f(&mut self.state.write().entries)
+    }
+}
+
+#[async_trait]
+impl AuditLog for InMemoryAuditLog {
+    async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
+        self.append_sync(record)
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+        let st = self.state.read();
+        let start = (from as usize).min(st.entries.len());
+        let end = start.saturating_add(limit).min(st.entries.len());
+        Ok(st.entries[start..end].to_vec())
+    }
+
+    async fn head(&self) -> Result<ChainHead, AuditError> {
+        Ok(self
+            .state
+            .read()
+            .entries
+            .last()
+            .map(|e| e.head())
+            .unwrap_or_default())
+    }
+}

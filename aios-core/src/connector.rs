@@ -1,0 +1,314 @@
+//! The connector port: every side effect an agent causes goes through one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::{Money, RunId, Secret, TaskId, Transience};
+
+/// How far an action reaches into the world. Ordered: `ReadOnly < Reversible < Irreversible`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectClass {
+    /// Reads only; nothing changes.
+    ReadOnly,
+    /// Changes something that can be undone (a draft, a calendar hold).
+    Reversible,
+    /// Changes something for good (an email sent, a payment made).
+    Irreversible,
+}
+
+impl std::fmt::Display for EffectClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EffectClass::ReadOnly => "read_only",
+            EffectClass::Reversible => "reversible",
+            EffectClass::Irreversible => "irreversible",
+        })
+    }
+}
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Wraps a string.
+            pub fn new(value: impl Into<String>) -> Self {
+                Self(value.into())
+            }
+
+            /// The string inside.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self::new(s)
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The name of a connector (`email`, `calendar`, `crm`).
+    ConnectorId
+);
+string_newtype!(
+    /// A permission a connector needs (`email.send`, `calendar.read`).
+    PermissionScope
+);
+string_newtype!(
+    /// A stable key for one logical call. The same call, retried or replayed after a crash,
+    /// carries the same key so the service behind the connector can deduplicate it.
+    IdempotencyKey
+);
+
+impl IdempotencyKey {
+    /// The key of the `seq`-th call of `task` in `run`; stable across retries and resumes.
+    pub fn for_call(run: RunId, task: TaskId, seq: u32) -> Self {
+        Self(format!("{run}/{task}/{seq}"))
+    }
+}
+
+/// What a connector is and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorDescriptor {
+    /// The connector's name.
+    pub id: ConnectorId,
+    /// The widest effect any of its operations has.
+    pub effect: EffectClass,
+    /// The permissions it needs.
+    pub scopes: Vec<PermissionScope>,
+    /// Whether the service deduplicates calls by [`IdempotencyKey`]. An irreversible connector
+    /// that is not idempotent is never retried blindly after an uncertain outcome.
+    pub idempotent: bool,
+}
+
+/// One call of a connector.
+#[derive(Debug, Clone)]
+pub struct ConnectorCall {
+    /// The operation (`send`, `create_event`).
+    pub operation: String,
+    /// Its input.
+    pub input: serde_json::Value,
+    /// The stable key of this logical call.
+    pub idempotency_key: IdempotencyKey,
+    /// The credential the host resolved for this call, if any. Never serialised, redacted in
+    /// `Debug`.
+    pub credential: Option<Secret>,
+}
+
+/// What a connector returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorOutput {
+    /// The result.
+    pub output: serde_json::Value,
+    /// What the call cost (an SMS, an API fee), if anything.
+    #[serde(default)]
+    pub cost: Money,
+}
+
+/// Why a connector call failed, and whether a retry can help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectorError {
+    /// The service is down or overloaded.
+    #[error("connector `{connector}` unavailable: {detail}")]
+    Unavailable {
+        /// The connector.
+        connector: ConnectorId,
+        /// What it said.
+        detail: String,
+    },
+    /// Too many calls.
+    #[error("connector `{connector}` rate limited")]
+    RateLimited {
+        /// The connector.
+        connector: ConnectorId,
+        /// How long it asked to wait.
+        retry_after: Option<Duration>,
+    },
+    /// The call took too long; whether it took effect is unknown.
+    #[error("connector `{connector}` timed out")]
+    Timeout {
+        /// The connector.
+        connector: ConnectorId,
+    },
+    /// The credential was missing or refused.
+    #[error("connector `{connector}` refused the credential")]
+    Unauthorized {
+        /// The connector.
+        connector: ConnectorId,
+    },
+    /// The operation or input is wrong.
+    #[error("invalid input to `{connector}` operation `{operation}`: {detail}")]
+    InvalidInput {
+        /// The connector.
+        connector: ConnectorId,
+        /// The operation.
+        operation: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The call failed for good.
+    #[error("connector `{connector}` failed: {detail}")]
+    Failed {
+        /// The connector.
+        connector: ConnectorId,
+        /// What it said.
+        detail: String,
+    },
+}
+
+impl Transience for ConnectorError {
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::Unavailable { .. }
+                | ConnectorError::RateLimited { .. }
+                | ConnectorError::Timeout { .. }
+        )
+    }
+}
+
+/// A side-effecting integration (email, calendar, CRM, payments).
+///
+/// Contract: `invoke` performs `call.operation` at most once per idempotency key if the
+/// descriptor says `idempotent`; errors say whether a retry can help. It must not retry
+/// internally and must be safe to call concurrently.
+#[async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    /// What this connector is.
+    fn descriptor(&self) -> &ConnectorDescriptor;
+
+    /// Performs one call.
+    async fn invoke(&self, call: ConnectorCall) -> Result<ConnectorOutput, ConnectorError>;
+}
+
+/// A side effect a [`RecordingConnector`] performed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedEffect {
+    /// The operation.
+    pub operation: String,
+    /// Its input.
+    pub input: serde_json::Value,
+    /// The key it carried.
+    pub idempotency_key: IdempotencyKey,
+}
+
+#[derive(Debug, Default)]
+struct Recorded {
+    effects: Vec<RecordedEffect>,
+    by_key: HashMap<IdempotencyKey, ConnectorOutput>,
+    invocations: u64,
+}
+
+/// An in-memory connector that records every effect: the test double for any service.
+///
+/// When idempotent (the default), a call whose key was already performed returns the first
+/// result and performs nothing; [`RecordingConnector::effects`] then shows each effect once
+/// and [`RecordingConnector::invocations`] counts every call. Clones share the record.
+///
+/// ```
+/// use aios_core::{Connector, ConnectorCall, EffectClass, IdempotencyKey, RecordingConnector};
+/// # futures::executor::block_on(async {
+/// let email = RecordingConnector::new("email", EffectClass::Irreversible);
+/// let call = ConnectorCall {
+///     operation: "send".into(),
+///     input: serde_json::json!({"to": "a@example.com"}),
+///     idempotency_key: IdempotencyKey::new("k1"),
+///     credential: None,
+/// };
+/// email.invoke(call.clone()).await.unwrap();
+/// email.invoke(call).await.unwrap();
+/// assert_eq!(email.effects().len(), 1);
+/// assert_eq!(email.invocations(), 2);
+/// # });
+/// ```
+#[derive(Debug, Clone)]
+pub struct RecordingConnector {
+    descriptor: ConnectorDescriptor,
+    state: Arc<Mutex<Recorded>>,
+}
+
+impl RecordingConnector {
+    /// An idempotent recording connector named `id` with effect class `effect`.
+    pub fn new(id: impl Into<String>, effect: EffectClass) -> Self {
+        Self {
+            descriptor: ConnectorDescriptor {
+                id: ConnectorId::new(id),
+                effect,
+                scopes: vec![],
+                idempotent: true,
+            },
+            state: Arc::default(),
+        }
+    }
+
+    /// Declares that the connector needs `scope`.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.descriptor.scopes.push(PermissionScope::new(scope));
+        self
+    }
+
+    /// Makes the connector not deduplicate: every call performs its effect again.
+    pub fn not_idempotent(mut self) -> Self {
+        self.descriptor.idempotent = false;
+        self
+    }
+
+    /// Every effect performed, in order.
+    pub fn effects(&self) -> Vec<RecordedEffect> {
+        self.state.lock().effects.clone()
+    }
+
+    /// How many times `invoke` was called, duplicates included.
+    pub fn invocations(&self) -> u64 {
+        self.state.lock().invocations
+    }
+}
+
+#[async_trait]
+impl Connector for RecordingConnector {
+    fn descriptor(&self) -> &ConnectorDescriptor {
+        &self.descriptor
+    }
+
+    async fn invoke(&self, call: ConnectorCall) -> Result<ConnectorOutput, ConnectorError> {
+        let mut st = self.state.lock();
+        st.invocations += 1;
+        if self.descriptor.idempotent {
+            if let Some(out) = st.by_key.get(&call.idempotency_key) {
+                return Ok(out.clone());
+            }
+        }
+        let n = st.effects.len() + 1;
+        let out = ConnectorOutput {
+            output: serde_json::json!({ "ok": true, "effect": n, "operation": call.operation }),
+            cost: Money::ZERO,
+        };
+        st.effects.push(RecordedEffect {
+            operation: call.operation,
+            input: call.input,
+            idempotency_key: call.idempotency_key.clone(),
+        });
+        st.by_key.insert(call.idempotency_key, out.clone());
+        Ok(out)
+    }
+}

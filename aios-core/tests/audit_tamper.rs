@@ -1,0 +1,260 @@
+//! `verify` catches every kind of tampering on a chain of thousands of events.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aios_core::{
+    AgentId, AuditEntry, AuditEvent, AuditRecord, ChainProblem, IdGen, InMemoryAuditLog,
+    ManualClock, Outcome, Principal, RunId, TaskId,
+};
+use proptest::prelude::*;
+
+const N: usize = 5_000;
+
+fn chain() -> (InMemoryAuditLog, aios_core::ChainHead) {
+    let ids = IdGen::new(ManualClock::default(), 1);
+    let log = InMemoryAuditLog::new();
+    let run: RunId = ids.next();
+    let mut head = Default::default();
+    for i in 0..N {
+        let task: TaskId = ids.next();
+        let event = if i % 2 == 0 {
+            AuditEvent::TaskFinished {
+                run,
+                task,
+                outcome: Outcome::Succeeded,
+                detail: Some(format!("step {i}")),
+            }
+        } else {
+            AuditEvent::Note {
+                text: format!("note {i}"),
+            }
+        };
+        let agent: AgentId = ids.next();
+        head = log
+            .append_sync(AuditRecord::new(Principal::Agent(agent), event))
+            .unwrap();
+    }
+    (log, head)
+}
+
+fn reseal_from(entries: &mut [AuditEntry], from: usize) {
+    for i in from..entries.len() {
+        let prev = if i == 0 {
+            aios_core::EntryHash::GENESIS
+        } else {
+            entries[i - 1].hash
+        };
+        let e = &entries[i];
+        let rec = AuditRecord {
+            at: e.at,
+            actor: e.actor,
+            event: e.event.clone(),
+        };
+        entries[i] = AuditEntry::seal(e.seq, prev, rec).unwrap();
+    }
+}
+
+type Tamper = fn(&mut Vec<AuditEntry>);
+
+#[test]
+fn each_kind_of_tampering_is_detected() {
+    let cases: Vec<(&str, Tamper, fn(&[ChainProblem]) -> bool, bool)> = vec![
+        (
+            "changed content",
+            |e| {
+                e[1234].event = AuditEvent::Note {
+                    text: "forged".into(),
+                }
+            },
+            |p| p.contains(&ChainProblem::ContentChanged { seq: 1234 }),
+            false,
+        ),
+        (
+            "changed actor",
+            |e| e[10].actor = Principal::System,
+            |p| p.contains(&ChainProblem::ContentChanged { seq: 10 }),
+            false,
+        ),
+        (
+            "changed content with its hash recomputed",
+            |e| {
+                e[2000].event = AuditEvent::Note {
+                    text: "forged".into(),
+                };
+                let prev = e[1999].hash;
+                let x = &e[2000];
+                e[2000] = AuditEntry::seal(
+                    x.seq,
+                    prev,
+                    AuditRecord {
+                        at: x.at,
+                        actor: x.actor,
+                        event: x.event.clone(),
+                    },
+                )
+                .unwrap();
+            },
+            |p| p.contains(&ChainProblem::BrokenLink { seq: 2001 }),
+            false,
+        ),
+        (
+            "removed entry",
+            |e| {
+                e.remove(500);
+            },
+            |p| {
+                p.contains(&ChainProblem::BrokenLink { seq: 501 })
+                    && p.iter()
+                        .any(|x| matches!(x, ChainProblem::SequenceGap { .. }))
+            },
+            false,
+        ),
+        (
+            "removed entry with sequence renumbered",
+            |e| {
+                e.remove(700);
+                for (i, x) in e.iter_mut().enumerate().skip(700) {
+                    x.seq = i as u64;
+                }
+            },
+            |p| {
+                p.iter()
+                    .any(|x| matches!(x, ChainProblem::ContentChanged { seq: 700 }))
+            },
+            false,
+        ),
+        (
+            "reordered entries",
+            |e| e.swap(100, 101),
+            |p| {
+                p.iter()
+                    .any(|x| matches!(x, ChainProblem::SequenceGap { .. }))
+                    && p.iter()
+                        .any(|x| matches!(x, ChainProblem::BrokenLink { .. }))
+            },
+            false,
+        ),
+        (
+            "inserted entry",
+            |e| {
+                let prev = e[299].hash;
+                let forged = AuditEntry::seal(
+                    300,
+                    prev,
+                    AuditRecord::new(
+                        Principal::System,
+                        AuditEvent::Note {
+                            text: "inserted".into(),
+                        },
+                    ),
+                )
+                .unwrap();
+                e.insert(300, forged);
+            },
+            |p| {
+                p.iter().any(|x| {
+                    matches!(
+                        x,
+                        ChainProblem::BrokenLink { seq: 300 } | ChainProblem::SequenceGap { .. }
+                    )
+                })
+            },
+            false,
+        ),
+        (
+            "truncated tail",
+            |e| e.truncate(N - 10),
+            |p| {
+                p.contains(&ChainProblem::Truncated {
+                    anchored: N as u64,
+                    found: (N - 10) as u64,
+                })
+            },
+            true,
+        ),
+        (
+            "tail rewritten consistently",
+            |e| {
+                e[4000].event = AuditEvent::Note {
+                    text: "rewritten".into(),
+                };
+                reseal_from(e, 4000);
+            },
+            |p| {
+                p.contains(&ChainProblem::AnchorMismatch {
+                    seq: (N - 1) as u64,
+                })
+            },
+            true,
+        ),
+        (
+            "unknown future version",
+            |e| e[42].v = 99,
+            |p| {
+                p.contains(&ChainProblem::UnsupportedVersion {
+                    seq: 42,
+                    version: 99,
+                })
+            },
+            false,
+        ),
+    ];
+    let (pristine, _) = chain();
+    let pristine = pristine.tamper(|e| e.clone());
+    for (name, tamper, expected, needs_anchor) in cases {
+        let log = InMemoryAuditLog::new();
+        log.tamper(|e| *e = pristine.clone());
+        let head = log.verify_sync(None).head;
+        assert!(
+            log.verify_sync(Some(head)).is_intact(),
+            "{name}: pristine chain verifies"
+        );
+        log.tamper(tamper);
+        let report = log.verify_sync(Some(head));
+        assert!(!report.is_intact(), "{name}: not detected");
+        assert!(
+            expected(&report.problems),
+            "{name}: unexpected findings {:?}",
+            report.problems
+        );
+        if !needs_anchor {
+            assert!(
+                !log.verify_sync(None).is_intact(),
+                "{name}: detected even without an anchor"
+            );
+        }
+    }
+}
+
+#[test]
+fn entries_round_trip_through_json_and_still_verify() {
+    let (log, head) = chain();
+    let entries = log.tamper(|e| e.clone());
+    let json: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    let back: Vec<AuditEntry> = json
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert!(aios_core::verify_chain(&back, Some(head)).is_intact());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_single_edit_is_detected(idx in 0usize..300, kind in 0u8..4, text in "[a-z]{1,8}") {
+        let log = InMemoryAuditLog::new();
+        for i in 0..300 {
+            log.append_sync(AuditRecord::new(Principal::System, AuditEvent::Note { text: format!("n{i}") })).unwrap();
+        }
+        let head = log.verify_sync(None).head;
+        log.tamper(|e| match kind {
+            0 => e[idx].event = AuditEvent::Note { text: format!("{text}!") },
+            1 => { e.remove(idx); }
+            2 => { let j = (idx + 1) % e.len(); e.swap(idx, j); }
+            _ => { let x = e[idx].clone(); e.insert(idx, x); }
+        });
+        prop_assert!(!log.verify_sync(Some(head)).is_intact());
+    }
+}

@@ -1,0 +1,25 @@
+//! # AIOS
+//!
+//! Run AI agents as a governed operating system for a small organisation, down to a one-person
+//! company. This facade re-exports the family; add it as your one dependency.
+//!
+//! - [`core`]: ids, principals, clocks, timers, money, and the ports (models, connectors,
+//!   embedders, credentials, audit log) the host supplies.
+//! - `memory` (feature `memory`): layered memory with provenance, versions and hybrid recall.
+//! - `governance` (feature `governance`): accountability anchors, delegation, decisions,
+//!   budgets, approvals.
+//! - `orchestrator` (feature `orchestrator`): governed agents over task graphs.
+//!
+//! ```
+//! use aios::core::{Clock, ManualClock};
+//! let clock = ManualClock::default();
+//! let _now = clock.now();
+//! ```
+
+pub use aios_core as core;
+#[cfg(feature = "governance")]
+pub use aios_governance as governance;
+#[cfg(feature = "memory")]
+pub use aios_memory as memory;
+#[cfg(feature = "orchestrator")]
+pub use aios_orchestrator as orchestrator;

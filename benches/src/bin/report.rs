@@ -1,0 +1,35 @@
+//! Runs every workload of BENCHMARKS.md and prints JSON lines, then a table.
+//!
+//! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
+
+use aios_benches::{audit, governance, memory, orchestrator, print_json, print_table, Config};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let config = Config { quick };
+    let areas: [(&str, fn(&Config) -> Vec<aios_benches::Measurement>); 4] = [
+        ("audit", audit::run),
+        ("governance", governance::run),
+        ("memory", memory::run),
+        ("orchestrator", orchestrator::run),
+    ];
+    let mut all = Vec::new();
+    for (name, run) in areas {
+        if only
+            .as_deref()
+            .is_some_and(|o| !name.starts_with(&o.to_lowercase()))
+        {
+            continue;
+        }
+        let ms = run(&config);
+        print_json(&ms);
+        all.extend(ms);
+    }
+    print_table(&all);
+}

@@ -27,6 +27,13 @@ macro_rules! define_id {
 
             /// A short, human-friendly prefix used in `Debug` output and transcripts.
             pub const PREFIX: &'static str = $prefix;
+
+            /// A deterministic id derived from a human-chosen name (`founder`, `outreach`),
+            /// so that documents can refer to things by name: the same name always gives the
+            /// same id (a UUID version 8 built from SHA-256 of the kind and the name).
+            pub fn from_name(name: &str) -> Self {
+                Self(crate::id::name_uuid($prefix, name))
+            }
         }
 
         impl From<Uuid> for $name {
@@ -96,6 +103,19 @@ define_id!(
     /// A request for a human approval.
     ApprovalId, "approval"
 );
+
+pub(crate) fn name_uuid(kind: &str, name: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"aios-id:");
+    h.update(kind.as_bytes());
+    h.update(b":");
+    h.update(name.as_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
 
 #[derive(Debug)]
 struct GenState {
@@ -216,6 +236,14 @@ mod tests {
         let first = ids.next_uuid();
         clock.set(clock.now() - chrono::Duration::seconds(10));
         assert!(ids.next_uuid() > first);
+    }
+
+    #[test]
+    fn named_ids_are_stable_and_distinct_per_kind() {
+        assert_eq!(AnchorId::from_name("founder"), AnchorId::from_name("founder"));
+        assert_ne!(AnchorId::from_name("founder"), AnchorId::from_name("ops"));
+        assert_ne!(AnchorId::from_name("x").as_uuid(), RoleId::from_name("x").as_uuid());
+        assert_eq!(AnchorId::from_name("founder").as_uuid().get_version_num(), 8);
     }
 
     #[test]

@@ -1,1 +1,82 @@
-//! Layered memory for AIOS: scopes, provenance, versions, bi-temporal history, eviction, verification, migration and hybrid retrieval.
+//! # aios-memory
+//!
+//! Layered memory for AIOS agents: records with lineage and versions, hierarchical scopes,
+//! tiers (working, project, long-term), provenance, bi-temporal stamps, checksums, and hybrid
+//! recall (exact vector search, BM25, reciprocal-rank fusion, recency and importance).
+//!
+//! Main types:
+//!
+//! - [`Memory`]: the service: [`Memory::remember`], [`Memory::revise`], [`Memory::retract`],
+//!   [`Memory::recall`], [`Memory::history`], [`Memory::replay`], [`Memory::prune`],
+//!   [`Memory::verify`], [`Memory::export`] and [`Memory::import`], [`Memory::consolidate`];
+//!   opened with [`Memory::builder`], which rebuilds the in-process indexes from the store;
+//! - records: [`MemoryRecord`] (one version), [`NewMemory`], [`Revision`], [`Provenance`],
+//!   [`Scope`], [`Tier`], [`MemoryKind`];
+//! - recall: [`RecallQuery`] -> [`RecallHit`]s with a [`ScoreBreakdown`];
+//! - the storage port [`MemoryStore`] with [`InMemoryMemoryStore`];
+//! - access: [`Grant`]s bind scope prefixes and tiers to roles and agents; a [`MemoryView`]
+//!   enforces them;
+//! - context: [`assemble_context`] packs records into a prompt within a [`ContextBudget`],
+//!   counting with a [`Tokenizer`] ([`CharTokenizer`] by default);
+//! - maintenance: [`PrunePolicy`] -> [`PruneReport`], [`VerifyReport`], [`Migrator`];
+//! - consolidation through a host [`Summariser`].
+//!
+//! The crate does no I/O, reads time only from the injected [`aios_core::Clock`] and draws
+//! no randomness (ids come from a seeded [`aios_core::IdGen`]).
+//!
+//! Features:
+//!
+//! - `testing`: [`testing::memory_store_conformance`] (the contract every store runs),
+//!   [`testing::FaultyMemoryStore`], and [`testing::longmem`], a synthetic long-conversation
+//!   data set shaped like LongMemEval.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use aios_core::{HashEmbedder, ManualClock, Principal};
+//! use aios_memory::{Memory, NewMemory, RecallQuery, Scope, Tier};
+//! # futures::executor::block_on(async {
+//! let memory = Memory::builder(Arc::new(ManualClock::default()))
+//!     .embedder(Arc::new(HashEmbedder::new(64)))
+//!     .open()
+//!     .await?;
+//! let scope = Scope::parse("org/acme/project-x")?;
+//! memory.remember(NewMemory::new(scope.clone(), Tier::Project, "the client prefers email", Principal::System)).await?;
+//! let hits = memory.recall(&RecallQuery::text("how does the client like to be contacted").in_scope(scope)).await?;
+//! assert_eq!(hits.len(), 1);
+//! # Ok::<(), aios_memory::MemoryError>(())
+//! # }).unwrap();
+//! ```
+
+mod consolidate;
+mod context;
+mod error;
+mod grants;
+mod index;
+mod maintenance;
+mod memory;
+mod query;
+mod record;
+mod scope;
+mod store;
+mod transfer;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use consolidate::{ConsolidationMode, ConsolidationReport, ConsolidationRequest, Summariser};
+pub use context::{
+    assemble_context, context_line, AssembledContext, CharTokenizer, ContextBudget, Tokenizer,
+};
+pub use error::MemoryError;
+pub use grants::{Access, Grant, GrantSubject, MemoryView, ViewSubject};
+pub use maintenance::{
+    Finding, FindingKind, PrunePolicy, PruneReason, PruneReport, Pruned, VerifyReport,
+};
+pub use memory::{Memory, MemoryBuilder};
+pub use query::{RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown};
+pub use record::{
+    MemoryRecord, Metadata, NewMemory, Provenance, Revision, Tombstone, MEMORY_SCHEMA_VERSION,
+};
+pub use scope::{MemoryKind, Scope, Tier};
+pub use store::{InMemoryMemoryStore, MemoryStore};
+pub use transfer::{ImportReport, MigrationStep, Migrator};

@@ -1,0 +1,670 @@
+//! The memory service: writes through the store, keeps the indexes, answers recalls.
+
+use std::sync::Arc;
+
+use aios_core::{
+    AuditEvent, AuditLog, AuditRecord, Clock, Embedder, IdGen, MemoryId, Principal, StoreError,
+    Timestamp,
+};
+use parking_lot::RwLock;
+
+use crate::index::{micros, Cand, Index, Prepared};
+use crate::{
+    Grant, GrantSubject, InMemoryMemoryStore, MemoryError, MemoryRecord, MemoryStore, MemoryView,
+    NewMemory, RecallHit, RecallMode, RecallQuery, Revision, Scope, ScoreBreakdown, Tier,
+    Tombstone, ViewSubject, MEMORY_SCHEMA_VERSION,
+};
+
+/// How many lineages [`Memory::open`] reads per store page.
+const SCAN_PAGE: usize = 512;
+
+/// Layered memory: the main entry point.
+///
+/// Owns a [`MemoryStore`] (the records), an optional [`Embedder`], a [`Clock`] and an
+/// [`IdGen`], and keeps in-process indexes (an exact vector matrix and a BM25 inverted index)
+/// that [`Memory::open`] rebuilds from the store, so every backend recalls identically.
+/// Clones share everything.
+///
+/// ```
+/// use std::sync::Arc;
+/// use aios_core::{HashEmbedder, ManualClock, Principal};
+/// use aios_memory::{Memory, NewMemory, RecallQuery, Revision, Scope, Tier};
+/// # futures::executor::block_on(async {
+/// let memory = Memory::builder(Arc::new(ManualClock::default()))
+///     .embedder(Arc::new(HashEmbedder::new(64)))
+///     .open()
+///     .await?;
+/// let scope = Scope::parse("org/acme")?;
+/// let fact = memory
+///     .remember(NewMemory::new(scope.clone(), Tier::Project, "the invoice is due friday", Principal::System))
+///     .await?;
+/// let revised = memory
+///     .revise(fact.id, Revision::new(Principal::System).content("the invoice is due monday"))
+///     .await?;
+/// assert_eq!(revised.version, 2);
+/// let hits = memory.recall(&RecallQuery::text("when is the invoice due").in_scope(scope).k(5)).await?;
+/// assert_eq!(hits[0].record.content, "the invoice is due monday");
+/// assert_eq!(memory.history(fact.id).await?.len(), 2);
+/// # Ok::<(), aios_memory::MemoryError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Memory {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn MemoryStore>,
+    embedder: Option<Arc<dyn Embedder>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    ids: IdGen,
+    audit: Option<Arc<dyn AuditLog>>,
+    pub(crate) index: RwLock<Index>,
+}
+
+/// Configures and opens a [`Memory`].
+#[derive(Debug)]
+pub struct MemoryBuilder {
+    clock: Arc<dyn Clock>,
+    store: Option<Arc<dyn MemoryStore>>,
+    embedder: Option<Arc<dyn Embedder>>,
+    audit: Option<Arc<dyn AuditLog>>,
+    seed: u64,
+}
+
+impl MemoryBuilder {
+    /// Uses `store` (default: a new [`InMemoryMemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn MemoryStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Computes embeddings with `embedder` for records and queries that bring none.
+    pub fn embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    /// Appends an [`AuditEvent::MemoryWritten`] for every remember, revise, retract and prune.
+    pub fn audit(mut self, log: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// Seeds the id generator (default 0).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Opens the memory, rebuilding the indexes from every record in the store.
+    pub async fn open(self) -> Result<Memory, MemoryError> {
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(InMemoryMemoryStore::new()));
+        let mut index = Index::default();
+        if let Some(e) = &self.embedder {
+            index.dims = Some(e.dimensions());
+        }
+        let mut after = None;
+        loop {
+            let page = store.scan(after, SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in &page {
+                if let Some(e) = &record.embedding {
+                    if index.check_dims(e.len()).is_err() {
+                        return Err(StoreError::Corrupt {
+                            location: format!("memory {} version {}", record.id, record.version),
+                            detail: format!(
+                                "embedding has {} dimensions, the index has {:?}",
+                                e.len(),
+                                index.dims
+                            ),
+                        }
+                        .into());
+                    }
+                }
+                index.insert(record, Prepared::of(record));
+            }
+        }
+        Ok(Memory {
+            inner: Arc::new(Inner {
+                store,
+                embedder: self.embedder,
+                ids: IdGen::with_clock(self.clock.clone(), self.seed),
+                clock: self.clock,
+                audit: self.audit,
+                index: RwLock::new(index),
+            }),
+        })
+    }
+}
+
+fn clamp_importance(x: f32) -> Result<f32, MemoryError> {
+    if x.is_finite() {
+        Ok(x.clamp(0.0, 1.0))
+    } else {
+        Err(MemoryError::invalid(
+            "importance",
+            format!("`{x}` is not finite"),
+        ))
+    }
+}
+
+impl Memory {
+    /// Starts configuring a memory that reads time from `clock`.
+    pub fn builder(clock: Arc<dyn Clock>) -> MemoryBuilder {
+        MemoryBuilder {
+            clock,
+            store: None,
+            embedder: None,
+            audit: None,
+            seed: 0,
+        }
+    }
+
+    /// The store records live in.
+    pub fn store(&self) -> &Arc<dyn MemoryStore> {
+        &self.inner.store
+    }
+
+    /// The clock this memory reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The dimension of vectors in the index, once known.
+    pub fn dimensions(&self) -> Option<usize> {
+        self.inner.index.read().dims
+    }
+
+    /// How many lineages the index holds (retracted ones included, pruned ones not).
+    pub fn len(&self) -> usize {
+        self.inner.index.read().lineage_count()
+    }
+
+    /// Whether the memory holds no lineage.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    async fn embed_text(&self, text: &str) -> Result<Option<Vec<f32>>, MemoryError> {
+        let Some(e) = &self.inner.embedder else {
+            return Ok(None);
+        };
+        let mut out = e.embed(&[text.to_owned()]).await?;
+        match out.pop() {
+            Some(v) if out.is_empty() => Ok(Some(v)),
+            _ => Err(MemoryError::Embed(aios_core::EmbedError::InvalidInput(
+                "embedder returned the wrong number of vectors".into(),
+            ))),
+        }
+    }
+
+    fn check_vector(&self, field: &str, v: &[f32]) -> Result<(), MemoryError> {
+        if v.is_empty() {
+            return Err(MemoryError::invalid(field, "empty vector"));
+        }
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(MemoryError::invalid(
+                field,
+                format!("value `{bad}` is not finite"),
+            ));
+        }
+        if let Err(d) = self.inner.index.read().check_dims(v.len()) {
+            return Err(MemoryError::invalid(
+                field,
+                format!("{} dimensions where the index has {d}", v.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn audit(
+        &self,
+        actor: Principal,
+        record: &MemoryRecord,
+        operation: &str,
+    ) -> Result<(), MemoryError> {
+        self.audit_event(actor, record.id, record.version, &record.scope, operation)
+            .await
+    }
+
+    /// Stores a new lineage at version 1 and indexes it. The embedding is the one given or,
+    /// if none and an embedder is configured, the embedder's.
+    pub async fn remember(&self, new: NewMemory) -> Result<MemoryRecord, MemoryError> {
+        let importance = clamp_importance(new.importance)?;
+        if new.content.trim().is_empty() {
+            return Err(MemoryError::invalid("content", "empty"));
+        }
+        if let (Some(f), Some(t)) = (new.valid_from, new.valid_to) {
+            if t < f {
+                return Err(MemoryError::invalid("valid_to", "before `valid_from`"));
+            }
+        }
+        let embedding = match new.embedding {
+            Some(v) => Some(v),
+            None => self.embed_text(&new.content).await?,
+        };
+        if let Some(v) = &embedding {
+            self.check_vector("embedding", v)?;
+        }
+        let mut record = MemoryRecord {
+            schema: MEMORY_SCHEMA_VERSION,
+            id: self.inner.ids.next(),
+            version: 1,
+            scope: new.scope,
+            tier: new.tier,
+            kind: new.kind,
+            content: new.content,
+            embedding,
+            metadata: new.metadata,
+            provenance: new.provenance,
+            valid_from: new.valid_from,
+            valid_to: new.valid_to,
+            recorded_at: self.now(),
+            retired_at: None,
+            importance,
+            pinned: new.pinned,
+            expires_at: new.expires_at,
+            tombstone: None,
+            prev_checksum: None,
+            checksum: String::new(),
+        };
+        record.seal();
+        self.commit(record, None, "remember").await
+    }
+
+    /// Writes a version to the store, then to the index, then to the audit log.
+    async fn commit(
+        &self,
+        record: MemoryRecord,
+        expected: Option<u32>,
+        operation: &str,
+    ) -> Result<MemoryRecord, MemoryError> {
+        let prepared = Prepared::of(&record);
+        self.inner.store.put(record.clone(), expected).await?;
+        self.inner.index.write().insert(&record, prepared);
+        self.audit(record.provenance.author, &record, operation)
+            .await?;
+        Ok(record)
+    }
+
+    /// The latest version, or an error naming the id.
+    pub async fn get(&self, id: MemoryId) -> Result<MemoryRecord, MemoryError> {
+        self.inner.store.get(id, None).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => MemoryError::NotFound { id, version: None },
+            e => e.into(),
+        })
+    }
+
+    /// One version.
+    pub async fn get_version(
+        &self,
+        id: MemoryId,
+        version: u32,
+    ) -> Result<MemoryRecord, MemoryError> {
+        self.inner
+            .store
+            .get(id, Some(version))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound { .. } => MemoryError::NotFound {
+                    id,
+                    version: Some(version),
+                },
+                e => e.into(),
+            })
+    }
+
+    /// Every version of a lineage, oldest first (retracted and superseded ones included).
+    pub async fn history(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, MemoryError> {
+        self.inner.store.versions(id).await.map_err(|e| match e {
+            StoreError::NotFound { .. } => MemoryError::NotFound { id, version: None },
+            e => e.into(),
+        })
+    }
+
+    /// Writes a new version that supersedes the latest; history keeps the old one. Fails with
+    /// [`MemoryError::Retracted`] on a retracted lineage and with a store conflict when
+    /// [`Revision::expected_version`] is not the latest (or another writer won the race).
+    pub async fn revise(
+        &self,
+        id: MemoryId,
+        revision: Revision,
+    ) -> Result<MemoryRecord, MemoryError> {
+        let latest = self.get(id).await?;
+        if latest.is_retracted() {
+            return Err(MemoryError::Retracted { id });
+        }
+        if let Some(expected) = revision.expected_version {
+            if expected != latest.version {
+                return Err(StoreError::Conflict {
+                    detail: format!(
+                        "memory {id}: expected version {expected}, latest is {}",
+                        latest.version
+                    ),
+                }
+                .into());
+            }
+        }
+        let content_changed = revision
+            .content
+            .as_ref()
+            .is_some_and(|c| *c != latest.content);
+        if let Some(c) = &revision.content {
+            if c.trim().is_empty() {
+                return Err(MemoryError::invalid("content", "empty"));
+            }
+        }
+        let embedding = match (revision.embedding, content_changed) {
+            (Some(v), _) => Some(v),
+            (None, true) => {
+                self.embed_text(revision.content.as_deref().unwrap_or_default())
+                    .await?
+            }
+            (None, false) => latest.embedding.clone(),
+        };
+        if let Some(v) = &embedding {
+            self.check_vector("embedding", v)?;
+        }
+        let importance = match revision.importance {
+            Some(x) => clamp_importance(x)?,
+            None => latest.importance,
+        };
+        let mut metadata = latest.metadata.clone();
+        metadata.extend(revision.metadata);
+        let provenance = revision
+            .provenance
+            .unwrap_or_else(|| latest.provenance.clone());
+        let mut record = MemoryRecord {
+            schema: MEMORY_SCHEMA_VERSION,
+            id,
+            version: latest.version.saturating_add(1),
+            scope: latest.scope.clone(),
+            tier: revision.tier.unwrap_or(latest.tier),
+            kind: revision.kind.unwrap_or_else(|| latest.kind.clone()),
+            content: revision.content.unwrap_or_else(|| latest.content.clone()),
+            embedding,
+            metadata,
+            provenance,
+            valid_from: revision.valid_from.or(latest.valid_from),
+            valid_to: revision.valid_to.or(latest.valid_to),
+            recorded_at: self.now().max(latest.recorded_at),
+            retired_at: None,
+            importance,
+            pinned: revision.pinned.unwrap_or(latest.pinned),
+            expires_at: revision.expires_at.or(latest.expires_at),
+            tombstone: None,
+            prev_checksum: Some(latest.checksum.clone()),
+            checksum: String::new(),
+        };
+        if let (Some(f), Some(t)) = (record.valid_from, record.valid_to) {
+            if t < f {
+                return Err(MemoryError::invalid("valid_to", "before `valid_from`"));
+            }
+        }
+        record.seal();
+        self.commit(record, Some(latest.version), "revise").await
+    }
+
+    /// Retracts a lineage: writes a tombstone version carrying `reason`. The lineage
+    /// disappears from recall from now on; its history (and recall `as_of` an earlier time)
+    /// still shows it.
+    pub async fn retract(
+        &self,
+        id: MemoryId,
+        by: Principal,
+        reason: &str,
+    ) -> Result<MemoryRecord, MemoryError> {
+        let latest = self.get(id).await?;
+        if latest.is_retracted() {
+            return Err(MemoryError::Retracted { id });
+        }
+        let mut record = latest.clone();
+        record.version = latest.version.saturating_add(1);
+        record.provenance = crate::Provenance::by(by);
+        record.recorded_at = self.now().max(latest.recorded_at);
+        record.retired_at = None;
+        record.tombstone = Some(Tombstone {
+            reason: reason.to_owned(),
+        });
+        record.prev_checksum = Some(latest.checksum.clone());
+        record.seal();
+        self.commit(record, Some(latest.version), "retract").await
+    }
+
+    /// Recalls the `k` best records for the query, each with its score breakdown.
+    pub async fn recall(&self, query: &RecallQuery) -> Result<Vec<RecallHit>, MemoryError> {
+        self.recall_within(query, None).await
+    }
+
+    /// Recall restricted to what `grants` allow to read (used by [`MemoryView`]).
+    pub(crate) async fn recall_within(
+        &self,
+        query: &RecallQuery,
+        grants: Option<&[Grant]>,
+    ) -> Result<Vec<RecallHit>, MemoryError> {
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut qvec = match (&query.vector, query.mode) {
+            (_, RecallMode::Keyword) => None,
+            (Some(v), _) => Some(v.clone()),
+            (None, _) => match &query.text {
+                Some(t) => self.embed_text(t).await?,
+                None => None,
+            },
+        };
+        if let Some(v) = &mut qvec {
+            self.check_vector("vector", v)?;
+            crate::index::normalise(v);
+        }
+        let text = match query.mode {
+            RecallMode::Vector => None,
+            _ => query.text.as_deref(),
+        };
+        let reference = query.as_of.unwrap_or_else(|| self.now());
+        let picked: Vec<(MemoryId, u32, ScoreBreakdown)> = {
+            let index = self.inner.index.read();
+            let tier_mask = Tier::mask_of(&query.tiers);
+            let filter = index.compile(
+                micros(reference),
+                |scope| {
+                    let mut mask = match &query.scope {
+                        Some(p) if !scope.is_within(p) => 0,
+                        _ => tier_mask,
+                    };
+                    if let Some(grants) = grants {
+                        mask &= crate::grants::read_mask(grants, scope);
+                    }
+                    mask
+                },
+                &query.kinds,
+                query.valid_at.map(micros),
+                &query.metadata,
+            );
+            let w = &query.weights;
+            let pool = w.candidates.max(query.k);
+            let vec_hits = match &qvec {
+                Some(v) => index.vector_top(&filter, v, pool),
+                None => Vec::new(),
+            };
+            let kw_hits = match text {
+                Some(t) => index.keyword_top(&filter, t, pool),
+                None => Vec::new(),
+            };
+            let mut fused: std::collections::HashMap<u32, ScoreBreakdown> =
+                std::collections::HashMap::new();
+            for (rank, c) in vec_hits.iter().enumerate() {
+                let e = fused.entry(c.row).or_default();
+                e.vector = Some(c.score);
+                e.vector_rank = Some(rank + 1);
+                e.fused += 1.0 / (w.rrf_k + (rank + 1) as f32);
+            }
+            for (rank, c) in kw_hits.iter().enumerate() {
+                let e = fused.entry(c.row).or_default();
+                e.keyword = Some(c.score);
+                e.keyword_rank = Some(rank + 1);
+                e.fused += 1.0 / (w.rrf_k + (rank + 1) as f32);
+            }
+            if qvec.is_none() && text.is_none() {
+                for row in index.matching_rows(&filter) {
+                    fused.insert(row, ScoreBreakdown::default());
+                }
+            }
+            let half_life = w.recency_half_life.as_secs_f64().max(1e-6);
+            let reference_us = micros(reference);
+            let mut scored: Vec<(Cand, ScoreBreakdown)> = fused
+                .into_iter()
+                .filter_map(|(row, mut s)| {
+                    let hot = index.hot.get(row as usize)?;
+                    let cold = index.cold.get(row as usize)?;
+                    let age = (reference_us - hot.recorded).max(0) as f64 / 1e6;
+                    s.recency = w.recency * 0.5f64.powf(age / half_life) as f32;
+                    s.importance = w.importance * cold.importance;
+                    s.total = s.fused + s.recency + s.importance;
+                    Some((
+                        Cand {
+                            score: s.total,
+                            row,
+                        },
+                        s,
+                    ))
+                })
+                .collect();
+            scored.sort_by_key(|s| std::cmp::Reverse(s.0));
+            scored.truncate(query.k);
+            scored
+                .into_iter()
+                .filter_map(|(c, s)| {
+                    let cold = index.cold.get(c.row as usize)?;
+                    Some((cold.id, cold.version, s))
+                })
+                .collect()
+        };
+        let mut hits = Vec::with_capacity(picked.len());
+        for (id, version, score) in picked {
+            match self.inner.store.get(id, Some(version)).await {
+                Ok(record) => hits.push(RecallHit { record, score }),
+                // pruned between the index read and the fetch
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Reconstructs a scope as it was at system time `as_of`: the version of every lineage
+    /// within `scope` that was current then, retracted ones left out, in id order.
+    pub async fn replay(
+        &self,
+        scope: &Scope,
+        as_of: Timestamp,
+    ) -> Result<Vec<MemoryRecord>, MemoryError> {
+        let at = micros(as_of);
+        let mut picked: Vec<(MemoryId, u32)> = {
+            let index = self.inner.index.read();
+            index
+                .lineage_ids()
+                .filter_map(|id| {
+                    let row = index.visible_row(id, at)?;
+                    if index.is_tombstone(row) || !index.scope_of(row)?.is_within(scope) {
+                        return None;
+                    }
+                    Some((*id, index.cold.get(row as usize)?.version))
+                })
+                .collect()
+        };
+        picked.sort();
+        let mut out = Vec::with_capacity(picked.len());
+        for (id, version) in picked {
+            out.push(self.get_version(id, version).await?);
+        }
+        Ok(out)
+    }
+
+    /// A view of this memory for `subject`, enforcing those of `grants` that name it (by
+    /// agent or by one of its roles).
+    pub fn view(&self, subject: ViewSubject, grants: Vec<Grant>) -> MemoryView {
+        let grants = grants
+            .into_iter()
+            .filter(|g| match &g.subject {
+                GrantSubject::Agent(a) => subject.principal.agent() == Some(*a),
+                GrantSubject::Role(r) => subject.roles.contains(r),
+            })
+            .collect();
+        MemoryView::new(self.clone(), subject, grants)
+    }
+
+    /// Deletes a lineage from the store and the index (used by pruning).
+    pub(crate) async fn delete(&self, id: MemoryId) -> Result<(), MemoryError> {
+        match self.inner.store.delete(id).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.inner.index.write().delete(&id);
+        Ok(())
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    pub(crate) async fn audit_event(
+        &self,
+        actor: Principal,
+        id: MemoryId,
+        version: u32,
+        scope: &Scope,
+        operation: &str,
+    ) -> Result<(), MemoryError> {
+        let Some(log) = &self.inner.audit else {
+            return Ok(());
+        };
+        let event = AuditEvent::MemoryWritten {
+            memory: id,
+            version,
+            scope: scope.to_string(),
+            operation: operation.into(),
+        };
+        log.append(AuditRecord::new(actor, event).at(self.now()))
+            .await
+            .map(|_| ())
+            .map_err(|source| MemoryError::AuditFailed {
+                id,
+                version,
+                source,
+            })
+    }
+
+    /// Stores an already-sealed record version as is (used by import and consolidation).
+    pub(crate) async fn put_raw(
+        &self,
+        record: MemoryRecord,
+        expected: Option<u32>,
+    ) -> Result<(), MemoryError> {
+        if let Some(v) = &record.embedding {
+            if let Err(d) = self.inner.index.read().check_dims(v.len()) {
+                return Err(MemoryError::invalid(
+                    "embedding",
+                    format!(
+                        "memory `{}` has {} dimensions where the index has {d}",
+                        record.id,
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        let prepared = Prepared::of(&record);
+        self.inner.store.put(record.clone(), expected).await?;
+        self.inner.index.write().insert(&record, prepared);
+        Ok(())
+    }
+}

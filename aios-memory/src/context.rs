@@ -70,7 +70,8 @@ pub struct AssembledContext {
     pub text: String,
     /// The records included, in the order they appear.
     pub citations: Vec<MemoryId>,
-    /// Tokens the text takes.
+    /// Tokens counted for the text: each line on its own plus one per line break, so never
+    /// less than the tokenizer's count of the whole text.
     pub used_tokens: usize,
     /// Records left out because they did not fit, in the order they were considered.
     pub dropped: Vec<MemoryId>,

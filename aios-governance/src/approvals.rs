@@ -1,0 +1,735 @@
+//! Approvals: requests to an anchor, decisions bound to a holder or deputy, single use,
+//! expiry with deny by default, never self-approved; the store port and the service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AnchorId, ApprovalId, ApprovalOutcome, AuditEvent, AuditLog, AuditRecord, Clock, HumanId,
+    IdGen, PathwayId, Principal, RunId, StoreError, TaskId, Timestamp, Transience,
+};
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::decide::{ActionRequest, Decision, OnTimeout, Verdict};
+use crate::governor::Governor;
+use crate::model::ResponseKind;
+
+/// An anchor's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalResponse {
+    /// Approve the action as proposed.
+    Approve,
+    /// Approve this edited action instead.
+    Edit(serde_json::Value),
+    /// Reject.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ApprovalResponse {
+    /// The kind of answer.
+    pub fn kind(&self) -> ResponseKind {
+        match self {
+            ApprovalResponse::Approve => ResponseKind::Approve,
+            ApprovalResponse::Edit(_) => ResponseKind::Edit,
+            ApprovalResponse::Reject { .. } => ResponseKind::Reject,
+        }
+    }
+
+    fn outcome(&self) -> ApprovalOutcome {
+        match self {
+            ApprovalResponse::Approve => ApprovalOutcome::Approved,
+            ApprovalResponse::Edit(_) => ApprovalOutcome::Edited,
+            ApprovalResponse::Reject { .. } => ApprovalOutcome::Rejected,
+        }
+    }
+}
+
+/// A decision on a request, bound to the human who made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    /// Who answered (a holder or deputy of the anchor).
+    pub by: HumanId,
+    /// The answer.
+    pub response: ApprovalResponse,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for an answer.
+    Pending,
+    /// Answered; an approval can be redeemed once.
+    Decided {
+        /// The answer.
+        decision: ApprovalDecision,
+    },
+    /// Approved and used: it cannot be used again.
+    Redeemed {
+        /// The answer that was used.
+        decision: ApprovalDecision,
+        /// When it was used.
+        at: Timestamp,
+    },
+    /// Nobody answered in time: treated as a rejection.
+    Expired {
+        /// When the expiry was recorded.
+        at: Timestamp,
+    },
+}
+
+/// The kind of an [`ApprovalState`], for compare-and-set in stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// [`ApprovalState::Pending`].
+    Pending,
+    /// [`ApprovalState::Decided`].
+    Decided,
+    /// [`ApprovalState::Redeemed`].
+    Redeemed,
+    /// [`ApprovalState::Expired`].
+    Expired,
+}
+
+impl ApprovalState {
+    /// The state's kind.
+    pub fn kind(&self) -> StateKind {
+        match self {
+            ApprovalState::Pending => StateKind::Pending,
+            ApprovalState::Decided { .. } => StateKind::Decided,
+            ApprovalState::Redeemed { .. } => StateKind::Redeemed,
+            ApprovalState::Expired { .. } => StateKind::Expired,
+        }
+    }
+}
+
+/// A request for a human approval, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// Its id.
+    pub id: ApprovalId,
+    /// The anchor asked.
+    pub anchor: AnchorId,
+    /// Who asked (never allowed to answer).
+    pub requester: Principal,
+    /// The run waiting, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    /// The task waiting, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
+    /// The pathway, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pathway: Option<PathwayId>,
+    /// The action's name.
+    pub action: String,
+    /// The action as proposed.
+    pub proposed: serde_json::Value,
+    /// The answers allowed.
+    pub allowed: Vec<ResponseKind>,
+    /// What happens on expiry.
+    pub on_timeout: OnTimeout,
+    /// The governance model version that required the approval.
+    pub model_version: u64,
+    /// When it was asked.
+    pub created_at: Timestamp,
+    /// When it expires.
+    pub expires_at: Timestamp,
+    /// Where it stands.
+    pub state: ApprovalState,
+}
+
+/// What to ask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewApproval {
+    /// The anchor to ask.
+    pub anchor: AnchorId,
+    /// Who asks.
+    pub requester: Principal,
+    /// The run waiting.
+    pub run: Option<RunId>,
+    /// The task waiting.
+    pub task: Option<TaskId>,
+    /// The pathway.
+    pub pathway: Option<PathwayId>,
+    /// The action's name.
+    pub action: String,
+    /// The action as proposed.
+    pub proposed: serde_json::Value,
+    /// How long the anchor has.
+    pub deadline: Duration,
+    /// The answers allowed (all when empty).
+    pub allowed: Vec<ResponseKind>,
+    /// What happens on expiry.
+    pub on_timeout: OnTimeout,
+}
+
+impl NewApproval {
+    /// The approval a [`Verdict::RequireApproval`] decision asks for, for `req`, with the
+    /// action described by `proposed`. `None` if the decision does not require approval.
+    pub fn from_decision(
+        decision: &Decision,
+        req: &ActionRequest,
+        proposed: serde_json::Value,
+    ) -> Option<Self> {
+        match &decision.verdict {
+            Verdict::RequireApproval {
+                anchor,
+                deadline,
+                allowed,
+                on_timeout,
+            } => Some(Self {
+                anchor: *anchor,
+                requester: req.principal,
+                run: req.run,
+                task: None,
+                pathway: Some(req.pathway),
+                action: req.action.clone(),
+                proposed,
+                deadline: *deadline,
+                allowed: allowed.clone(),
+                on_timeout: *on_timeout,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a redeemed approval lets the requester do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovedAction {
+    /// The request.
+    pub approval: ApprovalId,
+    /// The action to run: as proposed, or as edited.
+    pub action: serde_json::Value,
+    /// Whether it was edited.
+    pub edited: bool,
+    /// Who approved.
+    pub by: HumanId,
+}
+
+/// An approval operation was refused or failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApprovalError {
+    /// No such request was ever issued (a forged or mistyped id).
+    #[error("unknown approval request `{id}`")]
+    UnknownRequest {
+        /// The id presented.
+        id: ApprovalId,
+    },
+    /// The request was already answered: a decision is single use.
+    #[error("approval request `{id}` is already decided")]
+    AlreadyDecided {
+        /// The request.
+        id: ApprovalId,
+    },
+    /// The approval was already used.
+    #[error("approval `{id}` was already redeemed")]
+    AlreadyRedeemed {
+        /// The request.
+        id: ApprovalId,
+    },
+    /// The request expired: treated as a rejection.
+    #[error("approval request `{id}` expired")]
+    Expired {
+        /// The request.
+        id: ApprovalId,
+        /// What the request said to do on expiry.
+        on_timeout: OnTimeout,
+    },
+    /// The requester tried to answer its own request.
+    #[error("`{by}` requested approval `{id}` and cannot answer it")]
+    SelfApproval {
+        /// The request.
+        id: ApprovalId,
+        /// Who tried.
+        by: HumanId,
+    },
+    /// The human is neither a holder nor the deputy of the anchor.
+    #[error("`{by}` is not a holder or deputy of anchor `{anchor}`")]
+    NotAuthorised {
+        /// Who tried.
+        by: HumanId,
+        /// The anchor.
+        anchor: AnchorId,
+    },
+    /// The anchor is not in the current governance model.
+    #[error("anchor `{anchor}` is not in the governance model")]
+    UnknownAnchor {
+        /// The anchor.
+        anchor: AnchorId,
+    },
+    /// The answer is not one the request allows.
+    #[error("answer `{response}` is not allowed for approval request `{id}`")]
+    ResponseNotAllowed {
+        /// The request.
+        id: ApprovalId,
+        /// The answer given.
+        response: ResponseKind,
+    },
+    /// The request has no answer yet.
+    #[error("approval request `{id}` is not decided yet")]
+    NotDecided {
+        /// The request.
+        id: ApprovalId,
+    },
+    /// The request was rejected.
+    #[error("approval request `{id}` was rejected: {reason}")]
+    Rejected {
+        /// The request.
+        id: ApprovalId,
+        /// Why.
+        reason: String,
+    },
+    /// Someone other than the requester tried to use the approval.
+    #[error("approval `{id}` was not requested by `{by}`")]
+    NotRequester {
+        /// The request.
+        id: ApprovalId,
+        /// Who tried.
+        by: Principal,
+    },
+    /// The storage or the audit log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Transience for ApprovalError {
+    fn is_transient(&self) -> bool {
+        matches!(self, ApprovalError::Store(e) if e.is_transient())
+    }
+}
+
+/// The approval store port.
+///
+/// Contract: `insert` refuses an existing id ([`StoreError::AlreadyExists`]); `transition`
+/// is an atomic compare-and-set: it replaces the state only if the current state's kind is
+/// `expected`, otherwise it fails with [`StoreError::Conflict`] and changes nothing
+/// ([`StoreError::NotFound`] for an unknown id); `pending` lists requests in the
+/// [`StateKind::Pending`] state, oldest first.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync + std::fmt::Debug {
+    /// Stores a new request.
+    async fn insert(&self, request: ApprovalRequest) -> Result<(), StoreError>;
+
+    /// One request.
+    async fn get(&self, id: ApprovalId) -> Result<Option<ApprovalRequest>, StoreError>;
+
+    /// Pending requests (for one anchor, or all), oldest first.
+    async fn pending(&self, anchor: Option<AnchorId>) -> Result<Vec<ApprovalRequest>, StoreError>;
+
+    /// Moves a request from a state of kind `expected` to `next`; returns the request as
+    /// updated.
+    async fn transition(
+        &self,
+        id: ApprovalId,
+        expected: StateKind,
+        next: ApprovalState,
+    ) -> Result<ApprovalRequest, StoreError>;
+}
+
+/// An [`ApprovalStore`] in process memory. Clones share the store.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryApprovalStore {
+    requests: Arc<Mutex<BTreeMap<ApprovalId, ApprovalRequest>>>,
+}
+
+impl InMemoryApprovalStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ApprovalStore for InMemoryApprovalStore {
+    async fn insert(&self, request: ApprovalRequest) -> Result<(), StoreError> {
+        let mut map = self.requests.lock();
+        if map.contains_key(&request.id) {
+            return Err(StoreError::AlreadyExists {
+                what: format!("approval {}", request.id),
+            });
+        }
+        map.insert(request.id, request);
+        Ok(())
+    }
+
+    async fn get(&self, id: ApprovalId) -> Result<Option<ApprovalRequest>, StoreError> {
+        Ok(self.requests.lock().get(&id).cloned())
+    }
+
+    async fn pending(&self, anchor: Option<AnchorId>) -> Result<Vec<ApprovalRequest>, StoreError> {
+        let map = self.requests.lock();
+        let mut out: Vec<ApprovalRequest> = map
+            .values()
+            .filter(|r| r.state == ApprovalState::Pending && anchor.is_none_or_eq(r.anchor))
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| (r.created_at, r.id));
+        Ok(out)
+    }
+
+    async fn transition(
+        &self,
+        id: ApprovalId,
+        expected: StateKind,
+        next: ApprovalState,
+    ) -> Result<ApprovalRequest, StoreError> {
+        let mut map = self.requests.lock();
+        let Some(r) = map.get_mut(&id) else {
+            return Err(StoreError::NotFound {
+                what: format!("approval {id}"),
+            });
+        };
+        if r.state.kind() != expected {
+            return Err(StoreError::Conflict {
+                detail: format!(
+                    "approval {id} is {:?}, expected {expected:?}",
+                    r.state.kind()
+                ),
+            });
+        }
+        r.state = next;
+        Ok(r.clone())
+    }
+}
+
+trait OptEq {
+    fn is_none_or_eq(&self, v: AnchorId) -> bool;
+}
+
+impl OptEq for Option<AnchorId> {
+    fn is_none_or_eq(&self, v: AnchorId) -> bool {
+        match self {
+            Some(a) => *a == v,
+            None => true,
+        }
+    }
+}
+
+/// The approvals service: asks anchors, checks and records their answers, and lets the
+/// requester use an approval once. Every request, answer and expiry is audited.
+///
+/// Rules enforced: the answer must come from a holder or the deputy of the named anchor in
+/// the current governance model; a requester never answers its own request; a request is
+/// answered once (a second answer is refused as a replay) and an approval is redeemed once;
+/// past its deadline a request resolves to a rejection; unknown ids are refused.
+#[derive(Debug)]
+pub struct Approvals {
+    store: Arc<dyn ApprovalStore>,
+    governor: RwLock<Arc<Governor>>,
+    clock: Arc<dyn Clock>,
+    audit: Arc<dyn AuditLog>,
+    ids: IdGen,
+}
+
+impl Approvals {
+    /// A service over `store`, checking approvers against `governor`, with time from
+    /// `clock`, audit to `audit` and request ids from `ids`.
+    pub fn new(
+        store: Arc<dyn ApprovalStore>,
+        governor: Arc<Governor>,
+        clock: Arc<dyn Clock>,
+        audit: Arc<dyn AuditLog>,
+        ids: IdGen,
+    ) -> Self {
+        Self {
+            store,
+            governor: RwLock::new(governor),
+            clock,
+            audit,
+            ids,
+        }
+    }
+
+    /// Switches to a new governance model version (for holders of anchors).
+    pub fn set_governor(&self, governor: Arc<Governor>) {
+        *self.governor.write() = governor;
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ApprovalStore> {
+        &self.store
+    }
+
+    /// Asks the anchor; the request expires after `deadline` by the clock.
+    pub async fn request(&self, new: NewApproval) -> Result<ApprovalRequest, ApprovalError> {
+        let governor = self.governor.read().clone();
+        let Some(anchor) = governor.anchor(new.anchor) else {
+            return Err(ApprovalError::UnknownAnchor { anchor: new.anchor });
+        };
+        let anchor_id = anchor.id;
+        let now = self.clock.now();
+        let expires_at = chrono::Duration::from_std(new.deadline)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let request = ApprovalRequest {
+            id: self.ids.next(),
+            anchor: anchor_id,
+            requester: new.requester,
+            run: new.run,
+            task: new.task,
+            pathway: new.pathway,
+            action: new.action,
+            proposed: new.proposed,
+            allowed: if new.allowed.is_empty() {
+                ResponseKind::ALL.to_vec()
+            } else {
+                new.allowed
+            },
+            on_timeout: new.on_timeout,
+            model_version: governor.version(),
+            created_at: now,
+            expires_at,
+            state: ApprovalState::Pending,
+        };
+        self.store.insert(request.clone()).await?;
+        self.audit
+            .append(
+                AuditRecord::new(
+                    request.requester,
+                    AuditEvent::ApprovalRequested {
+                        approval: request.id,
+                        anchor: request.anchor,
+                        run: request.run,
+                        action: request.action.clone(),
+                        expires_at,
+                    },
+                )
+                .at(now),
+            )
+            .await?;
+        Ok(request)
+    }
+
+    /// One request.
+    pub async fn get(&self, id: ApprovalId) -> Result<ApprovalRequest, ApprovalError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or(ApprovalError::UnknownRequest { id })
+    }
+
+    /// Requests still waiting and not past their deadline (for one anchor, or all).
+    pub async fn pending(
+        &self,
+        anchor: Option<AnchorId>,
+    ) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+        let now = self.clock.now();
+        let mut out = self.store.pending(anchor).await?;
+        out.retain(|r| now < r.expires_at);
+        Ok(out)
+    }
+
+    async fn expire(&self, request: &ApprovalRequest) -> Result<ApprovalError, ApprovalError> {
+        let now = self.clock.now();
+        match self
+            .store
+            .transition(
+                request.id,
+                StateKind::Pending,
+                ApprovalState::Expired { at: now },
+            )
+            .await
+        {
+            Ok(_) => {
+                self.audit
+                    .append(
+                        AuditRecord::new(
+                            Principal::System,
+                            AuditEvent::ApprovalDecided {
+                                approval: request.id,
+                                by: None,
+                                outcome: ApprovalOutcome::Expired,
+                                reason: Some("no answer before the deadline".into()),
+                            },
+                        )
+                        .at(now),
+                    )
+                    .await?;
+            }
+            // someone else moved it first; report the expiry all the same
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(ApprovalError::Expired {
+            id: request.id,
+            on_timeout: request.on_timeout,
+        })
+    }
+
+    /// Records `by`'s answer to request `id`.
+    ///
+    /// Refused: an unknown id ([`ApprovalError::UnknownRequest`]), a request already
+    /// answered or used ([`ApprovalError::AlreadyDecided`], [`ApprovalError::AlreadyRedeemed`]),
+    /// one past its deadline ([`ApprovalError::Expired`], recorded as expired), an answer
+    /// from the requester ([`ApprovalError::SelfApproval`]) or from anyone who is not a
+    /// holder or deputy of the anchor ([`ApprovalError::NotAuthorised`]), an answer the
+    /// request does not allow ([`ApprovalError::ResponseNotAllowed`]).
+    pub async fn decide(
+        &self,
+        id: ApprovalId,
+        by: HumanId,
+        response: ApprovalResponse,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let request = self.get(id).await?;
+        match request.state.kind() {
+            StateKind::Pending => {}
+            StateKind::Decided => return Err(ApprovalError::AlreadyDecided { id }),
+            StateKind::Redeemed => return Err(ApprovalError::AlreadyRedeemed { id }),
+            StateKind::Expired => {
+                return Err(ApprovalError::Expired {
+                    id,
+                    on_timeout: request.on_timeout,
+                })
+            }
+        }
+        let now = self.clock.now();
+        if now >= request.expires_at {
+            return Err(self.expire(&request).await?);
+        }
+        if request.requester == Principal::Human(by) {
+            return Err(ApprovalError::SelfApproval { id, by });
+        }
+        let governor = self.governor.read().clone();
+        let Some(anchor) = governor.anchor(request.anchor) else {
+            return Err(ApprovalError::UnknownAnchor {
+                anchor: request.anchor,
+            });
+        };
+        if !anchor.can_answer(by) {
+            return Err(ApprovalError::NotAuthorised {
+                by,
+                anchor: request.anchor,
+            });
+        }
+        let kind = response.kind();
+        if !request.allowed.contains(&kind) {
+            return Err(ApprovalError::ResponseNotAllowed { id, response: kind });
+        }
+        let outcome = response.outcome();
+        let reason = match &response {
+            ApprovalResponse::Reject { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let decision = ApprovalDecision {
+            by,
+            response,
+            at: now,
+        };
+        let updated = match self
+            .store
+            .transition(id, StateKind::Pending, ApprovalState::Decided { decision })
+            .await
+        {
+            Ok(r) => r,
+            Err(StoreError::Conflict { .. }) => return Err(ApprovalError::AlreadyDecided { id }),
+            Err(e) => return Err(e.into()),
+        };
+        self.audit
+            .append(
+                AuditRecord::new(
+                    Principal::Human(by),
+                    AuditEvent::ApprovalDecided {
+                        approval: id,
+                        by: Some(by),
+                        outcome,
+                        reason,
+                    },
+                )
+                .at(now),
+            )
+            .await?;
+        Ok(updated)
+    }
+
+    /// Uses an approved request, once, on behalf of its requester: returns the action to run
+    /// (as proposed or as edited). Refused if unknown, not the requester's, not decided,
+    /// rejected, expired or already used.
+    pub async fn redeem(
+        &self,
+        id: ApprovalId,
+        requester: Principal,
+    ) -> Result<ApprovedAction, ApprovalError> {
+        let request = self.get(id).await?;
+        if request.requester != requester {
+            return Err(ApprovalError::NotRequester { id, by: requester });
+        }
+        let decision = match &request.state {
+            ApprovalState::Pending => {
+                if self.clock.now() >= request.expires_at {
+                    return Err(self.expire(&request).await?);
+                }
+                return Err(ApprovalError::NotDecided { id });
+            }
+            ApprovalState::Expired { .. } => {
+                return Err(ApprovalError::Expired {
+                    id,
+                    on_timeout: request.on_timeout,
+                })
+            }
+            ApprovalState::Redeemed { .. } => return Err(ApprovalError::AlreadyRedeemed { id }),
+            ApprovalState::Decided { decision } => decision.clone(),
+        };
+        let (action, edited) = match &decision.response {
+            ApprovalResponse::Reject { reason } => {
+                return Err(ApprovalError::Rejected {
+                    id,
+                    reason: reason.clone(),
+                })
+            }
+            ApprovalResponse::Approve => (request.proposed.clone(), false),
+            ApprovalResponse::Edit(v) => (v.clone(), true),
+        };
+        let now = self.clock.now();
+        match self
+            .store
+            .transition(
+                id,
+                StateKind::Decided,
+                ApprovalState::Redeemed {
+                    decision: decision.clone(),
+                    at: now,
+                },
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Err(ApprovalError::AlreadyRedeemed { id }),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(ApprovedAction {
+            approval: id,
+            action,
+            edited,
+            by: decision.by,
+        })
+    }
+
+    /// Resolves every pending request past its deadline as expired (a rejection) and
+    /// returns them; each expiry is audited. Call it periodically.
+    pub async fn expire_due(&self) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for r in self.store.pending(None).await? {
+            if now >= r.expires_at {
+                if let ApprovalError::Expired { .. } = self.expire(&r).await? {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,453 @@
+//! Conformance suites (feature `testing`): the documented contract of this crate's ports as
+//! executable checks. Every implementation, in-memory or durable, runs the same suite:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use aios_core::ManualClock;
+//! use aios_governance::{testing, InMemoryApprovalStore, InMemoryBudgetLedger};
+//! futures::executor::block_on(async {
+//!     testing::budget_ledger_conformance(|clock: ManualClock| {
+//!         InMemoryBudgetLedger::new(Arc::new(clock))
+//!     })
+//!     .await;
+//!     testing::approval_store_conformance(InMemoryApprovalStore::new).await;
+//! });
+//! ```
+//!
+//! Test-support code: a suite reports a violation by panicking, like `assert!`.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use aios_core::{
+    AgentId, AnchorId, ApprovalId, Clock, HumanId, ManualClock, Money, Principal, RoleId, RunId,
+    StoreError,
+};
+
+use crate::{
+    ApprovalDecision, ApprovalRequest, ApprovalResponse, ApprovalState, ApprovalStore, BudgetChain,
+    BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, OnTimeout, Period,
+    ReservationId, ResponseKind, StateKind, Usage,
+};
+
+fn cost(minor: i64) -> Usage {
+    Usage::cost(Money::from_minor(minor))
+}
+
+fn cap(minor: i64) -> BudgetLimits {
+    BudgetLimits::total(Limits {
+        cost: Some(Money::from_minor(minor)),
+        ..Limits::default()
+    })
+}
+
+/// The [`BudgetLedger`] contract. `make` returns a fresh, empty ledger reading the given
+/// manual clock each time it is called.
+pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>(make: F) {
+    let role = RoleId::from_name("outreach");
+    let agent = AgentId::from_name("ana");
+    let run = RunId::from_name("run-1");
+    let chain = BudgetChain::organisation().role(role).agent(agent).run(run);
+
+    // the organisation's budget is required
+    let ledger = make(ManualClock::default());
+    assert!(
+        matches!(
+            ledger.reserve(&chain, cost(1)).await,
+            Err(BudgetError::NoBudget {
+                key: BudgetKey::Organisation
+            })
+        ),
+        "reserving without an organisation budget is refused"
+    );
+    assert!(ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .is_none());
+
+    // limits per level; levels without a budget are not limited
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(1_000))
+        .await
+        .unwrap();
+    ledger
+        .set_limits(BudgetKey::Role(role), cap(300))
+        .await
+        .unwrap();
+    ledger
+        .set_limits(BudgetKey::Run(run), cap(200))
+        .await
+        .unwrap();
+    let r1 = ledger.reserve(&chain, cost(150)).await.unwrap();
+    let usage = ledger.usage(BudgetKey::Role(role)).await.unwrap().unwrap();
+    assert_eq!(
+        usage.reserved.cost,
+        Money::from_minor(150),
+        "reservation shows as reserved"
+    );
+    assert_eq!(usage.committed.cost, Money::ZERO);
+    assert!(ledger
+        .usage(BudgetKey::Agent(agent))
+        .await
+        .unwrap()
+        .is_none());
+
+    // all or nothing: the run level refuses, nothing changes anywhere
+    match ledger.reserve(&chain, cost(60)).await {
+        Err(BudgetError::Exceeded {
+            key,
+            dimension,
+            limit,
+            used,
+            requested,
+        }) => {
+            assert_eq!(key, BudgetKey::Run(run), "the overflowing level is named");
+            assert_eq!(dimension, Dimension::Cost);
+            assert_eq!((limit, used, requested), (200, 150, 60));
+        }
+        other => panic!("expected Exceeded, got {other:?}"),
+    }
+    for key in [
+        BudgetKey::Organisation,
+        BudgetKey::Role(role),
+        BudgetKey::Run(run),
+    ] {
+        let u = ledger.usage(key).await.unwrap().unwrap();
+        assert_eq!(
+            u.reserved.cost,
+            Money::from_minor(150),
+            "a refusal changes nothing at {key}"
+        );
+    }
+
+    // exactly up to the limit is allowed
+    let r2 = ledger.reserve(&chain, cost(50)).await.unwrap();
+
+    // commit the actual amount; release returns everything
+    ledger.commit(r1.id, cost(120)).await.unwrap();
+    ledger.release(r2.id).await.unwrap();
+    let u = ledger.usage(BudgetKey::Run(run)).await.unwrap().unwrap();
+    assert_eq!(
+        u.committed.cost,
+        Money::from_minor(120),
+        "commit records the actual amount"
+    );
+    assert_eq!(
+        u.reserved.cost,
+        Money::ZERO,
+        "settled reservations are no longer reserved"
+    );
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.committed.cost, Money::from_minor(120));
+
+    // settle once
+    assert!(
+        matches!(
+            ledger.commit(r1.id, cost(1)).await,
+            Err(BudgetError::AlreadySettled { .. })
+        ),
+        "a second commit is refused"
+    );
+    assert!(
+        matches!(
+            ledger.release(r2.id).await,
+            Err(BudgetError::AlreadySettled { .. })
+        ),
+        "a second release is refused"
+    );
+    assert!(
+        matches!(
+            ledger.release(ReservationId::from_raw(u64::MAX)).await,
+            Err(BudgetError::UnknownReservation { .. })
+        ),
+        "an id never issued is unknown"
+    );
+    let u = ledger.usage(BudgetKey::Run(run)).await.unwrap().unwrap();
+    assert_eq!(
+        u.committed.cost,
+        Money::from_minor(120),
+        "refused settlements change nothing"
+    );
+
+    // other dimensions
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(
+            BudgetKey::Organisation,
+            BudgetLimits::total(Limits {
+                tokens: Some(1_000),
+                tool_calls: Some(3),
+                risk_points: Some(100),
+                cost: None,
+            }),
+        )
+        .await
+        .unwrap();
+    let org = BudgetChain::organisation();
+    for _ in 0..3 {
+        let r = ledger
+            .reserve(&org, Usage::ZERO.with_tool_calls(1).with_tokens(100))
+            .await
+            .unwrap();
+        ledger
+            .commit(r.id, Usage::ZERO.with_tool_calls(1).with_tokens(90))
+            .await
+            .unwrap();
+    }
+    assert!(
+        matches!(
+            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::ToolCalls,
+                ..
+            })
+        ),
+        "tool calls are limited"
+    );
+    assert!(
+        matches!(
+            ledger
+                .reserve(&org, Usage::ZERO.with_risk_points(101))
+                .await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::RiskPoints,
+                ..
+            })
+        ),
+        "risk points are limited"
+    );
+    assert!(ledger
+        .reserve(&org, Usage::ZERO.with_tokens(730))
+        .await
+        .is_ok());
+    assert!(
+        matches!(
+            ledger.reserve(&org, Usage::ZERO.with_tokens(1)).await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::Tokens,
+                ..
+            })
+        ),
+        "tokens are limited"
+    );
+    assert!(
+        matches!(
+            ledger.reserve(&org, cost(-1)).await,
+            Err(BudgetError::InvalidAmount { .. })
+        ),
+        "negative amounts are refused"
+    );
+
+    // alerts: each threshold once per period, in the result of the crossing operation
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let r = ledger.reserve(&org, cost(49)).await.unwrap();
+    assert!(r.alerts.is_empty(), "below 50 % there is no alert");
+    let r2 = ledger.reserve(&org, cost(2)).await.unwrap();
+    let t: Vec<u32> = r2.alerts.iter().map(|a| a.threshold_percent).collect();
+    assert_eq!(t, vec![50], "crossing 50 % alerts once");
+    let s = ledger.commit(r.id, cost(79)).await.unwrap();
+    let t: Vec<u32> = s.alerts.iter().map(|a| a.threshold_percent).collect();
+    assert_eq!(t, vec![80], "crossing 80 % on commit alerts");
+    let s = ledger.commit(r2.id, cost(30)).await.unwrap();
+    let t: Vec<u32> = s.alerts.iter().map(|a| a.threshold_percent).collect();
+    assert_eq!(t, vec![100], "an overrun is recorded and alerts at 100 %");
+    assert_eq!(s.alerts[0].used, 109);
+    assert_eq!(s.alerts[0].limit, 100);
+
+    // periods reset committed usage at the boundary
+    let clock = ManualClock::default(); // midnight UTC
+    let ledger = make(clock.clone());
+    ledger
+        .set_limits(
+            BudgetKey::Organisation,
+            BudgetLimits::per(
+                Period::Day,
+                Limits {
+                    cost: Some(Money::from_minor(100)),
+                    ..Limits::default()
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    ledger.commit(r.id, cost(100)).await.unwrap();
+    assert!(
+        ledger.reserve(&org, cost(1)).await.is_err(),
+        "the day is spent"
+    );
+    clock.advance(Duration::from_secs(86_400));
+    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    assert_eq!(
+        r.alerts
+            .iter()
+            .map(|a| a.threshold_percent)
+            .collect::<Vec<_>>(),
+        vec![50, 80, 100],
+        "alerts fire again in a new period"
+    );
+    ledger.release(r.id).await.unwrap();
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.committed.cost, Money::ZERO, "a new day starts empty");
+
+    // limits can change; usage is kept
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(10))
+        .await
+        .unwrap();
+    let r = ledger.reserve(&org, cost(10)).await.unwrap();
+    ledger.commit(r.id, cost(10)).await.unwrap();
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(15))
+        .await
+        .unwrap();
+    assert!(ledger.reserve(&org, cost(6)).await.is_err());
+    assert!(ledger.reserve(&org, cost(5)).await.is_ok());
+}
+
+fn sample_request(id: ApprovalId, anchor: AnchorId, minute: i64) -> ApprovalRequest {
+    let t0 = ManualClock::default().now();
+    ApprovalRequest {
+        id,
+        anchor,
+        requester: Principal::Agent(AgentId::from_name("ana")),
+        run: Some(RunId::from_name("run-1")),
+        task: None,
+        pathway: None,
+        action: "send".into(),
+        proposed: serde_json::json!({"to": "bob@example.com"}),
+        allowed: ResponseKind::ALL.to_vec(),
+        on_timeout: OnTimeout::Deny,
+        model_version: 1,
+        created_at: t0 + chrono::Duration::minutes(minute),
+        expires_at: t0 + chrono::Duration::minutes(minute + 60),
+        state: ApprovalState::Pending,
+    }
+}
+
+/// The [`ApprovalStore`] contract. `make` returns a fresh, empty store each time.
+pub async fn approval_store_conformance<S: ApprovalStore, F: Fn() -> S>(make: F) {
+    let store = make();
+    let founder = AnchorId::from_name("founder");
+    let ops = AnchorId::from_name("ops");
+    let a = ApprovalId::from_name("a");
+    let b = ApprovalId::from_name("b");
+    let c = ApprovalId::from_name("c");
+    assert!(
+        store.get(a).await.unwrap().is_none(),
+        "an empty store has nothing"
+    );
+    assert!(store.pending(None).await.unwrap().is_empty());
+
+    // insert, get, round trip
+    let ra = sample_request(a, founder, 2);
+    store.insert(ra.clone()).await.unwrap();
+    assert_eq!(
+        store.get(a).await.unwrap(),
+        Some(ra.clone()),
+        "content round-trips"
+    );
+    assert!(
+        matches!(
+            store.insert(ra.clone()).await,
+            Err(StoreError::AlreadyExists { .. })
+        ),
+        "an id is inserted once"
+    );
+    store.insert(sample_request(b, ops, 1)).await.unwrap();
+    store.insert(sample_request(c, founder, 0)).await.unwrap();
+
+    // pending: oldest first, filtered by anchor
+    let all: Vec<ApprovalId> = store
+        .pending(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(all, vec![c, b, a], "pending is oldest first");
+    let f: Vec<ApprovalId> = store
+        .pending(Some(founder))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(f, vec![c, a], "pending filters by anchor");
+
+    // compare-and-set
+    let decision = ApprovalDecision {
+        by: HumanId::from_name("alice"),
+        response: ApprovalResponse::Approve,
+        at: ra.created_at,
+    };
+    let updated = store
+        .transition(
+            a,
+            StateKind::Pending,
+            ApprovalState::Decided {
+                decision: decision.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        updated.state.kind(),
+        StateKind::Decided,
+        "transition returns the update"
+    );
+    assert!(
+        matches!(
+            store
+                .transition(
+                    a,
+                    StateKind::Pending,
+                    ApprovalState::Decided {
+                        decision: decision.clone()
+                    }
+                )
+                .await,
+            Err(StoreError::Conflict { .. })
+        ),
+        "a transition from a stale state is a conflict"
+    );
+    assert_eq!(
+        store.get(a).await.unwrap().map(|r| r.state),
+        Some(ApprovalState::Decided { decision }),
+        "a conflict changes nothing"
+    );
+    assert!(
+        matches!(
+            store
+                .transition(
+                    ApprovalId::from_name("missing"),
+                    StateKind::Pending,
+                    ApprovalState::Expired { at: ra.created_at }
+                )
+                .await,
+            Err(StoreError::NotFound { .. })
+        ),
+        "an unknown id is not found"
+    );
+    let left: Vec<ApprovalId> = store
+        .pending(None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![c, b], "decided requests are no longer pending");
+}

@@ -1,1 +1,60 @@
-//! Orchestration for AIOS: role-based agents over task graphs with retries, timeouts, circuit breakers, model routing, checkpoints, crash-safe resume and human-in-the-loop.
+//! # aios-orchestrator
+//!
+//! Governed agents over task graphs, crash-safe and human-in-the-loop.
+//!
+//! An [`Orchestrator`] runs a [`Workflow`] (a petgraph-validated graph of [`TaskSpec`]s) by
+//! giving each task to the agent of its [`Role`]. Agents reach the world only through their
+//! [`TaskContext`]: model calls ([`TaskContext::complete`], routed by a [`ModelRouter`]),
+//! connector calls ([`TaskContext::call`]), memory ([`TaskContext::remember`],
+//! [`TaskContext::recall`]) and fan-out ([`TaskContext::spawn`]). Every call is decided by the
+//! governance model, paid for from budgets, made reliable (breakers, retries with seeded
+//! jitter, timeouts on the [`aios_core::Timer`]), journaled and audited.
+//!
+//! Durability: runs are checkpointed in a [`CheckpointStore`] ([`CheckpointMode`]); a resumed
+//! run re-executes agent code but answers journaled calls from the journal, so no completed
+//! side effect happens twice; connectors get stable idempotency keys; leases with fencing
+//! tokens keep one writer per run; [`Orchestrator::fork`] copies a run from any checkpoint.
+//!
+//! Human in the loop: a call that needs approval parks the run and `start`/`resume` return;
+//! [`Orchestrator::submit_approval`] records a human's decision and resumes exactly that call.
+//!
+//! Observability: audit events, [`RunEvent`]s for [`Observer`]s, a markdown transcript
+//! ([`Orchestrator::transcript`]) and `tracing` spans.
+//!
+//! Features: `testing` adds the checkpoint store conformance suite and a fault-injecting store.
+
+mod agent;
+mod checkpoint;
+mod context;
+mod error;
+mod gate;
+mod graph;
+mod memory;
+mod notify;
+pub mod reliability;
+mod role;
+mod router;
+mod runtime;
+mod state;
+mod transcript;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
+pub use checkpoint::{
+    lease_available, Checkpoint, CheckpointStore, InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
+};
+pub use context::{ConnectorRequest, TaskContext};
+pub use error::{AgentError, OrchestratorError};
+pub use graph::{TaskInput, TaskName, TaskSpec, Workflow};
+pub use memory::{MemoryOptions, RecalledHit};
+pub use notify::{
+    CollectingObserver, InMemoryNotifier, Notification, NotificationKind, Notifier, Observer, RunEvent,
+};
+pub use reliability::{BreakerPolicy, RetryPolicy};
+pub use role::{Fallback, Role};
+pub use router::{ModelRouter, RouteStep};
+pub use runtime::{task_id, CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl, RunOutcome};
+pub use state::{CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus, RUN_STATE_SCHEMA};
+pub use transcript::render_transcript;

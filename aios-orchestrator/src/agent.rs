@@ -1,0 +1,138 @@
+//! Agents: the behaviour of a role. They reach the world only through their [`TaskContext`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aios_core::{Message, ModelRequest, Money, ToolSpec};
+use async_trait::async_trait;
+
+use crate::context::{ConnectorRequest, TaskContext};
+use crate::error::AgentError;
+use crate::graph::TaskInput;
+
+/// The behaviour of a role.
+///
+/// An agent acts only through `ctx`: every model call, connector call, memory write and
+/// fan-out passes governance, budgets, the reliability layer, the journal and the audit log.
+/// Agent code is re-executed on resume: calls already journaled return their recorded result,
+/// so the code must make the same calls in the same order for the same input (it must not read
+/// clocks or randomness of its own). Errors returned by `ctx` must be propagated (with `?`),
+/// in particular [`AgentError::Parked`].
+#[async_trait]
+pub trait Agent: Send + Sync + std::fmt::Debug {
+    /// Performs one task and returns its output.
+    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError>;
+}
+
+/// The future an [`FnAgent`] closure returns.
+pub type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, AgentError>> + Send + 'a>>;
+
+type AgentFn = dyn for<'a, 'c> Fn(&'a mut TaskContext<'c>, TaskInput) -> BoxFut<'a> + Send + Sync;
+
+/// An agent from a closure: the quickest way for a host to write its own behaviour.
+///
+/// ```
+/// use aios_orchestrator::FnAgent;
+/// let add_one = FnAgent::new(|_ctx, input| Box::pin(async move {
+///     Ok(serde_json::json!(input.input.as_i64().unwrap_or(0) + 1))
+/// }));
+/// # let _ = add_one;
+/// ```
+pub struct FnAgent {
+    f: Box<AgentFn>,
+}
+
+impl FnAgent {
+    /// Wraps `f`.
+    pub fn new(f: impl for<'a, 'c> Fn(&'a mut TaskContext<'c>, TaskInput) -> BoxFut<'a> + Send + Sync + 'static) -> Self {
+        Self { f: Box::new(f) }
+    }
+}
+
+impl std::fmt::Debug for FnAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FnAgent")
+    }
+}
+
+#[async_trait]
+impl Agent for FnAgent {
+    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError> {
+        (self.f)(ctx, input).await
+    }
+}
+
+/// The default LLM agent: the prompt is the role's instructions, the relevant memory and the
+/// task input; the model may call the role's connectors as tools (`connector.operation`) in a
+/// loop bounded by `max_steps`. The final answer is the task's output, `{"text": ...}`.
+#[derive(Debug, Clone)]
+pub struct LlmAgent {
+    /// Upper bound on model turns.
+    pub max_steps: u32,
+    /// How many memory records to put in the prompt (0 = none).
+    pub memory_k: usize,
+    /// Token budget for the memory part of the prompt.
+    pub memory_tokens: usize,
+    /// Tools offered to the model; names are `connector.operation`.
+    pub tools: Vec<ToolSpec>,
+    /// Risk (0-100) declared for tool calls.
+    pub tool_risk: u32,
+    /// Estimated cost declared for each tool call.
+    pub tool_cost: Money,
+}
+
+impl Default for LlmAgent {
+    fn default() -> Self {
+        Self { max_steps: 8, memory_k: 5, memory_tokens: 512, tools: vec![], tool_risk: 10, tool_cost: Money::ZERO }
+    }
+}
+
+impl LlmAgent {
+    /// The default agent, shared.
+    pub fn shared() -> Arc<dyn Agent> {
+        Arc::new(Self::default())
+    }
+
+    /// Offers a tool (`connector.operation`).
+    pub fn tool(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
+        self.tools.push(ToolSpec {
+            name: name.into(),
+            description: description.into(),
+            parameters: serde_json::json!({"type": "object"}),
+        });
+        self
+    }
+}
+
+#[async_trait]
+impl Agent for LlmAgent {
+    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError> {
+        let task_text = serde_json::to_string(&input).unwrap_or_default();
+        let mut messages = vec![Message::system(ctx.role().instructions.clone())];
+        if self.memory_k > 0 {
+            if let Some(context) = ctx.memory_context(&task_text, self.memory_k, self.memory_tokens).await? {
+                messages.push(Message::system(format!("Relevant memory:\n{context}")));
+            }
+        }
+        messages.push(Message::user(task_text));
+        for _ in 0..self.max_steps {
+            let request = ModelRequest { messages: messages.clone(), tools: self.tools.clone(), ..ModelRequest::default() };
+            let response = ctx.complete(request).await?;
+            if response.tool_calls.is_empty() {
+                return Ok(serde_json::json!({ "text": response.content }));
+            }
+            messages.push(Message::assistant(response.content.clone()));
+            for call in response.tool_calls {
+                let (connector, operation) = call.name.split_once('.').unwrap_or((call.name.as_str(), "invoke"));
+                let out = ctx
+                    .call(ConnectorRequest::new(connector, operation, call.arguments.clone())
+                        .risk(self.tool_risk)
+                        .estimated_cost(self.tool_cost))
+                    .await?;
+                messages.push(Message::tool(out.output.to_string()));
+            }
+        }
+        Err(AgentError::StepLimit { limit: self.max_steps })
+    }
+}

@@ -1,0 +1,217 @@
+//! The checkpoint store port: durable run state, with leases and fencing tokens so only one
+//! worker advances a run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{RunId, StoreError, Timestamp};
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::state::{RunState, RunStatus};
+
+/// The identity of a worker process (host name plus process id, for example).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// A worker id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The right to advance one run, until it expires or someone takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The run.
+    pub run: RunId,
+    /// The holder.
+    pub owner: WorkerId,
+    /// The fencing token: strictly greater than every token issued for this run before.
+    pub token: u64,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// One saved state of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The run.
+    pub run: RunId,
+    /// Position in the run's checkpoint history, from 1, strictly increasing.
+    pub seq: u64,
+    /// When it was taken.
+    pub at: Timestamp,
+    /// The state.
+    pub state: RunState,
+}
+
+/// A line of a run listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run.
+    pub run: RunId,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Its status at the latest checkpoint.
+    pub status: RunStatus,
+    /// The latest checkpoint's position.
+    pub seq: u64,
+}
+
+/// Durable run state.
+///
+/// Contract:
+/// - `acquire` grants a lease if the run has none, the current one expired at `now`, or
+///   `owner` already holds it (a renewal keeps the token); otherwise `Conflict`. Every new
+///   grant carries a token greater than any issued before for that run.
+/// - `save` stores a checkpoint atomically, only if `lease.token` is the newest token issued
+///   for the run (else `Fenced`, nothing written) and `checkpoint.seq` is greater than the
+///   latest saved (else `Conflict`). History is kept: earlier checkpoints stay readable.
+/// - `latest` and `get` return what was saved, unchanged; `list` returns the latest state of
+///   every run (optionally only parked ones).
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// Takes or renews the lease on `run` for `ttl` from `now`.
+    async fn acquire(&self, run: RunId, owner: &WorkerId, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives up a lease (a no-op if it is no longer the current one).
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Saves a checkpoint under a lease.
+    async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError>;
+
+    /// The latest checkpoint of `run`.
+    async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// The checkpoint `seq` of `run`.
+    async fn get(&self, run: RunId, seq: u64) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Runs and their latest status; only parked ones if `parked_only`.
+    async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError>;
+}
+
+#[derive(Debug, Default)]
+struct RunEntry {
+    lease: Option<Lease>,
+    last_token: u64,
+    history: Vec<Arc<Checkpoint>>,
+}
+
+/// Checkpoints in process memory, history included. Clones share the store.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryCheckpointStore {
+    runs: Arc<RwLock<HashMap<RunId, RunEntry>>>,
+}
+
+impl InMemoryCheckpointStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn expires(now: Timestamp, ttl: Duration) -> Timestamp {
+    now.checked_add_signed(chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)).unwrap_or(now)
+}
+
+/// The lease rule shared by every store: may `owner` take the lease at `now`?
+pub fn lease_available(current: Option<&Lease>, owner: &WorkerId, now: Timestamp) -> bool {
+    match current {
+        None => true,
+        Some(l) => &l.owner == owner || l.expires_at <= now,
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for InMemoryCheckpointStore {
+    async fn acquire(&self, run: RunId, owner: &WorkerId, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+        let mut runs = self.runs.write();
+        let entry = runs.entry(run).or_default();
+        if !lease_available(entry.lease.as_ref(), owner, now) {
+            let holder = entry.lease.as_ref().map(|l| l.owner.to_string()).unwrap_or_default();
+            return Err(StoreError::Conflict { detail: format!("run {run} is leased by worker `{holder}`") });
+        }
+        let token = match &entry.lease {
+            Some(l) if &l.owner == owner && l.token == entry.last_token && l.expires_at > now => l.token,
+            _ => entry.last_token + 1,
+        };
+        entry.last_token = token;
+        let lease = Lease { run, owner: owner.clone(), token, expires_at: expires(now, ttl) };
+        entry.lease = Some(lease.clone());
+        Ok(lease)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut runs = self.runs.write();
+        if let Some(entry) = runs.get_mut(&lease.run) {
+            if entry.lease.as_ref().is_some_and(|l| l.token == lease.token) {
+                entry.lease = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let mut runs = self.runs.write();
+        let entry = runs.entry(checkpoint.run).or_default();
+        if lease.run != checkpoint.run || lease.token < entry.last_token || lease.token == 0 {
+            return Err(StoreError::Fenced {
+                what: format!("run {}", checkpoint.run),
+                presented: lease.token,
+                current: entry.last_token,
+            });
+        }
+        let last = entry.history.last().map(|c| c.seq).unwrap_or(0);
+        if checkpoint.seq <= last {
+            return Err(StoreError::Conflict {
+                detail: format!("checkpoint {} of run {} is not after {last}", checkpoint.seq, checkpoint.run),
+            });
+        }
+        entry.history.push(Arc::new(checkpoint.clone()));
+        Ok(())
+    }
+
+    async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {
+        Ok(self.runs.read().get(&run).and_then(|e| e.history.last()).map(|c| (**c).clone()))
+    }
+
+    async fn get(&self, run: RunId, seq: u64) -> Result<Option<Checkpoint>, StoreError> {
+        let runs = self.runs.read();
+        Ok(runs
+            .get(&run)
+            .and_then(|e| e.history.binary_search_by_key(&seq, |c| c.seq).ok().map(|i| (*e.history[i]).clone())))
+    }
+
+    async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {
+        let runs = self.runs.read();
+        let mut out: Vec<RunSummary> = runs
+            .values()
+            .filter_map(|e| e.history.last())
+            .filter(|c| !parked_only || matches!(c.state.status, RunStatus::Parked { .. }))
+            .map(|c| RunSummary {
+                run: c.run,
+                workflow: c.state.workflow.clone(),
+                status: c.state.status.clone(),
+                seq: c.seq,
+            })
+            .collect();
+        out.sort_by_key(|s| s.run);
+        Ok(out)
+    }
+}

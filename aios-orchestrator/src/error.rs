@@ -1,0 +1,147 @@
+//! Errors: what stops a run (`OrchestratorError`) and what an agent's call returns
+//! (`AgentError`).
+
+use aios_core::{AnchorId, ApprovalId, RunId, StoreError};
+
+/// A failure the caller of the orchestrator must handle. Task failures are not errors: they
+/// are in the run's status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrchestratorError {
+    /// The workflow is malformed.
+    #[error("invalid workflow `{workflow}`: {detail}")]
+    InvalidWorkflow {
+        /// The workflow.
+        workflow: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A task names a role that is not registered.
+    #[error("task `{task}` names a role that is not registered")]
+    UnknownRole {
+        /// The task.
+        task: String,
+    },
+    /// No such run.
+    #[error("no run {0}")]
+    UnknownRun(RunId),
+    /// No such approval request, or it belongs to no run.
+    #[error("no parked run waits for approval {0}")]
+    UnknownApproval(ApprovalId),
+    /// The run is pinned to a governance version this orchestrator does not have.
+    #[error("run {run} is pinned to governance version {version}, which is not loaded")]
+    GovernanceVersionUnavailable {
+        /// The run.
+        run: RunId,
+        /// Its version.
+        version: u64,
+    },
+    /// Another worker holds the run, or took it over: this worker must stop.
+    #[error("lease on run {run} lost: {detail}")]
+    LeaseLost {
+        /// The run.
+        run: RunId,
+        /// What the store said.
+        detail: String,
+    },
+    /// Agent code made a different call on replay than the journal recorded.
+    #[error("non-deterministic replay in run {run}, task `{task}`, call {seq}: {detail}")]
+    NonDeterminism {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: String,
+        /// The call's sequence number.
+        seq: u32,
+        /// What differed.
+        detail: String,
+    },
+    /// The run cannot be resumed in its status.
+    #[error("run {run} cannot be resumed: it is {status}")]
+    NotResumable {
+        /// The run.
+        run: RunId,
+        /// Its status.
+        status: String,
+    },
+    /// A human decision was refused.
+    #[error("approval refused: {0}")]
+    Approval(String),
+    /// A storage port failed; the run stopped and can be resumed.
+    #[error("store failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// What an agent's call through its context returns when it cannot proceed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The call waits for a human; propagate it so the runtime can park the task.
+    #[error("waiting for approval {approval}")]
+    Parked {
+        /// The request.
+        approval: ApprovalId,
+    },
+    /// Governance refused the action.
+    #[error("`{action}` denied: {reason}")]
+    Denied {
+        /// The action.
+        action: String,
+        /// The rules that fired.
+        reason: String,
+    },
+    /// A human rejected the action.
+    #[error("`{action}` rejected by a human: {reason}")]
+    Rejected {
+        /// The action.
+        action: String,
+        /// Their reason.
+        reason: String,
+    },
+    /// Governance escalated the action and halted it.
+    #[error("`{action}` escalated to anchor {anchor}: {reason}")]
+    Escalated {
+        /// The action.
+        action: String,
+        /// Who was told.
+        anchor: AnchorId,
+        /// Why.
+        reason: String,
+    },
+    /// A budget would be exceeded.
+    #[error("budget exceeded for `{action}`: {detail}")]
+    BudgetExceeded {
+        /// The action.
+        action: String,
+        /// Which budget and dimension.
+        detail: String,
+    },
+    /// A model call failed after retries and fallbacks.
+    #[error("model call failed: {0}")]
+    Model(String),
+    /// A connector call failed after retries.
+    #[error("connector call failed: {0}")]
+    Connector(String),
+    /// An irreversible, non-idempotent call was interrupted: whether it happened is unknown.
+    #[error("outcome of `{action}` unknown after an interruption; escalated")]
+    OutcomeUnknown {
+        /// The action.
+        action: String,
+    },
+    /// Memory refused or failed.
+    #[error("memory: {0}")]
+    Memory(String),
+    /// The role's call limit or the agent's step limit was reached.
+    #[error("step limit of {limit} reached")]
+    StepLimit {
+        /// The limit.
+        limit: u32,
+    },
+    /// The agent's own failure.
+    #[error("{0}")]
+    Failed(String),
+    /// The runtime must stop (store failure, lost lease, non-determinism); the run can be
+    /// resumed. Propagate it.
+    #[error("runtime stopped: {0}")]
+    Fatal(String),
+}

@@ -1,0 +1,349 @@
+//! The one module that speaks to `aios-governance`: decisions, budgets and approvals for the
+//! calls agents make.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, EffectClass, IdGen, Money, PathwayId, Principal,
+    RoleId, RunId, StoreError, Timestamp,
+};
+use aios_governance::{
+    ActionRequest, ApprovalError, ApprovalResponse, ApprovalStore, Approvals, BudgetChain, BudgetError, BudgetKey,
+    BudgetLedger, Controls, EscalationMode, Governor, InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval,
+    OnTimeout, ReservationId, Verdict,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::graph::TaskName;
+use crate::runtime::{task_id, OrchestratorBuilder};
+use crate::role::Role;
+
+pub(crate) use aios_governance::Usage;
+
+/// What the runtime does with a call, after governance decided.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Gate {
+    /// Go ahead (and tell the anchor afterwards when `notify` is set).
+    Allow { notify: Option<(AnchorId, String)> },
+    /// Refuse.
+    Deny { reason: String },
+    /// Refuse and escalate.
+    Halt { anchor: AnchorId, reason: String },
+    /// Park until the anchor decides.
+    Approval { anchor: AnchorId, deadline: Duration },
+}
+
+/// Where a parked call's approval stands.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ApprovalState {
+    Pending,
+    Approved,
+    Edited(serde_json::Value),
+    Rejected(String),
+}
+
+/// A budget reservation held for one call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation(Option<ReservationId>);
+
+/// The governor a run is pinned to.
+#[derive(Debug, Clone)]
+pub(crate) struct PinnedGovernor(Arc<Governor>);
+
+impl PinnedGovernor {
+    pub(crate) fn version(&self) -> u64 {
+        self.0.version()
+    }
+
+    pub(crate) fn accountable(&self, pathway: PathwayId) -> Option<AnchorId> {
+        self.0.pathway(pathway).map(|p| p.anchor)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide(
+        &self,
+        gov: &Governance,
+        run: RunId,
+        role: &Role,
+        agent: AgentId,
+        action: &str,
+        effect: EffectClass,
+        cost: Money,
+        risk: u32,
+        confidence: Option<f32>,
+        _now: Timestamp,
+    ) -> (Gate, AuditEvent) {
+        let mut req = ActionRequest::new(Principal::Agent(agent), role.id, role.pathway, action)
+            .with_effect(effect)
+            .with_cost(cost)
+            .with_risk(risk)
+            .with_run(run);
+        req.confidence = confidence;
+        let decision = match &gov.controls {
+            Some(controls) => self.0.decide_with(&req, &controls.snapshot()),
+            None => self.0.decide(&req),
+        };
+        let event = decision.audit_event(&req);
+        let gate = match &decision.verdict {
+            Verdict::Allow => Gate::Allow { notify: None },
+            Verdict::Deny => Gate::Deny { reason: decision.explain() },
+            Verdict::RequireApproval { anchor, deadline, .. } => Gate::Approval { anchor: *anchor, deadline: *deadline },
+            Verdict::Escalate { anchor, mode } => match mode {
+                EscalationMode::NotifyAfter => Gate::Allow { notify: Some((*anchor, decision.explain())) },
+                EscalationMode::ApproveBefore => {
+                    let deadline = self.0.anchor(*anchor).map(|a| a.response_time).unwrap_or(Duration::from_secs(3600));
+                    Gate::Approval { anchor: *anchor, deadline }
+                }
+                EscalationMode::Halt => Gate::Halt { anchor: *anchor, reason: decision.explain() },
+            },
+        };
+        (gate, event)
+    }
+}
+
+/// Governance as the runtime uses it: the loaded model versions, the budget ledger, the
+/// approval service and the operator controls.
+pub(crate) struct Governance {
+    versions: RwLock<BTreeMap<u64, Arc<Governor>>>,
+    current: RwLock<Arc<Governor>>,
+    ledger: Option<Arc<dyn BudgetLedger>>,
+    approval_store: Option<Arc<dyn ApprovalStore>>,
+    approvals: Option<Approvals>,
+    pub(crate) controls: Option<Arc<Controls>>,
+    budget_keys: HashSet<BudgetKey>,
+    per_run: Option<aios_governance::BudgetLimits>,
+    opened_runs: Mutex<HashSet<RunId>>,
+}
+
+impl Governance {
+    pub(crate) fn new(governor: Governor) -> Self {
+        let version = governor.version();
+        let plan = governor.budget_plan();
+        let governor = Arc::new(governor);
+        let mut versions = BTreeMap::new();
+        versions.insert(version, governor.clone());
+        Self {
+            versions: RwLock::new(versions),
+            current: RwLock::new(governor),
+            ledger: None,
+            approval_store: None,
+            approvals: None,
+            controls: None,
+            budget_keys: plan.budgets.iter().map(|(k, _)| *k).collect(),
+            per_run: plan.per_run,
+            opened_runs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Completes the set-up once the clock, audit log and ids are known.
+    pub(crate) fn finish(&mut self, clock: Arc<dyn Clock>, audit: Arc<dyn AuditLog>, ids: IdGen) {
+        let current = self.current();
+        if self.ledger.is_none() {
+            let ledger = InMemoryBudgetLedger::new(clock.clone()).with_audit(audit.clone());
+            ledger.apply_plan_sync(&current.0.budget_plan());
+            self.ledger = Some(Arc::new(ledger));
+        }
+        let store = self.approval_store.clone().unwrap_or_else(|| Arc::new(InMemoryApprovalStore::new()));
+        self.approvals = Some(Approvals::new(store, current.0.clone(), clock, audit, ids));
+    }
+
+    pub(crate) fn current(&self) -> PinnedGovernor {
+        PinnedGovernor(self.current.read().clone())
+    }
+
+    pub(crate) fn version(&self, version: u64) -> Option<PinnedGovernor> {
+        self.versions.read().get(&version).cloned().map(PinnedGovernor)
+    }
+
+    fn approvals(&self) -> Result<&Approvals, String> {
+        self.approvals.as_ref().ok_or_else(|| "the approval service is not set up".to_string())
+    }
+
+    pub(crate) async fn reserve(
+        &self,
+        run: RunId,
+        role: RoleId,
+        agent: AgentId,
+        _action: &str,
+        amount: Usage,
+        _now: Timestamp,
+    ) -> Result<Result<Reservation, String>, StoreError> {
+        let Some(ledger) = &self.ledger else { return Ok(Err("no budget ledger".into())) };
+        let mut chain = BudgetChain::organisation();
+        if self.budget_keys.contains(&BudgetKey::Role(role)) {
+            chain = chain.role(role);
+        }
+        if self.budget_keys.contains(&BudgetKey::Agent(agent)) {
+            chain = chain.agent(agent);
+        }
+        if let Some(limits) = &self.per_run {
+            let fresh = self.opened_runs.lock().insert(run);
+            if fresh {
+                if let Err(e) = ledger.set_limits(BudgetKey::Run(run), limits.clone()).await {
+                    self.opened_runs.lock().remove(&run);
+                    return budget_failure(e);
+                }
+            }
+            chain = chain.run(run);
+        }
+        match ledger.reserve(&chain, amount).await {
+            Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
+            Err(e) => budget_failure(e),
+        }
+    }
+
+    pub(crate) async fn commit(&self, reservation: Reservation, actual: Usage, _now: Timestamp) -> Result<Vec<AuditEvent>, StoreError> {
+        let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else { return Ok(vec![]) };
+        match ledger.commit(id, actual).await {
+            // alerts were appended to the audit log by the ledger
+            Ok(_) => Ok(vec![]),
+            Err(BudgetError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Conflict { detail: e.to_string() }),
+        }
+    }
+
+    pub(crate) async fn release(&self, reservation: Reservation) {
+        if let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) {
+            // a failed release leaves the reservation to the ledger's own expiry; nothing to undo here
+            let _ = ledger.release(id).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request_approval(
+        &self,
+        run: RunId,
+        task: &TaskName,
+        requester: AgentId,
+        pathway: PathwayId,
+        anchor: AnchorId,
+        deadline: Duration,
+        action: &str,
+        proposed: serde_json::Value,
+    ) -> Result<ApprovalId, String> {
+        let approvals = self.approvals()?;
+        let request = approvals
+            .request(NewApproval {
+                anchor,
+                requester: Principal::Agent(requester),
+                run: Some(run),
+                task: Some(task_id(run, task)),
+                pathway: Some(pathway),
+                action: action.to_string(),
+                proposed,
+                deadline,
+                allowed: vec![],
+                on_timeout: OnTimeout::Deny,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(request.id)
+    }
+
+    pub(crate) async fn approval_state(&self, approval: ApprovalId, requester: AgentId) -> Result<ApprovalState, String> {
+        let approvals = self.approvals()?;
+        let request = approvals.get(approval).await.map_err(|e| e.to_string())?;
+        use aios_governance::ApprovalState as S;
+        let decision = match request.state {
+            S::Pending => {
+                return match approvals.redeem(approval, Principal::Agent(requester)).await {
+                    Err(ApprovalError::NotDecided { .. }) => Ok(ApprovalState::Pending),
+                    Err(ApprovalError::Expired { .. }) => {
+                        Ok(ApprovalState::Rejected("expired: nobody answered before the deadline".to_string()))
+                    }
+                    Err(e) => Err(e.to_string()),
+                    Ok(a) => Ok(if a.edited { ApprovalState::Edited(a.action) } else { ApprovalState::Approved }),
+                }
+            }
+            S::Expired { .. } => return Ok(ApprovalState::Rejected("expired: nobody answered before the deadline".to_string())),
+            // an approval this run already used (the journal keeps it from being used twice)
+            S::Redeemed { decision, .. } => {
+                if request.requester != Principal::Agent(requester) {
+                    return Err(format!("approval {approval} was not requested by this agent"));
+                }
+                decision
+            }
+            S::Decided { .. } => {
+                return match approvals.redeem(approval, Principal::Agent(requester)).await {
+                    Ok(a) => Ok(if a.edited { ApprovalState::Edited(a.action) } else { ApprovalState::Approved }),
+                    Err(ApprovalError::Rejected { reason, .. }) => Ok(ApprovalState::Rejected(reason)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        Ok(match decision.response {
+            ApprovalResponse::Approve => ApprovalState::Approved,
+            ApprovalResponse::Edit(v) => ApprovalState::Edited(v),
+            ApprovalResponse::Reject { reason } => ApprovalState::Rejected(reason),
+        })
+    }
+
+    /// Records a human decision; returns the run waiting for it.
+    pub(crate) async fn submit(
+        &self,
+        approval: ApprovalId,
+        by: aios_core::HumanId,
+        response: ApprovalResponse,
+    ) -> Result<Option<RunId>, ApprovalError> {
+        let approvals = self.approvals.as_ref().ok_or(ApprovalError::UnknownRequest { id: approval })?;
+        let request = approvals.decide(approval, by, response).await?;
+        Ok(request.run)
+    }
+
+    pub(crate) async fn pending(&self) -> Result<Vec<aios_governance::ApprovalRequest>, ApprovalError> {
+        match &self.approvals {
+            Some(a) => a.pending(None).await,
+            None => Ok(vec![]),
+        }
+    }
+
+    /// Loads another model version; `make_current` switches new runs to it (running and
+    /// parked runs stay on the version they started under).
+    pub(crate) fn load(&self, governor: Governor, make_current: bool) {
+        let v = governor.version();
+        let governor = Arc::new(governor);
+        if make_current {
+            if let Some(a) = &self.approvals {
+                a.set_governor(governor.clone());
+            }
+            *self.current.write() = governor.clone();
+        }
+        self.versions.write().insert(v, governor);
+    }
+}
+
+fn budget_failure(e: BudgetError) -> Result<Result<Reservation, String>, StoreError> {
+    match e {
+        BudgetError::Store(e) => Err(e),
+        other => Ok(Err(other.to_string())),
+    }
+}
+
+impl OrchestratorBuilder {
+    /// Uses `ledger` for budgets (default: an in-memory ledger loaded with the model's plan).
+    pub fn budgets(mut self, ledger: Arc<dyn BudgetLedger>) -> Self {
+        self.gov_mut().ledger = Some(ledger);
+        self
+    }
+
+    /// Uses `store` for approval requests (default: in memory).
+    pub fn approval_store(mut self, store: Arc<dyn ApprovalStore>) -> Self {
+        self.gov_mut().approval_store = Some(store);
+        self
+    }
+
+    /// Consults `controls` (pause, stop, overrides) in every decision.
+    pub fn controls(mut self, controls: Arc<Controls>) -> Self {
+        self.gov_mut().controls = Some(controls);
+        self
+    }
+
+    /// Loads an older (or newer) governance model version so that runs pinned to it can be
+    /// resumed; new runs use the builder's model.
+    pub fn governance_version(mut self, governor: Governor) -> Self {
+        self.gov_mut().load(governor, false);
+        self
+    }
+}

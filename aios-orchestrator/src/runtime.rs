@@ -1,0 +1,1031 @@
+//! The orchestrator: starts, drives, parks, resumes, forks and cancels runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, AuditRecord, Clock, Connector, ConnectorId,
+    CredentialHandle, CredentialVault, EffectClass, IdGen, InMemoryAuditLog, ManualClock, ManualTimer, Money,
+    Outcome, Principal, RunId, SeededRng, Secret, TaskId, Timer,
+};
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore, InMemoryCheckpointStore, Lease, WorkerId};
+use crate::context::TaskContext;
+use crate::error::{AgentError, OrchestratorError};
+use crate::gate::{ApprovalState, Gate, Governance, Reservation, Usage};
+use crate::graph::{TaskInput, TaskName, TaskSpec, Workflow};
+use crate::notify::{InMemoryNotifier, Notification, NotificationKind, Notifier, Observer, RunEvent};
+use crate::reliability::{BreakerPolicy, Breakers, CircuitBreaker};
+use crate::role::{Fallback, Role};
+use crate::router::ModelRouter;
+use crate::state::{JournalEntry, RunState, RunStatus, TaskState, TaskStatus, RUN_STATE_SCHEMA};
+
+/// When checkpoints are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointMode {
+    /// After every journaled call and every task (the safest; the default).
+    EveryStep,
+    /// After this many steps, and whenever a run parks, stops or is about to perform an
+    /// irreversible call.
+    Batched(u32),
+    /// Only when the run parks or stops, and before irreversible calls. A crash loses the
+    /// journal since the last save; replayed calls reach connectors again with the same
+    /// idempotency keys.
+    OnExit,
+}
+
+/// Settings of an orchestrator.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// This worker's identity, for leases.
+    pub worker: WorkerId,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// Tasks run at once within one run.
+    pub concurrency: usize,
+    /// When to checkpoint.
+    pub checkpoints: CheckpointMode,
+    /// Seed for retry jitter.
+    pub seed: u64,
+    /// Circuit breakers for connectors and models.
+    pub breakers: BreakerPolicy,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            worker: WorkerId::new("worker-1"),
+            lease_ttl: Duration::from_secs(60),
+            concurrency: 8,
+            checkpoints: CheckpointMode::EveryStep,
+            seed: 0x5EED,
+            breakers: BreakerPolicy::default(),
+        }
+    }
+}
+
+/// Where a run stands after the orchestrator stopped driving it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The run.
+    pub run: RunId,
+    /// Its status.
+    pub status: RunStatus,
+    /// Outputs of completed tasks, by task name.
+    pub outputs: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl RunOutcome {
+    /// The approval requests the run waits for (empty unless parked).
+    pub fn pending_approvals(&self) -> &[ApprovalId] {
+        match &self.status {
+            RunStatus::Parked { approvals } => approvals,
+            _ => &[],
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) gov: Governance,
+    pub(crate) roles: HashMap<aios_core::RoleId, Arc<Role>>,
+    pub(crate) connectors: HashMap<ConnectorId, Arc<dyn Connector>>,
+    pub(crate) credentials: HashMap<ConnectorId, CredentialHandle>,
+    pub(crate) vault: Option<Arc<dyn CredentialVault>>,
+    pub(crate) router: ModelRouter,
+    pub(crate) memory: Option<crate::memory::MemoryAccess>,
+    pub(crate) audit: Arc<dyn AuditLog>,
+    pub(crate) checkpoints: Arc<dyn CheckpointStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) timer: Arc<dyn Timer>,
+    pub(crate) ids: IdGen,
+    pub(crate) notifier: Arc<dyn Notifier>,
+    pub(crate) observers: Vec<Arc<dyn Observer>>,
+    pub(crate) breakers: Breakers,
+    pub(crate) config: OrchestratorConfig,
+    pub(crate) controls: Mutex<HashMap<RunId, RunStatus>>,
+}
+
+/// Runs governed agents over task graphs. Cheap to clone; clones share everything.
+///
+/// Built with [`Orchestrator::builder`]; every port defaults to its in-memory implementation,
+/// so a test or an example needs only a governance model, roles and connectors.
+#[derive(Clone)]
+pub struct Orchestrator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("worker", &self.inner.config.worker)
+            .field("roles", &self.inner.roles.len())
+            .field("connectors", &self.inner.connectors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Assembles an [`Orchestrator`].
+pub struct OrchestratorBuilder {
+    gov: Governance,
+    roles: Vec<Role>,
+    connectors: Vec<Arc<dyn Connector>>,
+    credentials: HashMap<ConnectorId, CredentialHandle>,
+    vault: Option<Arc<dyn CredentialVault>>,
+    router: Option<ModelRouter>,
+    memory: Option<crate::memory::MemoryAccess>,
+    audit: Option<Arc<dyn AuditLog>>,
+    checkpoints: Option<Arc<dyn CheckpointStore>>,
+    clock: Option<Arc<dyn Clock>>,
+    timer: Option<Arc<dyn Timer>>,
+    notifier: Option<Arc<dyn Notifier>>,
+    observers: Vec<Arc<dyn Observer>>,
+    config: OrchestratorConfig,
+}
+
+impl std::fmt::Debug for OrchestratorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorBuilder").finish_non_exhaustive()
+    }
+}
+
+impl OrchestratorBuilder {
+    pub(crate) fn new(gov: Governance) -> Self {
+        Self {
+            gov,
+            roles: vec![],
+            connectors: vec![],
+            credentials: HashMap::new(),
+            vault: None,
+            router: None,
+            memory: None,
+            audit: None,
+            checkpoints: None,
+            clock: None,
+            timer: None,
+            notifier: None,
+            observers: vec![],
+            config: OrchestratorConfig::default(),
+        }
+    }
+
+    pub(crate) fn gov_mut(&mut self) -> &mut Governance {
+        &mut self.gov
+    }
+
+    /// Registers a role.
+    pub fn role(mut self, role: Role) -> Self {
+        self.roles.push(role);
+        self
+    }
+
+    /// Registers a connector.
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connectors.push(connector);
+        self
+    }
+
+    /// Resolves `handle` in the vault for every call of `connector`.
+    pub fn credential(mut self, connector: &str, handle: CredentialHandle) -> Self {
+        self.credentials.insert(ConnectorId::new(connector), handle);
+        self
+    }
+
+    /// Sets the credential vault.
+    pub fn vault(mut self, vault: Arc<dyn CredentialVault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    /// Sets the model router.
+    pub fn models(mut self, router: ModelRouter) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Sets the audit log (default: in memory).
+    pub fn audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Sets the checkpoint store (default: in memory).
+    pub fn checkpoints(mut self, store: Arc<dyn CheckpointStore>) -> Self {
+        self.checkpoints = Some(store);
+        self
+    }
+
+    /// Sets the clock (default: a manual clock; hosts pass `SystemClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Sets the timer (default: a manual timer on the default manual clock).
+    pub fn timer(mut self, timer: Arc<dyn Timer>) -> Self {
+        self.timer = Some(timer);
+        self
+    }
+
+    /// Sets the notifier (default: in memory).
+    pub fn notifier(mut self, notifier: Arc<dyn Notifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Adds an observer of run events.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: OrchestratorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub(crate) fn set_memory(&mut self, memory: crate::memory::MemoryAccess) {
+        self.memory = Some(memory);
+    }
+
+    /// Builds the orchestrator.
+    pub fn build(self) -> Orchestrator {
+        let (clock, timer): (Arc<dyn Clock>, Arc<dyn Timer>) = match (self.clock, self.timer) {
+            (Some(c), Some(t)) => (c, t),
+            (Some(c), None) => (c, Arc::new(ManualTimer::default())),
+            (None, Some(t)) => (Arc::new(ManualClock::default()), t),
+            (None, None) => {
+                let timer = ManualTimer::default();
+                (Arc::new(timer.clock().clone()), Arc::new(timer))
+            }
+        };
+        let ids = IdGen::with_clock(clock.clone(), self.config.seed);
+        let breakers = Breakers::new(self.config.breakers, clock.clone());
+        let audit: Arc<dyn AuditLog> = self.audit.unwrap_or_else(|| Arc::new(InMemoryAuditLog::new()));
+        let mut gov = self.gov;
+        gov.finish(clock.clone(), audit.clone(), IdGen::with_clock(clock.clone(), self.config.seed ^ 0xA11C_E5ED));
+        Orchestrator {
+            inner: Arc::new(Inner {
+                gov,
+                roles: self.roles.into_iter().map(|r| (r.id, Arc::new(r))).collect(),
+                connectors: self.connectors.into_iter().map(|c| (c.descriptor().id.clone(), c)).collect(),
+                credentials: self.credentials,
+                vault: self.vault,
+                router: self.router.unwrap_or_else(|| ModelRouter::new(vec![])),
+                memory: self.memory,
+                audit,
+                checkpoints: self.checkpoints.unwrap_or_else(|| Arc::new(InMemoryCheckpointStore::new())),
+                clock,
+                timer,
+                ids,
+                notifier: self.notifier.unwrap_or_else(|| Arc::new(InMemoryNotifier::new())),
+                observers: self.observers,
+                breakers,
+                config: self.config,
+                controls: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+enum TaskResult {
+    Completed(serde_json::Value),
+    Parked(ApprovalId),
+    Failed(String),
+    Fatal,
+}
+
+/// The state of one run while a worker drives it.
+pub(crate) struct Driver<'o> {
+    pub(crate) o: &'o Inner,
+    pub(crate) run: RunId,
+    pub(crate) governor: crate::gate::PinnedGovernor,
+    lease: Mutex<Lease>,
+    state: Mutex<RunState>,
+    saved_seq: AtomicU64,
+    unsaved: AtomicU32,
+    save_lock: futures::lock::Mutex<()>,
+    fatal: Mutex<Option<OrchestratorError>>,
+}
+
+impl<'o> Driver<'o> {
+    pub(crate) fn journal_entry(&self, index: usize, seq: u32) -> Option<JournalEntry> {
+        let st = self.state.lock();
+        st.tasks.get(index).and_then(|t| t.journal.get(seq as usize)).cloned()
+    }
+
+    pub(crate) fn fail(&self, err: OrchestratorError) -> AgentError {
+        let msg = err.to_string();
+        let mut f = self.fatal.lock();
+        if f.is_none() {
+            *f = Some(err);
+        }
+        AgentError::Fatal(msg)
+    }
+
+    pub(crate) fn non_determinism(&self, task: &TaskName, seq: u32, detail: String) -> AgentError {
+        self.fail(OrchestratorError::NonDeterminism { run: self.run, task: task.to_string(), seq, detail })
+    }
+
+    pub(crate) async fn record(&self, index: usize, entry: JournalEntry, force: bool) -> Result<(), AgentError> {
+        {
+            let mut st = self.state.lock();
+            let Some(task) = st.tasks.get_mut(index) else {
+                return Err(self.fail(OrchestratorError::InvalidWorkflow {
+                    workflow: String::new(),
+                    detail: format!("task index {index} out of range"),
+                }));
+            };
+            let seq = entry.seq as usize;
+            if seq < task.journal.len() {
+                task.journal[seq] = entry;
+            } else {
+                task.journal.push(entry);
+            }
+        }
+        self.step(force).await
+    }
+
+    pub(crate) fn add_task(&self, parent: usize, spec: TaskSpec) -> Result<usize, AgentError> {
+        if !self.o.roles.contains_key(&spec.role) {
+            return Err(AgentError::Failed(format!("spawned task `{}` names an unregistered role", spec.name)));
+        }
+        let mut st = self.state.lock();
+        if st.tasks.iter().any(|t| t.spec.name == spec.name) {
+            return Err(AgentError::Failed(format!("task `{}` already exists", spec.name)));
+        }
+        let mut deps = vec![parent];
+        for d in &spec.after {
+            match st.tasks.iter().position(|t| &t.spec.name == d) {
+                Some(i) if !deps.contains(&i) => deps.push(i),
+                Some(_) => {}
+                None => return Err(AgentError::Failed(format!("spawned task `{}` waits for unknown task `{d}`", spec.name))),
+            }
+        }
+        let index = st.tasks.len();
+        st.tasks.push(TaskState { spec, deps, status: TaskStatus::Pending, output: None, error: None, journal: vec![] });
+        Ok(index)
+    }
+
+    pub(crate) fn connector(&self, id: &ConnectorId) -> Option<&Arc<dyn Connector>> {
+        self.o.connectors.get(id)
+    }
+
+    pub(crate) fn breaker(&self, name: &str) -> CircuitBreaker {
+        self.o.breakers.get(name)
+    }
+
+    pub(crate) fn router(&self) -> &ModelRouter {
+        &self.o.router
+    }
+
+    pub(crate) fn timer(&self) -> &dyn Timer {
+        self.o.timer.as_ref()
+    }
+
+    pub(crate) fn memory(&self) -> Option<&crate::memory::MemoryAccess> {
+        self.o.memory.as_ref()
+    }
+
+    /// A jitter generator seeded by the orchestrator seed, the run and the call: the same on
+    /// every replay.
+    pub(crate) fn rng(&self, salt: u32) -> SeededRng {
+        let run = self.run.as_uuid().as_u128();
+        SeededRng::new(self.o.config.seed ^ (run as u64) ^ ((run >> 64) as u64) ^ u64::from(salt).rotate_left(32))
+    }
+
+    pub(crate) async fn credential(&self, connector: &ConnectorId) -> Result<Option<Secret>, AgentError> {
+        let (Some(vault), Some(handle)) = (&self.o.vault, self.o.credentials.get(connector)) else {
+            return Ok(None);
+        };
+        vault.get(handle).await.map(Some).map_err(|e| AgentError::Connector(format!("credential for `{connector}`: {e}")))
+    }
+
+    pub(crate) fn emit(&self, event: RunEvent) {
+        for o in &self.o.observers {
+            o.on_event(&event);
+        }
+    }
+
+    pub(crate) async fn audit(&self, actor: Principal, event: AuditEvent) -> Result<(), AgentError> {
+        let record = AuditRecord { at: self.o.clock.now(), actor, event };
+        self.o.audit.append(record).await.map(|_| ()).map_err(|e| self.fail(OrchestratorError::Store(e)))
+    }
+
+    pub(crate) async fn notify(
+        &self,
+        anchor: AnchorId,
+        kind: NotificationKind,
+        task: Option<&TaskName>,
+        approval: Option<ApprovalId>,
+        message: String,
+    ) {
+        self.o
+            .notifier
+            .notify(Notification { anchor, kind, run: self.run, task: task.cloned(), approval, message })
+            .await;
+    }
+
+    pub(crate) async fn escalate(&self, anchor: AnchorId, task: &TaskName, reason: &str) -> Result<(), AgentError> {
+        self.audit(Principal::System, AuditEvent::Escalated { run: Some(self.run), anchor, reason: reason.to_string() })
+            .await?;
+        self.notify(anchor, NotificationKind::Escalation, Some(task), None, reason.to_string()).await;
+        Ok(())
+    }
+
+    pub(crate) fn accountable(&self, role: &Role) -> Option<AnchorId> {
+        self.governor.accountable(role.pathway)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn decide(
+        &self,
+        role: &Role,
+        agent: AgentId,
+        action: &str,
+        effect: EffectClass,
+        cost: Money,
+        risk: u32,
+        confidence: Option<f32>,
+    ) -> Result<Gate, AgentError> {
+        let now = self.o.clock.now();
+        let (gate, event) = self.governor.decide(&self.o.gov, self.run, role, agent, action, effect, cost, risk, confidence, now);
+        self.audit(Principal::Agent(agent), event).await?;
+        Ok(gate)
+    }
+
+    pub(crate) async fn reserve(
+        &self,
+        role: &Role,
+        agent: AgentId,
+        action: &str,
+        amount: Usage,
+    ) -> Result<Result<Reservation, String>, AgentError> {
+        let now = self.o.clock.now();
+        self.o.gov.reserve(self.run, role.id, agent, action, amount, now).await.map_err(|e| self.fail(OrchestratorError::Store(e)))
+    }
+
+    pub(crate) async fn commit(&self, reservation: Reservation, actual: Usage) -> Result<(), AgentError> {
+        let now = self.o.clock.now();
+        let alerts = self.o.gov.commit(reservation, actual, now).await.map_err(|e| self.fail(OrchestratorError::Store(e)))?;
+        for alert in alerts {
+            self.audit(Principal::System, alert).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn release(&self, reservation: Reservation) {
+        self.o.gov.release(reservation).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request_approval(
+        &self,
+        role: &Role,
+        agent: AgentId,
+        anchor: AnchorId,
+        deadline: Duration,
+        task: &TaskName,
+        action: &str,
+        input: serde_json::Value,
+    ) -> Result<ApprovalId, AgentError> {
+        self.o
+            .gov
+            .request_approval(self.run, task, agent, role.pathway, anchor, deadline, action, input)
+            .await
+            .map_err(|e| self.fail(OrchestratorError::Approval(e)))
+    }
+
+    pub(crate) async fn approval_state(&self, approval: ApprovalId, agent: AgentId) -> Result<ApprovalState, AgentError> {
+        self.o.gov.approval_state(approval, agent).await.map_err(|e| self.fail(OrchestratorError::Approval(e)))
+    }
+
+    async fn step(&self, force: bool) -> Result<(), AgentError> {
+        let unsaved = self.unsaved.fetch_add(1, Ordering::Relaxed) + 1;
+        let due = force
+            || match self.o.config.checkpoints {
+                CheckpointMode::EveryStep => true,
+                CheckpointMode::Batched(n) => unsaved >= n.max(1),
+                CheckpointMode::OnExit => false,
+            };
+        if due {
+            self.save().await.map_err(|e| self.fail(e))?;
+        }
+        Ok(())
+    }
+
+    async fn save(&self) -> Result<(), OrchestratorError> {
+        let _guard = self.save_lock.lock().await;
+        let now = self.o.clock.now();
+        let renew = {
+            let lease = self.lease.lock();
+            let half = chrono::Duration::from_std(self.o.config.lease_ttl / 2).unwrap_or_default();
+            now + half >= lease.expires_at
+        };
+        if renew {
+            let fresh = self
+                .o
+                .checkpoints
+                .acquire(self.run, &self.o.config.worker, now, self.o.config.lease_ttl)
+                .await
+                .map_err(|e| OrchestratorError::LeaseLost { run: self.run, detail: e.to_string() })?;
+            *self.lease.lock() = fresh;
+        }
+        let seq = self.saved_seq.load(Ordering::Relaxed) + 1;
+        let checkpoint = Checkpoint { run: self.run, seq, at: now, state: self.state.lock().clone() };
+        let lease = self.lease.lock().clone();
+        match self.o.checkpoints.save(&lease, &checkpoint).await {
+            Ok(()) => {}
+            Err(e @ (aios_core::StoreError::Fenced { .. } | aios_core::StoreError::Conflict { .. })) => {
+                return Err(OrchestratorError::LeaseLost { run: self.run, detail: e.to_string() })
+            }
+            Err(e) => return Err(OrchestratorError::Store(e)),
+        }
+        self.saved_seq.store(seq, Ordering::Relaxed);
+        self.unsaved.store(0, Ordering::Relaxed);
+        self.emit(RunEvent::CheckpointSaved { run: self.run, seq });
+        Ok(())
+    }
+
+    async fn run_task(&self, index: usize) -> (usize, TaskResult) {
+        let (spec, input) = {
+            let st = self.state.lock();
+            let t = &st.tasks[index];
+            let deps = t
+                .deps
+                .iter()
+                .filter_map(|&d| st.tasks.get(d).map(|x| (x.spec.name.clone(), x.output.clone().unwrap_or_default())))
+                .collect();
+            (t.spec.clone(), TaskInput { input: t.spec.input.clone(), deps })
+        };
+        let Some(role) = self.o.roles.get(&spec.role).cloned() else {
+            return (index, TaskResult::Failed(format!("task `{}` names a role that is not registered", spec.name)));
+        };
+        let agent = role.agent_id();
+        let task_id = task_id(self.run, &spec.name);
+        let started = AuditEvent::TaskStarted { run: self.run, task: task_id, role: role.id, agent };
+        if self.audit(Principal::Agent(agent), started).await.is_err() {
+            return (index, TaskResult::Fatal);
+        }
+        self.emit(RunEvent::TaskStarted { run: self.run, task: spec.name.clone() });
+        let mut ctx = TaskContext { driver: self, index, name: spec.name.clone(), task_id, role: role.clone(), agent, seq: 0 };
+        let span = tracing::info_span!("aios.task", run = %self.run, task = %spec.name, role = %role.name);
+        let result = role.agent.run(&mut ctx, input).instrument(span).await;
+        if self.fatal.lock().is_some() {
+            return (index, TaskResult::Fatal);
+        }
+        let result = match result {
+            Ok(output) => TaskResult::Completed(output),
+            Err(AgentError::Parked { approval }) => TaskResult::Parked(approval),
+            Err(AgentError::Fatal(_)) => TaskResult::Fatal,
+            Err(e) => TaskResult::Failed(e.to_string()),
+        };
+        (index, result)
+    }
+
+    async fn drive(&self, resumed: bool) -> Result<RunOutcome, OrchestratorError> {
+        self.emit(RunEvent::RunStarted { run: self.run, resumed });
+        let (mut remaining, mut dependents, mut ready) = {
+            let st = self.state.lock();
+            let n = st.tasks.len();
+            let mut remaining = vec![0usize; n];
+            let mut dependents = vec![Vec::new(); n];
+            for (i, t) in st.tasks.iter().enumerate() {
+                for &d in &t.deps {
+                    dependents[d].push(i);
+                    if st.tasks[d].status != TaskStatus::Completed {
+                        remaining[i] += 1;
+                    }
+                }
+            }
+            let ready: VecDeque<usize> =
+                (0..n).filter(|&i| remaining[i] == 0 && st.tasks[i].status == TaskStatus::Pending).collect();
+            (remaining, dependents, ready)
+        };
+        let concurrency = self.o.config.concurrency.max(1);
+        let mut running = FuturesUnordered::new();
+        let mut parked: Vec<ApprovalId> = vec![];
+        let mut failure: Option<String> = None;
+        let mut stopped: Option<RunStatus> = None;
+        loop {
+            if let Some(control) = self.o.controls.lock().remove(&self.run) {
+                stopped = Some(control);
+                break;
+            }
+            while failure.is_none() && running.len() < concurrency {
+                let Some(i) = ready.pop_front() else { break };
+                self.state.lock().tasks[i].status = TaskStatus::Running;
+                running.push(self.run_task(i));
+            }
+            let Some((i, result)) = running.next().await else { break };
+            let result = match result {
+                TaskResult::Failed(reason) => {
+                    let fallback = {
+                        let st = self.state.lock();
+                        self.o.roles.get(&st.tasks[i].spec.role).map(|r| r.fallback.clone()).unwrap_or(Fallback::FailRun)
+                    };
+                    match fallback {
+                        Fallback::Skip { output } => TaskResult::Completed(output),
+                        Fallback::Escalate => {
+                            let (name, anchor) = {
+                                let st = self.state.lock();
+                                let name = st.tasks[i].spec.name.clone();
+                                let anchor = self.o.roles.get(&st.tasks[i].spec.role).and_then(|r| self.accountable(r));
+                                (name, anchor)
+                            };
+                            if let Some(anchor) = anchor {
+                                if self.escalate(anchor, &name, &reason).await.is_err() {
+                                    return Err(self.take_fatal());
+                                }
+                            }
+                            TaskResult::Failed(reason)
+                        }
+                        Fallback::FailRun => TaskResult::Failed(reason),
+                    }
+                }
+                other => other,
+            };
+            let (name, outcome, detail) = {
+                let mut st = self.state.lock();
+                let name = st.tasks[i].spec.name.clone();
+                match &result {
+                    TaskResult::Completed(output) => {
+                        st.tasks[i].status = TaskStatus::Completed;
+                        st.tasks[i].output = Some(output.clone());
+                        // tasks spawned by this one: its dependents also wait for them
+                        let n = st.tasks.len();
+                        for j in remaining.len()..n {
+                            remaining.push(0);
+                            dependents.push(Vec::new());
+                            let deps = st.tasks[j].deps.clone();
+                            for d in deps {
+                                dependents[d].push(j);
+                                if st.tasks[d].status != TaskStatus::Completed {
+                                    remaining[j] += 1;
+                                }
+                            }
+                            for k in dependents[i].clone() {
+                                if k != j && !st.tasks[k].deps.contains(&j) {
+                                    st.tasks[k].deps.push(j);
+                                    dependents[j].push(k);
+                                    remaining[k] += 1;
+                                }
+                            }
+                            if remaining[j] == 0 {
+                                ready.push_back(j);
+                            }
+                        }
+                        for &k in &dependents[i] {
+                            remaining[k] -= 1;
+                            if remaining[k] == 0 && st.tasks[k].status == TaskStatus::Pending {
+                                ready.push_back(k);
+                            }
+                        }
+                        (name, Outcome::Succeeded, None)
+                    }
+                    TaskResult::Parked(approval) => {
+                        st.tasks[i].status = TaskStatus::Parked;
+                        parked.push(*approval);
+                        (name, Outcome::Parked, Some(format!("waiting for approval {approval}")))
+                    }
+                    TaskResult::Failed(reason) => {
+                        st.tasks[i].status = TaskStatus::Failed;
+                        st.tasks[i].error = Some(reason.clone());
+                        failure.get_or_insert_with(|| format!("task `{name}` failed: {reason}"));
+                        (name, Outcome::Failed, Some(reason.clone()))
+                    }
+                    TaskResult::Fatal => return Err(self.take_fatal()),
+                }
+            };
+            let task = task_id(self.run, &name);
+            let event = AuditEvent::TaskFinished { run: self.run, task, outcome, detail: detail.clone() };
+            if self.audit(Principal::System, event).await.is_err() {
+                return Err(self.take_fatal());
+            }
+            self.emit(match (&result, detail) {
+                (TaskResult::Parked(a), _) => RunEvent::TaskParked { run: self.run, task: name, approval: *a },
+                (TaskResult::Failed(_), Some(reason)) => RunEvent::TaskFailed { run: self.run, task: name, reason },
+                _ => RunEvent::TaskCompleted { run: self.run, task: name },
+            });
+            if self.step(false).await.is_err() {
+                return Err(self.take_fatal());
+            }
+        }
+        drop(running);
+        let status = {
+            let mut st = self.state.lock();
+            let status = if let Some(control) = stopped {
+                for t in st.tasks.iter_mut().filter(|t| t.status == TaskStatus::Running) {
+                    t.status = TaskStatus::Pending;
+                }
+                control
+            } else if let Some(reason) = failure {
+                RunStatus::Failed { reason }
+            } else if !parked.is_empty() {
+                RunStatus::Parked { approvals: parked }
+            } else if st.tasks.iter().all(|t| t.status == TaskStatus::Completed) {
+                RunStatus::Completed
+            } else {
+                RunStatus::Failed { reason: "tasks remain that can never run".to_string() }
+            };
+            st.status = status.clone();
+            status
+        };
+        let (outcome, detail) = match &status {
+            RunStatus::Completed => (Outcome::Succeeded, None),
+            RunStatus::Failed { reason } => (Outcome::Failed, Some(reason.clone())),
+            RunStatus::Cancelled => (Outcome::Cancelled, None),
+            RunStatus::Paused => (Outcome::Parked, Some("paused by an operator".to_string())),
+            RunStatus::Parked { approvals } => (Outcome::Parked, Some(format!("waiting for {} approval(s)", approvals.len()))),
+            RunStatus::Running => (Outcome::Parked, None),
+        };
+        if self.audit(Principal::System, AuditEvent::RunFinished { run: self.run, outcome, detail }).await.is_err() {
+            return Err(self.take_fatal());
+        }
+        self.save().await?;
+        let lease = self.lease.lock().clone();
+        self.o.checkpoints.release(&lease).await?;
+        self.emit(RunEvent::RunStopped { run: self.run, status: status.clone() });
+        let outputs = self.state.lock().outputs();
+        Ok(RunOutcome { run: self.run, status, outputs })
+    }
+
+    fn take_fatal(&self) -> OrchestratorError {
+        self.fatal.lock().take().unwrap_or_else(|| OrchestratorError::LeaseLost {
+            run: self.run,
+            detail: "the run stopped without a recorded cause".to_string(),
+        })
+    }
+}
+
+/// The stable task id used in audit events and idempotency keys: derived from the run and the
+/// task name, so it is the same after a resume.
+pub fn task_id(run: RunId, name: &TaskName) -> TaskId {
+    TaskId::from_name(&format!("{run}/{name}"))
+}
+
+impl Orchestrator {
+    /// Starts building an orchestrator around a compiled governance model.
+    pub fn builder(governor: aios_governance::Governor) -> OrchestratorBuilder {
+        OrchestratorBuilder::new(Governance::new(governor))
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &Arc<dyn AuditLog> {
+        &self.inner.audit
+    }
+
+    /// The checkpoint store.
+    pub fn checkpoint_store(&self) -> &Arc<dyn CheckpointStore> {
+        &self.inner.checkpoints
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Starts `workflow` as a new run and drives it until it completes, fails or parks.
+    pub async fn start(&self, workflow: Workflow) -> Result<RunOutcome, OrchestratorError> {
+        let deps = workflow.validate()?;
+        for t in &workflow.tasks {
+            if !self.inner.roles.contains_key(&t.role) {
+                return Err(OrchestratorError::UnknownRole { task: t.name.to_string() });
+            }
+        }
+        let run: RunId = self.inner.ids.next();
+        let governor = self.inner.gov.current();
+        let now = self.inner.clock.now();
+        let state = RunState {
+            schema: RUN_STATE_SCHEMA,
+            run,
+            workflow: workflow.name.clone(),
+            governance_version: governor.version(),
+            started_at: now,
+            status: RunStatus::Running,
+            tasks: workflow
+                .tasks
+                .into_iter()
+                .zip(deps)
+                .map(|(spec, deps)| TaskState { spec, deps, status: TaskStatus::Pending, output: None, error: None, journal: vec![] })
+                .collect(),
+            forked_from: None,
+        };
+        let lease = self.inner.checkpoints.acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await?;
+        let event = AuditEvent::RunStarted { run, workflow: state.workflow.clone(), governance_version: governor.version() };
+        self.inner.audit.append(AuditRecord { at: now, actor: Principal::System, event }).await?;
+        let driver = self.driver(governor, lease, state, 0);
+        driver.drive(false).instrument(tracing::info_span!("aios.run", run = %run)).await
+    }
+
+    fn driver(&self, governor: crate::gate::PinnedGovernor, lease: Lease, state: RunState, saved_seq: u64) -> Driver<'_> {
+        Driver {
+            o: &self.inner,
+            run: state.run,
+            governor,
+            lease: Mutex::new(lease),
+            state: Mutex::new(state),
+            saved_seq: AtomicU64::new(saved_seq),
+            unsaved: AtomicU32::new(0),
+            save_lock: futures::lock::Mutex::new(()),
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// Continues a run from its latest checkpoint: after a crash, after its approvals were
+    /// decided, or after a pause. Completed calls are replayed from the journal, never
+    /// performed again.
+    pub async fn resume(&self, run: RunId) -> Result<RunOutcome, OrchestratorError> {
+        let now = self.inner.clock.now();
+        let lease = self
+            .inner
+            .checkpoints
+            .acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl)
+            .await
+            .map_err(|e| match e {
+                aios_core::StoreError::Conflict { detail } => OrchestratorError::LeaseLost { run, detail },
+                other => OrchestratorError::Store(other),
+            })?;
+        let result = self.resume_leased(run, lease.clone()).await;
+        if result.is_err() {
+            // leave the lease to expire on store failures; release it on refusals
+            if let Err(OrchestratorError::NotResumable { .. } | OrchestratorError::GovernanceVersionUnavailable { .. }) = &result {
+                let _ = self.inner.checkpoints.release(&lease).await;
+            }
+        }
+        result
+    }
+
+    async fn resume_leased(&self, run: RunId, lease: Lease) -> Result<RunOutcome, OrchestratorError> {
+        let Some(checkpoint) = self.inner.checkpoints.latest(run).await? else {
+            return Err(OrchestratorError::UnknownRun(run));
+        };
+        let mut state = checkpoint.state;
+        if state.status.is_terminal() {
+            return Err(OrchestratorError::NotResumable { run, status: format!("{:?}", state.status) });
+        }
+        let governor = self
+            .inner
+            .gov
+            .version(state.governance_version)
+            .ok_or(OrchestratorError::GovernanceVersionUnavailable { run, version: state.governance_version })?;
+        for t in &mut state.tasks {
+            if matches!(t.status, TaskStatus::Running | TaskStatus::Parked) {
+                t.status = TaskStatus::Pending;
+            }
+        }
+        state.status = RunStatus::Running;
+        let driver = self.driver(governor, lease, state, checkpoint.seq);
+        driver.drive(true).instrument(tracing::info_span!("aios.run", run = %run, resumed = true)).await
+    }
+
+    /// The latest saved state of a run.
+    pub async fn state(&self, run: RunId) -> Result<Option<RunState>, OrchestratorError> {
+        Ok(self.inner.checkpoints.latest(run).await?.map(|c| c.state))
+    }
+
+    /// Runs parked on approvals.
+    pub async fn parked_runs(&self) -> Result<Vec<crate::checkpoint::RunSummary>, OrchestratorError> {
+        Ok(self.inner.checkpoints.list(true).await?)
+    }
+
+    /// Copies a run as it was at checkpoint `seq` into a new run, without changing the
+    /// original's history. Calls waiting for approval at that point (and what came after them
+    /// in their task) are dropped from the copy, so the fork asks again. Resume the returned
+    /// run to drive it.
+    pub async fn fork(&self, run: RunId, seq: u64) -> Result<RunId, OrchestratorError> {
+        let Some(checkpoint) = self.inner.checkpoints.get(run, seq).await? else {
+            return Err(OrchestratorError::UnknownRun(run));
+        };
+        let new_run: RunId = self.inner.ids.next();
+        let mut state = checkpoint.state;
+        state.run = new_run;
+        state.forked_from = Some((run, seq));
+        state.status = RunStatus::Running;
+        for t in &mut state.tasks {
+            if let Some(cut) = t.journal.iter().position(|e| matches!(e.record, crate::state::CallRecord::AwaitingApproval { .. })) {
+                t.journal.truncate(cut);
+            }
+            if matches!(t.status, TaskStatus::Running | TaskStatus::Parked) {
+                t.status = TaskStatus::Pending;
+            }
+        }
+        let now = self.inner.clock.now();
+        let lease = self.inner.checkpoints.acquire(new_run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await?;
+        self.inner.checkpoints.save(&lease, &Checkpoint { run: new_run, seq: 1, at: now, state }).await?;
+        self.inner.checkpoints.release(&lease).await?;
+        self.inner
+            .audit
+            .append(AuditRecord {
+                at: now,
+                actor: Principal::System,
+                event: AuditEvent::Note { text: format!("run {new_run} forked from run {run} at checkpoint {seq}") },
+            })
+            .await?;
+        Ok(new_run)
+    }
+
+    /// Stops a run for good (`Cancelled`) or pauses it (`Paused`; resume continues it).
+    /// Recorded in the audit log with who and why. A run being driven by this orchestrator
+    /// stops at its next task boundary; otherwise its checkpoint is updated under a lease.
+    pub async fn control_run(&self, run: RunId, control: RunControl, by: Principal, reason: &str) -> Result<(), OrchestratorError> {
+        let status = match control {
+            RunControl::Cancel => RunStatus::Cancelled,
+            RunControl::Pause => RunStatus::Paused,
+        };
+        let now = self.inner.clock.now();
+        let event = AuditEvent::ControlApplied {
+            target: format!("run:{run}"),
+            control: format!("{control:?}").to_lowercase(),
+            reason: reason.to_string(),
+            until: None,
+        };
+        self.inner.audit.append(AuditRecord { at: now, actor: by, event }).await?;
+        match self.inner.checkpoints.acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await {
+            Ok(lease) => {
+                let Some(latest) = self.inner.checkpoints.latest(run).await? else {
+                    self.inner.checkpoints.release(&lease).await?;
+                    return Err(OrchestratorError::UnknownRun(run));
+                };
+                let mut state = latest.state;
+                if state.status.is_terminal() {
+                    self.inner.checkpoints.release(&lease).await?;
+                    return Err(OrchestratorError::NotResumable { run, status: format!("{:?}", state.status) });
+                }
+                state.status = status;
+                let cp = Checkpoint { run, seq: latest.seq + 1, at: now, state };
+                let saved = self.inner.checkpoints.save(&lease, &cp).await;
+                self.inner.checkpoints.release(&lease).await?;
+                saved?;
+            }
+            Err(aios_core::StoreError::Conflict { .. }) => {
+                // driven right now (by this process): stop at the next task boundary
+                self.inner.controls.lock().insert(run, status);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+}
+
+impl Orchestrator {
+    /// Approval requests waiting for a human, across all runs, oldest first.
+    pub async fn pending_approvals(&self) -> Result<Vec<aios_governance::ApprovalRequest>, OrchestratorError> {
+        self.inner.gov.pending().await.map_err(|e| OrchestratorError::Approval(e.to_string()))
+    }
+
+    /// Records `by`'s decision on `approval` and resumes the run waiting for it, which
+    /// continues exactly the parked call: approved, it runs as proposed; edited, it runs as
+    /// edited; rejected, the agent gets [`AgentError::Rejected`] and the role's fallback
+    /// applies. The decision is refused (and nothing changes) if `by` is not a holder or
+    /// deputy of the anchor, is the requester, or the request is unknown, already decided,
+    /// used or expired.
+    pub async fn submit_approval(
+        &self,
+        approval: ApprovalId,
+        by: aios_core::HumanId,
+        response: aios_governance::ApprovalResponse,
+    ) -> Result<RunOutcome, OrchestratorError> {
+        let run = self
+            .inner
+            .gov
+            .submit(approval, by, response)
+            .await
+            .map_err(|e| OrchestratorError::Approval(e.to_string()))?
+            .ok_or(OrchestratorError::UnknownApproval(approval))?;
+        self.resume(run).await
+    }
+
+    /// Loads another governance model version. With `make_current`, new runs start under it;
+    /// runs already started stay pinned to theirs.
+    pub fn load_governance(&self, governor: aios_governance::Governor, make_current: bool) {
+        self.inner.gov.load(governor, make_current);
+    }
+
+    /// The markdown transcript of a run, from the audit log.
+    pub async fn transcript(&self, run: RunId) -> Result<String, OrchestratorError> {
+        let entries = aios_core::AuditLogExt::entries(self.inner.audit.as_ref()).await?;
+        let mut names = HashMap::new();
+        for role in self.inner.roles.values() {
+            names.insert(Principal::Agent(role.agent_id()), format!("agent `{}`", role.name));
+        }
+        Ok(crate::transcript::render_transcript(run, &entries, &names))
+    }
+}
+
+/// An operator control on one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunControl {
+    /// Stop for good.
+    Cancel,
+    /// Stop until resumed.
+    Pause,
+}

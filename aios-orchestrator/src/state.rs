@@ -1,0 +1,189 @@
+//! The durable state of a run: what a checkpoint holds.
+
+use aios_core::{ApprovalId, ConnectorOutput, MemoryId, ModelResponse, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::graph::TaskSpec;
+
+/// The version of [`RunState`] this build writes.
+pub const RUN_STATE_SCHEMA: u32 = 1;
+
+/// Where a run is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Tasks are being executed (or the worker crashed while they were).
+    Running,
+    /// Waiting for human decisions on these approval requests.
+    Parked {
+        /// The requests it waits for.
+        approvals: Vec<ApprovalId>,
+    },
+    /// Paused by an operator; resume continues it.
+    Paused,
+    /// Every task completed.
+    Completed,
+    /// A task failed for good.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Cancelled by an operator.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Whether the run can make no further progress.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed { .. } | RunStatus::Cancelled)
+    }
+}
+
+/// Where a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Waiting for its dependencies or a slot.
+    Pending,
+    /// Its agent is executing (or was, when the worker stopped).
+    Running,
+    /// Waiting for a human.
+    Parked,
+    /// Done; its output is recorded.
+    Completed,
+    /// Failed for good.
+    Failed,
+}
+
+/// What kind of call a journal entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// A model completion.
+    Model,
+    /// A connector invocation (a side effect).
+    Connector,
+    /// A memory write.
+    Memory,
+    /// A task added to the graph (fan-out).
+    Spawn,
+}
+
+/// The result of one journaled call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CallRecord {
+    /// The call was about to reach a side-effecting backend whose outcome cannot be known after
+    /// a crash (an irreversible, non-idempotent connector). Finding this without a result on
+    /// resume means the outcome is unknown: the run escalates instead of repeating it.
+    Started,
+    /// A model answered.
+    Model(ModelResponse),
+    /// A connector answered.
+    Connector(ConnectorOutput),
+    /// A memory record was written.
+    Memory {
+        /// The record written.
+        id: MemoryId,
+        /// Its version.
+        version: u32,
+    },
+    /// Memory was recalled: the record versions seen, in rank order.
+    Recalled {
+        /// The hits.
+        hits: Vec<crate::memory::RecalledHit>,
+    },
+    /// A task was added.
+    Spawned {
+        /// The new task's index.
+        index: usize,
+    },
+    /// The call needs approval; the run parked on this request.
+    AwaitingApproval {
+        /// The request.
+        approval: ApprovalId,
+    },
+    /// The call was approved (possibly with an edited input) and then performed; the inner
+    /// record is its result. Kept so the transcript shows who approved.
+    Approved {
+        /// The request.
+        approval: ApprovalId,
+        /// The result of the approved call (absent while it is being performed).
+        result: Option<Box<CallRecord>>,
+    },
+    /// The call was refused (by governance, a budget or a human); replay refuses it again.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// The call failed for good; replay fails it again.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One call in a task's journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// The call's sequence number within its task (from 0).
+    pub seq: u32,
+    /// What kind of call.
+    pub kind: CallKind,
+    /// SHA-256 (hex) of the call's request; replay checks it.
+    pub request_hash: String,
+    /// What happened.
+    pub record: CallRecord,
+}
+
+/// The durable state of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    /// What the task is.
+    pub spec: TaskSpec,
+    /// Indexes of the tasks it waits for.
+    pub deps: Vec<usize>,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// Its output, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Every call its agent made, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal: Vec<JournalEntry>,
+}
+
+/// Everything needed to continue a run in another process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Format version.
+    pub schema: u32,
+    /// The run.
+    pub run: RunId,
+    /// The workflow's name.
+    pub workflow: String,
+    /// The governance model version the run is pinned to.
+    pub governance_version: u64,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// Where it is.
+    pub status: RunStatus,
+    /// Its tasks (fan-out appends).
+    pub tasks: Vec<TaskState>,
+    /// The run and checkpoint it was forked from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<(RunId, u64)>,
+}
+
+impl RunState {
+    /// The outputs of completed tasks by name.
+    pub fn outputs(&self) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.tasks
+            .iter()
+            .filter_map(|t| t.output.clone().map(|o| (t.spec.name.to_string(), o)))
+            .collect()
+    }
+}

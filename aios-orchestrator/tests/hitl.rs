@@ -1,0 +1,89 @@
+//! Human in the loop: park, list, decide, resume exactly the parked call.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use aios_core::AuditLogExt;
+use aios_governance::ApprovalResponse;
+use aios_orchestrator::RunStatus;
+use common::*;
+use futures::executor::block_on;
+
+#[test]
+fn an_irreversible_send_parks_then_runs_once_approved() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    let RunStatus::Parked { approvals } = &outcome.status else { panic!("expected parked, got {:?}", outcome.status) };
+    assert_eq!(approvals.len(), 1);
+    assert!(world.email.effects().is_empty(), "nothing sent before approval");
+    assert_eq!(outcome.outputs.len(), 2, "research and draft completed");
+
+    let pending = block_on(orch.pending_approvals()).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].action, "email.send");
+    assert_eq!(pending[0].run, Some(outcome.run));
+
+    let done = block_on(orch.submit_approval(approvals[0], alice(), ApprovalResponse::Approve)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    assert_eq!(world.email.effects().len(), 1);
+    assert_eq!(done.outputs["send"]["ok"], true);
+    assert!(block_on(orch.pending_approvals()).unwrap().is_empty());
+
+    // the chain verifies and the transcript names the approver
+    assert!(block_on(orch.audit_log().verify(None)).unwrap().is_intact());
+    let transcript = block_on(orch.transcript(outcome.run)).unwrap();
+    assert!(transcript.contains("Approved"), "{transcript}");
+    assert!(transcript.contains("email.send"), "{transcript}");
+}
+
+#[test]
+fn an_edited_action_runs_as_edited() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let edited = serde_json::json!({ "to": "friends@example.com", "body": "shorter" });
+    let done = block_on(orch.submit_approval(id, bob(), ApprovalResponse::Edit(edited.clone()))).unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(world.email.effects()[0].input, edited);
+}
+
+#[test]
+fn a_rejection_follows_the_fallback_and_sends_nothing() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let done = block_on(orch.submit_approval(id, alice(), ApprovalResponse::Reject { reason: "not today".into() })).unwrap();
+    assert!(matches!(done.status, RunStatus::Failed { ref reason } if reason.contains("not today")), "{:?}", done.status);
+    assert!(world.email.effects().is_empty());
+}
+
+#[test]
+fn approvals_from_the_wrong_people_are_refused_and_change_nothing() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let mallory = aios_core::HumanId::from_name("mallory");
+    assert!(block_on(orch.submit_approval(id, mallory, ApprovalResponse::Approve)).is_err());
+    assert!(world.email.effects().is_empty());
+    // the legitimate approval still works, once
+    assert_eq!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap().status, RunStatus::Completed);
+    assert!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).is_err(), "replayed approval refused");
+    assert_eq!(world.email.effects().len(), 1);
+}
+
+#[test]
+fn an_expired_approval_is_a_rejection() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    world.timer.advance(std::time::Duration::from_secs(25 * 3600));
+    assert!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).is_err());
+    let done = block_on(orch.resume(outcome.run)).unwrap();
+    assert!(matches!(done.status, RunStatus::Failed { .. }), "{:?}", done.status);
+    assert!(world.email.effects().is_empty());
+}

@@ -27,7 +27,9 @@ pub struct RecallWeights {
     /// The `k` of reciprocal-rank fusion: a hit at rank `r` (1-based) in one signal adds
     /// `1 / (rrf_k + r)`.
     pub rrf_k: f32,
-    /// How many candidates each signal contributes before fusion.
+    /// How many candidates each signal contributes before fusion (at least the query's `k`).
+    /// A shallow pool keeps fusion from promoting records that are mediocre in both signals
+    /// over records one signal ranks at the top.
     pub candidates: usize,
     /// Weight of recency, `0.5 ^ (age / half_life)`, added to the fused score.
     pub recency: f32,
@@ -41,7 +43,7 @@ impl Default for RecallWeights {
     fn default() -> Self {
         Self {
             rrf_k: 60.0,
-            candidates: 100,
+            candidates: 10,
             recency: 0.002,
             recency_half_life: Duration::from_secs(30 * 24 * 3600),
             importance: 0.002,

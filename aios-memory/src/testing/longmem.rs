@@ -28,6 +28,9 @@ pub struct LongMemConfig {
     pub filler_per_session: usize,
     /// Questions of each answerable kind (abstention questions: half as many).
     pub questions_per_kind: usize,
+    /// Distractor turns per person named in a fact: the same name in unrelated chatter that
+    /// mentions other animals, places and hobbies.
+    pub distractors_per_name: usize,
     /// The seed of every choice.
     pub seed: u64,
     /// When the first session starts.
@@ -39,9 +42,10 @@ pub struct LongMemConfig {
 impl Default for LongMemConfig {
     fn default() -> Self {
         Self {
-            sessions: 40,
-            filler_per_session: 12,
+            sessions: 50,
+            filler_per_session: 16,
             questions_per_kind: 12,
+            distractors_per_name: 2,
             seed: 7,
             start: Timestamp::from_timestamp_millis(1_767_225_600_000).unwrap_or_default(),
             session_gap: Duration::from_secs(26 * 3600),
@@ -101,11 +105,9 @@ pub struct LongMemSet {
     pub questions: Vec<Question>,
 }
 
-const NAMES: &[&str] = &[
-    "biscuit", "pepper", "juniper", "marlowe", "tansy", "rufus", "odessa", "quincy", "saffron",
-    "bramble", "clover", "dashiell", "everett", "fennel", "gideon", "hollis", "imogen", "jasper",
-    "kestrel", "lorcan", "mirabel", "nettle", "oberon", "pippin", "rowan", "sorrel", "tamsin",
-    "ulric", "verity", "wren", "xanthe", "yarrow", "zephyr", "alder", "bastian", "cosima",
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ren", "sa", "tu", "vi", "zor", "bel", "dan", "fi", "gor", "ha", "jun", "ke",
+    "lys", "mor", "nel", "pa", "quin", "ro", "sol", "ta", "ul", "ve", "wyn", "xa", "yo",
 ];
 const CITIES: &[&str] = &[
     "lisbon",
@@ -216,6 +218,22 @@ impl Gen {
         (self.rng.next_u64() % n.max(1) as u64) as usize
     }
 
+    /// A made-up name not in `used` (three syllables: thousands of combinations).
+    fn name(&mut self, used: &mut Vec<String>) -> String {
+        loop {
+            let n = format!(
+                "{}{}{}",
+                self.pick(SYLLABLES),
+                self.pick(SYLLABLES),
+                self.pick(SYLLABLES)
+            );
+            if !used.contains(&n) {
+                used.push(n.clone());
+                return n;
+            }
+        }
+    }
+
     /// Distinct picks (as many as the list allows).
     fn distinct<'a>(
         &mut self,
@@ -269,7 +287,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
     let n = config.questions_per_kind;
     let mut planted: Vec<Planted> = Vec::new();
     let mut questions: Vec<(QuestionKind, usize, String, Option<String>)> = Vec::new();
-    let mut used_names = Vec::new();
+    let mut used_names: Vec<String> = Vec::new();
     let mut used_hobbies = Vec::new();
 
     // single facts: a pet, a relative's city, a job
@@ -277,10 +295,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
         let s = g.below(sessions);
         let (fact, q, a) = match i % 3 {
             0 => {
-                let name = g
-                    .distinct(NAMES, 1, &mut used_names)
-                    .pop()
-                    .unwrap_or("nameless");
+                let name = g.name(&mut used_names);
                 let animal = g.pick(ANIMALS);
                 (
                     format!("by the way i adopted a {animal} and named it {name}"),
@@ -289,10 +304,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
                 )
             }
             1 => {
-                let name = g
-                    .distinct(NAMES, 1, &mut used_names)
-                    .pop()
-                    .unwrap_or("nameless");
+                let name = g.name(&mut used_names);
                 let city = g.pick(CITIES);
                 (
                     format!("my cousin {name} just moved to {city} for a new start"),
@@ -301,10 +313,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
                 )
             }
             _ => {
-                let name = g
-                    .distinct(NAMES, 1, &mut used_names)
-                    .pop()
-                    .unwrap_or("nameless");
+                let name = g.name(&mut used_names);
                 let job = g.pick(JOBS);
                 (
                     format!("my neighbour {name} works as a {job} downtown"),
@@ -324,10 +333,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
 
     // multi-session: hobbies picked up in different sessions
     for i in 0..n {
-        let friend = g
-            .distinct(NAMES, 1, &mut used_names)
-            .pop()
-            .unwrap_or("nameless");
+        let friend = g.name(&mut used_names);
         let hobbies = g.distinct(HOBBIES, 3, &mut used_hobbies);
         if hobbies.is_empty() {
             used_hobbies.clear();
@@ -354,10 +360,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
 
     // temporal: two trips, which came first
     for i in 0..n {
-        let companion = g
-            .distinct(NAMES, 1, &mut used_names)
-            .pop()
-            .unwrap_or("nameless");
+        let companion = g.name(&mut used_names);
         let a = g.pick(CITIES);
         let mut b = g.pick(CITIES);
         while b == a {
@@ -387,10 +390,7 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
 
     // knowledge updates: a fact, later changed
     for i in 0..n {
-        let name = g
-            .distinct(NAMES, 1, &mut used_names)
-            .pop()
-            .unwrap_or("nameless");
+        let name = g.name(&mut used_names);
         let old = g.pick(CITIES);
         let mut new = g.pick(CITIES);
         while new == old {
@@ -418,26 +418,40 @@ pub fn generate(config: &LongMemConfig) -> LongMemSet {
         ));
     }
 
+    // distractors: the same people in unrelated chatter
+    for name in used_names.clone() {
+        for _ in 0..config.distractors_per_name {
+            let text = match g.below(3) {
+                0 => format!(
+                    "{name} recommended a podcast about {} in {}",
+                    g.pick(FILLER_TOPICS),
+                    g.pick(CITIES)
+                ),
+                1 => format!(
+                    "i ran into {name} at the {} shop and we talked about a {} and {}",
+                    g.pick(FILLER_TOPICS),
+                    g.pick(ANIMALS),
+                    g.pick(HOBBIES)
+                ),
+                _ => format!(
+                    "{name} asked whether the {} from {} still works there",
+                    g.pick(JOBS),
+                    g.pick(CITIES)
+                ),
+            };
+            planted.push(Planted {
+                session: g.below(sessions),
+                text,
+                group: (QuestionKind::Abstention, usize::MAX),
+                order: 0,
+            });
+        }
+    }
+
     // abstention: about people never mentioned
     let mut abstain = Vec::new();
-    for i in 0..n.div_ceil(2) {
-        let unknown: Vec<&str> = NAMES
-            .iter()
-            .copied()
-            .filter(|x| !used_names.contains(x))
-            .collect();
-        let who = if unknown.is_empty() {
-            format!("stranger{i}")
-        } else {
-            g.pick(&unknown).to_string()
-        };
-        used_names.push(
-            NAMES
-                .iter()
-                .copied()
-                .find(|x| *x == who)
-                .unwrap_or("stranger"),
-        );
+    for _ in 0..n.div_ceil(2) {
+        let who = g.name(&mut used_names);
         abstain.push(format!("what instrument does my aunt {who} teach"));
     }
 

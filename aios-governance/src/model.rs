@@ -504,10 +504,22 @@ impl GovernanceModel {
 
     /// Reads a model from TOML. Errors name the path in the document and what is wrong.
     pub fn from_toml(text: &str) -> Result<Self, ModelError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ModelError::Invalid {
-            format: Format::Toml,
-            path: ".".into(),
-            message: first_line(&e.to_string()),
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let message = first_line(e.message());
+            let message = match e.span() {
+                Some(span) => {
+                    let before = text.get(..span.start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            };
+            ModelError::Invalid {
+                format: Format::Toml,
+                path: ".".into(),
+                message,
+            }
         })?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

@@ -1,8 +1,235 @@
-//! memory workloads (filled in by the memory crate's issue).
+//! MEM-WRITE, MEM-RECALL-EXACT and MEM-RECALL-HYBRID, through the same `Memory` calls a user
+//! makes.
 
-use crate::{Config, Measurement};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios::core::{ManualClock, Principal, SeededRng};
+use aios::memory::{Memory, MemoryKind, NewMemory, RecallMode, RecallQuery, Scope, Tier};
+
+use crate::{percentile_us, sample, time, Config, Goal, Measurement};
+
+/// The embedding dimension of every workload.
+pub const DIMS: usize = 384;
+
+const STOPWORDS: &[&str] = &[
+    "the", "a", "of", "to", "and", "in", "is", "for", "on", "with", "that", "it", "as", "at", "by",
+    "from", "was", "we", "our", "this",
+];
+
+/// A synthetic vocabulary: `n` pronounceable words.
+pub fn vocabulary(n: usize) -> Vec<String> {
+    const SYL: &[&str] = &[
+        "ka", "lo", "mi", "ren", "sa", "tu", "vi", "zor", "bel", "dan", "fi", "gor", "ha", "jun",
+        "ke", "lys", "mor", "nel", "pa", "quin", "ro", "sol", "ta", "ul",
+    ];
+    (0..n)
+        .map(|i| {
+            let mut w = String::new();
+            let mut x = i;
+            loop {
+                w.push_str(SYL[x % SYL.len()]);
+                x /= SYL.len();
+                if x == 0 {
+                    break;
+                }
+            }
+            w
+        })
+        .collect()
+}
+
+/// About 200 bytes of text: a third stopwords, the rest from the vocabulary.
+pub fn text(rng: &mut SeededRng, vocab: &[String]) -> String {
+    let mut s = String::with_capacity(220);
+    while s.len() < 200 {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        if rng.next_u64() % 3 == 0 {
+            s.push_str(STOPWORDS[(rng.next_u64() % STOPWORDS.len() as u64) as usize]);
+        } else {
+            s.push_str(&vocab[(rng.next_u64() % vocab.len() as u64) as usize]);
+        }
+    }
+    s
+}
+
+/// A unit-length vector with seeded components.
+pub fn vector(rng: &mut SeededRng) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..DIMS).map(|_| rng.next_f64() as f32 - 0.5).collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// `n` records of about 200 bytes of text with a 384-dimension embedding, spread over 8
+/// scopes (`bench/team-a/p0` .. `bench/team-b/p3`) and the three tiers.
+pub fn records(n: usize, seed: u64) -> Vec<NewMemory> {
+    let mut rng = SeededRng::new(seed);
+    let vocab = vocabulary(5000);
+    let scopes: Vec<Scope> = ["a", "b"]
+        .iter()
+        .flat_map(|t| (0..4).map(move |p| format!("bench/team-{t}/p{p}")))
+        .filter_map(|s| Scope::parse(&s).ok())
+        .collect();
+    (0..n)
+        .map(|i| {
+            NewMemory::new(
+                scopes[i % scopes.len()].clone(),
+                Tier::ALL[i % 3],
+                text(&mut rng, &vocab),
+                Principal::System,
+            )
+            .kind(MemoryKind::Episode)
+            .importance((i % 10) as f32 / 10.0)
+            .embedding(vector(&mut rng))
+        })
+        .collect()
+}
+
+/// Opens an empty in-memory `Memory` on a manual clock.
+pub fn open() -> Memory {
+    let clock = Arc::new(ManualClock::default());
+    futures::executor::block_on(Memory::builder(clock).open())
+        .expect("an empty in-memory memory opens")
+}
+
+/// Remembers every record, one `remember` call each; returns how many succeeded.
+pub fn write_all(memory: &Memory, records: Vec<NewMemory>) -> usize {
+    futures::executor::block_on(async {
+        let mut ok = 0;
+        for r in records {
+            if memory.remember(r).await.is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    })
+}
+
+/// Sums every f32 of `buf` with the same 16-lane accumulation the vector scan uses: the time
+/// to stream the bytes once.
+pub fn stream_sum(buf: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = buf.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += *x;
+        }
+    }
+    rest + acc.iter().sum::<f32>()
+}
+
+fn median_of(samples: usize, mut f: impl FnMut(usize)) -> Duration {
+    let d = sample(samples, &mut f);
+    Duration::from_secs_f64(percentile_us(&d, 50.0) / 1e6)
+}
 
 /// Runs the memory workloads.
-pub fn run(_config: &Config) -> Vec<Measurement> {
-    Vec::new()
+pub fn run(config: &Config) -> Vec<Measurement> {
+    let mut out = Vec::new();
+
+    // MEM-WRITE
+    let n_write = config.pick(200_000, 1_000_000);
+    let data = records(n_write, 1);
+    let memory = open();
+    let (d, ok) = time(|| write_all(&memory, data));
+    out.push(Measurement::new(
+        "MEM-WRITE",
+        if ok == n_write {
+            "throughput"
+        } else {
+            "FAILED writes"
+        },
+        ok as f64 / d.as_secs_f64(),
+        "records/s",
+        Goal::AtLeast(200_000.0),
+    ));
+    drop(memory);
+
+    // MEM-RECALL-EXACT over 100,000 x 384
+    let n = 100_000;
+    let memory = open();
+    write_all(&memory, records(n, 2));
+    let mut rng = SeededRng::new(3);
+    let queries: Vec<Vec<f32>> = (0..64).map(|_| vector(&mut rng)).collect();
+    let samples = config.pick(40, 200);
+
+    // the physical limit: stream the same number of embedding bytes once
+    let buf: Vec<f32> = (0..n * DIMS).map(|i| (i % 7) as f32 * 0.25).collect();
+    let mut sink = 0f32;
+    let stream = median_of(samples, |_| sink += stream_sum(std::hint::black_box(&buf)));
+    drop(buf);
+
+    let mut found = 0usize;
+    let exact = median_of(samples, |i| {
+        let q = RecallQuery::vector(queries[i % queries.len()].clone())
+            .mode(RecallMode::Vector)
+            .k(10);
+        found += futures::executor::block_on(memory.recall(&q)).map_or(0, |h| h.len());
+    });
+    let exact_ok = found == samples * 10;
+    out.push(Measurement::new(
+        "MEM-RECALL-EXACT",
+        "stream limit",
+        stream.as_secs_f64() * 1e6,
+        "us",
+        Goal::None,
+    ));
+    out.push(Measurement::new(
+        "MEM-RECALL-EXACT",
+        if exact_ok { "p50" } else { "p50 FAILED" },
+        exact.as_secs_f64() * 1e6,
+        "us",
+        Goal::None,
+    ));
+    out.push(Measurement::new(
+        "MEM-RECALL-EXACT",
+        "ratio to stream",
+        exact.as_secs_f64() / stream.as_secs_f64(),
+        "x",
+        Goal::AtMost(1.3),
+    ));
+
+    // MEM-RECALL-HYBRID: text + vector, fused, within half of the scopes
+    let vocab = vocabulary(5000);
+    let mut trng = SeededRng::new(4);
+    let texts: Vec<String> = (0..64)
+        .map(|_| {
+            format!(
+                "what did the {} say about {} and {}",
+                vocab[(trng.next_u64() % 5000) as usize],
+                vocab[(trng.next_u64() % 5000) as usize],
+                vocab[(trng.next_u64() % 5000) as usize]
+            )
+        })
+        .collect();
+    let scope = Scope::parse("bench/team-a").unwrap_or_default();
+    let mut hybrid_found = 0usize;
+    let hybrid = median_of(samples, |i| {
+        let q = RecallQuery::text(texts[i % texts.len()].clone())
+            .with_vector(queries[i % queries.len()].clone())
+            .in_scope(scope.clone())
+            .k(10);
+        hybrid_found += futures::executor::block_on(memory.recall(&q)).map_or(0, |h| h.len());
+    });
+    let hybrid_ok = hybrid_found == samples * 10;
+    out.push(Measurement::new(
+        "MEM-RECALL-HYBRID",
+        if hybrid_ok { "p50" } else { "p50 FAILED" },
+        hybrid.as_secs_f64() * 1e6,
+        "us",
+        Goal::None,
+    ));
+    out.push(Measurement::new(
+        "MEM-RECALL-HYBRID",
+        "ratio to exact",
+        hybrid.as_secs_f64() / exact.as_secs_f64(),
+        "x",
+        Goal::AtMost(2.0),
+    ));
+    std::hint::black_box(sink);
+    out
 }

@@ -22,11 +22,16 @@ use crate::graph::TaskInput;
 #[async_trait]
 pub trait Agent: Send + Sync + std::fmt::Debug {
     /// Performs one task and returns its output.
-    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError>;
+    async fn run(
+        &self,
+        ctx: &mut TaskContext<'_>,
+        input: TaskInput,
+    ) -> Result<serde_json::Value, AgentError>;
 }
 
 /// The future an [`FnAgent`] closure returns.
-pub type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<serde_json::Value, AgentError>> + Send + 'a>>;
+pub type BoxFut<'a> =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, AgentError>> + Send + 'a>>;
 
 type AgentFn = dyn for<'a, 'c> Fn(&'a mut TaskContext<'c>, TaskInput) -> BoxFut<'a> + Send + Sync;
 
@@ -45,7 +50,9 @@ pub struct FnAgent {
 
 impl FnAgent {
     /// Wraps `f`.
-    pub fn new(f: impl for<'a, 'c> Fn(&'a mut TaskContext<'c>, TaskInput) -> BoxFut<'a> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        f: impl for<'a, 'c> Fn(&'a mut TaskContext<'c>, TaskInput) -> BoxFut<'a> + Send + Sync + 'static,
+    ) -> Self {
         Self { f: Box::new(f) }
     }
 }
@@ -58,7 +65,11 @@ impl std::fmt::Debug for FnAgent {
 
 #[async_trait]
 impl Agent for FnAgent {
-    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError> {
+    async fn run(
+        &self,
+        ctx: &mut TaskContext<'_>,
+        input: TaskInput,
+    ) -> Result<serde_json::Value, AgentError> {
         (self.f)(ctx, input).await
     }
 }
@@ -84,7 +95,14 @@ pub struct LlmAgent {
 
 impl Default for LlmAgent {
     fn default() -> Self {
-        Self { max_steps: 8, memory_k: 5, memory_tokens: 512, tools: vec![], tool_risk: 10, tool_cost: Money::ZERO }
+        Self {
+            max_steps: 8,
+            memory_k: 5,
+            memory_tokens: 512,
+            tools: vec![],
+            tool_risk: 10,
+            tool_cost: Money::ZERO,
+        }
     }
 }
 
@@ -107,32 +125,50 @@ impl LlmAgent {
 
 #[async_trait]
 impl Agent for LlmAgent {
-    async fn run(&self, ctx: &mut TaskContext<'_>, input: TaskInput) -> Result<serde_json::Value, AgentError> {
+    async fn run(
+        &self,
+        ctx: &mut TaskContext<'_>,
+        input: TaskInput,
+    ) -> Result<serde_json::Value, AgentError> {
         let task_text = serde_json::to_string(&input).unwrap_or_default();
         let mut messages = vec![Message::system(ctx.role().instructions.clone())];
         if self.memory_k > 0 {
-            if let Some(context) = ctx.memory_context(&task_text, self.memory_k, self.memory_tokens).await? {
+            if let Some(context) = ctx
+                .memory_context(&task_text, self.memory_k, self.memory_tokens)
+                .await?
+            {
                 messages.push(Message::system(format!("Relevant memory:\n{context}")));
             }
         }
         messages.push(Message::user(task_text));
         for _ in 0..self.max_steps {
-            let request = ModelRequest { messages: messages.clone(), tools: self.tools.clone(), ..ModelRequest::default() };
+            let request = ModelRequest {
+                messages: messages.clone(),
+                tools: self.tools.clone(),
+                ..ModelRequest::default()
+            };
             let response = ctx.complete(request).await?;
             if response.tool_calls.is_empty() {
                 return Ok(serde_json::json!({ "text": response.content }));
             }
             messages.push(Message::assistant(response.content.clone()));
             for call in response.tool_calls {
-                let (connector, operation) = call.name.split_once('.').unwrap_or((call.name.as_str(), "invoke"));
+                let (connector, operation) = call
+                    .name
+                    .split_once('.')
+                    .unwrap_or((call.name.as_str(), "invoke"));
                 let out = ctx
-                    .call(ConnectorRequest::new(connector, operation, call.arguments.clone())
-                        .risk(self.tool_risk)
-                        .estimated_cost(self.tool_cost))
+                    .call(
+                        ConnectorRequest::new(connector, operation, call.arguments.clone())
+                            .risk(self.tool_risk)
+                            .estimated_cost(self.tool_cost),
+                    )
                     .await?;
                 messages.push(Message::tool(out.output.to_string()));
             }
         }
-        Err(AgentError::StepLimit { limit: self.max_steps })
+        Err(AgentError::StepLimit {
+            limit: self.max_steps,
+        })
     }
 }

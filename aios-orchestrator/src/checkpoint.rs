@@ -88,7 +88,13 @@ pub struct RunSummary {
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Takes or renews the lease on `run` for `ttl` from `now`.
-    async fn acquire(&self, run: RunId, owner: &WorkerId, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError>;
+    async fn acquire(
+        &self,
+        run: RunId,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError>;
 
     /// Gives up a lease (a no-op if it is no longer the current one).
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
@@ -127,7 +133,8 @@ impl InMemoryCheckpointStore {
 }
 
 fn expires(now: Timestamp, ttl: Duration) -> Timestamp {
-    now.checked_add_signed(chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)).unwrap_or(now)
+    now.checked_add_signed(chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX))
+        .unwrap_or(now)
 }
 
 /// The lease rule shared by every store: may `owner` take the lease at `now`?
@@ -140,19 +147,38 @@ pub fn lease_available(current: Option<&Lease>, owner: &WorkerId, now: Timestamp
 
 #[async_trait]
 impl CheckpointStore for InMemoryCheckpointStore {
-    async fn acquire(&self, run: RunId, owner: &WorkerId, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+    async fn acquire(
+        &self,
+        run: RunId,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
         let mut runs = self.runs.write();
         let entry = runs.entry(run).or_default();
         if !lease_available(entry.lease.as_ref(), owner, now) {
-            let holder = entry.lease.as_ref().map(|l| l.owner.to_string()).unwrap_or_default();
-            return Err(StoreError::Conflict { detail: format!("run {run} is leased by worker `{holder}`") });
+            let holder = entry
+                .lease
+                .as_ref()
+                .map(|l| l.owner.to_string())
+                .unwrap_or_default();
+            return Err(StoreError::Conflict {
+                detail: format!("run {run} is leased by worker `{holder}`"),
+            });
         }
         let token = match &entry.lease {
-            Some(l) if &l.owner == owner && l.token == entry.last_token && l.expires_at > now => l.token,
+            Some(l) if &l.owner == owner && l.token == entry.last_token && l.expires_at > now => {
+                l.token
+            }
             _ => entry.last_token + 1,
         };
         entry.last_token = token;
-        let lease = Lease { run, owner: owner.clone(), token, expires_at: expires(now, ttl) };
+        let lease = Lease {
+            run,
+            owner: owner.clone(),
+            token,
+            expires_at: expires(now, ttl),
+        };
         entry.lease = Some(lease.clone());
         Ok(lease)
     }
@@ -180,7 +206,10 @@ impl CheckpointStore for InMemoryCheckpointStore {
         let last = entry.history.last().map(|c| c.seq).unwrap_or(0);
         if checkpoint.seq <= last {
             return Err(StoreError::Conflict {
-                detail: format!("checkpoint {} of run {} is not after {last}", checkpoint.seq, checkpoint.run),
+                detail: format!(
+                    "checkpoint {} of run {} is not after {last}",
+                    checkpoint.seq, checkpoint.run
+                ),
             });
         }
         entry.history.push(Arc::new(checkpoint.clone()));
@@ -188,14 +217,22 @@ impl CheckpointStore for InMemoryCheckpointStore {
     }
 
     async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {
-        Ok(self.runs.read().get(&run).and_then(|e| e.history.last()).map(|c| (**c).clone()))
+        Ok(self
+            .runs
+            .read()
+            .get(&run)
+            .and_then(|e| e.history.last())
+            .map(|c| (**c).clone()))
     }
 
     async fn get(&self, run: RunId, seq: u64) -> Result<Option<Checkpoint>, StoreError> {
         let runs = self.runs.read();
-        Ok(runs
-            .get(&run)
-            .and_then(|e| e.history.binary_search_by_key(&seq, |c| c.seq).ok().map(|i| (*e.history[i]).clone())))
+        Ok(runs.get(&run).and_then(|e| {
+            e.history
+                .binary_search_by_key(&seq, |c| c.seq)
+                .ok()
+                .map(|i| (*e.history[i]).clone())
+        }))
     }
 
     async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {

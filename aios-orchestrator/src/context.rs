@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AgentId, ApprovalId, AuditEvent, ConnectorCall, ConnectorId, ConnectorOutput, EffectClass, IdempotencyKey,
-    ModelRequest, ModelResponse, Money, Outcome, Principal, RunId, ScriptedModel, TaskId,
+    AgentId, ApprovalId, AuditEvent, ConnectorCall, ConnectorId, ConnectorOutput, EffectClass,
+    IdempotencyKey, ModelRequest, ModelResponse, Money, Outcome, Principal, RunId, ScriptedModel,
+    TaskId,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,7 +40,11 @@ pub struct ConnectorRequest {
 
 impl ConnectorRequest {
     /// A call of `operation` on `connector` with `input`, risk 0, no cost, no confidence.
-    pub fn new(connector: impl Into<String>, operation: impl Into<String>, input: serde_json::Value) -> Self {
+    pub fn new(
+        connector: impl Into<String>,
+        operation: impl Into<String>,
+        input: serde_json::Value,
+    ) -> Self {
         Self {
             connector: ConnectorId::new(connector),
             operation: operation.into(),
@@ -132,25 +137,48 @@ impl<'r> TaskContext<'r> {
 
     /// Claims the next call number and returns what the journal holds for it, checking that
     /// the request is the one recorded.
-    pub(crate) fn claim(&mut self, kind: CallKind, hash: &str) -> Result<(u32, Option<CallRecord>), AgentError> {
+    pub(crate) fn claim(
+        &mut self,
+        kind: CallKind,
+        hash: &str,
+    ) -> Result<(u32, Option<CallRecord>), AgentError> {
         let seq = self.seq;
         self.seq += 1;
         if self.seq > self.role.max_calls {
-            return Err(AgentError::StepLimit { limit: self.role.max_calls });
+            return Err(AgentError::StepLimit {
+                limit: self.role.max_calls,
+            });
         }
         match self.driver.journal_entry(self.index, seq) {
-            Some(entry) if entry.kind != kind || entry.request_hash != hash => Err(self.driver.non_determinism(
-                &self.name,
-                seq,
-                format!("the journal holds a {:?} call with another request", entry.kind),
-            )),
+            Some(entry) if entry.kind != kind || entry.request_hash != hash => {
+                Err(self.driver.non_determinism(
+                    &self.name,
+                    seq,
+                    format!(
+                        "the journal holds a {:?} call with another request",
+                        entry.kind
+                    ),
+                ))
+            }
             Some(entry) => Ok((seq, Some(entry.record))),
             None => Ok((seq, None)),
         }
     }
 
-    async fn record(&self, seq: u32, kind: CallKind, hash: &str, record: CallRecord, force: bool) -> Result<(), AgentError> {
-        let entry = JournalEntry { seq, kind, request_hash: hash.to_string(), record };
+    async fn record(
+        &self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        record: CallRecord,
+        force: bool,
+    ) -> Result<(), AgentError> {
+        let entry = JournalEntry {
+            seq,
+            kind,
+            request_hash: hash.to_string(),
+            record,
+        };
         self.driver.record(self.index, entry, force).await
     }
 
@@ -158,7 +186,11 @@ impl<'r> TaskContext<'r> {
     pub async fn complete(&mut self, request: ModelRequest) -> Result<ModelResponse, AgentError> {
         match self.governed(Op::Model(request)).await? {
             CallRecord::Model(r) => Ok(r),
-            other => Err(self.driver.non_determinism(&self.name, self.seq - 1, format!("expected a model result, found {other:?}"))),
+            other => Err(self.driver.non_determinism(
+                &self.name,
+                self.seq - 1,
+                format!("expected a model result, found {other:?}"),
+            )),
         }
     }
 
@@ -167,12 +199,19 @@ impl<'r> TaskContext<'r> {
         if !self.role.connectors.contains(&request.connector) {
             return Err(AgentError::Denied {
                 action: format!("{}.{}", request.connector, request.operation),
-                reason: format!("role `{}` may not use connector `{}`", self.role.name, request.connector),
+                reason: format!(
+                    "role `{}` may not use connector `{}`",
+                    self.role.name, request.connector
+                ),
             });
         }
         match self.governed(Op::Connector(request)).await? {
             CallRecord::Connector(out) => Ok(out),
-            other => Err(self.driver.non_determinism(&self.name, self.seq - 1, format!("expected a connector result, found {other:?}"))),
+            other => Err(self.driver.non_determinism(
+                &self.name,
+                self.seq - 1,
+                format!("expected a connector result, found {other:?}"),
+            )),
         }
     }
 
@@ -185,14 +224,30 @@ impl<'r> TaskContext<'r> {
             return Ok(());
         }
         let index = self.driver.add_task(self.index, spec)?;
-        self.record(seq, CallKind::Spawn, &hash, CallRecord::Spawned { index }, false).await
+        self.record(
+            seq,
+            CallKind::Spawn,
+            &hash,
+            CallRecord::Spawned { index },
+            false,
+        )
+        .await
     }
 
     fn describe(&self, op: &Op) -> (CallKind, String, EffectClass, String) {
         match op {
-            Op::Model(r) => (CallKind::Model, "model.complete".to_string(), EffectClass::ReadOnly, hash_of(CallKind::Model, r)),
+            Op::Model(r) => (
+                CallKind::Model,
+                "model.complete".to_string(),
+                EffectClass::ReadOnly,
+                hash_of(CallKind::Model, r),
+            ),
             Op::Connector(c) => {
-                let effect = self.driver.connector(&c.connector).map(|k| k.descriptor().effect).unwrap_or(EffectClass::Irreversible);
+                let effect = self
+                    .driver
+                    .connector(&c.connector)
+                    .map(|k| k.descriptor().effect)
+                    .unwrap_or(EffectClass::Irreversible);
                 (
                     CallKind::Connector,
                     format!("{}.{}", c.connector, c.operation),
@@ -213,33 +268,86 @@ impl<'r> TaskContext<'r> {
             Op::Model(_) => (0, Money::ZERO, None),
             Op::Connector(c) => (c.risk, c.estimated_cost, c.confidence),
         };
-        let gate = self.driver.decide(&self.role, self.agent, &action, effect, cost, risk, confidence).await?;
+        let gate = self
+            .driver
+            .decide(
+                &self.role, self.agent, &action, effect, cost, risk, confidence,
+            )
+            .await?;
         match gate {
             Gate::Allow { notify } => {
                 if let Some((anchor, reason)) = notify {
-                    self.driver.notify(anchor, NotificationKind::Escalation, Some(&self.name), None, reason).await;
+                    self.driver
+                        .notify(
+                            anchor,
+                            NotificationKind::Escalation,
+                            Some(&self.name),
+                            None,
+                            reason,
+                        )
+                        .await;
                 }
-                self.execute(seq, kind, &hash, &action, op, None, None).await
+                self.execute(seq, kind, &hash, &action, op, None, None)
+                    .await
             }
             Gate::Deny { reason } => {
-                self.record(seq, kind, &hash, CallRecord::Refused { reason: reason.clone() }, false).await?;
+                self.record(
+                    seq,
+                    kind,
+                    &hash,
+                    CallRecord::Refused {
+                        reason: reason.clone(),
+                    },
+                    false,
+                )
+                .await?;
                 Err(AgentError::Denied { action, reason })
             }
             Gate::Halt { anchor, reason } => {
                 self.driver.escalate(anchor, &self.name, &reason).await?;
-                self.record(seq, kind, &hash, CallRecord::Refused { reason: format!("escalated: {reason}") }, false).await?;
-                Err(AgentError::Escalated { action, anchor, reason })
+                self.record(
+                    seq,
+                    kind,
+                    &hash,
+                    CallRecord::Refused {
+                        reason: format!("escalated: {reason}"),
+                    },
+                    false,
+                )
+                .await?;
+                Err(AgentError::Escalated {
+                    action,
+                    anchor,
+                    reason,
+                })
             }
             Gate::Approval { anchor, deadline } => {
                 let input = match &op {
                     Op::Model(r) => serde_json::to_value(r).unwrap_or_default(),
                     Op::Connector(c) => c.input.clone(),
                 };
-                let approval =
-                    self.driver.request_approval(&self.role, self.agent, anchor, deadline, &self.name, &action, input).await?;
-                self.record(seq, kind, &hash, CallRecord::AwaitingApproval { approval }, true).await?;
+                let approval = self
+                    .driver
+                    .request_approval(
+                        &self.role, self.agent, anchor, deadline, &self.name, &action, input,
+                    )
+                    .await?;
+                self.record(
+                    seq,
+                    kind,
+                    &hash,
+                    CallRecord::AwaitingApproval { approval },
+                    true,
+                )
+                .await?;
                 self.driver
-                    .notify(anchor, NotificationKind::ApprovalNeeded, Some(&self.name), Some(approval), format!("`{action}` needs approval"))
+                    .notify(
+                        anchor,
+                        NotificationKind::ApprovalNeeded,
+                        Some(&self.name),
+                        Some(approval),
+                        format!("`{action}` needs approval"),
+                    )
                     .await;
                 Err(AgentError::Parked { approval })
             }
@@ -261,35 +369,74 @@ impl<'r> TaskContext<'r> {
             | CallRecord::Memory { .. }
             | CallRecord::Recalled { .. }
             | CallRecord::Spawned { .. } => {
-                self.driver.emit(RunEvent::CallReplayed { run: self.driver.run, task: self.name.clone(), seq });
+                self.driver.emit(RunEvent::CallReplayed {
+                    run: self.driver.run,
+                    task: self.name.clone(),
+                    seq,
+                });
                 Ok(record)
             }
-            CallRecord::Approved { result: Some(r), .. } => {
-                self.driver.emit(RunEvent::CallReplayed { run: self.driver.run, task: self.name.clone(), seq });
+            CallRecord::Approved {
+                result: Some(r), ..
+            } => {
+                self.driver.emit(RunEvent::CallReplayed {
+                    run: self.driver.run,
+                    task: self.name.clone(),
+                    seq,
+                });
                 Ok(*r)
             }
             CallRecord::Refused { reason } => {
                 if reason.starts_with("rejected") {
-                    Err(AgentError::Rejected { action: action.to_string(), reason })
+                    Err(AgentError::Rejected {
+                        action: action.to_string(),
+                        reason,
+                    })
                 } else {
-                    Err(AgentError::Denied { action: action.to_string(), reason })
+                    Err(AgentError::Denied {
+                        action: action.to_string(),
+                        reason,
+                    })
                 }
             }
             CallRecord::Failed { reason } => Err(match kind {
                 CallKind::Model => AgentError::Model(reason),
                 _ => AgentError::Connector(reason),
             }),
-            CallRecord::AwaitingApproval { approval } => match self.driver.approval_state(approval, self.agent).await? {
-                ApprovalState::Pending => Err(AgentError::Parked { approval }),
-                ApprovalState::Approved => self.execute(seq, kind, hash, action, op, Some(approval), None).await,
-                ApprovalState::Edited(input) => self.execute(seq, kind, hash, action, op, Some(approval), Some(input)).await,
-                ApprovalState::Rejected(reason) => {
-                    let reason = format!("rejected: {reason}");
-                    self.record(seq, kind, hash, CallRecord::Refused { reason: reason.clone() }, false).await?;
-                    Err(AgentError::Rejected { action: action.to_string(), reason })
+            CallRecord::AwaitingApproval { approval } => {
+                match self.driver.approval_state(approval, self.agent).await? {
+                    ApprovalState::Pending => Err(AgentError::Parked { approval }),
+                    ApprovalState::Approved => {
+                        self.execute(seq, kind, hash, action, op, Some(approval), None)
+                            .await
+                    }
+                    ApprovalState::Edited(input) => {
+                        self.execute(seq, kind, hash, action, op, Some(approval), Some(input))
+                            .await
+                    }
+                    ApprovalState::Rejected(reason) => {
+                        let reason = format!("rejected: {reason}");
+                        self.record(
+                            seq,
+                            kind,
+                            hash,
+                            CallRecord::Refused {
+                                reason: reason.clone(),
+                            },
+                            false,
+                        )
+                        .await?;
+                        Err(AgentError::Rejected {
+                            action: action.to_string(),
+                            reason,
+                        })
+                    }
                 }
-            },
-            CallRecord::Approved { approval, result: None } => {
+            }
+            CallRecord::Approved {
+                approval,
+                result: None,
+            } => {
                 if self.uncertain(&op) {
                     return self.outcome_unknown(seq, kind, hash, action).await;
                 }
@@ -297,7 +444,8 @@ impl<'r> TaskContext<'r> {
                     ApprovalState::Edited(input) => Some(input),
                     _ => None,
                 };
-                self.execute(seq, kind, hash, action, op, Some(approval), edited).await
+                self.execute(seq, kind, hash, action, op, Some(approval), edited)
+                    .await
             }
             CallRecord::Started => {
                 if self.uncertain(&op) {
@@ -315,19 +463,39 @@ impl<'r> TaskContext<'r> {
             Op::Connector(c) => self
                 .driver
                 .connector(&c.connector)
-                .map(|k| k.descriptor().effect == EffectClass::Irreversible && !k.descriptor().idempotent)
+                .map(|k| {
+                    k.descriptor().effect == EffectClass::Irreversible && !k.descriptor().idempotent
+                })
                 .unwrap_or(true),
         }
     }
 
-    async fn outcome_unknown(&mut self, seq: u32, kind: CallKind, hash: &str, action: &str) -> Result<CallRecord, AgentError> {
-        let reason = format!("`{action}` was interrupted after it started; it may or may not have happened");
+    async fn outcome_unknown(
+        &mut self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        action: &str,
+    ) -> Result<CallRecord, AgentError> {
+        let reason =
+            format!("`{action}` was interrupted after it started; it may or may not have happened");
         let anchor = self.driver.accountable(&self.role);
         if let Some(anchor) = anchor {
-            self.driver.notify(anchor, NotificationKind::OutcomeUnknown, Some(&self.name), None, reason.clone()).await;
+            self.driver
+                .notify(
+                    anchor,
+                    NotificationKind::OutcomeUnknown,
+                    Some(&self.name),
+                    None,
+                    reason.clone(),
+                )
+                .await;
         }
-        self.record(seq, kind, hash, CallRecord::Failed { reason }, false).await?;
-        Err(AgentError::OutcomeUnknown { action: action.to_string() })
+        self.record(seq, kind, hash, CallRecord::Failed { reason }, false)
+            .await?;
+        Err(AgentError::OutcomeUnknown {
+            action: action.to_string(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -351,25 +519,59 @@ impl<'r> TaskContext<'r> {
         let estimate = match &op {
             Op::Model(r) => Usage {
                 cost: Money::ZERO,
-                tokens: r.messages.iter().map(|m| ScriptedModel::count_tokens(&m.content)).sum::<u64>()
+                tokens: r
+                    .messages
+                    .iter()
+                    .map(|m| ScriptedModel::count_tokens(&m.content))
+                    .sum::<u64>()
                     + u64::from(r.max_output_tokens.unwrap_or(0)),
                 tool_calls: 0,
                 risk_points: 0,
             },
-            Op::Connector(c) => Usage { cost: c.estimated_cost, tokens: 0, tool_calls: 1, risk_points: u64::from(c.risk) },
+            Op::Connector(c) => Usage {
+                cost: c.estimated_cost,
+                tokens: 0,
+                tool_calls: 1,
+                risk_points: u64::from(c.risk),
+            },
         };
-        let reservation = match self.driver.reserve(&self.role, self.agent, action, estimate).await? {
+        let reservation = match self
+            .driver
+            .reserve(&self.role, self.agent, action, estimate)
+            .await?
+        {
             Ok(r) => r,
             Err(detail) => {
                 if let Some(anchor) = self.driver.accountable(&self.role) {
-                    self.driver.escalate(anchor, &self.name, &format!("budget exceeded for `{action}`: {detail}")).await?;
+                    self.driver
+                        .escalate(
+                            anchor,
+                            &self.name,
+                            &format!("budget exceeded for `{action}`: {detail}"),
+                        )
+                        .await?;
                 }
-                self.record(seq, kind, hash, CallRecord::Refused { reason: format!("budget: {detail}") }, false).await?;
-                return Err(AgentError::BudgetExceeded { action: action.to_string(), detail });
+                self.record(
+                    seq,
+                    kind,
+                    hash,
+                    CallRecord::Refused {
+                        reason: format!("budget: {detail}"),
+                    },
+                    false,
+                )
+                .await?;
+                return Err(AgentError::BudgetExceeded {
+                    action: action.to_string(),
+                    detail,
+                });
             }
         };
         let marker = match approval {
-            Some(approval) => Some(CallRecord::Approved { approval, result: None }),
+            Some(approval) => Some(CallRecord::Approved {
+                approval,
+                result: None,
+            }),
             None if self.uncertain(&op) => Some(CallRecord::Started),
             None => None,
         };
@@ -387,12 +589,17 @@ impl<'r> TaskContext<'r> {
             Ok((record, actual)) => {
                 self.driver.commit(reservation, actual).await?;
                 let record = match approval {
-                    Some(approval) => CallRecord::Approved { approval, result: Some(Box::new(record)) },
+                    Some(approval) => CallRecord::Approved {
+                        approval,
+                        result: Some(Box::new(record)),
+                    },
                     None => record,
                 };
                 self.record(seq, kind, hash, record.clone(), false).await?;
                 Ok(match record {
-                    CallRecord::Approved { result: Some(r), .. } => *r,
+                    CallRecord::Approved {
+                        result: Some(r), ..
+                    } => *r,
                     r => r,
                 })
             }
@@ -403,21 +610,48 @@ impl<'r> TaskContext<'r> {
             Err(e) => {
                 self.driver.release(reservation).await;
                 if let Some(anchor) = self.driver.accountable(&self.role) {
-                    self.driver.notify(anchor, NotificationKind::Exhausted, Some(&self.name), None, e.to_string()).await;
+                    self.driver
+                        .notify(
+                            anchor,
+                            NotificationKind::Exhausted,
+                            Some(&self.name),
+                            None,
+                            e.to_string(),
+                        )
+                        .await;
                 }
-                self.record(seq, kind, hash, CallRecord::Failed { reason: e.to_string() }, false).await?;
+                self.record(
+                    seq,
+                    kind,
+                    hash,
+                    CallRecord::Failed {
+                        reason: e.to_string(),
+                    },
+                    false,
+                )
+                .await?;
                 Err(e)
             }
         }
     }
 
-    async fn invoke(&mut self, seq: u32, c: &ConnectorRequest) -> Result<(CallRecord, Usage), AgentError> {
+    async fn invoke(
+        &mut self,
+        seq: u32,
+        c: &ConnectorRequest,
+    ) -> Result<(CallRecord, Usage), AgentError> {
         let Some(connector) = self.driver.connector(&c.connector) else {
-            return Err(AgentError::Connector(format!("connector `{}` is not registered", c.connector)));
+            return Err(AgentError::Connector(format!(
+                "connector `{}` is not registered",
+                c.connector
+            )));
         };
         let breaker = self.driver.breaker(&format!("connector:{}", c.connector));
         if let Err(open) = breaker.admit() {
-            return Err(AgentError::Connector(format!("connector `{}`: {open}", c.connector)));
+            return Err(AgentError::Connector(format!(
+                "connector `{}`: {open}",
+                c.connector
+            )));
         }
         let key = IdempotencyKey::for_call(self.driver.run, self.task_id, seq);
         let credential = self.driver.credential(&c.connector).await?;
@@ -425,30 +659,46 @@ impl<'r> TaskContext<'r> {
         let policy = self.role.retry;
         let mut rng = self.driver.rng(seq);
         let mut attempts_log: Vec<(u32, Outcome)> = vec![];
-        let outcome = retry(&policy, self.driver.timer(), &mut rng, |a, _| attempts_log.push((a, Outcome::Failed)), |_| {
-            connector.invoke(ConnectorCall {
-                operation: c.operation.clone(),
-                input: c.input.clone(),
-                idempotency_key: key.clone(),
-                credential: credential.clone(),
-            })
-        })
+        let outcome = retry(
+            &policy,
+            self.driver.timer(),
+            &mut rng,
+            |a, _| attempts_log.push((a, Outcome::Failed)),
+            |_| {
+                connector.invoke(ConnectorCall {
+                    operation: c.operation.clone(),
+                    input: c.input.clone(),
+                    idempotency_key: key.clone(),
+                    credential: credential.clone(),
+                })
+            },
+        )
         .await;
         let attempts = attempts_log.len() as u32 + u32::from(outcome.is_ok());
         for (attempt, o) in attempts_log {
-            self.audit_connector(&descriptor, c, &key, attempt, o, Money::ZERO).await?;
+            self.audit_connector(&descriptor, c, &key, attempt, o, Money::ZERO)
+                .await?;
         }
         match outcome {
             Ok(out) => {
                 breaker.on_success();
-                self.audit_connector(&descriptor, c, &key, attempts, Outcome::Succeeded, out.cost).await?;
-                let usage = Usage { cost: out.cost, tokens: 0, tool_calls: 1, risk_points: u64::from(c.risk) };
+                self.audit_connector(&descriptor, c, &key, attempts, Outcome::Succeeded, out.cost)
+                    .await?;
+                let usage = Usage {
+                    cost: out.cost,
+                    tokens: 0,
+                    tool_calls: 1,
+                    risk_points: u64::from(c.risk),
+                };
                 Ok((CallRecord::Connector(out), usage))
             }
             Err(e) => {
                 breaker.on_failure();
                 Err(AgentError::Connector(match e {
-                    RetryError::Exhausted { attempts, last } => format!("`{}` failed after {attempts} attempt(s): {last}", c.connector),
+                    RetryError::Exhausted { attempts, last } => format!(
+                        "`{}` failed after {attempts} attempt(s): {last}",
+                        c.connector
+                    ),
                     other => format!("`{}`: {other}", c.connector),
                 }))
             }
@@ -483,7 +733,10 @@ impl<'r> TaskContext<'r> {
     }
 
     /// Tries the router's tiers in order; returns the record and the usage of every call made.
-    async fn route(&mut self, request: &ModelRequest) -> Result<((CallRecord, Usage), Vec<RouteStep>), AgentError> {
+    async fn route(
+        &mut self,
+        request: &ModelRequest,
+    ) -> Result<((CallRecord, Usage), Vec<RouteStep>), AgentError> {
         let tiers = self.driver.router().tiers().to_vec();
         let min_confidence = self.driver.router().min_confidence();
         let mut steps: Vec<RouteStep> = vec![];
@@ -493,41 +746,82 @@ impl<'r> TaskContext<'r> {
             let last = i + 1 == tiers.len();
             let breaker = self.driver.breaker(&format!("model:{}", model.id()));
             if let Err(open) = breaker.admit() {
-                steps.push(RouteStep { model: model.id().clone(), reason: format!("breaker open ({open})") });
+                steps.push(RouteStep {
+                    model: model.id().clone(),
+                    reason: format!("breaker open ({open})"),
+                });
                 continue;
             }
             let policy = self.role.retry;
             let mut rng = self.driver.rng(seq.wrapping_add(i as u32 * 7919));
             let mut failures = 0u32;
-            let result = retry(&policy, self.driver.timer(), &mut rng, |_, _| failures += 1, |_| model.complete(request)).await;
-            let why = steps.last().map(|s| format!("after `{}`: {}", s.model, s.reason));
+            let result = retry(
+                &policy,
+                self.driver.timer(),
+                &mut rng,
+                |_, _| failures += 1,
+                |_| model.complete(request),
+            )
+            .await;
+            let why = steps
+                .last()
+                .map(|s| format!("after `{}`: {}", s.model, s.reason));
             match result {
                 Ok(response) => {
                     breaker.on_success();
                     usage.cost += response.cost;
                     usage.tokens += response.usage.total();
                     let low = match (min_confidence, response.confidence) {
-                        (Some(min), Some(c)) if c < min && !last => Some(format!("confidence {c:.2} below {min:.2}")),
+                        (Some(min), Some(c)) if c < min && !last => {
+                            Some(format!("confidence {c:.2} below {min:.2}"))
+                        }
                         _ => None,
                     };
-                    self.audit_model(model.id(), failures + 1, response.usage, response.cost, Outcome::Succeeded, low.clone().or(why))
-                        .await?;
+                    self.audit_model(
+                        model.id(),
+                        failures + 1,
+                        response.usage,
+                        response.cost,
+                        Outcome::Succeeded,
+                        low.clone().or(why),
+                    )
+                    .await?;
                     match low {
-                        Some(reason) => steps.push(RouteStep { model: model.id().clone(), reason }),
+                        Some(reason) => steps.push(RouteStep {
+                            model: model.id().clone(),
+                            reason,
+                        }),
                         None => return Ok(((CallRecord::Model(response), usage), steps)),
                     }
                 }
                 Err(e) => {
                     breaker.on_failure();
                     let reason = format!("failed: {e}");
-                    self.audit_model(model.id(), failures.max(1), Default::default(), Money::ZERO, Outcome::Failed, Some(reason.clone()))
-                        .await?;
-                    steps.push(RouteStep { model: model.id().clone(), reason });
+                    self.audit_model(
+                        model.id(),
+                        failures.max(1),
+                        Default::default(),
+                        Money::ZERO,
+                        Outcome::Failed,
+                        Some(reason.clone()),
+                    )
+                    .await?;
+                    steps.push(RouteStep {
+                        model: model.id().clone(),
+                        reason,
+                    });
                 }
             }
         }
-        let trail: Vec<String> = steps.iter().map(|s| format!("`{}` {}", s.model, s.reason)).collect();
-        Err(AgentError::Model(if trail.is_empty() { "no model is configured".to_string() } else { trail.join("; ") }))
+        let trail: Vec<String> = steps
+            .iter()
+            .map(|s| format!("`{}` {}", s.model, s.reason))
+            .collect();
+        Err(AgentError::Model(if trail.is_empty() {
+            "no model is configured".to_string()
+        } else {
+            trail.join("; ")
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]

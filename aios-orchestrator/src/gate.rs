@@ -6,19 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, EffectClass, IdGen, Money, PathwayId, Principal,
-    RoleId, RunId, StoreError, Timestamp,
+    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, EffectClass, IdGen, Money,
+    PathwayId, Principal, RoleId, RunId, StoreError, Timestamp,
 };
 use aios_governance::{
-    ActionRequest, ApprovalError, ApprovalResponse, ApprovalStore, Approvals, BudgetChain, BudgetError, BudgetKey,
-    BudgetLedger, Controls, EscalationMode, Governor, InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval,
-    OnTimeout, ReservationId, Verdict,
+    ActionRequest, ApprovalError, ApprovalResponse, ApprovalStore, Approvals, BudgetChain,
+    BudgetError, BudgetKey, BudgetLedger, Controls, EscalationMode, Governor,
+    InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval, OnTimeout, ReservationId, Verdict,
 };
 use parking_lot::{Mutex, RwLock};
 
 use crate::graph::TaskName;
-use crate::runtime::{task_id, OrchestratorBuilder};
 use crate::role::Role;
+use crate::runtime::{task_id, OrchestratorBuilder};
 
 pub(crate) use aios_governance::Usage;
 
@@ -32,7 +32,10 @@ pub(crate) enum Gate {
     /// Refuse and escalate.
     Halt { anchor: AnchorId, reason: String },
     /// Park until the anchor decides.
-    Approval { anchor: AnchorId, deadline: Duration },
+    Approval {
+        anchor: AnchorId,
+        deadline: Duration,
+    },
 }
 
 /// Where a parked call's approval stands.
@@ -88,15 +91,34 @@ impl PinnedGovernor {
         let event = decision.audit_event(&req);
         let gate = match &decision.verdict {
             Verdict::Allow => Gate::Allow { notify: None },
-            Verdict::Deny => Gate::Deny { reason: decision.explain() },
-            Verdict::RequireApproval { anchor, deadline, .. } => Gate::Approval { anchor: *anchor, deadline: *deadline },
+            Verdict::Deny => Gate::Deny {
+                reason: decision.explain(),
+            },
+            Verdict::RequireApproval {
+                anchor, deadline, ..
+            } => Gate::Approval {
+                anchor: *anchor,
+                deadline: *deadline,
+            },
             Verdict::Escalate { anchor, mode } => match mode {
-                EscalationMode::NotifyAfter => Gate::Allow { notify: Some((*anchor, decision.explain())) },
+                EscalationMode::NotifyAfter => Gate::Allow {
+                    notify: Some((*anchor, decision.explain())),
+                },
                 EscalationMode::ApproveBefore => {
-                    let deadline = self.0.anchor(*anchor).map(|a| a.response_time).unwrap_or(Duration::from_secs(3600));
-                    Gate::Approval { anchor: *anchor, deadline }
+                    let deadline = self
+                        .0
+                        .anchor(*anchor)
+                        .map(|a| a.response_time)
+                        .unwrap_or(Duration::from_secs(3600));
+                    Gate::Approval {
+                        anchor: *anchor,
+                        deadline,
+                    }
                 }
-                EscalationMode::Halt => Gate::Halt { anchor: *anchor, reason: decision.explain() },
+                EscalationMode::Halt => Gate::Halt {
+                    anchor: *anchor,
+                    reason: decision.explain(),
+                },
             },
         };
         (gate, event)
@@ -145,7 +167,10 @@ impl Governance {
             ledger.apply_plan_sync(&current.0.budget_plan());
             self.ledger = Some(Arc::new(ledger));
         }
-        let store = self.approval_store.clone().unwrap_or_else(|| Arc::new(InMemoryApprovalStore::new()));
+        let store = self
+            .approval_store
+            .clone()
+            .unwrap_or_else(|| Arc::new(InMemoryApprovalStore::new()));
         self.approvals = Some(Approvals::new(store, current.0.clone(), clock, audit, ids));
     }
 
@@ -154,11 +179,17 @@ impl Governance {
     }
 
     pub(crate) fn version(&self, version: u64) -> Option<PinnedGovernor> {
-        self.versions.read().get(&version).cloned().map(PinnedGovernor)
+        self.versions
+            .read()
+            .get(&version)
+            .cloned()
+            .map(PinnedGovernor)
     }
 
     fn approvals(&self) -> Result<&Approvals, String> {
-        self.approvals.as_ref().ok_or_else(|| "the approval service is not set up".to_string())
+        self.approvals
+            .as_ref()
+            .ok_or_else(|| "the approval service is not set up".to_string())
     }
 
     pub(crate) async fn reserve(
@@ -170,7 +201,9 @@ impl Governance {
         amount: Usage,
         _now: Timestamp,
     ) -> Result<Result<Reservation, String>, StoreError> {
-        let Some(ledger) = &self.ledger else { return Ok(Err("no budget ledger".into())) };
+        let Some(ledger) = &self.ledger else {
+            return Ok(Err("no budget ledger".into()));
+        };
         let mut chain = BudgetChain::organisation();
         if self.budget_keys.contains(&BudgetKey::Role(role)) {
             chain = chain.role(role);
@@ -194,13 +227,22 @@ impl Governance {
         }
     }
 
-    pub(crate) async fn commit(&self, reservation: Reservation, actual: Usage, _now: Timestamp) -> Result<Vec<AuditEvent>, StoreError> {
-        let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else { return Ok(vec![]) };
+    pub(crate) async fn commit(
+        &self,
+        reservation: Reservation,
+        actual: Usage,
+        _now: Timestamp,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else {
+            return Ok(vec![]);
+        };
         match ledger.commit(id, actual).await {
             // alerts were appended to the audit log by the ledger
             Ok(_) => Ok(vec![]),
             Err(BudgetError::Store(e)) => Err(e),
-            Err(e) => Err(StoreError::Conflict { detail: e.to_string() }),
+            Err(e) => Err(StoreError::Conflict {
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -242,33 +284,59 @@ impl Governance {
         Ok(request.id)
     }
 
-    pub(crate) async fn approval_state(&self, approval: ApprovalId, requester: AgentId) -> Result<ApprovalState, String> {
+    pub(crate) async fn approval_state(
+        &self,
+        approval: ApprovalId,
+        requester: AgentId,
+    ) -> Result<ApprovalState, String> {
         let approvals = self.approvals()?;
         let request = approvals.get(approval).await.map_err(|e| e.to_string())?;
         use aios_governance::ApprovalState as S;
         let decision = match request.state {
             S::Pending => {
-                return match approvals.redeem(approval, Principal::Agent(requester)).await {
+                return match approvals
+                    .redeem(approval, Principal::Agent(requester))
+                    .await
+                {
                     Err(ApprovalError::NotDecided { .. }) => Ok(ApprovalState::Pending),
-                    Err(ApprovalError::Expired { .. }) => {
-                        Ok(ApprovalState::Rejected("expired: nobody answered before the deadline".to_string()))
-                    }
+                    Err(ApprovalError::Expired { .. }) => Ok(ApprovalState::Rejected(
+                        "expired: nobody answered before the deadline".to_string(),
+                    )),
                     Err(e) => Err(e.to_string()),
-                    Ok(a) => Ok(if a.edited { ApprovalState::Edited(a.action) } else { ApprovalState::Approved }),
+                    Ok(a) => Ok(if a.edited {
+                        ApprovalState::Edited(a.action)
+                    } else {
+                        ApprovalState::Approved
+                    }),
                 }
             }
-            S::Expired { .. } => return Ok(ApprovalState::Rejected("expired: nobody answered before the deadline".to_string())),
+            S::Expired { .. } => {
+                return Ok(ApprovalState::Rejected(
+                    "expired: nobody answered before the deadline".to_string(),
+                ))
+            }
             // an approval this run already used (the journal keeps it from being used twice)
             S::Redeemed { decision, .. } => {
                 if request.requester != Principal::Agent(requester) {
-                    return Err(format!("approval {approval} was not requested by this agent"));
+                    return Err(format!(
+                        "approval {approval} was not requested by this agent"
+                    ));
                 }
                 decision
             }
             S::Decided { .. } => {
-                return match approvals.redeem(approval, Principal::Agent(requester)).await {
-                    Ok(a) => Ok(if a.edited { ApprovalState::Edited(a.action) } else { ApprovalState::Approved }),
-                    Err(ApprovalError::Rejected { reason, .. }) => Ok(ApprovalState::Rejected(reason)),
+                return match approvals
+                    .redeem(approval, Principal::Agent(requester))
+                    .await
+                {
+                    Ok(a) => Ok(if a.edited {
+                        ApprovalState::Edited(a.action)
+                    } else {
+                        ApprovalState::Approved
+                    }),
+                    Err(ApprovalError::Rejected { reason, .. }) => {
+                        Ok(ApprovalState::Rejected(reason))
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -287,12 +355,17 @@ impl Governance {
         by: aios_core::HumanId,
         response: ApprovalResponse,
     ) -> Result<Option<RunId>, ApprovalError> {
-        let approvals = self.approvals.as_ref().ok_or(ApprovalError::UnknownRequest { id: approval })?;
+        let approvals = self
+            .approvals
+            .as_ref()
+            .ok_or(ApprovalError::UnknownRequest { id: approval })?;
         let request = approvals.decide(approval, by, response).await?;
         Ok(request.run)
     }
 
-    pub(crate) async fn pending(&self) -> Result<Vec<aios_governance::ApprovalRequest>, ApprovalError> {
+    pub(crate) async fn pending(
+        &self,
+    ) -> Result<Vec<aios_governance::ApprovalRequest>, ApprovalError> {
         match &self.approvals {
             Some(a) => a.pending(None).await,
             None => Ok(vec![]),

@@ -54,7 +54,12 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// A task for `role` with `input` and no dependencies.
     pub fn new(name: impl Into<TaskName>, role: RoleId, input: serde_json::Value) -> Self {
-        Self { name: name.into(), role, input, after: vec![] }
+        Self {
+            name: name.into(),
+            role,
+            input,
+            after: vec![],
+        }
     }
 
     /// Adds dependencies.
@@ -105,7 +110,10 @@ pub struct Workflow {
 impl Workflow {
     /// An empty workflow.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), tasks: vec![] }
+        Self {
+            name: name.into(),
+            tasks: vec![],
+        }
     }
 
     /// Adds a task.
@@ -163,15 +171,14 @@ mod tests {
         let r = RoleId::from_name("r");
         let cases = [
             (
-                Workflow::new("w").task(TaskSpec::new("a", r, serde_json::Value::Null)).task(TaskSpec::new(
-                    "a",
-                    r,
-                    serde_json::Value::Null,
-                )),
+                Workflow::new("w")
+                    .task(TaskSpec::new("a", r, serde_json::Value::Null))
+                    .task(TaskSpec::new("a", r, serde_json::Value::Null)),
                 "task `a` is defined twice",
             ),
             (
-                Workflow::new("w").task(TaskSpec::new("a", r, serde_json::Value::Null).after(["zz"])),
+                Workflow::new("w")
+                    .task(TaskSpec::new("a", r, serde_json::Value::Null).after(["zz"])),
                 "waits for unknown task `zz`",
             ),
             (

@@ -43,18 +43,26 @@ pub mod testing;
 
 pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
 pub use checkpoint::{
-    lease_available, Checkpoint, CheckpointStore, InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
+    lease_available, Checkpoint, CheckpointStore, InMemoryCheckpointStore, Lease, RunSummary,
+    WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};
 pub use error::{AgentError, OrchestratorError};
 pub use graph::{TaskInput, TaskName, TaskSpec, Workflow};
 pub use memory::{MemoryOptions, RecalledHit};
 pub use notify::{
-    CollectingObserver, InMemoryNotifier, Notification, NotificationKind, Notifier, Observer, RunEvent,
+    CollectingObserver, InMemoryNotifier, Notification, NotificationKind, Notifier, Observer,
+    RunEvent,
 };
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelRouter, RouteStep};
-pub use runtime::{task_id, CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl, RunOutcome};
-pub use state::{CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus, RUN_STATE_SCHEMA};
+pub use runtime::{
+    task_id, CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl,
+    RunOutcome,
+};
+pub use state::{
+    CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,
+    RUN_STATE_SCHEMA,
+};
 pub use transcript::render_transcript;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use aios_core::MemoryId;
 use aios_memory::{
-    assemble_context, CharTokenizer, ContextBudget, Grant, Memory, MemoryRecord, MemoryView, NewMemory, RecallHit,
-    RecallQuery, Scope, ScoreBreakdown, Tokenizer, ViewSubject,
+    assemble_context, CharTokenizer, ContextBudget, Grant, Memory, MemoryRecord, MemoryView,
+    NewMemory, RecallHit, RecallQuery, Scope, ScoreBreakdown, Tokenizer, ViewSubject,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,7 +31,11 @@ pub struct MemoryOptions {
 impl MemoryOptions {
     /// Options with `grants`, recalling context from `context_scope`.
     pub fn new(grants: Vec<Grant>, context_scope: Scope) -> Self {
-        Self { grants, context_scope, tokenizer: Arc::new(CharTokenizer::default()) }
+        Self {
+            grants,
+            context_scope,
+            tokenizer: Arc::new(CharTokenizer::default()),
+        }
     }
 }
 
@@ -71,7 +75,9 @@ fn memory_error(e: impl std::fmt::Display) -> AgentError {
 
 impl TaskContext<'_> {
     fn memory_access(&self) -> Result<&MemoryAccess, AgentError> {
-        self.driver.memory().ok_or_else(|| AgentError::Memory("no memory is configured".to_string()))
+        self.driver
+            .memory()
+            .ok_or_else(|| AgentError::Memory("no memory is configured".to_string()))
     }
 
     fn view(&self) -> Result<MemoryView, AgentError> {
@@ -84,13 +90,22 @@ impl TaskContext<'_> {
     /// Journaled: on replay the recorded version is returned and nothing is written again.
     pub async fn remember(&mut self, new: NewMemory) -> Result<MemoryRecord, AgentError> {
         let new = new.run(self.run_id()).task(self.task_id);
-        let hash = hash_of(CallKind::Memory, &(&new.scope, &new.tier, &new.content, &new.metadata));
+        let hash = hash_of(
+            CallKind::Memory,
+            &(&new.scope, &new.tier, &new.content, &new.metadata),
+        );
         let (seq_claimed, existing) = self.claim(CallKind::Memory, &hash)?;
         let access = self.memory_access()?.clone();
         if let Some(record) = existing {
             return match record {
-                CallRecord::Memory { id, version } => access.memory.get_version(id, version).await.map_err(memory_error),
-                other => Err(AgentError::Memory(format!("journal holds {other:?} for a memory write"))),
+                CallRecord::Memory { id, version } => access
+                    .memory
+                    .get_version(id, version)
+                    .await
+                    .map_err(memory_error),
+                other => Err(AgentError::Memory(format!(
+                    "journal holds {other:?} for a memory write"
+                ))),
             };
         }
         let record = self.view()?.remember(new).await.map_err(memory_error)?;
@@ -98,7 +113,10 @@ impl TaskContext<'_> {
             seq: seq_claimed,
             kind: CallKind::Memory,
             request_hash: hash,
-            record: CallRecord::Memory { id: record.id, version: record.version },
+            record: CallRecord::Memory {
+                id: record.id,
+                version: record.version,
+            },
         };
         self.driver.record(self.index, entry, false).await?;
         Ok(record)
@@ -112,44 +130,78 @@ impl TaskContext<'_> {
         let access = self.memory_access()?.clone();
         if let Some(record) = existing {
             let CallRecord::Recalled { hits } = record else {
-                return Err(AgentError::Memory(format!("journal holds {record:?} for a recall")));
+                return Err(AgentError::Memory(format!(
+                    "journal holds {record:?} for a recall"
+                )));
             };
             let mut out = Vec::with_capacity(hits.len());
             for h in hits {
-                let record = access.memory.get_version(h.id, h.version).await.map_err(memory_error)?;
-                out.push(RecallHit { record, score: h.score });
+                let record = access
+                    .memory
+                    .get_version(h.id, h.version)
+                    .await
+                    .map_err(memory_error)?;
+                out.push(RecallHit {
+                    record,
+                    score: h.score,
+                });
             }
             return Ok(out);
         }
         let hits = self.view()?.recall(query).await.map_err(memory_error)?;
-        let journaled = hits.iter().map(|h| RecalledHit { id: h.record.id, version: h.record.version, score: h.score }).collect();
-        let entry = JournalEntry { seq, kind: CallKind::Memory, request_hash: hash, record: CallRecord::Recalled { hits: journaled } };
+        let journaled = hits
+            .iter()
+            .map(|h| RecalledHit {
+                id: h.record.id,
+                version: h.record.version,
+                score: h.score,
+            })
+            .collect();
+        let entry = JournalEntry {
+            seq,
+            kind: CallKind::Memory,
+            request_hash: hash,
+            record: CallRecord::Recalled { hits: journaled },
+        };
         self.driver.record(self.index, entry, false).await?;
         Ok(hits)
     }
 
     /// Recalls up to `k` records relevant to `text` from the configured context scope and
     /// packs them within `max_tokens`, citing record ids. `None` without memory or hits.
-    pub async fn memory_context(&mut self, text: &str, k: usize, max_tokens: usize) -> Result<Option<String>, AgentError> {
+    pub async fn memory_context(
+        &mut self,
+        text: &str,
+        k: usize,
+        max_tokens: usize,
+    ) -> Result<Option<String>, AgentError> {
         let Some(access) = self.driver.memory().cloned() else {
             return Ok(None);
         };
         if !self.can_read(&access) {
             return Ok(None);
         }
-        let query = RecallQuery::text(text).in_scope(access.options.context_scope.clone()).k(k);
+        let query = RecallQuery::text(text)
+            .in_scope(access.options.context_scope.clone())
+            .k(k);
         let hits = self.recall(&query).await?;
         if hits.is_empty() {
             return Ok(None);
         }
         let records: Vec<MemoryRecord> = hits.into_iter().map(|h| h.record).collect();
-        let packed = assemble_context(&records, &ContextBudget::tokens(max_tokens), access.options.tokenizer.as_ref());
+        let packed = assemble_context(
+            &records,
+            &ContextBudget::tokens(max_tokens),
+            access.options.tokenizer.as_ref(),
+        );
         Ok((!packed.text.is_empty()).then_some(packed.text))
     }
 
     fn can_read(&self, access: &MemoryAccess) -> bool {
         let subject = ViewSubject::agent(self.agent).with_role(self.role.id);
         let view = access.memory.view(subject, access.options.grants.clone());
-        aios_memory::Tier::ALL.iter().any(|t| view.can(aios_memory::Access::Read, &access.options.context_scope, *t))
+        aios_memory::Tier::ALL
+            .iter()
+            .any(|t| view.can(aios_memory::Access::Read, &access.options.context_scope, *t))
     }
 }

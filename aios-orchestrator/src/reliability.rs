@@ -50,12 +50,20 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// One attempt, no timeouts.
     pub fn none() -> Self {
-        Self { max_attempts: 1, attempt_timeout: None, overall_timeout: None, ..Self::default() }
+        Self {
+            max_attempts: 1,
+            attempt_timeout: None,
+            overall_timeout: None,
+            ..Self::default()
+        }
     }
 
     /// The delay before attempt `attempt + 1` (after `attempt` failures), jittered by `rng`.
     pub fn delay(&self, attempt: u32, rng: &mut SeededRng) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1) as i32);
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1) as i32);
         let raw = self.base_delay.as_secs_f64() * exp;
         let capped = raw.min(self.max_delay.as_secs_f64());
         let jitter = self.jitter.clamp(0.0, 1.0);
@@ -110,10 +118,16 @@ where
             let last_attempt = attempt >= policy.max_attempts.max(1);
             let outcome = match policy.attempt_timeout {
                 Some(limit) => match timeout(timer, limit, op(attempt)).await {
-                    Ok(r) => r.map_err(|last| RetryError::Exhausted { attempts: attempt, last }),
+                    Ok(r) => r.map_err(|last| RetryError::Exhausted {
+                        attempts: attempt,
+                        last,
+                    }),
                     Err(_) => Err(RetryError::AttemptTimedOut { attempt, limit }),
                 },
-                None => op(attempt).await.map_err(|last| RetryError::Exhausted { attempts: attempt, last }),
+                None => op(attempt).await.map_err(|last| RetryError::Exhausted {
+                    attempts: attempt,
+                    last,
+                }),
             };
             match outcome {
                 Ok(v) => return Ok(v),
@@ -132,7 +146,9 @@ where
         }
     };
     match policy.overall_timeout {
-        Some(limit) => timeout(timer, limit, attempts).await.unwrap_or(Err(RetryError::OverallTimedOut(limit))),
+        Some(limit) => timeout(timer, limit, attempts)
+            .await
+            .unwrap_or(Err(RetryError::OverallTimedOut(limit))),
         None => attempts.await,
     }
 }
@@ -148,7 +164,10 @@ pub struct BreakerPolicy {
 
 impl Default for BreakerPolicy {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(30) }
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
     }
 }
 
@@ -192,7 +211,14 @@ pub struct BreakerOpen {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(policy: BreakerPolicy, clock: Arc<dyn Clock>) -> Self {
-        Self { policy, clock, inner: Arc::new(Mutex::new(BreakerInner { state: BreakerState::Closed, failures: 0 })) }
+        Self {
+            policy,
+            clock,
+            inner: Arc::new(Mutex::new(BreakerInner {
+                state: BreakerState::Closed,
+                failures: 0,
+            })),
+        }
     }
 
     /// The current state (an open breaker whose time has passed reports `HalfOpen` only once
@@ -215,9 +241,9 @@ impl CircuitBreaker {
                     Err(BreakerOpen { until })
                 }
             }
-            BreakerState::HalfOpen => {
-                Err(BreakerOpen { until: self.clock.now() + chrono::Duration::milliseconds(1) })
-            }
+            BreakerState::HalfOpen => Err(BreakerOpen {
+                until: self.clock.now() + chrono::Duration::milliseconds(1),
+            }),
         }
     }
 
@@ -233,11 +259,15 @@ impl CircuitBreaker {
     pub fn on_failure(&self) {
         let mut inner = self.inner.lock();
         inner.failures += 1;
-        let open = matches!(inner.state, BreakerState::HalfOpen) || inner.failures >= self.policy.failure_threshold;
+        let open = matches!(inner.state, BreakerState::HalfOpen)
+            || inner.failures >= self.policy.failure_threshold;
         if open {
-            let d = chrono::Duration::from_std(self.policy.open_for).unwrap_or(chrono::Duration::MAX);
+            let d =
+                chrono::Duration::from_std(self.policy.open_for).unwrap_or(chrono::Duration::MAX);
             let now = self.clock.now();
-            inner.state = BreakerState::Open { until: now.checked_add_signed(d).unwrap_or(now) };
+            inner.state = BreakerState::Open {
+                until: now.checked_add_signed(d).unwrap_or(now),
+            };
         }
     }
 }
@@ -253,7 +283,11 @@ pub struct Breakers {
 impl Breakers {
     /// A registry creating breakers with `policy`.
     pub fn new(policy: BreakerPolicy, clock: Arc<dyn Clock>) -> Self {
-        Self { policy, clock, map: Arc::default() }
+        Self {
+            policy,
+            clock,
+            map: Arc::default(),
+        }
     }
 
     /// The breaker for `name`.
@@ -273,22 +307,34 @@ mod tests {
     use futures::FutureExt;
 
     fn unavailable() -> ModelError {
-        ModelError::Unavailable { model: ModelId::new("m"), detail: "down".into() }
+        ModelError::Unavailable {
+            model: ModelId::new("m"),
+            detail: "down".into(),
+        }
     }
 
     #[test]
     fn retries_transient_errors_with_backoff_then_succeeds() {
         let timer = ManualTimer::default();
-        let policy = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
         let mut rng = SeededRng::new(1);
         let mut failures = vec![];
-        let fut = retry(&policy, &timer, &mut rng, |a, _| failures.push(a), |attempt| async move {
-            if attempt < 3 {
-                Err(unavailable())
-            } else {
-                Ok(attempt)
-            }
-        });
+        let fut = retry(
+            &policy,
+            &timer,
+            &mut rng,
+            |a, _| failures.push(a),
+            |attempt| async move {
+                if attempt < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(attempt)
+                }
+            },
+        );
         let mut fut = Box::pin(fut);
         assert!((&mut fut).now_or_never().is_none());
         timer.advance(Duration::from_millis(200));
@@ -303,10 +349,21 @@ mod tests {
         let timer = ManualTimer::default();
         let mut rng = SeededRng::new(1);
         let mut calls = 0;
-        let r: Result<(), _> = retry(&RetryPolicy::default(), &timer, &mut rng, |_, _| {}, |_| {
-            calls += 1;
-            async { Err(ModelError::InvalidRequest { model: ModelId::new("m"), detail: "bad".into() }) }
-        })
+        let r: Result<(), _> = retry(
+            &RetryPolicy::default(),
+            &timer,
+            &mut rng,
+            |_, _| {},
+            |_| {
+                calls += 1;
+                async {
+                    Err(ModelError::InvalidRequest {
+                        model: ModelId::new("m"),
+                        detail: "bad".into(),
+                    })
+                }
+            },
+        )
         .now_or_never()
         .unwrap();
         assert!(matches!(r, Err(RetryError::Exhausted { attempts: 1, .. })));
@@ -324,19 +381,29 @@ mod tests {
             ..RetryPolicy::default()
         };
         let mut rng = SeededRng::new(1);
-        let mut fut = Box::pin(retry(&policy, &timer, &mut rng, |_, _| {}, |_| {
-            futures::future::pending::<Result<(), ModelError>>()
-        }));
+        let mut fut = Box::pin(retry(
+            &policy,
+            &timer,
+            &mut rng,
+            |_, _| {},
+            |_| futures::future::pending::<Result<(), ModelError>>(),
+        ));
         for _ in 0..3 {
             assert!((&mut fut).now_or_never().is_none());
             timer.advance(Duration::from_secs(1));
         }
-        assert!(matches!(fut.now_or_never(), Some(Err(RetryError::AttemptTimedOut { attempt: 2, .. }))));
+        assert!(matches!(
+            fut.now_or_never(),
+            Some(Err(RetryError::AttemptTimedOut { attempt: 2, .. }))
+        ));
     }
 
     #[test]
     fn jitter_is_seeded_and_bounded() {
-        let p = RetryPolicy { jitter: 0.5, ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
         let (mut a, mut b) = (SeededRng::new(5), SeededRng::new(5));
         for attempt in 1..10 {
             let d = p.delay(attempt, &mut a);
@@ -349,7 +416,10 @@ mod tests {
     fn breaker_opens_half_opens_and_closes() {
         let clock = ManualClock::default();
         let b = CircuitBreaker::new(
-            BreakerPolicy { failure_threshold: 2, open_for: Duration::from_secs(10) },
+            BreakerPolicy {
+                failure_threshold: 2,
+                open_for: Duration::from_secs(10),
+            },
             Arc::new(clock.clone()),
         );
         assert!(b.admit().is_ok());
@@ -363,7 +433,10 @@ mod tests {
         assert_eq!(b.state(), BreakerState::HalfOpen);
         assert!(b.admit().is_err(), "only one trial at a time");
         b.on_failure();
-        assert!(matches!(b.state(), BreakerState::Open { .. }), "a failed trial reopens");
+        assert!(
+            matches!(b.state(), BreakerState::Open { .. }),
+            "a failed trial reopens"
+        );
         clock.advance(Duration::from_secs(10));
         assert!(b.admit().is_ok());
         b.on_success();

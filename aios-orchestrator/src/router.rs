@@ -19,7 +19,10 @@ pub struct ModelRouter {
 impl ModelRouter {
     /// A router over `tiers`, cheapest first.
     pub fn new(tiers: Vec<Arc<dyn ModelBackend>>) -> Self {
-        Self { tiers, min_confidence: None }
+        Self {
+            tiers,
+            min_confidence: None,
+        }
     }
 
     /// A router with one model.

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, AuditRecord, Clock, Connector, ConnectorId,
-    CredentialHandle, CredentialVault, EffectClass, IdGen, InMemoryAuditLog, ManualClock, ManualTimer, Money,
-    Outcome, Principal, RunId, SeededRng, Secret, TaskId, Timer,
+    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, AuditRecord, Clock, Connector,
+    ConnectorId, CredentialHandle, CredentialVault, EffectClass, IdGen, InMemoryAuditLog,
+    ManualClock, ManualTimer, Money, Outcome, Principal, RunId, Secret, SeededRng, TaskId, Timer,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
@@ -20,7 +20,9 @@ use crate::context::TaskContext;
 use crate::error::{AgentError, OrchestratorError};
 use crate::gate::{ApprovalState, Gate, Governance, Reservation, Usage};
 use crate::graph::{TaskInput, TaskName, TaskSpec, Workflow};
-use crate::notify::{InMemoryNotifier, Notification, NotificationKind, Notifier, Observer, RunEvent};
+use crate::notify::{
+    InMemoryNotifier, Notification, NotificationKind, Notifier, Observer, RunEvent,
+};
 use crate::reliability::{BreakerPolicy, Breakers, CircuitBreaker};
 use crate::role::{Fallback, Role};
 use crate::router::ModelRouter;
@@ -36,8 +38,8 @@ pub enum CheckpointMode {
     /// irreversible call.
     Batched(u32),
     /// Only when the run parks or stops, and before irreversible calls. A crash loses the
-    /// journal since the last save; replayed calls reach connectors again with the same
-    /// idempotency keys.
+    /// journal since the last save (and a run that never saved is lost: the host starts it
+    /// again); replayed calls reach connectors again with the same idempotency keys.
     OnExit,
 }
 
@@ -116,6 +118,38 @@ pub(crate) struct Inner {
 ///
 /// Built with [`Orchestrator::builder`]; every port defaults to its in-memory implementation,
 /// so a test or an example needs only a governance model, roles and connectors.
+///
+/// ```
+/// use std::sync::Arc;
+/// use aios_core::RoleId;
+/// use aios_governance::GovernanceModel;
+/// use aios_orchestrator::{FnAgent, Orchestrator, Role, RunStatus, TaskSpec, Workflow};
+///
+/// let model = GovernanceModel::from_json(r#"{
+///   "version": 1,
+///   "charter": { "intent": "count", "final_authority": "owner" },
+///   "anchors": [{ "key": "owner", "title": "Owner", "holders": ["ann"], "response_time": "1h" }],
+///   "roles": [{ "key": "counter" }],
+///   "pathways": [{ "key": "counting", "anchor": "owner", "delegate": "counter",
+///                  "limits": { "actions": ["model.complete"], "effects": ["read_only"] },
+///                  "escalation": [{ "name": "big", "when": { "risk_at_least": 50 }, "mode": "halt" }] }]
+/// }"#).unwrap();
+/// let governor = model.compile().map_err(|r| r.to_string()).unwrap();
+/// let add_one = FnAgent::new(|_ctx, input| Box::pin(async move {
+///     let n = input.deps.values().next().and_then(|v| v.as_i64()).or(input.input.as_i64()).unwrap_or(0);
+///     Ok(serde_json::json!(n + 1))
+/// }));
+/// let orchestrator = Orchestrator::builder(governor)
+///     .role(Role::new("counter", "counting", Arc::new(add_one)))
+///     .build();
+/// let counter = RoleId::from_name("counter");
+/// let workflow = Workflow::new("count")
+///     .task(TaskSpec::new("one", counter, serde_json::json!(0)))
+///     .task(TaskSpec::new("two", counter, serde_json::Value::Null).after(["one"]));
+/// let outcome = futures::executor::block_on(orchestrator.start(workflow)).unwrap();
+/// assert_eq!(outcome.status, RunStatus::Completed);
+/// assert_eq!(outcome.outputs["two"], 2);
+/// ```
 #[derive(Clone)]
 pub struct Orchestrator {
     pub(crate) inner: Arc<Inner>,
@@ -151,7 +185,8 @@ pub struct OrchestratorBuilder {
 
 impl std::fmt::Debug for OrchestratorBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrchestratorBuilder").finish_non_exhaustive()
+        f.debug_struct("OrchestratorBuilder")
+            .finish_non_exhaustive()
     }
 }
 
@@ -268,24 +303,42 @@ impl OrchestratorBuilder {
         };
         let ids = IdGen::with_clock(clock.clone(), self.config.seed);
         let breakers = Breakers::new(self.config.breakers, clock.clone());
-        let audit: Arc<dyn AuditLog> = self.audit.unwrap_or_else(|| Arc::new(InMemoryAuditLog::new()));
+        let audit: Arc<dyn AuditLog> = self
+            .audit
+            .unwrap_or_else(|| Arc::new(InMemoryAuditLog::new()));
         let mut gov = self.gov;
-        gov.finish(clock.clone(), audit.clone(), IdGen::with_clock(clock.clone(), self.config.seed ^ 0xA11C_E5ED));
+        gov.finish(
+            clock.clone(),
+            audit.clone(),
+            IdGen::with_clock(clock.clone(), self.config.seed ^ 0xA11C_E5ED),
+        );
         Orchestrator {
             inner: Arc::new(Inner {
                 gov,
-                roles: self.roles.into_iter().map(|r| (r.id, Arc::new(r))).collect(),
-                connectors: self.connectors.into_iter().map(|c| (c.descriptor().id.clone(), c)).collect(),
+                roles: self
+                    .roles
+                    .into_iter()
+                    .map(|r| (r.id, Arc::new(r)))
+                    .collect(),
+                connectors: self
+                    .connectors
+                    .into_iter()
+                    .map(|c| (c.descriptor().id.clone(), c))
+                    .collect(),
                 credentials: self.credentials,
                 vault: self.vault,
                 router: self.router.unwrap_or_else(|| ModelRouter::new(vec![])),
                 memory: self.memory,
                 audit,
-                checkpoints: self.checkpoints.unwrap_or_else(|| Arc::new(InMemoryCheckpointStore::new())),
+                checkpoints: self
+                    .checkpoints
+                    .unwrap_or_else(|| Arc::new(InMemoryCheckpointStore::new())),
                 clock,
                 timer,
                 ids,
-                notifier: self.notifier.unwrap_or_else(|| Arc::new(InMemoryNotifier::new())),
+                notifier: self
+                    .notifier
+                    .unwrap_or_else(|| Arc::new(InMemoryNotifier::new())),
                 observers: self.observers,
                 breakers,
                 config: self.config,
@@ -318,7 +371,10 @@ pub(crate) struct Driver<'o> {
 impl<'o> Driver<'o> {
     pub(crate) fn journal_entry(&self, index: usize, seq: u32) -> Option<JournalEntry> {
         let st = self.state.lock();
-        st.tasks.get(index).and_then(|t| t.journal.get(seq as usize)).cloned()
+        st.tasks
+            .get(index)
+            .and_then(|t| t.journal.get(seq as usize))
+            .cloned()
     }
 
     pub(crate) fn fail(&self, err: OrchestratorError) -> AgentError {
@@ -331,10 +387,20 @@ impl<'o> Driver<'o> {
     }
 
     pub(crate) fn non_determinism(&self, task: &TaskName, seq: u32, detail: String) -> AgentError {
-        self.fail(OrchestratorError::NonDeterminism { run: self.run, task: task.to_string(), seq, detail })
+        self.fail(OrchestratorError::NonDeterminism {
+            run: self.run,
+            task: task.to_string(),
+            seq,
+            detail,
+        })
     }
 
-    pub(crate) async fn record(&self, index: usize, entry: JournalEntry, force: bool) -> Result<(), AgentError> {
+    pub(crate) async fn record(
+        &self,
+        index: usize,
+        entry: JournalEntry,
+        force: bool,
+    ) -> Result<(), AgentError> {
         {
             let mut st = self.state.lock();
             let Some(task) = st.tasks.get_mut(index) else {
@@ -355,22 +421,40 @@ impl<'o> Driver<'o> {
 
     pub(crate) fn add_task(&self, parent: usize, spec: TaskSpec) -> Result<usize, AgentError> {
         if !self.o.roles.contains_key(&spec.role) {
-            return Err(AgentError::Failed(format!("spawned task `{}` names an unregistered role", spec.name)));
+            return Err(AgentError::Failed(format!(
+                "spawned task `{}` names an unregistered role",
+                spec.name
+            )));
         }
         let mut st = self.state.lock();
         if st.tasks.iter().any(|t| t.spec.name == spec.name) {
-            return Err(AgentError::Failed(format!("task `{}` already exists", spec.name)));
+            return Err(AgentError::Failed(format!(
+                "task `{}` already exists",
+                spec.name
+            )));
         }
         let mut deps = vec![parent];
         for d in &spec.after {
             match st.tasks.iter().position(|t| &t.spec.name == d) {
                 Some(i) if !deps.contains(&i) => deps.push(i),
                 Some(_) => {}
-                None => return Err(AgentError::Failed(format!("spawned task `{}` waits for unknown task `{d}`", spec.name))),
+                None => {
+                    return Err(AgentError::Failed(format!(
+                        "spawned task `{}` waits for unknown task `{d}`",
+                        spec.name
+                    )))
+                }
             }
         }
         let index = st.tasks.len();
-        st.tasks.push(TaskState { spec, deps, status: TaskStatus::Pending, output: None, error: None, journal: vec![] });
+        st.tasks.push(TaskState {
+            spec,
+            deps,
+            status: TaskStatus::Pending,
+            output: None,
+            error: None,
+            journal: vec![],
+        });
         Ok(index)
     }
 
@@ -398,14 +482,26 @@ impl<'o> Driver<'o> {
     /// every replay.
     pub(crate) fn rng(&self, salt: u32) -> SeededRng {
         let run = self.run.as_uuid().as_u128();
-        SeededRng::new(self.o.config.seed ^ (run as u64) ^ ((run >> 64) as u64) ^ u64::from(salt).rotate_left(32))
+        SeededRng::new(
+            self.o.config.seed
+                ^ (run as u64)
+                ^ ((run >> 64) as u64)
+                ^ u64::from(salt).rotate_left(32),
+        )
     }
 
-    pub(crate) async fn credential(&self, connector: &ConnectorId) -> Result<Option<Secret>, AgentError> {
+    pub(crate) async fn credential(
+        &self,
+        connector: &ConnectorId,
+    ) -> Result<Option<Secret>, AgentError> {
         let (Some(vault), Some(handle)) = (&self.o.vault, self.o.credentials.get(connector)) else {
             return Ok(None);
         };
-        vault.get(handle).await.map(Some).map_err(|e| AgentError::Connector(format!("credential for `{connector}`: {e}")))
+        vault
+            .get(handle)
+            .await
+            .map(Some)
+            .map_err(|e| AgentError::Connector(format!("credential for `{connector}`: {e}")))
     }
 
     pub(crate) fn emit(&self, event: RunEvent) {
@@ -414,9 +510,22 @@ impl<'o> Driver<'o> {
         }
     }
 
-    pub(crate) async fn audit(&self, actor: Principal, event: AuditEvent) -> Result<(), AgentError> {
-        let record = AuditRecord { at: self.o.clock.now(), actor, event };
-        self.o.audit.append(record).await.map(|_| ()).map_err(|e| self.fail(OrchestratorError::Store(e)))
+    pub(crate) async fn audit(
+        &self,
+        actor: Principal,
+        event: AuditEvent,
+    ) -> Result<(), AgentError> {
+        let record = AuditRecord {
+            at: self.o.clock.now(),
+            actor,
+            event,
+        };
+        self.o
+            .audit
+            .append(record)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(OrchestratorError::Store(e)))
     }
 
     pub(crate) async fn notify(
@@ -429,14 +538,40 @@ impl<'o> Driver<'o> {
     ) {
         self.o
             .notifier
-            .notify(Notification { anchor, kind, run: self.run, task: task.cloned(), approval, message })
+            .notify(Notification {
+                anchor,
+                kind,
+                run: self.run,
+                task: task.cloned(),
+                approval,
+                message,
+            })
             .await;
     }
 
-    pub(crate) async fn escalate(&self, anchor: AnchorId, task: &TaskName, reason: &str) -> Result<(), AgentError> {
-        self.audit(Principal::System, AuditEvent::Escalated { run: Some(self.run), anchor, reason: reason.to_string() })
-            .await?;
-        self.notify(anchor, NotificationKind::Escalation, Some(task), None, reason.to_string()).await;
+    pub(crate) async fn escalate(
+        &self,
+        anchor: AnchorId,
+        task: &TaskName,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        self.audit(
+            Principal::System,
+            AuditEvent::Escalated {
+                run: Some(self.run),
+                anchor,
+                reason: reason.to_string(),
+            },
+        )
+        .await?;
+        self.notify(
+            anchor,
+            NotificationKind::Escalation,
+            Some(task),
+            None,
+            reason.to_string(),
+        )
+        .await;
         Ok(())
     }
 
@@ -456,7 +591,18 @@ impl<'o> Driver<'o> {
         confidence: Option<f32>,
     ) -> Result<Gate, AgentError> {
         let now = self.o.clock.now();
-        let (gate, event) = self.governor.decide(&self.o.gov, self.run, role, agent, action, effect, cost, risk, confidence, now);
+        let (gate, event) = self.governor.decide(
+            &self.o.gov,
+            self.run,
+            role,
+            agent,
+            action,
+            effect,
+            cost,
+            risk,
+            confidence,
+            now,
+        );
         self.audit(Principal::Agent(agent), event).await?;
         Ok(gate)
     }
@@ -469,12 +615,25 @@ impl<'o> Driver<'o> {
         amount: Usage,
     ) -> Result<Result<Reservation, String>, AgentError> {
         let now = self.o.clock.now();
-        self.o.gov.reserve(self.run, role.id, agent, action, amount, now).await.map_err(|e| self.fail(OrchestratorError::Store(e)))
+        self.o
+            .gov
+            .reserve(self.run, role.id, agent, action, amount, now)
+            .await
+            .map_err(|e| self.fail(OrchestratorError::Store(e)))
     }
 
-    pub(crate) async fn commit(&self, reservation: Reservation, actual: Usage) -> Result<(), AgentError> {
+    pub(crate) async fn commit(
+        &self,
+        reservation: Reservation,
+        actual: Usage,
+    ) -> Result<(), AgentError> {
         let now = self.o.clock.now();
-        let alerts = self.o.gov.commit(reservation, actual, now).await.map_err(|e| self.fail(OrchestratorError::Store(e)))?;
+        let alerts = self
+            .o
+            .gov
+            .commit(reservation, actual, now)
+            .await
+            .map_err(|e| self.fail(OrchestratorError::Store(e)))?;
         for alert in alerts {
             self.audit(Principal::System, alert).await?;
         }
@@ -498,13 +657,30 @@ impl<'o> Driver<'o> {
     ) -> Result<ApprovalId, AgentError> {
         self.o
             .gov
-            .request_approval(self.run, task, agent, role.pathway, anchor, deadline, action, input)
+            .request_approval(
+                self.run,
+                task,
+                agent,
+                role.pathway,
+                anchor,
+                deadline,
+                action,
+                input,
+            )
             .await
             .map_err(|e| self.fail(OrchestratorError::Approval(e)))
     }
 
-    pub(crate) async fn approval_state(&self, approval: ApprovalId, agent: AgentId) -> Result<ApprovalState, AgentError> {
-        self.o.gov.approval_state(approval, agent).await.map_err(|e| self.fail(OrchestratorError::Approval(e)))
+    pub(crate) async fn approval_state(
+        &self,
+        approval: ApprovalId,
+        agent: AgentId,
+    ) -> Result<ApprovalState, AgentError> {
+        self.o
+            .gov
+            .approval_state(approval, agent)
+            .await
+            .map_err(|e| self.fail(OrchestratorError::Approval(e)))
     }
 
     async fn step(&self, force: bool) -> Result<(), AgentError> {
@@ -533,18 +709,36 @@ impl<'o> Driver<'o> {
             let fresh = self
                 .o
                 .checkpoints
-                .acquire(self.run, &self.o.config.worker, now, self.o.config.lease_ttl)
+                .acquire(
+                    self.run,
+                    &self.o.config.worker,
+                    now,
+                    self.o.config.lease_ttl,
+                )
                 .await
-                .map_err(|e| OrchestratorError::LeaseLost { run: self.run, detail: e.to_string() })?;
+                .map_err(|e| OrchestratorError::LeaseLost {
+                    run: self.run,
+                    detail: e.to_string(),
+                })?;
             *self.lease.lock() = fresh;
         }
         let seq = self.saved_seq.load(Ordering::Relaxed) + 1;
-        let checkpoint = Checkpoint { run: self.run, seq, at: now, state: self.state.lock().clone() };
+        let checkpoint = Checkpoint {
+            run: self.run,
+            seq,
+            at: now,
+            state: self.state.lock().clone(),
+        };
         let lease = self.lease.lock().clone();
         match self.o.checkpoints.save(&lease, &checkpoint).await {
             Ok(()) => {}
-            Err(e @ (aios_core::StoreError::Fenced { .. } | aios_core::StoreError::Conflict { .. })) => {
-                return Err(OrchestratorError::LeaseLost { run: self.run, detail: e.to_string() })
+            Err(
+                e @ (aios_core::StoreError::Fenced { .. } | aios_core::StoreError::Conflict { .. }),
+            ) => {
+                return Err(OrchestratorError::LeaseLost {
+                    run: self.run,
+                    detail: e.to_string(),
+                })
             }
             Err(e) => return Err(OrchestratorError::Store(e)),
         }
@@ -561,22 +755,55 @@ impl<'o> Driver<'o> {
             let deps = t
                 .deps
                 .iter()
-                .filter_map(|&d| st.tasks.get(d).map(|x| (x.spec.name.clone(), x.output.clone().unwrap_or_default())))
+                .filter_map(|&d| {
+                    st.tasks
+                        .get(d)
+                        .map(|x| (x.spec.name.clone(), x.output.clone().unwrap_or_default()))
+                })
                 .collect();
-            (t.spec.clone(), TaskInput { input: t.spec.input.clone(), deps })
+            (
+                t.spec.clone(),
+                TaskInput {
+                    input: t.spec.input.clone(),
+                    deps,
+                },
+            )
         };
         let Some(role) = self.o.roles.get(&spec.role).cloned() else {
-            return (index, TaskResult::Failed(format!("task `{}` names a role that is not registered", spec.name)));
+            return (
+                index,
+                TaskResult::Failed(format!(
+                    "task `{}` names a role that is not registered",
+                    spec.name
+                )),
+            );
         };
         let agent = role.agent_id();
         let task_id = task_id(self.run, &spec.name);
-        let started = AuditEvent::TaskStarted { run: self.run, task: task_id, role: role.id, agent };
+        let started = AuditEvent::TaskStarted {
+            run: self.run,
+            task: task_id,
+            role: role.id,
+            agent,
+        };
         if self.audit(Principal::Agent(agent), started).await.is_err() {
             return (index, TaskResult::Fatal);
         }
-        self.emit(RunEvent::TaskStarted { run: self.run, task: spec.name.clone() });
-        let mut ctx = TaskContext { driver: self, index, name: spec.name.clone(), task_id, role: role.clone(), agent, seq: 0 };
-        let span = tracing::info_span!("aios.task", run = %self.run, task = %spec.name, role = %role.name);
+        self.emit(RunEvent::TaskStarted {
+            run: self.run,
+            task: spec.name.clone(),
+        });
+        let mut ctx = TaskContext {
+            driver: self,
+            index,
+            name: spec.name.clone(),
+            task_id,
+            role: role.clone(),
+            agent,
+            seq: 0,
+        };
+        let span =
+            tracing::info_span!("aios.task", run = %self.run, task = %spec.name, role = %role.name);
         let result = role.agent.run(&mut ctx, input).instrument(span).await;
         if self.fatal.lock().is_some() {
             return (index, TaskResult::Fatal);
@@ -591,7 +818,10 @@ impl<'o> Driver<'o> {
     }
 
     async fn drive(&self, resumed: bool) -> Result<RunOutcome, OrchestratorError> {
-        self.emit(RunEvent::RunStarted { run: self.run, resumed });
+        self.emit(RunEvent::RunStarted {
+            run: self.run,
+            resumed,
+        });
         let (mut remaining, mut dependents, mut ready) = {
             let st = self.state.lock();
             let n = st.tasks.len();
@@ -605,8 +835,9 @@ impl<'o> Driver<'o> {
                     }
                 }
             }
-            let ready: VecDeque<usize> =
-                (0..n).filter(|&i| remaining[i] == 0 && st.tasks[i].status == TaskStatus::Pending).collect();
+            let ready: VecDeque<usize> = (0..n)
+                .filter(|&i| remaining[i] == 0 && st.tasks[i].status == TaskStatus::Pending)
+                .collect();
             (remaining, dependents, ready)
         };
         let concurrency = self.o.config.concurrency.max(1);
@@ -624,12 +855,18 @@ impl<'o> Driver<'o> {
                 self.state.lock().tasks[i].status = TaskStatus::Running;
                 running.push(self.run_task(i));
             }
-            let Some((i, result)) = running.next().await else { break };
+            let Some((i, result)) = running.next().await else {
+                break;
+            };
             let result = match result {
                 TaskResult::Failed(reason) => {
                     let fallback = {
                         let st = self.state.lock();
-                        self.o.roles.get(&st.tasks[i].spec.role).map(|r| r.fallback.clone()).unwrap_or(Fallback::FailRun)
+                        self.o
+                            .roles
+                            .get(&st.tasks[i].spec.role)
+                            .map(|r| r.fallback.clone())
+                            .unwrap_or(Fallback::FailRun)
                     };
                     match fallback {
                         Fallback::Skip { output } => TaskResult::Completed(output),
@@ -637,7 +874,11 @@ impl<'o> Driver<'o> {
                             let (name, anchor) = {
                                 let st = self.state.lock();
                                 let name = st.tasks[i].spec.name.clone();
-                                let anchor = self.o.roles.get(&st.tasks[i].spec.role).and_then(|r| self.accountable(r));
+                                let anchor = self
+                                    .o
+                                    .roles
+                                    .get(&st.tasks[i].spec.role)
+                                    .and_then(|r| self.accountable(r));
                                 (name, anchor)
                             };
                             if let Some(anchor) = anchor {
@@ -659,31 +900,50 @@ impl<'o> Driver<'o> {
                     TaskResult::Completed(output) => {
                         st.tasks[i].status = TaskStatus::Completed;
                         st.tasks[i].output = Some(output.clone());
-                        // tasks spawned by this one: its dependents also wait for them
-                        let n = st.tasks.len();
-                        for j in remaining.len()..n {
+                        // tasks spawned by this one (journaled, so also after a resume): its
+                        // dependents wait for them too
+                        let children: Vec<usize> = st.tasks[i]
+                            .journal
+                            .iter()
+                            .filter_map(|e| match e.record {
+                                crate::state::CallRecord::Spawned { index } => Some(index),
+                                _ => None,
+                            })
+                            .collect();
+                        let waiting: Vec<usize> = dependents[i]
+                            .iter()
+                            .copied()
+                            .filter(|k| !children.contains(k))
+                            .collect();
+                        while remaining.len() < st.tasks.len() {
+                            let j = remaining.len();
                             remaining.push(0);
                             dependents.push(Vec::new());
-                            let deps = st.tasks[j].deps.clone();
-                            for d in deps {
-                                dependents[d].push(j);
-                                if st.tasks[d].status != TaskStatus::Completed {
+                            for d in st.tasks[j].deps.clone() {
+                                if d != i {
+                                    dependents[d].push(j);
+                                }
+                                if d != i && st.tasks[d].status != TaskStatus::Completed {
                                     remaining[j] += 1;
                                 }
                             }
-                            for k in dependents[i].clone() {
-                                if k != j && !st.tasks[k].deps.contains(&j) {
-                                    st.tasks[k].deps.push(j);
-                                    dependents[j].push(k);
-                                    remaining[k] += 1;
-                                }
-                            }
-                            if remaining[j] == 0 {
+                            if remaining[j] == 0 && st.tasks[j].status == TaskStatus::Pending {
                                 ready.push_back(j);
                             }
                         }
-                        for &k in &dependents[i] {
-                            remaining[k] -= 1;
+                        for &j in &children {
+                            for &k in &waiting {
+                                if !st.tasks[k].deps.contains(&j) {
+                                    st.tasks[k].deps.push(j);
+                                    dependents[j].push(k);
+                                    if st.tasks[j].status != TaskStatus::Completed {
+                                        remaining[k] += 1;
+                                    }
+                                }
+                            }
+                        }
+                        for k in dependents[i].clone() {
+                            remaining[k] = remaining[k].saturating_sub(1);
                             if remaining[k] == 0 && st.tasks[k].status == TaskStatus::Pending {
                                 ready.push_back(k);
                             }
@@ -693,7 +953,11 @@ impl<'o> Driver<'o> {
                     TaskResult::Parked(approval) => {
                         st.tasks[i].status = TaskStatus::Parked;
                         parked.push(*approval);
-                        (name, Outcome::Parked, Some(format!("waiting for approval {approval}")))
+                        (
+                            name,
+                            Outcome::Parked,
+                            Some(format!("waiting for approval {approval}")),
+                        )
                     }
                     TaskResult::Failed(reason) => {
                         st.tasks[i].status = TaskStatus::Failed;
@@ -705,14 +969,30 @@ impl<'o> Driver<'o> {
                 }
             };
             let task = task_id(self.run, &name);
-            let event = AuditEvent::TaskFinished { run: self.run, task, outcome, detail: detail.clone() };
+            let event = AuditEvent::TaskFinished {
+                run: self.run,
+                task,
+                outcome,
+                detail: detail.clone(),
+            };
             if self.audit(Principal::System, event).await.is_err() {
                 return Err(self.take_fatal());
             }
             self.emit(match (&result, detail) {
-                (TaskResult::Parked(a), _) => RunEvent::TaskParked { run: self.run, task: name, approval: *a },
-                (TaskResult::Failed(_), Some(reason)) => RunEvent::TaskFailed { run: self.run, task: name, reason },
-                _ => RunEvent::TaskCompleted { run: self.run, task: name },
+                (TaskResult::Parked(a), _) => RunEvent::TaskParked {
+                    run: self.run,
+                    task: name,
+                    approval: *a,
+                },
+                (TaskResult::Failed(_), Some(reason)) => RunEvent::TaskFailed {
+                    run: self.run,
+                    task: name,
+                    reason,
+                },
+                _ => RunEvent::TaskCompleted {
+                    run: self.run,
+                    task: name,
+                },
             });
             if self.step(false).await.is_err() {
                 return Err(self.take_fatal());
@@ -722,7 +1002,11 @@ impl<'o> Driver<'o> {
         let status = {
             let mut st = self.state.lock();
             let status = if let Some(control) = stopped {
-                for t in st.tasks.iter_mut().filter(|t| t.status == TaskStatus::Running) {
+                for t in st
+                    .tasks
+                    .iter_mut()
+                    .filter(|t| t.status == TaskStatus::Running)
+                {
                     t.status = TaskStatus::Pending;
                 }
                 control
@@ -733,7 +1017,9 @@ impl<'o> Driver<'o> {
             } else if st.tasks.iter().all(|t| t.status == TaskStatus::Completed) {
                 RunStatus::Completed
             } else {
-                RunStatus::Failed { reason: "tasks remain that can never run".to_string() }
+                RunStatus::Failed {
+                    reason: "tasks remain that can never run".to_string(),
+                }
             };
             st.status = status.clone();
             status
@@ -743,25 +1029,49 @@ impl<'o> Driver<'o> {
             RunStatus::Failed { reason } => (Outcome::Failed, Some(reason.clone())),
             RunStatus::Cancelled => (Outcome::Cancelled, None),
             RunStatus::Paused => (Outcome::Parked, Some("paused by an operator".to_string())),
-            RunStatus::Parked { approvals } => (Outcome::Parked, Some(format!("waiting for {} approval(s)", approvals.len()))),
+            RunStatus::Parked { approvals } => (
+                Outcome::Parked,
+                Some(format!("waiting for {} approval(s)", approvals.len())),
+            ),
             RunStatus::Running => (Outcome::Parked, None),
         };
-        if self.audit(Principal::System, AuditEvent::RunFinished { run: self.run, outcome, detail }).await.is_err() {
+        if self
+            .audit(
+                Principal::System,
+                AuditEvent::RunFinished {
+                    run: self.run,
+                    outcome,
+                    detail,
+                },
+            )
+            .await
+            .is_err()
+        {
             return Err(self.take_fatal());
         }
         self.save().await?;
         let lease = self.lease.lock().clone();
         self.o.checkpoints.release(&lease).await?;
-        self.emit(RunEvent::RunStopped { run: self.run, status: status.clone() });
+        self.emit(RunEvent::RunStopped {
+            run: self.run,
+            status: status.clone(),
+        });
         let outputs = self.state.lock().outputs();
-        Ok(RunOutcome { run: self.run, status, outputs })
+        Ok(RunOutcome {
+            run: self.run,
+            status,
+            outputs,
+        })
     }
 
     fn take_fatal(&self) -> OrchestratorError {
-        self.fatal.lock().take().unwrap_or_else(|| OrchestratorError::LeaseLost {
-            run: self.run,
-            detail: "the run stopped without a recorded cause".to_string(),
-        })
+        self.fatal
+            .lock()
+            .take()
+            .unwrap_or_else(|| OrchestratorError::LeaseLost {
+                run: self.run,
+                detail: "the run stopped without a recorded cause".to_string(),
+            })
     }
 }
 
@@ -797,7 +1107,9 @@ impl Orchestrator {
         let deps = workflow.validate()?;
         for t in &workflow.tasks {
             if !self.inner.roles.contains_key(&t.role) {
-                return Err(OrchestratorError::UnknownRole { task: t.name.to_string() });
+                return Err(OrchestratorError::UnknownRole {
+                    task: t.name.to_string(),
+                });
             }
         }
         let run: RunId = self.inner.ids.next();
@@ -814,18 +1126,58 @@ impl Orchestrator {
                 .tasks
                 .into_iter()
                 .zip(deps)
-                .map(|(spec, deps)| TaskState { spec, deps, status: TaskStatus::Pending, output: None, error: None, journal: vec![] })
+                .map(|(spec, deps)| TaskState {
+                    spec,
+                    deps,
+                    status: TaskStatus::Pending,
+                    output: None,
+                    error: None,
+                    journal: vec![],
+                })
                 .collect(),
             forked_from: None,
         };
-        let lease = self.inner.checkpoints.acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await?;
-        let event = AuditEvent::RunStarted { run, workflow: state.workflow.clone(), governance_version: governor.version() };
-        self.inner.audit.append(AuditRecord { at: now, actor: Principal::System, event }).await?;
+        let lease = self
+            .inner
+            .checkpoints
+            .acquire(
+                run,
+                &self.inner.config.worker,
+                now,
+                self.inner.config.lease_ttl,
+            )
+            .await?;
+        let event = AuditEvent::RunStarted {
+            run,
+            workflow: state.workflow.clone(),
+            governance_version: governor.version(),
+        };
+        self.inner
+            .audit
+            .append(AuditRecord {
+                at: now,
+                actor: Principal::System,
+                event,
+            })
+            .await?;
         let driver = self.driver(governor, lease, state, 0);
-        driver.drive(false).instrument(tracing::info_span!("aios.run", run = %run)).await
+        if self.inner.config.checkpoints != CheckpointMode::OnExit {
+            // the run exists durably before its first task, so a crash at any point can resume
+            driver.save().await?;
+        }
+        driver
+            .drive(false)
+            .instrument(tracing::info_span!("aios.run", run = %run))
+            .await
     }
 
-    fn driver(&self, governor: crate::gate::PinnedGovernor, lease: Lease, state: RunState, saved_seq: u64) -> Driver<'_> {
+    fn driver(
+        &self,
+        governor: crate::gate::PinnedGovernor,
+        lease: Lease,
+        state: RunState,
+        saved_seq: u64,
+    ) -> Driver<'_> {
         Driver {
             o: &self.inner,
             run: state.run,
@@ -847,35 +1199,54 @@ impl Orchestrator {
         let lease = self
             .inner
             .checkpoints
-            .acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl)
+            .acquire(
+                run,
+                &self.inner.config.worker,
+                now,
+                self.inner.config.lease_ttl,
+            )
             .await
             .map_err(|e| match e {
-                aios_core::StoreError::Conflict { detail } => OrchestratorError::LeaseLost { run, detail },
+                aios_core::StoreError::Conflict { detail } => {
+                    OrchestratorError::LeaseLost { run, detail }
+                }
                 other => OrchestratorError::Store(other),
             })?;
         let result = self.resume_leased(run, lease.clone()).await;
         if result.is_err() {
             // leave the lease to expire on store failures; release it on refusals
-            if let Err(OrchestratorError::NotResumable { .. } | OrchestratorError::GovernanceVersionUnavailable { .. }) = &result {
+            if let Err(
+                OrchestratorError::NotResumable { .. }
+                | OrchestratorError::GovernanceVersionUnavailable { .. },
+            ) = &result
+            {
                 let _ = self.inner.checkpoints.release(&lease).await;
             }
         }
         result
     }
 
-    async fn resume_leased(&self, run: RunId, lease: Lease) -> Result<RunOutcome, OrchestratorError> {
+    async fn resume_leased(
+        &self,
+        run: RunId,
+        lease: Lease,
+    ) -> Result<RunOutcome, OrchestratorError> {
         let Some(checkpoint) = self.inner.checkpoints.latest(run).await? else {
             return Err(OrchestratorError::UnknownRun(run));
         };
         let mut state = checkpoint.state;
         if state.status.is_terminal() {
-            return Err(OrchestratorError::NotResumable { run, status: format!("{:?}", state.status) });
+            return Err(OrchestratorError::NotResumable {
+                run,
+                status: format!("{:?}", state.status),
+            });
         }
-        let governor = self
-            .inner
-            .gov
-            .version(state.governance_version)
-            .ok_or(OrchestratorError::GovernanceVersionUnavailable { run, version: state.governance_version })?;
+        let governor = self.inner.gov.version(state.governance_version).ok_or(
+            OrchestratorError::GovernanceVersionUnavailable {
+                run,
+                version: state.governance_version,
+            },
+        )?;
         for t in &mut state.tasks {
             if matches!(t.status, TaskStatus::Running | TaskStatus::Parked) {
                 t.status = TaskStatus::Pending;
@@ -883,7 +1254,10 @@ impl Orchestrator {
         }
         state.status = RunStatus::Running;
         let driver = self.driver(governor, lease, state, checkpoint.seq);
-        driver.drive(true).instrument(tracing::info_span!("aios.run", run = %run, resumed = true)).await
+        driver
+            .drive(true)
+            .instrument(tracing::info_span!("aios.run", run = %run, resumed = true))
+            .await
     }
 
     /// The latest saved state of a run.
@@ -892,7 +1266,9 @@ impl Orchestrator {
     }
 
     /// Runs parked on approvals.
-    pub async fn parked_runs(&self) -> Result<Vec<crate::checkpoint::RunSummary>, OrchestratorError> {
+    pub async fn parked_runs(
+        &self,
+    ) -> Result<Vec<crate::checkpoint::RunSummary>, OrchestratorError> {
         Ok(self.inner.checkpoints.list(true).await?)
     }
 
@@ -910,7 +1286,11 @@ impl Orchestrator {
         state.forked_from = Some((run, seq));
         state.status = RunStatus::Running;
         for t in &mut state.tasks {
-            if let Some(cut) = t.journal.iter().position(|e| matches!(e.record, crate::state::CallRecord::AwaitingApproval { .. })) {
+            if let Some(cut) = t
+                .journal
+                .iter()
+                .position(|e| matches!(e.record, crate::state::CallRecord::AwaitingApproval { .. }))
+            {
                 t.journal.truncate(cut);
             }
             if matches!(t.status, TaskStatus::Running | TaskStatus::Parked) {
@@ -918,15 +1298,37 @@ impl Orchestrator {
             }
         }
         let now = self.inner.clock.now();
-        let lease = self.inner.checkpoints.acquire(new_run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await?;
-        self.inner.checkpoints.save(&lease, &Checkpoint { run: new_run, seq: 1, at: now, state }).await?;
+        let lease = self
+            .inner
+            .checkpoints
+            .acquire(
+                new_run,
+                &self.inner.config.worker,
+                now,
+                self.inner.config.lease_ttl,
+            )
+            .await?;
+        self.inner
+            .checkpoints
+            .save(
+                &lease,
+                &Checkpoint {
+                    run: new_run,
+                    seq: 1,
+                    at: now,
+                    state,
+                },
+            )
+            .await?;
         self.inner.checkpoints.release(&lease).await?;
         self.inner
             .audit
             .append(AuditRecord {
                 at: now,
                 actor: Principal::System,
-                event: AuditEvent::Note { text: format!("run {new_run} forked from run {run} at checkpoint {seq}") },
+                event: AuditEvent::Note {
+                    text: format!("run {new_run} forked from run {run} at checkpoint {seq}"),
+                },
             })
             .await?;
         Ok(new_run)
@@ -935,7 +1337,13 @@ impl Orchestrator {
     /// Stops a run for good (`Cancelled`) or pauses it (`Paused`; resume continues it).
     /// Recorded in the audit log with who and why. A run being driven by this orchestrator
     /// stops at its next task boundary; otherwise its checkpoint is updated under a lease.
-    pub async fn control_run(&self, run: RunId, control: RunControl, by: Principal, reason: &str) -> Result<(), OrchestratorError> {
+    pub async fn control_run(
+        &self,
+        run: RunId,
+        control: RunControl,
+        by: Principal,
+        reason: &str,
+    ) -> Result<(), OrchestratorError> {
         let status = match control {
             RunControl::Cancel => RunStatus::Cancelled,
             RunControl::Pause => RunStatus::Paused,
@@ -947,8 +1355,25 @@ impl Orchestrator {
             reason: reason.to_string(),
             until: None,
         };
-        self.inner.audit.append(AuditRecord { at: now, actor: by, event }).await?;
-        match self.inner.checkpoints.acquire(run, &self.inner.config.worker, now, self.inner.config.lease_ttl).await {
+        self.inner
+            .audit
+            .append(AuditRecord {
+                at: now,
+                actor: by,
+                event,
+            })
+            .await?;
+        match self
+            .inner
+            .checkpoints
+            .acquire(
+                run,
+                &self.inner.config.worker,
+                now,
+                self.inner.config.lease_ttl,
+            )
+            .await
+        {
             Ok(lease) => {
                 let Some(latest) = self.inner.checkpoints.latest(run).await? else {
                     self.inner.checkpoints.release(&lease).await?;
@@ -957,10 +1382,18 @@ impl Orchestrator {
                 let mut state = latest.state;
                 if state.status.is_terminal() {
                     self.inner.checkpoints.release(&lease).await?;
-                    return Err(OrchestratorError::NotResumable { run, status: format!("{:?}", state.status) });
+                    return Err(OrchestratorError::NotResumable {
+                        run,
+                        status: format!("{:?}", state.status),
+                    });
                 }
                 state.status = status;
-                let cp = Checkpoint { run, seq: latest.seq + 1, at: now, state };
+                let cp = Checkpoint {
+                    run,
+                    seq: latest.seq + 1,
+                    at: now,
+                    state,
+                };
                 let saved = self.inner.checkpoints.save(&lease, &cp).await;
                 self.inner.checkpoints.release(&lease).await?;
                 saved?;
@@ -977,8 +1410,14 @@ impl Orchestrator {
 
 impl Orchestrator {
     /// Approval requests waiting for a human, across all runs, oldest first.
-    pub async fn pending_approvals(&self) -> Result<Vec<aios_governance::ApprovalRequest>, OrchestratorError> {
-        self.inner.gov.pending().await.map_err(|e| OrchestratorError::Approval(e.to_string()))
+    pub async fn pending_approvals(
+        &self,
+    ) -> Result<Vec<aios_governance::ApprovalRequest>, OrchestratorError> {
+        self.inner
+            .gov
+            .pending()
+            .await
+            .map_err(|e| OrchestratorError::Approval(e.to_string()))
     }
 
     /// Records `by`'s decision on `approval` and resumes the run waiting for it, which
@@ -1014,7 +1453,10 @@ impl Orchestrator {
         let entries = aios_core::AuditLogExt::entries(self.inner.audit.as_ref()).await?;
         let mut names = HashMap::new();
         for role in self.inner.roles.values() {
-            names.insert(Principal::Agent(role.agent_id()), format!("agent `{}`", role.name));
+            names.insert(
+                Principal::Agent(role.agent_id()),
+                format!("agent `{}`", role.name),
+            );
         }
         Ok(crate::transcript::render_transcript(run, &entries, &names))
     }

@@ -35,7 +35,10 @@ pub enum RunStatus {
 impl RunStatus {
     /// Whether the run can make no further progress.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed { .. } | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed { .. } | RunStatus::Cancelled
+        )
     }
 }
 

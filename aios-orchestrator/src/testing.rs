@@ -36,31 +36,70 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
 
     let store = make();
     let run: RunId = ids.next();
-    assert_eq!(store.latest(run).await.unwrap(), None, "an unknown run has no checkpoint");
-    assert!(store.list(false).await.unwrap().is_empty(), "an empty store lists nothing");
+    assert_eq!(
+        store.latest(run).await.unwrap(),
+        None,
+        "an unknown run has no checkpoint"
+    );
+    assert!(
+        store.list(false).await.unwrap().is_empty(),
+        "an empty store lists nothing"
+    );
 
     // leases: exclusive while valid, renewable by the holder, taken over after expiry
     let la = store.acquire(run, &a, now, ttl).await.unwrap();
     assert!(la.token > 0, "tokens start above zero");
     assert!(
-        matches!(store.acquire(run, &b, now, ttl).await, Err(StoreError::Conflict { .. })),
+        matches!(
+            store.acquire(run, &b, now, ttl).await,
+            Err(StoreError::Conflict { .. })
+        ),
         "a valid lease excludes other workers"
     );
-    let renewed = store.acquire(run, &a, now + chrono::Duration::seconds(10), ttl).await.unwrap();
+    let renewed = store
+        .acquire(run, &a, now + chrono::Duration::seconds(10), ttl)
+        .await
+        .unwrap();
     assert_eq!(renewed.token, la.token, "a renewal keeps the token");
-    assert!(renewed.expires_at > la.expires_at, "a renewal extends the lease");
+    assert!(
+        renewed.expires_at > la.expires_at,
+        "a renewal extends the lease"
+    );
 
     // saves: ordered, history kept, exact round trip
-    let c1 = Checkpoint { run, seq: 1, at: now, state: state(run, RunStatus::Running, now) };
+    let c1 = Checkpoint {
+        run,
+        seq: 1,
+        at: now,
+        state: state(run, RunStatus::Running, now),
+    };
     store.save(&renewed, &c1).await.unwrap();
-    let parked = RunStatus::Parked { approvals: vec![ids.next()] };
-    let c2 = Checkpoint { run, seq: 2, at: now, state: state(run, parked.clone(), now) };
+    let parked = RunStatus::Parked {
+        approvals: vec![ids.next()],
+    };
+    let c2 = Checkpoint {
+        run,
+        seq: 2,
+        at: now,
+        state: state(run, parked.clone(), now),
+    };
     store.save(&renewed, &c2).await.unwrap();
-    assert_eq!(store.latest(run).await.unwrap(), Some(c2.clone()), "latest is the last save, unchanged");
-    assert_eq!(store.get(run, 1).await.unwrap(), Some(c1.clone()), "history is kept");
+    assert_eq!(
+        store.latest(run).await.unwrap(),
+        Some(c2.clone()),
+        "latest is the last save, unchanged"
+    );
+    assert_eq!(
+        store.get(run, 1).await.unwrap(),
+        Some(c1.clone()),
+        "history is kept"
+    );
     assert_eq!(store.get(run, 9).await.unwrap(), None);
     assert!(
-        matches!(store.save(&renewed, &c2).await, Err(StoreError::Conflict { .. })),
+        matches!(
+            store.save(&renewed, &c2).await,
+            Err(StoreError::Conflict { .. })
+        ),
         "a checkpoint not after the latest is refused"
     );
     let listed: Vec<RunSummary> = store.list(true).await.unwrap();
@@ -71,17 +110,32 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
     let later = now + chrono::Duration::seconds(120);
     let lb = store.acquire(run, &b, later, ttl).await.unwrap();
     assert!(lb.token > renewed.token, "a takeover issues a newer token");
-    let c3 = Checkpoint { run, seq: 3, at: later, state: state(run, RunStatus::Running, later) };
+    let c3 = Checkpoint {
+        run,
+        seq: 3,
+        at: later,
+        state: state(run, RunStatus::Running, later),
+    };
     assert!(
-        matches!(store.save(&renewed, &c3).await, Err(StoreError::Fenced { .. })),
+        matches!(
+            store.save(&renewed, &c3).await,
+            Err(StoreError::Fenced { .. })
+        ),
         "a stale worker's write is refused"
     );
-    assert_eq!(store.latest(run).await.unwrap(), Some(c2), "a refused write changes nothing");
+    assert_eq!(
+        store.latest(run).await.unwrap(),
+        Some(c2),
+        "a refused write changes nothing"
+    );
     store.save(&lb, &c3).await.unwrap();
 
     // release lets another worker in at once; releasing a stale lease is harmless
     store.release(&renewed).await.unwrap();
-    assert!(store.acquire(run, &a, later, ttl).await.is_err(), "releasing a stale lease does not free the run");
+    assert!(
+        store.acquire(run, &a, later, ttl).await.is_err(),
+        "releasing a stale lease does not free the run"
+    );
     store.release(&lb).await.unwrap();
     let la2 = store.acquire(run, &a, later, ttl).await.unwrap();
     assert!(la2.token > lb.token);
@@ -89,11 +143,40 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
     // runs are independent
     let other: RunId = ids.next();
     let lo = store.acquire(other, &b, later, ttl).await.unwrap();
-    store.save(&lo, &Checkpoint { run: other, seq: 1, at: later, state: state(other, RunStatus::Completed, later) }).await.unwrap();
+    store
+        .save(
+            &lo,
+            &Checkpoint {
+                run: other,
+                seq: 1,
+                at: later,
+                state: state(other, RunStatus::Completed, later),
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(store.list(false).await.unwrap().len(), 2);
-    assert_eq!(store.list(true).await.unwrap().len(), 0, "only parked runs when asked");
+    assert_eq!(
+        store.list(true).await.unwrap().len(),
+        0,
+        "only parked runs when asked"
+    );
     let wrong = Lease { run, ..lo.clone() };
-    assert!(store.save(&wrong, &Checkpoint { run: other, seq: 2, at: later, state: state(other, RunStatus::Running, later) }).await.is_err(), "a lease for another run is refused");
+    assert!(
+        store
+            .save(
+                &wrong,
+                &Checkpoint {
+                    run: other,
+                    seq: 2,
+                    at: later,
+                    state: state(other, RunStatus::Running, later)
+                }
+            )
+            .await
+            .is_err(),
+        "a lease for another run is refused"
+    );
 }
 
 /// A [`CheckpointStore`] whose operations fail (with `Unavailable`) when its [`Faults`] say
@@ -113,7 +196,13 @@ impl<S: CheckpointStore> FaultyCheckpointStore<S> {
 
 #[async_trait]
 impl<S: CheckpointStore> CheckpointStore for FaultyCheckpointStore<S> {
-    async fn acquire(&self, run: RunId, owner: &WorkerId, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+    async fn acquire(
+        &self,
+        run: RunId,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
         self.faults.check().await?;
         self.inner.acquire(run, owner, now, ttl).await
     }

@@ -4,11 +4,17 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
-use aios_core::{ApprovalId, AuditEntry, AuditEvent, Money, Outcome, Principal, RunId, TaskId, TokenUsage};
+use aios_core::{
+    ApprovalId, AuditEntry, AuditEvent, Money, Outcome, Principal, RunId, TaskId, TokenUsage,
+};
 
 /// Renders the transcript of `run` from audit `entries` (the whole log, or any superset of
 /// the run's entries). `names` maps principals to display names; unknown ones print as ids.
-pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &HashMap<Principal, String>) -> String {
+pub fn render_transcript(
+    run: RunId,
+    entries: &[AuditEntry],
+    names: &HashMap<Principal, String>,
+) -> String {
     let mut approvals: HashSet<ApprovalId> = HashSet::new();
     let mut tasks: HashMap<TaskId, usize> = HashMap::new();
     let mut out = String::new();
@@ -21,71 +27,157 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &HashMap<Pri
     let mut n = 0usize;
     for e in entries {
         let line = match &e.event {
-            AuditEvent::RunStarted { run: r, workflow, governance_version } if *r == run => {
-                Some(format!("started workflow `{workflow}` under governance v{governance_version}"))
-            }
-            AuditEvent::RunFinished { run: r, outcome, detail } if *r == run => {
-                Some(format!("run {}{}", outcome_word(*outcome), detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()))
-            }
+            AuditEvent::RunStarted {
+                run: r,
+                workflow,
+                governance_version,
+            } if *r == run => Some(format!(
+                "started workflow `{workflow}` under governance v{governance_version}"
+            )),
+            AuditEvent::RunFinished {
+                run: r,
+                outcome,
+                detail,
+            } if *r == run => Some(format!(
+                "run {}{}",
+                outcome_word(*outcome),
+                detail
+                    .as_ref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            )),
             AuditEvent::TaskStarted { run: r, task, .. } if *r == run => {
                 let k = tasks.len() + 1;
                 let k = *tasks.entry(*task).or_insert(k);
                 Some(format!("task {k} started"))
             }
-            AuditEvent::TaskFinished { run: r, task, outcome, detail } if *r == run => {
+            AuditEvent::TaskFinished {
+                run: r,
+                task,
+                outcome,
+                detail,
+            } if *r == run => {
                 let k = tasks.get(task).copied().unwrap_or(0);
                 Some(format!(
                     "task {k} {}{}",
                     outcome_word(*outcome),
-                    detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+                    detail
+                        .as_ref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
                 ))
             }
-            AuditEvent::DecisionMade { run: Some(r), action, decision, rules, model_version, .. } if *r == run => {
-                let rules = if rules.is_empty() { String::new() } else { format!(" by {}", rules.join(", ")) };
-                Some(format!("governance v{model_version}: `{action}` -> {decision:?}{rules}"))
+            AuditEvent::DecisionMade {
+                run: Some(r),
+                action,
+                decision,
+                rules,
+                model_version,
+                ..
+            } if *r == run => {
+                let rules = if rules.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", rules.join(", "))
+                };
+                Some(format!(
+                    "governance v{model_version}: `{action}` -> {decision:?}{rules}"
+                ))
             }
-            AuditEvent::ModelCalled { run: r, model, attempt, usage, cost: c, outcome, detail, .. } if *r == run => {
+            AuditEvent::ModelCalled {
+                run: r,
+                model,
+                attempt,
+                usage,
+                cost: c,
+                outcome,
+                detail,
+                ..
+            } if *r == run => {
                 cost += *c;
                 tokens += *usage;
                 Some(format!(
                     "model `{model}` attempt {attempt} {}: {} tokens, cost {c}{}",
                     outcome_word(*outcome),
                     usage.total(),
-                    detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+                    detail
+                        .as_ref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
                 ))
             }
-            AuditEvent::ConnectorInvoked { run: r, connector, operation, effect, attempt, outcome, cost: c, idempotency_key, .. }
-                if *r == run =>
-            {
+            AuditEvent::ConnectorInvoked {
+                run: r,
+                connector,
+                operation,
+                effect,
+                attempt,
+                outcome,
+                cost: c,
+                idempotency_key,
+                ..
+            } if *r == run => {
                 cost += *c;
                 Some(format!(
                     "`{connector}.{operation}` ({effect}) attempt {attempt} {}, cost {c}, key `{idempotency_key}`",
                     outcome_word(*outcome)
                 ))
             }
-            AuditEvent::ApprovalRequested { approval, anchor, run: Some(r), action, expires_at } if *r == run => {
+            AuditEvent::ApprovalRequested {
+                approval,
+                anchor,
+                run: Some(r),
+                action,
+                expires_at,
+            } if *r == run => {
                 approvals.insert(*approval);
                 Some(format!("approval {approval} of `{action}` requested from anchor {anchor}, expires {expires_at}"))
             }
-            AuditEvent::ApprovalDecided { approval, by, outcome, reason } if approvals.contains(approval) => Some(format!(
+            AuditEvent::ApprovalDecided {
+                approval,
+                by,
+                outcome,
+                reason,
+            } if approvals.contains(approval) => Some(format!(
                 "approval {approval}: {outcome:?}{}{}",
-                by.map(|h| format!(" by {}", who(&Principal::Human(h)))).unwrap_or_default(),
-                reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+                by.map(|h| format!(" by {}", who(&Principal::Human(h))))
+                    .unwrap_or_default(),
+                reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             )),
-            AuditEvent::Escalated { run: Some(r), anchor, reason } if *r == run => {
-                Some(format!("escalated to anchor {anchor}: {reason}"))
-            }
-            AuditEvent::ControlApplied { target, control, reason, .. } if target == &format!("run:{run}") => {
+            AuditEvent::Escalated {
+                run: Some(r),
+                anchor,
+                reason,
+            } if *r == run => Some(format!("escalated to anchor {anchor}: {reason}")),
+            AuditEvent::ControlApplied {
+                target,
+                control,
+                reason,
+                ..
+            } if target == &format!("run:{run}") => {
                 Some(format!("operator control `{control}`: {reason}"))
             }
             _ => None,
         };
         if let Some(line) = line {
             n += 1;
-            let _ = writeln!(out, "| {n} | {} | {} | {} |", e.at.format("%H:%M:%S%.3f"), who(&e.actor), line.replace('|', "\\|"));
+            let _ = writeln!(
+                out,
+                "| {n} | {} | {} | {} |",
+                e.at.format("%H:%M:%S%.3f"),
+                who(&e.actor),
+                line.replace('|', "\\|")
+            );
         }
     }
-    let _ = writeln!(out, "\nTotal model tokens: {}; total cost: {cost}.", tokens.total());
+    let _ = writeln!(
+        out,
+        "\nTotal model tokens: {}; total cost: {cost}.",
+        tokens.total()
+    );
     out
 }
 

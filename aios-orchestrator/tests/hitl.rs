@@ -14,9 +14,14 @@ fn an_irreversible_send_parks_then_runs_once_approved() {
     let world = World::new();
     let orch = newsletter_orchestrator(&world);
     let outcome = block_on(orch.start(newsletter())).unwrap();
-    let RunStatus::Parked { approvals } = &outcome.status else { panic!("expected parked, got {:?}", outcome.status) };
+    let RunStatus::Parked { approvals } = &outcome.status else {
+        panic!("expected parked, got {:?}", outcome.status)
+    };
     assert_eq!(approvals.len(), 1);
-    assert!(world.email.effects().is_empty(), "nothing sent before approval");
+    assert!(
+        world.email.effects().is_empty(),
+        "nothing sent before approval"
+    );
     assert_eq!(outcome.outputs.len(), 2, "research and draft completed");
 
     let pending = block_on(orch.pending_approvals()).unwrap();
@@ -24,7 +29,8 @@ fn an_irreversible_send_parks_then_runs_once_approved() {
     assert_eq!(pending[0].action, "email.send");
     assert_eq!(pending[0].run, Some(outcome.run));
 
-    let done = block_on(orch.submit_approval(approvals[0], alice(), ApprovalResponse::Approve)).unwrap();
+    let done =
+        block_on(orch.submit_approval(approvals[0], alice(), ApprovalResponse::Approve)).unwrap();
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
     assert_eq!(world.email.effects().len(), 1);
     assert_eq!(done.outputs["send"]["ok"], true);
@@ -44,7 +50,8 @@ fn an_edited_action_runs_as_edited() {
     let outcome = block_on(orch.start(newsletter())).unwrap();
     let id = outcome.pending_approvals()[0];
     let edited = serde_json::json!({ "to": "friends@example.com", "body": "shorter" });
-    let done = block_on(orch.submit_approval(id, bob(), ApprovalResponse::Edit(edited.clone()))).unwrap();
+    let done =
+        block_on(orch.submit_approval(id, bob(), ApprovalResponse::Edit(edited.clone()))).unwrap();
     assert_eq!(done.status, RunStatus::Completed);
     assert_eq!(world.email.effects()[0].input, edited);
 }
@@ -55,8 +62,19 @@ fn a_rejection_follows_the_fallback_and_sends_nothing() {
     let orch = newsletter_orchestrator(&world);
     let outcome = block_on(orch.start(newsletter())).unwrap();
     let id = outcome.pending_approvals()[0];
-    let done = block_on(orch.submit_approval(id, alice(), ApprovalResponse::Reject { reason: "not today".into() })).unwrap();
-    assert!(matches!(done.status, RunStatus::Failed { ref reason } if reason.contains("not today")), "{:?}", done.status);
+    let done = block_on(orch.submit_approval(
+        id,
+        alice(),
+        ApprovalResponse::Reject {
+            reason: "not today".into(),
+        },
+    ))
+    .unwrap();
+    assert!(
+        matches!(done.status, RunStatus::Failed { ref reason } if reason.contains("not today")),
+        "{:?}",
+        done.status
+    );
     assert!(world.email.effects().is_empty());
 }
 
@@ -70,8 +88,16 @@ fn approvals_from_the_wrong_people_are_refused_and_change_nothing() {
     assert!(block_on(orch.submit_approval(id, mallory, ApprovalResponse::Approve)).is_err());
     assert!(world.email.effects().is_empty());
     // the legitimate approval still works, once
-    assert_eq!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap().status, RunStatus::Completed);
-    assert!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).is_err(), "replayed approval refused");
+    assert_eq!(
+        block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve))
+            .unwrap()
+            .status,
+        RunStatus::Completed
+    );
+    assert!(
+        block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).is_err(),
+        "replayed approval refused"
+    );
     assert_eq!(world.email.effects().len(), 1);
 }
 
@@ -81,9 +107,15 @@ fn an_expired_approval_is_a_rejection() {
     let orch = newsletter_orchestrator(&world);
     let outcome = block_on(orch.start(newsletter())).unwrap();
     let id = outcome.pending_approvals()[0];
-    world.timer.advance(std::time::Duration::from_secs(25 * 3600));
+    world
+        .timer
+        .advance(std::time::Duration::from_secs(25 * 3600));
     assert!(block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).is_err());
     let done = block_on(orch.resume(outcome.run)).unwrap();
-    assert!(matches!(done.status, RunStatus::Failed { .. }), "{:?}", done.status);
+    assert!(
+        matches!(done.status, RunStatus::Failed { .. }),
+        "{:?}",
+        done.status
+    );
     assert!(world.email.effects().is_empty());
 }

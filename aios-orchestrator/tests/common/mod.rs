@@ -6,7 +6,8 @@ use std::sync::Arc;
 use aios_core::{EffectClass, HumanId, ManualTimer, RecordingConnector, RoleId, ScriptedModel};
 use aios_governance::{GovernanceModel, Governor};
 use aios_orchestrator::{
-    ConnectorRequest, FnAgent, ModelRouter, Orchestrator, OrchestratorBuilder, RetryPolicy, Role, TaskSpec, Workflow,
+    ConnectorRequest, FnAgent, ModelRouter, Orchestrator, OrchestratorBuilder, RetryPolicy, Role,
+    TaskSpec, Workflow,
 };
 use std::time::Duration;
 
@@ -48,7 +49,9 @@ pub fn governor() -> Governor {
 
 pub fn governor_from(doc: &str) -> Governor {
     let model = GovernanceModel::from_json(doc).expect("model parses");
-    model.compile().unwrap_or_else(|r| panic!("model compiles: {r}"))
+    model
+        .compile()
+        .unwrap_or_else(|r| panic!("model compiles: {r}"))
 }
 
 pub fn alice() -> HumanId {
@@ -78,7 +81,12 @@ impl World {
 }
 
 fn no_retry() -> RetryPolicy {
-    RetryPolicy { max_attempts: 2, base_delay: Duration::ZERO, jitter: 0.0, ..RetryPolicy::default() }
+    RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::ZERO,
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    }
 }
 
 /// Research -> draft -> send: a model call each, the send needs approval.
@@ -86,14 +94,22 @@ pub fn newsletter_roles() -> Vec<Role> {
     let research = FnAgent::new(|ctx, input| {
         Box::pin(async move {
             let topic = input.input["topic"].as_str().unwrap_or("").to_string();
-            let r = ctx.complete(aios_core::ModelRequest::new(vec![aios_core::Message::user(format!("research {topic}"))])).await?;
+            let r = ctx
+                .complete(aios_core::ModelRequest::new(vec![
+                    aios_core::Message::user(format!("research {topic}")),
+                ]))
+                .await?;
             Ok(serde_json::json!({ "notes": r.content }))
         })
     });
     let draft = FnAgent::new(|ctx, input| {
         Box::pin(async move {
             let notes = input.deps.values().next().cloned().unwrap_or_default();
-            let r = ctx.complete(aios_core::ModelRequest::new(vec![aios_core::Message::user(format!("draft from {notes}"))])).await?;
+            let r = ctx
+                .complete(aios_core::ModelRequest::new(vec![
+                    aios_core::Message::user(format!("draft from {notes}")),
+                ]))
+                .await?;
             Ok(serde_json::json!({ "draft": r.content }))
         })
     });
@@ -101,7 +117,14 @@ pub fn newsletter_roles() -> Vec<Role> {
         Box::pin(async move {
             let draft = input.deps.values().next().cloned().unwrap_or_default();
             let out = ctx
-                .call(ConnectorRequest::new("email", "send", serde_json::json!({ "to": "list@example.com", "body": draft["draft"] })).risk(30))
+                .call(
+                    ConnectorRequest::new(
+                        "email",
+                        "send",
+                        serde_json::json!({ "to": "list@example.com", "body": draft["draft"] }),
+                    )
+                    .risk(30),
+                )
                 .await?;
             Ok(out.output)
         })
@@ -109,20 +132,46 @@ pub fn newsletter_roles() -> Vec<Role> {
     vec![
         Role::new("researcher", "research", Arc::new(research)).retry(no_retry()),
         Role::new("writer", "writing", Arc::new(draft)).retry(no_retry()),
-        Role::new("outreach", "outreach", Arc::new(send)).connector("email").retry(no_retry()),
+        Role::new("outreach", "outreach", Arc::new(send))
+            .connector("email")
+            .retry(no_retry()),
     ]
 }
 
 pub fn newsletter() -> Workflow {
     Workflow::new("newsletter")
-        .task(TaskSpec::new("research", RoleId::from_name("researcher"), serde_json::json!({ "topic": "rust" })))
-        .task(TaskSpec::new("draft", RoleId::from_name("writer"), serde_json::Value::Null).after(["research"]))
-        .task(TaskSpec::new("send", RoleId::from_name("outreach"), serde_json::Value::Null).after(["draft"]))
+        .task(TaskSpec::new(
+            "research",
+            RoleId::from_name("researcher"),
+            serde_json::json!({ "topic": "rust" }),
+        ))
+        .task(
+            TaskSpec::new(
+                "draft",
+                RoleId::from_name("writer"),
+                serde_json::Value::Null,
+            )
+            .after(["research"]),
+        )
+        .task(
+            TaskSpec::new(
+                "send",
+                RoleId::from_name("outreach"),
+                serde_json::Value::Null,
+            )
+            .after(["draft"]),
+        )
 }
 
 pub fn model() -> ScriptedModel {
     ScriptedModel::new("local-small").with_responder(|req| {
-        Ok(format!("answer to: {}", req.messages.last().map(|m| m.content.as_str()).unwrap_or("")))
+        Ok(format!(
+            "answer to: {}",
+            req.messages
+                .last()
+                .map(|m| m.content.as_str())
+                .unwrap_or("")
+        ))
     })
 }
 
@@ -136,5 +185,8 @@ pub fn builder(world: &World) -> OrchestratorBuilder {
 }
 
 pub fn newsletter_orchestrator(world: &World) -> Orchestrator {
-    newsletter_roles().into_iter().fold(builder(world), |b, r| b.role(r)).build()
+    newsletter_roles()
+        .into_iter()
+        .fold(builder(world), |b, r| b.role(r))
+        .build()
 }

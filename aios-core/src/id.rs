@@ -240,10 +240,19 @@ mod tests {
 
     #[test]
     fn named_ids_are_stable_and_distinct_per_kind() {
-        assert_eq!(AnchorId::from_name("founder"), AnchorId::from_name("founder"));
+        assert_eq!(
+            AnchorId::from_name("founder"),
+            AnchorId::from_name("founder")
+        );
         assert_ne!(AnchorId::from_name("founder"), AnchorId::from_name("ops"));
-        assert_ne!(AnchorId::from_name("x").as_uuid(), RoleId::from_name("x").as_uuid());
-        assert_eq!(AnchorId::from_name("founder").as_uuid().get_version_num(), 8);
+        assert_ne!(
+            AnchorId::from_name("x").as_uuid(),
+            RoleId::from_name("x").as_uuid()
+        );
+        assert_eq!(
+            AnchorId::from_name("founder").as_uuid().get_version_num(),
+            8
+        );
     }
 
     #[test]

@@ -484,6 +484,9 @@ struct Account {
     reserved: [i64; 4],
     /// Per dimension, a bit per alert threshold already reported in this window.
     alerted: [u32; 4],
+    /// Per dimension, the usage at which the next unreported threshold is crossed
+    /// (`i64::MAX`: none), so the hot path compares once per dimension.
+    next_alert: [i64; 4],
 }
 
 impl Account {
@@ -492,19 +495,43 @@ impl Account {
             self.window = window;
             self.committed = [0; 4];
             self.alerted = [0; 4];
+            self.refresh_next_alerts();
+        }
+    }
+
+    fn refresh_next_alerts(&mut self) {
+        for d in 0..4 {
+            let limit = self.limit[d];
+            self.next_alert[d] = if limit == i64::MAX {
+                i64::MAX
+            } else {
+                self.alerts
+                    .iter()
+                    .enumerate()
+                    .take(32)
+                    .filter(|(i, _)| self.alerted[d] & (1u32 << i) == 0)
+                    .map(|(_, t)| {
+                        // the smallest usage with used * 100 >= limit * t
+                        let need = (i128::from(limit) * i128::from(*t) + 99).div_euclid(100);
+                        i64::try_from(need).unwrap_or(i64::MAX)
+                    })
+                    .min()
+                    .unwrap_or(i64::MAX)
+            };
         }
     }
 
     fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
-        if self.alerts.is_empty() {
-            return;
-        }
+        let mut changed = false;
         for d in 0..4 {
             let limit = self.limit[d];
             if limit == i64::MAX {
                 continue;
             }
             let used = self.committed[d].saturating_add(self.reserved[d]);
+            if used < self.next_alert[d] {
+                continue;
+            }
             for (i, t) in self.alerts.iter().enumerate().take(32) {
                 let bit = 1u32 << i;
                 if self.alerted[d] & bit != 0 {
@@ -512,6 +539,7 @@ impl Account {
                 }
                 if i128::from(used) * 100 >= i128::from(limit) * i128::from(*t) {
                     self.alerted[d] |= bit;
+                    changed = true;
                     out.push(BudgetAlert {
                         key: self.key,
                         dimension: Dimension::ALL[d],
@@ -521,6 +549,9 @@ impl Account {
                     });
                 }
             }
+        }
+        if changed {
+            self.refresh_next_alerts();
         }
     }
 }
@@ -623,10 +654,11 @@ impl InMemoryBudgetLedger {
                 a.alerts = alerts;
                 a.alerted = [0; 4];
                 a.limits = limits;
+                a.refresh_next_alerts();
             }
             None => {
                 let i = st.accounts.len() as u32;
-                st.accounts.push(Account {
+                let mut account = Account {
                     key,
                     limits,
                     limit,
@@ -635,7 +667,10 @@ impl InMemoryBudgetLedger {
                     committed: [0; 4],
                     reserved: [0; 4],
                     alerted: [0; 4],
-                });
+                    next_alert: [i64::MAX; 4],
+                };
+                account.refresh_next_alerts();
+                st.accounts.push(account);
                 st.index.insert(key, i);
             }
         }

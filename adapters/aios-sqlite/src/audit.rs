@@ -1,0 +1,111 @@
+//! The hash-chained audit log in table `audit_entries`.
+
+use std::sync::Arc;
+
+use aios_core::{
+    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, EntryHash, StoreError,
+    AUDIT_SCHEMA_VERSION,
+};
+use async_trait::async_trait;
+use rusqlite::OptionalExtension;
+
+use crate::db::{to_sql_u64, Db};
+
+/// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, the entry as
+/// JSON. Clones share the connection.
+///
+/// `append` reads the head, seals the entry and inserts it in one `BEGIN IMMEDIATE`
+/// transaction, so sequence numbers are assigned without gaps or duplicates even when several
+/// processes append to the same file.
+#[derive(Debug, Clone)]
+pub struct SqliteAuditLog {
+    db: Arc<Db>,
+}
+
+impl SqliteAuditLog {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    fn decode(&self, seq: i64, v: i64, text: &str) -> Result<AuditEntry, StoreError> {
+        if v > i64::from(AUDIT_SCHEMA_VERSION) {
+            return Err(StoreError::UnsupportedVersion {
+                location: format!(
+                    "table `audit_entries` seq {seq} in `{}`",
+                    self.db.location()
+                ),
+                found: u32::try_from(v).unwrap_or(u32::MAX),
+                supported: u32::from(AUDIT_SCHEMA_VERSION),
+            });
+        }
+        self.db.decode("audit_entries", &seq, text)
+    }
+}
+
+fn head_of(db: &Db, tx: &rusqlite::Transaction<'_>) -> Result<ChainHead, StoreError> {
+    let last: Option<(i64, String)> = tx
+        .prepare_cached("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(|e| db.err("read the audit head", e))?;
+    match last {
+        None => Ok(ChainHead::default()),
+        Some((seq, hash)) => {
+            let hash: EntryHash = db.decode("audit_entries", &seq, &format!("\"{hash}\""))?;
+            Ok(ChainHead {
+                len: u64::try_from(seq).unwrap_or(0) + 1,
+                hash,
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteAuditLog {
+    async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
+        let db = &self.db;
+        db.write("append an audit entry", |tx| {
+            let head = head_of(db, tx)?;
+            let entry = AuditEntry::seal(head.len, head.hash, record)?;
+            let text = db.encode("an audit entry", &entry)?;
+            let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
+            tx.prepare_cached(
+                "INSERT INTO audit_entries (seq, v, hash, entry) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| {
+                s.execute(rusqlite::params![
+                    seq,
+                    entry.v,
+                    entry.hash.to_string(),
+                    text
+                ])
+            })
+            .map_err(|e| db.err("append an audit entry", e))?;
+            Ok(entry.head())
+        })
+    }
+
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+        let Ok(from) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, i64, String)> = self.db.read("read the audit log", |tx| {
+            tx.prepare_cached(
+                "SELECT seq, v, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map([from, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.db.err("read the audit log", e))
+        })?;
+        rows.iter()
+            .map(|(seq, v, text)| self.decode(*seq, *v, text))
+            .collect()
+    }
+
+    async fn head(&self) -> Result<ChainHead, AuditError> {
+        self.db
+            .read("read the audit head", |tx| head_of(&self.db, tx))
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the crash worker.
+fn main() {}

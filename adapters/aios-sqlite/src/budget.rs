@@ -1,0 +1,396 @@
+//! The budget ledger in tables `budget_accounts` and `budget_reservations`.
+
+// per-dimension loops index several parallel arrays at once
+#![allow(clippy::needless_range_loop)]
+
+use std::sync::Arc;
+
+use aios_core::{AuditLog, AuditRecord, Clock, Money, Principal, StoreError, Timestamp};
+use aios_governance::{
+    BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, BudgetUsage,
+    Dimension, Period, Reservation, ReservationId, Settlement, Usage,
+};
+use async_trait::async_trait;
+use chrono::Datelike;
+use rusqlite::{OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+
+/// A [`BudgetLedger`] in SQLite, with exactly the semantics of
+/// [`aios_governance::InMemoryBudgetLedger`]: all-or-nothing reservation over the chain,
+/// periods read from the injected [`Clock`], each alert threshold reported once per budget,
+/// dimension and period. Clones share the connection.
+///
+/// One row per budget holds its limits, current window, committed and reserved amounts and
+/// the alerts already reported, as JSON; one row per unsettled reservation holds the budgets
+/// it charged and the amount. Every operation reads and writes the rows it touches in one
+/// `BEGIN IMMEDIATE` transaction, so concurrent workers (threads or processes) can never
+/// overspend and a refused or failed operation changes nothing. Settled reservations are
+/// deleted; the `AUTOINCREMENT` counter tells an already settled id from one never issued.
+#[derive(Debug, Clone)]
+pub struct SqliteBudgetLedger {
+    db: Arc<Db>,
+    clock: Arc<dyn Clock>,
+    audit: Option<Arc<dyn AuditLog>>,
+}
+
+/// One budget's stored state.
+#[derive(Debug, Serialize, Deserialize)]
+struct Account {
+    key: BudgetKey,
+    limits: BudgetLimits,
+    window: i64,
+    committed: [i64; 4],
+    reserved: [i64; 4],
+    /// Per dimension, a bit per (sorted, deduplicated) alert threshold already reported in
+    /// this window.
+    alerted: [u32; 4],
+}
+
+/// One unsettled reservation's stored state.
+#[derive(Debug, Serialize, Deserialize)]
+struct Held {
+    keys: Vec<BudgetKey>,
+    amount: [i64; 4],
+}
+
+fn clamp_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn usage_array(u: Usage) -> [i64; 4] {
+    [
+        u.cost.minor(),
+        clamp_u64(u.tokens),
+        clamp_u64(u.tool_calls),
+        clamp_u64(u.risk_points),
+    ]
+}
+
+fn usage_from(a: [i64; 4]) -> Usage {
+    Usage {
+        cost: Money::from_minor(a[0]),
+        tokens: a[1].max(0) as u64,
+        tool_calls: a[2].max(0) as u64,
+        risk_points: a[3].max(0) as u64,
+    }
+}
+
+fn limit_array(l: &BudgetLimits) -> [i64; 4] {
+    let l = &l.limits;
+    [
+        l.cost.map_or(i64::MAX, |m| m.minor()),
+        l.tokens.map_or(i64::MAX, clamp_u64),
+        l.tool_calls.map_or(i64::MAX, clamp_u64),
+        l.risk_points.map_or(i64::MAX, clamp_u64),
+    ]
+}
+
+fn window(period: Period, now: Timestamp) -> i64 {
+    let secs = now.timestamp();
+    match period {
+        Period::Total => 0,
+        Period::Hour => secs.div_euclid(3_600),
+        Period::Day => secs.div_euclid(86_400),
+        // 1970-01-01 was a Thursday; shift so weeks start on Monday
+        Period::Week => (secs + 3 * 86_400).div_euclid(604_800),
+        Period::Month => i64::from(now.year()) * 12 + i64::from(now.month0()),
+    }
+}
+
+impl Account {
+    fn roll(&mut self, window: i64) {
+        if window != self.window {
+            self.window = window;
+            self.committed = [0; 4];
+            self.alerted = [0; 4];
+        }
+    }
+
+    fn roll_to(&mut self, now: Timestamp) {
+        if self.limits.period != Period::Total {
+            self.roll(window(self.limits.period, now));
+        }
+    }
+
+    fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
+        let mut alerts = self.limits.alerts.clone();
+        alerts.sort_unstable();
+        alerts.dedup();
+        if alerts.is_empty() {
+            return;
+        }
+        let limits = limit_array(&self.limits);
+        for d in 0..4 {
+            let limit = limits[d];
+            if limit == i64::MAX {
+                continue;
+            }
+            let used = self.committed[d].saturating_add(self.reserved[d]);
+            for (i, t) in alerts.iter().enumerate().take(32) {
+                let bit = 1u32 << i;
+                if self.alerted[d] & bit != 0 {
+                    continue;
+                }
+                if i128::from(used) * 100 >= i128::from(limit) * i128::from(*t) {
+                    self.alerted[d] |= bit;
+                    out.push(BudgetAlert {
+                        key: self.key,
+                        dimension: Dimension::ALL[d],
+                        threshold_percent: *t,
+                        used,
+                        limit,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl SqliteBudgetLedger {
+    pub(crate) fn new(db: Arc<Db>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db,
+            clock,
+            audit: None,
+        }
+    }
+
+    /// Appends the alerts of every operation to `audit` as [`aios_core::AuditEvent::BudgetAlert`]s
+    /// (after the operation committed), like the in-memory ledger.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn load(&self, tx: &Transaction<'_>, key: BudgetKey) -> Result<Option<Account>, StoreError> {
+        let name = key.to_string();
+        let text: Option<String> = tx
+            .prepare_cached("SELECT account FROM budget_accounts WHERE key = ?1")
+            .and_then(|mut s| s.query_row([&name], |r| r.get(0)).optional())
+            .map_err(|e| self.db.err("read a budget", e))?;
+        text.map(|t| self.db.decode("budget_accounts", &name, &t))
+            .transpose()
+    }
+
+    fn store(&self, tx: &Transaction<'_>, account: &Account) -> Result<(), StoreError> {
+        let text = self.db.encode("a budget", account)?;
+        tx.prepare_cached(
+            "INSERT INTO budget_accounts (key, account) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET account = excluded.account",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![account.key.to_string(), text]))
+        .map_err(|e| self.db.err("write a budget", e))?;
+        Ok(())
+    }
+
+    fn settle(&self, id: ReservationId, actual: Option<Usage>) -> Result<Settlement, BudgetError> {
+        let act = actual.map(usage_array);
+        if let Some(a) = act {
+            if a[0] < 0 {
+                return Err(BudgetError::InvalidAmount {
+                    detail: "actual cost is negative".into(),
+                });
+            }
+        }
+        let Ok(raw) = i64::try_from(id.raw()) else {
+            return Err(BudgetError::UnknownReservation { id });
+        };
+        let now = self.clock.now();
+        let alerts = self.db.write("settle a budget reservation", |tx| {
+            let text: Option<String> = tx
+                .prepare_cached("SELECT reservation FROM budget_reservations WHERE id = ?1")
+                .and_then(|mut s| s.query_row([raw], |r| r.get(0)).optional())
+                .map_err(|e| self.db.err("read a budget reservation", e))?;
+            let Some(text) = text else {
+                let issued: i64 = tx
+                    .prepare_cached(
+                        "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'budget_reservations'",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(|e| self.db.err("read the reservation counter", e))?;
+                return Err(if raw >= 1 && raw <= issued {
+                    BudgetError::AlreadySettled { id }
+                } else {
+                    BudgetError::UnknownReservation { id }
+                });
+            };
+            let held: Held = self.db.decode("budget_reservations", &raw, &text)?;
+            tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
+                .and_then(|mut s| s.execute([raw]))
+                .map_err(|e| self.db.err("settle a budget reservation", e))?;
+            let mut alerts = Vec::new();
+            for key in held.keys {
+                let Some(mut a) = self.load(tx, key)? else {
+                    return Err(BudgetError::Store(StoreError::Corrupt {
+                        location: format!(
+                            "table `budget_reservations` row `{raw}` in `{}`",
+                            self.db.location()
+                        ),
+                        detail: format!("the reservation charged budget `{key}`, which is missing"),
+                    }));
+                };
+                a.roll_to(now);
+                for d in 0..4 {
+                    a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                }
+                if let Some(act) = act {
+                    for d in 0..4 {
+                        a.committed[d] = a.committed[d].saturating_add(act[d]);
+                    }
+                    a.check_alerts(&mut alerts);
+                }
+                self.store(tx, &a)?;
+            }
+            Ok::<_, BudgetError>(alerts)
+        })?;
+        Ok(Settlement { alerts })
+    }
+
+    async fn emit(&self, alerts: &[BudgetAlert]) -> Result<(), BudgetError> {
+        if let Some(audit) = &self.audit {
+            let at = self.clock.now();
+            for a in alerts {
+                audit
+                    .append(AuditRecord::new(Principal::System, a.audit_event()).at(at))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for SqliteBudgetLedger {
+    async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
+        let now = self.clock.now();
+        self.db.write("set budget limits", |tx| {
+            let w = window(limits.period, now);
+            let account = match self.load(tx, key)? {
+                Some(mut a) => {
+                    a.roll(w);
+                    a.alerted = [0; 4];
+                    a.limits = limits;
+                    a
+                }
+                None => Account {
+                    key,
+                    limits,
+                    window: w,
+                    committed: [0; 4],
+                    reserved: [0; 4],
+                    alerted: [0; 4],
+                },
+            };
+            self.store(tx, &account)?;
+            Ok::<_, BudgetError>(())
+        })
+    }
+
+    async fn reserve(
+        &self,
+        chain: &BudgetChain,
+        amount: Usage,
+    ) -> Result<Reservation, BudgetError> {
+        let amt = usage_array(amount);
+        if amt[0] < 0 {
+            return Err(BudgetError::InvalidAmount {
+                detail: format!("cost `{}` is negative", amount.cost),
+            });
+        }
+        let now = self.clock.now();
+        let (id, alerts) = self.db.write("reserve budget", |tx| {
+            let mut accounts = Vec::with_capacity(4);
+            for key in chain.keys() {
+                match self.load(tx, key)? {
+                    Some(a) => accounts.push(a),
+                    None if key == BudgetKey::Organisation => {
+                        return Err(BudgetError::NoBudget { key });
+                    }
+                    None => {}
+                }
+            }
+            // check every level first: nothing is written on refusal
+            for a in &mut accounts {
+                a.roll_to(now);
+                let limit = limit_array(&a.limits);
+                for d in 0..4 {
+                    if amt[d] == 0 || limit[d] == i64::MAX {
+                        continue;
+                    }
+                    let used = a.committed[d].saturating_add(a.reserved[d]);
+                    if used.saturating_add(amt[d]) > limit[d] {
+                        return Err(BudgetError::Exceeded {
+                            key: a.key,
+                            dimension: Dimension::ALL[d],
+                            limit: limit[d],
+                            used,
+                            requested: amt[d],
+                        });
+                    }
+                }
+            }
+            let mut alerts = Vec::new();
+            for a in &mut accounts {
+                for d in 0..4 {
+                    a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
+                }
+                a.check_alerts(&mut alerts);
+                self.store(tx, a)?;
+            }
+            let held = Held {
+                keys: accounts.iter().map(|a| a.key).collect(),
+                amount: amt,
+            };
+            let text = self.db.encode("a budget reservation", &held)?;
+            tx.prepare_cached("INSERT INTO budget_reservations (reservation) VALUES (?1)")
+                .and_then(|mut s| s.execute([text]))
+                .map_err(|e| self.db.err("record a budget reservation", e))?;
+            let id = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+            Ok::<_, BudgetError>((ReservationId::from_raw(id), alerts))
+        })?;
+        self.emit(&alerts).await?;
+        Ok(Reservation { id, alerts })
+    }
+
+    async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
+        let s = self.settle(id, Some(actual))?;
+        self.emit(&s.alerts).await?;
+        Ok(s)
+    }
+
+    async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
+        let s = self.settle(id, None)?;
+        self.emit(&s.alerts).await?;
+        Ok(s)
+    }
+
+    async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {
+        let now = self.clock.now();
+        let account = self.db.read("read a budget", |tx| self.load(tx, key))?;
+        Ok(account.map(|mut a| {
+            a.roll(window(a.limits.period, now));
+            BudgetUsage {
+                key,
+                limits: a.limits,
+                committed: usage_from(a.committed),
+                reserved: usage_from(a.reserved),
+            }
+        }))
+    }
+}
+
+impl SqliteBudgetLedger {
+    /// The number of reservations not yet settled (for example left behind by a crash
+    /// between a reservation and its settlement).
+    pub fn outstanding(&self) -> Result<usize, StoreError> {
+        self.db.read("count budget reservations", |tx| {
+            tx.query_row("SELECT count(*) FROM budget_reservations", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| usize::try_from(n).unwrap_or(0))
+            .map_err(|e| self.db.err("count budget reservations", e))
+        })
+    }
+}

@@ -1,0 +1,264 @@
+//! Run checkpoints and leases in tables `runs` and `checkpoints`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{RunId, StoreError, Timestamp};
+use aios_orchestrator::{
+    lease_available, Checkpoint, CheckpointStore, Lease, RunStatus, RunSummary, WorkerId,
+    RUN_STATE_SCHEMA,
+};
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Transaction};
+
+use crate::db::{to_sql_u64, Db};
+
+/// A [`CheckpointStore`] in SQLite. Clones share the connection.
+///
+/// Table `runs` holds, per run, the newest fencing token issued, the current lease and a
+/// summary of the latest checkpoint (for `list`); table `checkpoints` keeps every checkpoint
+/// (the history `fork` reads) as JSON. `acquire` and `save` check the lease and write in one
+/// `BEGIN IMMEDIATE` transaction, so two processes can never both hold a valid lease or
+/// interleave writes: a save with an older token is refused as
+/// [`StoreError::Fenced`] and writes nothing. A checkpoint whose run state was written by a
+/// newer build is reported as [`StoreError::UnsupportedVersion`], not misread.
+#[derive(Debug, Clone)]
+pub struct SqliteCheckpointStore {
+    db: Arc<Db>,
+}
+
+const TABLE: &str = "checkpoints";
+
+fn expires(now: Timestamp, ttl: Duration) -> Timestamp {
+    now.checked_add_signed(chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX))
+        .unwrap_or(now)
+}
+
+/// A run's row in `runs`.
+struct RunRow {
+    last_token: u64,
+    lease: Option<Lease>,
+    latest_seq: u64,
+}
+
+impl SqliteCheckpointStore {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    fn run_row(&self, tx: &Transaction<'_>, run: &str) -> Result<Option<RunRow>, StoreError> {
+        let row: Option<(i64, Option<String>, i64)> = tx
+            .prepare_cached("SELECT last_token, lease, latest_seq FROM runs WHERE run = ?1")
+            .and_then(|mut s| {
+                s.query_row([run], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(|e| self.db.err("read a run's lease", e))?;
+        row.map(|(token, lease, seq)| {
+            Ok(RunRow {
+                last_token: u64::try_from(token).unwrap_or(0),
+                lease: lease
+                    .map(|l| self.db.decode("runs", &run, &l))
+                    .transpose()?,
+                latest_seq: u64::try_from(seq).unwrap_or(0),
+            })
+        })
+        .transpose()
+    }
+
+    fn decode(&self, run: &str, seq: i64, text: &str) -> Result<Checkpoint, StoreError> {
+        let key = format!("{run} seq {seq}");
+        let newer = |schema: u64| StoreError::UnsupportedVersion {
+            location: format!("table `{TABLE}` row `{key}` in `{}`", self.db.location()),
+            found: u32::try_from(schema).unwrap_or(u32::MAX),
+            supported: RUN_STATE_SCHEMA,
+        };
+        match self.db.decode::<Checkpoint>(TABLE, &key, text) {
+            Ok(c) if c.state.schema > RUN_STATE_SCHEMA => Err(newer(u64::from(c.state.schema))),
+            Ok(c) => Ok(c),
+            Err(e) => {
+                // a newer build may have written fields this one cannot read
+                let schema = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v["state"]["schema"].as_u64());
+                match schema {
+                    Some(s) if s > u64::from(RUN_STATE_SCHEMA) => Err(newer(s)),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for SqliteCheckpointStore {
+    async fn acquire(
+        &self,
+        run: RunId,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let db = &self.db;
+        let key = run.to_string();
+        db.write("acquire a lease", |tx| {
+            let row = self.run_row(tx, &key)?;
+            let (last_token, current) = match row {
+                Some(r) => (r.last_token, r.lease),
+                None => (0, None),
+            };
+            if !lease_available(current.as_ref(), owner, now) {
+                let holder = current.map(|l| l.owner.to_string()).unwrap_or_default();
+                return Err(StoreError::Conflict {
+                    detail: format!("run {run} is leased by worker `{holder}`"),
+                });
+            }
+            let token = match &current {
+                Some(l) if &l.owner == owner && l.token == last_token && l.expires_at > now => {
+                    l.token
+                }
+                _ => last_token.saturating_add(1),
+            };
+            let lease = Lease {
+                run,
+                owner: owner.clone(),
+                token,
+                expires_at: expires(now, ttl),
+            };
+            let text = db.encode("a lease", &lease)?;
+            let token_sql = to_sql_u64(db.location(), "fencing token", token)?;
+            tx.prepare_cached(
+                "INSERT INTO runs (run, last_token, lease) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (run) DO UPDATE SET last_token = excluded.last_token, lease = excluded.lease",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![key, token_sql, text]))
+            .map_err(|e| db.err("acquire a lease", e))?;
+            Ok(lease)
+        })
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let db = &self.db;
+        let key = lease.run.to_string();
+        db.write("release a lease", |tx| {
+            let current = self.run_row(tx, &key)?.and_then(|r| r.lease);
+            if current.is_some_and(|l| l.token == lease.token) {
+                tx.prepare_cached("UPDATE runs SET lease = NULL WHERE run = ?1")
+                    .and_then(|mut s| s.execute([&key]))
+                    .map_err(|e| db.err("release a lease", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let db = &self.db;
+        let run = checkpoint.run;
+        let key = run.to_string();
+        let text = db.encode("a checkpoint", checkpoint)?;
+        let status = db.encode("a run status", &checkpoint.state.status)?;
+        let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
+        db.write("save a checkpoint", |tx| {
+            let (last_token, latest_seq, exists) = match self.run_row(tx, &key)? {
+                Some(r) => (r.last_token, r.latest_seq, true),
+                None => (0, 0, false),
+            };
+            if lease.run != run || lease.token < last_token || lease.token == 0 {
+                return Err(StoreError::Fenced {
+                    what: format!("run {run}"),
+                    presented: lease.token,
+                    current: last_token,
+                });
+            }
+            if checkpoint.seq <= latest_seq {
+                return Err(StoreError::Conflict {
+                    detail: format!(
+                        "checkpoint {} of run {run} is not after {latest_seq}",
+                        checkpoint.seq
+                    ),
+                });
+            }
+            let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
+            tx.prepare_cached("INSERT INTO checkpoints (run, seq, checkpoint) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(rusqlite::params![key, seq, text]))
+                .map_err(|e| db.err("save a checkpoint", e))?;
+            let sql = if exists {
+                "UPDATE runs SET latest_seq = ?2, workflow = ?3, status = ?4, parked = ?5 WHERE run = ?1"
+            } else {
+                "INSERT INTO runs (run, last_token, latest_seq, workflow, status, parked)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5)"
+            };
+            tx.prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.execute(rusqlite::params![
+                        key,
+                        seq,
+                        checkpoint.state.workflow,
+                        status,
+                        parked
+                    ])
+                })
+                .map_err(|e| db.err("save a checkpoint", e))?;
+            Ok(())
+        })
+    }
+
+    async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {
+        let key = run.to_string();
+        let row: Option<(i64, String)> =
+            self.db.read("read the latest checkpoint", |tx| {
+                tx.prepare_cached(
+                "SELECT seq, checkpoint FROM checkpoints WHERE run = ?1 ORDER BY seq DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(|e| self.db.err("read the latest checkpoint", e))
+            })?;
+        row.map(|(seq, text)| self.decode(&key, seq, &text))
+            .transpose()
+    }
+
+    async fn get(&self, run: RunId, seq: u64) -> Result<Option<Checkpoint>, StoreError> {
+        let Ok(seq) = i64::try_from(seq) else {
+            return Ok(None);
+        };
+        let key = run.to_string();
+        let text: Option<String> = self.db.read("read a checkpoint", |tx| {
+            tx.prepare_cached("SELECT checkpoint FROM checkpoints WHERE run = ?1 AND seq = ?2")
+                .and_then(|mut s| {
+                    s.query_row(rusqlite::params![key, seq], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(|e| self.db.err("read a checkpoint", e))
+        })?;
+        text.map(|t| self.decode(&key, seq, &t)).transpose()
+    }
+
+    async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = self.db.read("list runs", |tx| {
+            tx.prepare_cached(
+                "SELECT run, workflow, status, latest_seq FROM runs
+                 WHERE latest_seq > 0 AND (?1 = 0 OR parked = 1) ORDER BY run",
+            )
+            .and_then(|mut s| {
+                s.query_map([parked_only], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.db.err("list runs", e))
+        })?;
+        rows.into_iter()
+            .map(|(run, workflow, status, seq)| {
+                Ok(RunSummary {
+                    run: run.parse().map_err(|e| StoreError::Corrupt {
+                        location: format!("table `runs` row `{run}` in `{}`", self.db.location()),
+                        detail: format!("not a run id: {e}"),
+                    })?,
+                    workflow,
+                    status: self.db.decode("runs", &run, &status)?,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,171 @@
+//! # aios-sqlite
+//!
+//! The embedded durable default of AIOS: every storage port on one SQLite file, through
+//! `rusqlite` with SQLite bundled (nothing to install).
+//!
+//! Main types:
+//!
+//! - [`SqliteStore`]: a handle on one database, opened from a path ([`SqliteStore::open`],
+//!   [`SqliteStore::open_with`]) or in memory for tests ([`SqliteStore::in_memory`]). It
+//!   hands out the five port implementations, which share its single connection:
+//!   - [`SqliteAuditLog`] ([`aios_core::AuditLog`]): the hash-chained audit log;
+//!   - [`SqliteMemoryStore`] ([`aios_memory::MemoryStore`]): versioned memory records;
+//!   - [`SqliteCheckpointStore`] ([`aios_orchestrator::CheckpointStore`]): run checkpoints
+//!     with leases and fencing tokens, history kept;
+//!   - [`SqliteBudgetLedger`] ([`aios_governance::BudgetLedger`]): atomic reservations over
+//!     the budget chain, periods from an injected clock, alerts;
+//!   - [`SqliteApprovalStore`] ([`aios_governance::ApprovalStore`]): approval requests with
+//!     compare-and-set transitions.
+//! - [`SqliteOptions`] and [`Durability`]: how a file is opened.
+//!
+//! ## Durability and atomicity
+//!
+//! - The file is in WAL mode with `synchronous=FULL` by default: a call that returned `Ok`
+//!   has been fsynced and survives the process being killed and a power loss.
+//!   [`Durability::Normal`] (`synchronous=NORMAL`) still survives a killed process but may
+//!   lose the last commits on power loss; it is faster where fsync is slow.
+//! - Every operation that reads and writes, or writes more than one row, runs in one
+//!   `BEGIN IMMEDIATE` transaction (the write lock is taken first, so the checks it makes
+//!   still hold when it writes). An operation that fails, or is refused, changes nothing; a
+//!   process killed mid-operation leaves the previous state, which SQLite recovers on the
+//!   next open.
+//! - Another connection or process holding the write lock longer than
+//!   [`SqliteOptions::busy_timeout`] makes an operation fail with
+//!   [`aios_core::StoreError::Unavailable`] (transient, retried by the orchestrator's
+//!   reliability layer), naming the file.
+//!
+//! ## Schema and bad input
+//!
+//! The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]) and created or
+//! upgraded by migrations in one transaction. Opening refuses, without writing anything:
+//! a file written by a newer schema ([`aios_core::StoreError::UnsupportedVersion`]), a file
+//! that is not an SQLite database, is damaged ([`SqliteOptions::check_on_open`]) or belongs to
+//! another application ([`aios_core::StoreError::Corrupt`]); every error names the path.
+//! Values are stored as JSON (serde) in TEXT columns beside indexed key columns; a row that
+//! does not decode is reported as `Corrupt`, naming the table and row.
+//!
+//! ## Threads and async
+//!
+//! The ports' methods are `async` (the port traits are), but the SQLite calls inside them are
+//! synchronous and short: one connection behind a mutex, no runtime needed. Writes from one
+//! process are serialised by that mutex; writes from several processes by SQLite's lock.
+//!
+//! ```
+//! use aios_core::{AuditEvent, AuditLog, AuditLogExt, AuditRecord, Principal};
+//! use aios_sqlite::SqliteStore;
+//! # futures::executor::block_on(async {
+//! let path = std::env::temp_dir().join(format!("aios-sqlite-doc-{}.db", std::process::id()));
+//! # let _ = std::fs::remove_file(&path);
+//! let store = SqliteStore::open(&path)?;
+//! let log = store.audit_log();
+//! log.append(AuditRecord::new(Principal::System, AuditEvent::Note { text: "hello".into() }))
+//!     .await?;
+//! drop((log, store));
+//!
+//! // reopened, the entry is still there and the chain verifies
+//! let store = SqliteStore::open(&path)?;
+//! let report = store.audit_log().verify(None).await?;
+//! assert_eq!(report.checked, 1);
+//! assert!(report.is_intact());
+//! # drop(store);
+//! # for suffix in ["", "-wal", "-shm"] {
+//! #     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+//! # }
+//! # Ok::<(), aios_core::StoreError>(())
+//! # }).unwrap();
+//! ```
+
+mod approvals;
+mod audit;
+mod budget;
+mod checkpoint;
+mod db;
+mod memory;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aios_core::{Clock, StoreError};
+
+pub use approvals::SqliteApprovalStore;
+pub use audit::SqliteAuditLog;
+pub use budget::SqliteBudgetLedger;
+pub use checkpoint::SqliteCheckpointStore;
+pub use db::{Durability, SqliteOptions, SCHEMA_VERSION};
+pub use memory::SqliteMemoryStore;
+
+/// A handle on one AIOS database. Cheap to clone; clones and every port handed out share one
+/// connection.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    db: Arc<db::Db>,
+}
+
+impl SqliteStore {
+    /// Opens the database file at `path` with the default [`SqliteOptions`], creating it (and
+    /// its schema) if it does not exist.
+    ///
+    /// Errors: [`StoreError::UnsupportedVersion`] for a file from a newer schema,
+    /// [`StoreError::Corrupt`] for a file that is not an AIOS database or is damaged,
+    /// [`StoreError::Unavailable`] if another process holds a lock longer than the busy
+    /// timeout, [`StoreError::Backend`] if the file cannot be opened; each names the path.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens the database file at `path` with `options` (see [`SqliteStore::open`]).
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        Ok(Self {
+            db: Arc::new(db::Db::open(path.as_ref(), &options)?),
+        })
+    }
+
+    /// A private database in process memory, gone when the last handle is dropped: for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Ok(Self {
+            db: Arc::new(db::Db::in_memory()?),
+        })
+    }
+
+    /// The file's path (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.db.path()
+    }
+
+    /// The schema version stored in the file (equal to [`SCHEMA_VERSION`] once opened).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        self.db.schema_version()
+    }
+
+    /// Runs SQLite's full `PRAGMA integrity_check`; [`StoreError::Corrupt`] if it finds a
+    /// problem.
+    pub fn check_integrity(&self) -> Result<(), StoreError> {
+        self.db.integrity_check()
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> SqliteAuditLog {
+        SqliteAuditLog::new(self.db.clone())
+    }
+
+    /// The memory store.
+    pub fn memory_store(&self) -> SqliteMemoryStore {
+        SqliteMemoryStore::new(self.db.clone())
+    }
+
+    /// The checkpoint store.
+    pub fn checkpoint_store(&self) -> SqliteCheckpointStore {
+        SqliteCheckpointStore::new(self.db.clone())
+    }
+
+    /// The budget ledger, reading periods from `clock`. Attach an audit log for alerts with
+    /// [`SqliteBudgetLedger::with_audit`].
+    pub fn budget_ledger(&self, clock: Arc<dyn Clock>) -> SqliteBudgetLedger {
+        SqliteBudgetLedger::new(self.db.clone(), clock)
+    }
+
+    /// The approval store.
+    pub fn approval_store(&self) -> SqliteApprovalStore {
+        SqliteApprovalStore::new(self.db.clone())
+    }
+}

@@ -394,12 +394,12 @@ impl Governor {
             .iter()
             .map(|r| (RoleId::from_name(&r.key), r.key.clone()))
             .collect();
-        let response_time = |key: &str| {
-            model
-                .anchor(key)
-                .map(|a| a.response_time)
-                .unwrap_or_default()
-        };
+        let response_times: FxHashMap<&str, Duration> = model
+            .anchors
+            .iter()
+            .map(|a| (a.key.as_str(), a.response_time))
+            .collect();
+        let response_time = |key: &str| response_times.get(key).copied().unwrap_or_default();
         let mut pathways = FxHashMap::default();
         for p in &model.pathways {
             // validation guarantees both are present

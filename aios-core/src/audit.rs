@@ -635,10 +635,48 @@ pub trait AuditLogExt: AuditLog {
 
 impl<T: AuditLog + ?Sized> AuditLogExt for T {}
 
+/// Entries per chunk: the log grows by chunks, so appends never move earlier entries.
+const CHUNK: usize = 4096;
+
 #[derive(Debug, Default)]
 struct LogState {
-    entries: Vec<AuditEntry>,
+    chunks: Vec<Vec<AuditEntry>>,
+    len: usize,
     buf: Vec<u8>,
+}
+
+impl LogState {
+    fn last(&self) -> Option<&AuditEntry> {
+        self.chunks.last().and_then(|c| c.last())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &AuditEntry> {
+        self.chunks.iter().flatten()
+    }
+
+    fn push(&mut self, entry: AuditEntry) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(entry),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(entry);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn range(&self, start: usize, end: usize) -> Vec<AuditEntry> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start));
+        let mut i = start;
+        while i < end {
+            let (c, o) = (i / CHUNK, i % CHUNK);
+            let take = (CHUNK - o).min(end - i);
+            out.extend_from_slice(&self.chunks[c][o..o + take]);
+            i += take;
+        }
+        out
+    }
 }
 
 /// An audit log in process memory. Clones share the log.
@@ -657,7 +695,7 @@ impl InMemoryAuditLog {
 
     /// The number of entries.
     pub fn len(&self) -> usize {
-        self.state.read().entries.len()
+        self.state.read().len
     }
 
     /// Whether the log is empty.
@@ -669,12 +707,8 @@ impl InMemoryAuditLog {
     pub fn append_sync(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
         let mut st = self.state.write();
         let st = &mut *st;
-        let seq = st.entries.len() as u64;
-        let prev = st
-            .entries
-            .last()
-            .map(|e| e.hash)
-            .unwrap_or(EntryHash::GENESIS);
+        let seq = st.len as u64;
+        let prev = st.last().map(|e| e.hash).unwrap_or(EntryHash::GENESIS);
         let hash = hash_parts(
             &mut st.buf,
             AUDIT_SCHEMA_VERSION,
@@ -684,7 +718,7 @@ impl InMemoryAuditLog {
             &record.actor,
             &record.event,
         )?;
-        st.entries.push(AuditEntry {
+        st.push(AuditEntry {
             v: AUDIT_SCHEMA_VERSION,
             seq,
             at: record.at,
@@ -698,13 +732,23 @@ impl InMemoryAuditLog {
 
     /// Verifies the chain in place without copying it.
     pub fn verify_sync(&self, anchor: Option<ChainHead>) -> ChainReport {
-        verify_chain(self.state.read().entries.iter(), anchor)
+        verify_chain(self.state.read().iter(), anchor)
     }
 
     /// Raw mutable access to the entries, for tests that simulate tampering. Nothing in AIOS
     /// calls it.
     pub fn tamper<R>(&self, f: impl FnOnce(&mut Vec<AuditEntry>) -> R) -> R {
-        f(&mut self.state.write().entries)
+        let mut st = self.state.write();
+        let mut all: Vec<AuditEntry> = std::mem::take(&mut st.chunks)
+            .into_iter()
+            .flatten()
+            .collect();
+        let out = f(&mut all);
+        st.len = 0;
+        for e in all {
+            st.push(e);
+        }
+        out
     }
 }
 
@@ -716,16 +760,15 @@ impl AuditLog for InMemoryAuditLog {
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
         let st = self.state.read();
-        let start = (from as usize).min(st.entries.len());
-        let end = start.saturating_add(limit).min(st.entries.len());
-        Ok(st.entries[start..end].to_vec())
+        let start = (from as usize).min(st.len);
+        let end = start.saturating_add(limit).min(st.len);
+        Ok(st.range(start, end))
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {
         Ok(self
             .state
             .read()
-            .entries
             .last()
             .map(|e| e.head())
             .unwrap_or_default())

@@ -258,3 +258,35 @@ proptest! {
         prop_assert!(!log.verify_sync(Some(head)).is_intact());
     }
 }
+
+#[test]
+fn reads_cross_chunk_boundaries_in_order() {
+    use aios_core::AuditLog;
+    let log = InMemoryAuditLog::new();
+    for i in 0..10_000 {
+        log.append_sync(AuditRecord::new(
+            Principal::System,
+            AuditEvent::Note {
+                text: format!("n{i}"),
+            },
+        ))
+        .unwrap();
+    }
+    for (from, limit) in [
+        (0usize, 10_000usize),
+        (4090, 20),
+        (4096, 1),
+        (8191, 3),
+        (9_990, 50),
+    ] {
+        let page = futures::executor::block_on(log.read(from as u64, limit)).unwrap();
+        let want: Vec<u64> = (from as u64..(from + limit).min(10_000) as u64).collect();
+        assert_eq!(
+            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            want,
+            "read({from}, {limit})"
+        );
+    }
+    assert_eq!(log.len(), 10_000);
+    assert!(log.verify_sync(None).is_intact());
+}

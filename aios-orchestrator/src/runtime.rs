@@ -748,7 +748,7 @@ impl<'o> Driver<'o> {
         Ok(())
     }
 
-    async fn run_task(&self, index: usize) -> (usize, TaskResult) {
+    async fn run_task(&self, index: usize) -> (usize, TaskId, TaskResult) {
         let (spec, input) = {
             let st = self.state.lock();
             let t = &st.tasks[index];
@@ -769,9 +769,11 @@ impl<'o> Driver<'o> {
                 },
             )
         };
+        let task_id = task_id(self.run, &spec.name);
         let Some(role) = self.o.roles.get(&spec.role).cloned() else {
             return (
                 index,
+                task_id,
                 TaskResult::Failed(format!(
                     "task `{}` names a role that is not registered",
                     spec.name
@@ -779,7 +781,6 @@ impl<'o> Driver<'o> {
             );
         };
         let agent = role.agent_id();
-        let task_id = task_id(self.run, &spec.name);
         let started = AuditEvent::TaskStarted {
             run: self.run,
             task: task_id,
@@ -787,7 +788,7 @@ impl<'o> Driver<'o> {
             agent,
         };
         if self.audit(Principal::Agent(agent), started).await.is_err() {
-            return (index, TaskResult::Fatal);
+            return (index, task_id, TaskResult::Fatal);
         }
         self.emit(RunEvent::TaskStarted {
             run: self.run,
@@ -806,7 +807,7 @@ impl<'o> Driver<'o> {
             tracing::info_span!("aios.task", run = %self.run, task = %spec.name, role = %role.name);
         let result = role.agent.run(&mut ctx, input).instrument(span).await;
         if self.fatal.lock().is_some() {
-            return (index, TaskResult::Fatal);
+            return (index, task_id, TaskResult::Fatal);
         }
         let result = match result {
             Ok(output) => TaskResult::Completed(output),
@@ -814,7 +815,7 @@ impl<'o> Driver<'o> {
             Err(AgentError::Fatal(_)) => TaskResult::Fatal,
             Err(e) => TaskResult::Failed(e.to_string()),
         };
-        (index, result)
+        (index, task_id, result)
     }
 
     async fn drive(&self, resumed: bool) -> Result<RunOutcome, OrchestratorError> {
@@ -855,7 +856,7 @@ impl<'o> Driver<'o> {
                 self.state.lock().tasks[i].status = TaskStatus::Running;
                 running.push(self.run_task(i));
             }
-            let Some((i, result)) = running.next().await else {
+            let Some((i, task, result)) = running.next().await else {
                 break;
             };
             let result = match result {
@@ -968,7 +969,6 @@ impl<'o> Driver<'o> {
                     TaskResult::Fatal => return Err(self.take_fatal()),
                 }
             };
-            let task = task_id(self.run, &name);
             let event = AuditEvent::TaskFinished {
                 run: self.run,
                 task,

@@ -13,6 +13,15 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let config = Config { quick };
+    if let Some(name) = args
+        .iter()
+        .position(|a| a == "--subprocess")
+        .and_then(|i| args.get(i + 1))
+    {
+        // an isolated workload run by the orchestrator area in a fresh process
+        print_json(&orchestrator::subprocess(name, &config));
+        return;
+    }
     let areas: [(&str, fn(&Config) -> Vec<aios_benches::Measurement>); 4] = [
         ("audit", audit::run),
         ("governance", governance::run),

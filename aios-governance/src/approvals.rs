@@ -421,6 +421,11 @@ impl OptEq for Option<AnchorId> {
 /// The approvals service: asks anchors, checks and records their answers, and lets the
 /// requester use an approval once. Every request, answer and expiry is audited.
 ///
+/// Audit: a request whose [`aios_core::AuditEvent::ApprovalRequested`] cannot be appended is
+/// withdrawn (marked expired) and the error returned; an answer whose
+/// [`aios_core::AuditEvent::ApprovalDecided`] cannot be appended is undone (the request is
+/// pending again) and the error returned. So no approval is ever usable without its record.
+///
 /// Rules enforced: the answer must come from a holder or the deputy of the named anchor in
 /// the current governance model; a requester never answers its own request; a request is
 /// answered once (a second answer is refused as a replay) and an approval is redeemed once;
@@ -496,7 +501,8 @@ impl Approvals {
             state: ApprovalState::Pending,
         };
         self.store.insert(request.clone()).await?;
-        self.audit
+        let audited = self
+            .audit
             .append(
                 AuditRecord::new(
                     request.requester,
@@ -510,7 +516,19 @@ impl Approvals {
                 )
                 .at(now),
             )
-            .await?;
+            .await;
+        if let Err(e) = audited {
+            // an unaudited request must never be answered: withdraw it
+            let _ = self
+                .store
+                .transition(
+                    request.id,
+                    StateKind::Pending,
+                    ApprovalState::Expired { at: now },
+                )
+                .await;
+            return Err(e.into());
+        }
         Ok(request)
     }
 
@@ -638,7 +656,8 @@ impl Approvals {
             Err(StoreError::Conflict { .. }) => return Err(ApprovalError::AlreadyDecided { id }),
             Err(e) => return Err(e.into()),
         };
-        self.audit
+        let audited = self
+            .audit
             .append(
                 AuditRecord::new(
                     Principal::Human(by),
@@ -651,7 +670,15 @@ impl Approvals {
                 )
                 .at(now),
             )
-            .await?;
+            .await;
+        if let Err(e) = audited {
+            // a decision stands only if it is on record: put the request back to pending
+            let _ = self
+                .store
+                .transition(id, StateKind::Decided, ApprovalState::Pending)
+                .await;
+            return Err(e.into());
+        }
         Ok(updated)
     }
 

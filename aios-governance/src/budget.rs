@@ -592,7 +592,9 @@ fn window(period: Period, now: Timestamp) -> i64 {
 /// A [`BudgetLedger`] in process memory: one lock over compact arrays, so a reserve plus
 /// commit costs a few hundred nanoseconds. The synchronous methods are the hot path; the
 /// async trait methods call them and append [`AuditEvent::BudgetAlert`]s to the audit log
-/// when one is attached.
+/// when one is attached. If that append fails, an async reserve is undone and the error
+/// returned; an async commit or release stands (the money was spent) and the error is
+/// returned, so a retry reports [`BudgetError::AlreadySettled`].
 ///
 /// ```
 /// use std::sync::Arc;
@@ -840,6 +842,24 @@ impl InMemoryBudgetLedger {
         })
     }
 
+    /// Marks alerts as not reported (their audit failed), so they are reported again.
+    fn forget_alerts(&self, alerts: &[BudgetAlert]) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for alert in alerts {
+            let Some(&i) = st.index.get(&alert.key) else {
+                continue;
+            };
+            let a = &mut st.accounts[i as usize];
+            if let Some(pos) = a.alerts.iter().position(|t| *t == alert.threshold_percent) {
+                if pos < 32 {
+                    a.alerted[alert.dimension as usize] &= !(1u32 << pos);
+                }
+            }
+            a.refresh_next_alerts();
+        }
+    }
+
     /// The number of reservations not yet settled.
     pub fn outstanding(&self) -> usize {
         let st = self.state.lock();
@@ -872,7 +892,13 @@ impl BudgetLedger for InMemoryBudgetLedger {
         amount: Usage,
     ) -> Result<Reservation, BudgetError> {
         let r = self.reserve_sync(chain, amount)?;
-        self.emit(&r.alerts).await?;
+        if let Err(e) = self.emit(&r.alerts).await {
+            // the caller never sees the id: undo the reservation so nothing leaks, and
+            // report its alerts again next time since they were never recorded
+            let _ = self.release_sync(r.id);
+            self.forget_alerts(&r.alerts);
+            return Err(e);
+        }
         Ok(r)
     }
 

@@ -1,0 +1,186 @@
+//! Failures of the audit log: nothing is loosened, approved or reserved without a record, and
+//! the kill switch works even when the log is down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+use aios_core::{
+    AnchorId, HumanId, IdGen, InMemoryAuditLog, ManualClock, Money, PathwayId, Principal,
+};
+use aios_governance::{
+    ApprovalError, ApprovalResponse, ApprovalState, Approvals, BudgetChain, BudgetError, BudgetKey,
+    BudgetLedger, BudgetLimits, ControlError, ControlTarget, Controls, Halt, InMemoryApprovalStore,
+    InMemoryBudgetLedger, Limits, NewApproval, OnTimeout, Usage,
+};
+
+fn alice() -> Principal {
+    Principal::Human(HumanId::from_name("alice"))
+}
+
+#[test]
+fn the_kill_switch_works_without_the_audit_log_but_resuming_needs_it() {
+    futures::executor::block_on(async {
+        let faults = Faults::new(FaultPlan::fail_after(0));
+        let log = FaultyAuditLog::new(InMemoryAuditLog::new(), faults.clone());
+        let controls = Controls::new(Arc::new(ManualClock::default()), Arc::new(log));
+        let err = controls
+            .stop(ControlTarget::Organisation, alice(), "incident")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ControlError::Audit(_)));
+        assert_eq!(
+            controls.snapshot().halt(ControlTarget::Organisation),
+            Some(Halt::Stopped),
+            "the stop is in force anyway"
+        );
+        assert!(controls
+            .resume(ControlTarget::Organisation, alice(), "over")
+            .await
+            .is_err());
+        assert_eq!(
+            controls.snapshot().halt(ControlTarget::Organisation),
+            Some(Halt::Stopped),
+            "an unrecorded resume is not applied"
+        );
+        faults.set_plan(FaultPlan::none());
+        controls
+            .resume(ControlTarget::Organisation, alice(), "over")
+            .await
+            .unwrap();
+        assert_eq!(controls.snapshot().halt(ControlTarget::Organisation), None);
+        // a control without a reason is refused
+        assert_eq!(
+            controls
+                .pause(
+                    ControlTarget::Pathway(PathwayId::from_name("send-email")),
+                    alice(),
+                    " "
+                )
+                .await,
+            Err(ControlError::MissingReason)
+        );
+    });
+}
+
+#[test]
+fn approvals_are_never_usable_without_their_record() {
+    futures::executor::block_on(async {
+        let clock = ManualClock::default();
+        let faults = Faults::new(FaultPlan::none());
+        let inner = InMemoryAuditLog::new();
+        let approvals = Approvals::new(
+            Arc::new(InMemoryApprovalStore::new()),
+            Arc::new(common::governor()),
+            Arc::new(clock.clone()),
+            Arc::new(FaultyAuditLog::new(inner.clone(), faults.clone())),
+            IdGen::new(clock.clone(), 5),
+        );
+        let ana = Principal::Agent(aios_core::AgentId::from_name("ana"));
+        let ask = || NewApproval {
+            anchor: AnchorId::from_name("founder"),
+            requester: ana,
+            run: None,
+            task: None,
+            pathway: None,
+            action: "send".into(),
+            proposed: serde_json::json!({}),
+            deadline: std::time::Duration::from_secs(600),
+            allowed: vec![],
+            on_timeout: OnTimeout::Deny,
+        };
+        // the request cannot be recorded: it is withdrawn
+        faults.set_plan(FaultPlan::fail_after(0));
+        assert!(matches!(
+            approvals.request(ask()).await,
+            Err(ApprovalError::Store(_))
+        ));
+        faults.set_plan(FaultPlan::none());
+        assert!(approvals.pending(None).await.unwrap().is_empty());
+
+        // the answer cannot be recorded: it is undone
+        let r = approvals.request(ask()).await.unwrap();
+        faults.set_plan(FaultPlan::fail_after(0));
+        assert!(matches!(
+            approvals
+                .decide(r.id, HumanId::from_name("alice"), ApprovalResponse::Approve)
+                .await,
+            Err(ApprovalError::Store(_))
+        ));
+        faults.set_plan(FaultPlan::none());
+        assert_eq!(
+            approvals.get(r.id).await.unwrap().state,
+            ApprovalState::Pending
+        );
+        assert!(matches!(
+            approvals.redeem(r.id, ana).await,
+            Err(ApprovalError::NotDecided { .. })
+        ));
+        // and can be given again once the log is back
+        approvals
+            .decide(r.id, HumanId::from_name("alice"), ApprovalResponse::Approve)
+            .await
+            .unwrap();
+        assert!(approvals.redeem(r.id, ana).await.is_ok());
+        assert!(inner.verify_sync(None).is_intact());
+        assert_eq!(inner.len(), 2, "the successful request and answer");
+    });
+}
+
+#[test]
+fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
+    futures::executor::block_on(async {
+        let faults = Faults::new(FaultPlan::fail_after(0));
+        let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default())).with_audit(
+            Arc::new(FaultyAuditLog::new(InMemoryAuditLog::new(), faults.clone())),
+        );
+        ledger
+            .set_limits(
+                BudgetKey::Organisation,
+                BudgetLimits::total(Limits {
+                    cost: Some(Money::from_minor(100)),
+                    ..Limits::default()
+                }),
+            )
+            .await
+            .unwrap();
+        let org = BudgetChain::organisation();
+        // below every threshold: no alert, no audit needed
+        let quiet = ledger
+            .reserve(&org, Usage::cost(Money::from_minor(10)))
+            .await
+            .unwrap();
+        // crossing 50 % needs an alert the log refuses: undone
+        assert!(matches!(
+            ledger
+                .reserve(&org, Usage::cost(Money::from_minor(60)))
+                .await,
+            Err(BudgetError::Store(_))
+        ));
+        let u = ledger
+            .usage(BudgetKey::Organisation)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.reserved.cost, Money::from_minor(10), "nothing leaked");
+        assert_eq!(ledger.outstanding(), 1);
+        // once the log is back, the alert is reported (and recorded) after all
+        faults.set_plan(FaultPlan::none());
+        let r = ledger
+            .reserve(&org, Usage::cost(Money::from_minor(60)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.alerts
+                .iter()
+                .map(|a| a.threshold_percent)
+                .collect::<Vec<_>>(),
+            vec![50]
+        );
+        ledger.release(quiet.id).await.unwrap();
+        ledger.release(r.id).await.unwrap();
+        assert_eq!(ledger.outstanding(), 0);
+    });
+}

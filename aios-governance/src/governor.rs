@@ -10,7 +10,7 @@ use crate::controls::{ControlSnapshot, Halt, Relaxation};
 use crate::decide::{rules, ActionRequest, Condition, Decision, FiredRule, OnTimeout, Verdict};
 use crate::fxhash::{FxHashMap, FxHashSet};
 use crate::model::{
-    BudgetScope, EscalationMode, GovernanceModel, OnTimeoutSpec, ResponseKind, Trigger,
+    Anchor, BudgetScope, EscalationMode, GovernanceModel, OnTimeoutSpec, ResponseKind, Trigger,
 };
 use crate::validate::ValidationReport;
 
@@ -345,10 +345,29 @@ impl GovernanceModel {
     }
 }
 
-fn on_timeout(spec: &OnTimeoutSpec) -> OnTimeout {
+/// The anchor a route actually reaches: the first anchor with a holder along the
+/// `escalates_to` chain from `key` (validation guarantees there is one).
+fn resolve_route<'a>(anchors: &FxHashMap<&'a str, &'a Anchor>, key: &'a str) -> &'a str {
+    let mut current = key;
+    for _ in 0..=anchors.len() {
+        match anchors.get(current) {
+            Some(a) if !a.holders.is_empty() => return current,
+            Some(a) => match a.escalates_to.as_deref() {
+                Some(next) => current = next,
+                None => return current,
+            },
+            None => return current,
+        }
+    }
+    current
+}
+
+fn on_timeout<'a>(anchors: &FxHashMap<&'a str, &'a Anchor>, spec: &'a OnTimeoutSpec) -> OnTimeout {
     match spec {
         OnTimeoutSpec::Deny => OnTimeout::Deny,
-        OnTimeoutSpec::Escalate(k) => OnTimeout::Escalate(AnchorId::from_name(k)),
+        OnTimeoutSpec::Escalate(k) => {
+            OnTimeout::Escalate(AnchorId::from_name(resolve_route(anchors, k)))
+        }
     }
 }
 
@@ -394,12 +413,10 @@ impl Governor {
             .iter()
             .map(|r| (RoleId::from_name(&r.key), r.key.clone()))
             .collect();
-        let response_times: FxHashMap<&str, Duration> = model
-            .anchors
-            .iter()
-            .map(|a| (a.key.as_str(), a.response_time))
-            .collect();
-        let response_time = |key: &str| response_times.get(key).copied().unwrap_or_default();
+        let by_key: FxHashMap<&str, &Anchor> =
+            model.anchors.iter().map(|a| (a.key.as_str(), a)).collect();
+        let response_time =
+            |key: &str| by_key.get(key).map(|a| a.response_time).unwrap_or_default();
         let mut pathways = FxHashMap::default();
         for p in &model.pathways {
             // validation guarantees both are present
@@ -414,7 +431,8 @@ impl Governor {
                 .escalation
                 .iter()
                 .map(|r| {
-                    let route_key = r.route.as_deref().unwrap_or(anchor_key);
+                    let route_key =
+                        resolve_route(&by_key, r.route.as_deref().unwrap_or(anchor_key));
                     let route = AnchorId::from_name(route_key);
                     let verdict = match r.mode {
                         EscalationMode::ApproveBefore => Verdict::RequireApproval {
@@ -425,7 +443,7 @@ impl Governor {
                             } else {
                                 r.allowed.clone()
                             },
-                            on_timeout: on_timeout(&r.on_timeout),
+                            on_timeout: on_timeout(&by_key, &r.on_timeout),
                         },
                         mode => Verdict::Escalate {
                             anchor: route,

@@ -493,3 +493,36 @@ fn the_governor_answers_lookups() {
     fn shareable<T: Send + Sync + 'static>(_: &T) {}
     shareable(&Arc::new(g));
 }
+
+#[test]
+fn routes_resolve_to_the_first_anchor_with_a_holder() {
+    let mut m = common::base();
+    m.anchors.push(aios_governance::Anchor {
+        key: "desk".into(),
+        title: "Front desk, unstaffed".into(),
+        holders: vec![],
+        deputy: None,
+        responsibilities: vec![],
+        response_time: Duration::from_secs(60),
+        escalates_to: Some("ops".into()),
+    });
+    m.pathways[0].escalation[1].route = Some("desk".into());
+    m.pathways[1].escalation[0].on_timeout =
+        aios_governance::OnTimeoutSpec::Escalate("desk".into());
+    let report = m.validate();
+    assert!(report.is_ok(), "{report}");
+    let g = m.compile().unwrap();
+    match g.decide(&send().with_cost(Money::from_minor(300))).verdict {
+        Verdict::RequireApproval { anchor, .. } => assert_eq!(anchor, AnchorId::from_name("ops")),
+        other => panic!("expected an approval, got {other:?}"),
+    }
+    match g
+        .decide(&hold().with_context("after_hours", json!(true)))
+        .verdict
+    {
+        Verdict::RequireApproval { on_timeout, .. } => {
+            assert_eq!(on_timeout, OnTimeout::Escalate(AnchorId::from_name("ops")))
+        }
+        other => panic!("expected an approval, got {other:?}"),
+    }
+}

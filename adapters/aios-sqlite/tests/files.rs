@@ -1,0 +1,403 @@
+//! The file itself: what survives a reopen, and bad input (a corrupted file, a file from a
+//! newer schema, a foreign database, a locked database) giving a clear error and losing
+//! nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AnchorId, ApprovalId, AuditEvent, AuditLog, AuditLogExt, AuditRecord, Clock, IdGen,
+    ManualClock, Money, Principal, RunId, StoreError, Transience,
+};
+use aios_governance::{
+    ApprovalRequest, ApprovalState, ApprovalStore, BudgetChain, BudgetKey, BudgetLedger,
+    BudgetLimits, Limits, OnTimeout, ResponseKind, Usage,
+};
+use aios_memory::testing::sample_record;
+use aios_memory::MemoryStore;
+use aios_orchestrator::{
+    Checkpoint, CheckpointStore, RunState, RunStatus, WorkerId, RUN_STATE_SCHEMA,
+};
+use aios_sqlite::{SqliteOptions, SqliteStore, SCHEMA_VERSION};
+use futures::executor::block_on;
+
+fn note(text: &str) -> AuditRecord {
+    AuditRecord::new(Principal::System, AuditEvent::Note { text: text.into() })
+}
+
+fn approval(id: ApprovalId, at: aios_core::Timestamp) -> ApprovalRequest {
+    ApprovalRequest {
+        id,
+        anchor: AnchorId::from_name("founder"),
+        requester: Principal::System,
+        run: None,
+        task: None,
+        pathway: None,
+        action: "mail.send".into(),
+        proposed: serde_json::json!({ "to": "list@example.com" }),
+        allowed: ResponseKind::ALL.to_vec(),
+        on_timeout: OnTimeout::Deny,
+        model_version: 1,
+        created_at: at,
+        expires_at: at + chrono::Duration::hours(1),
+        state: ApprovalState::Pending,
+    }
+}
+
+fn state(run: RunId, status: RunStatus, at: aios_core::Timestamp) -> RunState {
+    RunState {
+        schema: RUN_STATE_SCHEMA,
+        run,
+        workflow: "files".into(),
+        governance_version: 1,
+        started_at: at,
+        status,
+        tasks: vec![],
+        forked_from: None,
+    }
+}
+
+fn cap(minor: i64) -> BudgetLimits {
+    BudgetLimits::total(Limits {
+        cost: Some(Money::from_minor(minor)),
+        ..Limits::default()
+    })
+}
+
+/// What [`fill`] wrote, to compare after a reopen.
+struct Written {
+    head: aios_core::ChainHead,
+    memory: aios_memory::MemoryRecord,
+    run: RunId,
+    checkpoint: Checkpoint,
+    approval: ApprovalRequest,
+}
+
+/// Writes something through every port.
+fn fill(store: &SqliteStore, clock: &ManualClock) -> Written {
+    let ids = IdGen::new(clock.clone(), 7);
+    block_on(async {
+        let log = store.audit_log();
+        for i in 0..5 {
+            log.append(note(&format!("entry {i}"))).await.unwrap();
+        }
+        let head = log.head().await.unwrap();
+
+        let memory = store.memory_store();
+        let id = ids.next();
+        let v1 = sample_record(id, 1, "first", clock.now(), None);
+        memory.put(v1.clone(), None).await.unwrap();
+        clock.advance(Duration::from_secs(1));
+        let v2 = sample_record(id, 2, "second", clock.now(), Some(&v1));
+        memory.put(v2.clone(), Some(1)).await.unwrap();
+
+        let checkpoints = store.checkpoint_store();
+        let run: RunId = ids.next();
+        let lease = checkpoints
+            .acquire(
+                run,
+                &WorkerId::new("a"),
+                clock.now(),
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap();
+        let checkpoint = Checkpoint {
+            run,
+            seq: 1,
+            at: clock.now(),
+            state: state(
+                run,
+                RunStatus::Parked {
+                    approvals: vec![ids.next()],
+                },
+                clock.now(),
+            ),
+        };
+        checkpoints.save(&lease, &checkpoint).await.unwrap();
+
+        let ledger = store.budget_ledger(Arc::new(clock.clone()));
+        ledger
+            .set_limits(BudgetKey::Organisation, cap(1_000))
+            .await
+            .unwrap();
+        let r = ledger
+            .reserve(
+                &BudgetChain::organisation(),
+                Usage::cost(Money::from_minor(300)),
+            )
+            .await
+            .unwrap();
+        ledger
+            .commit(r.id, Usage::cost(Money::from_minor(250)))
+            .await
+            .unwrap();
+        ledger
+            .reserve(
+                &BudgetChain::organisation(),
+                Usage::cost(Money::from_minor(100)),
+            )
+            .await
+            .unwrap();
+
+        let approvals = store.approval_store();
+        let approval = approval(ids.next(), clock.now());
+        approvals.insert(approval.clone()).await.unwrap();
+
+        Written {
+            head,
+            memory: memory.get(id, None).await.unwrap(),
+            run,
+            checkpoint,
+            approval,
+        }
+    })
+}
+
+/// Checks (reading only) that everything [`fill`] wrote is there, unchanged.
+fn check_filled(store: &SqliteStore, clock: &ManualClock, w: &Written) {
+    block_on(async {
+        let log = store.audit_log();
+        assert_eq!(log.head().await.unwrap(), w.head, "the audit head survives");
+        let report = log.verify(Some(w.head)).await.unwrap();
+        assert!(report.is_intact(), "{:?}", report.problems);
+
+        let memory = store.memory_store();
+        assert_eq!(memory.get(w.memory.id, None).await.unwrap(), w.memory);
+        let versions = memory.versions(w.memory.id).await.unwrap();
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0].retired_at, Some(w.memory.recorded_at));
+
+        let checkpoints = store.checkpoint_store();
+        assert_eq!(
+            checkpoints.latest(w.run).await.unwrap(),
+            Some(w.checkpoint.clone())
+        );
+        assert_eq!(checkpoints.list(true).await.unwrap().len(), 1);
+
+        let ledger = store.budget_ledger(Arc::new(clock.clone()));
+        let u = ledger
+            .usage(BudgetKey::Organisation)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(u.committed.cost, Money::from_minor(250));
+        assert_eq!(u.reserved.cost, Money::from_minor(100));
+        assert_eq!(ledger.outstanding().unwrap(), 1);
+
+        let approvals = store.approval_store();
+        assert_eq!(
+            approvals.get(w.approval.id).await.unwrap(),
+            Some(w.approval.clone())
+        );
+        assert_eq!(approvals.pending(None).await.unwrap().len(), 1);
+    });
+}
+
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A closed store with data; returns the path and what was written.
+fn filled_file(dir: &Path, clock: &ManualClock) -> (PathBuf, Written) {
+    let path = dir.join("aios.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let written = fill(&store, clock);
+    drop(store);
+    (path, written)
+}
+
+fn names_path(e: &StoreError, path: &Path) {
+    eprintln!("{e}");
+    let path = path.display().to_string();
+    assert!(
+        e.to_string().contains(&path),
+        "the error names the file `{path}`: {e}"
+    );
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(store.path(), Some(path.as_path()));
+    check_filled(&store, &clock, &written);
+    assert!(
+        matches!(
+            block_on(store.checkpoint_store().acquire(
+                written.run,
+                &WorkerId::new("b"),
+                clock.now(),
+                Duration::from_secs(5)
+            )),
+            Err(StoreError::Conflict { .. })
+        ),
+        "the lease survives"
+    );
+    // and the reopened store keeps working: the chain continues
+    let head = block_on(store.audit_log().append(note("after reopen"))).unwrap();
+    assert_eq!(head.len, written.head.len + 1);
+    store.check_integrity().unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_corrupt_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aios.db");
+    let garbage: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&path, &garbage).unwrap();
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    names_path(&err, &path);
+    assert!(!err.is_transient());
+    assert_eq!(files(dir.path()), before, "nothing was written");
+}
+
+#[test]
+fn a_damaged_database_is_corrupt_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, _) = filled_file(dir.path(), &clock);
+    // damage the b-tree pages after the header page
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    assert!(bytes.len() >= 3 * page, "the file has several pages");
+    for b in &mut bytes[page..page + 64] {
+        *b = 0xA5;
+    }
+    for b in &mut bytes[2 * page..2 * page + 64] {
+        *b = 0x5A;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    names_path(&err, &path);
+    assert_eq!(files(dir.path()), before, "nothing was written");
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    let newer = SCHEMA_VERSION + 1;
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.pragma_update(None, "user_version", newer).unwrap();
+    }
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    match &err {
+        StoreError::UnsupportedVersion {
+            found, supported, ..
+        } => assert_eq!((*found, *supported), (newer, SCHEMA_VERSION)),
+        other => panic!("expected UnsupportedVersion, got {other:?}"),
+    }
+    names_path(&err, &path);
+    assert_eq!(files(dir.path()), before, "nothing was written");
+    // a build that knows the version (simulated by setting it back) finds everything
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .unwrap();
+    }
+    check_filled(&SqliteStore::open(&path).unwrap(), &clock, &written);
+}
+
+#[test]
+fn a_foreign_database_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("not an aios database")),
+        "{err:?}"
+    );
+    names_path(&err, &path);
+    assert_eq!(files(dir.path()), before, "nothing was written");
+}
+
+#[test]
+fn a_locked_database_is_unavailable_names_the_file_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    let options = SqliteOptions::default().busy_timeout(Duration::from_millis(50));
+    let store = SqliteStore::open_with(&path, options.clone()).unwrap();
+
+    // another process holds the write lock: writes wait, then fail cleanly
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = block_on(store.audit_log().append(note("blocked"))).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    assert!(err.is_transient(), "a locked database may be retried");
+    names_path(&err, &path);
+    let err = block_on(store.budget_ledger(Arc::new(clock.clone())).reserve(
+        &BudgetChain::organisation(),
+        Usage::cost(Money::from_minor(1)),
+    ))
+    .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    // reads still work under WAL while the other writer holds its lock
+    check_filled(&store, &clock, &written);
+    other.execute_batch("ROLLBACK").unwrap();
+
+    // the refused writes changed nothing; the next one works
+    check_filled(&store, &clock, &written);
+    let head = block_on(store.audit_log().append(note("unblocked"))).unwrap();
+    assert_eq!(head.len, written.head.len + 1);
+
+    // a process holding the file exclusively keeps us from even opening it
+    drop(store);
+    other
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT;")
+        .unwrap();
+    let err = SqliteStore::open_with(&path, options).unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    names_path(&err, &path);
+    drop(other);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(block_on(store.audit_log().head()).unwrap(), head);
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("aios.db");
+    let err = SqliteStore::open(&path).unwrap_err();
+    names_path(&err, &path);
+}
+
+#[test]
+fn durability_normal_also_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("aios.db");
+    let options = SqliteOptions::default().durability(aios_sqlite::Durability::Normal);
+    let store = SqliteStore::open_with(&path, options).unwrap();
+    let head = block_on(store.audit_log().append(note("normal"))).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(block_on(store.audit_log().head()).unwrap(), head);
+}

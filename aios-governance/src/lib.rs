@@ -106,6 +106,6 @@ pub use governor::{
 pub use model::{
     Anchor, AutonomyLimits, Boundaries, Budget, BudgetScope, ChangeLogEntry, Charter,
     EscalationMode, EscalationRule, Format, GovernanceModel, Limits, ModelError, OnTimeoutSpec,
-    Pathway, Period, ResponseKind, Role, Trigger,
+    Pathway, Period, ResponseKind, Role, Trigger, MODEL_SCHEMA_VERSION,
 };
 pub use validate::{Finding, FindingKind, Severity, ValidationReport};

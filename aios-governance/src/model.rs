@@ -41,6 +41,10 @@ use crate::duration::{serde_duration, serde_opt_duration};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GovernanceModel {
+    /// The document format version ([`MODEL_SCHEMA_VERSION`] when absent). A document of a
+    /// newer format than this build reads is refused, not misread.
+    #[serde(default = "current_schema")]
+    pub schema: u32,
     /// The model version; decisions and runs are pinned to it.
     pub version: u64,
     /// What changed in each version, newest last.
@@ -48,7 +52,7 @@ pub struct GovernanceModel {
     pub changelog: Vec<ChangeLogEntry>,
     /// Intent, hard boundaries and the final authority.
     pub charter: Charter,
-    /// The humans roles that are accountable.
+    /// The human roles that are accountable.
     #[serde(default)]
     pub anchors: Vec<Anchor>,
     /// The roles agents run under.
@@ -60,6 +64,13 @@ pub struct GovernanceModel {
     /// Spending limits.
     #[serde(default)]
     pub budgets: Vec<Budget>,
+}
+
+/// The governance document format this build writes and reads (and every older one).
+pub const MODEL_SCHEMA_VERSION: u32 = 1;
+
+fn current_schema() -> u32 {
+    MODEL_SCHEMA_VERSION
 }
 
 /// One entry of the change log.
@@ -499,7 +510,7 @@ impl GovernanceModel {
             path: ".".into(),
             message: first_line(&e.to_string()),
         })?;
-        Ok(model)
+        model.check_schema(Format::Json)
     }
 
     /// Reads a model from TOML. Errors name the path in the document and what is wrong.
@@ -521,7 +532,7 @@ impl GovernanceModel {
                 message,
             }
         })?;
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let model: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ModelError::Invalid {
@@ -529,7 +540,22 @@ impl GovernanceModel {
                 path,
                 message: first_line(inner.message()),
             }
-        })
+        })?;
+        model.check_schema(Format::Toml)
+    }
+
+    fn check_schema(self, format: Format) -> Result<Self, ModelError> {
+        if self.schema == 0 || self.schema > MODEL_SCHEMA_VERSION {
+            return Err(ModelError::Invalid {
+                format,
+                path: "schema".into(),
+                message: format!(
+                    "unsupported schema version `{}` (this build reads 1 to {MODEL_SCHEMA_VERSION})",
+                    self.schema
+                ),
+            });
+        }
+        Ok(self)
     }
 
     /// Writes the model as pretty JSON.

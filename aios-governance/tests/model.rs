@@ -109,6 +109,16 @@ fn load_errors_name_the_path_and_the_problem() {
     assert_eq!(path, ".");
     let (_, path, _) = invalid(GovernanceModel::from_json(&format!("{json} trailing")));
     assert_eq!(path, ".");
+    let (_, path, message) = invalid(GovernanceModel::from_json(&json.replacen(
+        "\"schema\": 1",
+        "\"schema\": 99",
+        1,
+    )));
+    assert_eq!(path, "schema");
+    assert!(
+        message.contains("unsupported schema version `99`"),
+        "{message}"
+    );
     let err = GovernanceModel::from_json(&json.replacen("\"4h\"", "-5", 1)).unwrap_err();
     assert_eq!(err.path(), Some("anchors[0].response_time"));
     assert!(

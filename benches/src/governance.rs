@@ -47,6 +47,7 @@ pub fn synthetic_model(pathways: usize, anchors: usize) -> GovernanceModel {
     let anchors = anchors.max(1);
     let roles = 50;
     GovernanceModel {
+        schema: aios::governance::MODEL_SCHEMA_VERSION,
         version: 1,
         changelog: vec![],
         charter: Charter {

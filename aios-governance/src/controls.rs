@@ -1,5 +1,6 @@
-//! Operator controls: pause, resume, stop (kill switch) and time-limited overrides for an
-//! agent, a role, a pathway or the whole organisation, each recorded with who and why.
+//! Operator controls: pause, resume, stop (kill switch), time-limited overrides and
+//! annotations for an agent, a role, a pathway or the whole organisation, each recorded with
+//! who and why.
 
 use std::sync::Arc;
 
@@ -91,6 +92,7 @@ impl std::fmt::Display for Relaxation {
 /// What an operator does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ControlAction {
     /// Pause the target (until resumed or until `until`).
     Pause,
@@ -105,6 +107,8 @@ pub enum ControlAction {
     },
     /// Withdraw every override on the target.
     RevokeOverrides,
+    /// Record a note about the target (the command's reason); changes nothing.
+    Annotate,
 }
 
 impl ControlAction {
@@ -116,6 +120,7 @@ impl ControlAction {
             ControlAction::Resume => "resume",
             ControlAction::Override { .. } => "override",
             ControlAction::RevokeOverrides => "revoke_overrides",
+            ControlAction::Annotate => "annotate",
         }
     }
 
@@ -434,6 +439,7 @@ impl Controls {
             ControlAction::RevokeOverrides => {
                 next.overrides.retain(|o| o.target != c.target);
             }
+            ControlAction::Annotate => {}
         }
         *guard = Arc::new(next);
         drop(guard);
@@ -502,6 +508,40 @@ impl Controls {
         self.apply(ControlCommand {
             target,
             action: ControlAction::Resume,
+            by,
+            reason: reason.into(),
+            until: None,
+        })
+        .await
+    }
+
+    /// Records a note about `target`, with who and when; changes nothing.
+    pub async fn annotate(
+        &self,
+        target: ControlTarget,
+        by: Principal,
+        note: impl Into<String>,
+    ) -> Result<ControlRecord, ControlError> {
+        self.apply(ControlCommand {
+            target,
+            action: ControlAction::Annotate,
+            by,
+            reason: note.into(),
+            until: None,
+        })
+        .await
+    }
+
+    /// Withdraws every override on `target`.
+    pub async fn revoke_overrides(
+        &self,
+        target: ControlTarget,
+        by: Principal,
+        reason: impl Into<String>,
+    ) -> Result<ControlRecord, ControlError> {
+        self.apply(ControlCommand {
+            target,
+            action: ControlAction::RevokeOverrides,
             by,
             reason: reason.into(),
             until: None,

@@ -191,6 +191,9 @@ pub struct Pathway {
 }
 
 /// What a delegate may do on its own. Anything not listed is outside the delegation.
+///
+/// Limits that need counting over time (cost per period, calls per hour) are budgets: a
+/// [`Budget`] for the role or agent with a [`Period`] and a `tool_calls` or `cost` limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutonomyLimits {

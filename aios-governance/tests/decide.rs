@@ -348,6 +348,39 @@ fn overrides_loosen_delegations_for_a_while_but_never_the_charter() {
         // beyond the raised limit, approval again
         let d = g.decide_with(&send().with_cost(Money::from_minor(1_001)), &c.snapshot());
         assert!(d.fired(rules::LIMIT_COST));
+        // overrides can be withdrawn early, and notes leave a record
+        c.annotate(pathway, alice(), "checking the campaign numbers")
+            .await
+            .unwrap();
+        c.revoke_overrides(pathway, Principal::System, "budget review")
+            .await
+            .unwrap();
+        let d = g.decide_with(&req, &c.snapshot());
+        assert!(matches!(d.verdict, Verdict::RequireApproval { .. }));
+        c.grant_override(
+            pathway,
+            Relaxation::WaiveRule {
+                rule: "large-spend".into(),
+            },
+            alice(),
+            "campaign week",
+            until,
+        )
+        .await
+        .unwrap();
+        c.grant_override(
+            pathway,
+            Relaxation::RaiseCostLimit {
+                to: Money::from_minor(1_000),
+            },
+            alice(),
+            "campaign week",
+            until,
+        )
+        .await
+        .unwrap();
+        assert_eq!(g.decide_with(&req, &c.snapshot()).verdict, Verdict::Allow);
+        assert_eq!(c.history().len(), 6);
         // overrides lapse
         clock.advance(Duration::from_secs(3_600));
         let d = g.decide_with(&req, &c.snapshot());

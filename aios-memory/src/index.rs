@@ -1,8 +1,10 @@
 //! In-process retrieval indexes, rebuilt from the store: a contiguous f32 matrix for exact
 //! vector search, an inverted index for BM25, and compact per-row metadata for filtering.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use aios_core::{MemoryId, Timestamp};
 
@@ -12,6 +14,73 @@ pub(crate) const NONE: u32 = u32::MAX;
 const FLAG_TOMBSTONE: u8 = 1;
 const FLAG_DELETED: u8 = 2;
 const FLAG_PINNED: u8 = 4;
+
+/// A fast multiplicative hasher for the index's maps (keys are ids, interned scopes and
+/// words; the maps are private to the process).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FxBuild;
+
+impl BuildHasher for FxBuild {
+    type Hasher = Fx;
+    fn build_hasher(&self) -> Fx {
+        Fx(0)
+    }
+}
+
+pub(crate) struct Fx(u64);
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    /// Mixes high bits into low ones (a multiply only carries upwards, and the map picks
+    /// buckets by the low bits).
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
 
 pub(crate) fn micros(t: Timestamp) -> i64 {
     t.timestamp_micros()
@@ -178,48 +247,67 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn normalise(v: &mut [f32]) {
     let n = dot(v, v).sqrt();
     if n > 0.0 && n.is_finite() {
-        v.iter_mut().for_each(|x| *x /= n);
+        let inv = 1.0 / n;
+        v.iter_mut().for_each(|x| *x *= inv);
     }
 }
 
-/// Lowercase alphanumeric word tokens, shared by indexing and querying.
-pub(crate) fn tokenize(text: &str, mut f: impl FnMut(&str)) {
-    let mut buf = String::new();
-    for word in text.split(|c: char| !c.is_alphanumeric()) {
-        if word.is_empty() {
-            continue;
-        }
-        if word
-            .bytes()
-            .all(|b| !b.is_ascii_uppercase() && b.is_ascii())
-        {
-            f(word);
-        } else {
-            buf.clear();
-            buf.extend(word.chars().flat_map(char::to_lowercase));
-            f(&buf);
+/// Whether every value is finite, in lanes the compiler vectorises (`x * 0` is `NaN` exactly
+/// for infinities and `NaN`s).
+pub(crate) fn all_finite(v: &[f32]) -> bool {
+    let mut acc = [0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(0f32, |a, x| a + x * 0.0);
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x * 0.0;
         }
     }
+    (rest + acc.iter().sum::<f32>()) == 0.0
 }
 
-/// Term frequencies of one document, computed outside the index lock.
-pub(crate) fn term_counts(text: &str) -> (Vec<(String, u32)>, u32) {
-    let mut counts: Vec<(String, u32)> = Vec::new();
-    let mut len = 0u32;
-    tokenize(text, |t| {
-        len += 1;
-        match counts.iter_mut().find(|(w, _)| w == t) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((t.to_owned(), 1)),
-        }
-    });
-    (counts, len)
+/// Lowercase alphanumeric word tokens, shared by indexing and querying; borrowed from the
+/// text unless lowercasing changes them.
+pub(crate) fn tokens(text: &str) -> Box<dyn Iterator<Item = Cow<'_, str>> + '_> {
+    if text.is_ascii() {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        return Box::new(std::iter::from_fn(move || {
+            while bytes.get(i).is_some_and(|b| !b.is_ascii_alphanumeric()) {
+                i += 1;
+            }
+            let start = i;
+            let mut upper = false;
+            while let Some(b) = bytes.get(i).filter(|b| b.is_ascii_alphanumeric()) {
+                upper |= b.is_ascii_uppercase();
+                i += 1;
+            }
+            // ASCII text: every byte offset is a char boundary
+            let word = text.get(start..i).filter(|w| !w.is_empty())?;
+            Some(if upper {
+                Cow::Owned(word.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(word)
+            })
+        }));
+    }
+    Box::new(
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                if w.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+                    Cow::Borrowed(w)
+                } else {
+                    Cow::Owned(w.chars().flat_map(char::to_lowercase).collect())
+                }
+            }),
+    )
 }
 
 #[derive(Debug, Default)]
 struct Interner<T> {
     values: Vec<T>,
-    ids: HashMap<T, u32>,
+    ids: FxMap<T, u32>,
 }
 
 impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
@@ -236,11 +324,54 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
 
 #[derive(Debug, Default)]
 struct Bm25 {
-    terms: HashMap<Box<str>, u32>,
+    terms: FxMap<Box<str>, u32>,
+    /// Per term: `(row, term frequency)` in row order.
     postings: Vec<Vec<(u32, u32)>>,
+    /// `(term, row, term frequency)` not yet moved into `postings`: appending here is
+    /// sequential, and a flush moves a whole batch term by term.
+    pending: Vec<(u32, u32, u32)>,
     doc_len: Vec<u32>,
     docs: u64,
     total_len: u64,
+}
+
+/// How many pending postings trigger a flush.
+const PENDING_FLUSH: usize = 1 << 15;
+
+impl Bm25 {
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut starts = vec![0u32; self.postings.len() + 1];
+        for &(t, _, _) in &self.pending {
+            if let Some(c) = starts.get_mut(t as usize + 1) {
+                *c += 1;
+            }
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut grouped = vec![(0u32, 0u32); self.pending.len()];
+        let mut next = starts.clone();
+        for &(t, row, tf) in &self.pending {
+            if let Some(n) = next.get_mut(t as usize) {
+                if let Some(slot) = grouped.get_mut(*n as usize) {
+                    *slot = (row, tf);
+                }
+                *n += 1;
+            }
+        }
+        for (t, p) in self.postings.iter_mut().enumerate() {
+            let (a, b) = (starts[t] as usize, starts[t + 1] as usize);
+            if b > a {
+                if let Some(src) = grouped.get(a..b) {
+                    p.extend_from_slice(src);
+                }
+            }
+        }
+        self.pending.clear();
+    }
 }
 
 const BM25_K1: f32 = 1.2;
@@ -255,45 +386,38 @@ pub(crate) struct Index {
     pub hot: Vec<Hot>,
     pub cold: Vec<Cold>,
     vec_slot: Vec<u32>,
-    lineages: HashMap<MemoryId, Vec<u32>>,
+    /// Per lineage: its latest row.
+    latest: FxMap<MemoryId, u32>,
+    /// Per row: the row of the previous version of its lineage.
+    prev_row: Vec<u32>,
     scopes: Interner<Scope>,
     kinds: Interner<MemoryKind>,
     bm25: Bm25,
 }
 
 /// A record prepared for insertion (tokenised and normalised outside the lock).
-pub(crate) struct Prepared {
-    pub terms: Vec<(String, u32)>,
-    pub len: u32,
-    pub vector: Option<Vec<f32>>,
+pub(crate) struct Prepared<'a> {
+    pub tokens: Vec<Cow<'a, str>>,
 }
 
-impl Prepared {
-    pub fn of(record: &MemoryRecord) -> Self {
+impl<'a> Prepared<'a> {
+    pub fn of(record: &'a MemoryRecord) -> Self {
         if record.tombstone.is_some() {
-            return Self {
-                terms: Vec::new(),
-                len: 0,
-                vector: None,
-            };
+            return Self { tokens: Vec::new() };
         }
-        let (terms, len) = term_counts(&record.content);
-        let vector = record.embedding.as_ref().map(|e| {
-            let mut v = e.clone();
-            normalise(&mut v);
-            v
-        });
-        Self { terms, len, vector }
+        Self {
+            tokens: tokens(&record.content).collect(),
+        }
     }
 }
 
 impl Index {
     pub fn lineage_count(&self) -> usize {
-        self.lineages.len()
+        self.latest.len()
     }
 
     pub fn lineage_ids(&self) -> impl Iterator<Item = &MemoryId> {
-        self.lineages.keys()
+        self.latest.keys()
     }
 
     pub fn scope_of(&self, row: u32) -> Option<&Scope> {
@@ -332,18 +456,16 @@ impl Index {
 
     /// Adds one version. When the lineage has rows, the previous latest row is retired at this
     /// version's `recorded_at` (unless the record says otherwise, as when loading).
-    pub fn insert(&mut self, record: &MemoryRecord, prepared: Prepared) {
+    pub fn insert(&mut self, record: &MemoryRecord, prepared: Prepared<'_>) {
         let row = self.hot.len() as u32;
         let recorded = micros(record.recorded_at);
-        if let Some(rows) = self.lineages.get(&record.id) {
-            if let Some(&prev) = rows.last() {
-                if let Some(h) = self.hot.get_mut(prev as usize) {
-                    if h.retired == i64::MAX {
-                        h.retired = recorded;
-                    }
-                }
+        let prev = self.latest.insert(record.id, row).unwrap_or(NONE);
+        if let Some(h) = self.hot.get_mut(prev as usize) {
+            if h.retired == i64::MAX {
+                h.retired = recorded;
             }
         }
+        self.prev_row.push(prev);
         let scope = self.scopes.intern(&record.scope);
         let kind = self.kinds.intern(&record.kind);
         let mut flags = 0;
@@ -371,44 +493,67 @@ impl Index {
             metadata: record.metadata.clone(),
         });
         let mut slot = NONE;
-        if let Some(v) = prepared.vector {
+        if let (Some(v), false) = (&record.embedding, record.tombstone.is_some()) {
             if self.dims.is_none() {
                 self.dims = Some(v.len());
             }
             if Some(v.len()) == self.dims {
                 slot = self.slot_row.len() as u32;
-                self.matrix.extend_from_slice(&v);
+                let start = self.matrix.len();
+                self.matrix.extend_from_slice(v);
+                if let Some(stored) = self.matrix.get_mut(start..) {
+                    normalise(stored);
+                }
                 self.slot_row.push(row);
             }
         }
         self.vec_slot.push(slot);
-        self.lineages.entry(record.id).or_default().push(row);
-        self.bm25.doc_len.push(prepared.len);
-        if prepared.len > 0 {
+        let len = prepared.tokens.len() as u32;
+        self.bm25.doc_len.push(len);
+        if len > 0 {
             self.bm25.docs += 1;
-            self.bm25.total_len += u64::from(prepared.len);
-            for (term, tf) in prepared.terms {
-                let id = match self.bm25.terms.get(term.as_str()) {
+            self.bm25.total_len += u64::from(len);
+            let first = self.bm25.pending.len();
+            for term in prepared.tokens {
+                let id = match self.bm25.terms.get(term.as_ref()) {
                     Some(id) => *id,
                     None => {
                         let id = self.bm25.postings.len() as u32;
                         self.bm25.postings.push(Vec::new());
-                        self.bm25.terms.insert(term.into_boxed_str(), id);
+                        self.bm25
+                            .terms
+                            .insert(term.into_owned().into_boxed_str(), id);
                         id
                     }
                 };
-                if let Some(p) = self.bm25.postings.get_mut(id as usize) {
-                    p.push((row, tf));
+                // this document's postings so far: count a repeated term
+                match self
+                    .bm25
+                    .pending
+                    .get_mut(first..)
+                    .and_then(|mine| mine.iter_mut().find(|p| p.0 == id))
+                {
+                    Some(p) => p.2 += 1,
+                    None => self.bm25.pending.push((id, row, 1)),
                 }
+            }
+            if self.bm25.pending.len() >= PENDING_FLUSH {
+                self.bm25.flush();
             }
         }
     }
 
     /// Marks every row of a lineage deleted. Returns whether it existed.
     pub fn delete(&mut self, id: &MemoryId) -> bool {
-        let Some(rows) = self.lineages.remove(id) else {
+        let Some(latest) = self.latest.remove(id) else {
             return false;
         };
+        let mut rows = Vec::new();
+        let mut r = latest;
+        while let Some(&prev) = self.prev_row.get(r as usize) {
+            rows.push(r);
+            r = prev;
+        }
         for row in rows {
             if let Some(h) = self.hot.get_mut(row as usize) {
                 h.flags |= FLAG_DELETED;
@@ -424,16 +569,19 @@ impl Index {
 
     /// The latest row of a lineage.
     pub fn latest(&self, id: &MemoryId) -> Option<u32> {
-        self.lineages.get(id).and_then(|r| r.last().copied())
+        self.latest.get(id).copied()
     }
 
     /// The row of a lineage visible at system time `as_of` (tombstones included).
     pub fn visible_row(&self, id: &MemoryId, as_of: i64) -> Option<u32> {
-        self.lineages.get(id)?.iter().rev().copied().find(|r| {
-            self.hot
-                .get(*r as usize)
-                .is_some_and(|h| h.recorded <= as_of && as_of < h.retired)
-        })
+        let mut r = *self.latest.get(id)?;
+        loop {
+            let h = self.hot.get(r as usize)?;
+            if h.recorded <= as_of && as_of < h.retired {
+                return Some(r);
+            }
+            r = *self.prev_row.get(r as usize)?;
+        }
     }
 
     /// Compiles a filter. `scope_ok(scope)` returns the tier mask allowed in that scope.
@@ -521,36 +669,84 @@ impl Index {
             return Vec::new();
         }
         let mut terms: Vec<u32> = Vec::new();
-        tokenize(text, |t| {
-            if let Some(id) = self.bm25.terms.get(t) {
+        for t in tokens(text) {
+            if let Some(id) = self.bm25.terms.get(t.as_ref()) {
                 if !terms.contains(id) {
                     terms.push(*id);
                 }
             }
-        });
-        let n = self.bm25.docs as f32;
-        let avgdl = (self.bm25.total_len as f32 / n).max(1.0);
-        let mut scores: HashMap<u32, f32> = HashMap::new();
-        for term in terms {
-            let Some(postings) = self.bm25.postings.get(term as usize) else {
-                continue;
-            };
-            let df = postings.len() as f32;
-            let idf = (1.0 + (n - df + 0.5).max(0.0) / (df + 0.5)).ln();
-            for &(row, tf) in postings {
-                if !self.passes(filter, row) {
-                    continue;
-                }
-                let dl = self.bm25.doc_len.get(row as usize).copied().unwrap_or(0) as f32;
-                let tf = tf as f32;
-                let s = idf * tf * (BM25_K1 + 1.0)
-                    / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * dl / avgdl));
-                *scores.entry(row).or_insert(0.0) += s;
+        }
+        if terms.is_empty() {
+            return Vec::new();
+        }
+        // document frequencies count flushed and pending postings
+        let mut df: Vec<f32> = terms
+            .iter()
+            .map(|t| self.bm25.postings.get(*t as usize).map_or(0, Vec::len) as f32)
+            .collect();
+        for &(t, _, _) in &self.bm25.pending {
+            if let Some(i) = terms.iter().position(|x| *x == t) {
+                df[i] += 1.0;
             }
         }
+        let n = self.bm25.docs as f32;
+        let avgdl = (self.bm25.total_len as f32 / n).max(1.0);
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|df| (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln())
+            .collect();
+        let weight = |row: u32, tf: u32, idf: f32| {
+            let dl = self.bm25.doc_len.get(row as usize).copied().unwrap_or(0) as f32;
+            let tf = tf as f32;
+            idf * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * dl / avgdl))
+        };
+        let total: f32 = df.iter().sum();
         let mut top = TopK::new(k);
-        for (row, score) in scores {
-            top.push(Cand { score, row });
+        if total as usize > self.hot.len() / 8 {
+            // many postings: accumulate densely, then select
+            let mut acc = vec![0f32; self.hot.len()];
+            let mut add = |row: u32, s: f32| {
+                if let Some(a) = acc.get_mut(row as usize) {
+                    *a += s;
+                }
+            };
+            for (i, t) in terms.iter().enumerate() {
+                for &(row, tf) in self.bm25.postings.get(*t as usize).into_iter().flatten() {
+                    add(row, weight(row, tf, idf[i]));
+                }
+            }
+            for &(t, row, tf) in &self.bm25.pending {
+                if let Some(i) = terms.iter().position(|x| *x == t) {
+                    add(row, weight(row, tf, idf[i]));
+                }
+            }
+            for (row, score) in acc.into_iter().enumerate() {
+                if score > 0.0 && self.passes(filter, row as u32) {
+                    top.push(Cand {
+                        score,
+                        row: row as u32,
+                    });
+                }
+            }
+        } else {
+            let mut scores: FxMap<u32, f32> = FxMap::default();
+            for (i, t) in terms.iter().enumerate() {
+                for &(row, tf) in self.bm25.postings.get(*t as usize).into_iter().flatten() {
+                    if self.passes(filter, row) {
+                        *scores.entry(row).or_insert(0.0) += weight(row, tf, idf[i]);
+                    }
+                }
+            }
+            for &(t, row, tf) in &self.bm25.pending {
+                if let Some(i) = terms.iter().position(|x| *x == t) {
+                    if self.passes(filter, row) {
+                        *scores.entry(row).or_insert(0.0) += weight(row, tf, idf[i]);
+                    }
+                }
+            }
+            for (row, score) in scores {
+                top.push(Cand { score, row });
+            }
         }
         top.into_sorted()
     }
@@ -580,6 +776,122 @@ mod tests {
         }
     }
 
+    fn record(n: u64, content: String) -> MemoryRecord {
+        let t = Timestamp::from_timestamp_millis(1_700_000_000_000).unwrap_or_default();
+        MemoryRecord {
+            schema: crate::MEMORY_SCHEMA_VERSION,
+            id: MemoryId::from_name(&n.to_string()),
+            version: 1,
+            scope: Scope::parse("s").unwrap(),
+            tier: Tier::Project,
+            kind: MemoryKind::Fact,
+            content,
+            embedding: None,
+            metadata: Metadata::new(),
+            provenance: crate::Provenance::by(aios_core::Principal::System),
+            valid_from: None,
+            valid_to: None,
+            recorded_at: t,
+            retired_at: None,
+            importance: 0.5,
+            pinned: false,
+            expires_at: None,
+            tombstone: None,
+            prev_checksum: None,
+            checksum: String::new(),
+        }
+    }
+
+    /// BM25 over flushed and pending postings equals a brute-force computation.
+    #[test]
+    fn keyword_scores_match_brute_force_across_flushes() {
+        let mut rng = aios_core::SeededRng::new(9);
+        let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
+        let docs: Vec<String> = (0..4000)
+            .map(|_| {
+                (0..12)
+                    .map(|_| {
+                        // skewed: low word numbers are common
+                        let r = rng.next_f64();
+                        words[((r * r) * words.len() as f64) as usize].as_str()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let mut index = Index::default();
+        for (i, d) in docs.iter().enumerate() {
+            let r = record(i as u64, d.clone());
+            index.insert(&r, Prepared::of(&r));
+        }
+        assert!(
+            index.bm25.pending.len() < PENDING_FLUSH,
+            "some postings still pending"
+        );
+        assert!(
+            index.bm25.postings.iter().any(|p| !p.is_empty()),
+            "some flushed"
+        );
+        let filter = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
+        let n = docs.len() as f32;
+        let avgdl = 12.0;
+        let mut df_of: HashMap<&str, f32> = HashMap::new();
+        for d in &docs {
+            let mut uniq: Vec<&str> = d.split(' ').collect();
+            uniq.sort_unstable();
+            uniq.dedup();
+            for w in uniq {
+                *df_of.entry(w).or_default() += 1.0;
+            }
+        }
+        df_of.insert("nothing", 0.0);
+        df_of.insert("here", 0.0);
+        for query in ["w1 w50", "w299 w3 w3", "w7", "nothing here"] {
+            let q: Vec<String> = tokens(query).map(|t| t.into_owned()).collect();
+            let mut want: Vec<(f32, u32)> = Vec::new();
+            for (row, d) in docs.iter().enumerate() {
+                let toks: Vec<&str> = d.split(' ').collect();
+                let mut score = 0.0;
+                let mut seen = Vec::new();
+                for t in &q {
+                    if seen.contains(t) {
+                        continue;
+                    }
+                    seen.push(t.clone());
+                    let df = df_of[t.as_str()];
+                    let tf = toks.iter().filter(|w| *w == t).count() as f32;
+                    if tf > 0.0 {
+                        let idf = (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln();
+                        score += idf * tf * (BM25_K1 + 1.0)
+                            / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * toks.len() as f32 / avgdl));
+                    }
+                }
+                if score > 0.0 {
+                    want.push((score, row as u32));
+                }
+            }
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            want.truncate(10);
+            let got = index.keyword_top(&filter, query, 10);
+            assert_eq!(got.len(), want.len(), "{query}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g.score - w.0).abs() < 1e-3, "{query}: {g:?} vs {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn finiteness_check() {
+        assert!(all_finite(&[1.0; 40]));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for pos in [0, 17, 39] {
+                let mut v = vec![1.0; 40];
+                v[pos] = bad;
+                assert!(!all_finite(&v));
+            }
+        }
+    }
+
     #[test]
     fn top_k_keeps_the_best_deterministically() {
         let mut t = TopK::new(3);
@@ -592,16 +904,18 @@ mod tests {
 
     #[test]
     fn tokens_are_lowercase_words() {
-        let mut out = Vec::new();
-        tokenize("The Invoice, due FRIDAY; über-fast 42", |t| {
-            out.push(t.to_owned())
-        });
+        let out: Vec<String> = tokens("The Invoice, due FRIDAY; über-fast 42")
+            .map(|t| t.into_owned())
+            .collect();
         assert_eq!(
             out,
             ["the", "invoice", "due", "friday", "über", "fast", "42"]
         );
-        let (counts, len) = term_counts("a b a");
-        assert_eq!(len, 3);
-        assert_eq!(counts, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
+        let out: Vec<String> = tokens("Straße and ÉCOLE").map(|t| t.into_owned()).collect();
+        assert_eq!(out, ["straße", "and", "école"]);
+        let out: Vec<String> = tokens("  --A1 b2,,C  ").map(|t| t.into_owned()).collect();
+        assert_eq!(out, ["a1", "b2", "c"]);
+        assert_eq!(tokens("").count(), 0);
+        assert_eq!(tokens(" ;; ").count(), 0);
     }
 }

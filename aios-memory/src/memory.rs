@@ -211,7 +211,12 @@ impl Memory {
         if v.is_empty() {
             return Err(MemoryError::invalid(field, "empty vector"));
         }
-        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+        if !crate::index::all_finite(v) {
+            let bad = v
+                .iter()
+                .find(|x| !x.is_finite())
+                .copied()
+                .unwrap_or(f32::NAN);
             return Err(MemoryError::invalid(
                 field,
                 format!("value `{bad}` is not finite"),

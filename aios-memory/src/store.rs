@@ -70,7 +70,8 @@ pub trait MemoryStore: Send + Sync + Debug {
 /// ```
 #[derive(Debug, Default)]
 pub struct InMemoryMemoryStore {
-    lineages: RwLock<BTreeMap<MemoryId, Vec<MemoryRecord>>>,
+    /// Keyed by the id's 128 bits (big-endian, so ordered like the ids) for cheap comparisons.
+    lineages: RwLock<BTreeMap<u128, Vec<MemoryRecord>>>,
 }
 
 impl InMemoryMemoryStore {
@@ -95,7 +96,7 @@ impl InMemoryMemoryStore {
     pub fn tamper(&self, id: MemoryId, version: u32, f: impl FnOnce(&mut MemoryRecord)) -> bool {
         let mut map = self.lineages.write();
         match map
-            .get_mut(&id)
+            .get_mut(&key(id))
             .and_then(|vs| vs.iter_mut().find(|r| r.version == version))
         {
             Some(r) => {
@@ -111,7 +112,7 @@ impl InMemoryMemoryStore {
     #[cfg(feature = "testing")]
     pub fn tamper_remove_version(&self, id: MemoryId, version: u32) -> bool {
         let mut map = self.lineages.write();
-        match map.get_mut(&id) {
+        match map.get_mut(&key(id)) {
             Some(vs) => {
                 let before = vs.len();
                 vs.retain(|r| r.version != version);
@@ -120,6 +121,10 @@ impl InMemoryMemoryStore {
             None => false,
         }
     }
+}
+
+fn key(id: MemoryId) -> u128 {
+    id.as_uuid().as_u128()
 }
 
 fn not_found(id: MemoryId, version: Option<u32>) -> StoreError {
@@ -141,7 +146,7 @@ impl MemoryStore for InMemoryMemoryStore {
         let mut map = self.lineages.write();
         match expected_previous {
             None => {
-                if map.contains_key(&record.id) {
+                if map.contains_key(&key(record.id)) {
                     return Err(StoreError::AlreadyExists {
                         what: format!("memory {}", record.id),
                     });
@@ -154,11 +159,11 @@ impl MemoryStore for InMemoryMemoryStore {
                         ),
                     });
                 }
-                map.insert(record.id, vec![record]);
+                map.insert(key(record.id), vec![record]);
                 Ok(())
             }
             Some(expected) => {
-                let Some(versions) = map.get_mut(&record.id) else {
+                let Some(versions) = map.get_mut(&key(record.id)) else {
                     return Err(StoreError::Conflict {
                         detail: format!(
                             "memory {}: expected version {expected}, lineage does not exist",
@@ -188,7 +193,7 @@ impl MemoryStore for InMemoryMemoryStore {
 
     async fn get(&self, id: MemoryId, version: Option<u32>) -> Result<MemoryRecord, StoreError> {
         let map = self.lineages.read();
-        let versions = map.get(&id).ok_or_else(|| not_found(id, version))?;
+        let versions = map.get(&key(id)).ok_or_else(|| not_found(id, version))?;
         let found = match version {
             None => versions.last(),
             Some(v) => versions.iter().find(|r| r.version == v),
@@ -199,7 +204,7 @@ impl MemoryStore for InMemoryMemoryStore {
     async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError> {
         self.lineages
             .read()
-            .get(&id)
+            .get(&key(id))
             .cloned()
             .ok_or_else(|| not_found(id, None))
     }
@@ -212,7 +217,7 @@ impl MemoryStore for InMemoryMemoryStore {
         use std::ops::Bound;
         let map = self.lineages.read();
         let lower = match after {
-            Some(a) => Bound::Excluded(a),
+            Some(a) => Bound::Excluded(key(a)),
             None => Bound::Unbounded,
         };
         Ok(map
@@ -225,7 +230,7 @@ impl MemoryStore for InMemoryMemoryStore {
     async fn delete(&self, id: MemoryId) -> Result<(), StoreError> {
         self.lineages
             .write()
-            .remove(&id)
+            .remove(&key(id))
             .map(|_| ())
             .ok_or_else(|| not_found(id, None))
     }

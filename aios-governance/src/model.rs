@@ -123,7 +123,8 @@ pub struct Boundaries {
     /// The highest risk score (0-100) any action may carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_risk: Option<u32>,
-    /// The lowest confidence (0.0-1.0) an agent may act on.
+    /// The lowest confidence (0.0-1.0) an agent may act on. When set, a request without a
+    /// confidence is denied (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_confidence: Option<f32>,
 }

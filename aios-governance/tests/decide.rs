@@ -559,3 +559,123 @@ fn routes_resolve_to_the_first_anchor_with_a_holder() {
         other => panic!("expected an approval, got {other:?}"),
     }
 }
+
+/// An independent reference for the verdict, read straight from the document: 0 allow,
+/// 1 notify after, 2 approval, 3 halt, 4 deny.
+fn reference(m: &aios_governance::GovernanceModel, r: &ActionRequest) -> u8 {
+    let malformed = r.action.trim().is_empty()
+        || r.risk > 100
+        || r.confidence.is_some_and(|c| !(0.0..=1.0).contains(&c))
+        || r.estimated_cost.is_negative();
+    if malformed {
+        return 4;
+    }
+    let Some(p) = m
+        .pathways
+        .iter()
+        .find(|p| PathwayId::from_name(&p.key) == r.pathway)
+    else {
+        return 4;
+    };
+    if !m.roles.iter().any(|x| RoleId::from_name(&x.key) == r.role)
+        || p.delegate.as_deref().map(RoleId::from_name) != Some(r.role)
+    {
+        return 4;
+    }
+    let b = &m.charter.boundaries;
+    let below = |min: Option<f32>| min.is_some_and(|min| r.confidence.map_or(true, |c| c < min));
+    if b.forbidden_actions.contains(&r.action)
+        || b.max_effect.is_some_and(|e| r.effect > e)
+        || b.max_cost_per_action.is_some_and(|c| r.estimated_cost > c)
+        || b.max_risk.is_some_and(|x| r.risk > x)
+        || below(b.min_confidence)
+        || !(p.limits.actions.contains(&r.action) || p.limits.actions.iter().any(|a| a == "*"))
+        || !p.limits.effects.contains(&r.effect)
+    {
+        return 4;
+    }
+    let mut level = 0;
+    for rule in &p.escalation {
+        let w = &rule.when;
+        let fires = w.cost_above.map_or(true, |t| r.estimated_cost > t)
+            && w.risk_at_least.map_or(true, |t| r.risk >= t)
+            && (w.confidence_below.is_none() || below(w.confidence_below))
+            && w.effect_at_least.map_or(true, |t| r.effect >= t)
+            && (w.actions.is_empty() || w.actions.contains(&r.action))
+            && w.context_equals
+                .iter()
+                .all(|(k, v)| r.context.get(k) == Some(v));
+        if fires {
+            level = level.max(match rule.mode {
+                EscalationMode::NotifyAfter => 1,
+                EscalationMode::ApproveBefore => 2,
+                EscalationMode::Halt => 3,
+            });
+        }
+    }
+    let l = &p.limits;
+    if l.max_cost_per_action.is_some_and(|c| r.estimated_cost > c)
+        || l.max_risk.is_some_and(|x| r.risk > x)
+        || below(l.min_confidence)
+    {
+        level = level.max(2);
+    }
+    level
+}
+
+fn level(v: &Verdict) -> u8 {
+    match v {
+        Verdict::Allow => 0,
+        Verdict::Escalate {
+            mode: EscalationMode::NotifyAfter,
+            ..
+        } => 1,
+        Verdict::RequireApproval { .. } => 2,
+        Verdict::Escalate { .. } => 3,
+        Verdict::Deny => 4,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn decide_agrees_with_a_reference_read_from_the_document(
+        pathway in 0usize..3,
+        role in 0usize..4,
+        action in 0usize..6,
+        effect in 0usize..3,
+        cost in -10i64..150_000,
+        risk in 0u32..110,
+        confidence in proptest::option::of(-0.1f32..1.1),
+        first_contact in proptest::bool::ANY,
+        after_hours in proptest::bool::ANY,
+    ) {
+        let m = common::base();
+        let g = m.compile().unwrap();
+        let pathways = ["send-email", "calendar", "payments"];
+        let roles = ["outreach", "scheduler", "researcher", "intruder"];
+        let actions = ["send", "draft", "hold", "wire_money", "delete", ""];
+        let effects = [EffectClass::ReadOnly, EffectClass::Reversible, EffectClass::Irreversible];
+        let mut req = ActionRequest::new(
+            Principal::Agent(AgentId::from_name("ana")),
+            RoleId::from_name(roles[role]),
+            PathwayId::from_name(pathways[pathway]),
+            actions[action],
+        )
+        .with_effect(effects[effect])
+        .with_cost(Money::from_minor(cost))
+        .with_risk(risk);
+        req.confidence = confidence;
+        if first_contact {
+            req = req.with_context("first_contact", json!(true));
+        }
+        if after_hours {
+            req = req.with_context("after_hours", json!(true));
+        }
+        let d = g.decide(&req);
+        proptest::prop_assert_eq!(level(&d.verdict), reference(&m, &req), "{}", d.explain());
+        proptest::prop_assert!(!d.fired.is_empty(), "every decision names a rule");
+        proptest::prop_assert_eq!(d, g.decide(&req), "pure");
+    }
+}

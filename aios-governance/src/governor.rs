@@ -252,6 +252,24 @@ fn effect_bit(e: EffectClass) -> u8 {
 /// `Arc`. [`Governor::decide`] is pure, synchronous and fail-closed: anything unknown or
 /// malformed is denied.
 ///
+/// Evaluation order (rule ids in [`rules`](crate::rules)):
+///
+/// 1. a malformed request is denied (`request.malformed`);
+/// 2. with [`Governor::decide_with`], a pause or stop on the organisation, the role, the
+///    pathway or the agent denies (`control.paused`, `control.stopped`);
+/// 3. an unknown pathway or role, or a role that is not the pathway's delegate, is denied;
+/// 4. the charter's boundaries and the delegation's actions and effect classes deny, with
+///    every violation reported;
+/// 5. every escalation rule whose trigger holds fires (`escalation:<name>`), and numeric
+///    autonomy limits (cost, risk, confidence) ask the accountable anchor for approval within
+///    its response time, deny on timeout (`limits.*`); time-limited overrides may waive a
+///    rule or raise a limit, never a charter boundary (`control.override`);
+/// 6. custom [`Policy`]s.
+///
+/// The strictest outcome wins: allow < notify after < require approval < halt < deny; among
+/// equals, the first to fire (escalation rules in document order, then limits, then
+/// policies). With nothing fired the decision is allow, naming `delegation.within_limits`.
+///
 /// ```
 /// use aios_core::{AgentId, EffectClass, Money, PathwayId, Principal, RoleId};
 /// use aios_governance::{ActionRequest, GovernanceModel, Verdict};

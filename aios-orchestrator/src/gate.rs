@@ -60,6 +60,10 @@ impl PinnedGovernor {
         self.0.version()
     }
 
+    pub(crate) fn model(&self) -> &aios_governance::GovernanceModel {
+        self.0.model()
+    }
+
     pub(crate) fn accountable(&self, pathway: PathwayId) -> Option<AnchorId> {
         self.0.pathway(pathway).map(|p| p.anchor)
     }
@@ -136,6 +140,8 @@ pub(crate) struct Governance {
     pub(crate) controls: Option<Arc<Controls>>,
     budget_keys: HashSet<BudgetKey>,
     per_run: Option<aios_governance::BudgetLimits>,
+    plan: aios_governance::BudgetPlan,
+    plan_applied: std::sync::atomic::AtomicBool,
     opened_runs: Mutex<HashSet<RunId>>,
 }
 
@@ -154,7 +160,9 @@ impl Governance {
             approvals: None,
             controls: None,
             budget_keys: plan.budgets.iter().map(|(k, _)| *k).collect(),
-            per_run: plan.per_run,
+            per_run: plan.per_run.clone(),
+            plan,
+            plan_applied: std::sync::atomic::AtomicBool::new(false),
             opened_runs: Mutex::new(HashSet::new()),
         }
     }
@@ -164,7 +172,9 @@ impl Governance {
         let current = self.current();
         if self.ledger.is_none() {
             let ledger = InMemoryBudgetLedger::new(clock.clone()).with_audit(audit.clone());
-            ledger.apply_plan_sync(&current.0.budget_plan());
+            ledger.apply_plan_sync(&self.plan);
+            self.plan_applied
+                .store(true, std::sync::atomic::Ordering::Release);
             self.ledger = Some(Arc::new(ledger));
         }
         let store = self
@@ -204,6 +214,17 @@ impl Governance {
         let Some(ledger) = &self.ledger else {
             return Ok(Err("no budget ledger".into()));
         };
+        if !self.plan_applied.load(std::sync::atomic::Ordering::Acquire) {
+            // a host-supplied (durable) ledger gets the model's limits once per process;
+            // setting limits keeps recorded usage
+            if let Err(e) =
+                aios_governance::BudgetLedgerExt::apply_plan(ledger.as_ref(), &self.plan).await
+            {
+                return budget_failure(e);
+            }
+            self.plan_applied
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let mut chain = BudgetChain::organisation();
         if self.budget_keys.contains(&BudgetKey::Role(role)) {
             chain = chain.role(role);

@@ -65,4 +65,4 @@ pub use state::{
     CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,
     RUN_STATE_SCHEMA,
 };
-pub use transcript::render_transcript;
+pub use transcript::{render_transcript, TranscriptNames};

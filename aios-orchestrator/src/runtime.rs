@@ -1451,12 +1451,25 @@ impl Orchestrator {
     /// The markdown transcript of a run, from the audit log.
     pub async fn transcript(&self, run: RunId) -> Result<String, OrchestratorError> {
         let entries = aios_core::AuditLogExt::entries(self.inner.audit.as_ref()).await?;
-        let mut names = HashMap::new();
+        let mut names = crate::transcript::TranscriptNames::default();
         for role in self.inner.roles.values() {
-            names.insert(
+            names.principals.insert(
                 Principal::Agent(role.agent_id()),
                 format!("agent `{}`", role.name),
             );
+        }
+        let governor = self.inner.gov.current();
+        for anchor in &governor.model().anchors {
+            names.anchors.insert(
+                aios_core::AnchorId::from_name(&anchor.key),
+                anchor.key.clone(),
+            );
+            for human in anchor.holders.iter().chain(anchor.deputy.as_ref()) {
+                names.principals.insert(
+                    Principal::Human(aios_core::HumanId::from_name(human)),
+                    human.clone(),
+                );
+            }
         }
         Ok(crate::transcript::render_transcript(run, &entries, &names))
     }

@@ -5,22 +5,41 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
 use aios_core::{
-    ApprovalId, AuditEntry, AuditEvent, Money, Outcome, Principal, RunId, TaskId, TokenUsage,
+    AnchorId, ApprovalId, AuditEntry, AuditEvent, Money, Outcome, Principal, RunId, TaskId,
+    TokenUsage,
 };
 
+/// Display names for a transcript; anything not named prints as its id.
+#[derive(Debug, Clone, Default)]
+pub struct TranscriptNames {
+    /// Names of humans and agents.
+    pub principals: HashMap<Principal, String>,
+    /// Names of accountability anchors.
+    pub anchors: HashMap<AnchorId, String>,
+}
+
 /// Renders the transcript of `run` from audit `entries` (the whole log, or any superset of
-/// the run's entries). `names` maps principals to display names; unknown ones print as ids.
-pub fn render_transcript(
-    run: RunId,
-    entries: &[AuditEntry],
-    names: &HashMap<Principal, String>,
-) -> String {
+/// the run's entries), naming principals and anchors from `names`.
+pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptNames) -> String {
     let mut approvals: HashSet<ApprovalId> = HashSet::new();
     let mut tasks: HashMap<TaskId, usize> = HashMap::new();
     let mut out = String::new();
     let mut cost = Money::ZERO;
     let mut tokens = TokenUsage::default();
-    let who = |p: &Principal| names.get(p).cloned().unwrap_or_else(|| p.to_string());
+    let who = |p: &Principal| {
+        names
+            .principals
+            .get(p)
+            .cloned()
+            .unwrap_or_else(|| p.to_string())
+    };
+    let anchor_name = |a: &AnchorId| {
+        names
+            .anchors
+            .get(a)
+            .map(|n| format!("`{n}`"))
+            .unwrap_or_else(|| a.to_string())
+    };
     let _ = writeln!(out, "# Run {run}\n");
     let _ = writeln!(out, "| # | time | who | what |");
     let _ = writeln!(out, "|---|---|---|---|");
@@ -131,7 +150,11 @@ pub fn render_transcript(
                 expires_at,
             } if *r == run => {
                 approvals.insert(*approval);
-                Some(format!("approval {approval} of `{action}` requested from anchor {anchor}, expires {expires_at}"))
+                Some(format!(
+                    "approval {approval} of `{action}` requested from anchor {}, expires {}",
+                    anchor_name(anchor),
+                    expires_at.format("%Y-%m-%d %H:%M UTC")
+                ))
             }
             AuditEvent::ApprovalDecided {
                 approval,
@@ -151,7 +174,10 @@ pub fn render_transcript(
                 run: Some(r),
                 anchor,
                 reason,
-            } if *r == run => Some(format!("escalated to anchor {anchor}: {reason}")),
+            } if *r == run => Some(format!(
+                "escalated to anchor {}: {reason}",
+                anchor_name(anchor)
+            )),
             AuditEvent::ControlApplied {
                 target,
                 control,

@@ -540,3 +540,29 @@ fn an_operator_can_pause_and_cancel_a_parked_run() {
     assert_eq!(controls, 2, "every control recorded with who");
     assert!(world.email.effects().is_empty());
 }
+
+#[test]
+fn a_host_supplied_ledger_gets_the_models_budget_plan() {
+    let world = World::new();
+    let ledger = aios_governance::InMemoryBudgetLedger::new(Arc::new(world.timer.clock().clone()));
+    let orch = builder(&world)
+        .budgets(Arc::new(ledger.clone()))
+        .role(ledger_writer(25))
+        .build();
+    let out = block_on(orch.start(one("worker"))).unwrap();
+    assert!(
+        matches!(out.status, RunStatus::Failed { ref reason } if reason.contains("budget")),
+        "{:?}",
+        out.status
+    );
+    assert_eq!(
+        world.ledger.effects().len(),
+        20,
+        "the plan's per-run limit applies: {:?}",
+        out.status
+    );
+    let org = ledger
+        .usage_sync(aios_governance::BudgetKey::Organisation)
+        .unwrap();
+    assert_eq!(org.committed.tool_calls, 20);
+}

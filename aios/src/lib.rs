@@ -9,6 +9,8 @@
 //! - `governance` (feature `governance`): accountability anchors, delegation, decisions,
 //!   budgets, approvals.
 //! - `orchestrator` (feature `orchestrator`): governed agents over task graphs.
+//! - `sqlite` (feature `sqlite`): the embedded durable default, every storage port on one
+//!   SQLite file.
 //!
 //! ```
 //! use aios::core::{Clock, ManualClock};
@@ -23,3 +25,10 @@ pub use aios_governance as governance;
 pub use aios_memory as memory;
 #[cfg(feature = "orchestrator")]
 pub use aios_orchestrator as orchestrator;
+#[cfg(feature = "sqlite")]
+pub use aios_sqlite as sqlite;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -97,6 +97,8 @@ impl RunOutcome {
 pub(crate) struct Inner {
     pub(crate) gov: Governance,
     pub(crate) roles: HashMap<aios_core::RoleId, Arc<Role>>,
+    /// The agent identity of each role, derived once.
+    pub(crate) agents: HashMap<aios_core::RoleId, AgentId>,
     pub(crate) connectors: HashMap<ConnectorId, Arc<dyn Connector>>,
     pub(crate) credentials: HashMap<ConnectorId, CredentialHandle>,
     pub(crate) vault: Option<Arc<dyn CredentialVault>>,
@@ -315,6 +317,7 @@ impl OrchestratorBuilder {
         Orchestrator {
             inner: Arc::new(Inner {
                 gov,
+                agents: self.roles.iter().map(|r| (r.id, r.agent_id())).collect(),
                 roles: self
                     .roles
                     .into_iter()
@@ -780,7 +783,7 @@ impl<'o> Driver<'o> {
                 )),
             );
         };
-        let agent = role.agent_id();
+        let agent = self.o.agents.get(&role.id).copied().unwrap_or_else(|| role.agent_id());
         let started = AuditEvent::TaskStarted {
             run: self.run,
             task: task_id,

@@ -401,3 +401,77 @@ fn durability_normal_also_persists() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(block_on(store.audit_log().head()).unwrap(), head);
 }
+
+#[test]
+fn two_connections_to_one_file_share_one_chain_and_one_lease() {
+    // two handles on one file behave like two processes: separate connections, SQLite's lock
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let first = SqliteStore::open(&path).unwrap();
+    let second = SqliteStore::open(&path).unwrap();
+    let writers: Vec<_> = [first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, store)| {
+            std::thread::spawn(move || {
+                let log = store.audit_log();
+                for i in 0..40 {
+                    block_on(log.append(note(&format!("writer {w} entry {i}")))).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let entries = block_on(first.audit_log().entries()).unwrap();
+    assert_eq!(entries.len(), 80, "no append was lost");
+    assert!(entries.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    assert!(block_on(second.audit_log().verify(None))
+        .unwrap()
+        .is_intact());
+
+    // a lease taken through one connection excludes a worker on the other
+    let clock = ManualClock::default();
+    let run: RunId = IdGen::new(clock.clone(), 3).next();
+    let ttl = Duration::from_secs(30);
+    let lease = block_on(first.checkpoint_store().acquire(
+        run,
+        &WorkerId::new("a"),
+        clock.now(),
+        ttl,
+    ))
+    .unwrap();
+    assert!(matches!(
+        block_on(
+            second
+                .checkpoint_store()
+                .acquire(run, &WorkerId::new("b"), clock.now(), ttl)
+        ),
+        Err(StoreError::Conflict { .. })
+    ));
+    // after expiry the other takes over with a newer token, and the first is fenced
+    let later = clock.now() + chrono::Duration::seconds(60);
+    let taken = block_on(
+        second
+            .checkpoint_store()
+            .acquire(run, &WorkerId::new("b"), later, ttl),
+    )
+    .unwrap();
+    assert!(taken.token > lease.token);
+    let checkpoint = Checkpoint {
+        run,
+        seq: 1,
+        at: later,
+        state: state(run, RunStatus::Running, later),
+    };
+    assert!(matches!(
+        block_on(first.checkpoint_store().save(&lease, &checkpoint)),
+        Err(StoreError::Fenced { .. })
+    ));
+    block_on(second.checkpoint_store().save(&taken, &checkpoint)).unwrap();
+    assert_eq!(
+        block_on(first.checkpoint_store().latest(run)).unwrap(),
+        Some(checkpoint)
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
 
-use aios_benches::{audit, governance, memory, orchestrator, print_json, print_table, Config};
+use aios_benches::{
+    audit, governance, memory, orchestrator, print_json, print_table, sqlite, Config,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,11 +24,12 @@ fn main() {
         print_json(&orchestrator::subprocess(name, &config));
         return;
     }
-    let areas: [(&str, fn(&Config) -> Vec<aios_benches::Measurement>); 4] = [
+    let areas: [(&str, fn(&Config) -> Vec<aios_benches::Measurement>); 5] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
         ("orchestrator", orchestrator::run),
+        ("sqlite", sqlite::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

@@ -26,6 +26,9 @@ const STEPS: i64 = 6;
 enum Kill {
     /// After it printed this many lines (its progress), at once.
     AfterLines(usize),
+    /// After it printed this many `effect` lines: the service performed the effect and the
+    /// run has not recorded it yet (the worker holds there).
+    AfterEffects(usize),
     /// After this long.
     After(Duration),
 }
@@ -37,9 +40,14 @@ enum Ended {
     Exited(i32),
 }
 
-fn spawn(store: &Path, service: &Path) -> Child {
-    Command::new(WORKER)
-        .arg(store)
+fn spawn(store: &Path, service: &Path, hold: bool) -> Child {
+    let mut cmd = Command::new(WORKER);
+    if hold {
+        // the worker waits after each effect, so a kill after an `effect` line always lands
+        // before the run recorded the effect
+        cmd.env("AIOS_CRASH_WORKER_HOLD_MS", "50");
+    }
+    cmd.arg(store)
         .arg(service)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -57,15 +65,24 @@ fn stderr_of(child: &mut Child) -> String {
 
 /// Runs one incarnation, killing it as `kill` says (unless it ends first).
 fn incarnation(store: &Path, service: &Path, kill: Option<Kill>) -> (Ended, String) {
-    let mut child = spawn(store, service);
+    let mut child = spawn(
+        store,
+        service,
+        matches!(kill, Some(Kill::AfterLines(_) | Kill::AfterEffects(_))),
+    );
     let stdout = child.stdout.take().expect("piped stdout");
     let killed = match kill {
-        Some(Kill::AfterLines(n)) => {
+        Some(k @ (Kill::AfterLines(n) | Kill::AfterEffects(n))) => {
+            let counts = |line: &str| match k {
+                Kill::AfterEffects(_) => line.starts_with("effect "),
+                _ => true,
+            };
             let mut lines = BufReader::new(stdout).lines();
             let mut seen = 0;
             while seen < n {
                 match lines.next() {
-                    Some(Ok(_)) => seen += 1,
+                    Some(Ok(line)) if counts(&line) => seen += 1,
+                    Some(Ok(_)) => {}
                     _ => break,
                 }
             }
@@ -347,11 +364,20 @@ fn rounds(name: &str, schedule: impl Iterator<Item = Kill> + Clone, want: usize)
 #[test]
 fn killed_at_many_points_the_run_completes_without_repeating_or_losing_anything() {
     // by progress: lines are `start`/`resume`/`approve`, then per step `effect` (the service
-    // performed it, the run has not recorded it) and `step N done`; killing right after an
-    // `effect` line makes the next incarnation call the service again with the same key
-    let by_lines = [2, 3, 2, 4, 1, 2, 5, 2, 3]
-        .into_iter()
-        .map(Kill::AfterLines);
+    // performed it, the run has not recorded it) and `step N done`; a kill after an `effect`
+    // line makes the next incarnation call the service again with the same key
+    let by_lines = [
+        Kill::AfterEffects(1),
+        Kill::AfterLines(3),
+        Kill::AfterEffects(2),
+        Kill::AfterLines(1),
+        Kill::AfterEffects(1),
+        Kill::AfterLines(5),
+        Kill::AfterEffects(1),
+        Kill::AfterLines(2),
+        Kill::AfterEffects(1),
+    ]
+    .into_iter();
     let repeated = rounds("by progress", by_lines, 9);
     // by time, from early (opening the files) to late (a later step's commits), whatever
     // the speed of the disk
@@ -360,7 +386,7 @@ fn killed_at_many_points_the_run_completes_without_repeating_or_losing_anything(
         .map(|ms| Kill::After(Duration::from_millis(ms)));
     rounds("by time", by_time, 8);
     assert!(
-        repeated >= 1,
+        repeated >= 3,
         "a kill between the service's effect and the run's record made a call repeat, deduplicated"
     );
 }

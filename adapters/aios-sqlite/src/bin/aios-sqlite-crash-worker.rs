@@ -13,6 +13,10 @@
 //! The workflow has six sequential steps, each one connector call; step 4 sends a mail, an
 //! irreversible effect that the governance model makes wait for the founder's approval.
 //!
+//! With `AIOS_CRASH_WORKER_HOLD_MS` set, the service waits that long after performing an
+//! effect before returning it, so a kill timed by the `effect` line lands in the window
+//! between the effect and the run's record of it.
+//!
 //! Each invocation: if the store has no run, start one; if the run is parked and its approval
 //! is still pending, approve it as the founder (the human's second invocation of a CLI) and
 //! continue; otherwise resume the run from its latest checkpoint. It prints a line when it
@@ -75,6 +79,10 @@ type Error = Box<dyn std::error::Error>;
 struct Service {
     descriptor: ConnectorDescriptor,
     conn: Arc<Mutex<Connection>>,
+    /// How long to wait after an effect before returning it (`AIOS_CRASH_WORKER_HOLD_MS`), so
+    /// a test's kill lands between the effect and the run's record of it, however fast the
+    /// disk.
+    hold: Duration,
 }
 
 impl Service {
@@ -112,6 +120,10 @@ impl Service {
                 idempotent: true,
             },
             conn,
+            hold: std::env::var("AIOS_CRASH_WORKER_HOLD_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis),
         }
     }
 
@@ -172,6 +184,9 @@ impl Connector for Service {
             })?;
         // the effect is done (or was, and this is a replay); the run has not recorded it yet
         progress(&format!("effect {}", call.idempotency_key));
+        if !self.hold.is_zero() {
+            std::thread::sleep(self.hold);
+        }
         Ok(out)
     }
 }

@@ -593,6 +593,19 @@ impl Governor {
         plan
     }
 
+    /// Like [`Decision::explain`], with anchors, roles and pathways of this model named by
+    /// their keys instead of their ids (for transcripts and notifications).
+    pub fn explain(&self, decision: &Decision) -> String {
+        let mut text = decision.explain();
+        for a in self.anchors.values() {
+            text = text.replace(&format!("{:?}", a.id), &format!("anchor `{}`", a.key));
+        }
+        for (id, key) in &self.roles {
+            text = text.replace(&format!("{id:?}"), &format!("role `{key}`"));
+        }
+        text
+    }
+
     /// Decides on `req` with no operator controls in force. Pure and fail-closed.
     pub fn decide(&self, req: &ActionRequest) -> Decision {
         self.decide_inner(req, None)

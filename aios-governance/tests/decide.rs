@@ -174,6 +174,20 @@ fn every_violation_is_reported_and_explained() {
     assert!(text.contains("risk 99 > 90"), "{text}");
 
     let d = g.decide(&send().with_cost(Money::from_minor(300)));
+    let named = g.explain(&d);
+    assert!(
+        named.starts_with("require approval from anchor `founder` within 30m"),
+        "{named}"
+    );
+    let wrong_role = g.decide(&ActionRequest {
+        role: RoleId::from_name("scheduler"),
+        ..send()
+    });
+    assert!(
+        g.explain(&wrong_role).contains("role `outreach`"),
+        "{}",
+        g.explain(&wrong_role)
+    );
     let text = d.explain();
     assert!(text.contains("escalation:large-spend"), "{text}");
     assert!(text.contains("estimated cost 3.00 > 2.00"), "{text}");

@@ -365,6 +365,15 @@ impl GovernanceModel {
             b.max_cost_per_action,
         );
 
+        // the change log says what this version changed
+        if !self.changelog.is_empty() && !self.changelog.iter().any(|e| e.version == self.version) {
+            c.warn(
+                FindingKind::InvalidValue,
+                "changelog".into(),
+                format!("no change log entry for version `{}`", self.version),
+            );
+        }
+
         // anchors
         for (i, a) in self.anchors.iter().enumerate() {
             if let Some(next) = a.escalates_to.as_deref() {

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios_core::{AnchorId, DecisionKind, EffectClass, HumanId, Money, PathwayId, RoleId};
+use aios_core::{
+    AnchorId, AuditEvent, AuditLog, AuditRecord, DecisionKind, EffectClass, HumanId, Money,
+    PathwayId, RoleId, StoreError,
+};
 
 use crate::budget::{BudgetKey, BudgetLimits, BudgetPlan};
 use crate::controls::{ControlSnapshot, Halt, Relaxation};
@@ -615,6 +618,34 @@ impl Governor {
     /// snapshot's instant). Pure and fail-closed.
     pub fn decide_with(&self, req: &ActionRequest, controls: &ControlSnapshot) -> Decision {
         self.decide_inner(req, Some(controls))
+    }
+
+    /// Decides like [`Governor::decide_with`] and appends the decision to `audit`
+    /// ([`AuditEvent::DecisionMade`], and [`AuditEvent::Escalated`] when the verdict brings
+    /// an anchor in), stamped with the snapshot's time. For hosts that call governance
+    /// directly; the decision itself stays pure.
+    ///
+    /// An audit failure is returned as an error: an unrecorded decision must not be acted on.
+    pub async fn decide_recorded(
+        &self,
+        req: &ActionRequest,
+        controls: &ControlSnapshot,
+        audit: &dyn AuditLog,
+    ) -> Result<Decision, StoreError> {
+        let decision = self.decide_with(req, controls);
+        let at = controls.at();
+        audit.append(decision.audit_record(req, at)).await?;
+        if let Verdict::Escalate { anchor, mode } = &decision.verdict {
+            let event = AuditEvent::Escalated {
+                run: req.run,
+                anchor: *anchor,
+                reason: format!("{mode}: {}", self.explain(&decision)),
+            };
+            audit
+                .append(AuditRecord::new(req.principal, event).at(at))
+                .await?;
+        }
+        Ok(decision)
     }
 
     fn deny(&self, fired: Vec<FiredRule>) -> Decision {

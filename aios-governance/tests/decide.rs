@@ -693,3 +693,42 @@ proptest::proptest! {
         proptest::prop_assert_eq!(d, g.decide(&req), "pure");
     }
 }
+
+#[test]
+fn recorded_decisions_are_audited() {
+    futures::executor::block_on(async {
+        let g = governor();
+        let (clock, c) = controls();
+        let log = InMemoryAuditLog::new();
+        let d = g
+            .decide_recorded(&send().with_risk(55), &c.snapshot(), &log)
+            .await
+            .unwrap();
+        assert!(matches!(d.verdict, Verdict::Escalate { .. }));
+        let d2 = g
+            .decide_recorded(&send(), &c.snapshot(), &log)
+            .await
+            .unwrap();
+        assert_eq!(d2.verdict, Verdict::Allow);
+        let entries = log.tamper(|e| e.clone());
+        assert_eq!(entries.len(), 3, "decision, escalation, decision");
+        assert!(matches!(
+            &entries[0].event,
+            AuditEvent::DecisionMade {
+                decision: DecisionKind::Escalate,
+                ..
+            }
+        ));
+        assert!(matches!(
+            &entries[1].event,
+            AuditEvent::Escalated { anchor, reason, .. }
+                if *anchor == AnchorId::from_name("ops") && reason.contains("halt")
+        ));
+        assert_eq!(
+            entries[0].at,
+            clock.now(),
+            "stamped with the snapshot's time"
+        );
+        assert!(log.verify_sync(None).is_intact());
+    });
+}

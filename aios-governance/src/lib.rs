@@ -28,8 +28,10 @@
 //!   through a [`ControlSnapshot`].
 //! - [`diff()`]: what was added, removed, loosened or tightened between two model versions.
 //!
-//! Everything decided, requested, answered, alerted or controlled can be recorded as an
-//! [`aios_core::AuditEvent`] through the core audit log.
+//! Audit: every approval request and answer ([`Approvals`]), budget alert
+//! ([`InMemoryBudgetLedger::with_audit`]) and control ([`Controls`]) is appended to the core
+//! [`aios_core::AuditLog`]; decisions stay pure and are recorded with
+//! [`Decision::audit_event`] or [`Governor::decide_recorded`].
 //!
 //! Features:
 //!

@@ -732,3 +732,68 @@ fn recorded_decisions_are_audited() {
         assert!(log.verify_sync(None).is_intact());
     });
 }
+
+#[test]
+fn control_targets_table() {
+    futures::executor::block_on(async {
+        let g = governor();
+        // (target, halt, does `send` by ana stop?, does `hold` by sam stop?)
+        let table = [
+            (ControlTarget::Organisation, false, true, true),
+            (ControlTarget::Organisation, true, true, true),
+            (
+                ControlTarget::Role(RoleId::from_name("outreach")),
+                false,
+                true,
+                false,
+            ),
+            (
+                ControlTarget::Role(RoleId::from_name("scheduler")),
+                true,
+                false,
+                true,
+            ),
+            (
+                ControlTarget::Pathway(PathwayId::from_name("calendar")),
+                false,
+                false,
+                true,
+            ),
+            (
+                ControlTarget::Agent(AgentId::from_name("ana")),
+                true,
+                true,
+                false,
+            ),
+            (
+                ControlTarget::Agent(AgentId::from_name("zed")),
+                true,
+                false,
+                false,
+            ),
+        ];
+        for (target, stop, send_halted, hold_halted) in table {
+            let (_, c) = controls();
+            if stop {
+                c.stop(target, alice(), "test").await.unwrap();
+            } else {
+                c.pause(target, alice(), "test").await.unwrap();
+            }
+            let rule = if stop { rules::STOPPED } else { rules::PAUSED };
+            for (req, halted) in [(send(), send_halted), (hold(), hold_halted)] {
+                let d = g.decide_with(&req, &c.snapshot());
+                assert_eq!(d.fired(rule), halted, "{target}: {}", d.explain());
+                assert_eq!(d.verdict == Verdict::Deny, halted, "{target}");
+            }
+        }
+        // a pause does not weaken a stop in force
+        let (_, c) = controls();
+        c.stop(ControlTarget::Organisation, alice(), "incident")
+            .await
+            .unwrap();
+        c.pause(ControlTarget::Organisation, alice(), "calmer")
+            .await
+            .unwrap();
+        assert!(g.decide_with(&send(), &c.snapshot()).fired(rules::STOPPED));
+    });
+}

@@ -54,10 +54,11 @@ fn reseal_from(entries: &mut [AuditEntry], from: usize) {
 }
 
 type Tamper = fn(&mut Vec<AuditEntry>);
+type Check = fn(&[ChainProblem]) -> bool;
 
 #[test]
 fn each_kind_of_tampering_is_detected() {
-    let cases: Vec<(&str, Tamper, fn(&[ChainProblem]) -> bool, bool)> = vec![
+    let cases: Vec<(&str, Tamper, Check, bool)> = vec![
         (
             "changed content",
             |e| {

@@ -120,8 +120,8 @@ pub fn print_json(ms: &[Measurement]) {
 pub fn print_table(ms: &[Measurement]) {
     println!();
     println!(
-        "{:<20} {:<16} {:>16} {:<10} {:<16} {}",
-        "workload", "metric", "value", "unit", "target", "met"
+        "{:<20} {:<16} {:>16} {:<10} {:<16} met",
+        "workload", "metric", "value", "unit", "target"
     );
     println!("{}", "-".repeat(88));
     for m in ms {

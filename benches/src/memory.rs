@@ -46,7 +46,7 @@ pub fn text(rng: &mut SeededRng, vocab: &[String]) -> String {
         if !s.is_empty() {
             s.push(' ');
         }
-        if rng.next_u64() % 3 == 0 {
+        if rng.next_u64().is_multiple_of(3) {
             s.push_str(STOPWORDS[(rng.next_u64() % STOPWORDS.len() as u64) as usize]);
         } else {
             s.push_str(&vocab[(rng.next_u64() % vocab.len() as u64) as usize]);

@@ -6,6 +6,9 @@ use aios_benches::{
     audit, governance, memory, orchestrator, print_json, print_table, sqlite, Config,
 };
 
+/// One area's workloads.
+type Area = fn(&Config) -> Vec<aios_benches::Measurement>;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -24,7 +27,7 @@ fn main() {
         print_json(&orchestrator::subprocess(name, &config));
         return;
     }
-    let areas: [(&str, fn(&Config) -> Vec<aios_benches::Measurement>); 5] = [
+    let areas: [(&str, Area); 5] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),

@@ -783,7 +783,12 @@ impl<'o> Driver<'o> {
                 )),
             );
         };
-        let agent = self.o.agents.get(&role.id).copied().unwrap_or_else(|| role.agent_id());
+        let agent = self
+            .o
+            .agents
+            .get(&role.id)
+            .copied()
+            .unwrap_or_else(|| role.agent_id());
         let started = AuditEvent::TaskStarted {
             run: self.run,
             task: task_id,

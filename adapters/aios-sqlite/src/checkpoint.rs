@@ -22,6 +22,12 @@ use crate::db::{to_sql_u64, Db};
 /// interleave writes: a save with an older token is refused as
 /// [`StoreError::Fenced`] and writes nothing. A checkpoint whose run state was written by a
 /// newer build is reported as [`StoreError::UnsupportedVersion`], not misread.
+///
+/// Under [`crate::Durability::Full`], `save` is fsynced before it returns; `acquire` and
+/// `release` are not (they survive a killed process, and the next fsynced save makes them
+/// durable in order). A lease change lost to a power failure is harmless: the workers that
+/// relied on it stopped with the machine, and no checkpoint written under a lost token can
+/// have survived it.
 #[derive(Debug, Clone)]
 pub struct SqliteCheckpointStore {
     db: Arc<Db>,
@@ -101,7 +107,7 @@ impl CheckpointStore for SqliteCheckpointStore {
     ) -> Result<Lease, StoreError> {
         let db = &self.db;
         let key = run.to_string();
-        db.write("acquire a lease", |tx| {
+        db.write_unsynced("acquire a lease", |tx| {
             let row = self.run_row(tx, &key)?;
             let (last_token, current) = match row {
                 Some(r) => (r.last_token, r.lease),
@@ -140,7 +146,7 @@ impl CheckpointStore for SqliteCheckpointStore {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let db = &self.db;
         let key = lease.run.to_string();
-        db.write("release a lease", |tx| {
+        db.write_unsynced("release a lease", |tx| {
             let current = self.run_row(tx, &key)?.and_then(|r| r.lease);
             if current.is_some_and(|l| l.token == lease.token) {
                 tx.prepare_cached("UPDATE runs SET lease = NULL WHERE run = ?1")

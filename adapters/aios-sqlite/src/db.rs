@@ -132,6 +132,8 @@ pub(crate) struct Db {
     conn: Mutex<Connection>,
     path: Option<PathBuf>,
     location: String,
+    /// Whether commits are fsynced (`synchronous=FULL` on a file).
+    fsync: bool,
 }
 
 impl std::fmt::Debug for Db {
@@ -155,6 +157,7 @@ impl Db {
             conn: Mutex::new(conn),
             path: Some(path.to_path_buf()),
             location,
+            fsync: options.durability == Durability::Full,
         };
         db.prepare(options, true)?;
         Ok(db)
@@ -168,6 +171,7 @@ impl Db {
             conn: Mutex::new(conn),
             path: None,
             location,
+            fsync: false,
         };
         db.prepare(&SqliteOptions::default().check_on_open(false), false)?;
         Ok(db)
@@ -311,11 +315,44 @@ impl Db {
         f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
         let mut conn = self.conn.lock();
+        Self::transact(&mut conn, |e| self.err(what, e), f)
+    }
+
+    /// Like [`Db::write`], but the commit is not fsynced even under [`Durability::Full`]: it
+    /// survives the process being killed, and on a power loss it is lost only together with
+    /// everything committed after it (the WAL is synced in order, so the next fsynced commit
+    /// makes it durable too). For writes whose loss on power failure is harmless because the
+    /// processes that relied on them died with the machine: taking and giving up leases.
+    pub(crate) fn write_unsynced<T, E: From<StoreError>>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.conn.lock();
+        if !self.fsync {
+            return Self::transact(&mut conn, |e| self.err(what, e), f);
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| E::from(self.err(what, e)))?;
+        let out = Self::transact(&mut conn, |e| self.err(what, e), f);
+        let restored = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| E::from(self.err("restore synchronous=FULL", e)));
+        let out = out?;
+        restored?;
+        Ok(out)
+    }
+
+    fn transact<T, E: From<StoreError>>(
+        conn: &mut Connection,
+        err: impl Fn(rusqlite::Error) -> StoreError,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| E::from(self.err(what, e)))?;
+            .map_err(|e| E::from(err(e)))?;
         let out = f(&tx)?;
-        tx.commit().map_err(|e| E::from(self.err(what, e)))?;
+        tx.commit().map_err(|e| E::from(err(e)))?;
         Ok(out)
     }
 
@@ -421,4 +458,46 @@ pub(crate) fn to_sql_u64(location: &str, what: &str, v: u64) -> Result<i64, Stor
     i64::try_from(v).map_err(|_| StoreError::Backend {
         detail: format!("{what} {v} does not fit an sqlite integer in `{location}`"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn synchronous(db: &Db) -> i64 {
+        db.conn
+            .lock()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn unsynced_writes_restore_full_durability() {
+        let dir = std::env::temp_dir().join(format!("aios-sqlite-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::open(&dir.join("sync.db"), &SqliteOptions::default()).unwrap();
+        assert_eq!(synchronous(&db), 2, "FULL after open");
+        db.write_unsynced("test", |tx| {
+            assert_eq!(
+                tx.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                    .unwrap(),
+                1,
+                "NORMAL inside"
+            );
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+        assert_eq!(synchronous(&db), 2, "FULL again after an unsynced write");
+        let refused = db.write_unsynced("test", |_| {
+            Err::<(), _>(StoreError::Conflict {
+                detail: "refused".into(),
+            })
+        });
+        assert!(refused.is_err());
+        assert_eq!(synchronous(&db), 2, "FULL again after a refused write");
+        drop(db);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

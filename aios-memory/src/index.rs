@@ -220,7 +220,8 @@ impl TopK {
     }
 }
 
-/// The dot product, written as 16 independent lanes so the compiler vectorises it.
+/// The dot product, written as 16 independent lanes over fixed-size arrays so the compiler
+/// emits full-width vector loads, multiplies and adds.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -228,19 +229,24 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let cb = b.chunks_exact(16);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for ((s, p), q) in acc.iter_mut().zip(x).zip(y) {
-            *s += p * q;
+        if let (Ok(x), Ok(y)) = (<&[f32; 16]>::try_from(x), <&[f32; 16]>::try_from(y)) {
+            // indexed on purpose: this form compiles to full-width loads; zipped iterators
+            // compile to half-width ones here
+            #[allow(clippy::needless_range_loop)]
+            for i in 0..16 {
+                acc[i] += x[i] * y[i];
+            }
         }
     }
     let mut sum = 0f32;
     for (p, q) in ra.iter().zip(rb) {
         sum += p * q;
     }
-    let mut half = [0f32; 8];
-    for (i, h) in half.iter_mut().enumerate() {
-        *h = acc[i] + acc[i + 8];
+    let mut quarter = [0f32; 4];
+    for (i, h) in quarter.iter_mut().enumerate() {
+        *h = (acc[i] + acc[i + 4]) + (acc[i + 8] + acc[i + 12]);
     }
-    sum + half.iter().sum::<f32>()
+    sum + (quarter[0] + quarter[1]) + (quarter[2] + quarter[3])
 }
 
 /// Scales `v` to unit length (a zero vector stays zero).

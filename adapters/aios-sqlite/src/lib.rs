@@ -23,7 +23,11 @@
 //! - The file is in WAL mode with `synchronous=FULL` by default: a call that returned `Ok`
 //!   has been fsynced and survives the process being killed and a power loss.
 //!   [`Durability::Normal`] (`synchronous=NORMAL`) still survives a killed process but may
-//!   lose the last commits on power loss; it is faster where fsync is slow.
+//!   lose the last commits on power loss; it is faster where fsync is slow. The one exception
+//!   to fsync-per-commit under `Full` is taking and giving up run leases (see
+//!   [`SqliteCheckpointStore`]): losing one to a power failure is harmless, and the next
+//!   fsynced commit makes it durable in order. A durable seq3 run therefore costs one fsync per
+//!   checkpoint.
 //! - Every operation that reads and writes, or writes more than one row, runs in one
 //!   `BEGIN IMMEDIATE` transaction (the write lock is taken first, so the checks it makes
 //!   still hold when it writes). An operation that fails, or is refused, changes nothing; a

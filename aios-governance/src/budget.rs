@@ -575,6 +575,9 @@ struct LedgerState {
     accounts: Vec<Account>,
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// The last chain resolved to accounts: consecutive calls of one run reuse it. Cleared
+    /// whenever a budget is added (a level that was skipped may now exist).
+    last_chain: Option<(BudgetChain, [u32; 4], usize)>,
 }
 
 fn window(period: Period, now: Timestamp) -> i64 {
@@ -674,6 +677,7 @@ impl InMemoryBudgetLedger {
                 account.refresh_next_alerts();
                 st.accounts.push(account);
                 st.index.insert(key, i);
+                st.last_chain = None;
             }
         }
     }
@@ -699,20 +703,27 @@ impl InMemoryBudgetLedger {
         }
         let mut st = self.state.lock();
         let st = &mut *st;
-        let mut accounts = [0u32; 4];
-        let mut n = 0usize;
-        for key in chain.keys() {
-            match st.index.get(&key) {
-                Some(&i) => {
-                    accounts[n] = i;
-                    n += 1;
+        let (accounts, n) = match &st.last_chain {
+            Some((c, accounts, n)) if c == chain => (*accounts, *n),
+            _ => {
+                let mut accounts = [0u32; 4];
+                let mut n = 0usize;
+                for key in chain.keys() {
+                    match st.index.get(&key) {
+                        Some(&i) => {
+                            accounts[n] = i;
+                            n += 1;
+                        }
+                        None if key == BudgetKey::Organisation => {
+                            return Err(BudgetError::NoBudget { key });
+                        }
+                        None => {}
+                    }
                 }
-                None if key == BudgetKey::Organisation => {
-                    return Err(BudgetError::NoBudget { key });
-                }
-                None => {}
+                st.last_chain = Some((*chain, accounts, n));
+                (accounts, n)
             }
-        }
+        };
         let mut now = None;
         // check every level first: nothing changes on refusal
         for &i in &accounts[..n] {

@@ -219,3 +219,34 @@ proptest! {
         prop_assert!(total <= org_limit.min(role_limit));
     }
 }
+
+#[test]
+fn a_level_configured_later_limits_the_next_reservation() {
+    let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
+    let cap = |c| {
+        BudgetLimits::total(Limits {
+            cost: Some(Money::from_minor(c)),
+            ..Limits::default()
+        })
+    };
+    let role = RoleId::from_name("r");
+    let chain = BudgetChain::organisation().role(role);
+    ledger.set_limits_sync(BudgetKey::Organisation, cap(1_000));
+    let r = ledger
+        .reserve_sync(&chain, Usage::cost(Money::from_minor(50)))
+        .unwrap();
+    ledger.set_limits_sync(BudgetKey::Role(role), cap(40));
+    assert!(matches!(
+        ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(50))),
+        Err(BudgetError::Exceeded {
+            key: BudgetKey::Role(_),
+            ..
+        })
+    ));
+    ledger.release_sync(r.id).unwrap();
+    assert_eq!(
+        ledger.usage_sync(BudgetKey::Role(role)).unwrap().reserved,
+        Usage::ZERO,
+        "the role was not charged for the reservation made before it had a budget"
+    );
+}

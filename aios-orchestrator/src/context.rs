@@ -10,6 +10,7 @@ use aios_core::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::error::AgentError;
 use crate::gate::{ApprovalState, Gate, Usage};
@@ -184,7 +185,8 @@ impl<'r> TaskContext<'r> {
 
     /// Calls a model through the router, under governance and budgets.
     pub async fn complete(&mut self, request: ModelRequest) -> Result<ModelResponse, AgentError> {
-        match self.governed(Op::Model(request)).await? {
+        let span = tracing::debug_span!("aios.model", run = %self.driver.run, task = %self.name, seq = self.seq);
+        match self.governed(Op::Model(request)).instrument(span).await? {
             CallRecord::Model(r) => Ok(r),
             other => Err(self.driver.non_determinism(
                 &self.name,
@@ -205,7 +207,19 @@ impl<'r> TaskContext<'r> {
                 ),
             });
         }
-        match self.governed(Op::Connector(request)).await? {
+        let span = tracing::debug_span!(
+            "aios.connector",
+            run = %self.driver.run,
+            task = %self.name,
+            seq = self.seq,
+            connector = %request.connector,
+            operation = %request.operation
+        );
+        match self
+            .governed(Op::Connector(request))
+            .instrument(span)
+            .await?
+        {
             CallRecord::Connector(out) => Ok(out),
             other => Err(self.driver.non_determinism(
                 &self.name,
@@ -290,6 +304,8 @@ impl<'r> TaskContext<'r> {
                 self.execute(seq, kind, &hash, &action, op, None, None)
                     .await
             }
+            Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
+            Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
             Gate::Deny { reason } => {
                 self.record(
                     seq,

@@ -82,6 +82,23 @@ pub enum AgentError {
         /// The request.
         approval: ApprovalId,
     },
+    /// An operator paused the agent, its pathway or the organisation; propagate it: the run
+    /// is paused and continues on resume.
+    #[error("`{action}` waits: {reason}")]
+    Paused {
+        /// The action.
+        action: String,
+        /// The control in force.
+        reason: String,
+    },
+    /// An operator pulled the kill switch; propagate it: the run is cancelled.
+    #[error("`{action}` stopped: {reason}")]
+    Stopped {
+        /// The action.
+        action: String,
+        /// The control in force.
+        reason: String,
+    },
     /// Governance refused the action.
     #[error("`{action}` denied: {reason}")]
     Denied {

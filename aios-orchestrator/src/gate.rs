@@ -36,6 +36,10 @@ pub(crate) enum Gate {
         anchor: AnchorId,
         deadline: Duration,
     },
+    /// An operator paused the agent, pathway or organisation: the run waits.
+    Pause { reason: String },
+    /// An operator pulled the kill switch: the run is cancelled.
+    Stop { reason: String },
 }
 
 /// Where a parked call's approval stands.
@@ -93,6 +97,25 @@ impl PinnedGovernor {
             None => self.0.decide(&req),
         };
         let event = decision.audit_event(&req);
+        if decision.verdict != Verdict::Allow {
+            // operator controls: a pause parks the run, the kill switch cancels it
+            if decision.fired(aios_governance::rules::STOPPED) {
+                return (
+                    Gate::Stop {
+                        reason: decision.explain(),
+                    },
+                    event,
+                );
+            }
+            if decision.fired(aios_governance::rules::PAUSED) {
+                return (
+                    Gate::Pause {
+                        reason: decision.explain(),
+                    },
+                    event,
+                );
+            }
+        }
         let gate = match &decision.verdict {
             Verdict::Allow => Gate::Allow { notify: None },
             Verdict::Deny => Gate::Deny {

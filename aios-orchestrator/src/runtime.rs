@@ -353,6 +353,8 @@ impl OrchestratorBuilder {
 
 enum TaskResult {
     Completed(serde_json::Value),
+    /// An operator control stopped the task before its call; the run stops in this status.
+    Halted(RunStatus),
     Parked(ApprovalId),
     Failed(String),
     Fatal,
@@ -820,6 +822,8 @@ impl<'o> Driver<'o> {
         let result = match result {
             Ok(output) => TaskResult::Completed(output),
             Err(AgentError::Parked { approval }) => TaskResult::Parked(approval),
+            Err(AgentError::Paused { .. }) => TaskResult::Halted(RunStatus::Paused),
+            Err(AgentError::Stopped { .. }) => TaskResult::Halted(RunStatus::Cancelled),
             Err(AgentError::Fatal(_)) => TaskResult::Fatal,
             Err(e) => TaskResult::Failed(e.to_string()),
         };
@@ -974,6 +978,15 @@ impl<'o> Driver<'o> {
                         failure.get_or_insert_with(|| format!("task `{name}` failed: {reason}"));
                         (name, Outcome::Failed, Some(reason.clone()))
                     }
+                    TaskResult::Halted(status) => {
+                        st.tasks[i].status = TaskStatus::Pending;
+                        stopped = Some(status.clone());
+                        (
+                            name,
+                            Outcome::Cancelled,
+                            Some(format!("halted by an operator control: {status:?}")),
+                        )
+                    }
                     TaskResult::Fatal => return Err(self.take_fatal()),
                 }
             };
@@ -992,11 +1005,13 @@ impl<'o> Driver<'o> {
                     task: name,
                     approval: *a,
                 },
-                (TaskResult::Failed(_), Some(reason)) => RunEvent::TaskFailed {
-                    run: self.run,
-                    task: name,
-                    reason,
-                },
+                (TaskResult::Failed(_) | TaskResult::Halted(_), Some(reason)) => {
+                    RunEvent::TaskFailed {
+                        run: self.run,
+                        task: name,
+                        reason,
+                    }
+                }
                 _ => RunEvent::TaskCompleted {
                     run: self.run,
                     task: name,
@@ -1004,6 +1019,9 @@ impl<'o> Driver<'o> {
             });
             if self.step(false).await.is_err() {
                 return Err(self.take_fatal());
+            }
+            if stopped.is_some() {
+                break;
             }
         }
         drop(running);

@@ -566,3 +566,50 @@ fn a_host_supplied_ledger_gets_the_models_budget_plan() {
         .unwrap();
     assert_eq!(org.committed.tool_calls, 20);
 }
+
+#[test]
+fn an_operator_pause_parks_the_run_and_the_kill_switch_cancels_it() {
+    use aios_governance::{ControlAction, ControlCommand, ControlTarget, Controls};
+    let world = World::new();
+    let audit = InMemoryAuditLog::new();
+    let clock: Arc<dyn aios_core::Clock> = Arc::new(world.timer.clock().clone());
+    let controls = Arc::new(Controls::new(clock, Arc::new(audit.clone())));
+    let orch = builder(&world)
+        .audit(Arc::new(audit.clone()))
+        .controls(controls.clone())
+        .role(ledger_writer(2))
+        .build();
+    let worker = aios_core::AgentId::from_name("worker");
+    let command = |action| ControlCommand {
+        target: ControlTarget::Agent(worker),
+        action,
+        by: Principal::Human(alice()),
+        reason: "checking the books".into(),
+        until: None,
+    };
+    block_on(controls.apply(command(ControlAction::Pause))).unwrap();
+    let paused = block_on(orch.start(one("worker"))).unwrap();
+    assert_eq!(paused.status, RunStatus::Paused);
+    assert_eq!(
+        world.ledger.invocations(),
+        0,
+        "nothing happens while paused"
+    );
+    block_on(controls.apply(command(ControlAction::Resume))).unwrap();
+    let done = block_on(orch.resume(paused.run)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(world.ledger.effects().len(), 2);
+
+    block_on(controls.apply(ControlCommand {
+        target: ControlTarget::Organisation,
+        ..command(ControlAction::Stop)
+    }))
+    .unwrap();
+    let stopped = block_on(orch.start(one("worker"))).unwrap();
+    assert_eq!(stopped.status, RunStatus::Cancelled);
+    assert!(
+        block_on(orch.resume(stopped.run)).is_err(),
+        "a cancelled run stays cancelled"
+    );
+    assert_eq!(world.ledger.effects().len(), 2);
+}

@@ -330,7 +330,11 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
 
 #[derive(Debug, Default)]
 struct Bm25 {
-    terms: FxMap<Box<str>, u32>,
+    /// Words of up to 15 bytes, packed with their length into an integer (no pointer to
+    /// follow, no string comparison).
+    short_terms: FxMap<u128, u32>,
+    /// Longer words.
+    long_terms: FxMap<Box<str>, u32>,
     /// Per term: `(row, term frequency)` in row order.
     postings: Vec<Vec<(u32, u32)>>,
     /// `(term, row, term frequency)` not yet moved into `postings`: appending here is
@@ -344,7 +348,41 @@ struct Bm25 {
 /// How many pending postings trigger a flush.
 const PENDING_FLUSH: usize = 1 << 15;
 
+/// A word of up to 15 bytes packed with its length.
+fn short_key(word: &str) -> Option<u128> {
+    let b = word.as_bytes();
+    if b.len() > 15 {
+        return None;
+    }
+    let mut k = [0u8; 16];
+    k.get_mut(..b.len())?.copy_from_slice(b);
+    k[15] = b.len() as u8;
+    Some(u128::from_le_bytes(k))
+}
+
 impl Bm25 {
+    fn term(&self, word: &str) -> Option<u32> {
+        match short_key(word) {
+            Some(k) => self.short_terms.get(&k).copied(),
+            None => self.long_terms.get(word).copied(),
+        }
+    }
+
+    fn term_or_insert(&mut self, word: Cow<'_, str>) -> u32 {
+        if let Some(id) = self.term(&word) {
+            return id;
+        }
+        let id = self.postings.len() as u32;
+        self.postings.push(Vec::new());
+        match short_key(&word) {
+            Some(k) => self.short_terms.insert(k, id),
+            None => self
+                .long_terms
+                .insert(word.into_owned().into_boxed_str(), id),
+        };
+        id
+    }
+
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -521,17 +559,7 @@ impl Index {
             self.bm25.total_len += u64::from(len);
             let first = self.bm25.pending.len();
             for term in prepared.tokens {
-                let id = match self.bm25.terms.get(term.as_ref()) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.bm25.postings.len() as u32;
-                        self.bm25.postings.push(Vec::new());
-                        self.bm25
-                            .terms
-                            .insert(term.into_owned().into_boxed_str(), id);
-                        id
-                    }
-                };
+                let id = self.bm25.term_or_insert(term);
                 // this document's postings so far: count a repeated term
                 match self
                     .bm25
@@ -676,9 +704,9 @@ impl Index {
         }
         let mut terms: Vec<u32> = Vec::new();
         for t in tokens(text) {
-            if let Some(id) = self.bm25.terms.get(t.as_ref()) {
-                if !terms.contains(id) {
-                    terms.push(*id);
+            if let Some(id) = self.bm25.term(&t) {
+                if !terms.contains(&id) {
+                    terms.push(id);
                 }
             }
         }
@@ -884,6 +912,40 @@ mod tests {
                 assert!((g.score - w.0).abs() < 1e-3, "{query}: {g:?} vs {w:?}");
             }
         }
+    }
+
+    #[test]
+    fn long_and_short_words_are_both_searchable() {
+        let mut index = Index::default();
+        let texts = [
+            "supercalifragilisticexpialidocious weather",
+            "exactly15bytes! weather",
+            "sixteen-bytes-xx weather",
+            "plain weather",
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            let r = record(i as u64, t.to_string());
+            index.insert(&r, Prepared::of(&r));
+        }
+        let filter = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
+        for (query, row) in [
+            ("Supercalifragilisticexpialidocious", 0),
+            ("exactly15bytes", 1),
+            ("bytes", 2),
+            ("sixteen", 2),
+            ("plain", 3),
+        ] {
+            let got = index.keyword_top(&filter, query, 10);
+            assert_eq!(
+                got.iter().map(|c| c.row).collect::<Vec<_>>(),
+                [row],
+                "{query}"
+            );
+        }
+        assert_eq!(index.keyword_top(&filter, "weather", 10).len(), 4);
+        assert!(index
+            .keyword_top(&filter, "supercalifragilistic", 10)
+            .is_empty());
     }
 
     #[test]

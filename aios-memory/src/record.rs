@@ -138,7 +138,17 @@ impl MemoryRecord {
         h.update(self.version.to_le_bytes());
         put_str(&mut h, self.scope.as_str());
         h.update([self.tier.index() as u8]);
-        put_str(&mut h, &self.kind.to_string());
+        match &self.kind {
+            MemoryKind::Fact => put_str(&mut h, "fact"),
+            MemoryKind::Episode => put_str(&mut h, "episode"),
+            MemoryKind::Preference => put_str(&mut h, "preference"),
+            MemoryKind::Instruction => put_str(&mut h, "instruction"),
+            MemoryKind::Summary => put_str(&mut h, "summary"),
+            MemoryKind::Other(k) => {
+                put_str(&mut h, "other");
+                put_str(&mut h, k);
+            }
+        }
         put_str(&mut h, &self.content);
         match &self.embedding {
             Some(v) => {
@@ -158,7 +168,17 @@ impl MemoryRecord {
             put_str(&mut h, k);
             put_str(&mut h, &v.to_string());
         }
-        put_str(&mut h, &self.provenance.author.to_string());
+        match self.provenance.author {
+            Principal::Human(id) => {
+                h.update([1]);
+                h.update(id.as_uuid().as_bytes());
+            }
+            Principal::Agent(id) => {
+                h.update([2]);
+                h.update(id.as_uuid().as_bytes());
+            }
+            Principal::System => h.update([3]),
+        }
         put_opt(&mut h, self.provenance.run.map(|r| *r.as_uuid().as_bytes()));
         put_opt(
             &mut h,
@@ -195,7 +215,7 @@ impl MemoryRecord {
             }
             None => h.update([0]),
         }
-        hex::encode(h.finalize())
+        to_hex(&h.finalize())
     }
 
     /// Sets [`MemoryRecord::checksum`] from the other fields.
@@ -207,6 +227,16 @@ impl MemoryRecord {
     pub fn checksum_ok(&self) -> bool {
         self.checksum == self.compute_checksum()
     }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 fn put_str(h: &mut Sha256, s: &str) {

@@ -243,6 +243,25 @@ impl Memory {
     /// Removes lineages by policy and returns what was removed. Expired records always go;
     /// TTL per tier, capacity per scope and the importance floor apply when set. Pinned
     /// records and retracted lineages are never removed. Each removal is audited as `prune`.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use aios_core::{ManualClock, Principal};
+    /// use aios_memory::{Memory, NewMemory, PruneReason, PrunePolicy, Scope, Tier};
+    /// # futures::executor::block_on(async {
+    /// let clock = ManualClock::default();
+    /// let memory = Memory::builder(Arc::new(clock.clone())).open().await?;
+    /// let scope = Scope::parse("run/42")?;
+    /// memory.remember(NewMemory::new(scope.clone(), Tier::Working, "scratch", Principal::System)).await?;
+    /// memory.remember(NewMemory::new(scope, Tier::Working, "keep me", Principal::System).pinned()).await?;
+    /// clock.advance(Duration::from_secs(7200));
+    /// let report = memory.prune(&PrunePolicy::default().ttl(Tier::Working, Duration::from_secs(3600))).await?;
+    /// assert_eq!(report.pruned.len(), 1);
+    /// assert_eq!(report.pruned[0].reason, PruneReason::Ttl);
+    /// assert_eq!(report.kept_pinned, 1);
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn prune(&self, policy: &PrunePolicy) -> Result<PruneReport, MemoryError> {
         let now = micros(self.now());
         let mut report = PruneReport {
@@ -344,6 +363,21 @@ impl Memory {
 
     /// Checks every record in the store: checksums, version chains (contiguous versions,
     /// links to the previous checksum, retirement stamps) and provenance references.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{ManualClock, Principal};
+    /// use aios_memory::{Memory, NewMemory, Revision, Scope, Tier};
+    /// # futures::executor::block_on(async {
+    /// let memory = Memory::builder(Arc::new(ManualClock::default())).open().await?;
+    /// let r = memory.remember(NewMemory::new(Scope::parse("a")?, Tier::Project, "v1", Principal::System)).await?;
+    /// memory.revise(r.id, Revision::new(Principal::System).content("v2")).await?;
+    /// let report = memory.verify().await?;
+    /// assert!(report.is_intact());
+    /// assert_eq!((report.lineages, report.records), (1, 2));
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn verify(&self) -> Result<VerifyReport, MemoryError> {
         let mut report = VerifyReport::default();
         let mut ids = BTreeSet::new();

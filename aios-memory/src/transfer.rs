@@ -137,6 +137,23 @@ pub struct ImportReport {
 
 impl Memory {
     /// Every record version, one JSON object per line, in id then version order.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{ManualClock, Principal};
+    /// use aios_memory::{Memory, Migrator, NewMemory, Scope, Tier};
+    /// # futures::executor::block_on(async {
+    /// let clock = Arc::new(ManualClock::default());
+    /// let a = Memory::builder(clock.clone()).open().await?;
+    /// a.remember(NewMemory::new(Scope::parse("a")?, Tier::LongTerm, "keep this", Principal::System)).await?;
+    /// let lines = a.export().await?;
+    /// let b = Memory::builder(clock).open().await?;
+    /// let report = b.import(&lines, &Migrator::new()).await?;
+    /// assert_eq!(report.imported, 1);
+    /// assert_eq!(b.export().await?, lines);
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn export(&self) -> Result<String, MemoryError> {
         let mut out = String::new();
         let mut after = None;

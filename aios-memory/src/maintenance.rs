@@ -244,6 +244,11 @@ impl Memory {
     /// TTL per tier, capacity per scope and the importance floor apply when set. Pinned
     /// records and retracted lineages are never removed. Each removal is audited as `prune`.
     ///
+    /// Lineages are removed one at a time: if the store fails midway, those removed before
+    /// the failure stay removed and the error is returned (pruning again finishes the job).
+    /// Index rows of removed lineages are skipped by every search; they are dropped when the
+    /// memory is next opened.
+    ///
     /// ```
     /// use std::{sync::Arc, time::Duration};
     /// use aios_core::{ManualClock, Principal};

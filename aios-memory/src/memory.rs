@@ -336,7 +336,9 @@ impl Memory {
         })
     }
 
-    /// Writes a new version that supersedes the latest; history keeps the old one. Fails with
+    /// Writes a new version that supersedes the latest; history keeps the old one. Fields the
+    /// revision leaves `None` are kept. When the content changes and no embedding is given,
+    /// the embedder computes a new one (without an embedder the new version has none). Fails with
     /// [`MemoryError::Retracted`] on a retracted lineage and with a store conflict when
     /// [`Revision::expected_version`] is not the latest (or another writer won the race).
     pub async fn revise(

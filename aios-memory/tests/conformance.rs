@@ -163,3 +163,64 @@ fn a_failed_open_reports_the_store_error() {
         MemoryError::Store(StoreError::Unavailable { .. })
     ));
 }
+
+#[test]
+fn a_failed_import_removes_what_it_wrote() {
+    block_on(async {
+        let source = fixture().await;
+        for i in 0..3 {
+            let r = source
+                .memory
+                .remember(NewMemory::new(
+                    Scope::parse("org/x").unwrap(),
+                    Tier::Project,
+                    format!("fact {i}"),
+                    Principal::System,
+                ))
+                .await
+                .unwrap();
+            source
+                .memory
+                .revise(
+                    r.id,
+                    Revision::new(Principal::System).content(format!("fact {i} revised")),
+                )
+                .await
+                .unwrap();
+        }
+        let lines = source.memory.export().await.unwrap();
+
+        let target = fixture().await;
+        // the 4th store call (the second version of the second lineage) fails
+        target.faults.set_plan(FaultPlan::fail_nth(4));
+        let err = target
+            .memory
+            .import(&lines, &aios_memory::Migrator::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, MemoryError::Store(StoreError::Unavailable { .. })),
+            "{err}"
+        );
+        target.faults.set_plan(FaultPlan::none());
+        assert!(
+            target.store.inner().is_empty(),
+            "the first lineage was removed again"
+        );
+        assert!(target.memory.is_empty());
+        assert!(target
+            .memory
+            .recall(&RecallQuery::text("fact").k(10))
+            .await
+            .unwrap()
+            .is_empty());
+        // and a retry succeeds
+        let report = target
+            .memory
+            .import(&lines, &aios_memory::Migrator::new())
+            .await
+            .unwrap();
+        assert_eq!((report.imported, report.records), (3, 6));
+        assert_eq!(target.memory.export().await.unwrap(), lines);
+    });
+}

@@ -455,6 +455,11 @@ pub trait BudgetLedger: Send + Sync + std::fmt::Debug {
     /// Settles a reservation with nothing spent.
     async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError>;
 
+    /// Releases every unsettled reservation whose chain named `run`, as one atomic operation,
+    /// and returns how many there were: reservations left behind by a worker that died
+    /// between reserving and settling. The orchestrator calls it when it takes over a run.
+    async fn release_run(&self, run: RunId) -> Result<usize, BudgetError>;
+
     /// The state of one budget, if configured.
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError>;
 }
@@ -561,6 +566,7 @@ struct Live {
     accounts: [u32; 4],
     n: u8,
     amount: [i64; 4],
+    run: Option<RunId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -760,6 +766,7 @@ impl InMemoryBudgetLedger {
             accounts,
             n: n as u8,
             amount: amt,
+            run: chain.run,
         };
         let slot = match st.free.pop() {
             Some(s) => {
@@ -836,6 +843,29 @@ impl InMemoryBudgetLedger {
     /// Settles a reservation with nothing spent.
     pub fn release_sync(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
         self.settle(id, None)
+    }
+
+    /// Releases every unsettled reservation made for `run` (see [`BudgetLedger::release_run`]).
+    pub fn release_run_sync(&self, run: RunId) -> usize {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let mut released = 0;
+        for index in 0..st.slots.len() {
+            let live = match &st.slots[index].live {
+                Some(live) if live.run == Some(run) => *live,
+                _ => continue,
+            };
+            st.slots[index].live = None;
+            st.free.push(index as u32);
+            for &i in &live.accounts[..live.n as usize] {
+                let a = &mut st.accounts[i as usize];
+                for d in 0..4 {
+                    a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
+                }
+            }
+            released += 1;
+        }
+        released
     }
 
     /// One budget's state, if configured (periods rolled to the clock's now).
@@ -923,6 +953,10 @@ impl BudgetLedger for InMemoryBudgetLedger {
         let s = self.release_sync(id)?;
         self.emit(&s.alerts).await?;
         Ok(s)
+    }
+
+    async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
+        Ok(self.release_run_sync(run))
     }
 
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {

@@ -316,6 +316,42 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .unwrap();
     assert!(ledger.reserve(&org, cost(6)).await.is_err());
     assert!(ledger.reserve(&org, cost(5)).await.is_ok());
+
+    // reservations abandoned by a dead worker are released by run, and only that run's
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let other = RunId::from_name("run-2");
+    let mine = BudgetChain::organisation().role(role).run(run);
+    let theirs = BudgetChain::organisation().run(other);
+    let a = ledger.reserve(&mine, cost(30)).await.unwrap();
+    ledger.reserve(&mine, cost(20)).await.unwrap();
+    let kept = ledger.reserve(&theirs, cost(10)).await.unwrap();
+    ledger.commit(a.id, cost(25)).await.unwrap();
+    assert_eq!(
+        ledger.release_run(run).await.unwrap(),
+        1,
+        "only the unsettled one"
+    );
+    assert_eq!(
+        ledger.release_run(run).await.unwrap(),
+        0,
+        "releasing is idempotent"
+    );
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.committed.cost, Money::from_minor(25), "commits stand");
+    assert_eq!(
+        u.reserved.cost,
+        Money::from_minor(10),
+        "the other run keeps its reservation"
+    );
+    ledger.commit(kept.id, cost(10)).await.unwrap();
 }
 
 fn sample_request(id: ApprovalId, anchor: AnchorId, minute: i64) -> ApprovalRequest {

@@ -263,11 +263,27 @@ impl Governance {
                     return budget_failure(e);
                 }
             }
-            chain = chain.run(run);
         }
+        // the chain always names the run (a level without limits is not limited), so a dead
+        // worker's reservations can be found and released by run
+        chain = chain.run(run);
         match ledger.reserve(&chain, amount).await {
             Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
             Err(e) => budget_failure(e),
+        }
+    }
+
+    /// Releases reservations a dead worker left behind for `run`; returns how many.
+    pub(crate) async fn release_abandoned(&self, run: RunId) -> Result<usize, StoreError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(0);
+        };
+        match ledger.release_run(run).await {
+            Ok(n) => Ok(n),
+            Err(BudgetError::Store(e)) => Err(e),
+            Err(e) => Err(StoreError::Backend {
+                detail: e.to_string(),
+            }),
         }
     }
 

@@ -638,7 +638,16 @@ impl<'o> Driver<'o> {
             .gov
             .commit(reservation, actual, now)
             .await
-            .map_err(|e| self.fail(OrchestratorError::Store(e)))?;
+            .map_err(|e| match e {
+                // the reservation was released by a worker that took the run over
+                aios_core::StoreError::Conflict { detail } => {
+                    self.fail(OrchestratorError::LeaseLost {
+                        run: self.run,
+                        detail,
+                    })
+                }
+                e => self.fail(OrchestratorError::Store(e)),
+            })?;
         for alert in alerts {
             self.audit(Principal::System, alert).await?;
         }
@@ -1279,6 +1288,23 @@ impl Orchestrator {
             }
         }
         state.status = RunStatus::Running;
+        // this worker holds the lease: reservations still open for the run were left by a
+        // worker that died (or lost its lease) between reserving and settling
+        let abandoned = self.inner.gov.release_abandoned(run).await?;
+        if abandoned > 0 {
+            let event = AuditEvent::Note {
+                text: format!(
+                    "released {abandoned} budget reservation(s) left open by an interrupted worker"
+                ),
+            };
+            let now = self.inner.clock.now();
+            let record = AuditRecord {
+                at: now,
+                actor: Principal::System,
+                event,
+            };
+            self.inner.audit.append(record).await?;
+        }
         let driver = self.driver(governor, lease, state, checkpoint.seq);
         driver
             .drive(true)

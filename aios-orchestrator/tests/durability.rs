@@ -83,6 +83,7 @@ struct Rig {
     store_faults: Faults,
     audit_faults: Faults,
     connector_faults: Faults,
+    ledger: aios_governance::InMemoryBudgetLedger,
 }
 
 impl Rig {
@@ -94,6 +95,9 @@ impl Rig {
             store_faults: Faults::default(),
             audit_faults: Faults::default(),
             connector_faults: Faults::default(),
+            ledger: aios_governance::InMemoryBudgetLedger::new(Arc::new(
+                aios_core::ManualClock::default(),
+            )),
         }
     }
 
@@ -114,6 +118,7 @@ impl Rig {
                 self.audit.clone(),
                 self.audit_faults.clone(),
             )))
+            .budgets(Arc::new(self.ledger.clone()))
             .role(worker_role())
             .config(OrchestratorConfig {
                 worker: WorkerId::new(worker),
@@ -196,6 +201,22 @@ fn check_after_crash(
     assert!(
         block_on(rig.audit.verify(None)).unwrap().is_intact(),
         "{what}: audit chain verifies"
+    );
+    assert_eq!(
+        rig.ledger.outstanding(),
+        0,
+        "{what}: no reservation is left behind"
+    );
+    let spent = rig
+        .ledger
+        .usage_sync(aios_governance::BudgetKey::Organisation)
+        .unwrap()
+        .committed
+        .tool_calls;
+    // a crash between a commit and the next checkpoint can charge the replayed call again
+    assert!(
+        (effects as u64..=effects as u64 + 1).contains(&spent),
+        "{what}: {spent} tool calls charged for {effects}"
     );
 }
 
@@ -308,6 +329,7 @@ impl Connector for HangsOnce {
 fn two_workers_racing_on_one_run_never_fork_its_history() {
     let world = World::new();
     let checkpoints = InMemoryCheckpointStore::new();
+    let ledger = aios_governance::InMemoryBudgetLedger::new(Arc::new(world.timer.clock().clone()));
     let timer: Arc<dyn Timer> = Arc::new(world.timer.clone());
     let connector = Arc::new(HangsOnce {
         inner: world.ledger.clone(),
@@ -322,6 +344,7 @@ fn two_workers_racing_on_one_run_never_fork_its_history() {
             .clock(Arc::new(world.timer.clock().clone()))
             .timer(timer.clone())
             .checkpoints(Arc::new(checkpoints.clone()))
+            .budgets(Arc::new(ledger.clone()))
             .role(worker_role().retry(RetryPolicy::none()))
             .config(OrchestratorConfig {
                 worker: WorkerId::new(worker),
@@ -353,6 +376,11 @@ fn two_workers_racing_on_one_run_never_fork_its_history() {
         "b takes over the expired lease and finishes"
     );
     let history_len = block_on(checkpoints.latest(run)).unwrap().unwrap().seq;
+    assert_eq!(
+        ledger.outstanding(),
+        0,
+        "b released the reservation a left open"
+    );
 
     world.timer.advance(Duration::from_secs(1000));
     let stale = block_on(first);
@@ -376,6 +404,16 @@ fn two_workers_racing_on_one_run_never_fork_its_history() {
         world.ledger.effects().len(),
         4,
         "the hung call and b's retry share one idempotency key"
+    );
+    assert_eq!(ledger.outstanding(), 0);
+    let spent = ledger
+        .usage_sync(aios_governance::BudgetKey::Organisation)
+        .unwrap()
+        .committed
+        .tool_calls;
+    assert_eq!(
+        spent, 4,
+        "a's late commit is refused: every call is charged once"
     );
 }
 

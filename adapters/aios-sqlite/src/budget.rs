@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use aios_core::{AuditLog, AuditRecord, Clock, Money, Principal, StoreError, Timestamp};
+use aios_core::{AuditLog, AuditRecord, Clock, Money, Principal, RunId, StoreError, Timestamp};
 use aios_governance::{
     BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, BudgetUsage,
     Dimension, Period, Reservation, ReservationId, Settlement, Usage,
@@ -53,6 +53,9 @@ struct Account {
 struct Held {
     keys: Vec<BudgetKey>,
     amount: [i64; 4],
+    /// The run the chain named, so a dead worker's reservations can be released by run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<RunId>,
 }
 
 fn clamp_u64(v: u64) -> i64 {
@@ -342,6 +345,7 @@ impl BudgetLedger for SqliteBudgetLedger {
             let held = Held {
                 keys: accounts.iter().map(|a| a.key).collect(),
                 amount: amt,
+                run: chain.run,
             };
             let text = self.db.encode("a budget reservation", &held)?;
             tx.prepare_cached("INSERT INTO budget_reservations (reservation) VALUES (?1)")
@@ -364,6 +368,40 @@ impl BudgetLedger for SqliteBudgetLedger {
         let s = self.settle(id, None)?;
         self.emit(&s.alerts).await?;
         Ok(s)
+    }
+
+    async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
+        let now = self.clock.now();
+        self.db.write("release a run's budget reservations", |tx| {
+            let rows: Vec<(i64, String)> = tx
+                .prepare_cached("SELECT id, reservation FROM budget_reservations")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(|e| self.db.err("read budget reservations", e))?;
+            let mut released = 0;
+            for (raw, text) in rows {
+                let held: Held = self.db.decode("budget_reservations", &raw, &text)?;
+                if held.run != Some(run) {
+                    continue;
+                }
+                tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
+                    .and_then(|mut s| s.execute([raw]))
+                    .map_err(|e| self.db.err("release a budget reservation", e))?;
+                for key in held.keys {
+                    if let Some(mut a) = self.load(tx, key)? {
+                        a.roll_to(now);
+                        for d in 0..4 {
+                            a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                        }
+                        self.store(tx, &a)?;
+                    }
+                }
+                released += 1;
+            }
+            Ok::<_, BudgetError>(released)
+        })
     }
 
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {

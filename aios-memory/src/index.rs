@@ -354,10 +354,12 @@ fn short_key(word: &str) -> Option<u128> {
     if b.len() > 15 {
         return None;
     }
-    let mut k = [0u8; 16];
-    k.get_mut(..b.len())?.copy_from_slice(b);
-    k[15] = b.len() as u8;
-    Some(u128::from_le_bytes(k))
+    // built in registers: no byte stores to forward into a wide load
+    let mut k = (b.len() as u128) << 120;
+    for (i, x) in b.iter().enumerate() {
+        k |= u128::from(*x) << (8 * i);
+    }
+    Some(k)
 }
 
 impl Bm25 {

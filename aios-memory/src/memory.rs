@@ -165,6 +165,15 @@ impl Memory {
         }
     }
 
+    /// Opens a memory over `store` with no embedder and no audit log, rebuilding the indexes
+    /// from the store: shorthand for `Memory::builder(clock).store(store).open()`.
+    pub async fn open(
+        store: Arc<dyn MemoryStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Memory, MemoryError> {
+        Memory::builder(clock).store(store).open().await
+    }
+
     /// The store records live in.
     pub fn store(&self) -> &Arc<dyn MemoryStore> {
         &self.inner.store

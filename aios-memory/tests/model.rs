@@ -184,11 +184,7 @@ async fn run(ops: Vec<Op>) {
     assert!(m.verify().await.unwrap().is_intact());
 
     // as-of semantics through replay and recall, before and after rebuilding the indexes
-    let reopened = Memory::builder(Arc::new(clock.clone()))
-        .store(store)
-        .open()
-        .await
-        .unwrap();
+    let reopened = Memory::open(store, Arc::new(clock.clone())).await.unwrap();
     times.sort();
     times.dedup();
     for memory in [&m, &reopened] {

@@ -117,7 +117,7 @@ impl<'r> TaskContext<'r> {
         &self.name
     }
 
-    /// The task's id in audit events (derived from the run and the task name).
+    /// The task's id in audit events, approvals and idempotency keys (kept across resumes).
     pub fn task_id(&self) -> TaskId {
         self.task_id
     }
@@ -345,7 +345,13 @@ impl<'r> TaskContext<'r> {
                 let approval = self
                     .driver
                     .request_approval(
-                        &self.role, self.agent, anchor, deadline, &self.name, &action, input,
+                        &self.role,
+                        self.agent,
+                        anchor,
+                        deadline,
+                        self.task_id,
+                        &action,
+                        input,
                     )
                     .await?;
                 self.record(

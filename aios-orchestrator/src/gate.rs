@@ -16,9 +16,8 @@ use aios_governance::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::graph::TaskName;
 use crate::role::Role;
-use crate::runtime::{task_id, OrchestratorBuilder};
+use crate::runtime::OrchestratorBuilder;
 
 pub(crate) use aios_governance::Usage;
 
@@ -317,7 +316,7 @@ impl Governance {
     pub(crate) async fn request_approval(
         &self,
         run: RunId,
-        task: &TaskName,
+        task: aios_core::TaskId,
         requester: AgentId,
         pathway: PathwayId,
         anchor: AnchorId,
@@ -331,7 +330,7 @@ impl Governance {
                 anchor,
                 requester: Principal::Agent(requester),
                 run: Some(run),
-                task: Some(task_id(run, task)),
+                task: Some(task),
                 pathway: Some(pathway),
                 action: action.to_string(),
                 proposed,

@@ -58,8 +58,7 @@ pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelRouter, RouteStep};
 pub use runtime::{
-    task_id, CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl,
-    RunOutcome,
+    CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl, RunOutcome,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,

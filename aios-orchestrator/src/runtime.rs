@@ -453,6 +453,7 @@ impl<'o> Driver<'o> {
         }
         let index = st.tasks.len();
         st.tasks.push(TaskState {
+            id: self.o.ids.next(),
             spec,
             deps,
             status: TaskStatus::Pending,
@@ -665,7 +666,7 @@ impl<'o> Driver<'o> {
         agent: AgentId,
         anchor: AnchorId,
         deadline: Duration,
-        task: &TaskName,
+        task: TaskId,
         action: &str,
         input: serde_json::Value,
     ) -> Result<ApprovalId, AgentError> {
@@ -763,7 +764,7 @@ impl<'o> Driver<'o> {
     }
 
     async fn run_task(&self, index: usize) -> (usize, TaskId, TaskResult) {
-        let (spec, input) = {
+        let (task_id, spec, input) = {
             let st = self.state.lock();
             let t = &st.tasks[index];
             let deps = t
@@ -776,6 +777,7 @@ impl<'o> Driver<'o> {
                 })
                 .collect();
             (
+                t.id,
                 t.spec.clone(),
                 TaskInput {
                     input: t.spec.input.clone(),
@@ -783,7 +785,6 @@ impl<'o> Driver<'o> {
                 },
             )
         };
-        let task_id = task_id(self.run, &spec.name);
         let Some(role) = self.o.roles.get(&spec.role).cloned() else {
             return (
                 index,
@@ -1110,12 +1111,6 @@ impl<'o> Driver<'o> {
     }
 }
 
-/// The stable task id used in audit events and idempotency keys: derived from the run and the
-/// task name, so it is the same after a resume.
-pub fn task_id(run: RunId, name: &TaskName) -> TaskId {
-    TaskId::from_name(&format!("{run}/{name}"))
-}
-
 impl Orchestrator {
     /// Starts building an orchestrator around a compiled governance model.
     pub fn builder(governor: aios_governance::Governor) -> OrchestratorBuilder {
@@ -1162,6 +1157,7 @@ impl Orchestrator {
                 .into_iter()
                 .zip(deps)
                 .map(|(spec, deps)| TaskState {
+                    id: self.inner.ids.next(),
                     spec,
                     deps,
                     status: TaskStatus::Pending,

@@ -1,6 +1,6 @@
 //! The durable state of a run: what a checkpoint holds.
 
-use aios_core::{ApprovalId, ConnectorOutput, MemoryId, ModelResponse, RunId, Timestamp};
+use aios_core::{ApprovalId, ConnectorOutput, MemoryId, ModelResponse, RunId, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::TaskSpec;
@@ -142,6 +142,9 @@ pub struct JournalEntry {
 /// The durable state of one task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskState {
+    /// The task's id (in audit events, approvals and idempotency keys), drawn once when the
+    /// task is created and kept across resumes.
+    pub id: TaskId,
     /// What the task is.
     pub spec: TaskSpec,
     /// Indexes of the tasks it waits for.

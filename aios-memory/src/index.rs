@@ -676,25 +676,41 @@ impl Index {
             return Vec::new();
         }
         let cold = filter.needs_cold();
-        for (v, &row) in self.matrix.chunks_exact(d).zip(&self.slot_row) {
-            let Some(h) = self.hot.get(row as usize) else {
-                continue;
-            };
-            if !filter.hot_ok(h) {
-                continue;
+        let passes = |row: u32| {
+            self.hot.get(row as usize).is_some_and(|h| filter.hot_ok(h))
+                && (!cold
+                    || self
+                        .cold
+                        .get(row as usize)
+                        .is_some_and(|c| filter.cold_ok(c)))
+        };
+        // Skipping rows breaks the hardware's streaming of the matrix, and the scan is bound
+        // by memory, not arithmetic: when many rows pass, score every row and keep those
+        // that pass; when few pass, touch only those. Both give the same result.
+        // estimate the share of passing rows from every 64th row
+        let sampled = self.slot_row.len().div_ceil(64);
+        let passing = self
+            .slot_row
+            .iter()
+            .step_by(64)
+            .filter(|r| passes(**r))
+            .count();
+        if passing * 4 >= sampled {
+            for (v, &row) in self.matrix.chunks_exact(d).zip(&self.slot_row) {
+                let score = dot(v, query);
+                if passes(row) {
+                    top.push(Cand { score, row });
+                }
             }
-            if cold
-                && !self
-                    .cold
-                    .get(row as usize)
-                    .is_some_and(|c| filter.cold_ok(c))
-            {
-                continue;
+        } else {
+            for (v, &row) in self.matrix.chunks_exact(d).zip(&self.slot_row) {
+                if passes(row) {
+                    top.push(Cand {
+                        score: dot(v, query),
+                        row,
+                    });
+                }
             }
-            top.push(Cand {
-                score: dot(v, query),
-                row,
-            });
         }
         top.into_sorted()
     }
@@ -948,6 +964,64 @@ mod tests {
         assert!(index
             .keyword_top(&filter, "supercalifragilistic", 10)
             .is_empty());
+    }
+
+    /// Exact search equals brute force whatever share of rows the filter lets through (the
+    /// scan switches between scoring every row and touching only passing ones).
+    #[test]
+    fn vector_search_matches_brute_force_at_any_selectivity() {
+        let mut rng = aios_core::SeededRng::new(5);
+        let mut index = Index::default();
+        let mut rows = Vec::new();
+        for i in 0..3000u64 {
+            let mut r = record(i, format!("doc {i}"));
+            r.scope = Scope::parse(&format!("s/{}", i % 10)).unwrap();
+            let v: Vec<f32> = (0..24).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            r.embedding = Some(v.clone());
+            index.insert(&r, Prepared::of(&r));
+            let mut n = v;
+            normalise(&mut n);
+            rows.push((r.scope.clone(), n));
+        }
+        let q: Vec<f32> = {
+            let mut q: Vec<f32> = (0..24).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            normalise(&mut q);
+            q
+        };
+        for allowed in [
+            vec![],
+            vec!["s/3"],
+            vec!["s/1", "s/2", "s/3"],
+            (0..10)
+                .map(|i| format!("s/{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|s| &**s)
+                .collect::<Vec<&str>>(),
+        ] {
+            let allowed: Vec<Scope> = allowed.iter().map(|s| Scope::parse(s).unwrap()).collect();
+            let filter = index.compile(
+                i64::MAX - 1,
+                |s| if allowed.contains(s) { 0b111 } else { 0 },
+                &[],
+                None,
+                &Metadata::new(),
+            );
+            let mut want: Vec<(f32, u32)> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| allowed.contains(s))
+                .map(|(i, (_, v))| (dot(v, &q), i as u32))
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            want.truncate(10);
+            let got: Vec<(f32, u32)> = index
+                .vector_top(&filter, &q, 10)
+                .iter()
+                .map(|c| (c.score, c.row))
+                .collect();
+            assert_eq!(got, want, "{allowed:?}");
+        }
     }
 
     #[test]

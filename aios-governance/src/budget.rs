@@ -16,7 +16,7 @@ use chrono::Datelike;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::fxhash::FxHashMap;
+use rustc_hash::FxHashMap;
 use crate::model::{default_alerts, Limits, Period};
 
 /// Which budget: a level of the hierarchy organisation > role > agent > run.

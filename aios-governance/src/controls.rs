@@ -11,7 +11,7 @@ use aios_core::{
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::fxhash::FxHashMap;
+use rustc_hash::FxHashMap;
 
 /// What a control applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use aios_core::{
 use crate::budget::{BudgetKey, BudgetLimits, BudgetPlan};
 use crate::controls::{ControlSnapshot, Halt, Relaxation};
 use crate::decide::{rules, ActionRequest, Condition, Decision, FiredRule, OnTimeout, Verdict};
-use crate::fxhash::{FxHashMap, FxHashSet};
+use rustc_hash::{FxHashMap, FxHashSet};
 use crate::model::{
     Anchor, BudgetScope, EscalationMode, GovernanceModel, OnTimeoutSpec, ResponseKind, Trigger,
 };

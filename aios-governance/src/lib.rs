@@ -79,7 +79,6 @@ mod controls;
 mod decide;
 mod diff;
 mod duration;
-mod fxhash;
 mod governor;
 mod model;
 mod validate;

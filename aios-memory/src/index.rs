@@ -442,17 +442,18 @@ pub(crate) struct Index {
 }
 
 /// A record prepared for insertion (tokenised and normalised outside the lock).
+/// What of a record the keyword index reads: its text, unless it is a tombstone.
 pub(crate) struct Prepared<'a> {
-    pub tokens: Vec<Cow<'a, str>>,
+    text: Option<&'a str>,
 }
 
 impl<'a> Prepared<'a> {
     pub fn of(record: &'a MemoryRecord) -> Self {
-        if record.tombstone.is_some() {
-            return Self { tokens: Vec::new() };
-        }
         Self {
-            tokens: tokens(&record.content).collect(),
+            text: record
+                .tombstone
+                .is_none()
+                .then_some(record.content.as_str()),
         }
     }
 }
@@ -554,25 +555,26 @@ impl Index {
             }
         }
         self.vec_slot.push(slot);
-        let len = prepared.tokens.len() as u32;
+        let first = self.bm25.pending.len();
+        let mut len = 0u32;
+        for term in prepared.text.into_iter().flat_map(tokens) {
+            len += 1;
+            let id = self.bm25.term_or_insert(term);
+            // this document's postings so far: count a repeated term
+            match self
+                .bm25
+                .pending
+                .get_mut(first..)
+                .and_then(|mine| mine.iter_mut().find(|p| p.0 == id))
+            {
+                Some(p) => p.2 += 1,
+                None => self.bm25.pending.push((id, row, 1)),
+            }
+        }
         self.bm25.doc_len.push(len);
         if len > 0 {
             self.bm25.docs += 1;
             self.bm25.total_len += u64::from(len);
-            let first = self.bm25.pending.len();
-            for term in prepared.tokens {
-                let id = self.bm25.term_or_insert(term);
-                // this document's postings so far: count a repeated term
-                match self
-                    .bm25
-                    .pending
-                    .get_mut(first..)
-                    .and_then(|mine| mine.iter_mut().find(|p| p.0 == id))
-                {
-                    Some(p) => p.2 += 1,
-                    None => self.bm25.pending.push((id, row, 1)),
-                }
-            }
             if self.bm25.pending.len() >= PENDING_FLUSH {
                 self.bm25.flush();
             }

@@ -332,7 +332,7 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
 struct Bm25 {
     /// Words of up to 15 bytes, packed with their length into an integer (no pointer to
     /// follow, no string comparison).
-    short_terms: FxMap<u128, u32>,
+    short_terms: FxMap<[u64; 2], u32>,
     /// Longer words.
     long_terms: FxMap<Box<str>, u32>,
     /// Per term: `(row, term frequency)` in row order.
@@ -349,15 +349,15 @@ struct Bm25 {
 const PENDING_FLUSH: usize = 1 << 15;
 
 /// A word of up to 15 bytes packed with its length.
-fn short_key(word: &str) -> Option<u128> {
+fn short_key(word: &str) -> Option<[u64; 2]> {
     let b = word.as_bytes();
     if b.len() > 15 {
         return None;
     }
     // built in registers: no byte stores to forward into a wide load
-    let mut k = (b.len() as u128) << 120;
+    let mut k = [0u64, (b.len() as u64) << 56];
     for (i, x) in b.iter().enumerate() {
-        k |= u128::from(*x) << (8 * i);
+        k[i / 8] |= u64::from(*x) << (8 * (i % 8));
     }
     Some(k)
 }

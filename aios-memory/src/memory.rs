@@ -482,6 +482,24 @@ impl Memory {
             self.check_vector("vector", v)?;
             crate::index::normalise(v);
         }
+        let listing = query.text.is_none() && query.vector.is_none();
+        if !listing {
+            match query.mode {
+                RecallMode::Vector if qvec.is_none() => {
+                    return Err(MemoryError::invalid(
+                        "vector",
+                        "vector mode needs a query vector or an embedder for the text",
+                    ))
+                }
+                RecallMode::Keyword if query.text.is_none() => {
+                    return Err(MemoryError::invalid(
+                        "text",
+                        "keyword mode needs query text",
+                    ))
+                }
+                _ => {}
+            }
+        }
         let text = match query.mode {
             RecallMode::Vector => None,
             _ => query.text.as_deref(),
@@ -530,7 +548,7 @@ impl Memory {
                 e.keyword_rank = Some(rank + 1);
                 e.fused += 1.0 / (w.rrf_k + (rank + 1) as f32);
             }
-            if qvec.is_none() && text.is_none() {
+            if listing {
                 for row in index.matching_rows(&filter) {
                     fused.insert(row, ScoreBreakdown::default());
                 }

@@ -293,6 +293,31 @@ fn hits_carry_score_breakdown_and_provenance() {
             .unwrap();
         assert_eq!(vec.len(), 2);
         assert!(vec.iter().all(|h| h.score.keyword.is_none()));
+        // a mode without its signal is refused, not answered with a listing
+        let plain = Memory::builder(Arc::new(clock.clone()))
+            .open()
+            .await
+            .unwrap();
+        plain
+            .remember(new("org/a", Tier::Project, "tax"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            plain
+                .recall(&RecallQuery::text("tax").mode(RecallMode::Vector))
+                .await,
+            Err(MemoryError::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            m.recall(&RecallQuery::vector(vec![0.1; 64]).mode(RecallMode::Keyword))
+                .await,
+            Err(MemoryError::InvalidInput { .. })
+        ));
+        // hybrid without an embedder falls back to keywords
+        assert_eq!(
+            plain.recall(&RecallQuery::text("tax")).await.unwrap().len(),
+            1
+        );
         // a wrong-sized query vector is refused
         assert!(matches!(
             m.recall(&RecallQuery::vector(vec![1.0; 3])).await,

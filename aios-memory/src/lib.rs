@@ -24,6 +24,23 @@
 //! The crate does no I/O, reads time only from the injected [`aios_core::Clock`] and draws
 //! no randomness (ids come from a seeded [`aios_core::IdGen`]).
 //!
+//! Design, in short:
+//!
+//! - **Versions are immutable.** A lineage ([`aios_core::MemoryId`]) is a chain of versions;
+//!   revise and retract append one (a retraction is a tombstone version). Each version links
+//!   to the checksum of the one it supersedes, and the store stamps the superseded version's
+//!   `retired_at`, so [`Memory::verify`] can check a lineage like a hash chain.
+//! - **Two times.** System time (`recorded_at` .. `retired_at`) answers "what did we know
+//!   then" ([`RecallQuery::as_of`], [`Memory::replay`]); world time (`valid_from` ..
+//!   `valid_to`) answers "what was true then" ([`RecallQuery::valid_at`]). At one system time
+//!   exactly one version of a lineage is current; a retracted lineage has none.
+//! - **The store is dumb; the indexes are ours.** A [`MemoryStore`] only keeps versions in
+//!   order under an expected-version precondition. Indexes live in process and are rebuilt
+//!   on open, so every backend recalls identically.
+//! - **Retrieval.** Exact cosine search over a contiguous matrix of unit vectors (the ground
+//!   truth), BM25 over an inverted index, reciprocal-rank fusion of each signal's top
+//!   candidates, plus small recency and importance terms; every hit says why it ranked.
+//!
 //! Features:
 //!
 //! - `testing`: [`testing::memory_store_conformance`] (the contract every store runs),

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 
 use aios_core::{MemoryId, Principal, RunId, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{MemoryKind, Scope, Tier};
 
@@ -109,7 +108,7 @@ pub struct MemoryRecord {
     /// The checksum of the version this one supersedes (`None` for version 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_checksum: Option<String>,
-    /// SHA-256 (hex) over every field but `retired_at` and itself.
+    /// CRC-32 (hex) over a canonical encoding of every field but `retired_at` and itself.
     pub checksum: String,
 }
 
@@ -131,7 +130,7 @@ impl MemoryRecord {
 
     /// Recomputes the checksum from the other fields.
     pub fn compute_checksum(&self) -> String {
-        let mut h = Sha256::new();
+        let mut h = Crc32(crc32fast::Hasher::new());
         h.update(b"aios-memory-record\0");
         h.update(self.schema.to_le_bytes());
         h.update(self.id.as_uuid().as_bytes());
@@ -215,7 +214,7 @@ impl MemoryRecord {
             }
             None => h.update([0]),
         }
-        to_hex(&h.finalize())
+        to_hex(&h.finalize().to_be_bytes())
     }
 
     /// Sets [`MemoryRecord::checksum`] from the other fields.
@@ -229,6 +228,21 @@ impl MemoryRecord {
     }
 }
 
+/// The record checksum: CRC-32 (hardware-accelerated) over a canonical encoding of the
+/// fields. It detects corruption and broken version chains; tamper evidence is the audit
+/// log's job (SHA-256 chain), not the memory store's.
+struct Crc32(crc32fast::Hasher);
+
+impl Crc32 {
+    fn update(&mut self, bytes: impl AsRef<[u8]>) {
+        self.0.update(bytes.as_ref());
+    }
+
+    fn finalize(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
 fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -239,12 +253,12 @@ fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
-fn put_str(h: &mut Sha256, s: &str) {
+fn put_str(h: &mut Crc32, s: &str) {
     h.update((s.len() as u64).to_le_bytes());
     h.update(s.as_bytes());
 }
 
-fn put_opt(h: &mut Sha256, b: Option<[u8; 16]>) {
+fn put_opt(h: &mut Crc32, b: Option<[u8; 16]>) {
     match b {
         Some(b) => {
             h.update([1]);
@@ -254,7 +268,7 @@ fn put_opt(h: &mut Sha256, b: Option<[u8; 16]>) {
     }
 }
 
-fn put_time(h: &mut Sha256, t: Option<Timestamp>) {
+fn put_time(h: &mut Crc32, t: Option<Timestamp>) {
     match t {
         Some(t) => {
             h.update([1]);

@@ -101,7 +101,8 @@ impl std::fmt::Debug for TaskContext<'_> {
     }
 }
 
-fn hash_of(kind: CallKind, value: &impl Serialize) -> String {
+/// The request hash journaled for a call: SHA-256 (hex) of the call's kind and request.
+pub(crate) fn hash_of(kind: CallKind, value: &impl Serialize) -> String {
     let bytes = serde_json::to_vec(&(kind, value)).unwrap_or_default();
     hex::encode(Sha256::digest(&bytes))
 }
@@ -290,7 +291,11 @@ impl<'r> TaskContext<'r> {
             .await?;
         match gate {
             Gate::Allow { notify } => {
-                if let Some((anchor, reason)) = notify {
+                let result = self
+                    .execute(seq, kind, &hash, &action, op, None, None)
+                    .await;
+                // a notify-after escalation: the anchor hears about the action once it ran
+                if let (Some((anchor, reason)), Ok(_)) = (notify, &result) {
                     self.driver
                         .notify(
                             anchor,
@@ -301,8 +306,7 @@ impl<'r> TaskContext<'r> {
                         )
                         .await;
                 }
-                self.execute(seq, kind, &hash, &action, op, None, None)
-                    .await
+                result
             }
             Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
             Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
@@ -559,7 +563,7 @@ impl<'r> TaskContext<'r> {
         };
         let reservation = match self
             .driver
-            .reserve(&self.role, self.agent, action, estimate)
+            .reserve(&self.role, self.agent, estimate)
             .await?
         {
             Ok(r) => r,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aios_core::{
     AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, EffectClass, IdGen, Money,
-    PathwayId, Principal, RoleId, RunId, StoreError, Timestamp,
+    PathwayId, Principal, RoleId, RunId, StoreError,
 };
 use aios_governance::{
     ActionRequest, ApprovalError, ApprovalResponse, ApprovalStore, Approvals, BudgetChain,
@@ -83,7 +83,6 @@ impl PinnedGovernor {
         cost: Money,
         risk: u32,
         confidence: Option<f32>,
-        _now: Timestamp,
     ) -> (Gate, AuditEvent) {
         let mut req = ActionRequest::new(Principal::Agent(agent), role.id, role.pathway, action)
             .with_effect(effect)
@@ -229,9 +228,7 @@ impl Governance {
         run: RunId,
         role: RoleId,
         agent: AgentId,
-        _action: &str,
         amount: Usage,
-        _now: Timestamp,
     ) -> Result<Result<Reservation, String>, StoreError> {
         let Some(ledger) = &self.ledger else {
             return Ok(Err("no budget ledger".into()));
@@ -290,14 +287,13 @@ impl Governance {
         &self,
         reservation: Reservation,
         actual: Usage,
-        _now: Timestamp,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
+    ) -> Result<(), StoreError> {
         let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else {
-            return Ok(vec![]);
+            return Ok(());
         };
         match ledger.commit(id, actual).await {
             // alerts were appended to the audit log by the ledger
-            Ok(_) => Ok(vec![]),
+            Ok(_) => Ok(()),
             Err(BudgetError::Store(e)) => Err(e),
             Err(e) => Err(StoreError::Conflict {
                 detail: e.to_string(),

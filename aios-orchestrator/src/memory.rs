@@ -9,9 +9,8 @@ use aios_memory::{
     NewMemory, RecallHit, RecallQuery, Scope, ScoreBreakdown, Tokenizer, ViewSubject,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::context::TaskContext;
+use crate::context::{hash_of, TaskContext};
 use crate::error::AgentError;
 use crate::runtime::OrchestratorBuilder;
 use crate::state::{CallKind, CallRecord, JournalEntry};
@@ -64,11 +63,6 @@ impl OrchestratorBuilder {
     }
 }
 
-fn hash_of(kind: CallKind, value: &impl Serialize) -> String {
-    let bytes = serde_json::to_vec(&(kind, "memory", value)).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
-}
-
 fn memory_error(e: impl std::fmt::Display) -> AgentError {
     AgentError::Memory(e.to_string())
 }
@@ -92,7 +86,13 @@ impl TaskContext<'_> {
         let new = new.run(self.run_id()).task(self.task_id);
         let hash = hash_of(
             CallKind::Memory,
-            &(&new.scope, &new.tier, &new.content, &new.metadata),
+            &(
+                "remember",
+                &new.scope,
+                &new.tier,
+                &new.content,
+                &new.metadata,
+            ),
         );
         let (seq_claimed, existing) = self.claim(CallKind::Memory, &hash)?;
         let access = self.memory_access()?.clone();
@@ -125,7 +125,7 @@ impl TaskContext<'_> {
     /// Recalls memory through the role's grants. Journaled: on replay the same record
     /// versions are returned, so the agent sees what it saw the first time.
     pub async fn recall(&mut self, query: &RecallQuery) -> Result<Vec<RecallHit>, AgentError> {
-        let hash = hash_of(CallKind::Memory, &format!("{query:?}"));
+        let hash = hash_of(CallKind::Memory, &("recall", format!("{query:?}")));
         let (seq, existing) = self.claim(CallKind::Memory, &hash)?;
         let access = self.memory_access()?.clone();
         if let Some(record) = existing {

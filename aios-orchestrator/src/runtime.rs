@@ -596,7 +596,6 @@ impl<'o> Driver<'o> {
         risk: u32,
         confidence: Option<f32>,
     ) -> Result<Gate, AgentError> {
-        let now = self.o.clock.now();
         let (gate, event) = self.governor.decide(
             &self.o.gov,
             self.run,
@@ -607,7 +606,6 @@ impl<'o> Driver<'o> {
             cost,
             risk,
             confidence,
-            now,
         );
         self.audit(Principal::Agent(agent), event).await?;
         Ok(gate)
@@ -617,13 +615,11 @@ impl<'o> Driver<'o> {
         &self,
         role: &Role,
         agent: AgentId,
-        action: &str,
         amount: Usage,
     ) -> Result<Result<Reservation, String>, AgentError> {
-        let now = self.o.clock.now();
         self.o
             .gov
-            .reserve(self.run, role.id, agent, action, amount, now)
+            .reserve(self.run, role.id, agent, amount)
             .await
             .map_err(|e| self.fail(OrchestratorError::Store(e)))
     }
@@ -633,11 +629,10 @@ impl<'o> Driver<'o> {
         reservation: Reservation,
         actual: Usage,
     ) -> Result<(), AgentError> {
-        let now = self.o.clock.now();
-        let alerts = self
-            .o
+        // budget alerts are appended to the audit log by the ledger itself
+        self.o
             .gov
-            .commit(reservation, actual, now)
+            .commit(reservation, actual)
             .await
             .map_err(|e| match e {
                 // the reservation was released by a worker that took the run over
@@ -648,11 +643,7 @@ impl<'o> Driver<'o> {
                     })
                 }
                 e => self.fail(OrchestratorError::Store(e)),
-            })?;
-        for alert in alerts {
-            self.audit(Principal::System, alert).await?;
-        }
-        Ok(())
+            })
     }
 
     pub(crate) async fn release(&self, reservation: Reservation) {

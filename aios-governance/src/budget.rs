@@ -16,8 +16,8 @@ use chrono::Datelike;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use rustc_hash::FxHashMap;
 use crate::model::{default_alerts, Limits, Period};
+use rustc_hash::FxHashMap;
 
 /// Which budget: a level of the hierarchy organisation > role > agent > run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

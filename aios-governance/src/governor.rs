@@ -11,11 +11,11 @@ use aios_core::{
 use crate::budget::{BudgetKey, BudgetLimits, BudgetPlan};
 use crate::controls::{ControlSnapshot, Halt, Relaxation};
 use crate::decide::{rules, ActionRequest, Condition, Decision, FiredRule, OnTimeout, Verdict};
-use rustc_hash::{FxHashMap, FxHashSet};
 use crate::model::{
     Anchor, BudgetScope, EscalationMode, GovernanceModel, OnTimeoutSpec, ResponseKind, Trigger,
 };
 use crate::validate::ValidationReport;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// An accountability anchor as the runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

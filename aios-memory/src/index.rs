@@ -424,10 +424,15 @@ const BM25_K1: f32 = 1.2;
 const BM25_B: f32 = 0.75;
 
 /// The indexes of one [`crate::Memory`].
+/// Rows per chunk of the vector matrix.
+const MATRIX_ROWS: usize = 16_384;
+
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub dims: Option<usize>,
-    matrix: Vec<f32>,
+    /// The normalised vectors, `MATRIX_ROWS` rows per chunk: contiguous for the scan, and
+    /// growing by whole chunks so inserting never moves the vectors already stored.
+    matrix: Vec<Vec<f32>>,
     slot_row: Vec<u32>,
     pub hot: Vec<Hot>,
     pub cold: Vec<Cold>,
@@ -546,10 +551,20 @@ impl Index {
             }
             if Some(v.len()) == self.dims {
                 slot = self.slot_row.len() as u32;
-                let start = self.matrix.len();
-                self.matrix.extend_from_slice(v);
-                if let Some(stored) = self.matrix.get_mut(start..) {
-                    normalise(stored);
+                let d = v.len();
+                if self
+                    .matrix
+                    .last()
+                    .is_none_or(|c| c.len() + d > MATRIX_ROWS * d)
+                {
+                    self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
+                }
+                if let Some(chunk) = self.matrix.last_mut() {
+                    let start = chunk.len();
+                    chunk.extend_from_slice(v);
+                    if let Some(stored) = chunk.get_mut(start..) {
+                        normalise(stored);
+                    }
                 }
                 self.slot_row.push(row);
             }
@@ -697,20 +712,25 @@ impl Index {
             .step_by(64)
             .filter(|r| passes(**r))
             .count();
+        let chunks = self.matrix.iter().zip(self.slot_row.chunks(MATRIX_ROWS));
         if passing * 4 >= sampled {
-            for (v, &row) in self.matrix.chunks_exact(d).zip(&self.slot_row) {
-                let score = dot(v, query);
-                if passes(row) {
-                    top.push(Cand { score, row });
+            for (chunk, rows) in chunks {
+                for (v, &row) in chunk.chunks_exact(d).zip(rows) {
+                    let score = dot(v, query);
+                    if passes(row) {
+                        top.push(Cand { score, row });
+                    }
                 }
             }
         } else {
-            for (v, &row) in self.matrix.chunks_exact(d).zip(&self.slot_row) {
-                if passes(row) {
-                    top.push(Cand {
-                        score: dot(v, query),
-                        row,
-                    });
+            for (chunk, rows) in chunks {
+                for (v, &row) in chunk.chunks_exact(d).zip(rows) {
+                    if passes(row) {
+                        top.push(Cand {
+                            score: dot(v, query),
+                            row,
+                        });
+                    }
                 }
             }
         }

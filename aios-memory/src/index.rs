@@ -555,7 +555,7 @@ impl Index {
                 if self
                     .matrix
                     .last()
-                    .is_none_or(|c| c.len() + d > MATRIX_ROWS * d)
+                    .map_or(true, |c| c.len() + d > MATRIX_ROWS * d)
                 {
                     self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
                 }

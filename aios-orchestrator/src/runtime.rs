@@ -12,6 +12,7 @@ use aios_core::{
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -96,9 +97,9 @@ impl RunOutcome {
 
 pub(crate) struct Inner {
     pub(crate) gov: Governance,
-    pub(crate) roles: HashMap<aios_core::RoleId, Arc<Role>>,
+    pub(crate) roles: FxHashMap<aios_core::RoleId, Arc<Role>>,
     /// The agent identity of each role, derived once.
-    pub(crate) agents: HashMap<aios_core::RoleId, AgentId>,
+    pub(crate) agents: FxHashMap<aios_core::RoleId, AgentId>,
     pub(crate) connectors: HashMap<ConnectorId, Arc<dyn Connector>>,
     pub(crate) credentials: HashMap<ConnectorId, CredentialHandle>,
     pub(crate) vault: Option<Arc<dyn CredentialVault>>,
@@ -755,7 +756,7 @@ impl<'o> Driver<'o> {
     }
 
     async fn run_task(&self, index: usize) -> (usize, TaskId, TaskResult) {
-        let (task_id, spec, input) = {
+        let (task_id, name, role_id, input) = {
             let st = self.state.lock();
             let t = &st.tasks[index];
             let deps = t
@@ -769,20 +770,21 @@ impl<'o> Driver<'o> {
                 .collect();
             (
                 t.id,
-                t.spec.clone(),
+                t.spec.name.clone(),
+                t.spec.role,
                 TaskInput {
                     input: t.spec.input.clone(),
                     deps,
                 },
             )
         };
-        let Some(role) = self.o.roles.get(&spec.role).cloned() else {
+        let Some(role) = self.o.roles.get(&role_id).cloned() else {
             return (
                 index,
                 task_id,
                 TaskResult::Failed(format!(
                     "task `{}` names a role that is not registered",
-                    spec.name
+                    name
                 )),
             );
         };
@@ -803,19 +805,19 @@ impl<'o> Driver<'o> {
         }
         self.emit(RunEvent::TaskStarted {
             run: self.run,
-            task: spec.name.clone(),
+            task: name.clone(),
         });
         let mut ctx = TaskContext {
             driver: self,
             index,
-            name: spec.name.clone(),
+            name: name.clone(),
             task_id,
             role: role.clone(),
             agent,
             seq: 0,
         };
         let span =
-            tracing::info_span!("aios.task", run = %self.run, task = %spec.name, role = %role.name);
+            tracing::info_span!("aios.task", run = %self.run, task = %name, role = %role.name);
         let result = role.agent.run(&mut ctx, input).instrument(span).await;
         if self.fatal.lock().is_some() {
             return (index, task_id, TaskResult::Fatal);
@@ -860,7 +862,15 @@ impl<'o> Driver<'o> {
         let mut failure: Option<String> = None;
         let mut stopped: Option<RunStatus> = None;
         loop {
-            if let Some(control) = self.o.controls.lock().remove(&self.run) {
+            let control = {
+                let mut controls = self.o.controls.lock();
+                if controls.is_empty() {
+                    None
+                } else {
+                    controls.remove(&self.run)
+                }
+            };
+            if let Some(control) = control {
                 stopped = Some(control);
                 break;
             }

@@ -393,6 +393,7 @@ impl<'r> TaskContext<'r> {
             CallRecord::Model(_)
             | CallRecord::Connector(_)
             | CallRecord::Memory { .. }
+            | CallRecord::Answered { .. }
             | CallRecord::Recalled { .. }
             | CallRecord::Spawned { .. } => {
                 self.driver.emit(RunEvent::CallReplayed {

@@ -67,6 +67,11 @@ impl PinnedGovernor {
         self.0.model()
     }
 
+    /// How long `anchor` is expected to take to answer.
+    pub(crate) fn response_time(&self, anchor: AnchorId) -> Option<Duration> {
+        self.0.anchor(anchor).map(|a| a.response_time)
+    }
+
     pub(crate) fn accountable(&self, pathway: PathwayId) -> Option<AnchorId> {
         self.0.pathway(pathway).map(|p| p.anchor)
     }

@@ -6,7 +6,8 @@
 //! giving each task to the agent of its [`Role`]. Agents reach the world only through their
 //! [`TaskContext`]: model calls ([`TaskContext::complete`], routed by a [`ModelRouter`]),
 //! connector calls ([`TaskContext::call`]), memory ([`TaskContext::remember`],
-//! [`TaskContext::recall`]) and fan-out ([`TaskContext::spawn`]). Every call is decided by the
+//! [`TaskContext::recall`]), fan-out ([`TaskContext::spawn`]) and questions to the
+//! accountable human ([`TaskContext::ask_human`]). Every call is decided by the
 //! governance model, paid for from budgets, made reliable (breakers, retries with seeded
 //! jitter, timeouts on the [`aios_core::Timer`]), journaled and audited.
 //!
@@ -29,6 +30,7 @@ mod context;
 mod error;
 mod gate;
 mod graph;
+mod human;
 mod memory;
 mod notify;
 pub mod reliability;

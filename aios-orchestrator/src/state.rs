@@ -70,6 +70,8 @@ pub enum CallKind {
     Memory,
     /// A task added to the graph (fan-out).
     Spawn,
+    /// A question to a human.
+    Human,
 }
 
 /// The result of one journaled call.
@@ -100,6 +102,11 @@ pub enum CallRecord {
     Spawned {
         /// The new task's index.
         index: usize,
+    },
+    /// A human answered a question.
+    Answered {
+        /// The answer.
+        answer: serde_json::Value,
     },
     /// The call needs approval; the run parked on this request.
     AwaitingApproval {

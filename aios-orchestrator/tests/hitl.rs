@@ -119,3 +119,60 @@ fn an_expired_approval_is_a_rejection() {
     );
     assert!(world.email.effects().is_empty());
 }
+
+#[test]
+fn an_agent_asks_the_accountable_human_and_continues_with_the_answer() {
+    use std::sync::Arc;
+    let world = World::new();
+    let notifier = aios_orchestrator::InMemoryNotifier::new();
+    let agent = aios_orchestrator::FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let answer = ctx
+                .ask_human("which list should get the newsletter?")
+                .await?;
+            let out = ctx
+                .call(aios_orchestrator::ConnectorRequest::new(
+                    "email",
+                    "send",
+                    serde_json::json!({ "to": answer }),
+                ))
+                .await;
+            // the send itself needs approval too: the run parks again
+            Ok(out?.output)
+        })
+    });
+    let orch = builder(&world)
+        .notifier(Arc::new(notifier.clone()))
+        .role(
+            aios_orchestrator::Role::new("outreach", "outreach", Arc::new(agent))
+                .connector("email"),
+        )
+        .build();
+    let wf = aios_orchestrator::Workflow::new("ask").task(aios_orchestrator::TaskSpec::new(
+        "send",
+        aios_core::RoleId::from_name("outreach"),
+        serde_json::Value::Null,
+    ));
+    let asked = block_on(orch.start(wf)).unwrap();
+    let question = asked.pending_approvals()[0];
+    let pending = block_on(orch.pending_approvals()).unwrap();
+    assert_eq!(pending[0].action, "human.ask");
+    assert_eq!(
+        pending[0].proposed["question"],
+        "which list should get the newsletter?"
+    );
+    assert!(notifier.sent().iter().any(|n| n.approval == Some(question)));
+
+    let answer = serde_json::json!("friends@example.com");
+    let next =
+        block_on(orch.submit_approval(question, bob(), ApprovalResponse::Edit(answer.clone())))
+            .unwrap();
+    let send = next.pending_approvals()[0];
+    assert_ne!(
+        send, question,
+        "the answered question is not asked again; the send waits now"
+    );
+    let done = block_on(orch.submit_approval(send, alice(), ApprovalResponse::Approve)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(world.email.effects()[0].input["to"], answer);
+}

@@ -134,13 +134,9 @@ async fn main() -> Result<(), Error> {
     let pay = ActionRequest::new(agent, outreach.0, outreach.1, "payments.transfer")
         .with_effect(EffectClass::Irreversible)
         .with_cost(Money::from_minor(25_000));
-    let founder = aios::core::AnchorId::from_name("founder").to_string();
     for (what, req) in [("send the newsletter", &send), ("pay an invoice", &pay)] {
         let d = governor.decide(req);
-        let why = d
-            .explain()
-            .replace(&format!("anchor:{founder}"), "`founder`")
-            .replace('\n', "\n    ");
+        let why = governor.explain(&d).replace('\n', "\n    ");
         println!(
             "- outreach asks to {what} (`{}`): {:?}\n    {why}",
             req.action,

@@ -267,9 +267,10 @@ fn check(store_path: &Path, service_path: &Path, round: &str) -> usize {
     let effects_cost: i64 = service.effects.values().map(|(_, c)| c).sum();
     let audited_cost: i64 = succeeded.iter().map(|(_, c)| c.minor()).sum();
     let committed = usage.committed.cost.minor();
-    eprintln!(
-        "{round}: committed cost {committed} for effects costing {effects_cost} (audited {audited_cost}); {} reservation(s) left by crashes",
-        ledger.outstanding().unwrap()
+    assert_eq!(
+        ledger.outstanding().unwrap(),
+        0,
+        "{round}: reservations left by killed workers were released when the run was taken over"
     );
     assert!(
         effects_cost <= committed && committed <= audited_cost,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use aios_core::Money;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -196,24 +197,29 @@ impl Differ {
             new.max_effect,
             Up::Loosens,
         );
+        self.ceilings(
+            at,
+            (old.max_cost_per_action, old.max_risk, old.min_confidence),
+            (new.max_cost_per_action, new.max_risk, new.min_confidence),
+        );
+    }
+
+    /// The per-action ceilings shared by the charter's boundaries and a pathway's limits:
+    /// cost and risk loosen upwards, the confidence floor loosens downwards.
+    fn ceilings(
+        &mut self,
+        at: &str,
+        old: (Option<Money>, Option<u32>, Option<f32>),
+        new: (Option<Money>, Option<u32>, Option<f32>),
+    ) {
         self.limit(
             format!("{at}.max_cost_per_action"),
-            old.max_cost_per_action,
-            new.max_cost_per_action,
+            old.0,
+            new.0,
             Up::Loosens,
         );
-        self.limit(
-            format!("{at}.max_risk"),
-            old.max_risk,
-            new.max_risk,
-            Up::Loosens,
-        );
-        self.limit(
-            format!("{at}.min_confidence"),
-            old.min_confidence,
-            new.min_confidence,
-            Up::Tightens,
-        );
+        self.limit(format!("{at}.max_risk"), old.1, new.1, Up::Loosens);
+        self.limit(format!("{at}.min_confidence"), old.2, new.2, Up::Tightens);
     }
 
     fn anchor(&mut self, old: &Anchor, new: &Anchor) {
@@ -263,23 +269,10 @@ impl Differ {
         );
         let fx = |v: &AutonomyLimits| v.effects.iter().map(|e| e.to_string()).collect::<Vec<_>>();
         self.set(format!("{at}.effects"), &fx(old), &fx(new), MORE_LOOSENS);
-        self.limit(
-            format!("{at}.max_cost_per_action"),
-            old.max_cost_per_action,
-            new.max_cost_per_action,
-            Up::Loosens,
-        );
-        self.limit(
-            format!("{at}.max_risk"),
-            old.max_risk,
-            new.max_risk,
-            Up::Loosens,
-        );
-        self.limit(
-            format!("{at}.min_confidence"),
-            old.min_confidence,
-            new.min_confidence,
-            Up::Tightens,
+        self.ceilings(
+            at,
+            (old.max_cost_per_action, old.max_risk, old.min_confidence),
+            (new.max_cost_per_action, new.max_risk, new.min_confidence),
         );
     }
 

@@ -1028,11 +1028,14 @@ impl<'o> Driver<'o> {
                     task: name,
                 },
             });
-            if self.step(false).await.is_err() {
-                return Err(self.take_fatal());
-            }
             if stopped.is_some() {
                 break;
+            }
+            // when nothing is left to run, the run's final checkpoint follows at once and
+            // records this step too
+            let last = running.is_empty() && (ready.is_empty() || failure.is_some());
+            if !last && self.step(false).await.is_err() {
+                return Err(self.take_fatal());
             }
         }
         drop(running);

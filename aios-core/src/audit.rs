@@ -335,8 +335,11 @@ pub struct AuditEntry {
     pub event: AuditEvent,
     /// The hash of the previous entry ([`EntryHash::GENESIS`] for the first).
     pub prev: EntryHash,
-    /// The hash of this entry: SHA-256 over the version, `prev`, `seq`, `at`, `actor` and
-    /// `event` (see [`AuditEntry::compute_hash`]).
+    /// The hash of this entry: SHA-256 over the bytes `aios-audit`, the version (u16
+    /// big-endian), `prev`, `seq` (u64 big-endian), `at` (seconds i64 and nanoseconds u32,
+    /// big-endian) and the canonical binary encoding of `(actor, event)`: an injective, tagged
+    /// serde encoding with field and variant names, ids as 16 raw bytes (specified in the
+    /// source, `canonical.rs`). See [`AuditEntry::compute_hash`].
     pub hash: EntryHash,
 }
 
@@ -402,7 +405,7 @@ fn hash_parts(
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&at.timestamp().to_be_bytes());
     buf.extend_from_slice(&at.timestamp_subsec_nanos().to_be_bytes());
-    serde_json::to_writer(&mut *buf, &(actor, event)).map_err(|e| StoreError::Corrupt {
+    crate::canonical::encode(&(actor, event), buf).map_err(|e| StoreError::Corrupt {
         location: format!("audit entry {seq}"),
         detail: e.to_string(),
     })?;

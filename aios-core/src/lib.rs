@@ -36,6 +36,7 @@
 //! ```
 
 mod audit;
+mod canonical;
 mod clock;
 mod connector;
 mod embed;

@@ -17,10 +17,12 @@ pub enum OrchestratorError {
         detail: String,
     },
     /// A task names a role that is not registered.
-    #[error("task `{task}` names a role that is not registered")]
+    #[error("task `{task}` names role {role:?}, which is not registered (roles are `RoleId::from_name(name)`)")]
     UnknownRole {
         /// The task.
         task: String,
+        /// The role it names.
+        role: aios_core::RoleId,
     },
     /// No such run.
     #[error("no run {0}")]

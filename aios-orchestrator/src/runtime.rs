@@ -1143,6 +1143,7 @@ impl Orchestrator {
             if !self.inner.roles.contains_key(&t.role) {
                 return Err(OrchestratorError::UnknownRole {
                     task: t.name.to_string(),
+                    role: t.role,
                 });
             }
         }

@@ -613,3 +613,30 @@ fn an_operator_pause_parks_the_run_and_the_kill_switch_cancels_it() {
     );
     assert_eq!(world.ledger.effects().len(), 2);
 }
+
+#[test]
+fn bad_workflows_are_refused_with_the_task_and_role_named() {
+    let world = World::new();
+    let orch = builder(&world).role(ledger_writer(1)).build();
+    let err = block_on(orch.start(one("nobody"))).unwrap_err().to_string();
+    assert!(
+        err.contains("task `only`") && err.contains("role:"),
+        "{err}"
+    );
+    let cyclic = Workflow::new("loop")
+        .task(TaskSpec::new("a", RoleId::from_name("worker"), serde_json::Value::Null).after(["b"]))
+        .task(
+            TaskSpec::new("b", RoleId::from_name("worker"), serde_json::Value::Null).after(["a"]),
+        );
+    let err = block_on(orch.start(cyclic)).unwrap_err().to_string();
+    assert!(
+        err.contains("workflow `loop`") && err.contains("cycle"),
+        "{err}"
+    );
+    assert!(
+        block_on(orch.checkpoint_store().list(false))
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
+}

@@ -115,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) breakers: Breakers,
     pub(crate) config: OrchestratorConfig,
     pub(crate) controls: Mutex<HashMap<RunId, RunStatus>>,
+    /// Runs this orchestrator is driving right now.
+    pub(crate) active: Mutex<std::collections::HashSet<RunId>>,
 }
 
 /// Runs governed agents over task graphs. Cheap to clone; clones share everything.
@@ -347,6 +349,7 @@ impl OrchestratorBuilder {
                 breakers,
                 config: self.config,
                 controls: Mutex::new(HashMap::new()),
+                active: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -359,6 +362,18 @@ enum TaskResult {
     Parked(ApprovalId),
     Failed(String),
     Fatal,
+}
+
+/// Marks a run as driven by this orchestrator while it lives.
+struct Active<'a> {
+    set: &'a Mutex<std::collections::HashSet<RunId>>,
+    run: RunId,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.run);
+    }
 }
 
 /// The state of one run while a worker drives it.
@@ -834,6 +849,11 @@ impl<'o> Driver<'o> {
     }
 
     async fn drive(&self, resumed: bool) -> Result<RunOutcome, OrchestratorError> {
+        self.o.active.lock().insert(self.run);
+        let _active = Active {
+            set: &self.o.active,
+            run: self.run,
+        };
         self.emit(RunEvent::RunStarted {
             run: self.run,
             resumed,
@@ -1408,15 +1428,19 @@ impl Orchestrator {
             reason: reason.to_string(),
             until: None,
         };
-        self.inner
-            .audit
-            .append(AuditRecord {
-                at: now,
-                actor: by,
-                event,
-            })
-            .await?;
-        match self
+        let record = AuditRecord {
+            at: now,
+            actor: by,
+            event,
+        };
+        if self.inner.active.lock().contains(&run) {
+            // driven right now by this orchestrator: it stops at the next task boundary and
+            // saves the new status itself
+            self.inner.audit.append(record).await?;
+            self.inner.controls.lock().insert(run, status);
+            return Ok(());
+        }
+        let lease = self
             .inner
             .checkpoints
             .acquire(
@@ -1426,38 +1450,38 @@ impl Orchestrator {
                 self.inner.config.lease_ttl,
             )
             .await
-        {
-            Ok(lease) => {
-                let Some(latest) = self.inner.checkpoints.latest(run).await? else {
-                    self.inner.checkpoints.release(&lease).await?;
-                    return Err(OrchestratorError::UnknownRun(run));
-                };
-                let mut state = latest.state;
-                if state.status.is_terminal() {
-                    self.inner.checkpoints.release(&lease).await?;
-                    return Err(OrchestratorError::NotResumable {
-                        run,
-                        status: format!("{:?}", state.status),
-                    });
-                }
-                state.status = status;
-                let cp = Checkpoint {
+            .map_err(|e| match e {
+                aios_core::StoreError::Conflict { detail } => OrchestratorError::LeaseLost {
                     run,
-                    seq: latest.seq + 1,
-                    at: now,
-                    state,
-                };
-                let saved = self.inner.checkpoints.save(&lease, &cp).await;
-                self.inner.checkpoints.release(&lease).await?;
-                saved?;
+                    detail: format!("another worker drives the run: {detail}"),
+                },
+                e => e.into(),
+            })?;
+        let result = async {
+            let Some(latest) = self.inner.checkpoints.latest(run).await? else {
+                return Err(OrchestratorError::UnknownRun(run));
+            };
+            let mut state = latest.state;
+            if state.status.is_terminal() {
+                return Err(OrchestratorError::NotResumable {
+                    run,
+                    status: format!("{:?}", state.status),
+                });
             }
-            Err(aios_core::StoreError::Conflict { .. }) => {
-                // driven right now (by this process): stop at the next task boundary
-                self.inner.controls.lock().insert(run, status);
-            }
-            Err(e) => return Err(e.into()),
+            state.status = status;
+            let checkpoint = Checkpoint {
+                run,
+                seq: latest.seq + 1,
+                at: now,
+                state,
+            };
+            self.inner.audit.append(record).await?;
+            self.inner.checkpoints.save(&lease, &checkpoint).await?;
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.inner.checkpoints.release(&lease).await?;
+        result
     }
 }
 

@@ -640,3 +640,82 @@ fn bad_workflows_are_refused_with_the_task_and_role_named() {
         "nothing was stored"
     );
 }
+
+#[test]
+fn a_run_being_driven_is_cancelled_at_its_next_task_boundary() {
+    use futures::FutureExt;
+    let world = World::new();
+    let slow = Faults::new(FaultPlan::delay(
+        Arc::new(world.timer.clone()),
+        Duration::from_secs(5),
+    ));
+    let audit = InMemoryAuditLog::new();
+    let checkpoints = aios_orchestrator::InMemoryCheckpointStore::new();
+    let build = |worker: &str| {
+        Orchestrator::builder(governor())
+            .connector(Arc::new(FaultyConnector::new(
+                world.ledger.clone(),
+                slow.clone(),
+            )))
+            .clock(Arc::new(world.timer.clock().clone()))
+            .timer(Arc::new(world.timer.clone()))
+            .audit(Arc::new(audit.clone()))
+            .checkpoints(Arc::new(checkpoints.clone()))
+            .role(ledger_writer(1))
+            .config(OrchestratorConfig {
+                worker: aios_orchestrator::WorkerId::new(worker),
+                ..OrchestratorConfig::default()
+            })
+            .build()
+    };
+    let orch = build("here");
+    let other = build("elsewhere");
+    let w = RoleId::from_name("worker");
+    let wf = Workflow::new("two")
+        .task(TaskSpec::new("first", w, serde_json::Value::Null))
+        .task(TaskSpec::new("second", w, serde_json::Value::Null).after(["first"]));
+    let mut running = Box::pin(orch.start(wf));
+    assert!(
+        (&mut running).now_or_never().is_none(),
+        "the first task waits in its connector"
+    );
+    let run = block_on(aios_orchestrator::CheckpointStore::list(
+        &checkpoints,
+        false,
+    ))
+    .unwrap()[0]
+        .run;
+
+    // another orchestrator cannot control a run it does not drive while the lease is live
+    let refused =
+        block_on(other.control_run(run, RunControl::Cancel, Principal::Human(alice()), "no"));
+    assert!(
+        matches!(
+            refused,
+            Err(aios_orchestrator::OrchestratorError::LeaseLost { .. })
+        ),
+        "{refused:?}"
+    );
+
+    block_on(orch.control_run(
+        run,
+        RunControl::Cancel,
+        Principal::Human(alice()),
+        "wrong week",
+    ))
+    .unwrap();
+    world.timer.advance(Duration::from_secs(5));
+    let out = block_on(running).unwrap();
+    assert_eq!(out.status, RunStatus::Cancelled);
+    assert_eq!(world.ledger.effects().len(), 1, "the second task never ran");
+    let controls: Vec<_> = block_on(audit.entries())
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.event, AuditEvent::ControlApplied { .. }))
+        .collect();
+    assert_eq!(
+        controls.len(),
+        1,
+        "only the control that took effect is recorded"
+    );
+}

@@ -139,7 +139,8 @@ pub fn random_dag(n: usize, seed: u64) -> Workflow {
     }
 }
 
-fn one_send() -> Workflow {
+/// One task whose irreversible send needs the owner's approval.
+pub fn one_send() -> Workflow {
     Workflow::new("send").task(TaskSpec::new(
         "send",
         RoleId::from_name("outreach"),

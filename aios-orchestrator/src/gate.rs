@@ -326,6 +326,21 @@ impl Governance {
         proposed: serde_json::Value,
     ) -> Result<ApprovalId, String> {
         let approvals = self.approvals()?;
+        // a request this very call made before its worker died (before the journal recorded
+        // it) is reused rather than asked twice
+        let pending = approvals
+            .pending(Some(anchor))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(earlier) = pending.iter().find(|r| {
+            r.run == Some(run)
+                && r.task == Some(task)
+                && r.requester == Principal::Agent(requester)
+                && r.action == action
+                && r.proposed == proposed
+        }) {
+            return Ok(earlier.id);
+        }
         let request = approvals
             .request(NewApproval {
                 anchor,

@@ -711,3 +711,73 @@ fn fan_out_survives_a_crash_at_every_point() {
         assert_eq!(world.ledger.effects().len(), 3, "fault at store call {k}");
     }
 }
+
+#[test]
+fn an_approval_requested_just_before_a_crash_is_not_asked_twice() {
+    struct Rig {
+        world: World,
+        checkpoints: InMemoryCheckpointStore,
+        approvals: aios_governance::InMemoryApprovalStore,
+        faults: Faults,
+    }
+    impl Rig {
+        fn new(plan: FaultPlan) -> Self {
+            Self {
+                world: World::new(),
+                checkpoints: InMemoryCheckpointStore::new(),
+                approvals: aios_governance::InMemoryApprovalStore::new(),
+                faults: Faults::new(plan),
+            }
+        }
+        fn orchestrator(&self, worker: &str) -> Orchestrator {
+            let store = FaultyCheckpointStore::new(self.checkpoints.clone(), self.faults.clone());
+            newsletter_roles()
+                .into_iter()
+                .fold(
+                    builder(&self.world)
+                        .checkpoints(Arc::new(store))
+                        .approval_store(Arc::new(self.approvals.clone()))
+                        .config(OrchestratorConfig {
+                            worker: WorkerId::new(worker),
+                            ..OrchestratorConfig::default()
+                        }),
+                    |b, r| b.role(r),
+                )
+                .build()
+        }
+    }
+    // every store call of a run up to its parking, failed in turn
+    let reference = Rig::new(FaultPlan::none());
+    block_on(reference.orchestrator("w0").start(newsletter())).unwrap();
+    for k in 1..=reference.faults.calls() {
+        let rig = Rig::new(FaultPlan::fail_nth(k));
+        let first = block_on(rig.orchestrator("w1").start(newsletter()));
+        rig.faults.set_plan(FaultPlan::none());
+        rig.world.timer.advance(Duration::from_secs(120));
+        let second = rig.orchestrator("w2");
+        let parked = match (
+            first,
+            block_on(rig.checkpoints.list(false)).unwrap().first(),
+        ) {
+            (Ok(out), _) => out,
+            (Err(_), None) => block_on(second.start(newsletter())).unwrap(),
+            (Err(_), Some(s)) => block_on(second.resume(s.run)).unwrap(),
+        };
+        assert!(
+            matches!(parked.status, RunStatus::Parked { .. }),
+            "fault {k}: {:?}",
+            parked.status
+        );
+        let pending = block_on(second.pending_approvals()).unwrap();
+        assert_eq!(
+            pending.len(),
+            1,
+            "fault {k}: one question for the founder, not two"
+        );
+        let done =
+            block_on(second.submit_approval(pending[0].id, alice(), ApprovalResponse::Approve))
+                .unwrap();
+        assert_eq!(done.status, RunStatus::Completed, "fault {k}");
+        assert_eq!(rig.world.email.effects().len(), 1, "fault {k}");
+    }
+}

@@ -139,7 +139,9 @@ impl Usage {
         self.to_array()[d as usize]
     }
 
-    fn to_array(self) -> [i64; 4] {
+    /// The amounts by [`Dimension`] order (cost, tokens, tool calls, risk points), counts
+    /// clamped to `i64`: the representation ledgers do their arithmetic in.
+    pub fn to_array(self) -> [i64; 4] {
         [
             self.cost.minor(),
             clamp_u64(self.tokens),
@@ -148,7 +150,8 @@ impl Usage {
         ]
     }
 
-    fn from_array(a: [i64; 4]) -> Self {
+    /// The inverse of [`Usage::to_array`] (negative counts read as zero).
+    pub fn from_array(a: [i64; 4]) -> Self {
         Usage {
             cost: Money::from_minor(a[0]),
             tokens: a[1].max(0) as u64,
@@ -220,7 +223,8 @@ impl BudgetLimits {
         }
     }
 
-    fn array(&self) -> [i64; 4] {
+    /// The limits by [`Dimension`] order, `i64::MAX` where a dimension is not limited.
+    pub fn array(&self) -> [i64; 4] {
         let l = &self.limits;
         [
             l.cost.map_or(i64::MAX, |m| m.minor()),
@@ -587,14 +591,22 @@ struct LedgerState {
 }
 
 fn window(period: Period, now: Timestamp) -> i64 {
-    let secs = now.timestamp();
-    match period {
-        Period::Total => 0,
-        Period::Hour => secs.div_euclid(3_600),
-        Period::Day => secs.div_euclid(86_400),
-        // 1970-01-01 was a Thursday; shift so weeks start on Monday
-        Period::Week => (secs + 3 * 86_400).div_euclid(604_800),
-        Period::Month => i64::from(now.year()) * 12 + i64::from(now.month0()),
+    period.window(now)
+}
+
+impl Period {
+    /// The number of the calendar window (UTC) that `now` falls in: usage resets when it
+    /// changes. Weeks start on Monday; `Total` never resets (always 0).
+    pub fn window(self, now: Timestamp) -> i64 {
+        let secs = now.timestamp();
+        match self {
+            Period::Total => 0,
+            Period::Hour => secs.div_euclid(3_600),
+            Period::Day => secs.div_euclid(86_400),
+            // 1970-01-01 was a Thursday; shift so weeks start on Monday
+            Period::Week => (secs + 3 * 86_400).div_euclid(604_800),
+            Period::Month => i64::from(now.year()) * 12 + i64::from(now.month0()),
+        }
     }
 }
 

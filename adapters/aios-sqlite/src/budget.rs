@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use aios_core::{AuditLog, AuditRecord, Clock, Money, Principal, RunId, StoreError, Timestamp};
+use aios_core::{AuditLog, AuditRecord, Clock, Principal, RunId, StoreError, Timestamp};
 use aios_governance::{
     BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, BudgetUsage,
     Dimension, Period, Reservation, ReservationId, Settlement, Usage,
 };
 use async_trait::async_trait;
-use chrono::Datelike;
 use rusqlite::{OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 
@@ -58,50 +57,6 @@ struct Held {
     run: Option<RunId>,
 }
 
-fn clamp_u64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn usage_array(u: Usage) -> [i64; 4] {
-    [
-        u.cost.minor(),
-        clamp_u64(u.tokens),
-        clamp_u64(u.tool_calls),
-        clamp_u64(u.risk_points),
-    ]
-}
-
-fn usage_from(a: [i64; 4]) -> Usage {
-    Usage {
-        cost: Money::from_minor(a[0]),
-        tokens: a[1].max(0) as u64,
-        tool_calls: a[2].max(0) as u64,
-        risk_points: a[3].max(0) as u64,
-    }
-}
-
-fn limit_array(l: &BudgetLimits) -> [i64; 4] {
-    let l = &l.limits;
-    [
-        l.cost.map_or(i64::MAX, |m| m.minor()),
-        l.tokens.map_or(i64::MAX, clamp_u64),
-        l.tool_calls.map_or(i64::MAX, clamp_u64),
-        l.risk_points.map_or(i64::MAX, clamp_u64),
-    ]
-}
-
-fn window(period: Period, now: Timestamp) -> i64 {
-    let secs = now.timestamp();
-    match period {
-        Period::Total => 0,
-        Period::Hour => secs.div_euclid(3_600),
-        Period::Day => secs.div_euclid(86_400),
-        // 1970-01-01 was a Thursday; shift so weeks start on Monday
-        Period::Week => (secs + 3 * 86_400).div_euclid(604_800),
-        Period::Month => i64::from(now.year()) * 12 + i64::from(now.month0()),
-    }
-}
-
 impl Account {
     fn roll(&mut self, window: i64) {
         if window != self.window {
@@ -113,7 +68,7 @@ impl Account {
 
     fn roll_to(&mut self, now: Timestamp) {
         if self.limits.period != Period::Total {
-            self.roll(window(self.limits.period, now));
+            self.roll(self.limits.period.window(now));
         }
     }
 
@@ -124,7 +79,7 @@ impl Account {
         if alerts.is_empty() {
             return;
         }
-        let limits = limit_array(&self.limits);
+        let limits = self.limits.array();
         for d in 0..4 {
             let limit = limits[d];
             if limit == i64::MAX {
@@ -189,7 +144,7 @@ impl SqliteBudgetLedger {
     }
 
     fn settle(&self, id: ReservationId, actual: Option<Usage>) -> Result<Settlement, BudgetError> {
-        let act = actual.map(usage_array);
+        let act = actual.map(Usage::to_array);
         if let Some(a) = act {
             if a[0] < 0 {
                 return Err(BudgetError::InvalidAmount {
@@ -269,7 +224,7 @@ impl BudgetLedger for SqliteBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
         let now = self.clock.now();
         self.db.write("set budget limits", |tx| {
-            let w = window(limits.period, now);
+            let w = limits.period.window(now);
             let account = match self.load(tx, key)? {
                 Some(mut a) => {
                     a.roll(w);
@@ -296,7 +251,7 @@ impl BudgetLedger for SqliteBudgetLedger {
         chain: &BudgetChain,
         amount: Usage,
     ) -> Result<Reservation, BudgetError> {
-        let amt = usage_array(amount);
+        let amt = amount.to_array();
         if amt[0] < 0 {
             return Err(BudgetError::InvalidAmount {
                 detail: format!("cost `{}` is negative", amount.cost),
@@ -317,7 +272,7 @@ impl BudgetLedger for SqliteBudgetLedger {
             // check every level first: nothing is written on refusal
             for a in &mut accounts {
                 a.roll_to(now);
-                let limit = limit_array(&a.limits);
+                let limit = a.limits.array();
                 for d in 0..4 {
                     if amt[d] == 0 || limit[d] == i64::MAX {
                         continue;
@@ -408,12 +363,12 @@ impl BudgetLedger for SqliteBudgetLedger {
         let now = self.clock.now();
         let account = self.db.read("read a budget", |tx| self.load(tx, key))?;
         Ok(account.map(|mut a| {
-            a.roll(window(a.limits.period, now));
+            a.roll(a.limits.period.window(now));
             BudgetUsage {
                 key,
                 limits: a.limits,
-                committed: usage_from(a.committed),
-                reserved: usage_from(a.reserved),
+                committed: Usage::from_array(a.committed),
+                reserved: Usage::from_array(a.reserved),
             }
         }))
     }

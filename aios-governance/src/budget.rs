@@ -332,6 +332,21 @@ pub struct BudgetAlert {
     pub limit: i64,
 }
 
+/// Appends each alert to `audit` as an [`AuditEvent::BudgetAlert`] by the system at `at`:
+/// what every ledger does after an operation that crossed thresholds.
+pub async fn record_alerts(
+    audit: &dyn AuditLog,
+    at: Timestamp,
+    alerts: &[BudgetAlert],
+) -> Result<(), BudgetError> {
+    for a in alerts {
+        audit
+            .append(AuditRecord::new(Principal::System, a.audit_event()).at(at))
+            .await?;
+    }
+    Ok(())
+}
+
 impl BudgetAlert {
     /// The [`AuditEvent::BudgetAlert`] recording this alert.
     pub fn audit_event(&self) -> AuditEvent {
@@ -920,15 +935,10 @@ impl InMemoryBudgetLedger {
     }
 
     async fn emit(&self, alerts: &[BudgetAlert]) -> Result<(), BudgetError> {
-        if let Some(audit) = &self.audit {
-            let at = self.clock.now();
-            for a in alerts {
-                audit
-                    .append(AuditRecord::new(Principal::System, a.audit_event()).at(at))
-                    .await?;
-            }
+        match &self.audit {
+            Some(audit) => record_alerts(audit.as_ref(), self.clock.now(), alerts).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -52,7 +52,7 @@ pub(crate) enum ApprovalState {
 
 /// A budget reservation held for one call.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Reservation(Option<ReservationId>);
+pub(crate) struct Reservation(ReservationId);
 
 /// The governor a run is pinned to.
 #[derive(Debug, Clone)]
@@ -269,7 +269,7 @@ impl Governance {
         // worker's reservations can be found and released by run
         chain = chain.run(run);
         match ledger.reserve(&chain, amount).await {
-            Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
+            Ok(r) => Ok(Ok(Reservation(r.id))),
             Err(e) => budget_failure(e),
         }
     }
@@ -293,7 +293,7 @@ impl Governance {
         reservation: Reservation,
         actual: Usage,
     ) -> Result<(), StoreError> {
-        let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else {
+        let (Some(ledger), Reservation(id)) = (&self.ledger, reservation) else {
             return Ok(());
         };
         match ledger.commit(id, actual).await {
@@ -307,7 +307,7 @@ impl Governance {
     }
 
     pub(crate) async fn release(&self, reservation: Reservation) {
-        if let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) {
+        if let (Some(ledger), Reservation(id)) = (&self.ledger, reservation) {
             // a failed release leaves the reservation to the ledger's own expiry; nothing to undo here
             let _ = ledger.release(id).await;
         }

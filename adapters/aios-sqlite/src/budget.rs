@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use aios_core::{AuditLog, AuditRecord, Clock, Principal, RunId, StoreError, Timestamp};
+use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
 use aios_governance::{
-    BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, BudgetUsage,
-    Dimension, Period, Reservation, ReservationId, Settlement, Usage,
+    record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits,
+    BudgetUsage, Dimension, Period, Reservation, ReservationId, Settlement, Usage,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -207,15 +207,10 @@ impl SqliteBudgetLedger {
     }
 
     async fn emit(&self, alerts: &[BudgetAlert]) -> Result<(), BudgetError> {
-        if let Some(audit) = &self.audit {
-            let at = self.clock.now();
-            for a in alerts {
-                audit
-                    .append(AuditRecord::new(Principal::System, a.audit_event()).at(at))
-                    .await?;
-            }
+        match &self.audit {
+            Some(audit) => record_alerts(audit.as_ref(), self.clock.now(), alerts).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -410,6 +410,7 @@ impl Outbox {
                 effect: EffectClass::Irreversible,
                 scopes: vec![],
                 idempotent: true,
+                default_cost: aios::core::Money::ZERO,
             },
             sent: parking::Mutex::new(sent),
         }

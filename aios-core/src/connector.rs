@@ -98,6 +98,11 @@ pub struct ConnectorDescriptor {
     /// Whether the service deduplicates calls by [`IdempotencyKey`]. An irreversible connector
     /// that is not idempotent is never retried blindly after an uncertain outcome.
     pub idempotent: bool,
+    /// What one call is expected to cost at least: the orchestrator reserves the larger of
+    /// this and the agent's own estimate against the budgets before the call, and governance
+    /// decides on it (zero when the connector costs nothing).
+    #[serde(default)]
+    pub default_cost: Money,
 }
 
 /// One call of a connector.
@@ -256,9 +261,16 @@ impl RecordingConnector {
                 effect,
                 scopes: vec![],
                 idempotent: true,
+                default_cost: Money::ZERO,
             },
             state: Arc::default(),
         }
+    }
+
+    /// Declares what one call costs at least ([`ConnectorDescriptor::default_cost`]).
+    pub fn with_default_cost(mut self, cost: Money) -> Self {
+        self.descriptor.default_cost = cost;
+        self
     }
 
     /// Declares that the connector needs `scope`.

@@ -74,7 +74,7 @@ pub use model::{
 };
 pub use money::{ModelPrice, Money, PriceTable, TokenUsage};
 pub use principal::Principal;
-pub use rng::SeededRng;
+pub use rng::{os_seed, SeededRng};
 #[cfg(feature = "tokio")]
 pub use timer::TokioTimer;
 pub use timer::{timeout, Elapsed, ManualTimer, Sleep, Timer};

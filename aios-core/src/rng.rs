@@ -1,4 +1,6 @@
-//! A tiny seeded generator, so that nothing in the library draws entropy from the system.
+//! A tiny seeded generator, so that nothing in the library draws entropy from the system
+//! behind the host's back; and [`os_seed`], the one place where a production default takes a
+//! seed from the operating system.
 
 /// A deterministic pseudo-random generator (SplitMix64) seeded by the host.
 ///
@@ -35,4 +37,30 @@ impl SeededRng {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
+}
+
+/// A seed drawn from the operating system's entropy source.
+///
+/// The production defaults (`OrchestratorConfig::default()`, the SQLite store's id seeds,
+/// worker ids) call this so that two processes never share a seed: ids drawn in the same
+/// millisecond by two processes differ, and two workers never claim one identity. Tests that
+/// need reproducible ids pass a fixed seed instead.
+///
+/// If the operating system cannot provide entropy, the seed comes from the standard library's
+/// per-process random hash keys (themselves seeded by the operating system), mixed with the
+/// process id, so it is still distinct per process.
+///
+/// ```
+/// let (a, b) = (aios_core::os_seed(), aios_core::os_seed());
+/// assert_ne!(a, b);
+/// ```
+pub fn os_seed() -> u64 {
+    let mut buf = [0u8; 8];
+    if getrandom::getrandom(&mut buf).is_ok() {
+        return u64::from_le_bytes(buf);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
 }

@@ -80,10 +80,14 @@ pub enum ApprovalState {
         /// When it was used.
         at: Timestamp,
     },
-    /// Nobody answered in time: treated as a rejection.
+    /// Nobody answered in time: treated as a rejection, unless the request said to escalate
+    /// on timeout, in which case `escalated_to` is the new request to the next anchor.
     Expired {
         /// When the expiry was recorded.
         at: Timestamp,
+        /// The request this one was escalated to on expiry, if its `on_timeout` said so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalated_to: Option<ApprovalId>,
     },
 }
 
@@ -240,13 +244,26 @@ pub enum ApprovalError {
         /// The request.
         id: ApprovalId,
     },
-    /// The request expired: treated as a rejection.
+    /// The request expired: treated as a rejection (or, with `escalated_to`, handed on).
     #[error("approval request `{id}` expired")]
     Expired {
         /// The request.
         id: ApprovalId,
         /// What the request said to do on expiry.
         on_timeout: OnTimeout,
+        /// The request it was escalated to, when `on_timeout` escalates.
+        escalated_to: Option<ApprovalId>,
+    },
+    /// The approval belongs to another run: an approval is redeemed once, by the run that
+    /// asked for it (a fork of that run asks again).
+    #[error("approval `{id}` was requested by run `{owner}`, not by run `{by}`")]
+    WrongRun {
+        /// The request.
+        id: ApprovalId,
+        /// The run that asked.
+        owner: RunId,
+        /// The run that tried to use it.
+        by: RunId,
     },
     /// The requester tried to answer its own request.
     #[error("`{by}` requested approval `{id}` and cannot answer it")]
@@ -468,9 +485,20 @@ impl Approvals {
         &self.store
     }
 
-    /// Asks the anchor; the request expires after `deadline` by the clock.
+    /// Asks the anchor; the request expires after `deadline` by the clock. The request
+    /// records the current governance model version.
     pub async fn request(&self, new: NewApproval) -> Result<ApprovalRequest, ApprovalError> {
         let governor = self.governor.read().clone();
+        self.request_under(&governor, new).await
+    }
+
+    /// Like [`Approvals::request`], under `governor`: the version a run is pinned to, which
+    /// the request records (not the newest one), and whose anchors it is checked against.
+    pub async fn request_under(
+        &self,
+        governor: &Governor,
+        new: NewApproval,
+    ) -> Result<ApprovalRequest, ApprovalError> {
         let Some(anchor) = governor.anchor(new.anchor) else {
             return Err(ApprovalError::UnknownAnchor { anchor: new.anchor });
         };
@@ -524,7 +552,10 @@ impl Approvals {
                 .transition(
                     request.id,
                     StateKind::Pending,
-                    ApprovalState::Expired { at: now },
+                    ApprovalState::Expired {
+                        at: now,
+                        escalated_to: None,
+                    },
                 )
                 .await;
             return Err(e.into());
@@ -551,6 +582,10 @@ impl Approvals {
         Ok(out)
     }
 
+    /// Records `request` as expired and, if its `on_timeout` escalates, asks the next anchor
+    /// (a new request with the same action, run, task, requester and allowed answers, the
+    /// anchor's response time as deadline, deny on its own timeout), linked from the expired
+    /// one. Idempotent: a request some other caller expired first is reported as it stands.
     async fn expire(&self, request: &ApprovalRequest) -> Result<ApprovalError, ApprovalError> {
         let now = self.clock.now();
         match self
@@ -558,7 +593,10 @@ impl Approvals {
             .transition(
                 request.id,
                 StateKind::Pending,
-                ApprovalState::Expired { at: now },
+                ApprovalState::Expired {
+                    at: now,
+                    escalated_to: None,
+                },
             )
             .await
         {
@@ -577,15 +615,92 @@ impl Approvals {
                         .at(now),
                     )
                     .await?;
+                if let OnTimeout::Escalate(next) = request.on_timeout {
+                    let escalated = self.escalate_expired(request, next, now).await?;
+                    return Ok(ApprovalError::Expired {
+                        id: request.id,
+                        on_timeout: request.on_timeout,
+                        escalated_to: Some(escalated),
+                    });
+                }
             }
-            // someone else moved it first; report the expiry all the same
-            Err(StoreError::Conflict { .. }) => {}
+            // someone else moved it first; report the expiry as it stands
+            Err(StoreError::Conflict { .. }) => {
+                let current = self.get(request.id).await?;
+                let escalated_to = match current.state {
+                    ApprovalState::Expired { escalated_to, .. } => escalated_to,
+                    _ => None,
+                };
+                return Ok(ApprovalError::Expired {
+                    id: request.id,
+                    on_timeout: request.on_timeout,
+                    escalated_to,
+                });
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(ApprovalError::Expired {
             id: request.id,
             on_timeout: request.on_timeout,
+            escalated_to: None,
         })
+    }
+
+    async fn escalate_expired(
+        &self,
+        request: &ApprovalRequest,
+        next: AnchorId,
+        now: Timestamp,
+    ) -> Result<ApprovalId, ApprovalError> {
+        let governor = self.governor.read().clone();
+        let deadline = governor
+            .anchor(next)
+            .map(|a| a.response_time)
+            .unwrap_or(Duration::from_secs(3600));
+        let escalated = self
+            .request_under(
+                &governor,
+                NewApproval {
+                    anchor: next,
+                    requester: request.requester,
+                    run: request.run,
+                    task: request.task,
+                    pathway: request.pathway,
+                    action: request.action.clone(),
+                    proposed: request.proposed.clone(),
+                    deadline,
+                    allowed: request.allowed.clone(),
+                    on_timeout: OnTimeout::Deny,
+                },
+            )
+            .await?;
+        self.store
+            .transition(
+                request.id,
+                StateKind::Expired,
+                ApprovalState::Expired {
+                    at: now,
+                    escalated_to: Some(escalated.id),
+                },
+            )
+            .await?;
+        self.audit
+            .append(
+                AuditRecord::new(
+                    Principal::System,
+                    AuditEvent::Escalated {
+                        run: request.run,
+                        anchor: next,
+                        reason: format!(
+                            "approval {} was not answered before its deadline; asked again as {}",
+                            request.id, escalated.id
+                        ),
+                    },
+                )
+                .at(now),
+            )
+            .await?;
+        Ok(escalated.id)
     }
 
     /// Records `by`'s answer to request `id`.
@@ -611,6 +726,7 @@ impl Approvals {
                 return Err(ApprovalError::Expired {
                     id,
                     on_timeout: request.on_timeout,
+                    escalated_to: expired_link(&request.state),
                 })
             }
         }
@@ -685,13 +801,25 @@ impl Approvals {
     /// Uses an approved request, once, on behalf of its requester: returns the action to run
     /// (as proposed or as edited). Refused if unknown, not the requester's, not decided,
     /// rejected, expired or already used.
+    ///
+    /// `run` is the run using it: an approval asked for by a run can be redeemed by that run
+    /// only ([`ApprovalError::WrongRun`]), so a fork of the run cannot use it a second time.
     pub async fn redeem(
         &self,
         id: ApprovalId,
         requester: Principal,
+        run: Option<RunId>,
     ) -> Result<ApprovedAction, ApprovalError> {
         let request = self.get(id).await?;
         if request.requester != requester {
+            return Err(ApprovalError::NotRequester { id, by: requester });
+        }
+        if let (Some(owner), Some(by)) = (request.run, run) {
+            if owner != by {
+                return Err(ApprovalError::WrongRun { id, owner, by });
+            }
+        }
+        if let (Some(_), None) = (request.run, run) {
             return Err(ApprovalError::NotRequester { id, by: requester });
         }
         let decision = match &request.state {
@@ -701,10 +829,11 @@ impl Approvals {
                 }
                 return Err(ApprovalError::NotDecided { id });
             }
-            ApprovalState::Expired { .. } => {
+            ApprovalState::Expired { escalated_to, .. } => {
                 return Err(ApprovalError::Expired {
                     id,
                     on_timeout: request.on_timeout,
+                    escalated_to: *escalated_to,
                 })
             }
             ApprovalState::Redeemed { .. } => return Err(ApprovalError::AlreadyRedeemed { id }),
@@ -748,15 +877,44 @@ impl Approvals {
     /// Resolves every pending request past its deadline as expired (a rejection) and
     /// returns them; each expiry is audited. Call it periodically.
     pub async fn expire_due(&self) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+        Ok(self.sweep().await?.into_iter().map(|e| e.request).collect())
+    }
+
+    /// The deadline sweep: resolves every pending request past its deadline. A request whose
+    /// `on_timeout` denies is expired (a rejection); one whose `on_timeout` escalates is
+    /// expired and asked again of the named anchor. Every step is audited. The host calls it
+    /// periodically (the library starts no thread of its own).
+    pub async fn sweep(&self) -> Result<Vec<Expiry>, ApprovalError> {
         let now = self.clock.now();
         let mut out = Vec::new();
         for r in self.store.pending(None).await? {
             if now >= r.expires_at {
-                if let ApprovalError::Expired { .. } = self.expire(&r).await? {
-                    out.push(r);
+                if let ApprovalError::Expired { escalated_to, .. } = self.expire(&r).await? {
+                    out.push(Expiry {
+                        request: r,
+                        escalated_to,
+                    });
                 }
             }
         }
         Ok(out)
     }
 }
+
+/// One request resolved by [`Approvals::sweep`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expiry {
+    /// The request as it was before it expired.
+    pub request: ApprovalRequest,
+    /// The new request to the `on_timeout` anchor, if it escalated.
+    pub escalated_to: Option<ApprovalId>,
+}
+
+fn expired_link(state: &ApprovalState) -> Option<ApprovalId> {
+    match state {
+        ApprovalState::Expired { escalated_to, .. } => *escalated_to,
+        _ => None,
+    }
+}
+
+impl Approvals {}

@@ -516,3 +516,42 @@ impl Decision {
         AuditRecord::new(req.principal, self.audit_event(req)).at(at)
     }
 }
+
+/// Checks that `name` is a valid action name: dot-separated segments of lowercase ASCII
+/// letters, digits, `_` and `-` (`email.send`, `payments.transfer`, `model.complete`), at most
+/// 200 bytes. Names are not canonicalised but refused, so `payments.transfer ` (a trailing
+/// space), `Payments.Transfer` or a name with an invisible character can never slip past a
+/// rule written for `payments.transfer`: [`Governor::decide`](crate::Governor::decide)
+/// denies them as malformed, and the orchestrator refuses them before anything else.
+///
+/// ```
+/// use aios_governance::check_action_name;
+/// assert!(check_action_name("payments.transfer").is_ok());
+/// assert!(check_action_name("payments.transfer ").is_err());
+/// assert!(check_action_name("Payments.Transfer").is_err());
+/// assert!(check_action_name("payments.\u{200b}transfer").is_err());
+/// ```
+pub fn check_action_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > 200 {
+        return Err(format!("is {} bytes long, more than 200", name.len()));
+    }
+    for segment in name.split('.') {
+        if segment.is_empty() {
+            return Err(format!("`{}` has an empty segment", name.escape_debug()));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+        {
+            return Err(format!(
+                "`{}` contains `{}`; names use lowercase ASCII letters, digits, `_`, `-` and `.`",
+                name.escape_debug(),
+                c.escape_unicode()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -980,8 +980,8 @@ fn malformed(req: &ActionRequest) -> Option<Condition> {
             problem,
         })
     };
-    if req.action.trim().is_empty() {
-        return bad("action", "is empty".into());
+    if let Err(problem) = crate::decide::check_action_name(&req.action) {
+        return bad("action", problem);
     }
     if req.risk > 100 {
         return bad("risk", format!("`{}` is above 100", req.risk));

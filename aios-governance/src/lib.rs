@@ -88,7 +88,8 @@ pub mod testing;
 
 pub use approvals::{
     ApprovalDecision, ApprovalError, ApprovalRequest, ApprovalResponse, ApprovalState,
-    ApprovalStore, Approvals, ApprovedAction, InMemoryApprovalStore, NewApproval, StateKind,
+    ApprovalStore, Approvals, ApprovedAction, Expiry, InMemoryApprovalStore, NewApproval,
+    StateKind,
 };
 pub use budget::{
     record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt,
@@ -99,6 +100,7 @@ pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlTarget,
     Controls, Halt, Relaxation,
 };
+pub use decide::check_action_name;
 pub use decide::{rules, ActionRequest, Condition, Decision, FiredRule, OnTimeout, Verdict};
 pub use diff::{diff, Change, ChangeKind, ModelDiff};
 pub use governor::{

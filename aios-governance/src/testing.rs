@@ -471,7 +471,10 @@ pub async fn approval_store_conformance<S: ApprovalStore, F: Fn() -> S>(make: F)
                 .transition(
                     ApprovalId::from_name("missing"),
                     StateKind::Pending,
-                    ApprovalState::Expired { at: ra.created_at }
+                    ApprovalState::Expired {
+                        at: ra.created_at,
+                        escalated_to: None
+                    }
                 )
                 .await,
             Err(StoreError::NotFound { .. })

@@ -114,20 +114,24 @@ fn an_approval_from_a_decision_is_answered_once_and_redeemed_once() {
         // only the requester may use it
         assert_eq!(
             f.approvals
-                .redeem(r.id, Principal::Agent(AgentId::from_name("eve")))
+                .redeem(r.id, Principal::Agent(AgentId::from_name("eve")), None)
                 .await,
             Err(ApprovalError::NotRequester {
                 id: r.id,
                 by: Principal::Agent(AgentId::from_name("eve"))
             })
         );
-        let used = f.approvals.redeem(r.id, req.principal).await.unwrap();
+        let used = f
+            .approvals
+            .redeem(r.id, req.principal, req.run)
+            .await
+            .unwrap();
         assert_eq!(used.action, json!({"to": "x"}));
         assert_eq!(used.by, human("alice"));
         assert!(!used.edited);
         // replay: a second use is refused
         assert_eq!(
-            f.approvals.redeem(r.id, req.principal).await,
+            f.approvals.redeem(r.id, req.principal, req.run).await,
             Err(ApprovalError::AlreadyRedeemed { id: r.id })
         );
         assert_eq!(
@@ -168,7 +172,7 @@ fn forged_ids_and_non_holders_are_refused() {
             Err(ApprovalError::UnknownRequest { id: forged })
         );
         assert_eq!(
-            f.approvals.redeem(forged, ana()).await,
+            f.approvals.redeem(forged, ana(), None).await,
             Err(ApprovalError::UnknownRequest { id: forged })
         );
         // a stranger, and a holder of another anchor
@@ -186,7 +190,7 @@ fn forged_ids_and_non_holders_are_refused() {
         }
         // not decided yet: nothing to redeem
         assert_eq!(
-            f.approvals.redeem(r.id, ana()).await,
+            f.approvals.redeem(r.id, ana(), None).await,
             Err(ApprovalError::NotDecided { id: r.id })
         );
         // a request to an anchor that does not exist
@@ -202,7 +206,7 @@ fn forged_ids_and_non_holders_are_refused() {
             .decide(r.id, human("bob"), ApprovalResponse::Edit(edited.clone()))
             .await
             .unwrap();
-        let used = f.approvals.redeem(r.id, ana()).await.unwrap();
+        let used = f.approvals.redeem(r.id, ana(), None).await.unwrap();
         assert!(used.edited);
         assert_eq!(used.action, edited);
         assert_eq!(used.by, human("bob"));
@@ -263,7 +267,8 @@ fn expired_requests_resolve_to_deny() {
                 .await,
             Err(ApprovalError::Expired {
                 id: r.id,
-                on_timeout: OnTimeout::Deny
+                on_timeout: OnTimeout::Deny,
+                escalated_to: None
             })
         );
         assert!(matches!(
@@ -271,7 +276,7 @@ fn expired_requests_resolve_to_deny() {
             ApprovalState::Expired { .. }
         ));
         assert!(matches!(
-            f.approvals.redeem(r.id, ana()).await,
+            f.approvals.redeem(r.id, ana(), None).await,
             Err(ApprovalError::Expired { .. })
         ));
         // the sweep resolves the other one
@@ -322,7 +327,7 @@ fn rejections_and_disallowed_answers() {
             .await
             .unwrap();
         assert_eq!(
-            f.approvals.redeem(r.id, ana()).await,
+            f.approvals.redeem(r.id, ana(), None).await,
             Err(ApprovalError::Rejected {
                 id: r.id,
                 reason: "wrong tone".into()

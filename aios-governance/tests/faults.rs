@@ -115,7 +115,7 @@ fn approvals_are_never_usable_without_their_record() {
             ApprovalState::Pending
         );
         assert!(matches!(
-            approvals.redeem(r.id, ana).await,
+            approvals.redeem(r.id, ana, None).await,
             Err(ApprovalError::NotDecided { .. })
         ));
         // and can be given again once the log is back
@@ -123,7 +123,7 @@ fn approvals_are_never_usable_without_their_record() {
             .decide(r.id, HumanId::from_name("alice"), ApprovalResponse::Approve)
             .await
             .unwrap();
-        assert!(approvals.redeem(r.id, ana).await.is_ok());
+        assert!(approvals.redeem(r.id, ana, None).await.is_ok());
         assert!(inner.verify_sync(None).is_intact());
         assert_eq!(inner.len(), 2, "the successful request and answer");
     });

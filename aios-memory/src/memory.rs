@@ -252,7 +252,32 @@ impl Memory {
 
     /// Stores a new lineage at version 1 and indexes it. The embedding is the one given or,
     /// if none and an embedder is configured, the embedder's.
+    ///
+    /// With [`NewMemory::id`] set the write is idempotent: if that lineage exists and its
+    /// first version has the same scope, tier, kind and content, that version is returned and
+    /// nothing is written; if it holds something else the write fails with
+    /// [`StoreError::AlreadyExists`] naming the id.
     pub async fn remember(&self, new: NewMemory) -> Result<MemoryRecord, MemoryError> {
+        if let Some(id) = new.id {
+            match self.inner.store.get(id, Some(1)).await {
+                Ok(existing) => {
+                    return if existing.scope == new.scope
+                        && existing.tier == new.tier
+                        && existing.kind == new.kind
+                        && existing.content == new.content
+                    {
+                        Ok(existing)
+                    } else {
+                        Err(StoreError::AlreadyExists {
+                            what: format!("memory {id} with other content"),
+                        }
+                        .into())
+                    };
+                }
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let importance = clamp_importance(new.importance)?;
         if new.content.trim().is_empty() {
             return Err(MemoryError::invalid("content", "empty"));
@@ -271,7 +296,7 @@ impl Memory {
         }
         let mut record = MemoryRecord {
             schema: MEMORY_SCHEMA_VERSION,
-            id: self.inner.ids.next(),
+            id: new.id.unwrap_or_else(|| self.inner.ids.next()),
             version: 1,
             scope: new.scope,
             tier: new.tier,

@@ -317,6 +317,11 @@ pub struct NewMemory {
     pub pinned: bool,
     /// When pruning may remove it.
     pub expires_at: Option<Timestamp>,
+    /// The lineage id to use instead of a fresh one, for writes that must happen once: a
+    /// writer that may repeat the write (after a crash, say) derives the id from what it is
+    /// doing, and a repeated write returns the record already written (see
+    /// [`Memory::remember`](crate::Memory::remember)).
+    pub id: Option<MemoryId>,
 }
 
 impl NewMemory {
@@ -335,7 +340,14 @@ impl NewMemory {
             importance: 0.5,
             pinned: false,
             expires_at: None,
+            id: None,
         }
+    }
+
+    /// Writes under lineage `id` (see [`NewMemory::id`]).
+    pub fn with_id(mut self, id: MemoryId) -> Self {
+        self.id = Some(id);
+        self
     }
 
     /// Sets the kind.

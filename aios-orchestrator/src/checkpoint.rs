@@ -23,6 +23,22 @@ impl WorkerId {
         Self(id.into())
     }
 
+    /// An id no other process shares: `worker-<process id>-<64 random bits>`, the random part
+    /// from [`aios_core::os_seed`]. The default of
+    /// [`OrchestratorConfig`](crate::OrchestratorConfig).
+    ///
+    /// ```
+    /// use aios_orchestrator::WorkerId;
+    /// assert_ne!(WorkerId::unique(), WorkerId::unique());
+    /// ```
+    pub fn unique() -> Self {
+        Self(format!(
+            "worker-{}-{:016x}",
+            std::process::id(),
+            aios_core::os_seed()
+        ))
+    }
+
     /// The id.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -77,9 +93,13 @@ pub struct RunSummary {
 /// Durable run state.
 ///
 /// Contract:
-/// - `acquire` grants a lease if the run has none, the current one expired at `now`, or
-///   `owner` already holds it (a renewal keeps the token); otherwise `Conflict`. Every new
-///   grant carries a token greater than any issued before for that run.
+/// - `acquire` grants a new lease if the run has none or the current one expired at `now`;
+///   otherwise `Conflict`, *even if `owner` holds it*: a lease belongs to one acquisition, so
+///   a second process that happens to use the same worker id does not inherit it. Every grant
+///   carries a token greater than any issued before for that run.
+/// - `renew` extends the lease presented, keeping its token, only while it is still the
+///   run's newest lease (nobody acquired the run since, even if it lapsed meanwhile);
+///   otherwise `Fenced`, nothing changed.
 /// - `save` stores a checkpoint atomically, only if `lease.token` is the newest token issued
 ///   for the run (else `Fenced`, nothing written) and `checkpoint.seq` is greater than the
 ///   latest saved (else `Conflict`). History is kept: earlier checkpoints stay readable.
@@ -87,11 +107,19 @@ pub struct RunSummary {
 ///   every run (optionally only parked ones).
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
-    /// Takes or renews the lease on `run` for `ttl` from `now`.
+    /// Takes a new lease on `run` for `ttl` from `now`.
     async fn acquire(
         &self,
         run: RunId,
         owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError>;
+
+    /// Extends `lease` to `ttl` from `now`, if it is still the run's newest lease.
+    async fn renew(
+        &self,
+        lease: &Lease,
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Lease, StoreError>;
@@ -137,11 +165,29 @@ fn expires(now: Timestamp, ttl: Duration) -> Timestamp {
         .unwrap_or(now)
 }
 
-/// The lease rule shared by every store: may `owner` take the lease at `now`?
-pub fn lease_available(current: Option<&Lease>, owner: &WorkerId, now: Timestamp) -> bool {
+/// The lease rule shared by every store: may a new acquisition take the lease at `now`?
+/// Only if there is none or it lapsed; who asks does not matter.
+pub fn lease_available(current: Option<&Lease>, now: Timestamp) -> bool {
     match current {
         None => true,
-        Some(l) => &l.owner == owner || l.expires_at <= now,
+        Some(l) => l.expires_at <= now,
+    }
+}
+
+/// The renewal rule shared by every store: `lease` may be extended if it is the run's newest
+/// lease (`last_token`) and still recorded as the current one.
+pub fn lease_renewable(current: Option<&Lease>, last_token: u64, lease: &Lease) -> bool {
+    lease.token != 0
+        && lease.token == last_token
+        && current.is_some_and(|l| l.token == lease.token && l.owner == lease.owner)
+}
+
+/// The error a refused renewal reports.
+pub fn renewal_refused(lease: &Lease, last_token: u64) -> StoreError {
+    StoreError::Fenced {
+        what: format!("lease on run {}", lease.run),
+        presented: lease.token,
+        current: last_token,
     }
 }
 
@@ -156,7 +202,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
     ) -> Result<Lease, StoreError> {
         let mut runs = self.runs.write();
         let entry = runs.entry(run).or_default();
-        if !lease_available(entry.lease.as_ref(), owner, now) {
+        if !lease_available(entry.lease.as_ref(), now) {
             let holder = entry
                 .lease
                 .as_ref()
@@ -166,12 +212,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
                 detail: format!("run {run} is leased by worker `{holder}`"),
             });
         }
-        let token = match &entry.lease {
-            Some(l) if &l.owner == owner && l.token == entry.last_token && l.expires_at > now => {
-                l.token
-            }
-            _ => entry.last_token + 1,
-        };
+        let token = entry.last_token + 1;
         entry.last_token = token;
         let lease = Lease {
             run,
@@ -181,6 +222,27 @@ impl CheckpointStore for InMemoryCheckpointStore {
         };
         entry.lease = Some(lease.clone());
         Ok(lease)
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut runs = self.runs.write();
+        let Some(entry) = runs.get_mut(&lease.run) else {
+            return Err(renewal_refused(lease, 0));
+        };
+        if !lease_renewable(entry.lease.as_ref(), entry.last_token, lease) {
+            return Err(renewal_refused(lease, entry.last_token));
+        }
+        let renewed = Lease {
+            expires_at: expires(now, ttl),
+            ..lease.clone()
+        };
+        entry.lease = Some(renewed.clone());
+        Ok(renewed)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use aios_core::{
     AgentId, ApprovalId, AuditEvent, ConnectorCall, ConnectorId, ConnectorOutput, EffectClass,
-    IdempotencyKey, ModelRequest, ModelResponse, Money, Outcome, Principal, RunId, ScriptedModel,
-    TaskId,
+    HumanId, IdempotencyKey, ModelRequest, ModelResponse, Money, Outcome, Principal, RunId, TaskId,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -14,9 +13,45 @@ use tracing::Instrument;
 
 use crate::error::AgentError;
 use crate::gate::{ApprovalState, Gate, Usage};
+use crate::governed::GovernedCall;
 use crate::graph::{TaskName, TaskSpec};
 use crate::notify::{NotificationKind, RunEvent};
-use crate::reliability::{retry, RetryError};
+use crate::reliability::retry;
+
+/// A connector failure as text, with any credential removed.
+struct RedactedError(String);
+
+/// Removes every occurrence of `secret` from `text` (secrets shorter than four bytes are
+/// left alone: replacing them would mangle ordinary text and hide nothing).
+pub(crate) fn redact(text: &str, secret: &str) -> String {
+    if secret.len() < 4 || !text.contains(secret) {
+        return text.to_string();
+    }
+    text.replace(secret, "[redacted]")
+}
+
+/// [`redact`] over every string (and key) of a JSON value.
+fn redact_value(value: &mut serde_json::Value, secret: &str) {
+    if secret.len() < 4 {
+        return;
+    }
+    match value {
+        serde_json::Value::String(s) if s.contains(secret) => *s = redact(s, secret),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, secret)),
+        serde_json::Value::Object(map) => {
+            if map.keys().any(|k| k.contains(secret)) {
+                let old = std::mem::take(map);
+                for (k, mut v) in old {
+                    redact_value(&mut v, secret);
+                    map.insert(redact(&k, secret), v);
+                }
+            } else {
+                map.values_mut().for_each(|v| redact_value(v, secret));
+            }
+        }
+        _ => {}
+    }
+}
 use crate::role::Role;
 use crate::router::RouteStep;
 use crate::runtime::Driver;
@@ -198,10 +233,20 @@ impl<'r> TaskContext<'r> {
     }
 
     /// Calls a connector (a side effect), under governance, budgets, breakers and retries.
+    ///
+    /// Refused before anything else when the connector or operation is not a valid name
+    /// (see [`aios_governance::check_action_name`]) or the role may not use the connector.
     pub async fn call(&mut self, request: ConnectorRequest) -> Result<ConnectorOutput, AgentError> {
+        let action = format!("{}.{}", request.connector, request.operation);
+        if let Err(problem) = aios_governance::check_action_name(&action) {
+            return Err(AgentError::Denied {
+                action: action.escape_debug().to_string(),
+                reason: format!("the action name {problem}"),
+            });
+        }
         if !self.role.connectors.contains(&request.connector) {
             return Err(AgentError::Denied {
-                action: format!("{}.{}", request.connector, request.operation),
+                action,
                 reason: format!(
                     "role `{}` may not use connector `{}`",
                     self.role.name, request.connector
@@ -249,51 +294,74 @@ impl<'r> TaskContext<'r> {
         .await
     }
 
-    fn describe(&self, op: &Op) -> (CallKind, String, EffectClass, String) {
+    /// What governance decides on for `op`: the action, its effect and the estimated cost
+    /// (a model call priced by the router; a connector call at the larger of the agent's
+    /// estimate and the connector's declared default cost).
+    fn describe(&self, op: &Op) -> (CallKind, GovernedCall) {
         match op {
             Op::Model(r) => (
                 CallKind::Model,
-                "model.complete".to_string(),
-                EffectClass::ReadOnly,
-                hash_of(CallKind::Model, r),
+                GovernedCall {
+                    action: "model.complete".to_string(),
+                    effect: EffectClass::ReadOnly,
+                    cost: self.driver.router().estimate(r).cost,
+                    risk: 0,
+                    confidence: None,
+                    input: serde_json::to_value(r).unwrap_or_default(),
+                },
             ),
             Op::Connector(c) => {
-                let effect = self
-                    .driver
-                    .connector(&c.connector)
-                    .map(|k| k.descriptor().effect)
-                    .unwrap_or(EffectClass::Irreversible);
+                let descriptor = self.driver.connector(&c.connector).map(|k| k.descriptor());
                 (
                     CallKind::Connector,
-                    format!("{}.{}", c.connector, c.operation),
-                    effect,
-                    hash_of(CallKind::Connector, &(&c.connector, &c.operation, &c.input)),
+                    GovernedCall {
+                        action: format!("{}.{}", c.connector, c.operation),
+                        effect: descriptor
+                            .map(|d| d.effect)
+                            .unwrap_or(EffectClass::Irreversible),
+                        cost: descriptor
+                            .map(|d| d.default_cost)
+                            .unwrap_or(Money::ZERO)
+                            .max(c.estimated_cost),
+                        risk: c.risk,
+                        confidence: c.confidence,
+                        input: c.input.clone(),
+                    },
                 )
             }
         }
     }
 
     async fn governed(&mut self, op: Op) -> Result<CallRecord, AgentError> {
-        let (kind, action, effect, hash) = self.describe(&op);
+        let (kind, call) = self.describe(&op);
+        let hash = call.hash(kind);
         let (seq, existing) = self.claim(kind, &hash)?;
         if let Some(record) = existing {
-            return self.replay(seq, kind, &hash, &action, op, record).await;
+            return self.replay(seq, kind, &hash, op, call, record).await;
         }
-        let (risk, cost, confidence) = match &op {
-            Op::Model(_) => (0, Money::ZERO, None),
-            Op::Connector(c) => (c.risk, c.estimated_cost, c.confidence),
-        };
-        let gate = self
-            .driver
-            .decide(
-                &self.role, self.agent, &action, effect, cost, risk, confidence,
-            )
-            .await?;
+        let gate = self.driver.decide(&self.role, self.agent, &call).await?;
+        self.gated(seq, kind, &hash, op, call, gate, None).await
+    }
+
+    /// Acts on a decision about `call`. `approved_by` is set when the call is an edit some
+    /// human approved: a decision that needs an approval that human can give is then
+    /// satisfied by the edit itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn gated(
+        &mut self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        op: Op,
+        call: GovernedCall,
+        gate: Gate,
+        approved_by: Option<(ApprovalId, HumanId)>,
+    ) -> Result<CallRecord, AgentError> {
+        let action = call.action.clone();
         match gate {
             Gate::Allow { notify } => {
-                let result = self
-                    .execute(seq, kind, &hash, &action, op, None, None)
-                    .await;
+                let approval = approved_by.map(|(a, _)| a);
+                let result = self.execute(seq, kind, hash, op, &call, approval).await;
                 // a notify-after escalation: the anchor hears about the action once it ran
                 if let (Some((anchor, reason)), Ok(_)) = (notify, &result) {
                     self.driver
@@ -308,27 +376,29 @@ impl<'r> TaskContext<'r> {
                 }
                 result
             }
+            Gate::Approval(ask) => match approved_by {
+                Some((approval, by)) if self.driver.governor.can_answer(ask.anchor, by) => {
+                    self.execute(seq, kind, hash, op, &call, Some(approval))
+                        .await
+                }
+                Some((_, by)) => {
+                    let reason = format!(
+                        "the edited call needs the approval of anchor `{}`, which `{by}` cannot give",
+                        self.driver.anchor_name(ask.anchor)
+                    );
+                    self.refuse(seq, kind, hash, &action, reason).await
+                }
+                None => self.park(seq, kind, hash, &call, &ask).await,
+            },
             Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
             Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
-            Gate::Deny { reason } => {
-                self.record(
-                    seq,
-                    kind,
-                    &hash,
-                    CallRecord::Refused {
-                        reason: reason.clone(),
-                    },
-                    false,
-                )
-                .await?;
-                Err(AgentError::Denied { action, reason })
-            }
+            Gate::Deny { reason } => self.refuse(seq, kind, hash, &action, reason).await,
             Gate::Halt { anchor, reason } => {
                 self.driver.escalate(anchor, &self.name, &reason).await?;
                 self.record(
                     seq,
                     kind,
-                    &hash,
+                    hash,
                     CallRecord::Refused {
                         reason: format!("escalated: {reason}"),
                     },
@@ -341,43 +411,64 @@ impl<'r> TaskContext<'r> {
                     reason,
                 })
             }
-            Gate::Approval { anchor, deadline } => {
-                let input = match &op {
-                    Op::Model(r) => serde_json::to_value(r).unwrap_or_default(),
-                    Op::Connector(c) => c.input.clone(),
-                };
-                let approval = self
-                    .driver
-                    .request_approval(
-                        &self.role,
-                        self.agent,
-                        anchor,
-                        deadline,
-                        self.task_id,
-                        &action,
-                        input,
-                    )
-                    .await?;
-                self.record(
-                    seq,
-                    kind,
-                    &hash,
-                    CallRecord::AwaitingApproval { approval },
-                    true,
-                )
-                .await?;
-                self.driver
-                    .notify(
-                        anchor,
-                        NotificationKind::ApprovalNeeded,
-                        Some(&self.name),
-                        Some(approval),
-                        format!("`{action}` needs approval"),
-                    )
-                    .await;
-                Err(AgentError::Parked { approval })
-            }
         }
+    }
+
+    async fn refuse(
+        &self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        action: &str,
+        reason: String,
+    ) -> Result<CallRecord, AgentError> {
+        self.record(
+            seq,
+            kind,
+            hash,
+            CallRecord::Refused {
+                reason: reason.clone(),
+            },
+            false,
+        )
+        .await?;
+        Err(AgentError::Denied {
+            action: action.to_string(),
+            reason,
+        })
+    }
+
+    /// Asks for the approval and parks the run on it.
+    async fn park(
+        &self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        call: &GovernedCall,
+        ask: &crate::gate::ApprovalAsk,
+    ) -> Result<CallRecord, AgentError> {
+        let approval = self
+            .driver
+            .request_approval(&self.role, self.agent, self.task_id, ask, call)
+            .await?;
+        self.record(
+            seq,
+            kind,
+            hash,
+            CallRecord::AwaitingApproval { approval },
+            true,
+        )
+        .await?;
+        self.driver
+            .notify(
+                ask.anchor,
+                NotificationKind::ApprovalNeeded,
+                Some(&self.name),
+                Some(approval),
+                format!("`{}` needs approval", call.action),
+            )
+            .await;
+        Err(AgentError::Parked { approval })
     }
 
     async fn replay(
@@ -385,10 +476,11 @@ impl<'r> TaskContext<'r> {
         seq: u32,
         kind: CallKind,
         hash: &str,
-        action: &str,
         op: Op,
+        call: GovernedCall,
         record: CallRecord,
     ) -> Result<CallRecord, AgentError> {
+        let action = call.action.as_str();
         match record {
             CallRecord::Model(_)
             | CallRecord::Connector(_)
@@ -431,34 +523,7 @@ impl<'r> TaskContext<'r> {
                 _ => AgentError::Connector(reason),
             }),
             CallRecord::AwaitingApproval { approval } => {
-                match self.driver.approval_state(approval, self.agent).await? {
-                    ApprovalState::Pending => Err(AgentError::Parked { approval }),
-                    ApprovalState::Approved => {
-                        self.execute(seq, kind, hash, action, op, Some(approval), None)
-                            .await
-                    }
-                    ApprovalState::Edited(input) => {
-                        self.execute(seq, kind, hash, action, op, Some(approval), Some(input))
-                            .await
-                    }
-                    ApprovalState::Rejected(reason) => {
-                        let reason = format!("rejected: {reason}");
-                        self.record(
-                            seq,
-                            kind,
-                            hash,
-                            CallRecord::Refused {
-                                reason: reason.clone(),
-                            },
-                            false,
-                        )
-                        .await?;
-                        Err(AgentError::Rejected {
-                            action: action.to_string(),
-                            reason,
-                        })
-                    }
-                }
+                self.decided(seq, kind, hash, op, call, approval).await
             }
             CallRecord::Approved {
                 approval,
@@ -467,18 +532,111 @@ impl<'r> TaskContext<'r> {
                 if self.uncertain(&op) {
                     return self.outcome_unknown(seq, kind, hash, action).await;
                 }
-                let edited = match self.driver.approval_state(approval, self.agent).await? {
-                    ApprovalState::Edited(input) => Some(input),
-                    _ => None,
-                };
-                self.execute(seq, kind, hash, action, op, Some(approval), edited)
-                    .await
+                self.decided(seq, kind, hash, op, call, approval).await
             }
             CallRecord::Started => {
                 if self.uncertain(&op) {
                     return self.outcome_unknown(seq, kind, hash, action).await;
                 }
-                self.execute(seq, kind, hash, action, op, None, None).await
+                self.execute(seq, kind, hash, op, &call, None).await
+            }
+        }
+    }
+
+    /// Continues a call parked on `approval`: still waiting, approved (runs as proposed),
+    /// edited (governed again, then runs as edited), rejected or expired.
+    async fn decided(
+        &mut self,
+        seq: u32,
+        kind: CallKind,
+        hash: &str,
+        op: Op,
+        call: GovernedCall,
+        approval: ApprovalId,
+    ) -> Result<CallRecord, AgentError> {
+        let action = call.action.clone();
+        match self.driver.approval_state(approval, self.agent).await? {
+            ApprovalState::Pending(current) => {
+                if current != approval {
+                    // the request timed out and was escalated: wait for the new one
+                    self.record(
+                        seq,
+                        kind,
+                        hash,
+                        CallRecord::AwaitingApproval { approval: current },
+                        true,
+                    )
+                    .await?;
+                    self.driver
+                        .escalated_approval(&self.name, approval, current)
+                        .await?;
+                }
+                Err(AgentError::Parked { approval: current })
+            }
+            ApprovalState::Approved { proposed, .. } => {
+                if serde_json::to_value(&call).ok().as_ref() != Some(&proposed) {
+                    return Err(self.driver.non_determinism(
+                        &self.name,
+                        seq,
+                        format!("approval {approval} was given for another call than `{action}` as now made"),
+                    ));
+                }
+                self.execute(seq, kind, hash, op, &call, Some(approval))
+                    .await
+            }
+            ApprovalState::Edited { by, patch } => {
+                let edited = match call.edited(&patch) {
+                    Ok(edited) => edited,
+                    Err(problem) => {
+                        let reason = format!("the edit by `{by}` is refused: {problem}");
+                        return self.refuse(seq, kind, hash, &action, reason).await;
+                    }
+                };
+                let op = match op {
+                    Op::Connector(mut c) => {
+                        c.input = edited.input.clone();
+                        Op::Connector(c)
+                    }
+                    Op::Model(r) => match serde_json::from_value(edited.input.clone()) {
+                        Ok(r) => Op::Model(r),
+                        Err(e) => {
+                            drop(r);
+                            let reason = format!(
+                                "the edit by `{by}` is refused: the edited input is not a model request: {e}"
+                            );
+                            return self.refuse(seq, kind, hash, &action, reason).await;
+                        }
+                    },
+                };
+                self.driver
+                    .audit(
+                        Principal::Human(by),
+                        AuditEvent::Note {
+                            text: format!(
+                                "approval {approval} edited `{action}`: proposed {}, edited {}",
+                                call.hash(kind),
+                                edited.hash(kind)
+                            ),
+                        },
+                    )
+                    .await?;
+                // an edit is governed again, under the run's pinned model and the controls
+                let gate = self.driver.decide(&self.role, self.agent, &edited).await?;
+                Box::pin(self.gated(seq, kind, hash, op, edited, gate, Some((approval, by)))).await
+            }
+            ApprovalState::Rejected(reason) => {
+                let reason = format!("rejected: {reason}");
+                self.record(
+                    seq,
+                    kind,
+                    hash,
+                    CallRecord::Refused {
+                        reason: reason.clone(),
+                    },
+                    false,
+                )
+                .await?;
+                Err(AgentError::Rejected { action, reason })
             }
         }
     }
@@ -525,46 +683,39 @@ impl<'r> TaskContext<'r> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Reserves the call's estimate, performs it (with a durable marker first when it is
+    /// approved or irreversible), commits what it actually used and journals the result.
     async fn execute(
         &mut self,
         seq: u32,
         kind: CallKind,
         hash: &str,
-        action: &str,
         op: Op,
+        call: &GovernedCall,
         approval: Option<ApprovalId>,
-        edited: Option<serde_json::Value>,
     ) -> Result<CallRecord, AgentError> {
-        let op = match (op, edited) {
-            (Op::Connector(mut c), Some(input)) => {
-                c.input = input;
-                Op::Connector(c)
-            }
-            (op, _) => op,
-        };
+        let action = call.action.as_str();
         let estimate = match &op {
-            Op::Model(r) => Usage {
-                cost: Money::ZERO,
-                tokens: r
-                    .messages
-                    .iter()
-                    .map(|m| ScriptedModel::count_tokens(&m.content))
-                    .sum::<u64>()
-                    + u64::from(r.max_output_tokens.unwrap_or(0)),
-                tool_calls: 0,
-                risk_points: 0,
-            },
-            Op::Connector(c) => Usage {
-                cost: c.estimated_cost,
+            Op::Model(r) => {
+                let e = self.driver.router().estimate(r);
+                Usage {
+                    cost: call.cost,
+                    tokens: e.prompt_tokens + e.output_tokens,
+                    tool_calls: 0,
+                    risk_points: 0,
+                }
+            }
+            Op::Connector(_) => Usage {
+                cost: call.cost,
                 tokens: 0,
                 tool_calls: 1,
-                risk_points: u64::from(c.risk),
+                risk_points: u64::from(call.risk),
             },
         };
+        let key = IdempotencyKey::for_call(self.driver.run, self.task_id, seq);
         let reservation = match self
             .driver
-            .reserve(&self.role, self.agent, estimate)
+            .reserve(&self.role, self.agent, estimate, &key)
             .await?
         {
             Ok(r) => r,
@@ -574,7 +725,7 @@ impl<'r> TaskContext<'r> {
                         .escalate(
                             anchor,
                             &self.name,
-                            &format!("budget exceeded for `{action}`: {detail}"),
+                            &format!("budget refused `{action}`: {detail}"),
                         )
                         .await?;
                 }
@@ -706,6 +857,17 @@ impl<'r> TaskContext<'r> {
             self.audit_connector(&descriptor, c, &key, attempt, o, Money::ZERO)
                 .await?;
         }
+        // a connector that echoes its credential (in an error message or in its output) must
+        // not carry it into the journal, audit log, transcripts, notifications or events
+        let outcome = match &credential {
+            Some(secret) => outcome
+                .map(|mut out| {
+                    redact_value(&mut out.output, secret.expose());
+                    out
+                })
+                .map_err(|e| RedactedError(redact(&e.to_string(), secret.expose()))),
+            None => outcome.map_err(|e| RedactedError(e.to_string())),
+        };
         match outcome {
             Ok(out) => {
                 breaker.on_success();
@@ -721,13 +883,7 @@ impl<'r> TaskContext<'r> {
             }
             Err(e) => {
                 breaker.on_failure();
-                Err(AgentError::Connector(match e {
-                    RetryError::Exhausted { attempts, last } => format!(
-                        "`{}` failed after {attempts} attempt(s): {last}",
-                        c.connector
-                    ),
-                    other => format!("`{}`: {other}", c.connector),
-                }))
+                Err(AgentError::Connector(format!("`{}` {}", c.connector, e.0)))
             }
         }
     }

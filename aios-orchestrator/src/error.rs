@@ -46,6 +46,17 @@ pub enum OrchestratorError {
         /// What the store said.
         detail: String,
     },
+    /// A stored run state is damaged: it decoded, but does not hold together (a dependency
+    /// out of range, a cycle, a journal out of order, another run's id). Nothing was run.
+    #[error("checkpoint {seq} of run {run} is damaged: {detail}")]
+    DamagedState {
+        /// The run.
+        run: RunId,
+        /// The checkpoint.
+        seq: u64,
+        /// What is wrong.
+        detail: String,
+    },
     /// Agent code made a different call on replay than the journal recorded.
     #[error("non-deterministic replay in run {run}, task `{task}`, call {seq}: {detail}")]
     NonDeterminism {

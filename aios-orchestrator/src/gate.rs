@@ -6,16 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, EffectClass, IdGen, Money,
-    PathwayId, Principal, RoleId, RunId, StoreError,
+    AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, Clock, HumanId, IdGen, PathwayId,
+    Principal, RoleId, RunId, StoreError,
 };
 use aios_governance::{
     ActionRequest, ApprovalError, ApprovalResponse, ApprovalStore, Approvals, BudgetChain,
     BudgetError, BudgetKey, BudgetLedger, Controls, EscalationMode, Governor,
-    InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval, OnTimeout, ReservationId, Verdict,
+    InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval, OnTimeout, ReservationId,
+    ResponseKind, Verdict,
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::governed::GovernedCall;
 use crate::role::Role;
 use crate::runtime::OrchestratorBuilder;
 
@@ -30,23 +32,40 @@ pub(crate) enum Gate {
     Deny { reason: String },
     /// Refuse and escalate.
     Halt { anchor: AnchorId, reason: String },
-    /// Park until the anchor decides.
-    Approval {
-        anchor: AnchorId,
-        deadline: Duration,
-    },
+    /// Park until the anchor decides, with the rule's deadline, answers and timeout.
+    Approval(ApprovalAsk),
     /// An operator paused the agent, pathway or organisation: the run waits.
     Pause { reason: String },
     /// An operator pulled the kill switch: the run is cancelled.
     Stop { reason: String },
 }
 
+/// The approval a decision asks for: kept from the rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ApprovalAsk {
+    pub(crate) anchor: AnchorId,
+    pub(crate) deadline: Duration,
+    pub(crate) allowed: Vec<ResponseKind>,
+    pub(crate) on_timeout: OnTimeout,
+}
+
 /// Where a parked call's approval stands.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ApprovalState {
-    Pending,
-    Approved,
-    Edited(serde_json::Value),
+    /// Still waiting; the request waited on (another one when the first escalated on
+    /// timeout).
+    Pending(ApprovalId),
+    /// Approved as proposed by `by`; `proposed` is what the request proposed.
+    Approved {
+        by: HumanId,
+        proposed: serde_json::Value,
+    },
+    /// Approved by `by` with this edit.
+    Edited {
+        by: HumanId,
+        patch: serde_json::Value,
+    },
+    /// Rejected (or expired).
     Rejected(String),
 }
 
@@ -76,25 +95,31 @@ impl PinnedGovernor {
         self.0.pathway(pathway).map(|p| p.anchor)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Whether `human` may answer for `anchor` under this version.
+    pub(crate) fn can_answer(&self, anchor: AnchorId, human: HumanId) -> bool {
+        self.0.anchor(anchor).is_some_and(|a| a.can_answer(human))
+    }
+
+    pub(crate) fn governor(&self) -> &Arc<Governor> {
+        &self.0
+    }
+
+    /// Decides `call` for `agent` in `role` during `run` (with the operator controls).
     pub(crate) fn decide(
         &self,
         gov: &Governance,
         run: RunId,
         role: &Role,
         agent: AgentId,
-        action: &str,
-        effect: EffectClass,
-        cost: Money,
-        risk: u32,
-        confidence: Option<f32>,
+        call: &GovernedCall,
     ) -> (Gate, AuditEvent) {
-        let mut req = ActionRequest::new(Principal::Agent(agent), role.id, role.pathway, action)
-            .with_effect(effect)
-            .with_cost(cost)
-            .with_risk(risk)
-            .with_run(run);
-        req.confidence = confidence;
+        let mut req =
+            ActionRequest::new(Principal::Agent(agent), role.id, role.pathway, &call.action)
+                .with_effect(call.effect)
+                .with_cost(call.cost)
+                .with_risk(call.risk)
+                .with_run(run);
+        req.confidence = call.confidence;
         let decision = match &gov.controls {
             Some(controls) => self.0.decide_with(&req, &controls.snapshot()),
             None => self.0.decide(&req),
@@ -125,11 +150,16 @@ impl PinnedGovernor {
                 reason: decision.explain(),
             },
             Verdict::RequireApproval {
-                anchor, deadline, ..
-            } => Gate::Approval {
+                anchor,
+                deadline,
+                allowed,
+                on_timeout,
+            } => Gate::Approval(ApprovalAsk {
                 anchor: *anchor,
                 deadline: *deadline,
-            },
+                allowed: allowed.clone(),
+                on_timeout: *on_timeout,
+            }),
             Verdict::Escalate { anchor, mode } => match mode {
                 EscalationMode::NotifyAfter => Gate::Allow {
                     notify: Some((*anchor, decision.explain())),
@@ -140,10 +170,12 @@ impl PinnedGovernor {
                         .anchor(*anchor)
                         .map(|a| a.response_time)
                         .unwrap_or(Duration::from_secs(3600));
-                    Gate::Approval {
+                    Gate::Approval(ApprovalAsk {
                         anchor: *anchor,
                         deadline,
-                    }
+                        allowed: ResponseKind::ALL.to_vec(),
+                        on_timeout: OnTimeout::Deny,
+                    })
                 }
                 EscalationMode::Halt => Gate::Halt {
                     anchor: *anchor,
@@ -228,13 +260,16 @@ impl Governance {
             .ok_or_else(|| "the approval service is not set up".to_string())
     }
 
+    /// Reserves `amount` for the call `key` on the chain organisation > role > agent > run.
     pub(crate) async fn reserve(
         &self,
         run: RunId,
         role: RoleId,
         agent: AgentId,
         amount: Usage,
+        key: &aios_core::IdempotencyKey,
     ) -> Result<Result<Reservation, String>, StoreError> {
+        let _ = key;
         let Some(ledger) = &self.ledger else {
             return Ok(Err("no budget ledger".into()));
         };
@@ -313,15 +348,13 @@ impl Governance {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Asks for the approval `ask` of `action` (described by `proposed`) under the run's
+    /// pinned `governor`, whose version the request records.
     pub(crate) async fn request_approval(
         &self,
-        run: RunId,
-        task: aios_core::TaskId,
-        requester: AgentId,
-        pathway: PathwayId,
-        anchor: AnchorId,
-        deadline: Duration,
+        governor: &PinnedGovernor,
+        at: CallSite,
+        ask: &ApprovalAsk,
         action: &str,
         proposed: serde_json::Value,
     ) -> Result<ApprovalId, String> {
@@ -329,98 +362,142 @@ impl Governance {
         // a request this very call made before its worker died (before the journal recorded
         // it) is reused rather than asked twice
         let pending = approvals
-            .pending(Some(anchor))
+            .pending(Some(ask.anchor))
             .await
             .map_err(|e| e.to_string())?;
         if let Some(earlier) = pending.iter().find(|r| {
-            r.run == Some(run)
-                && r.task == Some(task)
-                && r.requester == Principal::Agent(requester)
+            r.run == Some(at.run)
+                && r.task == Some(at.task)
+                && r.requester == Principal::Agent(at.agent)
                 && r.action == action
                 && r.proposed == proposed
         }) {
             return Ok(earlier.id);
         }
         let request = approvals
-            .request(NewApproval {
-                anchor,
-                requester: Principal::Agent(requester),
-                run: Some(run),
-                task: Some(task),
-                pathway: Some(pathway),
-                action: action.to_string(),
-                proposed,
-                deadline,
-                allowed: vec![],
-                on_timeout: OnTimeout::Deny,
-            })
+            .request_under(
+                governor.governor(),
+                NewApproval {
+                    anchor: ask.anchor,
+                    requester: Principal::Agent(at.agent),
+                    run: Some(at.run),
+                    task: Some(at.task),
+                    pathway: Some(at.pathway),
+                    action: action.to_string(),
+                    proposed,
+                    deadline: ask.deadline,
+                    allowed: ask.allowed.clone(),
+                    on_timeout: ask.on_timeout,
+                },
+            )
             .await
             .map_err(|e| e.to_string())?;
         Ok(request.id)
     }
 
+    /// Where approval `approval`, asked by `requester` in `run`, stands: redeemed for that
+    /// run on first use (and only for that run), followed to the next anchor when it
+    /// escalated on timeout.
     pub(crate) async fn approval_state(
         &self,
         approval: ApprovalId,
         requester: AgentId,
+        run: RunId,
     ) -> Result<ApprovalState, String> {
         let approvals = self.approvals()?;
-        let request = approvals.get(approval).await.map_err(|e| e.to_string())?;
-        use aios_governance::ApprovalState as S;
-        let decision = match request.state {
-            S::Pending => {
-                return match approvals
-                    .redeem(approval, Principal::Agent(requester))
-                    .await
-                {
-                    Err(ApprovalError::NotDecided { .. }) => Ok(ApprovalState::Pending),
-                    Err(ApprovalError::Expired { .. }) => Ok(ApprovalState::Rejected(
-                        "expired: nobody answered before the deadline".to_string(),
-                    )),
-                    Err(e) => Err(e.to_string()),
-                    Ok(a) => Ok(if a.edited {
-                        ApprovalState::Edited(a.action)
-                    } else {
-                        ApprovalState::Approved
-                    }),
+        let who = Principal::Agent(requester);
+        let mut id = approval;
+        // an escalation chain is short; the bound only guards against a damaged store
+        for _ in 0..16 {
+            let request = approvals.get(id).await.map_err(|e| e.to_string())?;
+            if request.requester != who {
+                return Err(format!("approval {id} was not requested by this agent"));
+            }
+            if request.run != Some(run) {
+                return Err(ApprovalError::WrongRun {
+                    id,
+                    owner: request.run.unwrap_or(run),
+                    by: run,
                 }
+                .to_string());
             }
-            S::Expired { .. } => {
-                return Ok(ApprovalState::Rejected(
-                    "expired: nobody answered before the deadline".to_string(),
-                ))
-            }
-            // an approval this run already used (the journal keeps it from being used twice)
-            S::Redeemed { decision, .. } => {
-                if request.requester != Principal::Agent(requester) {
-                    return Err(format!(
-                        "approval {approval} was not requested by this agent"
-                    ));
+            use aios_governance::ApprovalState as S;
+            let decision = match request.state {
+                S::Expired {
+                    escalated_to: Some(next),
+                    ..
+                } => {
+                    id = next;
+                    continue;
                 }
-                decision
-            }
-            S::Decided { .. } => {
-                return match approvals
-                    .redeem(approval, Principal::Agent(requester))
-                    .await
-                {
-                    Ok(a) => Ok(if a.edited {
-                        ApprovalState::Edited(a.action)
-                    } else {
-                        ApprovalState::Approved
-                    }),
-                    Err(ApprovalError::Rejected { reason, .. }) => {
-                        Ok(ApprovalState::Rejected(reason))
+                S::Expired { .. } => return Ok(expired()),
+                // an approval this run already used (the journal keeps it from being used
+                // twice by the run itself)
+                S::Redeemed { decision, .. } => decision,
+                S::Pending | S::Decided { .. } => {
+                    match approvals.redeem(id, who, Some(run)).await {
+                        Ok(a) => {
+                            let request = approvals.get(id).await.map_err(|e| e.to_string())?;
+                            match request.state {
+                                S::Redeemed { decision, .. } => decision,
+                                _ => {
+                                    return Ok(ApprovalState::Approved {
+                                        by: a.by,
+                                        proposed: request.proposed,
+                                    })
+                                }
+                            }
+                        }
+                        Err(ApprovalError::NotDecided { .. }) => {
+                            return Ok(ApprovalState::Pending(id))
+                        }
+                        Err(ApprovalError::Expired {
+                            escalated_to: Some(next),
+                            ..
+                        }) => {
+                            id = next;
+                            continue;
+                        }
+                        Err(ApprovalError::Expired { .. }) => return Ok(expired()),
+                        Err(ApprovalError::Rejected { reason, .. }) => {
+                            return Ok(ApprovalState::Rejected(reason))
+                        }
+                        Err(e) => return Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
                 }
-            }
-        };
-        Ok(match decision.response {
-            ApprovalResponse::Approve => ApprovalState::Approved,
-            ApprovalResponse::Edit(v) => ApprovalState::Edited(v),
-            ApprovalResponse::Reject { reason } => ApprovalState::Rejected(reason),
-        })
+            };
+            return Ok(match decision.response {
+                ApprovalResponse::Approve => ApprovalState::Approved {
+                    by: decision.by,
+                    proposed: request.proposed,
+                },
+                ApprovalResponse::Edit(patch) => ApprovalState::Edited {
+                    by: decision.by,
+                    patch,
+                },
+                ApprovalResponse::Reject { reason } => ApprovalState::Rejected(reason),
+            });
+        }
+        Err(format!("approval {approval} escalated more than 16 times"))
+    }
+
+    /// The deadline sweep of the approval service.
+    pub(crate) async fn sweep(&self) -> Result<Vec<aios_governance::Expiry>, ApprovalError> {
+        match &self.approvals {
+            Some(a) => a.sweep().await,
+            None => Ok(vec![]),
+        }
+    }
+
+    /// One approval request.
+    pub(crate) async fn approval(
+        &self,
+        id: ApprovalId,
+    ) -> Result<aios_governance::ApprovalRequest, ApprovalError> {
+        match &self.approvals {
+            Some(a) => a.get(id).await,
+            None => Err(ApprovalError::UnknownRequest { id }),
+        }
     }
 
     /// Records a human decision; returns the run waiting for it.
@@ -460,6 +537,19 @@ impl Governance {
         }
         self.versions.write().insert(v, governor);
     }
+}
+
+/// Where a call is made: the run, task, acting agent and its pathway.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallSite {
+    pub(crate) run: RunId,
+    pub(crate) task: aios_core::TaskId,
+    pub(crate) agent: AgentId,
+    pub(crate) pathway: PathwayId,
+}
+
+fn expired() -> ApprovalState {
+    ApprovalState::Rejected("expired: nobody answered before the deadline".to_string())
 }
 
 fn budget_failure(e: BudgetError) -> Result<Result<Reservation, String>, StoreError> {

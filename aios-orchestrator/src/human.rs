@@ -36,9 +36,23 @@ impl TaskContext<'_> {
             Some(CallRecord::AwaitingApproval { approval }) => {
                 let (answer, refused) =
                     match self.driver.approval_state(approval, self.agent).await? {
-                        ApprovalState::Pending => return Err(AgentError::Parked { approval }),
-                        ApprovalState::Approved => (serde_json::Value::Bool(true), None),
-                        ApprovalState::Edited(answer) => (answer, None),
+                        ApprovalState::Pending(current) => {
+                            if current != approval {
+                                self.driver
+                                    .record(
+                                        self.index,
+                                        record(CallRecord::AwaitingApproval { approval: current }),
+                                        true,
+                                    )
+                                    .await?;
+                                self.driver
+                                    .escalated_approval(&self.name, approval, current)
+                                    .await?;
+                            }
+                            return Err(AgentError::Parked { approval: current });
+                        }
+                        ApprovalState::Approved { .. } => (serde_json::Value::Bool(true), None),
+                        ApprovalState::Edited { patch, .. } => (patch, None),
                         ApprovalState::Rejected(reason) => (serde_json::Value::Null, Some(reason)),
                     };
                 match refused {
@@ -79,14 +93,19 @@ impl TaskContext<'_> {
                     .governor
                     .response_time(anchor)
                     .unwrap_or(std::time::Duration::from_secs(24 * 3600));
+                let ask = crate::gate::ApprovalAsk {
+                    anchor,
+                    deadline,
+                    allowed: aios_governance::ResponseKind::ALL.to_vec(),
+                    on_timeout: aios_governance::OnTimeout::Deny,
+                };
                 let approval = self
                     .driver
-                    .request_approval(
+                    .request_approval_of(
                         &self.role,
                         self.agent,
-                        anchor,
-                        deadline,
                         self.task_id,
+                        &ask,
                         ACTION,
                         serde_json::json!({ "question": question }),
                     )

@@ -29,6 +29,7 @@ mod checkpoint;
 mod context;
 mod error;
 mod gate;
+mod governed;
 mod graph;
 mod human;
 mod memory;
@@ -45,11 +46,12 @@ pub mod testing;
 
 pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
 pub use checkpoint::{
-    lease_available, Checkpoint, CheckpointStore, InMemoryCheckpointStore, Lease, RunSummary,
-    WorkerId,
+    lease_available, lease_renewable, renewal_refused, Checkpoint, CheckpointStore,
+    InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};
 pub use error::{AgentError, OrchestratorError};
+pub use governed::GovernedCall;
 pub use graph::{TaskInput, TaskName, TaskSpec, Workflow};
 pub use memory::{MemoryOptions, RecalledHit};
 pub use notify::{
@@ -58,9 +60,10 @@ pub use notify::{
 };
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
-pub use router::{ModelRouter, RouteStep};
+pub use router::{ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
     CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl, RunOutcome,
+    TickReport,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,

@@ -108,6 +108,10 @@ impl TaskContext<'_> {
                 ))),
             };
         }
+        // the lineage id is derived from the call's key, so a write repeated after a crash
+        // (written, but not yet journaled) finds the record instead of writing it twice
+        let key = aios_core::IdempotencyKey::for_call(self.run_id(), self.task_id, seq_claimed);
+        let new = new.with_id(aios_core::MemoryId::from_name(&format!("call:{key}")));
         let record = self.view()?.remember(new).await.map_err(memory_error)?;
         let entry = JournalEntry {
             seq: seq_claimed,

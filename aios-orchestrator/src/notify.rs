@@ -22,6 +22,9 @@ pub enum NotificationKind {
     Exhausted,
     /// A side effect may or may not have happened (a crash during an irreversible call).
     OutcomeUnknown,
+    /// An approval request to this anchor was not answered before its deadline (its holders
+    /// and deputy should know; the request was denied or went to the next anchor).
+    ApprovalTimedOut,
 }
 
 /// A message for an accountable anchor.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aios_core::{ModelBackend, ModelId};
+use aios_core::{ModelBackend, ModelId, ModelPrice, ModelRequest, Money, PriceTable, TokenUsage};
 use serde::{Deserialize, Serialize};
 
 /// An ordered list of models, cheapest (local) first.
@@ -14,6 +14,20 @@ use serde::{Deserialize, Serialize};
 pub struct ModelRouter {
     tiers: Vec<Arc<dyn ModelBackend>>,
     min_confidence: Option<f32>,
+    prices: PriceTable,
+    default_max_output: u32,
+}
+
+/// What a model call is estimated to consume before it is made: what governance decides on
+/// and what the budgets reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelEstimate {
+    /// Prompt tokens (counted as the scripted model counts them: a token per four bytes).
+    pub prompt_tokens: u64,
+    /// The output allowance: the request's `max_output_tokens`, else the router's default.
+    pub output_tokens: u64,
+    /// The dearest tier's price of those tokens (zero for tiers without a price).
+    pub cost: Money,
 }
 
 impl ModelRouter {
@@ -22,6 +36,51 @@ impl ModelRouter {
         Self {
             tiers,
             min_confidence: None,
+            prices: PriceTable::default(),
+            default_max_output: 1024,
+        }
+    }
+
+    /// Sets the price of `model`, so that calls reserve and are decided on an estimate of
+    /// their cost (prompt tokens plus the output allowance) before they are made.
+    pub fn with_price(mut self, model: impl Into<ModelId>, price: ModelPrice) -> Self {
+        self.prices.set(model.into(), price);
+        self
+    }
+
+    /// Sets every price at once.
+    pub fn with_prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
+    }
+
+    /// The output allowance estimated for a request without `max_output_tokens` (default
+    /// 1024 tokens). A response longer than the allowance is charged in full afterwards.
+    pub fn with_default_max_output(mut self, tokens: u32) -> Self {
+        self.default_max_output = tokens;
+        self
+    }
+
+    /// The estimate of `request`: its prompt tokens and output allowance, priced at the
+    /// dearest tier that has a price (the router may fall back to any of them).
+    pub fn estimate(&self, request: &ModelRequest) -> ModelEstimate {
+        let prompt_tokens: u64 = request
+            .messages
+            .iter()
+            .map(|m| aios_core::ScriptedModel::count_tokens(&m.content))
+            .sum();
+        let output_tokens = u64::from(request.max_output_tokens.unwrap_or(self.default_max_output));
+        let usage = TokenUsage::new(prompt_tokens, output_tokens);
+        let cost = self
+            .tiers
+            .iter()
+            .filter_map(|m| self.prices.cost(m.id(), usage))
+            .max()
+            .unwrap_or(Money::ZERO);
+        ModelEstimate {
+            prompt_tokens,
+            output_tokens,
+            cost,
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aios_core::{
     AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, AuditRecord, Clock, Connector,
-    ConnectorId, CredentialHandle, CredentialVault, EffectClass, IdGen, InMemoryAuditLog,
-    ManualClock, ManualTimer, Money, Outcome, Principal, RunId, Secret, SeededRng, TaskId, Timer,
+    ConnectorId, CredentialHandle, CredentialVault, IdGen, InMemoryAuditLog, ManualClock,
+    ManualTimer, Outcome, Principal, RunId, Secret, SeededRng, TaskId, Timer,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
@@ -62,14 +62,31 @@ pub struct OrchestratorConfig {
 }
 
 impl Default for OrchestratorConfig {
+    /// The production-safe settings: a worker id no other process shares
+    /// ([`WorkerId::unique`]) and a seed from the operating system ([`aios_core::os_seed`]),
+    /// so two processes never drive one run nor draw the same ids. Tests that need
+    /// reproducible ids use [`OrchestratorConfig::deterministic`].
     fn default() -> Self {
         Self {
-            worker: WorkerId::new("worker-1"),
+            worker: WorkerId::unique(),
             lease_ttl: Duration::from_secs(60),
             concurrency: 8,
             checkpoints: CheckpointMode::EveryStep,
-            seed: 0x5EED,
+            seed: aios_core::os_seed(),
             breakers: BreakerPolicy::default(),
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// Settings for reproducible tests: worker `worker` and ids, task ids and jitter drawn
+    /// from `seed`. Never use this in production: two processes with the same settings draw
+    /// the same ids.
+    pub fn deterministic(worker: &str, seed: u64) -> Self {
+        Self {
+            worker: WorkerId::new(worker),
+            seed,
+            ..Self::default()
         }
     }
 }
@@ -601,30 +618,72 @@ impl<'o> Driver<'o> {
         self.governor.accountable(role.pathway)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Decides `call` under the run's pinned governance version; the decision is audited.
     pub(crate) async fn decide(
         &self,
         role: &Role,
         agent: AgentId,
-        action: &str,
-        effect: EffectClass,
-        cost: Money,
-        risk: u32,
-        confidence: Option<f32>,
+        call: &crate::governed::GovernedCall,
     ) -> Result<Gate, AgentError> {
-        let (gate, event) = self.governor.decide(
-            &self.o.gov,
-            self.run,
-            role,
-            agent,
-            action,
-            effect,
-            cost,
-            risk,
-            confidence,
-        );
+        let (gate, event) = self
+            .governor
+            .decide(&self.o.gov, self.run, role, agent, call);
         self.audit(Principal::Agent(agent), event).await?;
         Ok(gate)
+    }
+
+    /// The name of `anchor` in the run's governance version (its id if unknown).
+    pub(crate) fn anchor_name(&self, anchor: AnchorId) -> String {
+        self.governor
+            .model()
+            .anchors
+            .iter()
+            .find(|a| AnchorId::from_name(&a.key) == anchor)
+            .map(|a| a.key.clone())
+            .unwrap_or_else(|| anchor.to_string())
+    }
+
+    /// Tells both anchors that approval `from` timed out and was escalated to `to`.
+    pub(crate) async fn escalated_approval(
+        &self,
+        task: &TaskName,
+        from: ApprovalId,
+        to: ApprovalId,
+    ) -> Result<(), AgentError> {
+        let (old, new) = match (
+            self.o.gov.approval(from).await,
+            self.o.gov.approval(to).await,
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(self.fail(OrchestratorError::Approval(e.to_string())))
+            }
+        };
+        self.notify(
+            old.anchor,
+            NotificationKind::ApprovalTimedOut,
+            Some(task),
+            Some(from),
+            format!(
+                "`{}` was not answered before its deadline; it went to anchor `{}`",
+                old.action,
+                self.anchor_name(new.anchor)
+            ),
+        )
+        .await;
+        self.notify(
+            new.anchor,
+            NotificationKind::ApprovalNeeded,
+            Some(task),
+            Some(to),
+            format!(
+                "`{}` needs approval (escalated: anchor `{}` did not answer in time)",
+                new.action,
+                self.anchor_name(old.anchor)
+            ),
+        )
+        .await;
+        Ok(())
     }
 
     pub(crate) async fn reserve(
@@ -632,10 +691,11 @@ impl<'o> Driver<'o> {
         role: &Role,
         agent: AgentId,
         amount: Usage,
+        key: &aios_core::IdempotencyKey,
     ) -> Result<Result<Reservation, String>, AgentError> {
         self.o
             .gov
-            .reserve(self.run, role.id, agent, amount)
+            .reserve(self.run, role.id, agent, amount, key)
             .await
             .map_err(|e| self.fail(OrchestratorError::Store(e)))
     }
@@ -666,29 +726,43 @@ impl<'o> Driver<'o> {
         self.o.gov.release(reservation).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Asks for approval of `call` and returns the request.
     pub(crate) async fn request_approval(
         &self,
         role: &Role,
         agent: AgentId,
-        anchor: AnchorId,
-        deadline: Duration,
         task: TaskId,
-        action: &str,
-        input: serde_json::Value,
+        ask: &crate::gate::ApprovalAsk,
+        call: &crate::governed::GovernedCall,
     ) -> Result<ApprovalId, AgentError> {
+        let proposed = serde_json::to_value(call).map_err(|e| {
+            self.fail(OrchestratorError::Approval(format!(
+                "the call cannot be proposed: {e}"
+            )))
+        })?;
+        self.request_approval_of(role, agent, task, ask, &call.action, proposed)
+            .await
+    }
+
+    /// Asks for approval of `action`, described to the human by `proposed`.
+    pub(crate) async fn request_approval_of(
+        &self,
+        role: &Role,
+        agent: AgentId,
+        task: TaskId,
+        ask: &crate::gate::ApprovalAsk,
+        action: &str,
+        proposed: serde_json::Value,
+    ) -> Result<ApprovalId, AgentError> {
+        let at = crate::gate::CallSite {
+            run: self.run,
+            task,
+            agent,
+            pathway: role.pathway,
+        };
         self.o
             .gov
-            .request_approval(
-                self.run,
-                task,
-                agent,
-                role.pathway,
-                anchor,
-                deadline,
-                action,
-                input,
-            )
+            .request_approval(&self.governor, at, ask, action, proposed)
             .await
             .map_err(|e| self.fail(OrchestratorError::Approval(e)))
     }
@@ -700,7 +774,7 @@ impl<'o> Driver<'o> {
     ) -> Result<ApprovalState, AgentError> {
         self.o
             .gov
-            .approval_state(approval, agent)
+            .approval_state(approval, agent, self.run)
             .await
             .map_err(|e| self.fail(OrchestratorError::Approval(e)))
     }
@@ -728,15 +802,11 @@ impl<'o> Driver<'o> {
             now + half >= lease.expires_at
         };
         if renew {
+            let current = self.lease.lock().clone();
             let fresh = self
                 .o
                 .checkpoints
-                .acquire(
-                    self.run,
-                    &self.o.config.worker,
-                    now,
-                    self.o.config.lease_ttl,
-                )
+                .renew(&current, now, self.o.config.lease_ttl)
                 .await
                 .map_err(|e| OrchestratorError::LeaseLost {
                     run: self.run,
@@ -1110,6 +1180,10 @@ impl<'o> Driver<'o> {
             return Err(self.take_fatal());
         }
         self.save().await?;
+        if status == RunStatus::Cancelled {
+            // a cancelled run holds no budget: release what its calls had reserved
+            self.o.gov.release_abandoned(self.run).await?;
+        }
         let lease = self.lease.lock().clone();
         self.o.checkpoints.release(&lease).await?;
         self.emit(RunEvent::RunStopped {
@@ -1290,6 +1364,7 @@ impl Orchestrator {
         let Some(checkpoint) = self.inner.checkpoints.latest(run).await? else {
             return Err(OrchestratorError::UnknownRun(run));
         };
+        checked(&checkpoint)?;
         let mut state = checkpoint.state;
         if state.status.is_terminal() {
             return Err(OrchestratorError::NotResumable {
@@ -1346,24 +1421,28 @@ impl Orchestrator {
     }
 
     /// Copies a run as it was at checkpoint `seq` into a new run, without changing the
-    /// original's history. Calls waiting for approval at that point (and what came after them
-    /// in their task) are dropped from the copy, so the fork asks again. Resume the returned
-    /// run to drive it.
+    /// original's history. Calls waiting for approval at that point, or approved but not yet
+    /// performed (and what came after them in their task), are dropped from the copy, so the
+    /// fork asks again: an approval is redeemed once, by the run that asked for it. Resume the
+    /// returned run to drive it.
     pub async fn fork(&self, run: RunId, seq: u64) -> Result<RunId, OrchestratorError> {
         let Some(checkpoint) = self.inner.checkpoints.get(run, seq).await? else {
             return Err(OrchestratorError::UnknownRun(run));
         };
+        checked(&checkpoint)?;
         let new_run: RunId = self.inner.ids.next();
         let mut state = checkpoint.state;
         state.run = new_run;
         state.forked_from = Some((run, seq));
         state.status = RunStatus::Running;
         for t in &mut state.tasks {
-            if let Some(cut) = t
-                .journal
-                .iter()
-                .position(|e| matches!(e.record, crate::state::CallRecord::AwaitingApproval { .. }))
-            {
+            if let Some(cut) = t.journal.iter().position(|e| {
+                matches!(
+                    e.record,
+                    crate::state::CallRecord::AwaitingApproval { .. }
+                        | crate::state::CallRecord::Approved { result: None, .. }
+                )
+            }) {
                 t.journal.truncate(cut);
             }
             if matches!(t.status, TaskStatus::Running | TaskStatus::Parked) {
@@ -1476,7 +1555,12 @@ impl Orchestrator {
                 state,
             };
             self.inner.audit.append(record).await?;
+            let cancelled = checkpoint.state.status == RunStatus::Cancelled;
             self.inner.checkpoints.save(&lease, &checkpoint).await?;
+            if cancelled {
+                // a cancelled run holds no budget
+                self.inner.gov.release_abandoned(run).await?;
+            }
             Ok(())
         }
         .await;
@@ -1519,6 +1603,48 @@ impl Orchestrator {
         self.resume(run).await
     }
 
+    /// The deadline sweep, driven by the host (the library starts no thread): every pending
+    /// approval request past its deadline by the orchestrator's clock is expired, and, when
+    /// its rule says `on_timeout = escalate`, asked again of the named anchor. Each parked run
+    /// waiting on such a request is then resumed: on a denial the parked call is rejected and
+    /// the role's fallback applies; on an escalation the run parks again on the new request,
+    /// and both anchors are notified (the one that did not answer, so its holders and deputy
+    /// know, and the one now asked). A run driven elsewhere is left to its worker.
+    pub async fn tick(&self) -> Result<TickReport, OrchestratorError> {
+        let expired = self
+            .inner
+            .gov
+            .sweep()
+            .await
+            .map_err(|e| OrchestratorError::Approval(e.to_string()))?;
+        let mut report = TickReport::default();
+        let mut runs: Vec<RunId> = vec![];
+        for e in &expired {
+            match e.escalated_to {
+                Some(next) => report.escalated.push((e.request.id, next)),
+                None => report.expired.push(e.request.id),
+            }
+            if let Some(run) = e.request.run {
+                if !runs.contains(&run) {
+                    runs.push(run);
+                }
+            }
+        }
+        for run in runs {
+            if self.inner.active.lock().contains(&run) {
+                continue;
+            }
+            match self.resume(run).await {
+                Ok(outcome) => report.resumed.push(outcome),
+                Err(
+                    OrchestratorError::LeaseLost { .. } | OrchestratorError::NotResumable { .. },
+                ) => report.skipped.push(run),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(report)
+    }
+
     /// Loads another governance model version. With `make_current`, new runs start under it;
     /// runs already started stay pinned to theirs.
     pub fn load_governance(&self, governor: aios_governance::Governor, make_current: bool) {
@@ -1550,6 +1676,36 @@ impl Orchestrator {
         }
         Ok(crate::transcript::render_transcript(run, &entries, &names))
     }
+}
+
+/// Refuses a checkpoint whose state does not hold together (or belongs to another run).
+fn checked(checkpoint: &Checkpoint) -> Result<(), OrchestratorError> {
+    let damaged = |detail: String| OrchestratorError::DamagedState {
+        run: checkpoint.run,
+        seq: checkpoint.seq,
+        detail,
+    };
+    if checkpoint.state.run != checkpoint.run {
+        return Err(damaged(format!(
+            "it holds the state of run {}",
+            checkpoint.state.run
+        )));
+    }
+    checkpoint.state.validate().map_err(damaged)
+}
+
+/// What one [`Orchestrator::tick`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TickReport {
+    /// Requests that expired and were denied.
+    pub expired: Vec<ApprovalId>,
+    /// Requests that expired and were asked again of the next anchor: (old, new).
+    pub escalated: Vec<(ApprovalId, ApprovalId)>,
+    /// The runs resumed because a request they waited on expired, as they stand now.
+    pub resumed: Vec<RunOutcome>,
+    /// Runs that waited on an expired request but are driven (leased) elsewhere.
+    pub skipped: Vec<RunId>,
 }
 
 /// An operator control on one run.

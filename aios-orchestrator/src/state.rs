@@ -200,3 +200,81 @@ impl RunState {
             .collect()
     }
 }
+
+impl RunState {
+    /// Checks that a decoded state holds together before it is used: the schema is one this
+    /// build reads, every dependency names another existing task, the dependencies have no
+    /// cycle, task names are unique, journal entries are numbered in order, a completed task
+    /// has an output, and a spawned task's index exists. Returns what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.schema == 0 || self.schema > RUN_STATE_SCHEMA {
+            return Err(format!(
+                "schema {} is not one this build reads (1..={RUN_STATE_SCHEMA})",
+                self.schema
+            ));
+        }
+        let n = self.tasks.len();
+        let mut names = std::collections::HashSet::with_capacity(n);
+        for (i, t) in self.tasks.iter().enumerate() {
+            if !names.insert(t.spec.name.as_str()) {
+                return Err(format!("task name `{}` appears twice", t.spec.name));
+            }
+            for &d in &t.deps {
+                if d >= n {
+                    return Err(format!(
+                        "task `{}` waits for task index {d}, but the run has {n} tasks",
+                        t.spec.name
+                    ));
+                }
+                if d == i {
+                    return Err(format!("task `{}` waits for itself", t.spec.name));
+                }
+            }
+            if t.status == TaskStatus::Completed && t.output.is_none() {
+                return Err(format!(
+                    "task `{}` is completed without an output",
+                    t.spec.name
+                ));
+            }
+            for (pos, e) in t.journal.iter().enumerate() {
+                if e.seq as usize != pos {
+                    return Err(format!(
+                        "journal of task `{}` holds call {} at position {pos}",
+                        t.spec.name, e.seq
+                    ));
+                }
+                if let CallRecord::Spawned { index } = e.record {
+                    if index >= n {
+                        return Err(format!(
+                            "task `{}` spawned task index {index}, but the run has {n} tasks",
+                            t.spec.name
+                        ));
+                    }
+                }
+            }
+        }
+        // a cycle would leave tasks waiting forever: Kahn's algorithm must reach every task
+        let mut remaining: Vec<usize> = self.tasks.iter().map(|t| t.deps.len()).collect();
+        let mut dependents = vec![Vec::new(); n];
+        for (i, t) in self.tasks.iter().enumerate() {
+            for &d in &t.deps {
+                dependents[d].push(i);
+            }
+        }
+        let mut ready: Vec<usize> = (0..n).filter(|&i| remaining[i] == 0).collect();
+        let mut seen = 0;
+        while let Some(i) = ready.pop() {
+            seen += 1;
+            for &k in &dependents[i] {
+                remaining[k] -= 1;
+                if remaining[k] == 0 {
+                    ready.push(k);
+                }
+            }
+        }
+        if seen != n {
+            return Err("the task dependencies form a cycle".into());
+        }
+        Ok(())
+    }
+}

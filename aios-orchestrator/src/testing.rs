@@ -56,14 +56,33 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
         ),
         "a valid lease excludes other workers"
     );
+    assert!(
+        matches!(
+            store.acquire(run, &a, now, ttl).await,
+            Err(StoreError::Conflict { .. })
+        ),
+        "a lease belongs to one acquisition: the same worker id acquiring again (another \
+         process with that id) does not inherit it"
+    );
     let renewed = store
-        .acquire(run, &a, now + chrono::Duration::seconds(10), ttl)
+        .renew(&la, now + chrono::Duration::seconds(10), ttl)
         .await
         .unwrap();
     assert_eq!(renewed.token, la.token, "a renewal keeps the token");
     assert!(
         renewed.expires_at > la.expires_at,
         "a renewal extends the lease"
+    );
+    let forged = Lease {
+        token: la.token + 1,
+        ..la.clone()
+    };
+    assert!(
+        matches!(
+            store.renew(&forged, now, ttl).await,
+            Err(StoreError::Fenced { .. })
+        ),
+        "only the lease issued can be renewed"
     );
 
     // saves: ordered, history kept, exact round trip
@@ -129,6 +148,13 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
         "a refused write changes nothing"
     );
     store.save(&lb, &c3).await.unwrap();
+    assert!(
+        matches!(
+            store.renew(&renewed, later, ttl).await,
+            Err(StoreError::Fenced { .. })
+        ),
+        "a lease taken over cannot be renewed by its old holder"
+    );
 
     // release lets another worker in at once; releasing a stale lease is harmless
     store.release(&renewed).await.unwrap();
@@ -205,6 +231,15 @@ impl<S: CheckpointStore> CheckpointStore for FaultyCheckpointStore<S> {
     ) -> Result<Lease, StoreError> {
         self.faults.check().await?;
         self.inner.acquire(run, owner, now, ttl).await
+    }
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.faults.check().await?;
+        self.inner.renew(lease, now, ttl).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.faults.check().await?;

@@ -50,8 +50,12 @@ fn an_edited_action_runs_as_edited() {
     let outcome = block_on(orch.start(newsletter())).unwrap();
     let id = outcome.pending_approvals()[0];
     let edited = serde_json::json!({ "to": "friends@example.com", "body": "shorter" });
-    let done =
-        block_on(orch.submit_approval(id, bob(), ApprovalResponse::Edit(edited.clone()))).unwrap();
+    let done = block_on(orch.submit_approval(
+        id,
+        bob(),
+        ApprovalResponse::Edit(serde_json::json!({ "input": edited.clone() })),
+    ))
+    .unwrap();
     assert_eq!(done.status, RunStatus::Completed);
     assert_eq!(world.email.effects()[0].input, edited);
 }

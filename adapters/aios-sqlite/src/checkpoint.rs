@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use aios_core::{RunId, StoreError, Timestamp};
 use aios_orchestrator::{
-    lease_available, Checkpoint, CheckpointStore, Lease, RunStatus, RunSummary, WorkerId,
-    RUN_STATE_SCHEMA,
+    lease_available, lease_renewable, renewal_refused, Checkpoint, CheckpointStore, Lease,
+    RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -113,18 +113,13 @@ impl CheckpointStore for SqliteCheckpointStore {
                 Some(r) => (r.last_token, r.lease),
                 None => (0, None),
             };
-            if !lease_available(current.as_ref(), owner, now) {
+            if !lease_available(current.as_ref(), now) {
                 let holder = current.map(|l| l.owner.to_string()).unwrap_or_default();
                 return Err(StoreError::Conflict {
                     detail: format!("run {run} is leased by worker `{holder}`"),
                 });
             }
-            let token = match &current {
-                Some(l) if &l.owner == owner && l.token == last_token && l.expires_at > now => {
-                    l.token
-                }
-                _ => last_token.saturating_add(1),
-            };
+            let token = last_token.saturating_add(1);
             let lease = Lease {
                 run,
                 owner: owner.clone(),
@@ -140,6 +135,33 @@ impl CheckpointStore for SqliteCheckpointStore {
             .and_then(|mut s| s.execute(rusqlite::params![key, token_sql, text]))
             .map_err(|e| db.err("acquire a lease", e))?;
             Ok(lease)
+        })
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let db = &self.db;
+        let key = lease.run.to_string();
+        db.write_unsynced("renew a lease", |tx| {
+            let Some(row) = self.run_row(tx, &key)? else {
+                return Err(renewal_refused(lease, 0));
+            };
+            if !lease_renewable(row.lease.as_ref(), row.last_token, lease) {
+                return Err(renewal_refused(lease, row.last_token));
+            }
+            let renewed = Lease {
+                expires_at: expires(now, ttl),
+                ..lease.clone()
+            };
+            let text = db.encode("a lease", &renewed)?;
+            tx.prepare_cached("UPDATE runs SET lease = ?2 WHERE run = ?1")
+                .and_then(|mut s| s.execute(rusqlite::params![key, text]))
+                .map_err(|e| db.err("renew a lease", e))?;
+            Ok(renewed)
         })
     }
 

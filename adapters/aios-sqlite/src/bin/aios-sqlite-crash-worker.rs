@@ -39,7 +39,7 @@ use aios_governance::{
 };
 use aios_orchestrator::{
     ConnectorRequest, FnAgent, Orchestrator, OrchestratorConfig, RetryPolicy, Role, RunOutcome,
-    RunStatus, TaskSpec, WorkerId, Workflow,
+    RunStatus, TaskSpec, Workflow,
 };
 use aios_sqlite::SqliteStore;
 use async_trait::async_trait;
@@ -118,6 +118,7 @@ impl Service {
                 effect,
                 scopes: vec![],
                 idempotent: true,
+                default_cost: aios_core::Money::ZERO,
             },
             conn,
             hold: std::env::var("AIOS_CRASH_WORKER_HOLD_MS")
@@ -294,8 +295,10 @@ fn orchestrator(
         .budgets(Arc::new(ledger))
         .approval_store(Arc::new(store.approval_store()))
         .config(OrchestratorConfig {
-            // a restarted worker is the same worker: it takes its own lease back at once
-            worker: WorkerId::new("crash-worker"),
+            // every incarnation is a new worker (the default: a unique id). A killed
+            // incarnation's lease is not inherited: the next one waits until it lapses, so
+            // the lease is short here
+            lease_ttl: LEASE_TTL,
             ..OrchestratorConfig::default()
         })
         .build())
@@ -333,6 +336,9 @@ async fn advance(orch: &Orchestrator) -> Result<RunOutcome, Error> {
     Ok(orch.resume(run.run).await?)
 }
 
+/// How long a lease lasts without renewal.
+const LEASE_TTL: Duration = Duration::from_millis(300);
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [store, service] = args.as_slice() else {
@@ -343,7 +349,17 @@ fn main() -> ExitCode {
         let store = SqliteStore::open(store)?;
         let service = Service::open(Path::new(service))?;
         let orch = orchestrator(&store, service)?;
-        futures::executor::block_on(advance(&orch))
+        // the lease of a killed incarnation lapses after LEASE_TTL; until then, wait
+        let mut waited = Duration::ZERO;
+        loop {
+            match futures::executor::block_on(advance(&orch)) {
+                Err(e) if waited < LEASE_TTL * 20 && e.to_string().contains("lease") => {
+                    std::thread::sleep(LEASE_TTL / 4);
+                    waited += LEASE_TTL / 4;
+                }
+                other => break other,
+            }
+        }
     })();
     match outcome {
         Ok(o) if o.status == RunStatus::Completed => {

@@ -1,0 +1,107 @@
+//! What governance decides on for one call, as one value: the journal's request hash covers
+//! it, an approval request proposes it, and an edit changes it.
+
+use aios_core::{EffectClass, Money};
+use serde::{Deserialize, Serialize};
+
+use crate::state::CallKind;
+
+/// One call as governance judged it: the action, its effect class, and the cost, risk,
+/// confidence and input it was decided on.
+///
+/// It is what an approval request's `proposed` holds (so the approver sees what governance
+/// saw), what the journaled request hash covers (a resumed call whose attributes differ from
+/// the recorded ones is a non-determinism error, never run on the old decision), and what an
+/// [`ApprovalResponse::Edit`](aios_governance::ApprovalResponse::Edit) changes: an edit is a
+/// JSON object naming any of `input`, `cost`, `risk` and `confidence` with their new values
+/// (`action` and `effect` may be repeated but not changed), and the edited call is governed
+/// again before it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernedCall {
+    /// The action (`email.send`, `model.complete`).
+    pub action: String,
+    /// Its effect class.
+    pub effect: EffectClass,
+    /// The estimated cost governance and the budgets saw.
+    pub cost: Money,
+    /// The risk estimate, 0 to 100.
+    pub risk: u32,
+    /// The confidence, 0 to 1, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
+    /// The connector input, or the model request.
+    pub input: serde_json::Value,
+}
+
+/// The fields an edit may change.
+const EDITABLE: [&str; 4] = ["input", "cost", "risk", "confidence"];
+
+impl GovernedCall {
+    /// The journaled request hash of this call (SHA-256, hex).
+    pub(crate) fn hash(&self, kind: CallKind) -> String {
+        crate::context::hash_of(kind, self)
+    }
+
+    /// The call as edited by `patch` (see the type's docs), or why the edit is refused.
+    ///
+    /// ```
+    /// use aios_core::{EffectClass, Money};
+    /// use aios_orchestrator::GovernedCall;
+    /// let call = GovernedCall {
+    ///     action: "bank.pay".into(), effect: EffectClass::Irreversible,
+    ///     cost: Money::from_minor(100), risk: 10, confidence: None,
+    ///     input: serde_json::json!({ "to": "acme" }),
+    /// };
+    /// let edited = call.edited(&serde_json::json!({ "cost": 50 })).unwrap();
+    /// assert_eq!(edited.cost, Money::from_minor(50));
+    /// assert_eq!(edited.input, call.input);
+    /// assert!(call.edited(&serde_json::json!({ "action": "bank.refund" })).is_err());
+    /// assert!(call.edited(&serde_json::json!({ "amount": 5 })).is_err());
+    /// ```
+    pub fn edited(&self, patch: &serde_json::Value) -> Result<GovernedCall, String> {
+        let Some(fields) = patch.as_object() else {
+            return Err(format!(
+                "an edit must be an object naming any of `input`, `cost`, `risk`, `confidence`; got `{patch}`"
+            ));
+        };
+        if fields.is_empty() {
+            return Err(
+                "an edit must change at least one of `input`, `cost`, `risk`, `confidence`".into(),
+            );
+        }
+        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        let Some(target) = merged.as_object_mut() else {
+            return Err("the proposed call is not an object".into());
+        };
+        for (key, value) in fields {
+            match key.as_str() {
+                k if EDITABLE.contains(&k) => {
+                    target.insert(key.clone(), value.clone());
+                }
+                "action" | "effect" => {
+                    if target.get(key) != Some(value) {
+                        return Err(format!(
+                            "an edit cannot change `{key}` (proposed {}, edit {value})",
+                            target.get(key).cloned().unwrap_or_default()
+                        ));
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "an edit names unknown field `{other}`; it may change `input`, `cost`, `risk`, `confidence`"
+                    ))
+                }
+            }
+        }
+        let edited: GovernedCall =
+            serde_json::from_value(merged).map_err(|e| format!("the edit is malformed: {e}"))?;
+        if edited.cost < Money::ZERO {
+            return Err(format!(
+                "an edit cannot set a negative cost ({})",
+                edited.cost
+            ));
+        }
+        Ok(edited)
+    }
+}

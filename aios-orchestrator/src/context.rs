@@ -874,7 +874,8 @@ impl<'r> TaskContext<'r> {
                 self.audit_connector(&descriptor, c, &key, attempts, Outcome::Succeeded, out.cost)
                     .await?;
                 let usage = Usage {
-                    cost: out.cost,
+                    // a call costs at least what its connector declares
+                    cost: out.cost.max(descriptor.default_cost),
                     tokens: 0,
                     tool_calls: 1,
                     risk_points: u64::from(c.risk),

@@ -1,0 +1,656 @@
+//! The promises users trust the library for, each tried the way an attacker or a careless
+//! user would: approvals used once for exactly what was approved, deadlines that act, budgets
+//! that hold, one writer, never twice, damaged state refused, secrets kept out.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AuditLogExt, CredentialHandle, EffectClass, HumanId, InMemoryVault, ManualTimer, Money,
+    RecordingConnector, RoleId, RunId,
+};
+use aios_governance::{ApprovalResponse, OnTimeout, ResponseKind};
+use aios_orchestrator::{
+    CallRecord, Checkpoint, CheckpointStore, ConnectorRequest, FnAgent, InMemoryCheckpointStore,
+    InMemoryNotifier, NotificationKind, Orchestrator, OrchestratorConfig, OrchestratorError, Role,
+    RunStatus, TaskSpec, WorkerId, Workflow,
+};
+use common::*;
+use futures::executor::block_on;
+
+/// A founder with a deputy, a board above; payments need approval (approve or reject only,
+/// escalating to the board after an hour); the charter caps one action at 1000.
+const PAY_MODEL: &str = r#"{
+  "version": 1,
+  "charter": {
+    "intent": "pay invoices",
+    "final_authority": "founder",
+    "boundaries": { "max_cost_per_action": 1000, "forbidden_actions": ["payments.transfer"] }
+  },
+  "anchors": [
+    { "key": "founder", "title": "Founder", "holders": ["alice"], "deputy": "bob", "response_time": "4h" },
+    { "key": "board", "title": "Board", "holders": ["carol"], "response_time": "8h" }
+  ],
+  "roles": [ { "key": "payer" } ],
+  "pathways": [
+    { "key": "paying", "anchor": "founder", "delegate": "payer",
+      "limits": { "actions": ["*"], "effects": ["irreversible"], "max_cost_per_action": 1000 },
+      "escalation": [ { "name": "payments-need-approval", "when": { "actions": ["bank.pay"] },
+                        "mode": "approve_before", "deadline": "1h",
+                        "on_timeout": { "escalate": "board" }, "allowed": ["approve", "reject"] },
+                      { "name": "big", "when": { "cost_above": 100 }, "mode": "approve_before" } ] }
+  ],
+  "budgets": [ { "key": "org", "scope": "organisation", "limits": { "cost": 100000 } } ]
+}"#;
+
+struct Pay {
+    bank: RecordingConnector,
+    timer: ManualTimer,
+    notifier: InMemoryNotifier,
+    checkpoints: InMemoryCheckpointStore,
+}
+
+impl Pay {
+    fn new() -> Self {
+        Self {
+            bank: RecordingConnector::new("bank", EffectClass::Irreversible),
+            timer: ManualTimer::default(),
+            notifier: InMemoryNotifier::new(),
+            checkpoints: InMemoryCheckpointStore::new(),
+        }
+    }
+
+    fn orchestrator_with(&self, model: &str, cost: i64) -> Orchestrator {
+        let pay = FnAgent::new(move |ctx, input| {
+            Box::pin(async move {
+                let out = ctx
+                    .call(
+                        ConnectorRequest::new("bank", "pay", input.input.clone())
+                            .estimated_cost(Money::from_minor(cost)),
+                    )
+                    .await?;
+                Ok(out.output)
+            })
+        });
+        Orchestrator::builder(governor_from(model))
+            .role(Role::new("payer", "paying", Arc::new(pay)).connector("bank"))
+            .connector(Arc::new(self.bank.clone()))
+            .clock(Arc::new(self.timer.clock().clone()))
+            .timer(Arc::new(self.timer.clone()))
+            .notifier(Arc::new(self.notifier.clone()))
+            .checkpoints(Arc::new(self.checkpoints.clone()))
+            .build()
+    }
+
+    fn orchestrator(&self) -> Orchestrator {
+        self.orchestrator_with(PAY_MODEL, 50)
+    }
+}
+
+fn pay_invoice() -> Workflow {
+    Workflow::new("pay").task(TaskSpec::new(
+        "pay",
+        RoleId::from_name("payer"),
+        serde_json::json!({ "payee": "acme", "invoice": 17 }),
+    ))
+}
+
+fn carol() -> HumanId {
+    HumanId::from_name("carol")
+}
+
+#[test]
+fn an_approval_request_keeps_the_rules_answers_deadline_and_timeout() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let request = block_on(orch.pending_approvals()).unwrap().remove(0);
+    assert_eq!(
+        request.allowed,
+        vec![ResponseKind::Approve, ResponseKind::Reject]
+    );
+    assert_eq!(
+        request.on_timeout,
+        OnTimeout::Escalate(aios_core::AnchorId::from_name("board"))
+    );
+    assert_eq!(
+        request.expires_at - request.created_at,
+        chrono::Duration::hours(1)
+    );
+    // the rule allows no edit: an edit is refused and nothing runs
+    let edit = ApprovalResponse::Edit(serde_json::json!({ "input": { "payee": "mallory" } }));
+    assert!(block_on(orch.submit_approval(id, bob(), edit)).is_err());
+    assert!(w.bank.effects().is_empty());
+}
+
+#[test]
+fn an_edit_above_the_charter_ceiling_is_refused_not_paid() {
+    let w = Pay::new();
+    // a rule that allows edits, on a payment of 500 (above 100: needs approval)
+    let model = PAY_MODEL.replace(r#", "allowed": ["approve", "reject"]"#, "");
+    let orch = w.orchestrator_with(&model, 500);
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    // the deputy edits the payment up to five times the per-action ceiling
+    let edit = ApprovalResponse::Edit(serde_json::json!({ "cost": 5000 }));
+    let done = block_on(orch.submit_approval(id, bob(), edit)).unwrap();
+    assert!(
+        matches!(&done.status, RunStatus::Failed { reason } if reason.contains("denied")),
+        "{:?}",
+        done.status
+    );
+    assert!(w.bank.effects().is_empty(), "nothing was paid");
+    // the proposed and the edited call are both on the audit record
+    let entries = block_on(orch.audit_log().entries()).unwrap();
+    assert!(entries.iter().any(|e| matches!(&e.event,
+        aios_core::AuditEvent::Note { text } if text.contains("edited `bank.pay`: proposed ") && text.contains(", edited "))));
+}
+
+#[test]
+fn an_edit_within_the_limits_runs_as_edited_once() {
+    let w = Pay::new();
+    let model = PAY_MODEL.replace(r#", "allowed": ["approve", "reject"]"#, "");
+    let orch = w.orchestrator_with(&model, 500);
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let edit = ApprovalResponse::Edit(
+        serde_json::json!({ "cost": 80, "input": { "payee": "acme", "invoice": 18 } }),
+    );
+    let done = block_on(orch.submit_approval(id, bob(), edit)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    assert_eq!(w.bank.effects().len(), 1);
+    assert_eq!(w.bank.effects()[0].input["invoice"], 18);
+}
+
+#[test]
+fn an_approval_is_redeemed_once_a_fork_at_the_approved_step_asks_again() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    let done = block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(w.bank.effects().len(), 1);
+    // the checkpoint taken when the approved call was about to run (marker, no result)
+    let run = outcome.run;
+    let mut marker_seq = None;
+    for seq in 1..50 {
+        let Some(c) = block_on(w.checkpoints.get(run, seq)).unwrap() else {
+            break;
+        };
+        if c.state.tasks[0]
+            .journal
+            .iter()
+            .any(|e| matches!(e.record, CallRecord::Approved { result: None, .. }))
+        {
+            marker_seq = Some(seq);
+        }
+    }
+    let fork = block_on(orch.fork(run, marker_seq.expect("a marker checkpoint"))).unwrap();
+    let forked = block_on(orch.resume(fork)).unwrap();
+    assert!(
+        matches!(forked.status, RunStatus::Parked { ref approvals } if approvals[0] != id),
+        "the fork asks again: {:?}",
+        forked.status
+    );
+    assert_eq!(w.bank.effects().len(), 1, "the fork did not pay again");
+}
+
+#[test]
+fn an_approval_cannot_be_used_by_another_run() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let first = block_on(orch.start(pay_invoice())).unwrap();
+    let id = first.pending_approvals()[0];
+    let state = block_on(orch.state(first.run)).unwrap().unwrap();
+    // an attacker copies the parked state into a run of their own
+    let stolen: RunId = RunId::from_name("stolen");
+    let mut copy = state.clone();
+    copy.run = stolen;
+    let lease = block_on(w.checkpoints.acquire(
+        stolen,
+        &WorkerId::new("mallory"),
+        orch.clock().now(),
+        Duration::from_secs(1),
+    ))
+    .unwrap();
+    block_on(w.checkpoints.save(
+        &lease,
+        &Checkpoint {
+            run: stolen,
+            seq: 1,
+            at: orch.clock().now(),
+            state: copy,
+        },
+    ))
+    .unwrap();
+    block_on(w.checkpoints.release(&lease)).unwrap();
+    block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap();
+    assert_eq!(w.bank.effects().len(), 1);
+    let err = block_on(orch.resume(stolen)).unwrap_err();
+    assert!(err.to_string().contains("not by run"), "{err}");
+    assert_eq!(w.bank.effects().len(), 1, "the copy did not pay");
+}
+
+#[test]
+fn a_resumed_call_with_other_governed_attributes_is_not_run_on_the_old_approval() {
+    let w = Pay::new();
+    let risk = Arc::new(std::sync::atomic::AtomicU32::new(10));
+    let r2 = risk.clone();
+    let pay = FnAgent::new(move |ctx, input| {
+        let risk = r2.load(std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let out = ctx
+                .call(
+                    ConnectorRequest::new("bank", "pay", input.input.clone())
+                        .estimated_cost(Money::from_minor(50))
+                        .risk(risk),
+                )
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(PAY_MODEL))
+        .role(Role::new("payer", "paying", Arc::new(pay)).connector("bank"))
+        .connector(Arc::new(w.bank.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let id = outcome.pending_approvals()[0];
+    // the agent now claims another risk for "the same" call
+    risk.store(90, std::sync::atomic::Ordering::SeqCst);
+    let err = block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap_err();
+    assert!(
+        matches!(err, OrchestratorError::NonDeterminism { .. }),
+        "{err}"
+    );
+    assert!(w.bank.effects().is_empty());
+}
+
+#[test]
+fn an_approval_request_records_the_pinned_governance_version() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let two = Workflow::new("pay twice")
+        .task(TaskSpec::new(
+            "one",
+            RoleId::from_name("payer"),
+            serde_json::json!({ "n": 1 }),
+        ))
+        .task(
+            TaskSpec::new(
+                "two",
+                RoleId::from_name("payer"),
+                serde_json::json!({ "n": 2 }),
+            )
+            .after(["one"]),
+        );
+    let outcome = block_on(orch.start(two)).unwrap();
+    orch.load_governance(
+        governor_from(&PAY_MODEL.replace(r#""version": 1"#, r#""version": 2"#)),
+        true,
+    );
+    let next = block_on(orch.submit_approval(
+        outcome.pending_approvals()[0],
+        alice(),
+        ApprovalResponse::Approve,
+    ))
+    .unwrap();
+    let second = block_on(orch.pending_approvals()).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, next.pending_approvals()[0]);
+    assert_eq!(second[0].model_version, 1, "the run is pinned to version 1");
+}
+
+#[test]
+fn deadlines_act_a_tick_escalates_to_the_timeout_anchor_and_notifies() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let first = outcome.pending_approvals()[0];
+    // nothing is due yet
+    let report = block_on(orch.tick()).unwrap();
+    assert!(report.expired.is_empty() && report.escalated.is_empty());
+    w.timer.clock().advance(Duration::from_secs(2 * 3600));
+    let report = block_on(orch.tick()).unwrap();
+    assert_eq!(report.escalated.len(), 1);
+    let (old, new) = report.escalated[0];
+    assert_eq!(old, first);
+    assert_eq!(report.resumed.len(), 1);
+    assert_eq!(
+        report.resumed[0].pending_approvals(),
+        &[new],
+        "the run waits for the board"
+    );
+    let sent = w.notifier.sent();
+    let founder = aios_core::AnchorId::from_name("founder");
+    let board = aios_core::AnchorId::from_name("board");
+    assert!(sent
+        .iter()
+        .any(|n| n.anchor == founder && n.kind == NotificationKind::ApprovalTimedOut));
+    assert!(sent.iter().any(|n| n.anchor == board
+        && n.kind == NotificationKind::ApprovalNeeded
+        && n.approval == Some(new)));
+    // the founder can no longer answer the expired request; the board can answer the new one
+    assert!(block_on(orch.submit_approval(first, alice(), ApprovalResponse::Approve)).is_err());
+    let done = block_on(orch.submit_approval(new, carol(), ApprovalResponse::Approve)).unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    assert_eq!(w.bank.effects().len(), 1);
+}
+
+#[test]
+fn deadlines_act_a_deny_on_timeout_rejects_the_parked_call() {
+    let w = Pay::new();
+    let model = PAY_MODEL.replace(r#""on_timeout": { "escalate": "board" }, "#, "");
+    let orch = w.orchestrator_with(&model, 50);
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    w.timer.clock().advance(Duration::from_secs(2 * 3600));
+    let report = block_on(orch.tick()).unwrap();
+    assert_eq!(report.expired, outcome.pending_approvals().to_vec());
+    assert!(
+        matches!(&report.resumed[0].status, RunStatus::Failed { reason } if reason.contains("expired")),
+        "{:?}",
+        report.resumed[0].status
+    );
+    assert!(w.bank.effects().is_empty());
+}
+
+#[test]
+fn action_names_cannot_dodge_the_charter() {
+    for operation in [
+        "transfer ",
+        "Transfer",
+        "trans\u{200b}fer",
+        "transfer\n",
+        "",
+    ] {
+        let w = Pay::new();
+        let payments = RecordingConnector::new("payments", EffectClass::Irreversible);
+        let op = operation.to_string();
+        let agent = FnAgent::new(move |ctx, _| {
+            let op = op.clone();
+            Box::pin(async move {
+                let out = ctx
+                    .call(ConnectorRequest::new(
+                        "payments",
+                        op,
+                        serde_json::json!({ "amount": 1 }),
+                    ))
+                    .await?;
+                Ok(out.output)
+            })
+        });
+        let orch = Orchestrator::builder(governor_from(PAY_MODEL))
+            .role(Role::new("payer", "paying", Arc::new(agent)).connector("payments"))
+            .connector(Arc::new(payments.clone()))
+            .clock(Arc::new(w.timer.clock().clone()))
+            .timer(Arc::new(w.timer.clone()))
+            .build();
+        let done = block_on(orch.start(pay_invoice())).unwrap();
+        assert!(
+            matches!(&done.status, RunStatus::Failed { reason } if reason.contains("denied")),
+            "{operation:?}: {:?}",
+            done.status
+        );
+        assert!(
+            payments.effects().is_empty(),
+            "{operation:?} reached the connector"
+        );
+    }
+    // and governance itself denies such names
+    let g = governor_from(PAY_MODEL);
+    let req = aios_governance::ActionRequest::new(
+        aios_core::Principal::Agent(aios_core::AgentId::from_name("a")),
+        RoleId::from_name("payer"),
+        aios_core::PathwayId::from_name("paying"),
+        "Payments.Transfer",
+    );
+    assert_eq!(g.decide(&req).verdict, aios_governance::Verdict::Deny);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_a_clear_error_never_a_panic() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let mut state = block_on(orch.state(outcome.run)).unwrap().unwrap();
+    state.tasks[0].deps = vec![99];
+    let latest = block_on(w.checkpoints.latest(outcome.run))
+        .unwrap()
+        .unwrap();
+    let lease = block_on(w.checkpoints.acquire(
+        outcome.run,
+        &WorkerId::new("disk"),
+        orch.clock().now(),
+        Duration::from_secs(1),
+    ))
+    .unwrap();
+    block_on(w.checkpoints.save(
+        &lease,
+        &Checkpoint {
+            run: outcome.run,
+            seq: latest.seq + 1,
+            at: orch.clock().now(),
+            state,
+        },
+    ))
+    .unwrap();
+    block_on(w.checkpoints.release(&lease)).unwrap();
+    let err = block_on(orch.resume(outcome.run)).unwrap_err();
+    assert!(
+        matches!(&err, OrchestratorError::DamagedState { detail, .. } if detail.contains("index 99")),
+        "{err}"
+    );
+    let fork = block_on(orch.fork(outcome.run, latest.seq + 1)).unwrap_err();
+    assert!(matches!(fork, OrchestratorError::DamagedState { .. }));
+}
+
+#[test]
+fn a_secret_echoed_by_a_connector_is_redacted_everywhere() {
+    const SECRET: &str = "sk-live-0123456789abcdef";
+    let w = World::new();
+    let leaky = Leaky(aios_core::ConnectorDescriptor {
+        id: aios_core::ConnectorId::new("leaky"),
+        effect: EffectClass::ReadOnly,
+        scopes: vec![],
+        idempotent: true,
+        default_cost: Money::ZERO,
+    });
+    let agent = FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let out = ctx
+                .call(ConnectorRequest::new(
+                    "leaky",
+                    "read",
+                    serde_json::json!({}),
+                ))
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let vault = InMemoryVault::new();
+    block_on(aios_core::CredentialVault::put(
+        &vault,
+        CredentialHandle::new("leaky-key"),
+        aios_core::Secret::new(SECRET),
+    ))
+    .unwrap();
+    let notifier = InMemoryNotifier::new();
+    let observer = aios_orchestrator::CollectingObserver::new();
+    let model = MODEL.replace(r#""web.search""#, r#""web.search", "leaky.read""#);
+    let orch = Orchestrator::builder(governor_from(&model))
+        .role(Role::new("researcher", "research", Arc::new(agent)).connector("leaky"))
+        .connector(Arc::new(leaky))
+        .vault(Arc::new(vault))
+        .credential("leaky", CredentialHandle::new("leaky-key"))
+        .notifier(Arc::new(notifier.clone()))
+        .observer(Arc::new(observer.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let done = block_on(orch.start(Workflow::new("leak").task(TaskSpec::new(
+        "read",
+        RoleId::from_name("researcher"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert!(matches!(done.status, RunStatus::Failed { .. }));
+    let mut everything = String::new();
+    everything += &format!("{:?}", done.status);
+    everything += &serde_json::to_string(&block_on(orch.audit_log().entries()).unwrap()).unwrap();
+    everything += &serde_json::to_string(&block_on(orch.state(done.run)).unwrap()).unwrap();
+    everything += &block_on(orch.transcript(done.run)).unwrap();
+    everything += &serde_json::to_string(&notifier.sent()).unwrap();
+    everything += &serde_json::to_string(&observer.events()).unwrap();
+    assert!(
+        everything.contains("[redacted]"),
+        "the failure is still reported"
+    );
+    assert!(!everything.contains(SECRET), "the secret leaked");
+}
+
+#[test]
+fn calls_reserve_a_real_estimate_so_a_budget_of_100_runs_only_what_fits() {
+    let w = World::new();
+    let model_doc = MODEL.replace(
+        r#""limits": { "cost": 100000, "tool_calls": 10000 }"#,
+        r#""limits": { "cost": 100, "tool_calls": 10000 }"#,
+    );
+    // connector calls at a declared default cost of 40, the agent claims nothing
+    let ledger = RecordingConnector::new("ledger", EffectClass::Reversible)
+        .with_default_cost(Money::from_minor(40));
+    let agent = FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let mut done = 0;
+            for i in 0..10 {
+                match ctx
+                    .call(ConnectorRequest::new(
+                        "ledger",
+                        "write",
+                        serde_json::json!({ "i": i }),
+                    ))
+                    .await
+                {
+                    Ok(_) => done += 1,
+                    Err(aios_orchestrator::AgentError::BudgetExceeded { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(serde_json::json!(done))
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(&model_doc))
+        .role(Role::new("worker", "work", Arc::new(agent)).connector("ledger"))
+        .connector(Arc::new(ledger.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let done = block_on(orch.start(Workflow::new("spend").task(TaskSpec::new(
+        "spend",
+        RoleId::from_name("worker"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert_eq!(done.outputs["spend"], 2, "{:?}", done.status);
+    assert_eq!(ledger.effects().len(), 2);
+
+    // model calls priced 40 each by the router's price table
+    let price = aios_core::ModelPrice {
+        input_per_million: Money::ZERO,
+        output_per_million: Money::ZERO,
+        per_call: Money::from_minor(40),
+    };
+    let scripted = model().with_price(price);
+    let calls = scripted.clone();
+    let agent = FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let mut done = 0;
+            for i in 0..10 {
+                let request =
+                    aios_core::ModelRequest::new(vec![aios_core::Message::user(format!("q{i}"))]);
+                match ctx.complete(request).await {
+                    Ok(_) => done += 1,
+                    Err(aios_orchestrator::AgentError::BudgetExceeded { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(serde_json::json!(done))
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(&model_doc))
+        .role(Role::new("worker", "work", Arc::new(agent)))
+        .models(
+            aios_orchestrator::ModelRouter::single(Arc::new(scripted))
+                .with_price("local-small", price),
+        )
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let done = block_on(orch.start(Workflow::new("think").task(TaskSpec::new(
+        "think",
+        RoleId::from_name("worker"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert_eq!(done.outputs["think"], 2, "{:?}", done.status);
+    assert_eq!(calls.requests().len(), 2);
+}
+
+#[test]
+fn the_default_configuration_never_shares_a_worker_or_a_seed() {
+    let (a, b) = (OrchestratorConfig::default(), OrchestratorConfig::default());
+    assert_ne!(a.worker, b.worker);
+    assert_ne!(a.seed, b.seed);
+    // two orchestrators with default settings over one store: the second cannot drive a run
+    // the first holds, even though neither chose a worker id
+    let w = Pay::new();
+    let first = w.orchestrator();
+    let second = w.orchestrator();
+    let run: RunId = RunId::from_name("held");
+    let now = first.clock().now();
+    let held = block_on(w.checkpoints.acquire(
+        run,
+        &OrchestratorConfig::default().worker,
+        now,
+        Duration::from_secs(60),
+    ))
+    .unwrap();
+    assert!(block_on(
+        w.checkpoints
+            .acquire(run, &held.owner, now, Duration::from_secs(60))
+    )
+    .is_err());
+    let outcome = block_on(first.start(pay_invoice())).unwrap();
+    let other = block_on(second.start(pay_invoice())).unwrap();
+    assert_ne!(outcome.run, other.run);
+}
+
+/// A connector that echoes its credential in its error message.
+#[derive(Debug)]
+struct Leaky(aios_core::ConnectorDescriptor);
+
+#[async_trait::async_trait]
+impl aios_core::Connector for Leaky {
+    fn descriptor(&self) -> &aios_core::ConnectorDescriptor {
+        &self.0
+    }
+
+    async fn invoke(
+        &self,
+        call: aios_core::ConnectorCall,
+    ) -> Result<aios_core::ConnectorOutput, aios_core::ConnectorError> {
+        Err(aios_core::ConnectorError::InvalidInput {
+            connector: self.0.id.clone(),
+            operation: call.operation.clone(),
+            detail: format!(
+                "bad token {}",
+                call.credential.as_ref().map(|s| s.expose()).unwrap_or("")
+            ),
+        })
+    }
+}

@@ -43,7 +43,7 @@
 //! The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]) and created or
 //! upgraded by migrations in one transaction. Opening refuses, without writing anything:
 //! a file written by a newer schema ([`aios_core::StoreError::UnsupportedVersion`]), a file
-//! that is not an SQLite database, is damaged ([`SqliteOptions::check_on_open`]) or belongs to
+//! that is not an SQLite database, is truncated (even to zero bytes), is damaged ([`SqliteOptions::check_on_open`]) or belongs to
 //! another application ([`aios_core::StoreError::Corrupt`]); every error names the path.
 //! Values are stored as JSON (serde) in TEXT columns beside indexed key columns; a row that
 //! does not decode is reported as `Corrupt`, naming the table and row.
@@ -107,10 +107,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens the database file at `path` with the default [`SqliteOptions`], creating it (and
-    /// its schema) if it does not exist.
+    /// its schema) only if nothing exists at `path`. A new file appears complete (it is built
+    /// under a temporary name and linked into place), so an existing file that is empty,
+    /// truncated or lacks the AIOS identity is never taken for a new store.
     ///
     /// Errors: [`StoreError::UnsupportedVersion`] for a file from a newer schema,
-    /// [`StoreError::Corrupt`] for a file that is not an AIOS database or is damaged,
+    /// [`StoreError::Corrupt`] for a file that is not an AIOS database, is truncated (even to
+    /// zero bytes) or is damaged,
     /// [`StoreError::Unavailable`] if another process holds a lock longer than the busy
     /// timeout, [`StoreError::Backend`] if the file cannot be opened; each names the path.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {

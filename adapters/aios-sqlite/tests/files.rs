@@ -475,3 +475,77 @@ fn two_connections_to_one_file_share_one_chain_and_one_lease() {
         Some(checkpoint)
     );
 }
+
+#[test]
+fn a_truncated_file_is_corrupt_and_not_rewritten() {
+    for len in [0u64, 1, 99] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::default();
+        let (path, _) = filled_file(dir.path(), &clock);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let before = files(dir.path());
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { .. }),
+            "{len} bytes: {err:?}"
+        );
+        names_path(&err, &path);
+        assert!(!err.is_transient());
+        assert_eq!(
+            files(dir.path()),
+            before,
+            "{len} bytes: the file was not rewritten and nothing was added"
+        );
+    }
+}
+
+#[test]
+fn an_empty_sqlite_file_without_the_aios_identity_is_refused() {
+    // a valid SQLite file with no schema and no application id was not made by AIOS (AIOS
+    // creates a file only where nothing exists, complete with its schema)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blank.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.pragma_update(None, "page_size", 4096).unwrap();
+        raw.execute_batch("VACUUM").unwrap();
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() >= 100);
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("not an aios database")),
+        "{err:?}"
+    );
+    names_path(&err, &path);
+    assert_eq!(files(dir.path()), before, "nothing was written");
+}
+
+#[test]
+fn a_new_file_appears_complete_and_concurrent_first_opens_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || SqliteStore::open(&path).map(|s| s.schema_version()))
+        })
+        .collect();
+    for o in openers {
+        assert_eq!(o.join().unwrap().unwrap().unwrap(), SCHEMA_VERSION);
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["fresh.db".to_string()],
+        "no temporary file is left"
+    );
+}

@@ -389,6 +389,108 @@ impl AuditEntry {
     }
 }
 
+/// A stored entry this build cannot read: a newer format version, or content that does not
+/// decode. Reported by its position instead of being misread or failing the whole read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableEntry {
+    /// Its position in the log.
+    pub seq: u64,
+    /// The format version it was stored with (saturated at `u16::MAX`).
+    pub version: u16,
+    /// Its hash, if the store could still tell it: verification then checks that the next
+    /// entry links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<EntryHash>,
+    /// The hash it links to, if the store could still tell it: verification then checks
+    /// its link to the entry before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<EntryHash>,
+    /// Why it cannot be read, naming where it is stored.
+    pub detail: String,
+}
+
+impl UnreadableEntry {
+    /// The error for a caller that needs this entry:
+    /// [`StoreError::UnsupportedVersion`] for a newer format, [`StoreError::Corrupt`]
+    /// otherwise; both name the entry's position.
+    pub fn to_error(&self) -> StoreError {
+        let location = format!("audit entry {}", self.seq);
+        if is_supported(self.version) {
+            StoreError::Corrupt {
+                location,
+                detail: self.detail.clone(),
+            }
+        } else {
+            StoreError::UnsupportedVersion {
+                location,
+                found: u32::from(self.version),
+                supported: u32::from(AUDIT_SCHEMA_VERSION),
+            }
+        }
+    }
+}
+
+/// One position of the log as [`AuditLog::read`] returns it: the entry, or why this build
+/// cannot read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredEntry {
+    /// An entry this build reads.
+    Entry(AuditEntry),
+    /// An entry this build cannot read.
+    Unreadable(UnreadableEntry),
+}
+
+impl StoredEntry {
+    /// The position in the log.
+    pub fn seq(&self) -> u64 {
+        match self {
+            StoredEntry::Entry(e) => e.seq,
+            StoredEntry::Unreadable(u) => u.seq,
+        }
+    }
+
+    /// The entry, if it could be read.
+    pub fn entry(&self) -> Option<&AuditEntry> {
+        match self {
+            StoredEntry::Entry(e) => Some(e),
+            StoredEntry::Unreadable(_) => None,
+        }
+    }
+
+    /// The entry, or the error naming why it cannot be read ([`UnreadableEntry::to_error`]).
+    pub fn into_entry(self) -> Result<AuditEntry, AuditError> {
+        match self {
+            StoredEntry::Entry(e) => Ok(e),
+            StoredEntry::Unreadable(u) => Err(u.to_error()),
+        }
+    }
+}
+
+impl From<AuditEntry> for StoredEntry {
+    /// An entry of a format version this build does not know (newer, or 0) becomes
+    /// [`StoredEntry::Unreadable`]: its fields may mean something else in that format.
+    fn from(e: AuditEntry) -> Self {
+        if is_supported(e.v) {
+            StoredEntry::Entry(e)
+        } else {
+            StoredEntry::Unreadable(UnreadableEntry {
+                seq: e.seq,
+                version: e.v,
+                hash: Some(e.hash),
+                prev: Some(e.prev),
+                detail: format!(
+                    "audit entry {} has format version {}; this build reads 1 to {}",
+                    e.seq, e.v, AUDIT_SCHEMA_VERSION
+                ),
+            })
+        }
+    }
+}
+
+fn is_supported(v: u16) -> bool {
+    (1..=AUDIT_SCHEMA_VERSION).contains(&v)
+}
+
 fn hash_parts(
     buf: &mut Vec<u8>,
     v: u16,
@@ -500,6 +602,9 @@ pub(crate) struct ChainVerifier {
     checked: u64,
     problems: Vec<ChainProblem>,
     anchor: Option<ChainHead>,
+    /// The previous entry was unreadable and its hash unknown: the next link cannot be
+    /// checked (the unreadable entry is already reported).
+    prev_unknown: bool,
 }
 
 impl ChainVerifier {
@@ -511,21 +616,78 @@ impl ChainVerifier {
             checked: 0,
             problems: Vec::new(),
             anchor,
+            prev_unknown: false,
         }
     }
 
-    pub(crate) fn push(&mut self, e: &AuditEntry) {
+    pub(crate) fn push_stored(&mut self, e: &StoredEntry) {
+        match e {
+            StoredEntry::Entry(e) => self.push(e),
+            StoredEntry::Unreadable(u) => self.push_unreadable(u),
+        }
+    }
+
+    fn check_seq(&mut self, seq: u64) {
         self.checked += 1;
-        if e.seq != self.expected_seq {
+        if seq != self.expected_seq {
             self.problems.push(ChainProblem::SequenceGap {
                 expected: self.expected_seq,
-                found: e.seq,
+                found: seq,
             });
         }
-        if e.prev != self.prev {
-            self.problems.push(ChainProblem::BrokenLink { seq: e.seq });
+    }
+
+    fn check_link(&mut self, seq: u64, prev: Option<EntryHash>) {
+        if let Some(prev) = prev {
+            if !self.prev_unknown && prev != self.prev {
+                self.problems.push(ChainProblem::BrokenLink { seq });
+            }
         }
-        if e.v > AUDIT_SCHEMA_VERSION || e.v == 0 {
+    }
+
+    fn check_anchor(&mut self, seq: u64, hash: Option<EntryHash>) {
+        if let (Some(anchor), Some(hash)) = (self.anchor, hash) {
+            if anchor.len > 0 && seq == anchor.len - 1 && hash != anchor.hash {
+                self.problems.push(ChainProblem::AnchorMismatch { seq });
+            }
+        }
+    }
+
+    fn advance(&mut self, seq: u64, hash: Option<EntryHash>) {
+        self.expected_seq = seq.wrapping_add(1);
+        match hash {
+            Some(h) => {
+                self.prev = h;
+                self.prev_unknown = false;
+            }
+            None => self.prev_unknown = true,
+        }
+    }
+
+    /// An entry that could not be read: reported by position, and linked to its neighbours
+    /// as far as its stored hashes allow.
+    pub(crate) fn push_unreadable(&mut self, u: &UnreadableEntry) {
+        self.check_seq(u.seq);
+        self.check_link(u.seq, u.prev);
+        self.problems.push(if is_supported(u.version) {
+            ChainProblem::Unreadable {
+                seq: u.seq,
+                detail: u.detail.clone(),
+            }
+        } else {
+            ChainProblem::UnsupportedVersion {
+                seq: u.seq,
+                version: u.version,
+            }
+        });
+        self.check_anchor(u.seq, u.hash);
+        self.advance(u.seq, u.hash);
+    }
+
+    pub(crate) fn push(&mut self, e: &AuditEntry) {
+        self.check_seq(e.seq);
+        self.check_link(e.seq, Some(e.prev));
+        if !is_supported(e.v) {
             self.problems.push(ChainProblem::UnsupportedVersion {
                 seq: e.seq,
                 version: e.v,
@@ -542,14 +704,8 @@ impl ChainVerifier {
                 }),
             }
         }
-        if let Some(anchor) = self.anchor {
-            if anchor.len > 0 && e.seq == anchor.len - 1 && e.hash != anchor.hash {
-                self.problems
-                    .push(ChainProblem::AnchorMismatch { seq: e.seq });
-            }
-        }
-        self.expected_seq = e.seq.wrapping_add(1);
-        self.prev = e.hash;
+        self.check_anchor(e.seq, Some(e.hash));
+        self.advance(e.seq, Some(e.hash));
     }
 
     pub(crate) fn finish(mut self) -> ChainReport {
@@ -591,14 +747,27 @@ pub fn verify_chain<'a>(
 ///
 /// Contract: `append` assigns the next sequence number and seals the entry atomically (no
 /// two entries share a sequence number, none is skipped) and returns the new head; entries are
-/// never changed or removed through this trait; `read` returns entries in sequence order.
+/// never changed or removed through this trait; `read` returns stored positions in sequence
+/// order.
+///
+/// One unreadable entry does not make the log unreadable: `read` returns it as
+/// [`StoredEntry::Unreadable`] (its position, its version, its stored hashes where the
+/// backend still knows them) between the entries it can read. An entry of a format version
+/// this build does not know is always unreadable, never decoded as if it were current
+/// ([`StoredEntry::from`] classifies). [`AuditLogExt::verify`] reports it as
+/// [`ChainProblem::UnsupportedVersion`] or [`ChainProblem::Unreadable`] by its sequence
+/// number and goes on checking the rest of the chain, across it where its hashes are known;
+/// [`AuditLogExt::entries`], for callers that need every entry, fails naming the first
+/// unreadable one. `Err` from `read` is reserved for failures of the read itself (the
+/// backend is unavailable, its index is damaged).
 #[async_trait]
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Appends one record and returns the new head.
     async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError>;
 
-    /// Up to `limit` entries starting at sequence number `from`.
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError>;
+    /// Up to `limit` stored positions starting at sequence number `from`, each an entry or
+    /// the finding that it cannot be read.
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError>;
 
     /// The current head.
     async fn head(&self) -> Result<ChainHead, AuditError>;
@@ -607,7 +776,8 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 /// Conveniences over any [`AuditLog`].
 #[async_trait]
 pub trait AuditLogExt: AuditLog {
-    /// Every entry, in order.
+    /// Every entry, in order; fails naming the first entry that cannot be read
+    /// ([`UnreadableEntry::to_error`]). Use [`AuditLog::read`] to get past it.
     async fn entries(&self) -> Result<Vec<AuditEntry>, AuditError> {
         let mut out = Vec::new();
         loop {
@@ -615,11 +785,14 @@ pub trait AuditLogExt: AuditLog {
             if page.is_empty() {
                 return Ok(out);
             }
-            out.extend(page);
+            for e in page {
+                out.push(e.into_entry()?);
+            }
         }
     }
 
-    /// Verifies the whole chain page by page (see [`verify_chain`]).
+    /// Verifies the whole chain page by page (see [`verify_chain`]); an unreadable entry is
+    /// one of the problems reported, not an error.
     async fn verify(&self, anchor: Option<ChainHead>) -> Result<ChainReport, AuditError> {
         let mut v = ChainVerifier::new(anchor);
         let mut from = 0u64;
@@ -630,7 +803,7 @@ pub trait AuditLogExt: AuditLog {
             }
             from += page.len() as u64;
             for e in &page {
-                v.push(e);
+                v.push_stored(e);
             }
         }
     }
@@ -761,11 +934,15 @@ impl AuditLog for InMemoryAuditLog {
         self.append_sync(record)
     }
 
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
         let st = self.state.read();
-        let start = (from as usize).min(st.len);
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(st.len);
         let end = start.saturating_add(limit).min(st.len);
-        Ok(st.range(start, end))
+        Ok(st
+            .range(start, end)
+            .into_iter()
+            .map(StoredEntry::from)
+            .collect())
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {

@@ -55,7 +55,7 @@ pub mod testing;
 pub use audit::{
     verify_chain, ApprovalOutcome, AuditEntry, AuditError, AuditEvent, AuditLog, AuditLogExt,
     AuditRecord, ChainHead, ChainProblem, ChainReport, DecisionKind, EntryHash, InMemoryAuditLog,
-    Outcome, AUDIT_SCHEMA_VERSION,
+    Outcome, StoredEntry, UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{

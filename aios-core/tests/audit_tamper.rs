@@ -282,12 +282,99 @@ fn reads_cross_chunk_boundaries_in_order() {
     ] {
         let page = futures::executor::block_on(log.read(from as u64, limit)).unwrap();
         let want: Vec<u64> = (from as u64..(from + limit).min(10_000) as u64).collect();
+        assert!(page.iter().all(|e| e.entry().is_some()));
         assert_eq!(
-            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            page.iter()
+                .map(aios_core::StoredEntry::seq)
+                .collect::<Vec<_>>(),
             want,
             "read({from}, {limit})"
         );
     }
     assert_eq!(log.len(), 10_000);
     assert!(log.verify_sync(None).is_intact());
+}
+
+#[test]
+fn an_entry_of_a_newer_version_is_reported_by_position_and_the_rest_still_reads() {
+    use aios_core::{AuditLog, AuditLogExt, StoreError, StoredEntry};
+    use futures::executor::block_on;
+    let log = InMemoryAuditLog::new();
+    for i in 0..20 {
+        log.append_sync(AuditRecord::new(
+            Principal::System,
+            AuditEvent::Note {
+                text: format!("n{i}"),
+            },
+        ))
+        .unwrap();
+    }
+    let head = log.verify_sync(None).head;
+    log.tamper(|e| e[7].v = 99);
+
+    // reading returns every position: the readable entries, and a finding for seq 7
+    let page = block_on(log.read(0, 100)).unwrap();
+    assert_eq!(page.len(), 20);
+    assert_eq!(
+        page.iter().map(StoredEntry::seq).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<u64>>()
+    );
+    for (i, slot) in page.iter().enumerate() {
+        match slot {
+            StoredEntry::Unreadable(u) => {
+                assert_eq!(i, 7, "only seq 7 is unreadable");
+                assert_eq!((u.seq, u.version), (7, 99));
+            }
+            StoredEntry::Entry(e) => assert_eq!(
+                e.event,
+                AuditEvent::Note {
+                    text: format!("n{i}")
+                }
+            ),
+        }
+    }
+
+    // verification names that entry and nothing else: the links before and after it hold
+    let report = block_on(log.verify(Some(head))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![ChainProblem::UnsupportedVersion {
+            seq: 7,
+            version: 99
+        }]
+    );
+    assert_eq!(report.checked, 20);
+    assert_eq!(log.verify_sync(Some(head)).problems, report.problems);
+
+    // and a change after the unreadable entry is still caught
+    log.tamper(|e| {
+        e[12].event = AuditEvent::Note {
+            text: "forged".into(),
+        }
+    });
+    let report = block_on(log.verify(Some(head))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            ChainProblem::UnsupportedVersion {
+                seq: 7,
+                version: 99
+            },
+            ChainProblem::ContentChanged { seq: 12 },
+        ]
+    );
+
+    // a caller that needs every entry is told which one it cannot have
+    let err = block_on(log.entries()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::UnsupportedVersion {
+                found: 99,
+                supported: 1,
+                location,
+            } if location.contains("audit entry 7")
+        ),
+        "{err:?}"
+    );
 }

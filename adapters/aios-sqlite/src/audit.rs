@@ -3,16 +3,20 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, EntryHash, StoreError,
-    AUDIT_SCHEMA_VERSION,
+    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, EntryHash, StoreError, StoredEntry,
+    UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 
 use crate::db::{to_sql_u64, Db};
 
-/// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, the entry as
-/// JSON. Clones share the connection.
+/// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, with its
+/// format version and hash in columns beside the entry as JSON. Clones share the connection.
+///
+/// A row of a newer format version (the `v` column or the entry's own) or whose JSON does not
+/// decode is read as [`StoredEntry::Unreadable`], naming the table, seq and file; the other
+/// rows read as usual, and verification links across it through its `hash` column.
 ///
 /// `append` reads the head, seals the entry and inserts it in one `BEGIN IMMEDIATE`
 /// transaction, so sequence numbers are assigned without gaps or duplicates even when several
@@ -27,19 +31,43 @@ impl SqliteAuditLog {
         Self { db }
     }
 
-    fn decode(&self, seq: i64, v: i64, text: &str) -> Result<AuditEntry, StoreError> {
-        if v > i64::from(AUDIT_SCHEMA_VERSION) {
-            return Err(StoreError::UnsupportedVersion {
-                location: format!(
-                    "table `audit_entries` seq {seq} in `{}`",
-                    self.db.location()
-                ),
-                found: u32::try_from(v).unwrap_or(u32::MAX),
-                supported: u32::from(AUDIT_SCHEMA_VERSION),
-            });
+    /// One row as a stored position: an entry of a supported version that decodes, or the
+    /// finding that this build cannot read it, naming the row and keeping the stored hashes
+    /// that can still be told (the `hash` column, and `prev` if the JSON still parses), so
+    /// verification links across it.
+    fn decode(&self, seq: i64, v: i64, hash: &str, text: &str) -> StoredEntry {
+        let where_ = format!(
+            "table `audit_entries` seq {seq} in `{}`",
+            self.db.location()
+        );
+        let version = u16::try_from(v.max(0)).unwrap_or(u16::MAX);
+        let unreadable = |detail: String| {
+            let prev = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|j| serde_json::from_value::<EntryHash>(j["prev"].clone()).ok());
+            StoredEntry::Unreadable(UnreadableEntry {
+                seq: u64::try_from(seq).unwrap_or(0),
+                version,
+                hash: parse_hash(hash),
+                prev,
+                detail,
+            })
+        };
+        if !(1..=i64::from(AUDIT_SCHEMA_VERSION)).contains(&v) {
+            return unreadable(format!(
+                "{where_}: format version {v}; this build reads 1 to {AUDIT_SCHEMA_VERSION}"
+            ));
         }
-        self.db.decode("audit_entries", &seq, text)
+        match serde_json::from_str::<AuditEntry>(text) {
+            // the entry's own version decides too (`From` reports an unknown one)
+            Ok(e) => StoredEntry::from(e),
+            Err(e) => unreadable(format!("{where_}: {e}")),
+        }
     }
+}
+
+fn parse_hash(hex_text: &str) -> Option<EntryHash> {
+    serde_json::from_value(serde_json::Value::String(hex_text.to_string())).ok()
 }
 
 fn head_of(db: &Db, tx: &rusqlite::Transaction<'_>) -> Result<ChainHead, StoreError> {
@@ -84,24 +112,27 @@ impl AuditLog for SqliteAuditLog {
         })
     }
 
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
         let Ok(from) = i64::try_from(from) else {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, i64, String)> = self.db.read("read the audit log", |tx| {
+        let rows: Vec<(i64, i64, String, String)> = self.db.read("read the audit log", |tx| {
             tx.prepare_cached(
-                "SELECT seq, v, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, v, hash, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map([from, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
+                s.query_map([from, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
             })
             .map_err(|e| self.db.err("read the audit log", e))
         })?;
-        rows.iter()
-            .map(|(seq, v, text)| self.decode(*seq, *v, text))
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|(seq, v, hash, text)| self.decode(*seq, *v, hash, text))
+            .collect())
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {

@@ -378,3 +378,108 @@ fn an_entry_of_a_newer_version_is_reported_by_position_and_the_rest_still_reads(
         "{err:?}"
     );
 }
+
+fn key(byte: u8) -> aios_core::AuditKey {
+    aios_core::AuditKey::from_bytes(&[byte; 32]).unwrap()
+}
+
+#[test]
+fn an_entry_appended_without_the_key_passes_the_chain_but_not_the_keyed_check() {
+    let log = InMemoryAuditLog::with_key(key(7));
+    for i in 0..100 {
+        log.append_sync(AuditRecord::new(
+            Principal::System,
+            AuditEvent::Note {
+                text: format!("n{i}"),
+            },
+        ))
+        .unwrap();
+    }
+    assert!(
+        log.verify_sync_keyed(None, &key(7)).is_intact(),
+        "honest entries verify"
+    );
+    assert!(log.tamper(|e| e.iter().all(|e| e.mac.is_some())));
+
+    // an attacker with write access but no key appends a correctly chained entry
+    log.tamper(|e| {
+        let prev = e[99].hash;
+        let forged = AuditEntry::seal(
+            100,
+            prev,
+            AuditRecord::new(
+                Principal::System,
+                AuditEvent::Note {
+                    text: "forged".into(),
+                },
+            ),
+        )
+        .unwrap();
+        e.push(forged);
+    });
+    assert!(
+        log.verify_sync(None).is_intact(),
+        "the hash chain alone cannot tell"
+    );
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(7)).problems,
+        vec![ChainProblem::MacMissing { seq: 100 }]
+    );
+    // one with a MAC made under another key is just as visible
+    log.tamper(|e| {
+        let prev = e[100].hash;
+        let forged = AuditEntry::seal_keyed(
+            101,
+            prev,
+            AuditRecord::new(
+                Principal::System,
+                AuditEvent::Note {
+                    text: "forged too".into(),
+                },
+            ),
+            &key(8),
+        )
+        .unwrap();
+        e.push(forged);
+    });
+    assert!(log.verify_sync(None).is_intact());
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(7)).problems,
+        vec![
+            ChainProblem::MacMissing { seq: 100 },
+            ChainProblem::MacMismatch { seq: 101 }
+        ]
+    );
+    // the wrong key fails from the first entry on
+    let wrong = log.verify_sync_keyed(None, &key(9));
+    assert_eq!(wrong.problems[0], ChainProblem::MacMismatch { seq: 0 });
+    assert_eq!(wrong.problems.len(), 102);
+    // the async form and the one-shot function agree
+    let entries = log.tamper(|e| e.clone());
+    let one_shot = aios_core::verify_chain_keyed(&entries, None, &key(7));
+    let via_port =
+        futures::executor::block_on(aios_core::AuditLogExt::verify_keyed(&log, None, &key(7)))
+            .unwrap();
+    assert_eq!(one_shot.problems, via_port.problems);
+    assert_eq!(one_shot.problems.len(), 2);
+}
+
+#[test]
+fn an_unkeyed_log_fails_keyed_verification_and_a_key_stays_secret() {
+    let log = InMemoryAuditLog::new();
+    log.append_sync(AuditRecord::new(
+        Principal::System,
+        AuditEvent::Note { text: "n".into() },
+    ))
+    .unwrap();
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(1)).problems,
+        vec![ChainProblem::MacMissing { seq: 0 }]
+    );
+    let debug = format!("{:?}", key(0xAB));
+    assert!(!debug.contains("ab") && !debug.contains("171"), "{debug}");
+    assert!(matches!(
+        aios_core::AuditKey::from_bytes(b"short"),
+        Err(aios_core::AuditKeyError::TooShort { len: 5, .. })
+    ));
+}

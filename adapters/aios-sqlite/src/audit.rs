@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, EntryHash, StoreError, StoredEntry,
-    UnreadableEntry, AUDIT_SCHEMA_VERSION,
+    AuditEntry, AuditError, AuditKey, AuditLog, AuditRecord, ChainHead, EntryHash, EntryMac,
+    StoreError, StoredEntry, UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
@@ -21,26 +21,34 @@ use crate::db::{to_sql_u64, Db};
 /// `append` reads the head, seals the entry and inserts it in one `BEGIN IMMEDIATE`
 /// transaction, so sequence numbers are assigned without gaps or duplicates even when several
 /// processes append to the same file.
+///
+/// Opened with a key ([`crate::SqliteStore::audit_log_keyed`]), each appended entry also
+/// carries the [`AuditKey`]'s MAC over its hash, in column `mac` (not in the JSON). Reading
+/// returns it as [`AuditEntry::mac`], so [`aios_core::AuditLogExt::verify_keyed`] finds rows
+/// written by anyone without the key; plain `verify` checks the hash chain only.
 #[derive(Debug, Clone)]
 pub struct SqliteAuditLog {
     db: Arc<Db>,
+    key: Option<AuditKey>,
 }
 
 impl SqliteAuditLog {
-    pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Db>, key: Option<AuditKey>) -> Self {
+        Self { db, key }
     }
 
     /// One row as a stored position: an entry of a supported version that decodes, or the
     /// finding that this build cannot read it, naming the row and keeping the stored hashes
     /// that can still be told (the `hash` column, and `prev` if the JSON still parses), so
     /// verification links across it.
-    fn decode(&self, seq: i64, v: i64, hash: &str, text: &str) -> StoredEntry {
+    fn decode(&self, seq: i64, v: i64, hash: &str, mac: Option<&str>, text: &str) -> StoredEntry {
         let where_ = format!(
             "table `audit_entries` seq {seq} in `{}`",
             self.db.location()
         );
         let version = u16::try_from(v.max(0)).unwrap_or(u16::MAX);
+        let parsed_mac = mac.map(str::parse::<EntryMac>).transpose();
+        let mac_ok = parsed_mac.ok().flatten();
         let unreadable = |detail: String| {
             let prev = serde_json::from_str::<serde_json::Value>(text)
                 .ok()
@@ -50,9 +58,13 @@ impl SqliteAuditLog {
                 version,
                 hash: parse_hash(hash),
                 prev,
+                mac: mac_ok,
                 detail,
             })
         };
+        if let Err(e) = parsed_mac {
+            return unreadable(format!("{where_}: the mac column is not a mac: {e}"));
+        }
         if !(1..=i64::from(AUDIT_SCHEMA_VERSION)).contains(&v) {
             return unreadable(format!(
                 "{where_}: format version {v}; this build reads 1 to {AUDIT_SCHEMA_VERSION}"
@@ -60,7 +72,7 @@ impl SqliteAuditLog {
         }
         match serde_json::from_str::<AuditEntry>(text) {
             // the entry's own version decides too (`From` reports an unknown one)
-            Ok(e) => StoredEntry::from(e),
+            Ok(e) => StoredEntry::from(AuditEntry { mac: mac_ok, ..e }),
             Err(e) => unreadable(format!("{where_}: {e}")),
         }
     }
@@ -93,18 +105,21 @@ impl AuditLog for SqliteAuditLog {
         let db = &self.db;
         db.write("append an audit entry", |tx| {
             let head = head_of(db, tx)?;
+            // the JSON holds the sealed entry; its MAC goes in its own column
             let entry = AuditEntry::seal(head.len, head.hash, record)?;
             let text = db.encode("an audit entry", &entry)?;
+            let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
             let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
             tx.prepare_cached(
-                "INSERT INTO audit_entries (seq, v, hash, entry) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut s| {
                 s.execute(rusqlite::params![
                     seq,
                     entry.v,
                     entry.hash.to_string(),
-                    text
+                    text,
+                    mac
                 ])
             })
             .map_err(|e| db.err("append an audit entry", e))?;
@@ -117,13 +132,15 @@ impl AuditLog for SqliteAuditLog {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, i64, String, String)> = self.db.read("read the audit log", |tx| {
+        type Row = (i64, i64, String, Option<String>, String);
+        let rows: Vec<Row> = self.db.read("read the audit log", |tx| {
             tx.prepare_cached(
-                "SELECT seq, v, hash, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, v, hash, mac, entry FROM audit_entries
+                 WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
             )
             .and_then(|mut s| {
                 s.query_map([from, limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect()
             })
@@ -131,7 +148,7 @@ impl AuditLog for SqliteAuditLog {
         })?;
         Ok(rows
             .iter()
-            .map(|(seq, v, hash, text)| self.decode(*seq, *v, hash, text))
+            .map(|(seq, v, hash, mac, text)| self.decode(*seq, *v, hash, mac.as_deref(), text))
             .collect())
     }
 

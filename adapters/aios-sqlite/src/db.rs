@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, seq)
     ) WITHOUT ROWID;
     ",
+    // version 2: the MAC of each audit entry appended under an `AuditKey` (NULL without)
+    "ALTER TABLE audit_entries ADD COLUMN mac TEXT;",
 ];
 
 /// How hard each commit is pushed to disk.

@@ -89,7 +89,7 @@ mod memory;
 use std::path::Path;
 use std::sync::Arc;
 
-use aios_core::{Clock, StoreError};
+use aios_core::{AuditKey, Clock, StoreError};
 
 pub use approvals::SqliteApprovalStore;
 pub use audit::SqliteAuditLog;
@@ -150,9 +150,18 @@ impl SqliteStore {
         self.db.integrity_check()
     }
 
-    /// The audit log.
+    /// The audit log. Its appends carry no MAC; see [`SqliteStore::audit_log_keyed`].
     pub fn audit_log(&self) -> SqliteAuditLog {
-        SqliteAuditLog::new(self.db.clone())
+        SqliteAuditLog::new(self.db.clone(), None)
+    }
+
+    /// The audit log, sealing each entry it appends with `key`'s MAC (stored in column
+    /// `mac`), so [`aios_core::AuditLogExt::verify_keyed`] with the same key detects rows
+    /// appended by anyone who can write the file but does not hold the key. Entries appended
+    /// before, or through [`SqliteStore::audit_log`], have no MAC and are reported by keyed
+    /// verification.
+    pub fn audit_log_keyed(&self, key: AuditKey) -> SqliteAuditLog {
+        SqliteAuditLog::new(self.db.clone(), Some(key))
     }
 
     /// The memory store.

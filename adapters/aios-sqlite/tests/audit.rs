@@ -117,3 +117,122 @@ fn a_row_that_does_not_decode_is_reported_and_changes_after_it_are_still_found()
     ));
     assert_eq!(report.problems[1], ChainProblem::ContentChanged { seq: 9 });
 }
+
+fn key(byte: u8) -> aios_core::AuditKey {
+    aios_core::AuditKey::from_bytes(&[byte; 32]).unwrap()
+}
+
+#[test]
+fn rows_appended_without_the_key_pass_the_chain_but_fail_keyed_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyed.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let log = store.audit_log_keyed(key(1));
+        for i in 0..5 {
+            block_on(log.append(note(&format!("n{i}")))).unwrap();
+        }
+    }
+    // honest entries verify with the key, across a reopen
+    let store = SqliteStore::open(&path).unwrap();
+    let log = store.audit_log_keyed(key(1));
+    assert!(block_on(log.verify_keyed(None, &key(1)))
+        .unwrap()
+        .is_intact());
+    assert!(block_on(log.entries())
+        .unwrap()
+        .iter()
+        .all(|e| e.mac.is_some()));
+
+    // someone who can write the file but has no key appends through an unkeyed handle...
+    block_on(
+        SqliteStore::open(&path)
+            .unwrap()
+            .audit_log()
+            .append(note("forged")),
+    )
+    .unwrap();
+    // ...or by hand, with a correctly computed chain hash and a MAC under a key of their own
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (seq, hash): (i64, String) = conn
+            .query_row(
+                "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let prev: aios_core::EntryHash = serde_json::from_value(hash.into()).unwrap();
+        let forged =
+            aios_core::AuditEntry::seal(seq as u64 + 1, prev, note("forged by hand")).unwrap();
+        let mac = key(2).mac(&forged.hash).to_string();
+        conn.execute(
+            "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, 1, ?2, ?3, ?4)",
+            rusqlite::params![
+                seq + 1,
+                forged.hash.to_string(),
+                serde_json::to_string(&forged).unwrap(),
+                mac
+            ],
+        )
+        .unwrap();
+    }
+    let report = block_on(log.verify(None)).unwrap();
+    assert!(
+        report.is_intact(),
+        "the hash chain alone cannot tell: {report:?}"
+    );
+    assert_eq!(report.checked, 7);
+    let report = block_on(log.verify_keyed(None, &key(1))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            ChainProblem::MacMissing { seq: 5 },
+            ChainProblem::MacMismatch { seq: 6 }
+        ]
+    );
+
+    // the keyed log goes on sealing after them
+    block_on(log.append(note("honest again"))).unwrap();
+    let report = block_on(log.verify_keyed(None, &key(1))).unwrap();
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert_eq!(report.checked, 8);
+
+    // a wrong key fails from the first entry on
+    let wrong = block_on(log.verify_keyed(None, &key(3))).unwrap();
+    assert_eq!(wrong.problems[0], ChainProblem::MacMismatch { seq: 0 });
+}
+
+#[test]
+fn the_mac_of_an_unreadable_row_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyed.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let log = store.audit_log_keyed(key(1));
+        for i in 0..4 {
+            block_on(log.append(note(&format!("n{i}")))).unwrap();
+        }
+    }
+    raw(&path, "UPDATE audit_entries SET v = 99 WHERE seq = 1");
+    raw(
+        &path,
+        "UPDATE audit_entries SET v = 99, mac = NULL WHERE seq = 2",
+    );
+    let store = SqliteStore::open(&path).unwrap();
+    let report = block_on(store.audit_log().verify_keyed(None, &key(1))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            ChainProblem::UnsupportedVersion {
+                seq: 1,
+                version: 99
+            },
+            ChainProblem::UnsupportedVersion {
+                seq: 2,
+                version: 99
+            },
+            ChainProblem::MacMissing { seq: 2 },
+        ]
+    );
+}

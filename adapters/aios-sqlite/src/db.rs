@@ -70,7 +70,14 @@ const MIGRATIONS: &[&str] = &[
     ",
     // version 2: the MAC of each audit entry appended under an `AuditKey` (NULL without)
     "ALTER TABLE audit_entries ADD COLUMN mac TEXT;",
+    // version 3: the checksum of each stored checkpoint; rows already there get theirs in
+    // the same transaction (see `CHECKPOINT_CHECKSUM_STEP`)
+    CHECKPOINT_CHECKSUM_STEP,
 ];
+
+/// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so
+/// the backfill that must follow it runs exactly when the step does, wherever it sits.
+const CHECKPOINT_CHECKSUM_STEP: &str = "ALTER TABLE checkpoints ADD COLUMN checksum TEXT;";
 
 /// How hard each commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -322,6 +329,9 @@ impl Db {
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(step)
                 .map_err(|e| self.err(&format!("migrate to schema version {}", i + 1), e))?;
+            if *step == CHECKPOINT_CHECKSUM_STEP {
+                crate::checkpoint::backfill_checksums(self, &tx)?;
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.err("set user_version", e))?;

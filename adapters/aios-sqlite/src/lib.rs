@@ -46,7 +46,10 @@
 //! that is not an SQLite database, is truncated (even to zero bytes), is damaged ([`SqliteOptions::check_on_open`]) or belongs to
 //! another application ([`aios_core::StoreError::Corrupt`]); every error names the path.
 //! Values are stored as JSON (serde) in TEXT columns beside indexed key columns; a row that
-//! does not decode is reported as `Corrupt`, naming the table and row.
+//! does not decode is reported as `Corrupt`, naming the table and row. Checkpoints also carry
+//! a SHA-256 checksum checked on every read, so a changed byte that still decodes is
+//! `Corrupt` (naming run and seq) rather than a misread state; an unreadable audit row is
+//! reported at its seq while the rest of the log reads (see [`SqliteAuditLog`]).
 //!
 //! ## Threads and async
 //!

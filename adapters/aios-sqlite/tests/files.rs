@@ -549,3 +549,85 @@ fn a_new_file_appears_complete_and_concurrent_first_opens_agree() {
         "no temporary file is left"
     );
 }
+
+fn assert_corrupt_names_run_and_seq<T: std::fmt::Debug>(
+    what: &str,
+    got: Result<T, StoreError>,
+    run: RunId,
+    seq: u64,
+) {
+    let err = got.expect_err(what);
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{what}: {err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&run.to_string()) && text.contains(&format!("seq {seq}")),
+        "{what}: the error names run {run} and seq {seq}: {text}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_checkpoint_is_corrupt_naming_run_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        // still valid JSON that decodes: only the checksum can tell
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let changed = raw
+            .execute(
+                "UPDATE checkpoints SET checkpoint =
+                     replace(checkpoint, '\"governance_version\":1', '\"governance_version\":7')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        let text: String = raw
+            .query_row("SELECT checkpoint FROM checkpoints", [], |r| r.get(0))
+            .unwrap();
+        let decoded: Checkpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(decoded.state.governance_version, 7, "the change decodes");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let checkpoints = store.checkpoint_store();
+    let run = written.run;
+    assert_corrupt_names_run_and_seq("latest", block_on(checkpoints.latest(run)), run, 1);
+    assert_corrupt_names_run_and_seq("get", block_on(checkpoints.get(run, 1)), run, 1);
+    assert_corrupt_names_run_and_seq("list", block_on(checkpoints.list(false)), run, 1);
+    assert_corrupt_names_run_and_seq("list parked", block_on(checkpoints.list(true)), run, 1);
+}
+
+#[test]
+fn a_checkpoint_without_its_checksum_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute("UPDATE checkpoints SET checksum = NULL", [])
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let got = block_on(store.checkpoint_store().latest(written.run));
+    assert_corrupt_names_run_and_seq("latest", got, written.run, 1);
+}
+
+#[test]
+fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        // what a build of schema version 1 left: no mac or checksum columns
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "ALTER TABLE audit_entries DROP COLUMN mac;
+             ALTER TABLE checkpoints DROP COLUMN checksum;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    // existing checkpoints were given their checksums on the way
+    check_filled(&store, &clock, &written);
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -320,6 +321,131 @@ impl<'de> Deserialize<'de> for EntryHash {
     }
 }
 
+/// An HMAC-SHA256 over an entry's hash under an [`AuditKey`], written as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryMac(pub [u8; 32]);
+
+impl std::fmt::Debug for EntryMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(&self.0[..8]))
+    }
+}
+
+impl std::fmt::Display for EntryMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for EntryMac {
+    type Err = hex::FromHexError;
+
+    /// Parses 64 hex digits.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out)?;
+        Ok(EntryMac(out))
+    }
+}
+
+impl Serialize for EntryMac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryMac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditKeyError {
+    /// Too few bytes to be a key.
+    #[error("audit key is {len} bytes long; at least {min} are required")]
+    TooShort {
+        /// The length given.
+        len: usize,
+        /// The shortest length accepted ([`AuditKey::MIN_LEN`]).
+        min: usize,
+    },
+}
+
+/// The secret key that seals audit entries: each entry appended under it carries an
+/// HMAC-SHA256 ([`EntryMac`]) over the bytes `aios-audit-mac` followed by the entry's hash.
+///
+/// The hash chain alone proves that entries were not changed, removed or reordered relative
+/// to each other, but anyone who can write the store can append entries that chain correctly.
+/// The MAC proves that an entry was appended by a holder of the key: verification with the
+/// key ([`verify_chain_keyed`], [`AuditLogExt::verify_keyed`]) reports every entry whose MAC
+/// is missing or wrong. It does not detect entries cut off the end; anchor the head for that.
+///
+/// Secret material: built from bytes, no `Serialize`, and `Debug` shows nothing of it.
+///
+/// ```
+/// use aios_core::{AuditEvent, AuditKey, AuditLogExt, AuditRecord, InMemoryAuditLog, Principal};
+/// let key = AuditKey::from_bytes(&[42u8; 32])?;
+/// let log = InMemoryAuditLog::with_key(key.clone());
+/// log.append_sync(AuditRecord::new(Principal::System, AuditEvent::Note { text: "hi".into() }))
+///     .unwrap();
+/// assert!(log.verify_sync_keyed(None, &key).is_intact());
+/// assert_eq!(format!("{key:?}"), "AuditKey(<redacted>)");
+/// # Ok::<(), aios_core::AuditKeyError>(())
+/// ```
+#[derive(Clone)]
+pub struct AuditKey {
+    mac: Hmac<Sha256>,
+}
+
+impl AuditKey {
+    /// The shortest key accepted, in bytes: the size of the SHA-256 output (RFC 2104).
+    pub const MIN_LEN: usize = 32;
+
+    /// A key from secret bytes (at least [`AuditKey::MIN_LEN`]; draw them from a proper
+    /// source of randomness and keep them outside the store).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AuditKeyError> {
+        if bytes.len() < Self::MIN_LEN {
+            return Err(AuditKeyError::TooShort {
+                len: bytes.len(),
+                min: Self::MIN_LEN,
+            });
+        }
+        let mac = Hmac::<Sha256>::new_from_slice(bytes).map_err(|_| AuditKeyError::TooShort {
+            len: bytes.len(),
+            min: Self::MIN_LEN,
+        })?;
+        Ok(Self { mac })
+    }
+
+    fn keyed(&self, hash: &EntryHash) -> Hmac<Sha256> {
+        let mut mac = self.mac.clone();
+        mac.update(b"aios-audit-mac");
+        mac.update(&hash.0);
+        mac
+    }
+
+    /// The MAC of an entry with this hash.
+    pub fn mac(&self, hash: &EntryHash) -> EntryMac {
+        EntryMac(self.keyed(hash).finalize().into_bytes().into())
+    }
+
+    /// Whether `mac` is this key's MAC of `hash` (compared in constant time).
+    pub fn check(&self, hash: &EntryHash, mac: &EntryMac) -> bool {
+        self.keyed(hash).verify_slice(&mac.0).is_ok()
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
 /// One link of the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -341,6 +467,10 @@ pub struct AuditEntry {
     /// serde encoding with field and variant names, ids as 16 raw bytes (specified in the
     /// source, `canonical.rs`). See [`AuditEntry::compute_hash`].
     pub hash: EntryHash,
+    /// The [`AuditKey`]'s MAC over `hash`, when the entry was appended under a key. Not
+    /// covered by the hash: it seals the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<EntryMac>,
 }
 
 impl AuditEntry {
@@ -364,7 +494,20 @@ impl AuditEntry {
             event: record.event,
             prev,
             hash,
+            mac: None,
         })
+    }
+
+    /// Seals `record` as entry `seq` after `prev`, with `key`'s MAC over its hash.
+    pub fn seal_keyed(
+        seq: u64,
+        prev: EntryHash,
+        record: AuditRecord,
+        key: &AuditKey,
+    ) -> Result<Self, AuditError> {
+        let mut entry = Self::seal(seq, prev, record)?;
+        entry.mac = Some(key.mac(&entry.hash));
+        Ok(entry)
     }
 
     /// Recomputes this entry's hash from its content (using `buf` as scratch space).
@@ -387,6 +530,113 @@ impl AuditEntry {
             hash: self.hash,
         }
     }
+}
+
+/// A stored entry this build cannot read: a newer format version, or content that does not
+/// decode. Reported by its position instead of being misread or failing the whole read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadableEntry {
+    /// Its position in the log.
+    pub seq: u64,
+    /// The format version it was stored with (saturated at `u16::MAX`).
+    pub version: u16,
+    /// Its hash, if the store could still tell it: verification then checks that the next
+    /// entry links to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<EntryHash>,
+    /// The hash it links to, if the store could still tell it: verification then checks
+    /// its link to the entry before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<EntryHash>,
+    /// Its MAC, if it has one and the store could still tell it: verification with the key
+    /// then checks it against `hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<EntryMac>,
+    /// Why it cannot be read, naming where it is stored.
+    pub detail: String,
+}
+
+impl UnreadableEntry {
+    /// The error for a caller that needs this entry:
+    /// [`StoreError::UnsupportedVersion`] for a newer format, [`StoreError::Corrupt`]
+    /// otherwise; both name the entry's position.
+    pub fn to_error(&self) -> StoreError {
+        let location = format!("audit entry {}", self.seq);
+        if is_supported(self.version) {
+            StoreError::Corrupt {
+                location,
+                detail: self.detail.clone(),
+            }
+        } else {
+            StoreError::UnsupportedVersion {
+                location,
+                found: u32::from(self.version),
+                supported: u32::from(AUDIT_SCHEMA_VERSION),
+            }
+        }
+    }
+}
+
+/// One position of the log as [`AuditLog::read`] returns it: the entry, or why this build
+/// cannot read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredEntry {
+    /// An entry this build reads.
+    Entry(AuditEntry),
+    /// An entry this build cannot read.
+    Unreadable(UnreadableEntry),
+}
+
+impl StoredEntry {
+    /// The position in the log.
+    pub fn seq(&self) -> u64 {
+        match self {
+            StoredEntry::Entry(e) => e.seq,
+            StoredEntry::Unreadable(u) => u.seq,
+        }
+    }
+
+    /// The entry, if it could be read.
+    pub fn entry(&self) -> Option<&AuditEntry> {
+        match self {
+            StoredEntry::Entry(e) => Some(e),
+            StoredEntry::Unreadable(_) => None,
+        }
+    }
+
+    /// The entry, or the error naming why it cannot be read ([`UnreadableEntry::to_error`]).
+    pub fn into_entry(self) -> Result<AuditEntry, AuditError> {
+        match self {
+            StoredEntry::Entry(e) => Ok(e),
+            StoredEntry::Unreadable(u) => Err(u.to_error()),
+        }
+    }
+}
+
+impl From<AuditEntry> for StoredEntry {
+    /// An entry of a format version this build does not know (newer, or 0) becomes
+    /// [`StoredEntry::Unreadable`]: its fields may mean something else in that format.
+    fn from(e: AuditEntry) -> Self {
+        if is_supported(e.v) {
+            StoredEntry::Entry(e)
+        } else {
+            StoredEntry::Unreadable(UnreadableEntry {
+                seq: e.seq,
+                version: e.v,
+                hash: Some(e.hash),
+                prev: Some(e.prev),
+                mac: e.mac,
+                detail: format!(
+                    "audit entry {} has format version {}; this build reads 1 to {}",
+                    e.seq, e.v, AUDIT_SCHEMA_VERSION
+                ),
+            })
+        }
+    }
+}
+
+fn is_supported(v: u16) -> bool {
+    (1..=AUDIT_SCHEMA_VERSION).contains(&v)
 }
 
 fn hash_parts(
@@ -464,7 +714,19 @@ pub enum ChainProblem {
         /// The anchored position.
         seq: u64,
     },
-    /// The entry could not be hashed.
+    /// Verification with a key: the entry carries no MAC, so it was not appended under the
+    /// key (it may have been appended by someone who can write the store but has no key).
+    MacMissing {
+        /// The entry's position.
+        seq: u64,
+    },
+    /// Verification with a key: the entry's MAC does not match its hash under the key: it
+    /// was forged, changed, or sealed under another key.
+    MacMismatch {
+        /// The entry's position.
+        seq: u64,
+    },
+    /// The entry could not be read or hashed.
     Unreadable {
         /// The entry's position.
         seq: u64,
@@ -500,10 +762,15 @@ pub(crate) struct ChainVerifier {
     checked: u64,
     problems: Vec<ChainProblem>,
     anchor: Option<ChainHead>,
+    /// The previous entry was unreadable and its hash unknown: the next link cannot be
+    /// checked (the unreadable entry is already reported).
+    prev_unknown: bool,
+    /// With a key, every entry's MAC is checked too.
+    key: Option<AuditKey>,
 }
 
 impl ChainVerifier {
-    pub(crate) fn new(anchor: Option<ChainHead>) -> Self {
+    pub(crate) fn new(anchor: Option<ChainHead>, key: Option<AuditKey>) -> Self {
         Self {
             buf: Vec::with_capacity(512),
             expected_seq: 0,
@@ -511,21 +778,93 @@ impl ChainVerifier {
             checked: 0,
             problems: Vec::new(),
             anchor,
+            prev_unknown: false,
+            key,
         }
     }
 
-    pub(crate) fn push(&mut self, e: &AuditEntry) {
+    fn check_mac(&mut self, seq: u64, hash: Option<EntryHash>, mac: Option<EntryMac>) {
+        let (Some(key), Some(hash)) = (&self.key, hash) else {
+            return;
+        };
+        match mac {
+            None => self.problems.push(ChainProblem::MacMissing { seq }),
+            Some(mac) if !key.check(&hash, &mac) => {
+                self.problems.push(ChainProblem::MacMismatch { seq })
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub(crate) fn push_stored(&mut self, e: &StoredEntry) {
+        match e {
+            StoredEntry::Entry(e) => self.push(e),
+            StoredEntry::Unreadable(u) => self.push_unreadable(u),
+        }
+    }
+
+    fn check_seq(&mut self, seq: u64) {
         self.checked += 1;
-        if e.seq != self.expected_seq {
+        if seq != self.expected_seq {
             self.problems.push(ChainProblem::SequenceGap {
                 expected: self.expected_seq,
-                found: e.seq,
+                found: seq,
             });
         }
-        if e.prev != self.prev {
-            self.problems.push(ChainProblem::BrokenLink { seq: e.seq });
+    }
+
+    fn check_link(&mut self, seq: u64, prev: Option<EntryHash>) {
+        if let Some(prev) = prev {
+            if !self.prev_unknown && prev != self.prev {
+                self.problems.push(ChainProblem::BrokenLink { seq });
+            }
         }
-        if e.v > AUDIT_SCHEMA_VERSION || e.v == 0 {
+    }
+
+    fn check_anchor(&mut self, seq: u64, hash: Option<EntryHash>) {
+        if let (Some(anchor), Some(hash)) = (self.anchor, hash) {
+            if anchor.len > 0 && seq == anchor.len - 1 && hash != anchor.hash {
+                self.problems.push(ChainProblem::AnchorMismatch { seq });
+            }
+        }
+    }
+
+    fn advance(&mut self, seq: u64, hash: Option<EntryHash>) {
+        self.expected_seq = seq.wrapping_add(1);
+        match hash {
+            Some(h) => {
+                self.prev = h;
+                self.prev_unknown = false;
+            }
+            None => self.prev_unknown = true,
+        }
+    }
+
+    /// An entry that could not be read: reported by position, and linked to its neighbours
+    /// as far as its stored hashes allow.
+    pub(crate) fn push_unreadable(&mut self, u: &UnreadableEntry) {
+        self.check_seq(u.seq);
+        self.check_link(u.seq, u.prev);
+        self.problems.push(if is_supported(u.version) {
+            ChainProblem::Unreadable {
+                seq: u.seq,
+                detail: u.detail.clone(),
+            }
+        } else {
+            ChainProblem::UnsupportedVersion {
+                seq: u.seq,
+                version: u.version,
+            }
+        });
+        self.check_mac(u.seq, u.hash, u.mac);
+        self.check_anchor(u.seq, u.hash);
+        self.advance(u.seq, u.hash);
+    }
+
+    pub(crate) fn push(&mut self, e: &AuditEntry) {
+        self.check_seq(e.seq);
+        self.check_link(e.seq, Some(e.prev));
+        if !is_supported(e.v) {
             self.problems.push(ChainProblem::UnsupportedVersion {
                 seq: e.seq,
                 version: e.v,
@@ -542,14 +881,9 @@ impl ChainVerifier {
                 }),
             }
         }
-        if let Some(anchor) = self.anchor {
-            if anchor.len > 0 && e.seq == anchor.len - 1 && e.hash != anchor.hash {
-                self.problems
-                    .push(ChainProblem::AnchorMismatch { seq: e.seq });
-            }
-        }
-        self.expected_seq = e.seq.wrapping_add(1);
-        self.prev = e.hash;
+        self.check_mac(e.seq, Some(e.hash), e.mac);
+        self.check_anchor(e.seq, Some(e.hash));
+        self.advance(e.seq, Some(e.hash));
     }
 
     pub(crate) fn finish(mut self) -> ChainReport {
@@ -575,12 +909,30 @@ impl ChainVerifier {
 /// Verifies that `entries` form an intact chain from the genesis, and, if `anchor` is given,
 /// that the chain still contains the anchored head (detecting truncation and rewrites).
 ///
-/// Detects every changed, removed, reordered or inserted entry.
+/// Detects every changed, removed, reordered or inserted entry. It checks the hash chain
+/// only: entries appended by anyone who can write the store, with correctly computed hashes,
+/// pass. To detect those, seal the log with an [`AuditKey`] and use [`verify_chain_keyed`].
 pub fn verify_chain<'a>(
     entries: impl IntoIterator<Item = &'a AuditEntry>,
     anchor: Option<ChainHead>,
 ) -> ChainReport {
-    let mut v = ChainVerifier::new(anchor);
+    let mut v = ChainVerifier::new(anchor, None);
+    for e in entries {
+        v.push(e);
+    }
+    v.finish()
+}
+
+/// [`verify_chain`], and also that every entry carries `key`'s MAC over its hash: an entry
+/// without one is [`ChainProblem::MacMissing`], one with a wrong one (forged, or sealed under
+/// another key) [`ChainProblem::MacMismatch`], each by position in order, so the first such
+/// problem names the first entry not appended under the key.
+pub fn verify_chain_keyed<'a>(
+    entries: impl IntoIterator<Item = &'a AuditEntry>,
+    anchor: Option<ChainHead>,
+    key: &AuditKey,
+) -> ChainReport {
+    let mut v = ChainVerifier::new(anchor, Some(key.clone()));
     for e in entries {
         v.push(e);
     }
@@ -591,14 +943,27 @@ pub fn verify_chain<'a>(
 ///
 /// Contract: `append` assigns the next sequence number and seals the entry atomically (no
 /// two entries share a sequence number, none is skipped) and returns the new head; entries are
-/// never changed or removed through this trait; `read` returns entries in sequence order.
+/// never changed or removed through this trait; `read` returns stored positions in sequence
+/// order.
+///
+/// One unreadable entry does not make the log unreadable: `read` returns it as
+/// [`StoredEntry::Unreadable`] (its position, its version, its stored hashes where the
+/// backend still knows them) between the entries it can read. An entry of a format version
+/// this build does not know is always unreadable, never decoded as if it were current
+/// ([`StoredEntry::from`] classifies). [`AuditLogExt::verify`] reports it as
+/// [`ChainProblem::UnsupportedVersion`] or [`ChainProblem::Unreadable`] by its sequence
+/// number and goes on checking the rest of the chain, across it where its hashes are known;
+/// [`AuditLogExt::entries`], for callers that need every entry, fails naming the first
+/// unreadable one. `Err` from `read` is reserved for failures of the read itself (the
+/// backend is unavailable, its index is damaged).
 #[async_trait]
 pub trait AuditLog: Send + Sync + std::fmt::Debug {
     /// Appends one record and returns the new head.
     async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError>;
 
-    /// Up to `limit` entries starting at sequence number `from`.
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError>;
+    /// Up to `limit` stored positions starting at sequence number `from`, each an entry or
+    /// the finding that it cannot be read.
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError>;
 
     /// The current head.
     async fn head(&self) -> Result<ChainHead, AuditError>;
@@ -607,7 +972,8 @@ pub trait AuditLog: Send + Sync + std::fmt::Debug {
 /// Conveniences over any [`AuditLog`].
 #[async_trait]
 pub trait AuditLogExt: AuditLog {
-    /// Every entry, in order.
+    /// Every entry, in order; fails naming the first entry that cannot be read
+    /// ([`UnreadableEntry::to_error`]). Use [`AuditLog::read`] to get past it.
     async fn entries(&self) -> Result<Vec<AuditEntry>, AuditError> {
         let mut out = Vec::new();
         loop {
@@ -615,28 +981,51 @@ pub trait AuditLogExt: AuditLog {
             if page.is_empty() {
                 return Ok(out);
             }
-            out.extend(page);
+            for e in page {
+                out.push(e.into_entry()?);
+            }
         }
     }
 
-    /// Verifies the whole chain page by page (see [`verify_chain`]).
+    /// Verifies the whole chain page by page (see [`verify_chain`]); an unreadable entry is
+    /// one of the problems reported, not an error. This checks the hash chain only, even on a
+    /// log that seals its entries with a key: use [`AuditLogExt::verify_keyed`] to check the
+    /// MACs.
     async fn verify(&self, anchor: Option<ChainHead>) -> Result<ChainReport, AuditError> {
-        let mut v = ChainVerifier::new(anchor);
-        let mut from = 0u64;
-        loop {
-            let page = self.read(from, 4096).await?;
-            if page.is_empty() {
-                return Ok(v.finish());
-            }
-            from += page.len() as u64;
-            for e in &page {
-                v.push(e);
-            }
-        }
+        verify_log(self, anchor, None).await
+    }
+
+    /// Verifies the whole chain and every entry's MAC under `key` (see
+    /// [`verify_chain_keyed`]).
+    async fn verify_keyed(
+        &self,
+        anchor: Option<ChainHead>,
+        key: &AuditKey,
+    ) -> Result<ChainReport, AuditError> {
+        verify_log(self, anchor, Some(key.clone())).await
     }
 }
 
 impl<T: AuditLog + ?Sized> AuditLogExt for T {}
+
+async fn verify_log<L: AuditLog + ?Sized>(
+    log: &L,
+    anchor: Option<ChainHead>,
+    key: Option<AuditKey>,
+) -> Result<ChainReport, AuditError> {
+    let mut v = ChainVerifier::new(anchor, key);
+    let mut from = 0u64;
+    loop {
+        let page = log.read(from, 4096).await?;
+        if page.is_empty() {
+            return Ok(v.finish());
+        }
+        from += page.len() as u64;
+        for e in &page {
+            v.push_stored(e);
+        }
+    }
+}
 
 /// Entries per chunk: the log grows by chunks, so appends never move earlier entries.
 const CHUNK: usize = 4096;
@@ -688,12 +1077,21 @@ impl LogState {
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryAuditLog {
     state: Arc<RwLock<LogState>>,
+    key: Option<AuditKey>,
 }
 
 impl InMemoryAuditLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty log whose appends carry `key`'s MAC (see [`AuditKey`]).
+    pub fn with_key(key: AuditKey) -> Self {
+        Self {
+            state: Arc::default(),
+            key: Some(key),
+        }
     }
 
     /// The number of entries.
@@ -729,13 +1127,21 @@ impl InMemoryAuditLog {
             event: record.event,
             prev,
             hash,
+            mac: self.key.as_ref().map(|k| k.mac(&hash)),
         });
         Ok(ChainHead { len: seq + 1, hash })
     }
 
-    /// Verifies the chain in place without copying it.
+    /// Verifies the chain in place without copying it (the hash chain only, see
+    /// [`verify_chain`]).
     pub fn verify_sync(&self, anchor: Option<ChainHead>) -> ChainReport {
         verify_chain(self.state.read().iter(), anchor)
+    }
+
+    /// Verifies the chain and every entry's MAC under `key` in place (see
+    /// [`verify_chain_keyed`]).
+    pub fn verify_sync_keyed(&self, anchor: Option<ChainHead>, key: &AuditKey) -> ChainReport {
+        verify_chain_keyed(self.state.read().iter(), anchor, key)
     }
 
     /// Raw mutable access to the entries, for tests that simulate tampering. Nothing in AIOS
@@ -761,11 +1167,15 @@ impl AuditLog for InMemoryAuditLog {
         self.append_sync(record)
     }
 
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
         let st = self.state.read();
-        let start = (from as usize).min(st.len);
+        let start = usize::try_from(from).unwrap_or(usize::MAX).min(st.len);
         let end = start.saturating_add(limit).min(st.len);
-        Ok(st.range(start, end))
+        Ok(st
+            .range(start, end)
+            .into_iter()
+            .map(StoredEntry::from)
+            .collect())
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {

@@ -16,7 +16,8 @@
 //!   [`RecordingConnector`]), [`CredentialVault`] (with [`InMemoryVault`]), [`Embedder`] (with
 //!   [`HashEmbedder`]), [`AuditLog`] (with [`InMemoryAuditLog`]);
 //! - the audit chain: typed [`AuditEvent`]s in [`AuditEntry`]s linked by SHA-256, checked by
-//!   [`verify_chain`] against an optional anchored [`ChainHead`].
+//!   [`verify_chain`] against an optional anchored [`ChainHead`]; optionally sealed with an
+//!   [`AuditKey`] (HMAC-SHA256) and checked by [`verify_chain_keyed`].
 //!
 //! Features:
 //!
@@ -53,9 +54,10 @@ mod vault;
 pub mod testing;
 
 pub use audit::{
-    verify_chain, ApprovalOutcome, AuditEntry, AuditError, AuditEvent, AuditLog, AuditLogExt,
-    AuditRecord, ChainHead, ChainProblem, ChainReport, DecisionKind, EntryHash, InMemoryAuditLog,
-    Outcome, AUDIT_SCHEMA_VERSION,
+    verify_chain, verify_chain_keyed, ApprovalOutcome, AuditEntry, AuditError, AuditEvent,
+    AuditKey, AuditKeyError, AuditLog, AuditLogExt, AuditRecord, ChainHead, ChainProblem,
+    ChainReport, DecisionKind, EntryHash, EntryMac, InMemoryAuditLog, Outcome, StoredEntry,
+    UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{

@@ -282,12 +282,204 @@ fn reads_cross_chunk_boundaries_in_order() {
     ] {
         let page = futures::executor::block_on(log.read(from as u64, limit)).unwrap();
         let want: Vec<u64> = (from as u64..(from + limit).min(10_000) as u64).collect();
+        assert!(page.iter().all(|e| e.entry().is_some()));
         assert_eq!(
-            page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            page.iter()
+                .map(aios_core::StoredEntry::seq)
+                .collect::<Vec<_>>(),
             want,
             "read({from}, {limit})"
         );
     }
     assert_eq!(log.len(), 10_000);
     assert!(log.verify_sync(None).is_intact());
+}
+
+#[test]
+fn an_entry_of_a_newer_version_is_reported_by_position_and_the_rest_still_reads() {
+    use aios_core::{AuditLog, AuditLogExt, StoreError, StoredEntry};
+    use futures::executor::block_on;
+    let log = InMemoryAuditLog::new();
+    for i in 0..20 {
+        log.append_sync(AuditRecord::new(
+            Principal::System,
+            AuditEvent::Note {
+                text: format!("n{i}"),
+            },
+        ))
+        .unwrap();
+    }
+    let head = log.verify_sync(None).head;
+    log.tamper(|e| e[7].v = 99);
+
+    // reading returns every position: the readable entries, and a finding for seq 7
+    let page = block_on(log.read(0, 100)).unwrap();
+    assert_eq!(page.len(), 20);
+    assert_eq!(
+        page.iter().map(StoredEntry::seq).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<u64>>()
+    );
+    for (i, slot) in page.iter().enumerate() {
+        match slot {
+            StoredEntry::Unreadable(u) => {
+                assert_eq!(i, 7, "only seq 7 is unreadable");
+                assert_eq!((u.seq, u.version), (7, 99));
+            }
+            StoredEntry::Entry(e) => assert_eq!(
+                e.event,
+                AuditEvent::Note {
+                    text: format!("n{i}")
+                }
+            ),
+        }
+    }
+
+    // verification names that entry and nothing else: the links before and after it hold
+    let report = block_on(log.verify(Some(head))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![ChainProblem::UnsupportedVersion {
+            seq: 7,
+            version: 99
+        }]
+    );
+    assert_eq!(report.checked, 20);
+    assert_eq!(log.verify_sync(Some(head)).problems, report.problems);
+
+    // and a change after the unreadable entry is still caught
+    log.tamper(|e| {
+        e[12].event = AuditEvent::Note {
+            text: "forged".into(),
+        }
+    });
+    let report = block_on(log.verify(Some(head))).unwrap();
+    assert_eq!(
+        report.problems,
+        vec![
+            ChainProblem::UnsupportedVersion {
+                seq: 7,
+                version: 99
+            },
+            ChainProblem::ContentChanged { seq: 12 },
+        ]
+    );
+
+    // a caller that needs every entry is told which one it cannot have
+    let err = block_on(log.entries()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::UnsupportedVersion {
+                found: 99,
+                supported: 1,
+                location,
+            } if location.contains("audit entry 7")
+        ),
+        "{err:?}"
+    );
+}
+
+fn key(byte: u8) -> aios_core::AuditKey {
+    aios_core::AuditKey::from_bytes(&[byte; 32]).unwrap()
+}
+
+#[test]
+fn an_entry_appended_without_the_key_passes_the_chain_but_not_the_keyed_check() {
+    let log = InMemoryAuditLog::with_key(key(7));
+    for i in 0..100 {
+        log.append_sync(AuditRecord::new(
+            Principal::System,
+            AuditEvent::Note {
+                text: format!("n{i}"),
+            },
+        ))
+        .unwrap();
+    }
+    assert!(
+        log.verify_sync_keyed(None, &key(7)).is_intact(),
+        "honest entries verify"
+    );
+    assert!(log.tamper(|e| e.iter().all(|e| e.mac.is_some())));
+
+    // an attacker with write access but no key appends a correctly chained entry
+    log.tamper(|e| {
+        let prev = e[99].hash;
+        let forged = AuditEntry::seal(
+            100,
+            prev,
+            AuditRecord::new(
+                Principal::System,
+                AuditEvent::Note {
+                    text: "forged".into(),
+                },
+            ),
+        )
+        .unwrap();
+        e.push(forged);
+    });
+    assert!(
+        log.verify_sync(None).is_intact(),
+        "the hash chain alone cannot tell"
+    );
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(7)).problems,
+        vec![ChainProblem::MacMissing { seq: 100 }]
+    );
+    // one with a MAC made under another key is just as visible
+    log.tamper(|e| {
+        let prev = e[100].hash;
+        let forged = AuditEntry::seal_keyed(
+            101,
+            prev,
+            AuditRecord::new(
+                Principal::System,
+                AuditEvent::Note {
+                    text: "forged too".into(),
+                },
+            ),
+            &key(8),
+        )
+        .unwrap();
+        e.push(forged);
+    });
+    assert!(log.verify_sync(None).is_intact());
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(7)).problems,
+        vec![
+            ChainProblem::MacMissing { seq: 100 },
+            ChainProblem::MacMismatch { seq: 101 }
+        ]
+    );
+    // the wrong key fails from the first entry on
+    let wrong = log.verify_sync_keyed(None, &key(9));
+    assert_eq!(wrong.problems[0], ChainProblem::MacMismatch { seq: 0 });
+    assert_eq!(wrong.problems.len(), 102);
+    // the async form and the one-shot function agree
+    let entries = log.tamper(|e| e.clone());
+    let one_shot = aios_core::verify_chain_keyed(&entries, None, &key(7));
+    let via_port =
+        futures::executor::block_on(aios_core::AuditLogExt::verify_keyed(&log, None, &key(7)))
+            .unwrap();
+    assert_eq!(one_shot.problems, via_port.problems);
+    assert_eq!(one_shot.problems.len(), 2);
+}
+
+#[test]
+fn an_unkeyed_log_fails_keyed_verification_and_a_key_stays_secret() {
+    let log = InMemoryAuditLog::new();
+    log.append_sync(AuditRecord::new(
+        Principal::System,
+        AuditEvent::Note { text: "n".into() },
+    ))
+    .unwrap();
+    assert_eq!(
+        log.verify_sync_keyed(None, &key(1)).problems,
+        vec![ChainProblem::MacMissing { seq: 0 }]
+    );
+    let debug = format!("{:?}", key(0xAB));
+    assert!(!debug.contains("ab") && !debug.contains("171"), "{debug}");
+    assert!(matches!(
+        aios_core::AuditKey::from_bytes(b"short"),
+        Err(aios_core::AuditKeyError::TooShort { len: 5, .. })
+    ));
 }

@@ -20,6 +20,9 @@ use futures::executor::block_on;
 fn audit_log_in_memory() {
     block_on(testing::audit_log_conformance(InMemoryAuditLog::new));
     block_on(testing::audit_log_conformance(|| {
+        InMemoryAuditLog::with_key(aios_core::AuditKey::from_bytes(&[5; 32]).unwrap())
+    }));
+    block_on(testing::audit_log_conformance(|| {
         FaultyAuditLog::new(InMemoryAuditLog::new(), Faults::default())
     }));
 }

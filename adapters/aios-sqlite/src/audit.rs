@@ -3,43 +3,83 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, EntryHash, StoreError,
-    AUDIT_SCHEMA_VERSION,
+    AuditEntry, AuditError, AuditKey, AuditLog, AuditRecord, ChainHead, EntryHash, EntryMac,
+    StoreError, StoredEntry, UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 use async_trait::async_trait;
 use rusqlite::OptionalExtension;
 
 use crate::db::{to_sql_u64, Db};
 
-/// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, the entry as
-/// JSON. Clones share the connection.
+/// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, with its
+/// format version and hash in columns beside the entry as JSON. Clones share the connection.
+///
+/// A row of a newer format version (the `v` column or the entry's own) or whose JSON does not
+/// decode is read as [`StoredEntry::Unreadable`], naming the table, seq and file; the other
+/// rows read as usual, and verification links across it through its `hash` column.
 ///
 /// `append` reads the head, seals the entry and inserts it in one `BEGIN IMMEDIATE`
 /// transaction, so sequence numbers are assigned without gaps or duplicates even when several
 /// processes append to the same file.
+///
+/// Opened with a key ([`crate::SqliteStore::audit_log_keyed`]), each appended entry also
+/// carries the [`AuditKey`]'s MAC over its hash, in column `mac` (not in the JSON). Reading
+/// returns it as [`AuditEntry::mac`], so [`aios_core::AuditLogExt::verify_keyed`] finds rows
+/// written by anyone without the key; plain `verify` checks the hash chain only.
 #[derive(Debug, Clone)]
 pub struct SqliteAuditLog {
     db: Arc<Db>,
+    key: Option<AuditKey>,
 }
 
 impl SqliteAuditLog {
-    pub(crate) fn new(db: Arc<Db>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<Db>, key: Option<AuditKey>) -> Self {
+        Self { db, key }
     }
 
-    fn decode(&self, seq: i64, v: i64, text: &str) -> Result<AuditEntry, StoreError> {
-        if v > i64::from(AUDIT_SCHEMA_VERSION) {
-            return Err(StoreError::UnsupportedVersion {
-                location: format!(
-                    "table `audit_entries` seq {seq} in `{}`",
-                    self.db.location()
-                ),
-                found: u32::try_from(v).unwrap_or(u32::MAX),
-                supported: u32::from(AUDIT_SCHEMA_VERSION),
-            });
+    /// One row as a stored position: an entry of a supported version that decodes, or the
+    /// finding that this build cannot read it, naming the row and keeping the stored hashes
+    /// that can still be told (the `hash` column, and `prev` if the JSON still parses), so
+    /// verification links across it.
+    fn decode(&self, seq: i64, v: i64, hash: &str, mac: Option<&str>, text: &str) -> StoredEntry {
+        let where_ = format!(
+            "table `audit_entries` seq {seq} in `{}`",
+            self.db.location()
+        );
+        let version = u16::try_from(v.max(0)).unwrap_or(u16::MAX);
+        let parsed_mac = mac.map(str::parse::<EntryMac>).transpose();
+        let mac_ok = parsed_mac.ok().flatten();
+        let unreadable = |detail: String| {
+            let prev = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|j| serde_json::from_value::<EntryHash>(j["prev"].clone()).ok());
+            StoredEntry::Unreadable(UnreadableEntry {
+                seq: u64::try_from(seq).unwrap_or(0),
+                version,
+                hash: parse_hash(hash),
+                prev,
+                mac: mac_ok,
+                detail,
+            })
+        };
+        if let Err(e) = parsed_mac {
+            return unreadable(format!("{where_}: the mac column is not a mac: {e}"));
         }
-        self.db.decode("audit_entries", &seq, text)
+        if !(1..=i64::from(AUDIT_SCHEMA_VERSION)).contains(&v) {
+            return unreadable(format!(
+                "{where_}: format version {v}; this build reads 1 to {AUDIT_SCHEMA_VERSION}"
+            ));
+        }
+        match serde_json::from_str::<AuditEntry>(text) {
+            // the entry's own version decides too (`From` reports an unknown one)
+            Ok(e) => StoredEntry::from(AuditEntry { mac: mac_ok, ..e }),
+            Err(e) => unreadable(format!("{where_}: {e}")),
+        }
     }
+}
+
+fn parse_hash(hex_text: &str) -> Option<EntryHash> {
+    serde_json::from_value(serde_json::Value::String(hex_text.to_string())).ok()
 }
 
 fn head_of(db: &Db, tx: &rusqlite::Transaction<'_>) -> Result<ChainHead, StoreError> {
@@ -65,18 +105,21 @@ impl AuditLog for SqliteAuditLog {
         let db = &self.db;
         db.write("append an audit entry", |tx| {
             let head = head_of(db, tx)?;
+            // the JSON holds the sealed entry; its MAC goes in its own column
             let entry = AuditEntry::seal(head.len, head.hash, record)?;
             let text = db.encode("an audit entry", &entry)?;
+            let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
             let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
             tx.prepare_cached(
-                "INSERT INTO audit_entries (seq, v, hash, entry) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut s| {
                 s.execute(rusqlite::params![
                     seq,
                     entry.v,
                     entry.hash.to_string(),
-                    text
+                    text,
+                    mac
                 ])
             })
             .map_err(|e| db.err("append an audit entry", e))?;
@@ -84,24 +127,29 @@ impl AuditLog for SqliteAuditLog {
         })
     }
 
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
         let Ok(from) = i64::try_from(from) else {
             return Ok(Vec::new());
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, i64, String)> = self.db.read("read the audit log", |tx| {
+        type Row = (i64, i64, String, Option<String>, String);
+        let rows: Vec<Row> = self.db.read("read the audit log", |tx| {
             tx.prepare_cached(
-                "SELECT seq, v, entry FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, v, hash, mac, entry FROM audit_entries
+                 WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
             )
             .and_then(|mut s| {
-                s.query_map([from, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
+                s.query_map([from, limit], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect()
             })
             .map_err(|e| self.db.err("read the audit log", e))
         })?;
-        rows.iter()
-            .map(|(seq, v, text)| self.decode(*seq, *v, text))
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|(seq, v, hash, mac, text)| self.decode(*seq, *v, hash, mac.as_deref(), text))
+            .collect())
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {

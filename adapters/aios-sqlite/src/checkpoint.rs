@@ -10,6 +10,7 @@ use aios_orchestrator::{
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
 
 use crate::db::{to_sql_u64, Db};
 
@@ -22,6 +23,12 @@ use crate::db::{to_sql_u64, Db};
 /// interleave writes: a save with an older token is refused as
 /// [`StoreError::Fenced`] and writes nothing. A checkpoint whose run state was written by a
 /// newer build is reported as [`StoreError::UnsupportedVersion`], not misread.
+///
+/// Every stored checkpoint carries a checksum in column `checksum`: SHA-256, as hex, over
+/// the bytes `aios-checkpoint`, the run id as text, a zero byte, the seq (i64 big-endian) and
+/// the stored JSON. `latest`, `get` and `list` (for each run's latest checkpoint) check it
+/// before decoding: a changed byte, a row moved to another run or seq, or a missing checksum
+/// is [`StoreError::Corrupt`] naming the run and seq, never a misread state.
 ///
 /// Under [`crate::Durability::Full`], `save` is fsynced before it returns; `acquire` and
 /// `release` are not (they survive a killed process, and the next fsynced save makes them
@@ -47,9 +54,84 @@ struct RunRow {
     latest_seq: u64,
 }
 
+/// The checksum of checkpoint `seq` of `run` stored as `text` (see [`SqliteCheckpointStore`]).
+fn checksum(run: &str, seq: i64, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"aios-checkpoint");
+    h.update(run.as_bytes());
+    h.update([0u8]);
+    h.update(seq.to_be_bytes());
+    h.update(text.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Gives every checkpoint row without a checksum its checksum: part of the migration that
+/// adds the column, in its transaction, so no stored checkpoint is left without one.
+pub(crate) fn backfill_checksums(db: &Db, tx: &Transaction<'_>) -> Result<(), StoreError> {
+    let what = "add checksums to the stored checkpoints";
+    let rows: Vec<(String, i64, String)> = tx
+        .prepare("SELECT run, seq, checkpoint FROM checkpoints WHERE checksum IS NULL")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(|e| db.err(what, e))?;
+    let mut update = tx
+        .prepare("UPDATE checkpoints SET checksum = ?3 WHERE run = ?1 AND seq = ?2")
+        .map_err(|e| db.err(what, e))?;
+    for (run, seq, text) in rows {
+        let sum = checksum(&run, seq, &text);
+        update
+            .execute(rusqlite::params![run, seq, sum])
+            .map_err(|e| db.err(what, e))?;
+    }
+    Ok(())
+}
+
 impl SqliteCheckpointStore {
     pub(crate) fn new(db: Arc<Db>) -> Self {
         Self { db }
+    }
+
+    /// Checks the stored checksum of checkpoint `seq` of `run` against its stored bytes.
+    fn verify(
+        &self,
+        run: &str,
+        seq: i64,
+        text: &str,
+        stored: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            location: format!(
+                "table `{TABLE}` row `{run} seq {seq}` in `{}`",
+                self.db.location()
+            ),
+            detail,
+        };
+        let Some(stored) = stored else {
+            return Err(corrupt("the checkpoint has no checksum".into()));
+        };
+        let computed = checksum(run, seq, text);
+        if stored.eq_ignore_ascii_case(&computed) {
+            Ok(())
+        } else {
+            Err(corrupt(format!(
+                "checksum mismatch: the stored checkpoint was changed or damaged (stored \
+                 `{stored}`, computed `{computed}`)"
+            )))
+        }
+    }
+
+    /// Verifies and decodes one stored checkpoint.
+    fn read_row(
+        &self,
+        run: &str,
+        seq: i64,
+        text: &str,
+        stored: Option<&str>,
+    ) -> Result<Checkpoint, StoreError> {
+        self.verify(run, seq, text, stored)?;
+        self.decode(run, seq, text)
     }
 
     fn run_row(&self, tx: &Transaction<'_>, run: &str) -> Result<Option<RunRow>, StoreError> {
@@ -207,9 +289,12 @@ impl CheckpointStore for SqliteCheckpointStore {
                 });
             }
             let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
-            tx.prepare_cached("INSERT INTO checkpoints (run, seq, checkpoint) VALUES (?1, ?2, ?3)")
-                .and_then(|mut s| s.execute(rusqlite::params![key, seq, text]))
-                .map_err(|e| db.err("save a checkpoint", e))?;
+            let sum = checksum(&key, seq, &text);
+            tx.prepare_cached(
+                "INSERT INTO checkpoints (run, seq, checkpoint, checksum) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![key, seq, text, sum]))
+            .map_err(|e| db.err("save a checkpoint", e))?;
             let sql = if exists {
                 "UPDATE runs SET latest_seq = ?2, workflow = ?3, status = ?4, parked = ?5 WHERE run = ?1"
             } else {
@@ -233,15 +318,19 @@ impl CheckpointStore for SqliteCheckpointStore {
 
     async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {
         let key = run.to_string();
-        let row: Option<(i64, String)> =
+        let row: Option<(i64, String, Option<String>)> =
             self.db.read("read the latest checkpoint", |tx| {
                 tx.prepare_cached(
-                "SELECT seq, checkpoint FROM checkpoints WHERE run = ?1 ORDER BY seq DESC LIMIT 1",
-            )
-            .and_then(|mut s| s.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map_err(|e| self.db.err("read the latest checkpoint", e))
+                    "SELECT seq, checkpoint, checksum FROM checkpoints
+                     WHERE run = ?1 ORDER BY seq DESC LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()
+                })
+                .map_err(|e| self.db.err("read the latest checkpoint", e))
             })?;
-        row.map(|(seq, text)| self.decode(&key, seq, &text))
+        row.map(|(seq, text, sum)| self.read_row(&key, seq, &text, sum.as_deref()))
             .transpose()
     }
 
@@ -250,33 +339,56 @@ impl CheckpointStore for SqliteCheckpointStore {
             return Ok(None);
         };
         let key = run.to_string();
-        let text: Option<String> = self.db.read("read a checkpoint", |tx| {
-            tx.prepare_cached("SELECT checkpoint FROM checkpoints WHERE run = ?1 AND seq = ?2")
-                .and_then(|mut s| {
-                    s.query_row(rusqlite::params![key, seq], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(|e| self.db.err("read a checkpoint", e))
+        let row: Option<(String, Option<String>)> = self.db.read("read a checkpoint", |tx| {
+            tx.prepare_cached(
+                "SELECT checkpoint, checksum FROM checkpoints WHERE run = ?1 AND seq = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(rusqlite::params![key, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.db.err("read a checkpoint", e))
         })?;
-        text.map(|t| self.decode(&key, seq, &t)).transpose()
+        row.map(|(text, sum)| self.read_row(&key, seq, &text, sum.as_deref()))
+            .transpose()
     }
 
     async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = self.db.read("list runs", |tx| {
+        type Row = (String, String, String, i64, Option<String>, Option<String>);
+        let rows: Vec<Row> = self.db.read("list runs", |tx| {
             tx.prepare_cached(
-                "SELECT run, workflow, status, latest_seq FROM runs
-                 WHERE latest_seq > 0 AND (?1 = 0 OR parked = 1) ORDER BY run",
+                "SELECT r.run, r.workflow, r.status, r.latest_seq, c.checkpoint, c.checksum
+                 FROM runs r LEFT JOIN checkpoints c ON c.run = r.run AND c.seq = r.latest_seq
+                 WHERE r.latest_seq > 0 AND (?1 = 0 OR r.parked = 1) ORDER BY r.run",
             )
             .and_then(|mut s| {
                 s.query_map([parked_only], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
                 })?
                 .collect()
             })
             .map_err(|e| self.db.err("list runs", e))
         })?;
         rows.into_iter()
-            .map(|(run, workflow, status, seq)| {
+            .map(|(run, workflow, status, seq, text, sum)| {
+                // the summary stands for the latest checkpoint: that one must be intact
+                let Some(text) = text else {
+                    return Err(StoreError::Corrupt {
+                        location: format!(
+                            "table `{TABLE}` row `{run} seq {seq}` in `{}`",
+                            self.db.location()
+                        ),
+                        detail: "the run's latest checkpoint is missing".into(),
+                    });
+                };
+                self.verify(&run, seq, &text, sum.as_deref())?;
                 Ok(RunSummary {
                     run: run.parse().map_err(|e| StoreError::Corrupt {
                         location: format!("table `runs` row `{run}` in `{}`", self.db.location()),

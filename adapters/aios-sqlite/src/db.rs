@@ -68,7 +68,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, seq)
     ) WITHOUT ROWID;
     ",
+    // version 2: the MAC of each audit entry appended under an `AuditKey` (NULL without)
+    "ALTER TABLE audit_entries ADD COLUMN mac TEXT;",
+    // version 3: the checksum of each stored checkpoint; rows already there get theirs in
+    // the same transaction (see `CHECKPOINT_CHECKSUM_STEP`)
+    CHECKPOINT_CHECKSUM_STEP,
 ];
+
+/// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so
+/// the backfill that must follow it runs exactly when the step does, wherever it sits.
+const CHECKPOINT_CHECKSUM_STEP: &str = "ALTER TABLE checkpoints ADD COLUMN checksum TEXT;";
 
 /// How hard each commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,12 +154,20 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens the database file at `path`, creating it only if nothing exists there.
+    ///
+    /// A new file is built complete (identity, WAL mode, schema) under a temporary name beside
+    /// `path` and then linked into place, which fails if something appeared there meanwhile:
+    /// so `path` never holds a half-made store, and a file that exists but is empty, truncated
+    /// or has no AIOS identity is refused as [`StoreError::Corrupt`] instead of being taken
+    /// for a new store.
     pub(crate) fn open(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         let location = path.display().to_string();
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if !exists(path, &location)? {
+            create_new(path, &location, options)?;
+        }
+        check_header(path, &location)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| map_sqlite(&location, "open", e))?;
         let db = Self {
@@ -159,7 +176,7 @@ impl Db {
             location,
             fsync: options.durability == Durability::Full,
         };
-        db.prepare(options, true)?;
+        db.prepare(options, Fresh::No)?;
         Ok(db)
     }
 
@@ -173,7 +190,10 @@ impl Db {
             location,
             fsync: false,
         };
-        db.prepare(&SqliteOptions::default().check_on_open(false), false)?;
+        db.prepare(
+            &SqliteOptions::default().check_on_open(false),
+            Fresh::InMemory,
+        )?;
         Ok(db)
     }
 
@@ -193,16 +213,16 @@ impl Db {
 
     /// Checks the version and identity, sets the pragmas and migrates, in that order, so a
     /// file that is refused is not written to.
-    fn prepare(&self, options: &SqliteOptions, file: bool) -> Result<(), StoreError> {
+    fn prepare(&self, options: &SqliteOptions, fresh: Fresh) -> Result<(), StoreError> {
         let mut conn = self.conn.lock();
         conn.busy_timeout(options.busy_timeout)
             .map_err(|e| self.err("set busy_timeout", e))?;
         let (version, app_id) = identity(&conn).map_err(|e| self.err("read the header", e))?;
-        self.check_identity(&conn, version, app_id)?;
+        self.check_identity(&conn, version, app_id, fresh)?;
         if options.check_on_open && version > 0 {
             self.quick_check(&conn)?;
         }
-        if file {
+        if fresh != Fresh::InMemory {
             let mode: String = conn
                 .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
                 .map_err(|e| self.err("switch to WAL mode", e))?;
@@ -232,6 +252,7 @@ impl Db {
         conn: &Connection,
         version: u32,
         app_id: i64,
+        fresh: Fresh,
     ) -> Result<(), StoreError> {
         if app_id != 0 && app_id != APPLICATION_ID {
             return Err(StoreError::Corrupt {
@@ -244,6 +265,14 @@ impl Db {
                 location: self.location.clone(),
                 found: version,
                 supported: SCHEMA_VERSION,
+            });
+        }
+        if app_id == 0 && fresh == Fresh::No {
+            // AIOS only creates files that did not exist (see `create_new`), complete with
+            // their identity: an existing file without it was made by someone else
+            return Err(StoreError::Corrupt {
+                location: self.location.clone(),
+                detail: "not an aios database (it has no aios application_id)".into(),
             });
         }
         if app_id == 0 {
@@ -300,6 +329,9 @@ impl Db {
         for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(step)
                 .map_err(|e| self.err(&format!("migrate to schema version {}", i + 1), e))?;
+            if *step == CHECKPOINT_CHECKSUM_STEP {
+                crate::checkpoint::backfill_checksums(self, &tx)?;
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| self.err("set user_version", e))?;
@@ -419,6 +451,134 @@ impl Db {
             detail: e.to_string(),
         })
     }
+}
+
+/// Where a connection's database came from, which decides what [`Db::prepare`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fresh {
+    /// An existing file: it must already carry the AIOS identity.
+    No,
+    /// A file this process just created under a temporary name.
+    NewFile,
+    /// A private in-memory database.
+    InMemory,
+}
+
+/// The first bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// The size of the SQLite file header; a database file is never shorter.
+const SQLITE_HEADER_LEN: u64 = 100;
+
+fn exists(path: &Path, location: &str) -> Result<bool, StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::Backend {
+            detail: format!("cannot inspect database `{location}`: {e}"),
+        }),
+    }
+}
+
+/// Refuses a file too short to be an SQLite database or without its magic bytes, before
+/// SQLite sees it (SQLite would take an empty file for a new database and write into it).
+fn check_header(path: &Path, location: &str) -> Result<(), StoreError> {
+    use std::io::Read;
+    let corrupt = |detail: String| StoreError::Corrupt {
+        location: location.to_string(),
+        detail,
+    };
+    let io = |e: std::io::Error| StoreError::Backend {
+        detail: format!("cannot read database `{location}`: {e}"),
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < SQLITE_HEADER_LEN {
+        return Err(corrupt(format!(
+            "the file is truncated: {len} bytes, shorter than the {SQLITE_HEADER_LEN}-byte \
+             sqlite header"
+        )));
+    }
+    let mut magic = [0u8; 16];
+    file.read_exact(&mut magic).map_err(io)?;
+    if &magic != SQLITE_MAGIC {
+        return Err(corrupt(
+            "not an sqlite database (the file does not start with the sqlite header)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a complete store at `path` if nothing is there: built under a temporary name in
+/// the same directory, closed (so its write-ahead log is folded in), then hard-linked to
+/// `path`, which fails without touching anything if another process created `path` first.
+fn create_new(path: &Path, location: &str, options: &SqliteOptions) -> Result<(), StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let backend = |what: &str, e: std::io::Error| StoreError::Backend {
+        detail: format!("cannot create database `{location}` ({what}): {e}"),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(
+        ".{name}.creating-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let cleanup = |temp: &Path| {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = temp.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+    };
+    let built = (|| {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&temp, flags)
+            .map_err(|e| map_sqlite(location, "create", e))?;
+        let db = Db {
+            conn: Mutex::new(conn),
+            path: Some(temp.clone()),
+            location: location.to_string(),
+            fsync: options.durability == Durability::Full,
+        };
+        db.prepare(&options.clone().check_on_open(false), Fresh::NewFile)?;
+        db.conn
+            .into_inner()
+            .close()
+            .map_err(|(_, e)| map_sqlite(location, "close the new database", e))?;
+        match std::fs::hard_link(&temp, path) {
+            Ok(()) => sync_dir(path, location),
+            // another process created it first: open theirs
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(backend("link it into place", e)),
+        }
+    })();
+    cleanup(&temp);
+    built
+}
+
+/// Makes a new directory entry durable (on Unix; elsewhere the file system does).
+fn sync_dir(path: &Path, location: &str) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::Backend {
+                detail: format!("cannot sync the directory of new database `{location}`: {e}"),
+            })?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, location);
+    Ok(())
 }
 
 fn identity(conn: &Connection) -> rusqlite::Result<(u32, i64)> {

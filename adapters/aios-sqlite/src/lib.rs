@@ -43,10 +43,13 @@
 //! The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]) and created or
 //! upgraded by migrations in one transaction. Opening refuses, without writing anything:
 //! a file written by a newer schema ([`aios_core::StoreError::UnsupportedVersion`]), a file
-//! that is not an SQLite database, is damaged ([`SqliteOptions::check_on_open`]) or belongs to
+//! that is not an SQLite database, is truncated (even to zero bytes), is damaged ([`SqliteOptions::check_on_open`]) or belongs to
 //! another application ([`aios_core::StoreError::Corrupt`]); every error names the path.
 //! Values are stored as JSON (serde) in TEXT columns beside indexed key columns; a row that
-//! does not decode is reported as `Corrupt`, naming the table and row.
+//! does not decode is reported as `Corrupt`, naming the table and row. Checkpoints also carry
+//! a SHA-256 checksum checked on every read, so a changed byte that still decodes is
+//! `Corrupt` (naming run and seq) rather than a misread state; an unreadable audit row is
+//! reported at its seq while the rest of the log reads (see [`SqliteAuditLog`]).
 //!
 //! ## Threads and async
 //!
@@ -89,7 +92,7 @@ mod memory;
 use std::path::Path;
 use std::sync::Arc;
 
-use aios_core::{Clock, StoreError};
+use aios_core::{AuditKey, Clock, StoreError};
 
 pub use approvals::SqliteApprovalStore;
 pub use audit::SqliteAuditLog;
@@ -107,10 +110,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens the database file at `path` with the default [`SqliteOptions`], creating it (and
-    /// its schema) if it does not exist.
+    /// its schema) only if nothing exists at `path`. A new file appears complete (it is built
+    /// under a temporary name and linked into place), so an existing file that is empty,
+    /// truncated or lacks the AIOS identity is never taken for a new store.
     ///
     /// Errors: [`StoreError::UnsupportedVersion`] for a file from a newer schema,
-    /// [`StoreError::Corrupt`] for a file that is not an AIOS database or is damaged,
+    /// [`StoreError::Corrupt`] for a file that is not an AIOS database, is truncated (even to
+    /// zero bytes) or is damaged,
     /// [`StoreError::Unavailable`] if another process holds a lock longer than the busy
     /// timeout, [`StoreError::Backend`] if the file cannot be opened; each names the path.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -147,9 +153,18 @@ impl SqliteStore {
         self.db.integrity_check()
     }
 
-    /// The audit log.
+    /// The audit log. Its appends carry no MAC; see [`SqliteStore::audit_log_keyed`].
     pub fn audit_log(&self) -> SqliteAuditLog {
-        SqliteAuditLog::new(self.db.clone())
+        SqliteAuditLog::new(self.db.clone(), None)
+    }
+
+    /// The audit log, sealing each entry it appends with `key`'s MAC (stored in column
+    /// `mac`), so [`aios_core::AuditLogExt::verify_keyed`] with the same key detects rows
+    /// appended by anyone who can write the file but does not hold the key. Entries appended
+    /// before, or through [`SqliteStore::audit_log`], have no MAC and are reported by keyed
+    /// verification.
+    pub fn audit_log_keyed(&self, key: AuditKey) -> SqliteAuditLog {
+        SqliteAuditLog::new(self.db.clone(), Some(key))
     }
 
     /// The memory store.

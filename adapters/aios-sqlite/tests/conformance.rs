@@ -49,6 +49,15 @@ fn audit_log_in_a_file() {
 }
 
 #[test]
+fn keyed_audit_log_in_a_file() {
+    let files = Files::new();
+    let key = aios_core::AuditKey::from_bytes(&[5; 32]).unwrap();
+    block_on(aios_core::testing::audit_log_conformance(|| {
+        files.fresh().audit_log_keyed(key.clone())
+    }));
+}
+
+#[test]
 fn memory_store_in_memory() {
     block_on(aios_memory::testing::memory_store_conformance(|| {
         memory().memory_store()

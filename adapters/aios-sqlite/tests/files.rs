@@ -475,3 +475,159 @@ fn two_connections_to_one_file_share_one_chain_and_one_lease() {
         Some(checkpoint)
     );
 }
+
+#[test]
+fn a_truncated_file_is_corrupt_and_not_rewritten() {
+    for len in [0u64, 1, 99] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::default();
+        let (path, _) = filled_file(dir.path(), &clock);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let before = files(dir.path());
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { .. }),
+            "{len} bytes: {err:?}"
+        );
+        names_path(&err, &path);
+        assert!(!err.is_transient());
+        assert_eq!(
+            files(dir.path()),
+            before,
+            "{len} bytes: the file was not rewritten and nothing was added"
+        );
+    }
+}
+
+#[test]
+fn an_empty_sqlite_file_without_the_aios_identity_is_refused() {
+    // a valid SQLite file with no schema and no application id was not made by AIOS (AIOS
+    // creates a file only where nothing exists, complete with its schema)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blank.db");
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.pragma_update(None, "page_size", 4096).unwrap();
+        raw.execute_batch("VACUUM").unwrap();
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() >= 100);
+    let before = files(dir.path());
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { detail, .. } if detail.contains("not an aios database")),
+        "{err:?}"
+    );
+    names_path(&err, &path);
+    assert_eq!(files(dir.path()), before, "nothing was written");
+}
+
+#[test]
+fn a_new_file_appears_complete_and_concurrent_first_opens_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let openers: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || SqliteStore::open(&path).map(|s| s.schema_version()))
+        })
+        .collect();
+    for o in openers {
+        assert_eq!(o.join().unwrap().unwrap().unwrap(), SCHEMA_VERSION);
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["fresh.db".to_string()],
+        "no temporary file is left"
+    );
+}
+
+fn assert_corrupt_names_run_and_seq<T: std::fmt::Debug>(
+    what: &str,
+    got: Result<T, StoreError>,
+    run: RunId,
+    seq: u64,
+) {
+    let err = got.expect_err(what);
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{what}: {err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&run.to_string()) && text.contains(&format!("seq {seq}")),
+        "{what}: the error names run {run} and seq {seq}: {text}"
+    );
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_checkpoint_is_corrupt_naming_run_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        // still valid JSON that decodes: only the checksum can tell
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let changed = raw
+            .execute(
+                "UPDATE checkpoints SET checkpoint =
+                     replace(checkpoint, '\"governance_version\":1', '\"governance_version\":7')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        let text: String = raw
+            .query_row("SELECT checkpoint FROM checkpoints", [], |r| r.get(0))
+            .unwrap();
+        let decoded: Checkpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(decoded.state.governance_version, 7, "the change decodes");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let checkpoints = store.checkpoint_store();
+    let run = written.run;
+    assert_corrupt_names_run_and_seq("latest", block_on(checkpoints.latest(run)), run, 1);
+    assert_corrupt_names_run_and_seq("get", block_on(checkpoints.get(run, 1)), run, 1);
+    assert_corrupt_names_run_and_seq("list", block_on(checkpoints.list(false)), run, 1);
+    assert_corrupt_names_run_and_seq("list parked", block_on(checkpoints.list(true)), run, 1);
+}
+
+#[test]
+fn a_checkpoint_without_its_checksum_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute("UPDATE checkpoints SET checksum = NULL", [])
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let got = block_on(store.checkpoint_store().latest(written.run));
+    assert_corrupt_names_run_and_seq("latest", got, written.run, 1);
+}
+
+#[test]
+fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::default();
+    let (path, written) = filled_file(dir.path(), &clock);
+    {
+        // what a build of schema version 1 left: no mac or checksum columns
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "ALTER TABLE audit_entries DROP COLUMN mac;
+             ALTER TABLE checkpoints DROP COLUMN checksum;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    // existing checkpoints were given their checksums on the way
+    check_filled(&store, &clock, &written);
+}

@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use crate::{
-    AuditEntry, AuditError, AuditLog, AuditRecord, ChainHead, Connector, ConnectorCall,
-    ConnectorDescriptor, ConnectorError, ConnectorOutput, CredentialHandle, CredentialVault,
-    EmbedError, Embedder, Embedding, ModelBackend, ModelError, ModelId, ModelRequest,
-    ModelResponse, Secret, StoreError, Timer, VaultError,
+    AuditError, AuditLog, AuditRecord, ChainHead, Connector, ConnectorCall, ConnectorDescriptor,
+    ConnectorError, ConnectorOutput, CredentialHandle, CredentialVault, EmbedError, Embedder,
+    Embedding, ModelBackend, ModelError, ModelId, ModelRequest, ModelResponse, Secret, StoreError,
+    StoredEntry, Timer, VaultError,
 };
 
 /// Which calls fail and how long each waits. Call numbers start at 1.
@@ -212,7 +212,7 @@ impl<L: AuditLog> AuditLog for FaultyAuditLog<L> {
         self.faults.check().await?;
         self.inner.append(record).await
     }
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, AuditError> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
         self.faults.check().await?;
         self.inner.read(from, limit).await
     }

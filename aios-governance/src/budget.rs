@@ -393,8 +393,9 @@ pub struct BudgetUsage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BudgetError {
-    /// The reservation would take a budget over its limit; nothing was changed.
-    #[error("budget `{key}` exceeded on {dimension}: {used} used + {requested} requested > limit {limit}")]
+    /// The reservation would take a budget over its limit, or the budget is exhausted
+    /// (used >= limit, which refuses even a zero amount); nothing was changed.
+    #[error("budget `{key}` exceeded on {dimension}: {used} used + {requested} requested, limit {limit}")]
     Exceeded {
         /// Which budget.
         key: BudgetKey,
@@ -442,13 +443,22 @@ impl Transience for BudgetError {
     }
 }
 
+/// Whether a budget with `used` of `limit` spent refuses `amount` more: when the amount
+/// does not fit, and, for a zero amount, when the budget is exhausted (an exhausted budget
+/// refuses every further reservation).
+pub fn refuses(used: i64, amount: i64, limit: i64) -> bool {
+    used.saturating_add(amount) > limit || (amount == 0 && used >= limit)
+}
+
 /// The budget ledger port.
 ///
 /// Contract:
 /// - `reserve` is atomic over the whole chain (organisation > role > agent > run): either
 ///   every level with a budget can hold the amount (committed + reserved + amount <= limit,
-///   per dimension) and all are charged, or nothing changes and the first level and
-///   dimension that would overflow is reported as [`BudgetError::Exceeded`]. The
+///   per limited dimension) and all are charged, or nothing changes and the first level and
+///   dimension that would overflow is reported as [`BudgetError::Exceeded`]. An exhausted
+///   budget (committed + reserved >= limit in a dimension) refuses every further
+///   reservation, a zero amount in that dimension included ([`refuses`]). The
 ///   organisation's budget must exist ([`BudgetError::NoBudget`]).
 /// - `commit` settles a reservation with the actual amount (which may differ from the
 ///   reserved one; an overrun is recorded, not refused, because it already happened);
@@ -766,11 +776,11 @@ impl InMemoryBudgetLedger {
                 a.roll(window(a.limits.period, t));
             }
             for d in 0..4 {
-                if amt[d] == 0 || a.limit[d] == i64::MAX {
+                if a.limit[d] == i64::MAX {
                     continue;
                 }
                 let used = a.committed[d].saturating_add(a.reserved[d]);
-                if used.saturating_add(amt[d]) > a.limit[d] {
+                if refuses(used, amt[d], a.limit[d]) {
                     return Err(BudgetError::Exceeded {
                         key: a.key,
                         dimension: Dimension::ALL[d],

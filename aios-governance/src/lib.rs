@@ -91,9 +91,9 @@ pub use approvals::{
     ApprovalStore, Approvals, ApprovedAction, InMemoryApprovalStore, NewApproval, StateKind,
 };
 pub use budget::{
-    record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt,
-    BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger, Reservation,
-    ReservationId, Settlement, Usage,
+    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
+    BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger,
+    Reservation, ReservationId, Settlement, Usage,
 };
 pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlTarget,

@@ -189,26 +189,6 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .await
         .unwrap();
     let org = BudgetChain::organisation();
-    for _ in 0..3 {
-        let r = ledger
-            .reserve(&org, Usage::ZERO.with_tool_calls(1).with_tokens(100))
-            .await
-            .unwrap();
-        ledger
-            .commit(r.id, Usage::ZERO.with_tool_calls(1).with_tokens(90))
-            .await
-            .unwrap();
-    }
-    assert!(
-        matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
-            Err(BudgetError::Exceeded {
-                dimension: Dimension::ToolCalls,
-                ..
-            })
-        ),
-        "tool calls are limited"
-    );
     assert!(
         matches!(
             ledger
@@ -221,10 +201,20 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         ),
         "risk points are limited"
     );
-    assert!(ledger
-        .reserve(&org, Usage::ZERO.with_tokens(730))
+    for _ in 0..2 {
+        let r = ledger
+            .reserve(&org, Usage::ZERO.with_tool_calls(1).with_tokens(100))
+            .await
+            .unwrap();
+        ledger
+            .commit(r.id, Usage::ZERO.with_tool_calls(1).with_tokens(90))
+            .await
+            .unwrap();
+    }
+    let all_tokens = ledger
+        .reserve(&org, Usage::ZERO.with_tokens(820))
         .await
-        .is_ok());
+        .unwrap();
     assert!(
         matches!(
             ledger.reserve(&org, Usage::ZERO.with_tokens(1)).await,
@@ -234,6 +224,49 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
             })
         ),
         "tokens are limited"
+    );
+    assert!(
+        matches!(
+            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::Tokens,
+                requested: 0,
+                ..
+            })
+        ),
+        "exhausted tokens refuse a reservation of no tokens"
+    );
+    ledger.release(all_tokens.id).await.unwrap();
+    let r = ledger
+        .reserve(&org, Usage::ZERO.with_tool_calls(1))
+        .await
+        .unwrap();
+    ledger
+        .commit(r.id, Usage::ZERO.with_tool_calls(1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::ToolCalls,
+                ..
+            })
+        ),
+        "tool calls are limited"
+    );
+    assert!(
+        matches!(
+            ledger.reserve(&org, Usage::ZERO).await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::ToolCalls,
+                used: 3,
+                limit: 3,
+                requested: 0,
+                ..
+            })
+        ),
+        "an exhausted budget refuses even a zero reservation"
     );
     assert!(
         matches!(

@@ -104,7 +104,7 @@ fn a_three_level_hierarchy_is_all_or_nothing() {
     ));
     assert_eq!(
         err.to_string(),
-        "budget `organisation` exceeded on cost: 90 used + 20 requested > limit 100"
+        "budget `organisation` exceeded on cost: 90 used + 20 requested, limit 100"
     );
     for key in [BudgetKey::Role(role), BudgetKey::Agent(agent)] {
         assert_eq!(
@@ -248,5 +248,63 @@ fn a_level_configured_later_limits_the_next_reservation() {
         ledger.usage_sync(BudgetKey::Role(role)).unwrap().reserved,
         Usage::ZERO,
         "the role was not charged for the reservation made before it had a budget"
+    );
+}
+
+#[test]
+fn exhausted_budget_refuses_zero_reservation() {
+    let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
+    ledger.set_limits_sync(
+        BudgetKey::Organisation,
+        BudgetLimits::total(Limits {
+            cost: Some(Money::from_minor(100)),
+            tool_calls: Some(10),
+            ..Limits::default()
+        }),
+    );
+    let org = BudgetChain::organisation();
+    // an overrun is recorded: 120 of 100 spent
+    let r = ledger
+        .reserve_sync(&org, Usage::cost(Money::from_minor(100)))
+        .unwrap();
+    ledger
+        .commit_sync(r.id, Usage::cost(Money::from_minor(120)))
+        .unwrap();
+    for zero in [Usage::ZERO, Usage::ZERO.with_tool_calls(1)] {
+        assert!(
+            matches!(
+                ledger.reserve_sync(&org, zero),
+                Err(BudgetError::Exceeded {
+                    key: BudgetKey::Organisation,
+                    dimension: aios_governance::Dimension::Cost,
+                    limit: 100,
+                    used: 120,
+                    requested: 0,
+                })
+            ),
+            "nothing more passes an overspent budget, not even {zero:?}"
+        );
+    }
+    // exactly at the limit is exhausted too
+    let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
+    ledger.set_limits_sync(
+        BudgetKey::Organisation,
+        BudgetLimits::total(Limits {
+            cost: Some(Money::from_minor(100)),
+            ..Limits::default()
+        }),
+    );
+    let r = ledger
+        .reserve_sync(&org, Usage::cost(Money::from_minor(100)))
+        .unwrap();
+    assert!(matches!(
+        ledger.reserve_sync(&org, Usage::ZERO),
+        Err(BudgetError::Exceeded { used: 100, .. })
+    ));
+    assert_eq!(ledger.outstanding(), 1, "the refusal changed nothing");
+    ledger.release_sync(r.id).unwrap();
+    assert!(
+        ledger.reserve_sync(&org, Usage::ZERO).is_ok(),
+        "below the limit a zero reservation passes"
     );
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
 use aios_governance::{
-    record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits,
-    BudgetUsage, Dimension, Period, Reservation, ReservationId, Settlement, Usage,
+    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
+    BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId, Settlement, Usage,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -269,11 +269,11 @@ impl BudgetLedger for SqliteBudgetLedger {
                 a.roll_to(now);
                 let limit = a.limits.array();
                 for d in 0..4 {
-                    if amt[d] == 0 || limit[d] == i64::MAX {
+                    if limit[d] == i64::MAX {
                         continue;
                     }
                     let used = a.committed[d].saturating_add(a.reserved[d]);
-                    if used.saturating_add(amt[d]) > limit[d] {
+                    if refuses(used, amt[d], limit[d]) {
                         return Err(BudgetError::Exceeded {
                             key: a.key,
                             dimension: Dimension::ALL[d],

@@ -1,7 +1,7 @@
 //! The SQLite budget ledger against the in-memory one as the model: seeded random sequences
 //! of limits, reservations over random chains, commits, releases (of live, settled and
 //! unknown ids) and clock jumps across period boundaries must give the same results, alerts
-//! and usage.
+//! and usage; exhausted budgets refusing zero amounts included.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -118,6 +118,8 @@ struct Seen {
     refused: std::collections::BTreeMap<String, usize>,
     alerts: usize,
     settled: usize,
+    /// Refusals of a zero amount by an exhausted budget.
+    exhausted_zero: usize,
 }
 
 fn kind(e: &BudgetError) -> String {
@@ -162,6 +164,9 @@ fn differential(seed: u64, steps: usize, seen: &mut Seen) {
                         (Err(m), Err(r)) => {
                             assert_eq!(shape(&m), shape(&r), "{at}: reserve");
                             *seen.refused.entry(kind(&m)).or_default() += 1;
+                            if matches!(m, BudgetError::Exceeded { requested: 0, .. }) {
+                                seen.exhausted_zero += 1;
+                            }
                         }
                         (m, r) => panic!("{at}: reserve differs: {m:?} vs {r:?}"),
                     }
@@ -229,7 +234,7 @@ fn the_sqlite_ledger_behaves_exactly_like_the_in_memory_one() {
     }
     eprintln!("{seen:?}");
     assert!(
-        seen.reserved > 100 && seen.settled > 100 && seen.alerts > 50,
+        seen.reserved > 100 && seen.settled > 100 && seen.alerts > 50 && seen.exhausted_zero > 5,
         "{seen:?}"
     );
     for refusal in [

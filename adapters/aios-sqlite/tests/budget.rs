@@ -1,0 +1,60 @@
+//! The SQLite budget ledger's own promises, beyond the conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use aios_core::{ManualClock, Money};
+use aios_governance::{
+    BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, Usage,
+};
+use aios_sqlite::SqliteStore;
+use futures::executor::block_on;
+
+fn cap(minor: i64) -> BudgetLimits {
+    BudgetLimits::total(Limits {
+        cost: Some(Money::from_minor(minor)),
+        tool_calls: Some(10),
+        ..Limits::default()
+    })
+}
+
+#[test]
+fn exhausted_budget_refuses_zero_reservation() {
+    block_on(async {
+        let store = SqliteStore::in_memory().unwrap();
+        let ledger = store.budget_ledger(Arc::new(ManualClock::default()));
+        ledger
+            .set_limits(BudgetKey::Organisation, cap(100))
+            .await
+            .unwrap();
+        let org = BudgetChain::organisation();
+        let r = ledger
+            .reserve(&org, Usage::cost(Money::from_minor(100)))
+            .await
+            .unwrap();
+        ledger
+            .commit(r.id, Usage::cost(Money::from_minor(120)))
+            .await
+            .unwrap();
+        for zero in [Usage::ZERO, Usage::ZERO.with_tool_calls(1)] {
+            assert!(
+                matches!(
+                    ledger.reserve(&org, zero).await,
+                    Err(BudgetError::Exceeded {
+                        key: BudgetKey::Organisation,
+                        dimension: Dimension::Cost,
+                        limit: 100,
+                        used: 120,
+                        requested: 0,
+                    })
+                ),
+                "nothing more passes an overspent budget, not even {zero:?}"
+            );
+        }
+        assert_eq!(
+            ledger.outstanding().unwrap(),
+            0,
+            "the refusals changed nothing"
+        );
+    });
+}

@@ -93,7 +93,7 @@ pub use approvals::{
 pub use budget::{
     record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
     BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger,
-    Reservation, ReservationId, Settlement, Usage,
+    Reservation, ReservationId, ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL,
 };
 pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlTarget,

@@ -27,7 +27,7 @@ use aios_core::{
 use crate::{
     ApprovalDecision, ApprovalRequest, ApprovalResponse, ApprovalState, ApprovalStore, BudgetChain,
     BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, OnTimeout, Period,
-    ReservationId, ResponseKind, StateKind, Usage,
+    ReservationId, ReserveOptions, ResponseKind, StateKind, Usage,
 };
 
 fn cost(minor: i64) -> Usage {
@@ -53,7 +53,9 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     let ledger = make(ManualClock::default());
     assert!(
         matches!(
-            ledger.reserve(&chain, cost(1)).await,
+            ledger
+                .reserve(&chain, cost(1), &ReserveOptions::default())
+                .await,
             Err(BudgetError::NoBudget {
                 key: BudgetKey::Organisation
             })
@@ -79,7 +81,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Run(run), cap(200))
         .await
         .unwrap();
-    let r1 = ledger.reserve(&chain, cost(150)).await.unwrap();
+    let r1 = ledger
+        .reserve(&chain, cost(150), &ReserveOptions::default())
+        .await
+        .unwrap();
     let usage = ledger.usage(BudgetKey::Role(role)).await.unwrap().unwrap();
     assert_eq!(
         usage.reserved.cost,
@@ -94,7 +99,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .is_none());
 
     // all or nothing: the run level refuses, nothing changes anywhere
-    match ledger.reserve(&chain, cost(60)).await {
+    match ledger
+        .reserve(&chain, cost(60), &ReserveOptions::default())
+        .await
+    {
         Err(BudgetError::Exceeded {
             key,
             dimension,
@@ -122,7 +130,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     }
 
     // exactly up to the limit is allowed
-    let r2 = ledger.reserve(&chain, cost(50)).await.unwrap();
+    let r2 = ledger
+        .reserve(&chain, cost(50), &ReserveOptions::default())
+        .await
+        .unwrap();
 
     // commit the actual amount; release returns everything
     ledger.commit(r1.id, cost(120)).await.unwrap();
@@ -192,7 +203,11 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     assert!(
         matches!(
             ledger
-                .reserve(&org, Usage::ZERO.with_risk_points(101))
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_risk_points(101),
+                    &ReserveOptions::default()
+                )
                 .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::RiskPoints,
@@ -203,7 +218,11 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     );
     for _ in 0..2 {
         let r = ledger
-            .reserve(&org, Usage::ZERO.with_tool_calls(1).with_tokens(100))
+            .reserve(
+                &org,
+                Usage::ZERO.with_tool_calls(1).with_tokens(100),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         ledger
@@ -212,12 +231,18 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
             .unwrap();
     }
     let all_tokens = ledger
-        .reserve(&org, Usage::ZERO.with_tokens(820))
+        .reserve(
+            &org,
+            Usage::ZERO.with_tokens(820),
+            &ReserveOptions::default(),
+        )
         .await
         .unwrap();
     assert!(
         matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tokens(1)).await,
+            ledger
+                .reserve(&org, Usage::ZERO.with_tokens(1), &ReserveOptions::default())
+                .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::Tokens,
                 ..
@@ -227,7 +252,13 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     );
     assert!(
         matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_tool_calls(1),
+                    &ReserveOptions::default()
+                )
+                .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::Tokens,
                 requested: 0,
@@ -238,7 +269,11 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     );
     ledger.release(all_tokens.id).await.unwrap();
     let r = ledger
-        .reserve(&org, Usage::ZERO.with_tool_calls(1))
+        .reserve(
+            &org,
+            Usage::ZERO.with_tool_calls(1),
+            &ReserveOptions::default(),
+        )
         .await
         .unwrap();
     ledger
@@ -247,7 +282,13 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .unwrap();
     assert!(
         matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_tool_calls(1),
+                    &ReserveOptions::default()
+                )
+                .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::ToolCalls,
                 ..
@@ -257,7 +298,9 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     );
     assert!(
         matches!(
-            ledger.reserve(&org, Usage::ZERO).await,
+            ledger
+                .reserve(&org, Usage::ZERO, &ReserveOptions::default())
+                .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::ToolCalls,
                 used: 3,
@@ -270,7 +313,9 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     );
     assert!(
         matches!(
-            ledger.reserve(&org, cost(-1)).await,
+            ledger
+                .reserve(&org, cost(-1), &ReserveOptions::default())
+                .await,
             Err(BudgetError::InvalidAmount { .. })
         ),
         "negative amounts are refused"
@@ -282,9 +327,15 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Organisation, cap(100))
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(49)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(49), &ReserveOptions::default())
+        .await
+        .unwrap();
     assert!(r.alerts.is_empty(), "below 50 % there is no alert");
-    let r2 = ledger.reserve(&org, cost(2)).await.unwrap();
+    let r2 = ledger
+        .reserve(&org, cost(2), &ReserveOptions::default())
+        .await
+        .unwrap();
     let t: Vec<u32> = r2.alerts.iter().map(|a| a.threshold_percent).collect();
     assert_eq!(t, vec![50], "crossing 50 % alerts once");
     let s = ledger.commit(r.id, cost(79)).await.unwrap();
@@ -312,14 +363,23 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         )
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(100), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(r.id, cost(100)).await.unwrap();
     assert!(
-        ledger.reserve(&org, cost(1)).await.is_err(),
+        ledger
+            .reserve(&org, cost(1), &ReserveOptions::default())
+            .await
+            .is_err(),
         "the day is spent"
     );
     clock.advance(Duration::from_secs(86_400));
-    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(100), &ReserveOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         r.alerts
             .iter()
@@ -341,14 +401,23 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Organisation, cap(10))
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(10)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(10), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(r.id, cost(10)).await.unwrap();
     ledger
         .set_limits(BudgetKey::Organisation, cap(15))
         .await
         .unwrap();
-    assert!(ledger.reserve(&org, cost(6)).await.is_err());
-    assert!(ledger.reserve(&org, cost(5)).await.is_ok());
+    assert!(ledger
+        .reserve(&org, cost(6), &ReserveOptions::default())
+        .await
+        .is_err());
+    assert!(ledger
+        .reserve(&org, cost(5), &ReserveOptions::default())
+        .await
+        .is_ok());
 
     // reservations abandoned by a dead worker are released by run, and only that run's
     let ledger = make(ManualClock::default());
@@ -359,9 +428,18 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     let other = RunId::from_name("run-2");
     let mine = BudgetChain::organisation().role(role).run(run);
     let theirs = BudgetChain::organisation().run(other);
-    let a = ledger.reserve(&mine, cost(30)).await.unwrap();
-    ledger.reserve(&mine, cost(20)).await.unwrap();
-    let kept = ledger.reserve(&theirs, cost(10)).await.unwrap();
+    let a = ledger
+        .reserve(&mine, cost(30), &ReserveOptions::default())
+        .await
+        .unwrap();
+    ledger
+        .reserve(&mine, cost(20), &ReserveOptions::default())
+        .await
+        .unwrap();
+    let kept = ledger
+        .reserve(&theirs, cost(10), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(a.id, cost(25)).await.unwrap();
     assert_eq!(
         ledger.release_run(run).await.unwrap(),
@@ -385,6 +463,211 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         "the other run keeps its reservation"
     );
     ledger.commit(kept.id, cost(10)).await.unwrap();
+
+    budget_charged_once_per_key(&make).await;
+    budget_expired_reservation_stops_counting(&make).await;
+}
+
+fn none() -> ReserveOptions {
+    ReserveOptions::default()
+}
+
+async fn org_usage<L: BudgetLedger>(ledger: &L) -> (i64, i64) {
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    (u.committed.cost.minor(), u.reserved.cost.minor())
+}
+
+/// Part of the [`BudgetLedger`] contract: a reservation with a charge key that was committed
+/// charges the key; a later reservation with that key is refused with
+/// [`BudgetError::AlreadyCharged`] and changes nothing; a release charges nothing.
+pub async fn budget_charged_once_per_key<L: BudgetLedger, F: Fn(ManualClock) -> L>(make: &F) {
+    let run = RunId::from_name("run-1");
+    let chain = BudgetChain::organisation().run(run);
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let call = ReserveOptions::keyed("run-1/task-a/1");
+    let r = ledger.reserve(&chain, cost(10), &call).await.unwrap();
+    let retry = ledger.reserve(&chain, cost(10), &call).await.unwrap();
+    ledger.release(retry.id).await.unwrap();
+    ledger.commit(r.id, cost(8)).await.unwrap();
+    match ledger.reserve(&chain, cost(10), &call).await {
+        Err(BudgetError::AlreadyCharged { key }) => assert_eq!(key, "run-1/task-a/1"),
+        other => panic!("a charged key is refused, got {other:?}"),
+    }
+    assert_eq!(
+        ledger
+            .reserve(&chain, cost(10), &call.clone().ttl(Duration::from_secs(5)))
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Some("charge key `run-1/task-a/1` was already committed".to_string()),
+        "whatever the other options"
+    );
+    assert_eq!(
+        org_usage(&ledger).await,
+        (8, 0),
+        "the refusals changed nothing"
+    );
+    assert_eq!(ledger.release_run(run).await.unwrap(), 0);
+
+    // a release, and a release by run, charge nothing: the key can pay later
+    let next = ReserveOptions::keyed("run-1/task-a/2");
+    let r = ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    ledger.release(r.id).await.unwrap();
+    ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    assert_eq!(ledger.release_run(run).await.unwrap(), 1);
+    let r = ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    ledger.commit(r.id, cost(10)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&chain, cost(1), &next).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+
+    // other keys and unkeyed reservations are not affected
+    let other = ReserveOptions::keyed("run-1/task-b/1");
+    let r = ledger.reserve(&chain, cost(1), &other).await.unwrap();
+    ledger.commit(r.id, cost(1)).await.unwrap();
+    for _ in 0..2 {
+        let r = ledger.reserve(&chain, cost(1), &none()).await.unwrap();
+        ledger.commit(r.id, cost(1)).await.unwrap();
+    }
+    assert_eq!(org_usage(&ledger).await, (21, 0));
+
+    // a charged key is reported before any limit: the caller learns the call was paid for
+    let r = ledger.reserve(&chain, cost(79), &none()).await.unwrap();
+    ledger.commit(r.id, cost(79)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&chain, cost(1), &call).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+}
+
+/// Part of the [`BudgetLedger`] contract: every reservation expires `ttl` after it was made
+/// (the options' ttl, else the ledger's default of one hour), by the ledger's clock; an
+/// expired reservation stops counting against the limits; committing it still records the
+/// actual amount, releasing it is fine; [`BudgetLedger::expire_reservations`] reports how
+/// many expired since the last sweep.
+pub async fn budget_expired_reservation_stops_counting<L: BudgetLedger, F: Fn(ManualClock) -> L>(
+    make: &F,
+) {
+    let clock = ManualClock::default();
+    let ledger = make(clock.clone());
+    let org = BudgetChain::organisation();
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let short = ReserveOptions::default().ttl(Duration::from_secs(10));
+    let a = ledger.reserve(&org, cost(60), &short).await.unwrap();
+    clock.advance(Duration::from_millis(9_999));
+    assert!(
+        matches!(
+            ledger.reserve(&org, cost(50), &none()).await,
+            Err(BudgetError::Exceeded { used: 60, .. })
+        ),
+        "a reservation counts until it expires"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        org_usage(&ledger).await,
+        (0, 0),
+        "an expired reservation stops counting"
+    );
+    let b = ledger.reserve(&org, cost(50), &none()).await.unwrap();
+    assert_eq!(
+        ledger.expire_reservations().await.unwrap(),
+        0,
+        "usage already swept it"
+    );
+    ledger.commit(a.id, cost(70)).await.unwrap();
+    assert_eq!(
+        org_usage(&ledger).await,
+        (70, 50),
+        "committing an expired reservation records what was spent, even over the limit"
+    );
+    assert!(matches!(
+        ledger.commit(a.id, cost(1)).await,
+        Err(BudgetError::AlreadySettled { .. })
+    ));
+
+    // releasing an expired reservation is fine, once
+    let c = ledger
+        .reserve(
+            &org,
+            cost(0),
+            &ReserveOptions::default().ttl(Duration::ZERO),
+        )
+        .await;
+    assert!(
+        matches!(c, Err(BudgetError::Exceeded { .. })),
+        "the budget is exhausted: {c:?}"
+    );
+    ledger.release(b.id).await.unwrap();
+    let c = ledger
+        .reserve(
+            &org,
+            cost(20),
+            &ReserveOptions::default().ttl(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let d = ledger
+        .reserve(
+            &org,
+            cost(5),
+            &ReserveOptions::default().ttl(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(ledger.expire_reservations().await.unwrap(), 1);
+    assert_eq!(ledger.expire_reservations().await.unwrap(), 0, "once");
+    assert_eq!(org_usage(&ledger).await, (70, 5));
+    ledger.release(c.id).await.unwrap();
+    assert!(matches!(
+        ledger.release(c.id).await,
+        Err(BudgetError::AlreadySettled { .. })
+    ));
+    clock.advance(Duration::from_secs(1));
+    ledger.release(d.id).await.unwrap();
+    assert_eq!(
+        ledger.expire_reservations().await.unwrap(),
+        0,
+        "a settled reservation does not expire"
+    );
+
+    // the default lasts one hour
+    let e = ledger.reserve(&org, cost(30), &none()).await.unwrap();
+    clock.advance(Duration::from_secs(3_599));
+    assert_eq!(org_usage(&ledger).await, (70, 30));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(org_usage(&ledger).await, (70, 0));
+    ledger.commit(e.id, cost(0)).await.unwrap();
+
+    // an expired keyed reservation charges its key when committed
+    let ledger = make(clock.clone());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let call = ReserveOptions::keyed("k").ttl(Duration::from_secs(1));
+    let old = ledger.reserve(&org, cost(10), &call).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let new = ledger.reserve(&org, cost(10), &call).await.unwrap();
+    ledger.commit(old.id, cost(10)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&org, cost(10), &call).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+    ledger.release(new.id).await.unwrap();
+    assert_eq!(org_usage(&ledger).await, (10, 0));
 }
 
 fn sample_request(id: ApprovalId, anchor: AnchorId, minute: i64) -> ApprovalRequest {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use aios_core::{AgentId, AuditEvent, InMemoryAuditLog, ManualClock, Money, RoleId, RunId};
 use aios_governance::{
     testing, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt, BudgetLimits,
-    InMemoryBudgetLedger, Limits, Usage,
+    InMemoryBudgetLedger, Limits, ReserveOptions, Usage,
 };
 use proptest::prelude::*;
 
@@ -39,13 +39,17 @@ fn alerts_are_audited_and_the_plan_comes_from_the_model() {
             .run(run);
         // the run allows 10.00; the outreach role 200.00 with alerts at 50 and 90 %
         let r = ledger
-            .reserve(&chain, Usage::cost(Money::from_minor(600)))
+            .reserve(
+                &chain,
+                Usage::cost(Money::from_minor(600)),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         assert_eq!(r.alerts.len(), 1, "{:?}", r.alerts);
         assert_eq!(r.alerts[0].key, BudgetKey::Run(run));
         assert!(matches!(
-            ledger.reserve(&chain, Usage::cost(Money::from_minor(401))).await,
+            ledger.reserve(&chain, Usage::cost(Money::from_minor(401)), &ReserveOptions::default()).await,
             Err(BudgetError::Exceeded { key: BudgetKey::Run(k), .. }) if k == run
         ));
         ledger
@@ -90,10 +94,18 @@ fn a_three_level_hierarchy_is_all_or_nothing() {
     ledger.set_limits_sync(BudgetKey::Agent(agent), cap(1_000));
     let chain = BudgetChain::organisation().role(role).agent(agent);
     let r = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(90)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(90)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     let err = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(20)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(20)),
+            &ReserveOptions::default(),
+        )
         .unwrap_err();
     assert!(matches!(
         err,
@@ -165,7 +177,7 @@ proptest! {
                     let mut granted = 0usize;
                     for s in plan {
                         let amount = Usage::cost(Money::from_minor(s.amount)).with_tool_calls(1);
-                        match ledger.reserve_sync(&chain, amount) {
+                        match ledger.reserve_sync(&chain, amount, &ReserveOptions::default()) {
                             Ok(r) => {
                                 granted += 1;
                                 // every level stays within its limit at all times
@@ -233,11 +245,19 @@ fn a_level_configured_later_limits_the_next_reservation() {
     let chain = BudgetChain::organisation().role(role);
     ledger.set_limits_sync(BudgetKey::Organisation, cap(1_000));
     let r = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(50)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(50)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     ledger.set_limits_sync(BudgetKey::Role(role), cap(40));
     assert!(matches!(
-        ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(50))),
+        ledger.reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(50)),
+            &ReserveOptions::default()
+        ),
         Err(BudgetError::Exceeded {
             key: BudgetKey::Role(_),
             ..
@@ -265,7 +285,11 @@ fn exhausted_budget_refuses_zero_reservation() {
     let org = BudgetChain::organisation();
     // an overrun is recorded: 120 of 100 spent
     let r = ledger
-        .reserve_sync(&org, Usage::cost(Money::from_minor(100)))
+        .reserve_sync(
+            &org,
+            Usage::cost(Money::from_minor(100)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     ledger
         .commit_sync(r.id, Usage::cost(Money::from_minor(120)))
@@ -273,7 +297,7 @@ fn exhausted_budget_refuses_zero_reservation() {
     for zero in [Usage::ZERO, Usage::ZERO.with_tool_calls(1)] {
         assert!(
             matches!(
-                ledger.reserve_sync(&org, zero),
+                ledger.reserve_sync(&org, zero, &ReserveOptions::default()),
                 Err(BudgetError::Exceeded {
                     key: BudgetKey::Organisation,
                     dimension: aios_governance::Dimension::Cost,
@@ -295,16 +319,38 @@ fn exhausted_budget_refuses_zero_reservation() {
         }),
     );
     let r = ledger
-        .reserve_sync(&org, Usage::cost(Money::from_minor(100)))
+        .reserve_sync(
+            &org,
+            Usage::cost(Money::from_minor(100)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     assert!(matches!(
-        ledger.reserve_sync(&org, Usage::ZERO),
+        ledger.reserve_sync(&org, Usage::ZERO, &ReserveOptions::default()),
         Err(BudgetError::Exceeded { used: 100, .. })
     ));
     assert_eq!(ledger.outstanding(), 1, "the refusal changed nothing");
     ledger.release_sync(r.id).unwrap();
     assert!(
-        ledger.reserve_sync(&org, Usage::ZERO).is_ok(),
+        ledger
+            .reserve_sync(&org, Usage::ZERO, &ReserveOptions::default())
+            .is_ok(),
         "below the limit a zero reservation passes"
     );
+}
+
+fn in_memory(clock: ManualClock) -> InMemoryBudgetLedger {
+    InMemoryBudgetLedger::new(Arc::new(clock))
+}
+
+#[test]
+fn charged_once_per_key() {
+    futures::executor::block_on(testing::budget_charged_once_per_key(&in_memory));
+}
+
+#[test]
+fn expired_reservation_stops_counting() {
+    futures::executor::block_on(testing::budget_expired_reservation_stops_counting(
+        &in_memory,
+    ));
 }

@@ -268,7 +268,10 @@ impl Governance {
         // the chain always names the run (a level without limits is not limited), so a dead
         // worker's reservations can be found and released by run
         chain = chain.run(run);
-        match ledger.reserve(&chain, amount).await {
+        match ledger
+            .reserve(&chain, amount, &aios_governance::ReserveOptions::default())
+            .await
+        {
             Ok(r) => Ok(Ok(Reservation(r.id))),
             Err(e) => budget_failure(e),
         }

@@ -68,6 +68,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run, seq)
     ) WITHOUT ROWID;
     ",
+    // version 2: budget reservations expire and charge keys are charged once; operator
+    // controls are durable. Reservations in flight at the upgrade were left by a process of
+    // the previous version and expire at the first sweep (a commit still records them).
+    "
+    ALTER TABLE budget_reservations ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE budget_reservations ADD COLUMN expired INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX budget_reservations_due ON budget_reservations (expired, expires_at);
+    CREATE TABLE budget_charges (
+        key         TEXT    PRIMARY KEY,
+        reservation INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE control_records (
+        seq    INTEGER PRIMARY KEY,
+        v      INTEGER NOT NULL,
+        record TEXT    NOT NULL
+    );
+    ",
 ];
 
 /// How hard each commit is pushed to disk.

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use aios_core::{ManualClock, Money};
 use aios_governance::{
-    BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, Usage,
+    BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits,
+    ReserveOptions, Usage,
 };
 use aios_sqlite::SqliteStore;
 use futures::executor::block_on;
@@ -29,7 +30,11 @@ fn exhausted_budget_refuses_zero_reservation() {
             .unwrap();
         let org = BudgetChain::organisation();
         let r = ledger
-            .reserve(&org, Usage::cost(Money::from_minor(100)))
+            .reserve(
+                &org,
+                Usage::cost(Money::from_minor(100)),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         ledger
@@ -39,7 +44,7 @@ fn exhausted_budget_refuses_zero_reservation() {
         for zero in [Usage::ZERO, Usage::ZERO.with_tool_calls(1)] {
             assert!(
                 matches!(
-                    ledger.reserve(&org, zero).await,
+                    ledger.reserve(&org, zero, &ReserveOptions::default()).await,
                     Err(BudgetError::Exceeded {
                         key: BudgetKey::Organisation,
                         dimension: Dimension::Cost,
@@ -57,4 +62,22 @@ fn exhausted_budget_refuses_zero_reservation() {
             "the refusals changed nothing"
         );
     });
+}
+
+fn ledger(clock: ManualClock) -> aios_sqlite::SqliteBudgetLedger {
+    SqliteStore::in_memory()
+        .unwrap()
+        .budget_ledger(Arc::new(clock))
+}
+
+#[test]
+fn charged_once_per_key() {
+    block_on(aios_governance::testing::budget_charged_once_per_key(
+        &ledger,
+    ));
+}
+
+#[test]
+fn expired_reservation_stops_counting() {
+    block_on(aios_governance::testing::budget_expired_reservation_stops_counting(&ledger));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use aios_core::{AgentId, ManualClock, Money, RoleId, RunId, SeededRng};
 use aios_governance::{
     BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, InMemoryBudgetLedger, Limits,
-    Period, ReservationId, Usage,
+    Period, ReservationId, ReserveOptions, Usage,
 };
 use aios_sqlite::SqliteStore;
 use futures::executor::block_on;
@@ -152,8 +152,11 @@ fn differential(seed: u64, steps: usize, seen: &mut Seen) {
                 2..=5 => {
                     let (chain, amount) = (w.chain(), w.usage());
                     match (
-                        model.reserve(&chain, amount).await,
-                        real.reserve(&chain, amount).await,
+                        model
+                            .reserve(&chain, amount, &ReserveOptions::default())
+                            .await,
+                        real.reserve(&chain, amount, &ReserveOptions::default())
+                            .await,
                     ) {
                         (Ok(m), Ok(r)) => {
                             assert_eq!(m.alerts, r.alerts, "{at}: reserve alerts");

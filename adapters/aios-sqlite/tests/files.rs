@@ -13,7 +13,7 @@ use aios_core::{
 };
 use aios_governance::{
     ApprovalRequest, ApprovalState, ApprovalStore, BudgetChain, BudgetKey, BudgetLedger,
-    BudgetLimits, Limits, OnTimeout, ResponseKind, Usage,
+    BudgetLimits, Limits, OnTimeout, ReserveOptions, ResponseKind, Usage,
 };
 use aios_memory::testing::sample_record;
 use aios_memory::MemoryStore;
@@ -127,6 +127,7 @@ fn fill(store: &SqliteStore, clock: &ManualClock) -> Written {
             .reserve(
                 &BudgetChain::organisation(),
                 Usage::cost(Money::from_minor(300)),
+                &ReserveOptions::default(),
             )
             .await
             .unwrap();
@@ -138,6 +139,7 @@ fn fill(store: &SqliteStore, clock: &ManualClock) -> Written {
             .reserve(
                 &BudgetChain::organisation(),
                 Usage::cost(Money::from_minor(100)),
+                &ReserveOptions::default(),
             )
             .await
             .unwrap();
@@ -357,6 +359,7 @@ fn a_locked_database_is_unavailable_names_the_file_and_loses_nothing() {
     let err = block_on(store.budget_ledger(Arc::new(clock.clone())).reserve(
         &BudgetChain::organisation(),
         Usage::cost(Money::from_minor(1)),
+        &ReserveOptions::default(),
     ))
     .unwrap_err();
     assert!(err.is_transient(), "{err:?}");

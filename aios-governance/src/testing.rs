@@ -803,3 +803,289 @@ pub async fn approval_store_conformance<S: ApprovalStore, F: Fn() -> S>(make: F)
         .collect();
     assert_eq!(left, vec![c, b], "decided requests are no longer pending");
 }
+
+/// One step of a sequence run by [`budget_ledger_against_model`]: the organisation's
+/// budget, a run's budget below it, and reservations on one or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetOp {
+    /// Sets the cost limit of the organisation, or of the run (`run`); usage is kept.
+    Limit {
+        /// The run's budget rather than the organisation's.
+        run: bool,
+        /// The cost limit, in minor units.
+        limit: i64,
+    },
+    /// Reserves `cost` on the organisation, and on the run's chain if `run`, with charge key
+    /// number `key` (of a few) and a time to live in seconds (`None`: the default).
+    Reserve {
+        /// Whether the chain names the run.
+        run: bool,
+        /// The cost, in minor units.
+        cost: i64,
+        /// Which charge key, if any.
+        key: Option<u8>,
+        /// The time to live in seconds, if not the default.
+        ttl_secs: Option<u16>,
+    },
+    /// Commits the reservation issued `nth` (modulo how many were issued; none issued: an
+    /// id never issued) with `actual`.
+    Commit {
+        /// Which reservation.
+        nth: usize,
+        /// The actual cost.
+        actual: i64,
+    },
+    /// Releases the reservation issued `nth` (as for `Commit`).
+    Release {
+        /// Which reservation.
+        nth: usize,
+    },
+    /// Moves the clock forward.
+    Advance {
+        /// By how many seconds.
+        secs: u32,
+    },
+    /// [`BudgetLedger::expire_reservations`].
+    Expire,
+    /// [`BudgetLedger::release_run`] for the run.
+    ReleaseRun,
+    /// Compares the usage of both budgets.
+    Usage,
+}
+
+#[derive(Debug, Clone)]
+struct ModelReservation {
+    on_run: bool,
+    cost: i64,
+    key: Option<String>,
+    expires: i64,
+    swept: bool,
+    settled: bool,
+    names_run: bool,
+}
+
+/// The budget ledger contract for reserve, commit, release, expiry and charge keys, as
+/// plainly as it can be said: the reference [`budget_ledger_against_model`] compares with.
+#[derive(Debug, Default)]
+struct BudgetModel {
+    now: i64,
+    org_limit: Option<i64>,
+    run_limit: Option<i64>,
+    org_committed: i64,
+    run_committed: i64,
+    reservations: Vec<ModelReservation>,
+    charged: std::collections::BTreeSet<String>,
+}
+
+impl BudgetModel {
+    fn counts(&self, r: &ModelReservation) -> bool {
+        !r.settled && self.now < r.expires
+    }
+
+    fn reserved(&self, run: bool) -> i64 {
+        self.reservations
+            .iter()
+            .filter(|r| self.counts(r) && (!run || r.on_run))
+            .map(|r| r.cost)
+            .sum()
+    }
+
+    fn sweep(&mut self) -> usize {
+        let now = self.now;
+        let mut n = 0;
+        for r in &mut self.reservations {
+            if !r.settled && !r.swept && now >= r.expires {
+                r.swept = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn reserve(&mut self, run: bool, cost: i64, key: Option<String>, ttl: i64) -> String {
+        self.sweep();
+        if let Some(k) = &key {
+            if self.charged.contains(k) {
+                return "charged".into();
+            }
+        }
+        let Some(org_limit) = self.org_limit else {
+            return "no budget".into();
+        };
+        // an exhausted budget refuses everything; otherwise what does not fit
+        let refuses = |used: i64, limit: i64| used + cost > limit || (cost == 0 && used >= limit);
+        if refuses(self.org_committed + self.reserved(false), org_limit) {
+            return "exceeded organisation".into();
+        }
+        let on_run = run && self.run_limit.is_some();
+        if let (true, Some(limit)) = (on_run, self.run_limit) {
+            if refuses(self.run_committed + self.reserved(true), limit) {
+                return "exceeded run".into();
+            }
+        }
+        self.reservations.push(ModelReservation {
+            on_run,
+            cost,
+            key,
+            expires: self.now.saturating_add(ttl),
+            swept: false,
+            settled: false,
+            names_run: run,
+        });
+        "ok".into()
+    }
+
+    fn settle(&mut self, nth: Option<usize>, actual: Option<i64>) -> String {
+        let Some(r) = nth.and_then(|i| self.reservations.get_mut(i)) else {
+            return "unknown".into();
+        };
+        if r.settled {
+            return "settled".into();
+        }
+        r.settled = true;
+        if let Some(actual) = actual {
+            if let Some(k) = &r.key {
+                self.charged.insert(k.clone());
+            }
+            self.org_committed += actual;
+            if r.on_run {
+                self.run_committed += actual;
+            }
+        }
+        "ok".into()
+    }
+}
+
+fn outcome<T>(r: &Result<T, BudgetError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(BudgetError::Exceeded { key, .. }) => match key {
+            BudgetKey::Organisation => "exceeded organisation".into(),
+            _ => "exceeded run".into(),
+        },
+        Err(BudgetError::AlreadyCharged { .. }) => "charged".into(),
+        Err(BudgetError::NoBudget { .. }) => "no budget".into(),
+        Err(BudgetError::AlreadySettled { .. }) => "settled".into(),
+        Err(BudgetError::UnknownReservation { .. }) => "unknown".into(),
+        Err(e) => format!("unexpected error: {e}"),
+    }
+}
+
+/// Runs `ops` on a fresh ledger from `make` and on a plain model of the contract (see
+/// [`BudgetOp`]), and panics at the first step whose outcome, usage, expiry count or
+/// release count differs. Returns how many steps succeeded on the ledger, so a caller can
+/// tell a sequence that did something from one refused throughout.
+pub async fn budget_ledger_against_model<L: BudgetLedger, F: Fn(ManualClock) -> L>(
+    make: &F,
+    ops: &[BudgetOp],
+) -> usize {
+    const SEC: i64 = 1_000_000_000;
+    let clock = ManualClock::default();
+    let ledger = make(clock.clone());
+    let run = RunId::from_name("run-1");
+    let default_ttl = i64::try_from(crate::DEFAULT_RESERVATION_TTL.as_nanos()).unwrap();
+    let mut model = BudgetModel::default();
+    let mut ids: Vec<ReservationId> = Vec::new();
+    let never = ReservationId::from_raw(u64::MAX / 3);
+    let mut succeeded = 0;
+    for (step, op) in ops.iter().enumerate() {
+        let at = format!("step {step}: {op:?}");
+        let (real, expected) = match op {
+            BudgetOp::Limit { run: on_run, limit } => {
+                let key = if *on_run {
+                    model.run_limit = Some(*limit);
+                    BudgetKey::Run(run)
+                } else {
+                    model.org_limit = Some(*limit);
+                    BudgetKey::Organisation
+                };
+                let mut limits = cap(*limit);
+                limits.alerts.clear();
+                ledger.set_limits(key, limits).await.unwrap();
+                ("ok".to_string(), "ok".to_string())
+            }
+            BudgetOp::Reserve {
+                run: on_run,
+                cost: c,
+                key,
+                ttl_secs,
+            } => {
+                let mut chain = BudgetChain::organisation();
+                if *on_run {
+                    chain = chain.run(run);
+                }
+                let key = key.map(|k| format!("call-{k}"));
+                let mut options = ReserveOptions::default();
+                options.key = key.clone();
+                options.ttl = ttl_secs.map(|s| Duration::from_secs(u64::from(s)));
+                let ttl = ttl_secs.map_or(default_ttl, |s| i64::from(s) * SEC);
+                let result = ledger.reserve(&chain, cost(*c), &options).await;
+                if let Ok(r) = &result {
+                    ids.push(r.id);
+                }
+                (outcome(&result), model.reserve(*on_run, *c, key, ttl))
+            }
+            BudgetOp::Commit { nth, actual } => {
+                let index = (!ids.is_empty()).then(|| nth % ids.len());
+                let id = index.map_or(never, |i| ids[i]);
+                let result = ledger.commit(id, cost(*actual)).await;
+                (outcome(&result), model.settle(index, Some(*actual)))
+            }
+            BudgetOp::Release { nth } => {
+                let index = (!ids.is_empty()).then(|| nth % ids.len());
+                let id = index.map_or(never, |i| ids[i]);
+                let result = ledger.release(id).await;
+                (outcome(&result), model.settle(index, None))
+            }
+            BudgetOp::Advance { secs } => {
+                clock.advance(Duration::from_secs(u64::from(*secs)));
+                model.now += i64::from(*secs) * SEC;
+                ("ok".to_string(), "ok".to_string())
+            }
+            BudgetOp::Expire => {
+                let n = ledger.expire_reservations().await.unwrap();
+                (format!("expired {n}"), format!("expired {}", model.sweep()))
+            }
+            BudgetOp::ReleaseRun => {
+                let n = ledger.release_run(run).await.unwrap();
+                let mut expected = 0;
+                for r in &mut model.reservations {
+                    if r.names_run && !r.settled {
+                        r.settled = true;
+                        expected += 1;
+                    }
+                }
+                (format!("released {n}"), format!("released {expected}"))
+            }
+            BudgetOp::Usage => {
+                model.sweep();
+                let mut real = Vec::new();
+                let mut expected = Vec::new();
+                for (key, limit, committed, on_run) in [
+                    (
+                        BudgetKey::Organisation,
+                        model.org_limit,
+                        model.org_committed,
+                        false,
+                    ),
+                    (
+                        BudgetKey::Run(run),
+                        model.run_limit,
+                        model.run_committed,
+                        true,
+                    ),
+                ] {
+                    let u = ledger.usage(key).await.unwrap();
+                    real.push(u.map(|u| (u.committed.cost.minor(), u.reserved.cost.minor())));
+                    expected.push(limit.map(|_| (committed, model.reserved(on_run))));
+                }
+                (format!("{real:?}"), format!("{expected:?}"))
+            }
+        };
+        assert_eq!(real, expected, "{at}");
+        if real == "ok" {
+            succeeded += 1;
+        }
+    }
+    succeeded
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aios_core::{
     AgentId, AuditEvent, AuditLog, AuditRecord, Clock, Money, Principal, RoleId, RunId, StoreError,
@@ -17,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{default_alerts, Limits, Period};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// Which budget: a level of the hierarchy organisation > role > agent > run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -360,6 +361,45 @@ impl BudgetAlert {
     }
 }
 
+/// How a reservation is made (see [`BudgetLedger::reserve`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use aios_governance::ReserveOptions;
+/// let options = ReserveOptions::keyed("run-7/task-2/3").ttl(Duration::from_secs(600));
+/// assert_eq!(options.key.as_deref(), Some("run-7/task-2/3"));
+/// assert_eq!(ReserveOptions::default().ttl, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ReserveOptions {
+    /// The charge key: what the reservation pays for (for example the call key
+    /// `run/task/seq`). Once a reservation with this key is committed, the key is charged
+    /// and every later reservation with it is refused with [`BudgetError::AlreadyCharged`],
+    /// so a call is charged at most once however often it is resumed. Keys are global to the
+    /// ledger. `None`: no such check.
+    pub key: Option<String>,
+    /// How long the reservation holds budget before it expires (`None`: the ledger's
+    /// default, one hour unless the ledger was built otherwise).
+    pub ttl: Option<Duration>,
+}
+
+impl ReserveOptions {
+    /// Options with a charge key and the ledger's default time to live.
+    pub fn keyed(key: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ttl: None,
+        }
+    }
+
+    /// Sets the time to live.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+}
+
 /// A successful reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -393,8 +433,9 @@ pub struct BudgetUsage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BudgetError {
-    /// The reservation would take a budget over its limit; nothing was changed.
-    #[error("budget `{key}` exceeded on {dimension}: {used} used + {requested} requested > limit {limit}")]
+    /// The reservation would take a budget over its limit, or the budget is exhausted
+    /// (used >= limit, which refuses even a zero amount); nothing was changed.
+    #[error("budget `{key}` exceeded on {dimension}: {used} used + {requested} requested, limit {limit}")]
     Exceeded {
         /// Which budget.
         key: BudgetKey,
@@ -425,6 +466,13 @@ pub enum BudgetError {
         /// The id presented.
         id: ReservationId,
     },
+    /// A reservation with this charge key was already committed: what it pays for was
+    /// charged once and is not charged again; nothing was changed.
+    #[error("charge key `{key}` was already committed")]
+    AlreadyCharged {
+        /// The key presented.
+        key: String,
+    },
     /// An amount is negative.
     #[error("invalid amount: {detail}")]
     InvalidAmount {
@@ -442,19 +490,46 @@ impl Transience for BudgetError {
     }
 }
 
+/// Whether a budget with `used` of `limit` spent refuses `amount` more: when the amount
+/// does not fit, and, for a zero amount, when the budget is exhausted (an exhausted budget
+/// refuses every further reservation).
+pub fn refuses(used: i64, amount: i64, limit: i64) -> bool {
+    used.saturating_add(amount) > limit || (amount == 0 && used >= limit)
+}
+
 /// The budget ledger port.
 ///
 /// Contract:
 /// - `reserve` is atomic over the whole chain (organisation > role > agent > run): either
 ///   every level with a budget can hold the amount (committed + reserved + amount <= limit,
-///   per dimension) and all are charged, or nothing changes and the first level and
-///   dimension that would overflow is reported as [`BudgetError::Exceeded`]. The
+///   per limited dimension) and all are charged, or nothing changes and the first level and
+///   dimension that would overflow is reported as [`BudgetError::Exceeded`]. An exhausted
+///   budget (committed + reserved >= limit in a dimension) refuses every further
+///   reservation, a zero amount in that dimension included ([`refuses`]). The
 ///   organisation's budget must exist ([`BudgetError::NoBudget`]).
 /// - `commit` settles a reservation with the actual amount (which may differ from the
 ///   reserved one; an overrun is recorded, not refused, because it already happened);
 ///   `release` settles it with nothing. Each reservation settles exactly once; settling it
 ///   again is [`BudgetError::AlreadySettled`]; an id never issued is
 ///   [`BudgetError::UnknownReservation`].
+/// - Charged once: a reservation made with a charge key ([`ReserveOptions::key`]) charges
+///   the key when it is committed, atomically with the commit. A later `reserve` with a
+///   charged key is refused with [`BudgetError::AlreadyCharged`] (checked before the
+///   budgets, so it is reported even when a budget is exhausted) and changes nothing. A
+///   release, or [`BudgetLedger::release_run`], charges nothing. Several unsettled
+///   reservations may carry one key (a retry after a crash before the commit); committing
+///   any of them charges it, and each commit records its amount. Keys are global to the
+///   ledger and are kept for its lifetime.
+/// - No reservation is held forever: each expires `ttl` after it was made
+///   ([`ReserveOptions::ttl`], else the ledger's default, one hour unless set with the
+///   implementation's `with_reservation_ttl`), by the ledger's clock: it is due when the
+///   clock reaches `made + ttl`. A due reservation that is not settled stops counting
+///   against the limits. Expiry is swept lazily by `reserve` (before it checks anything
+///   else but the amount, even when it then refuses) and by `usage`, and explicitly by
+///   [`BudgetLedger::expire_reservations`]. An expired reservation stays unsettled:
+///   committing it records the actual amount on its chain (the spending happened; an
+///   overrun is recorded, not refused) and charges its key; releasing it is `Ok` and
+///   changes no usage; `release_run` releases it (and counts it).
 /// - Periodic budgets reset their committed usage at each period boundary of the ledger's
 ///   clock; reservations in flight carry over.
 /// - Alerts are reported once per budget, dimension, threshold and period, in the result of
@@ -464,9 +539,14 @@ pub trait BudgetLedger: Send + Sync + std::fmt::Debug {
     /// Sets (or replaces) the limits of one budget; usage so far is kept.
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError>;
 
-    /// Reserves `amount` on every budget of `chain`, all or nothing.
-    async fn reserve(&self, chain: &BudgetChain, amount: Usage)
-        -> Result<Reservation, BudgetError>;
+    /// Reserves `amount` on every budget of `chain`, all or nothing, with a charge key and a
+    /// time to live from `options`.
+    async fn reserve(
+        &self,
+        chain: &BudgetChain,
+        amount: Usage,
+        options: &ReserveOptions,
+    ) -> Result<Reservation, BudgetError>;
 
     /// Settles a reservation with the actual amount.
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError>;
@@ -478,6 +558,11 @@ pub trait BudgetLedger: Send + Sync + std::fmt::Debug {
     /// and returns how many there were: reservations left behind by a worker that died
     /// between reserving and settling. The orchestrator calls it when it takes over a run.
     async fn release_run(&self, run: RunId) -> Result<usize, BudgetError>;
+
+    /// Sweeps now: every unsettled reservation whose expiry has passed stops counting
+    /// against the limits. Returns how many did by this call (a reservation expires once;
+    /// `reserve` and `usage` sweep too, so this counts only what they did not).
+    async fn expire_reservations(&self) -> Result<usize, BudgetError>;
 
     /// The state of one budget, if configured.
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError>;
@@ -580,15 +665,21 @@ impl Account {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Live {
     accounts: [u32; 4],
     n: u8,
+    /// Whether it expired: it no longer counts in its accounts' `reserved`.
+    expired: bool,
     amount: [i64; 4],
     run: Option<RunId>,
+    /// When it expires, in nanoseconds since the epoch ([`nanos`]).
+    expires: i64,
+    /// The charge key, charged when committed.
+    key: Option<Box<str>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Slot {
     gen: u32,
     live: Option<Live>,
@@ -603,7 +694,68 @@ struct LedgerState {
     /// The last chain resolved to accounts: consecutive calls of one run reuse it. Cleared
     /// whenever a budget is added (a level that was skipped may now exist).
     last_chain: Option<(BudgetChain, [u32; 4], usize)>,
+    /// The keys of committed keyed reservations.
+    charged: FxHashSet<Box<str>>,
+    /// At most the earliest expiry of a reservation that still counts (nanoseconds): until
+    /// the clock reaches it, nothing is due and no sweep is needed.
+    next_expiry: i64,
 }
+
+impl LedgerState {
+    /// Expires every counting reservation due at `now` (nanoseconds); returns how many.
+    fn sweep(&mut self, now: i64) -> usize {
+        let mut next = i64::MAX;
+        let mut expired = 0;
+        for slot in &mut self.slots {
+            let Some(live) = &mut slot.live else {
+                continue;
+            };
+            if live.expired {
+                continue;
+            }
+            if now < live.expires {
+                next = next.min(live.expires);
+                continue;
+            }
+            live.expired = true;
+            expired += 1;
+            for &i in &live.accounts[..live.n as usize] {
+                let a = &mut self.accounts[i as usize];
+                for d in 0..4 {
+                    a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
+                }
+            }
+        }
+        self.next_expiry = next;
+        expired
+    }
+
+    /// Sweeps if anything may be due at `now`.
+    #[inline]
+    fn sweep_due(&mut self, now: i64) {
+        if now >= self.next_expiry {
+            self.sweep(now);
+        }
+    }
+}
+
+/// A time as nanoseconds since the Unix epoch (saturating outside about 1677 to 2262): the
+/// representation reservation expiry is computed and compared in.
+fn nanos(t: Timestamp) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+/// A duration in nanoseconds, saturating.
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// How long a reservation holds budget unless its options say otherwise: one hour.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(3_600);
 
 fn window(period: Period, now: Timestamp) -> i64 {
     period.window(now)
@@ -635,26 +787,29 @@ impl Period {
 /// ```
 /// use std::sync::Arc;
 /// use aios_core::{ManualClock, Money, RoleId};
-/// use aios_governance::{BudgetChain, BudgetError, BudgetKey, BudgetLimits, InMemoryBudgetLedger, Limits, Usage};
+/// use aios_governance::{BudgetChain, BudgetError, BudgetKey, BudgetLimits, InMemoryBudgetLedger, Limits, ReserveOptions, Usage};
 /// let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
 /// let cap = |c| BudgetLimits::total(Limits { cost: Some(Money::from_minor(c)), ..Limits::default() });
 /// ledger.set_limits_sync(BudgetKey::Organisation, cap(1_000));
 /// ledger.set_limits_sync(BudgetKey::Role(RoleId::from_name("outreach")), cap(100));
 /// let chain = BudgetChain::organisation().role(RoleId::from_name("outreach"));
-/// let r = ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(80)))?;
+/// let none = ReserveOptions::default();
+/// let r = ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(80)), &none)?;
 /// assert_eq!(r.alerts.len(), 2); // 50 % and 80 % of the role budget
 /// assert!(matches!(
-///     ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(30))),
+///     ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(30)), &none),
 ///     Err(BudgetError::Exceeded { .. })
 /// ));
 /// ledger.commit_sync(r.id, Usage::cost(Money::from_minor(60)))?;
-/// assert!(ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(30))).is_ok());
+/// assert!(ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(30)), &none).is_ok());
 /// # Ok::<(), BudgetError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct InMemoryBudgetLedger {
     clock: Arc<dyn Clock>,
     audit: Option<Arc<dyn AuditLog>>,
+    /// The default time to live, in nanoseconds.
+    ttl: i64,
     state: Arc<Mutex<LedgerState>>,
 }
 
@@ -664,8 +819,16 @@ impl InMemoryBudgetLedger {
         Self {
             clock,
             audit: None,
+            ttl: duration_nanos(DEFAULT_RESERVATION_TTL),
             state: Arc::new(Mutex::new(LedgerState::default())),
         }
+    }
+
+    /// Sets how long a reservation holds budget when its options name no ttl (default
+    /// [`DEFAULT_RESERVATION_TTL`], one hour).
+    pub fn with_reservation_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = duration_nanos(ttl);
+        self
     }
 
     /// Appends alerts of the async operations to `audit`.
@@ -722,11 +885,14 @@ impl InMemoryBudgetLedger {
         }
     }
 
-    /// Reserves `amount` on every budget of `chain`, all or nothing (see [`BudgetLedger`]).
+    /// Reserves `amount` on every budget of `chain`, all or nothing, with a charge key and a
+    /// time to live from `options` (see [`BudgetLedger`]). Without a key the only cost over
+    /// a bare reservation is one clock read (the expiry).
     pub fn reserve_sync(
         &self,
         chain: &BudgetChain,
         amount: Usage,
+        options: &ReserveOptions,
     ) -> Result<Reservation, BudgetError> {
         let amt = amount.to_array();
         if amt[0] < 0 {
@@ -734,8 +900,17 @@ impl InMemoryBudgetLedger {
                 detail: format!("cost `{}` is negative", amount.cost),
             });
         }
+        let now = self.clock.now();
+        let now_ns = nanos(now);
+        let expires = now_ns.saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
         let mut st = self.state.lock();
         let st = &mut *st;
+        st.sweep_due(now_ns);
+        if let Some(key) = &options.key {
+            if st.charged.contains(key.as_str()) {
+                return Err(BudgetError::AlreadyCharged { key: key.clone() });
+            }
+        }
         let (accounts, n) = match &st.last_chain {
             Some((c, accounts, n)) if c == chain => (*accounts, *n),
             _ => {
@@ -757,20 +932,18 @@ impl InMemoryBudgetLedger {
                 (accounts, n)
             }
         };
-        let mut now = None;
         // check every level first: nothing changes on refusal
         for &i in &accounts[..n] {
             let a = &mut st.accounts[i as usize];
             if a.limits.period != Period::Total {
-                let t = *now.get_or_insert_with(|| self.clock.now());
-                a.roll(window(a.limits.period, t));
+                a.roll(window(a.limits.period, now));
             }
             for d in 0..4 {
-                if amt[d] == 0 || a.limit[d] == i64::MAX {
+                if a.limit[d] == i64::MAX {
                     continue;
                 }
                 let used = a.committed[d].saturating_add(a.reserved[d]);
-                if used.saturating_add(amt[d]) > a.limit[d] {
+                if refuses(used, amt[d], a.limit[d]) {
                     return Err(BudgetError::Exceeded {
                         key: a.key,
                         dimension: Dimension::ALL[d],
@@ -792,9 +965,13 @@ impl InMemoryBudgetLedger {
         let live = Live {
             accounts,
             n: n as u8,
+            expired: false,
             amount: amt,
             run: chain.run,
+            expires,
+            key: options.key.as_deref().map(Box::from),
         };
+        st.next_expiry = st.next_expiry.min(expires);
         let slot = match st.free.pop() {
             Some(s) => {
                 let slot = &mut st.slots[s as usize];
@@ -841,6 +1018,11 @@ impl InMemoryBudgetLedger {
             _ => return Err(BudgetError::UnknownReservation { id }),
         };
         st.free.push(index as u32);
+        if act.is_some() {
+            if let Some(key) = live.key {
+                st.charged.insert(key);
+            }
+        }
         let mut alerts = Vec::new();
         let mut now = None;
         for &i in &live.accounts[..live.n as usize] {
@@ -849,8 +1031,10 @@ impl InMemoryBudgetLedger {
                 let t = *now.get_or_insert_with(|| self.clock.now());
                 a.roll(window(a.limits.period, t));
             }
-            for d in 0..4 {
-                a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
+            if !live.expired {
+                for d in 0..4 {
+                    a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
+                }
             }
             if let Some(act) = act {
                 for d in 0..4 {
@@ -878,12 +1062,18 @@ impl InMemoryBudgetLedger {
         let st = &mut *st;
         let mut released = 0;
         for index in 0..st.slots.len() {
-            let live = match &st.slots[index].live {
-                Some(live) if live.run == Some(run) => *live,
-                _ => continue,
+            let theirs = matches!(&st.slots[index].live, Some(l) if l.run == Some(run));
+            if !theirs {
+                continue;
+            }
+            let Some(live) = st.slots[index].live.take() else {
+                continue;
             };
-            st.slots[index].live = None;
             st.free.push(index as u32);
+            if live.expired {
+                released += 1;
+                continue;
+            }
             for &i in &live.accounts[..live.n as usize] {
                 let a = &mut st.accounts[i as usize];
                 for d in 0..4 {
@@ -895,10 +1085,18 @@ impl InMemoryBudgetLedger {
         released
     }
 
-    /// One budget's state, if configured (periods rolled to the clock's now).
+    /// Expires every reservation that is due (see [`BudgetLedger::expire_reservations`]).
+    pub fn expire_reservations_sync(&self) -> usize {
+        let now = nanos(self.clock.now());
+        self.state.lock().sweep(now)
+    }
+
+    /// One budget's state, if configured (periods rolled to the clock's now, reservations
+    /// that are due expired).
     pub fn usage_sync(&self, key: BudgetKey) -> Option<BudgetUsage> {
         let now = self.clock.now();
         let mut st = self.state.lock();
+        st.sweep_due(nanos(now));
         let i = *st.index.get(&key)?;
         let a = &mut st.accounts[i as usize];
         a.roll(window(a.limits.period, now));
@@ -928,7 +1126,8 @@ impl InMemoryBudgetLedger {
         }
     }
 
-    /// The number of reservations not yet settled.
+    /// The number of reservations not yet settled (expired ones included: they still wait
+    /// for their commit or release).
     pub fn outstanding(&self) -> usize {
         let st = self.state.lock();
         st.slots.iter().filter(|s| s.live.is_some()).count()
@@ -953,8 +1152,9 @@ impl BudgetLedger for InMemoryBudgetLedger {
         &self,
         chain: &BudgetChain,
         amount: Usage,
+        options: &ReserveOptions,
     ) -> Result<Reservation, BudgetError> {
-        let r = self.reserve_sync(chain, amount)?;
+        let r = self.reserve_sync(chain, amount, options)?;
         if let Err(e) = self.emit(&r.alerts).await {
             // the caller never sees the id: undo the reservation so nothing leaks, and
             // report its alerts again next time since they were never recorded
@@ -979,6 +1179,10 @@ impl BudgetLedger for InMemoryBudgetLedger {
 
     async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
         Ok(self.release_run_sync(run))
+    }
+
+    async fn expire_reservations(&self) -> Result<usize, BudgetError> {
+        Ok(self.expire_reservations_sync())
     }
 
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {

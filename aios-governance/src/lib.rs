@@ -92,9 +92,9 @@ pub use approvals::{
     StateKind,
 };
 pub use budget::{
-    record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt,
-    BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger, Reservation,
-    ReservationId, Settlement, Usage,
+    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
+    BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger,
+    Reservation, ReservationId, ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL,
 };
 pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlTarget,

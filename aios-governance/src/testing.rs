@@ -27,7 +27,7 @@ use aios_core::{
 use crate::{
     ApprovalDecision, ApprovalRequest, ApprovalResponse, ApprovalState, ApprovalStore, BudgetChain,
     BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, OnTimeout, Period,
-    ReservationId, ResponseKind, StateKind, Usage,
+    ReservationId, ReserveOptions, ResponseKind, StateKind, Usage,
 };
 
 fn cost(minor: i64) -> Usage {
@@ -53,7 +53,9 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     let ledger = make(ManualClock::default());
     assert!(
         matches!(
-            ledger.reserve(&chain, cost(1)).await,
+            ledger
+                .reserve(&chain, cost(1), &ReserveOptions::default())
+                .await,
             Err(BudgetError::NoBudget {
                 key: BudgetKey::Organisation
             })
@@ -79,7 +81,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Run(run), cap(200))
         .await
         .unwrap();
-    let r1 = ledger.reserve(&chain, cost(150)).await.unwrap();
+    let r1 = ledger
+        .reserve(&chain, cost(150), &ReserveOptions::default())
+        .await
+        .unwrap();
     let usage = ledger.usage(BudgetKey::Role(role)).await.unwrap().unwrap();
     assert_eq!(
         usage.reserved.cost,
@@ -94,7 +99,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .is_none());
 
     // all or nothing: the run level refuses, nothing changes anywhere
-    match ledger.reserve(&chain, cost(60)).await {
+    match ledger
+        .reserve(&chain, cost(60), &ReserveOptions::default())
+        .await
+    {
         Err(BudgetError::Exceeded {
             key,
             dimension,
@@ -122,7 +130,10 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     }
 
     // exactly up to the limit is allowed
-    let r2 = ledger.reserve(&chain, cost(50)).await.unwrap();
+    let r2 = ledger
+        .reserve(&chain, cost(50), &ReserveOptions::default())
+        .await
+        .unwrap();
 
     // commit the actual amount; release returns everything
     ledger.commit(r1.id, cost(120)).await.unwrap();
@@ -189,9 +200,29 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .await
         .unwrap();
     let org = BudgetChain::organisation();
-    for _ in 0..3 {
+    assert!(
+        matches!(
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_risk_points(101),
+                    &ReserveOptions::default()
+                )
+                .await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::RiskPoints,
+                ..
+            })
+        ),
+        "risk points are limited"
+    );
+    for _ in 0..2 {
         let r = ledger
-            .reserve(&org, Usage::ZERO.with_tool_calls(1).with_tokens(100))
+            .reserve(
+                &org,
+                Usage::ZERO.with_tool_calls(1).with_tokens(100),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         ledger
@@ -199,9 +230,65 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
             .await
             .unwrap();
     }
+    let all_tokens = ledger
+        .reserve(
+            &org,
+            Usage::ZERO.with_tokens(820),
+            &ReserveOptions::default(),
+        )
+        .await
+        .unwrap();
     assert!(
         matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tool_calls(1)).await,
+            ledger
+                .reserve(&org, Usage::ZERO.with_tokens(1), &ReserveOptions::default())
+                .await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::Tokens,
+                ..
+            })
+        ),
+        "tokens are limited"
+    );
+    assert!(
+        matches!(
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_tool_calls(1),
+                    &ReserveOptions::default()
+                )
+                .await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::Tokens,
+                requested: 0,
+                ..
+            })
+        ),
+        "exhausted tokens refuse a reservation of no tokens"
+    );
+    ledger.release(all_tokens.id).await.unwrap();
+    let r = ledger
+        .reserve(
+            &org,
+            Usage::ZERO.with_tool_calls(1),
+            &ReserveOptions::default(),
+        )
+        .await
+        .unwrap();
+    ledger
+        .commit(r.id, Usage::ZERO.with_tool_calls(1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_tool_calls(1),
+                    &ReserveOptions::default()
+                )
+                .await,
             Err(BudgetError::Exceeded {
                 dimension: Dimension::ToolCalls,
                 ..
@@ -212,32 +299,23 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     assert!(
         matches!(
             ledger
-                .reserve(&org, Usage::ZERO.with_risk_points(101))
+                .reserve(&org, Usage::ZERO, &ReserveOptions::default())
                 .await,
             Err(BudgetError::Exceeded {
-                dimension: Dimension::RiskPoints,
+                dimension: Dimension::ToolCalls,
+                used: 3,
+                limit: 3,
+                requested: 0,
                 ..
             })
         ),
-        "risk points are limited"
-    );
-    assert!(ledger
-        .reserve(&org, Usage::ZERO.with_tokens(730))
-        .await
-        .is_ok());
-    assert!(
-        matches!(
-            ledger.reserve(&org, Usage::ZERO.with_tokens(1)).await,
-            Err(BudgetError::Exceeded {
-                dimension: Dimension::Tokens,
-                ..
-            })
-        ),
-        "tokens are limited"
+        "an exhausted budget refuses even a zero reservation"
     );
     assert!(
         matches!(
-            ledger.reserve(&org, cost(-1)).await,
+            ledger
+                .reserve(&org, cost(-1), &ReserveOptions::default())
+                .await,
             Err(BudgetError::InvalidAmount { .. })
         ),
         "negative amounts are refused"
@@ -249,9 +327,15 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Organisation, cap(100))
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(49)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(49), &ReserveOptions::default())
+        .await
+        .unwrap();
     assert!(r.alerts.is_empty(), "below 50 % there is no alert");
-    let r2 = ledger.reserve(&org, cost(2)).await.unwrap();
+    let r2 = ledger
+        .reserve(&org, cost(2), &ReserveOptions::default())
+        .await
+        .unwrap();
     let t: Vec<u32> = r2.alerts.iter().map(|a| a.threshold_percent).collect();
     assert_eq!(t, vec![50], "crossing 50 % alerts once");
     let s = ledger.commit(r.id, cost(79)).await.unwrap();
@@ -279,14 +363,23 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         )
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(100), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(r.id, cost(100)).await.unwrap();
     assert!(
-        ledger.reserve(&org, cost(1)).await.is_err(),
+        ledger
+            .reserve(&org, cost(1), &ReserveOptions::default())
+            .await
+            .is_err(),
         "the day is spent"
     );
     clock.advance(Duration::from_secs(86_400));
-    let r = ledger.reserve(&org, cost(100)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(100), &ReserveOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         r.alerts
             .iter()
@@ -308,14 +401,23 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         .set_limits(BudgetKey::Organisation, cap(10))
         .await
         .unwrap();
-    let r = ledger.reserve(&org, cost(10)).await.unwrap();
+    let r = ledger
+        .reserve(&org, cost(10), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(r.id, cost(10)).await.unwrap();
     ledger
         .set_limits(BudgetKey::Organisation, cap(15))
         .await
         .unwrap();
-    assert!(ledger.reserve(&org, cost(6)).await.is_err());
-    assert!(ledger.reserve(&org, cost(5)).await.is_ok());
+    assert!(ledger
+        .reserve(&org, cost(6), &ReserveOptions::default())
+        .await
+        .is_err());
+    assert!(ledger
+        .reserve(&org, cost(5), &ReserveOptions::default())
+        .await
+        .is_ok());
 
     // reservations abandoned by a dead worker are released by run, and only that run's
     let ledger = make(ManualClock::default());
@@ -326,9 +428,18 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
     let other = RunId::from_name("run-2");
     let mine = BudgetChain::organisation().role(role).run(run);
     let theirs = BudgetChain::organisation().run(other);
-    let a = ledger.reserve(&mine, cost(30)).await.unwrap();
-    ledger.reserve(&mine, cost(20)).await.unwrap();
-    let kept = ledger.reserve(&theirs, cost(10)).await.unwrap();
+    let a = ledger
+        .reserve(&mine, cost(30), &ReserveOptions::default())
+        .await
+        .unwrap();
+    ledger
+        .reserve(&mine, cost(20), &ReserveOptions::default())
+        .await
+        .unwrap();
+    let kept = ledger
+        .reserve(&theirs, cost(10), &ReserveOptions::default())
+        .await
+        .unwrap();
     ledger.commit(a.id, cost(25)).await.unwrap();
     assert_eq!(
         ledger.release_run(run).await.unwrap(),
@@ -352,6 +463,211 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
         "the other run keeps its reservation"
     );
     ledger.commit(kept.id, cost(10)).await.unwrap();
+
+    budget_charged_once_per_key(&make).await;
+    budget_expired_reservation_stops_counting(&make).await;
+}
+
+fn none() -> ReserveOptions {
+    ReserveOptions::default()
+}
+
+async fn org_usage<L: BudgetLedger>(ledger: &L) -> (i64, i64) {
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    (u.committed.cost.minor(), u.reserved.cost.minor())
+}
+
+/// Part of the [`BudgetLedger`] contract: a reservation with a charge key that was committed
+/// charges the key; a later reservation with that key is refused with
+/// [`BudgetError::AlreadyCharged`] and changes nothing; a release charges nothing.
+pub async fn budget_charged_once_per_key<L: BudgetLedger, F: Fn(ManualClock) -> L>(make: &F) {
+    let run = RunId::from_name("run-1");
+    let chain = BudgetChain::organisation().run(run);
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let call = ReserveOptions::keyed("run-1/task-a/1");
+    let r = ledger.reserve(&chain, cost(10), &call).await.unwrap();
+    let retry = ledger.reserve(&chain, cost(10), &call).await.unwrap();
+    ledger.release(retry.id).await.unwrap();
+    ledger.commit(r.id, cost(8)).await.unwrap();
+    match ledger.reserve(&chain, cost(10), &call).await {
+        Err(BudgetError::AlreadyCharged { key }) => assert_eq!(key, "run-1/task-a/1"),
+        other => panic!("a charged key is refused, got {other:?}"),
+    }
+    assert_eq!(
+        ledger
+            .reserve(&chain, cost(10), &call.clone().ttl(Duration::from_secs(5)))
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Some("charge key `run-1/task-a/1` was already committed".to_string()),
+        "whatever the other options"
+    );
+    assert_eq!(
+        org_usage(&ledger).await,
+        (8, 0),
+        "the refusals changed nothing"
+    );
+    assert_eq!(ledger.release_run(run).await.unwrap(), 0);
+
+    // a release, and a release by run, charge nothing: the key can pay later
+    let next = ReserveOptions::keyed("run-1/task-a/2");
+    let r = ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    ledger.release(r.id).await.unwrap();
+    ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    assert_eq!(ledger.release_run(run).await.unwrap(), 1);
+    let r = ledger.reserve(&chain, cost(10), &next).await.unwrap();
+    ledger.commit(r.id, cost(10)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&chain, cost(1), &next).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+
+    // other keys and unkeyed reservations are not affected
+    let other = ReserveOptions::keyed("run-1/task-b/1");
+    let r = ledger.reserve(&chain, cost(1), &other).await.unwrap();
+    ledger.commit(r.id, cost(1)).await.unwrap();
+    for _ in 0..2 {
+        let r = ledger.reserve(&chain, cost(1), &none()).await.unwrap();
+        ledger.commit(r.id, cost(1)).await.unwrap();
+    }
+    assert_eq!(org_usage(&ledger).await, (21, 0));
+
+    // a charged key is reported before any limit: the caller learns the call was paid for
+    let r = ledger.reserve(&chain, cost(79), &none()).await.unwrap();
+    ledger.commit(r.id, cost(79)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&chain, cost(1), &call).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+}
+
+/// Part of the [`BudgetLedger`] contract: every reservation expires `ttl` after it was made
+/// (the options' ttl, else the ledger's default of one hour), by the ledger's clock; an
+/// expired reservation stops counting against the limits; committing it still records the
+/// actual amount, releasing it is fine; [`BudgetLedger::expire_reservations`] reports how
+/// many expired since the last sweep.
+pub async fn budget_expired_reservation_stops_counting<L: BudgetLedger, F: Fn(ManualClock) -> L>(
+    make: &F,
+) {
+    let clock = ManualClock::default();
+    let ledger = make(clock.clone());
+    let org = BudgetChain::organisation();
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let short = ReserveOptions::default().ttl(Duration::from_secs(10));
+    let a = ledger.reserve(&org, cost(60), &short).await.unwrap();
+    clock.advance(Duration::from_millis(9_999));
+    assert!(
+        matches!(
+            ledger.reserve(&org, cost(50), &none()).await,
+            Err(BudgetError::Exceeded { used: 60, .. })
+        ),
+        "a reservation counts until it expires"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        org_usage(&ledger).await,
+        (0, 0),
+        "an expired reservation stops counting"
+    );
+    let b = ledger.reserve(&org, cost(50), &none()).await.unwrap();
+    assert_eq!(
+        ledger.expire_reservations().await.unwrap(),
+        0,
+        "usage already swept it"
+    );
+    ledger.commit(a.id, cost(70)).await.unwrap();
+    assert_eq!(
+        org_usage(&ledger).await,
+        (70, 50),
+        "committing an expired reservation records what was spent, even over the limit"
+    );
+    assert!(matches!(
+        ledger.commit(a.id, cost(1)).await,
+        Err(BudgetError::AlreadySettled { .. })
+    ));
+
+    // releasing an expired reservation is fine, once
+    let c = ledger
+        .reserve(
+            &org,
+            cost(0),
+            &ReserveOptions::default().ttl(Duration::ZERO),
+        )
+        .await;
+    assert!(
+        matches!(c, Err(BudgetError::Exceeded { .. })),
+        "the budget is exhausted: {c:?}"
+    );
+    ledger.release(b.id).await.unwrap();
+    let c = ledger
+        .reserve(
+            &org,
+            cost(20),
+            &ReserveOptions::default().ttl(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    let d = ledger
+        .reserve(
+            &org,
+            cost(5),
+            &ReserveOptions::default().ttl(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(ledger.expire_reservations().await.unwrap(), 1);
+    assert_eq!(ledger.expire_reservations().await.unwrap(), 0, "once");
+    assert_eq!(org_usage(&ledger).await, (70, 5));
+    ledger.release(c.id).await.unwrap();
+    assert!(matches!(
+        ledger.release(c.id).await,
+        Err(BudgetError::AlreadySettled { .. })
+    ));
+    clock.advance(Duration::from_secs(1));
+    ledger.release(d.id).await.unwrap();
+    assert_eq!(
+        ledger.expire_reservations().await.unwrap(),
+        0,
+        "a settled reservation does not expire"
+    );
+
+    // the default lasts one hour
+    let e = ledger.reserve(&org, cost(30), &none()).await.unwrap();
+    clock.advance(Duration::from_secs(3_599));
+    assert_eq!(org_usage(&ledger).await, (70, 30));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(org_usage(&ledger).await, (70, 0));
+    ledger.commit(e.id, cost(0)).await.unwrap();
+
+    // an expired keyed reservation charges its key when committed
+    let ledger = make(clock.clone());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let call = ReserveOptions::keyed("k").ttl(Duration::from_secs(1));
+    let old = ledger.reserve(&org, cost(10), &call).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let new = ledger.reserve(&org, cost(10), &call).await.unwrap();
+    ledger.commit(old.id, cost(10)).await.unwrap();
+    assert!(matches!(
+        ledger.reserve(&org, cost(10), &call).await,
+        Err(BudgetError::AlreadyCharged { .. })
+    ));
+    ledger.release(new.id).await.unwrap();
+    assert_eq!(org_usage(&ledger).await, (10, 0));
 }
 
 fn sample_request(id: ApprovalId, anchor: AnchorId, minute: i64) -> ApprovalRequest {
@@ -489,4 +805,290 @@ pub async fn approval_store_conformance<S: ApprovalStore, F: Fn() -> S>(make: F)
         .map(|r| r.id)
         .collect();
     assert_eq!(left, vec![c, b], "decided requests are no longer pending");
+}
+
+/// One step of a sequence run by [`budget_ledger_against_model`]: the organisation's
+/// budget, a run's budget below it, and reservations on one or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetOp {
+    /// Sets the cost limit of the organisation, or of the run (`run`); usage is kept.
+    Limit {
+        /// The run's budget rather than the organisation's.
+        run: bool,
+        /// The cost limit, in minor units.
+        limit: i64,
+    },
+    /// Reserves `cost` on the organisation, and on the run's chain if `run`, with charge key
+    /// number `key` (of a few) and a time to live in seconds (`None`: the default).
+    Reserve {
+        /// Whether the chain names the run.
+        run: bool,
+        /// The cost, in minor units.
+        cost: i64,
+        /// Which charge key, if any.
+        key: Option<u8>,
+        /// The time to live in seconds, if not the default.
+        ttl_secs: Option<u16>,
+    },
+    /// Commits the reservation issued `nth` (modulo how many were issued; none issued: an
+    /// id never issued) with `actual`.
+    Commit {
+        /// Which reservation.
+        nth: usize,
+        /// The actual cost.
+        actual: i64,
+    },
+    /// Releases the reservation issued `nth` (as for `Commit`).
+    Release {
+        /// Which reservation.
+        nth: usize,
+    },
+    /// Moves the clock forward.
+    Advance {
+        /// By how many seconds.
+        secs: u32,
+    },
+    /// [`BudgetLedger::expire_reservations`].
+    Expire,
+    /// [`BudgetLedger::release_run`] for the run.
+    ReleaseRun,
+    /// Compares the usage of both budgets.
+    Usage,
+}
+
+#[derive(Debug, Clone)]
+struct ModelReservation {
+    on_run: bool,
+    cost: i64,
+    key: Option<String>,
+    expires: i64,
+    swept: bool,
+    settled: bool,
+    names_run: bool,
+}
+
+/// The budget ledger contract for reserve, commit, release, expiry and charge keys, as
+/// plainly as it can be said: the reference [`budget_ledger_against_model`] compares with.
+#[derive(Debug, Default)]
+struct BudgetModel {
+    now: i64,
+    org_limit: Option<i64>,
+    run_limit: Option<i64>,
+    org_committed: i64,
+    run_committed: i64,
+    reservations: Vec<ModelReservation>,
+    charged: std::collections::BTreeSet<String>,
+}
+
+impl BudgetModel {
+    fn counts(&self, r: &ModelReservation) -> bool {
+        !r.settled && self.now < r.expires
+    }
+
+    fn reserved(&self, run: bool) -> i64 {
+        self.reservations
+            .iter()
+            .filter(|r| self.counts(r) && (!run || r.on_run))
+            .map(|r| r.cost)
+            .sum()
+    }
+
+    fn sweep(&mut self) -> usize {
+        let now = self.now;
+        let mut n = 0;
+        for r in &mut self.reservations {
+            if !r.settled && !r.swept && now >= r.expires {
+                r.swept = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn reserve(&mut self, run: bool, cost: i64, key: Option<String>, ttl: i64) -> String {
+        self.sweep();
+        if let Some(k) = &key {
+            if self.charged.contains(k) {
+                return "charged".into();
+            }
+        }
+        let Some(org_limit) = self.org_limit else {
+            return "no budget".into();
+        };
+        // an exhausted budget refuses everything; otherwise what does not fit
+        let refuses = |used: i64, limit: i64| used + cost > limit || (cost == 0 && used >= limit);
+        if refuses(self.org_committed + self.reserved(false), org_limit) {
+            return "exceeded organisation".into();
+        }
+        let on_run = run && self.run_limit.is_some();
+        if let (true, Some(limit)) = (on_run, self.run_limit) {
+            if refuses(self.run_committed + self.reserved(true), limit) {
+                return "exceeded run".into();
+            }
+        }
+        self.reservations.push(ModelReservation {
+            on_run,
+            cost,
+            key,
+            expires: self.now.saturating_add(ttl),
+            swept: false,
+            settled: false,
+            names_run: run,
+        });
+        "ok".into()
+    }
+
+    fn settle(&mut self, nth: Option<usize>, actual: Option<i64>) -> String {
+        let Some(r) = nth.and_then(|i| self.reservations.get_mut(i)) else {
+            return "unknown".into();
+        };
+        if r.settled {
+            return "settled".into();
+        }
+        r.settled = true;
+        if let Some(actual) = actual {
+            if let Some(k) = &r.key {
+                self.charged.insert(k.clone());
+            }
+            self.org_committed += actual;
+            if r.on_run {
+                self.run_committed += actual;
+            }
+        }
+        "ok".into()
+    }
+}
+
+fn outcome<T>(r: &Result<T, BudgetError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(BudgetError::Exceeded { key, .. }) => match key {
+            BudgetKey::Organisation => "exceeded organisation".into(),
+            _ => "exceeded run".into(),
+        },
+        Err(BudgetError::AlreadyCharged { .. }) => "charged".into(),
+        Err(BudgetError::NoBudget { .. }) => "no budget".into(),
+        Err(BudgetError::AlreadySettled { .. }) => "settled".into(),
+        Err(BudgetError::UnknownReservation { .. }) => "unknown".into(),
+        Err(e) => format!("unexpected error: {e}"),
+    }
+}
+
+/// Runs `ops` on a fresh ledger from `make` and on a plain model of the contract (see
+/// [`BudgetOp`]), and panics at the first step whose outcome, usage, expiry count or
+/// release count differs. Returns how many steps succeeded on the ledger, so a caller can
+/// tell a sequence that did something from one refused throughout.
+pub async fn budget_ledger_against_model<L: BudgetLedger, F: Fn(ManualClock) -> L>(
+    make: &F,
+    ops: &[BudgetOp],
+) -> usize {
+    const SEC: i64 = 1_000_000_000;
+    let clock = ManualClock::default();
+    let ledger = make(clock.clone());
+    let run = RunId::from_name("run-1");
+    let default_ttl = i64::try_from(crate::DEFAULT_RESERVATION_TTL.as_nanos()).unwrap();
+    let mut model = BudgetModel::default();
+    let mut ids: Vec<ReservationId> = Vec::new();
+    let never = ReservationId::from_raw(u64::MAX / 3);
+    let mut succeeded = 0;
+    for (step, op) in ops.iter().enumerate() {
+        let at = format!("step {step}: {op:?}");
+        let (real, expected) = match op {
+            BudgetOp::Limit { run: on_run, limit } => {
+                let key = if *on_run {
+                    model.run_limit = Some(*limit);
+                    BudgetKey::Run(run)
+                } else {
+                    model.org_limit = Some(*limit);
+                    BudgetKey::Organisation
+                };
+                let mut limits = cap(*limit);
+                limits.alerts.clear();
+                ledger.set_limits(key, limits).await.unwrap();
+                ("ok".to_string(), "ok".to_string())
+            }
+            BudgetOp::Reserve {
+                run: on_run,
+                cost: c,
+                key,
+                ttl_secs,
+            } => {
+                let mut chain = BudgetChain::organisation();
+                if *on_run {
+                    chain = chain.run(run);
+                }
+                let key = key.map(|k| format!("call-{k}"));
+                let mut options = ReserveOptions::default();
+                options.key = key.clone();
+                options.ttl = ttl_secs.map(|s| Duration::from_secs(u64::from(s)));
+                let ttl = ttl_secs.map_or(default_ttl, |s| i64::from(s) * SEC);
+                let result = ledger.reserve(&chain, cost(*c), &options).await;
+                if let Ok(r) = &result {
+                    ids.push(r.id);
+                }
+                (outcome(&result), model.reserve(*on_run, *c, key, ttl))
+            }
+            BudgetOp::Commit { nth, actual } => {
+                let index = (!ids.is_empty()).then(|| nth % ids.len());
+                let id = index.map_or(never, |i| ids[i]);
+                let result = ledger.commit(id, cost(*actual)).await;
+                (outcome(&result), model.settle(index, Some(*actual)))
+            }
+            BudgetOp::Release { nth } => {
+                let index = (!ids.is_empty()).then(|| nth % ids.len());
+                let id = index.map_or(never, |i| ids[i]);
+                let result = ledger.release(id).await;
+                (outcome(&result), model.settle(index, None))
+            }
+            BudgetOp::Advance { secs } => {
+                clock.advance(Duration::from_secs(u64::from(*secs)));
+                model.now += i64::from(*secs) * SEC;
+                ("ok".to_string(), "ok".to_string())
+            }
+            BudgetOp::Expire => {
+                let n = ledger.expire_reservations().await.unwrap();
+                (format!("expired {n}"), format!("expired {}", model.sweep()))
+            }
+            BudgetOp::ReleaseRun => {
+                let n = ledger.release_run(run).await.unwrap();
+                let mut expected = 0;
+                for r in &mut model.reservations {
+                    if r.names_run && !r.settled {
+                        r.settled = true;
+                        expected += 1;
+                    }
+                }
+                (format!("released {n}"), format!("released {expected}"))
+            }
+            BudgetOp::Usage => {
+                model.sweep();
+                let mut real = Vec::new();
+                let mut expected = Vec::new();
+                for (key, limit, committed, on_run) in [
+                    (
+                        BudgetKey::Organisation,
+                        model.org_limit,
+                        model.org_committed,
+                        false,
+                    ),
+                    (
+                        BudgetKey::Run(run),
+                        model.run_limit,
+                        model.run_committed,
+                        true,
+                    ),
+                ] {
+                    let u = ledger.usage(key).await.unwrap();
+                    real.push(u.map(|u| (u.committed.cost.minor(), u.reserved.cost.minor())));
+                    expected.push(limit.map(|_| (committed, model.reserved(on_run))));
+                }
+                (format!("{real:?}"), format!("{expected:?}"))
+            }
+        };
+        assert_eq!(real, expected, "{at}");
+        if real == "ok" {
+            succeeded += 1;
+        }
+    }
+    succeeded
 }

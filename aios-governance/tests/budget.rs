@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use aios_core::{AgentId, AuditEvent, InMemoryAuditLog, ManualClock, Money, RoleId, RunId};
 use aios_governance::{
-    testing, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt, BudgetLimits,
-    InMemoryBudgetLedger, Limits, Usage,
+    testing, testing::BudgetOp, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt,
+    BudgetLimits, InMemoryBudgetLedger, Limits, ReserveOptions, Usage,
 };
 use proptest::prelude::*;
 
@@ -39,13 +39,17 @@ fn alerts_are_audited_and_the_plan_comes_from_the_model() {
             .run(run);
         // the run allows 10.00; the outreach role 200.00 with alerts at 50 and 90 %
         let r = ledger
-            .reserve(&chain, Usage::cost(Money::from_minor(600)))
+            .reserve(
+                &chain,
+                Usage::cost(Money::from_minor(600)),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         assert_eq!(r.alerts.len(), 1, "{:?}", r.alerts);
         assert_eq!(r.alerts[0].key, BudgetKey::Run(run));
         assert!(matches!(
-            ledger.reserve(&chain, Usage::cost(Money::from_minor(401))).await,
+            ledger.reserve(&chain, Usage::cost(Money::from_minor(401)), &ReserveOptions::default()).await,
             Err(BudgetError::Exceeded { key: BudgetKey::Run(k), .. }) if k == run
         ));
         ledger
@@ -90,10 +94,18 @@ fn a_three_level_hierarchy_is_all_or_nothing() {
     ledger.set_limits_sync(BudgetKey::Agent(agent), cap(1_000));
     let chain = BudgetChain::organisation().role(role).agent(agent);
     let r = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(90)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(90)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     let err = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(20)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(20)),
+            &ReserveOptions::default(),
+        )
         .unwrap_err();
     assert!(matches!(
         err,
@@ -104,7 +116,7 @@ fn a_three_level_hierarchy_is_all_or_nothing() {
     ));
     assert_eq!(
         err.to_string(),
-        "budget `organisation` exceeded on cost: 90 used + 20 requested > limit 100"
+        "budget `organisation` exceeded on cost: 90 used + 20 requested, limit 100"
     );
     for key in [BudgetKey::Role(role), BudgetKey::Agent(agent)] {
         assert_eq!(
@@ -165,7 +177,7 @@ proptest! {
                     let mut granted = 0usize;
                     for s in plan {
                         let amount = Usage::cost(Money::from_minor(s.amount)).with_tool_calls(1);
-                        match ledger.reserve_sync(&chain, amount) {
+                        match ledger.reserve_sync(&chain, amount, &ReserveOptions::default()) {
                             Ok(r) => {
                                 granted += 1;
                                 // every level stays within its limit at all times
@@ -233,11 +245,19 @@ fn a_level_configured_later_limits_the_next_reservation() {
     let chain = BudgetChain::organisation().role(role);
     ledger.set_limits_sync(BudgetKey::Organisation, cap(1_000));
     let r = ledger
-        .reserve_sync(&chain, Usage::cost(Money::from_minor(50)))
+        .reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(50)),
+            &ReserveOptions::default(),
+        )
         .unwrap();
     ledger.set_limits_sync(BudgetKey::Role(role), cap(40));
     assert!(matches!(
-        ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(50))),
+        ledger.reserve_sync(
+            &chain,
+            Usage::cost(Money::from_minor(50)),
+            &ReserveOptions::default()
+        ),
         Err(BudgetError::Exceeded {
             key: BudgetKey::Role(_),
             ..
@@ -249,4 +269,131 @@ fn a_level_configured_later_limits_the_next_reservation() {
         Usage::ZERO,
         "the role was not charged for the reservation made before it had a budget"
     );
+}
+
+#[test]
+fn exhausted_budget_refuses_zero_reservation() {
+    let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
+    ledger.set_limits_sync(
+        BudgetKey::Organisation,
+        BudgetLimits::total(Limits {
+            cost: Some(Money::from_minor(100)),
+            tool_calls: Some(10),
+            ..Limits::default()
+        }),
+    );
+    let org = BudgetChain::organisation();
+    // an overrun is recorded: 120 of 100 spent
+    let r = ledger
+        .reserve_sync(
+            &org,
+            Usage::cost(Money::from_minor(100)),
+            &ReserveOptions::default(),
+        )
+        .unwrap();
+    ledger
+        .commit_sync(r.id, Usage::cost(Money::from_minor(120)))
+        .unwrap();
+    for zero in [Usage::ZERO, Usage::ZERO.with_tool_calls(1)] {
+        assert!(
+            matches!(
+                ledger.reserve_sync(&org, zero, &ReserveOptions::default()),
+                Err(BudgetError::Exceeded {
+                    key: BudgetKey::Organisation,
+                    dimension: aios_governance::Dimension::Cost,
+                    limit: 100,
+                    used: 120,
+                    requested: 0,
+                })
+            ),
+            "nothing more passes an overspent budget, not even {zero:?}"
+        );
+    }
+    // exactly at the limit is exhausted too
+    let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default()));
+    ledger.set_limits_sync(
+        BudgetKey::Organisation,
+        BudgetLimits::total(Limits {
+            cost: Some(Money::from_minor(100)),
+            ..Limits::default()
+        }),
+    );
+    let r = ledger
+        .reserve_sync(
+            &org,
+            Usage::cost(Money::from_minor(100)),
+            &ReserveOptions::default(),
+        )
+        .unwrap();
+    assert!(matches!(
+        ledger.reserve_sync(&org, Usage::ZERO, &ReserveOptions::default()),
+        Err(BudgetError::Exceeded { used: 100, .. })
+    ));
+    assert_eq!(ledger.outstanding(), 1, "the refusal changed nothing");
+    ledger.release_sync(r.id).unwrap();
+    assert!(
+        ledger
+            .reserve_sync(&org, Usage::ZERO, &ReserveOptions::default())
+            .is_ok(),
+        "below the limit a zero reservation passes"
+    );
+}
+
+fn in_memory(clock: ManualClock) -> InMemoryBudgetLedger {
+    InMemoryBudgetLedger::new(Arc::new(clock))
+}
+
+#[test]
+fn charged_once_per_key() {
+    futures::executor::block_on(testing::budget_charged_once_per_key(&in_memory));
+}
+
+#[test]
+fn expired_reservation_stops_counting() {
+    futures::executor::block_on(testing::budget_expired_reservation_stops_counting(
+        &in_memory,
+    ));
+}
+
+fn budget_op() -> impl Strategy<Value = BudgetOp> {
+    prop_oneof![
+        1 => (any::<bool>(), 0i64..120).prop_map(|(run, limit)| BudgetOp::Limit { run, limit }),
+        4 => (
+            any::<bool>(),
+            0i64..40,
+            prop::option::of(0u8..4),
+            prop::option::of(0u16..30),
+        )
+            .prop_map(|(run, cost, key, ttl_secs)| BudgetOp::Reserve {
+                run,
+                cost,
+                key,
+                ttl_secs,
+            }),
+        3 => (0usize..64, 0i64..50).prop_map(|(nth, actual)| BudgetOp::Commit { nth, actual }),
+        1 => (0usize..64).prop_map(|nth| BudgetOp::Release { nth }),
+        2 => prop_oneof![0u32..20, Just(3_600u32)].prop_map(|secs| BudgetOp::Advance { secs }),
+        1 => Just(BudgetOp::Expire),
+        1 => Just(BudgetOp::ReleaseRun),
+        2 => Just(BudgetOp::Usage),
+    ]
+}
+
+/// Sequences that set the organisation's budget first, so most steps do something.
+fn budget_ops() -> impl Strategy<Value = Vec<BudgetOp>> {
+    (20i64..120, prop::collection::vec(budget_op(), 1..80)).prop_map(|(limit, mut ops)| {
+        ops.insert(0, BudgetOp::Limit { run: false, limit });
+        ops
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Reserve, commit, release, expiry and charge keys against the model of the contract.
+    #[test]
+    fn in_memory_ledger_keeps_every_promise_of_the_model(ops in budget_ops()) {
+        let done = futures::executor::block_on(testing::budget_ledger_against_model(&in_memory, &ops));
+        prop_assert!(done >= 1);
+    }
 }

@@ -13,7 +13,7 @@ use aios_core::{
 use aios_governance::{
     ApprovalError, ApprovalResponse, ApprovalState, Approvals, BudgetChain, BudgetError, BudgetKey,
     BudgetLedger, BudgetLimits, ControlError, ControlTarget, Controls, Halt, InMemoryApprovalStore,
-    InMemoryBudgetLedger, Limits, NewApproval, OnTimeout, Usage,
+    InMemoryBudgetLedger, Limits, NewApproval, OnTimeout, ReserveOptions, Usage,
 };
 
 fn alice() -> Principal {
@@ -149,13 +149,21 @@ fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
         let org = BudgetChain::organisation();
         // below every threshold: no alert, no audit needed
         let quiet = ledger
-            .reserve(&org, Usage::cost(Money::from_minor(10)))
+            .reserve(
+                &org,
+                Usage::cost(Money::from_minor(10)),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         // crossing 50 % needs an alert the log refuses: undone
         assert!(matches!(
             ledger
-                .reserve(&org, Usage::cost(Money::from_minor(60)))
+                .reserve(
+                    &org,
+                    Usage::cost(Money::from_minor(60)),
+                    &ReserveOptions::default()
+                )
                 .await,
             Err(BudgetError::Store(_))
         ));
@@ -169,7 +177,11 @@ fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
         // once the log is back, the alert is reported (and recorded) after all
         faults.set_plan(FaultPlan::none());
         let r = ledger
-            .reserve(&org, Usage::cost(Money::from_minor(60)))
+            .reserve(
+                &org,
+                Usage::cost(Money::from_minor(60)),
+                &ReserveOptions::default(),
+            )
             .await
             .unwrap();
         assert_eq!(

@@ -69,9 +69,11 @@ pub(crate) enum ApprovalState {
     Rejected(String),
 }
 
-/// A budget reservation held for one call.
+/// A budget reservation held for one call; `None` when the call's key was already charged (a
+/// call repeated after a crash between the budget commit and the journal), so it is neither
+/// reserved nor charged again.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Reservation(ReservationId);
+pub(crate) struct Reservation(Option<ReservationId>);
 
 /// The governor a run is pinned to.
 #[derive(Debug, Clone)]
@@ -269,7 +271,6 @@ impl Governance {
         amount: Usage,
         key: &aios_core::IdempotencyKey,
     ) -> Result<Result<Reservation, String>, StoreError> {
-        let _ = key;
         let Some(ledger) = &self.ledger else {
             return Ok(Err("no budget ledger".into()));
         };
@@ -303,8 +304,17 @@ impl Governance {
         // the chain always names the run (a level without limits is not limited), so a dead
         // worker's reservations can be found and released by run
         chain = chain.run(run);
-        match ledger.reserve(&chain, amount).await {
-            Ok(r) => Ok(Ok(Reservation(r.id))),
+        match ledger
+            .reserve(
+                &chain,
+                amount,
+                &aios_governance::ReserveOptions::keyed(key.as_str()),
+            )
+            .await
+        {
+            Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
+            // this very call was charged before its worker died: it is not charged twice
+            Err(BudgetError::AlreadyCharged { .. }) => Ok(Ok(Reservation(None))),
             Err(e) => budget_failure(e),
         }
     }
@@ -328,7 +338,7 @@ impl Governance {
         reservation: Reservation,
         actual: Usage,
     ) -> Result<(), StoreError> {
-        let (Some(ledger), Reservation(id)) = (&self.ledger, reservation) else {
+        let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) else {
             return Ok(());
         };
         match ledger.commit(id, actual).await {
@@ -342,7 +352,7 @@ impl Governance {
     }
 
     pub(crate) async fn release(&self, reservation: Reservation) {
-        if let (Some(ledger), Reservation(id)) = (&self.ledger, reservation) {
+        if let (Some(ledger), Reservation(Some(id))) = (&self.ledger, reservation) {
             // a failed release leaves the reservation to the ledger's own expiry; nothing to undo here
             let _ = ledger.release(id).await;
         }

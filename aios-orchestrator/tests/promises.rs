@@ -654,3 +654,88 @@ impl aios_core::Connector for Leaky {
         })
     }
 }
+
+/// A worker that dies at any checkpoint write (after a budget commit and before its journal is
+/// durable included) never gets a call charged twice, nor a memory-free effect repeated.
+#[test]
+fn a_call_is_charged_once_whatever_write_the_worker_dies_at() {
+    use aios_core::testing::{FaultPlan, Faults};
+    use aios_orchestrator::testing::FaultyCheckpointStore;
+    for n in 1..40u64 {
+        let w = World::new();
+        let ledger_conn = RecordingConnector::new("ledger", EffectClass::Reversible)
+            .with_default_cost(Money::from_minor(7));
+        let agent = FnAgent::new(|ctx, _| {
+            Box::pin(async move {
+                for i in 0..3 {
+                    ctx.call(ConnectorRequest::new(
+                        "ledger",
+                        "write",
+                        serde_json::json!({ "i": i }),
+                    ))
+                    .await?;
+                }
+                Ok(serde_json::json!("done"))
+            })
+        });
+        let faults = Faults::new(FaultPlan::fail_nth(n));
+        let store = FaultyCheckpointStore::new(InMemoryCheckpointStore::new(), faults.clone());
+        let budgets = Arc::new(aios_governance::InMemoryBudgetLedger::new(Arc::new(
+            w.timer.clock().clone(),
+        )));
+        budgets.apply_plan_sync(&governor().budget_plan());
+        let orch = Orchestrator::builder(governor())
+            .role(Role::new("worker", "work", Arc::new(agent)).connector("ledger"))
+            .connector(Arc::new(ledger_conn.clone()))
+            .checkpoints(Arc::new(store))
+            .budgets(budgets.clone())
+            .clock(Arc::new(w.timer.clock().clone()))
+            .timer(Arc::new(w.timer.clone()))
+            .build();
+        let workflow = Workflow::new("charge").task(TaskSpec::new(
+            "charge",
+            RoleId::from_name("worker"),
+            serde_json::Value::Null,
+        ));
+        let first = block_on(orch.start(workflow));
+        faults.set_plan(FaultPlan::none());
+        let run = match &first {
+            Ok(o) => o.run,
+            Err(_) => match block_on(w_runs(&orch)).into_iter().next() {
+                Some(run) => run,
+                // the run never became durable: nothing may have been charged
+                None => {
+                    assert_eq!(ledger_conn.effects().len(), 0, "fault {n}");
+                    continue;
+                }
+            },
+        };
+        let stored = block_on(orch.state(run)).unwrap().map(|s| s.status);
+        if stored != Some(RunStatus::Completed) {
+            // the dead worker's lease lapses, then another takes the run over
+            w.timer.clock().advance(Duration::from_secs(120));
+            let done = block_on(orch.resume(run)).unwrap();
+            assert_eq!(done.status, RunStatus::Completed, "fault {n}");
+        }
+        assert_eq!(ledger_conn.effects().len(), 3, "fault {n}: each write once");
+        let org = budgets
+            .usage_sync(aios_governance::BudgetKey::Organisation)
+            .unwrap();
+        assert_eq!(
+            org.committed.cost,
+            Money::from_minor(21),
+            "fault {n}: each call charged once"
+        );
+        assert_eq!(org.reserved.cost, Money::ZERO, "fault {n}: nothing held");
+    }
+}
+
+async fn w_runs(orch: &Orchestrator) -> Vec<RunId> {
+    orch.checkpoint_store()
+        .list(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.run)
+        .collect()
+}

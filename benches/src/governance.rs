@@ -9,7 +9,8 @@ use aios::core::{AgentId, EffectClass, ManualClock, Money, PathwayId, Principal,
 use aios::governance::{
     ActionRequest, Anchor, AutonomyLimits, Boundaries, Budget, BudgetChain, BudgetKey,
     BudgetLimits, BudgetScope, Charter, EscalationMode, EscalationRule, GovernanceModel, Governor,
-    InMemoryBudgetLedger, Limits, OnTimeoutSpec, Pathway, Period, Role, Trigger, Usage, Verdict,
+    InMemoryBudgetLedger, Limits, OnTimeoutSpec, Pathway, Period, ReserveOptions, Role, Trigger,
+    Usage, Verdict,
 };
 
 use crate::{percentile_us, sample, time, Config, Goal, Measurement};
@@ -237,7 +238,7 @@ pub fn reserve_commit(ledger: &InMemoryBudgetLedger, chain: &BudgetChain) -> boo
     let amount = Usage::cost(Money::from_minor(3))
         .with_tokens(1_200)
         .with_tool_calls(1);
-    match ledger.reserve_sync(chain, amount) {
+    match ledger.reserve_sync(chain, amount, &ReserveOptions::default()) {
         Ok(r) => ledger
             .commit_sync(r.id, Usage::cost(Money::from_minor(2)).with_tokens(900))
             .is_ok(),
@@ -272,9 +273,11 @@ fn contention(limit: i64, per_thread: usize) -> (i64, i64, bool, f64) {
                     let mut granted = 0usize;
                     for i in 0..per_thread {
                         let amount = 1 + mix.below(5) as i64;
-                        if let Ok(r) =
-                            ledger.reserve_sync(&chain, Usage::cost(Money::from_minor(amount)))
-                        {
+                        if let Ok(r) = ledger.reserve_sync(
+                            &chain,
+                            Usage::cost(Money::from_minor(amount)),
+                            &ReserveOptions::default(),
+                        ) {
                             granted += 1;
                             if i % 64 == 0 {
                                 if let Some(u) = ledger.usage_sync(BudgetKey::Organisation) {

@@ -1,14 +1,17 @@
-//! The budget ledger in tables `budget_accounts` and `budget_reservations`.
+//! The budget ledger in tables `budget_accounts`, `budget_reservations` and
+//! `budget_charges`.
 
 // per-dimension loops index several parallel arrays at once
 #![allow(clippy::needless_range_loop)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
 use aios_governance::{
-    record_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits,
-    BudgetUsage, Dimension, Period, Reservation, ReservationId, Settlement, Usage,
+    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
+    BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId, ReserveOptions,
+    Settlement, Usage, DEFAULT_RESERVATION_TTL,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -27,11 +30,29 @@ use crate::db::Db;
 /// `BEGIN IMMEDIATE` transaction, so concurrent workers (threads or processes) can never
 /// overspend and a refused or failed operation changes nothing. Settled reservations are
 /// deleted; the `AUTOINCREMENT` counter tells an already settled id from one never issued.
+/// A reservation row carries its expiry (nanoseconds since the epoch, indexed) and whether
+/// it expired; the keys of committed keyed reservations are rows of `budget_charges`,
+/// inserted in the commit's transaction.
 #[derive(Debug, Clone)]
 pub struct SqliteBudgetLedger {
     db: Arc<Db>,
     clock: Arc<dyn Clock>,
     audit: Option<Arc<dyn AuditLog>>,
+    /// The default time to live, in nanoseconds.
+    ttl: i64,
+}
+
+/// A time as nanoseconds since the Unix epoch, saturating: how expiry is stored.
+fn nanos(t: Timestamp) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// One budget's stored state.
@@ -55,6 +76,9 @@ struct Held {
     /// The run the chain named, so a dead worker's reservations can be released by run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<RunId>,
+    /// The charge key, charged when committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 impl Account {
@@ -112,7 +136,56 @@ impl SqliteBudgetLedger {
             db,
             clock,
             audit: None,
+            ttl: duration_nanos(DEFAULT_RESERVATION_TTL),
         }
+    }
+
+    /// Sets how long a reservation holds budget when its options name no ttl (default
+    /// [`DEFAULT_RESERVATION_TTL`], one hour).
+    pub fn with_reservation_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = duration_nanos(ttl);
+        self
+    }
+
+    /// Expires every counting reservation due at `now`: its amount leaves the budgets it
+    /// charged and the row is marked expired. Returns how many.
+    fn sweep(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<usize, BudgetError> {
+        let rows: Vec<(i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, reservation FROM budget_reservations
+                 WHERE expired = 0 AND expires_at <= ?1",
+            )
+            .and_then(|mut s| {
+                s.query_map([nanos(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.db.err("read due budget reservations", e))?;
+        for (raw, text) in &rows {
+            let held: Held = self.db.decode("budget_reservations", raw, text)?;
+            tx.prepare_cached("UPDATE budget_reservations SET expired = 1 WHERE id = ?1")
+                .and_then(|mut s| s.execute([raw]))
+                .map_err(|e| self.db.err("expire a budget reservation", e))?;
+            for key in held.keys {
+                if let Some(mut a) = self.load(tx, key)? {
+                    a.roll_to(now);
+                    for d in 0..4 {
+                        a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                    }
+                    self.store(tx, &a)?;
+                }
+            }
+        }
+        Ok(rows.len())
+    }
+
+    /// Whether a reservation is due to expire at `now`.
+    fn due(&self, tx: &Transaction<'_>, now: Timestamp) -> Result<bool, StoreError> {
+        tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM budget_reservations
+                            WHERE expired = 0 AND expires_at <= ?1)",
+        )
+        .and_then(|mut s| s.query_row([nanos(now)], |r| r.get(0)))
+        .map_err(|e| self.db.err("read due budget reservations", e))
     }
 
     /// Appends the alerts of every operation to `audit` as [`aios_core::AuditEvent::BudgetAlert`]s
@@ -157,11 +230,13 @@ impl SqliteBudgetLedger {
         };
         let now = self.clock.now();
         let alerts = self.db.write("settle a budget reservation", |tx| {
-            let text: Option<String> = tx
-                .prepare_cached("SELECT reservation FROM budget_reservations WHERE id = ?1")
-                .and_then(|mut s| s.query_row([raw], |r| r.get(0)).optional())
+            let row: Option<(String, bool)> = tx
+                .prepare_cached(
+                    "SELECT reservation, expired FROM budget_reservations WHERE id = ?1",
+                )
+                .and_then(|mut s| s.query_row([raw], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                 .map_err(|e| self.db.err("read a budget reservation", e))?;
-            let Some(text) = text else {
+            let Some((text, expired)) = row else {
                 let issued: i64 = tx
                     .prepare_cached(
                         "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'budget_reservations'",
@@ -178,6 +253,13 @@ impl SqliteBudgetLedger {
             tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
                 .and_then(|mut s| s.execute([raw]))
                 .map_err(|e| self.db.err("settle a budget reservation", e))?;
+            if let (Some(key), Some(_)) = (&held.key, act) {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO budget_charges (key, reservation) VALUES (?1, ?2)",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![key, raw]))
+                .map_err(|e| self.db.err("charge a key", e))?;
+            }
             let mut alerts = Vec::new();
             for key in held.keys {
                 let Some(mut a) = self.load(tx, key)? else {
@@ -190,8 +272,10 @@ impl SqliteBudgetLedger {
                     }));
                 };
                 a.roll_to(now);
-                for d in 0..4 {
-                    a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                if !expired {
+                    for d in 0..4 {
+                        a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                    }
                 }
                 if let Some(act) = act {
                     for d in 0..4 {
@@ -204,6 +288,79 @@ impl SqliteBudgetLedger {
             Ok::<_, BudgetError>(alerts)
         })?;
         Ok(Settlement { alerts })
+    }
+
+    /// The checks and writes of a reservation, after the sweep; a refusal writes nothing.
+    fn reserve_in(
+        &self,
+        tx: &Transaction<'_>,
+        now: Timestamp,
+        chain: &BudgetChain,
+        amt: [i64; 4],
+        options: &ReserveOptions,
+        expires: i64,
+    ) -> Result<(ReservationId, Vec<BudgetAlert>), BudgetError> {
+        if let Some(key) = &options.key {
+            let charged: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM budget_charges WHERE key = ?1)")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)))
+                .map_err(|e| self.db.err("read a charge key", e))?;
+            if charged {
+                return Err(BudgetError::AlreadyCharged { key: key.clone() });
+            }
+        }
+        let mut accounts = Vec::with_capacity(4);
+        for key in chain.keys() {
+            match self.load(tx, key)? {
+                Some(a) => accounts.push(a),
+                None if key == BudgetKey::Organisation => {
+                    return Err(BudgetError::NoBudget { key });
+                }
+                None => {}
+            }
+        }
+        // check every level first: nothing is written on refusal
+        for a in &mut accounts {
+            a.roll_to(now);
+            let limit = a.limits.array();
+            for d in 0..4 {
+                if limit[d] == i64::MAX {
+                    continue;
+                }
+                let used = a.committed[d].saturating_add(a.reserved[d]);
+                if refuses(used, amt[d], limit[d]) {
+                    return Err(BudgetError::Exceeded {
+                        key: a.key,
+                        dimension: Dimension::ALL[d],
+                        limit: limit[d],
+                        used,
+                        requested: amt[d],
+                    });
+                }
+            }
+        }
+        let mut alerts = Vec::new();
+        for a in &mut accounts {
+            for d in 0..4 {
+                a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
+            }
+            a.check_alerts(&mut alerts);
+            self.store(tx, a)?;
+        }
+        let held = Held {
+            keys: accounts.iter().map(|a| a.key).collect(),
+            amount: amt,
+            run: chain.run,
+            key: options.key.clone(),
+        };
+        let text = self.db.encode("a budget reservation", &held)?;
+        tx.prepare_cached(
+            "INSERT INTO budget_reservations (reservation, expires_at) VALUES (?1, ?2)",
+        )
+        .and_then(|mut s| s.execute(rusqlite::params![text, expires]))
+        .map_err(|e| self.db.err("record a budget reservation", e))?;
+        let id = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
+        Ok((ReservationId::from_raw(id), alerts))
     }
 
     async fn emit(&self, alerts: &[BudgetAlert]) -> Result<(), BudgetError> {
@@ -245,6 +402,7 @@ impl BudgetLedger for SqliteBudgetLedger {
         &self,
         chain: &BudgetChain,
         amount: Usage,
+        options: &ReserveOptions,
     ) -> Result<Reservation, BudgetError> {
         let amt = amount.to_array();
         if amt[0] < 0 {
@@ -253,57 +411,16 @@ impl BudgetLedger for SqliteBudgetLedger {
             });
         }
         let now = self.clock.now();
+        let expires = nanos(now).saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
+        // a refusal commits the transaction too: it wrote nothing but the sweep, which
+        // stands (as in the in-memory ledger); store errors roll everything back
         let (id, alerts) = self.db.write("reserve budget", |tx| {
-            let mut accounts = Vec::with_capacity(4);
-            for key in chain.keys() {
-                match self.load(tx, key)? {
-                    Some(a) => accounts.push(a),
-                    None if key == BudgetKey::Organisation => {
-                        return Err(BudgetError::NoBudget { key });
-                    }
-                    None => {}
-                }
+            self.sweep(tx, now)?;
+            match self.reserve_in(tx, now, chain, amt, options, expires) {
+                Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),
+                refused_or_reserved => Ok(refused_or_reserved),
             }
-            // check every level first: nothing is written on refusal
-            for a in &mut accounts {
-                a.roll_to(now);
-                let limit = a.limits.array();
-                for d in 0..4 {
-                    if amt[d] == 0 || limit[d] == i64::MAX {
-                        continue;
-                    }
-                    let used = a.committed[d].saturating_add(a.reserved[d]);
-                    if used.saturating_add(amt[d]) > limit[d] {
-                        return Err(BudgetError::Exceeded {
-                            key: a.key,
-                            dimension: Dimension::ALL[d],
-                            limit: limit[d],
-                            used,
-                            requested: amt[d],
-                        });
-                    }
-                }
-            }
-            let mut alerts = Vec::new();
-            for a in &mut accounts {
-                for d in 0..4 {
-                    a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
-                }
-                a.check_alerts(&mut alerts);
-                self.store(tx, a)?;
-            }
-            let held = Held {
-                keys: accounts.iter().map(|a| a.key).collect(),
-                amount: amt,
-                run: chain.run,
-            };
-            let text = self.db.encode("a budget reservation", &held)?;
-            tx.prepare_cached("INSERT INTO budget_reservations (reservation) VALUES (?1)")
-                .and_then(|mut s| s.execute([text]))
-                .map_err(|e| self.db.err("record a budget reservation", e))?;
-            let id = u64::try_from(tx.last_insert_rowid()).unwrap_or(0);
-            Ok::<_, BudgetError>((ReservationId::from_raw(id), alerts))
-        })?;
+        })??;
         self.emit(&alerts).await?;
         Ok(Reservation { id, alerts })
     }
@@ -323,15 +440,15 @@ impl BudgetLedger for SqliteBudgetLedger {
     async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
         let now = self.clock.now();
         self.db.write("release a run's budget reservations", |tx| {
-            let rows: Vec<(i64, String)> = tx
-                .prepare_cached("SELECT id, reservation FROM budget_reservations")
+            let rows: Vec<(i64, String, bool)> = tx
+                .prepare_cached("SELECT id, reservation, expired FROM budget_reservations")
                 .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(|e| self.db.err("read budget reservations", e))?;
             let mut released = 0;
-            for (raw, text) in rows {
+            for (raw, text, expired) in rows {
                 let held: Held = self.db.decode("budget_reservations", &raw, &text)?;
                 if held.run != Some(run) {
                     continue;
@@ -339,6 +456,10 @@ impl BudgetLedger for SqliteBudgetLedger {
                 tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
                     .and_then(|mut s| s.execute([raw]))
                     .map_err(|e| self.db.err("release a budget reservation", e))?;
+                released += 1;
+                if expired {
+                    continue;
+                }
                 for key in held.keys {
                     if let Some(mut a) = self.load(tx, key)? {
                         a.roll_to(now);
@@ -348,15 +469,31 @@ impl BudgetLedger for SqliteBudgetLedger {
                         self.store(tx, &a)?;
                     }
                 }
-                released += 1;
             }
             Ok::<_, BudgetError>(released)
         })
     }
 
+    async fn expire_reservations(&self) -> Result<usize, BudgetError> {
+        let now = self.clock.now();
+        self.db
+            .write("expire budget reservations", |tx| self.sweep(tx, now))
+    }
+
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {
         let now = self.clock.now();
-        let account = self.db.read("read a budget", |tx| self.load(tx, key))?;
+        let (due, account) = self.db.read("read a budget", |tx| {
+            Ok::<_, StoreError>((self.due(tx, now)?, self.load(tx, key)?))
+        })?;
+        let account = if due {
+            // expire what is due first, so usage never counts an expired reservation
+            self.db.write("read a budget", |tx| {
+                self.sweep(tx, now)?;
+                Ok::<_, BudgetError>(self.load(tx, key)?)
+            })?
+        } else {
+            account
+        };
         Ok(account.map(|mut a| {
             a.roll(a.limits.period.window(now));
             BudgetUsage {

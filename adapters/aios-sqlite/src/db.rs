@@ -73,6 +73,23 @@ const MIGRATIONS: &[&str] = &[
     // version 3: the checksum of each stored checkpoint; rows already there get theirs in
     // the same transaction (see `CHECKPOINT_CHECKSUM_STEP`)
     CHECKPOINT_CHECKSUM_STEP,
+    // version 4: budget reservations expire and charge keys are charged once; operator
+    // controls are durable. Reservations in flight at the upgrade were left by a process of
+    // the previous version and expire at the first sweep (a commit still records them).
+    "
+    ALTER TABLE budget_reservations ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE budget_reservations ADD COLUMN expired INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX budget_reservations_due ON budget_reservations (expired, expires_at);
+    CREATE TABLE budget_charges (
+        key         TEXT    PRIMARY KEY,
+        reservation INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE control_records (
+        seq    INTEGER PRIMARY KEY,
+        v      INTEGER NOT NULL,
+        record TEXT    NOT NULL
+    );
+    ",
 ];
 
 /// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so

@@ -1,7 +1,7 @@
 //! The SQLite budget ledger against the in-memory one as the model: seeded random sequences
 //! of limits, reservations over random chains, commits, releases (of live, settled and
 //! unknown ids) and clock jumps across period boundaries must give the same results, alerts
-//! and usage.
+//! and usage; exhausted budgets refusing zero amounts included.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use aios_core::{AgentId, ManualClock, Money, RoleId, RunId, SeededRng};
 use aios_governance::{
     BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, InMemoryBudgetLedger, Limits,
-    Period, ReservationId, Usage,
+    Period, ReservationId, ReserveOptions, Usage,
 };
 use aios_sqlite::SqliteStore;
 use futures::executor::block_on;
@@ -118,6 +118,8 @@ struct Seen {
     refused: std::collections::BTreeMap<String, usize>,
     alerts: usize,
     settled: usize,
+    /// Refusals of a zero amount by an exhausted budget.
+    exhausted_zero: usize,
 }
 
 fn kind(e: &BudgetError) -> String {
@@ -150,8 +152,11 @@ fn differential(seed: u64, steps: usize, seen: &mut Seen) {
                 2..=5 => {
                     let (chain, amount) = (w.chain(), w.usage());
                     match (
-                        model.reserve(&chain, amount).await,
-                        real.reserve(&chain, amount).await,
+                        model
+                            .reserve(&chain, amount, &ReserveOptions::default())
+                            .await,
+                        real.reserve(&chain, amount, &ReserveOptions::default())
+                            .await,
                     ) {
                         (Ok(m), Ok(r)) => {
                             assert_eq!(m.alerts, r.alerts, "{at}: reserve alerts");
@@ -162,6 +167,9 @@ fn differential(seed: u64, steps: usize, seen: &mut Seen) {
                         (Err(m), Err(r)) => {
                             assert_eq!(shape(&m), shape(&r), "{at}: reserve");
                             *seen.refused.entry(kind(&m)).or_default() += 1;
+                            if matches!(m, BudgetError::Exceeded { requested: 0, .. }) {
+                                seen.exhausted_zero += 1;
+                            }
                         }
                         (m, r) => panic!("{at}: reserve differs: {m:?} vs {r:?}"),
                     }
@@ -229,7 +237,7 @@ fn the_sqlite_ledger_behaves_exactly_like_the_in_memory_one() {
     }
     eprintln!("{seen:?}");
     assert!(
-        seen.reserved > 100 && seen.settled > 100 && seen.alerts > 50,
+        seen.reserved > 100 && seen.settled > 100 && seen.alerts > 50 && seen.exhausted_zero > 5,
         "{seen:?}"
     );
     for refusal in [

@@ -1017,9 +1017,10 @@ pub async fn budget_ledger_against_model<L: BudgetLedger, F: Fn(ManualClock) -> 
                     chain = chain.run(run);
                 }
                 let key = key.map(|k| format!("call-{k}"));
-                let mut options = ReserveOptions::default();
-                options.key = key.clone();
-                options.ttl = ttl_secs.map(|s| Duration::from_secs(u64::from(s)));
+                let mut options = key.clone().map_or_else(none, ReserveOptions::keyed);
+                if let Some(s) = ttl_secs {
+                    options = options.ttl(Duration::from_secs(u64::from(*s)));
+                }
                 let ttl = ttl_secs.map_or(default_ttl, |s| i64::from(s) * SEC);
                 let result = ledger.reserve(&chain, cost(*c), &options).await;
                 if let Ok(r) = &result {

@@ -1,6 +1,6 @@
 //! Operator controls: pause, resume, stop (kill switch), time-limited overrides and
 //! annotations for an agent, a role, a pathway or the whole organisation, each recorded with
-//! who and why.
+//! who and why, and kept in a [`ControlStore`] so they survive a restart.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use aios_core::{
     AgentId, AuditEvent, AuditLog, AuditRecord, Clock, Money, PathwayId, Principal, RoleId,
     StoreError, Timestamp,
 };
+use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -177,6 +178,77 @@ pub enum ControlError {
     /// force anyway; a loosening one was not applied.
     #[error("audit failed: {0}")]
     Audit(#[from] StoreError),
+    /// The [`ControlStore`] refused the record, or could not be read when opening. A
+    /// tightening control is in force in this process anyway (but will not be after a
+    /// restart unless applied again); a loosening one was not applied.
+    #[error("control store failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+/// Where applied controls are kept, so a pause or a kill switch outlives the process.
+///
+/// Contract:
+/// - `append` makes one record durable (as durable as the backend is) after every record
+///   appended before it; when it returns `Ok`, a later `load`, from this handle or from one
+///   opened on the same storage after a restart, returns the record. A failed append
+///   stores nothing.
+/// - `load` returns every record appended, oldest first, each exactly as appended
+///   (identical records appended twice are returned twice).
+/// - Records are never changed or removed: the history is the state.
+#[async_trait]
+pub trait ControlStore: Send + Sync + std::fmt::Debug {
+    /// Appends one record after all others.
+    async fn append(&self, record: &ControlRecord) -> Result<(), StoreError>;
+
+    /// Every record, in the order appended.
+    async fn load(&self) -> Result<Vec<ControlRecord>, StoreError>;
+}
+
+/// A [`ControlStore`] in process memory (what [`Controls::new`] uses). Clones share the
+/// records.
+///
+/// ```
+/// use aios_core::{Clock, ManualClock, Principal};
+/// use aios_governance::{ControlAction, ControlCommand, ControlRecord, ControlStore, ControlTarget, InMemoryControlStore};
+/// # futures::executor::block_on(async {
+/// let store = InMemoryControlStore::new();
+/// let record = ControlRecord {
+///     command: ControlCommand {
+///         target: ControlTarget::Organisation,
+///         action: ControlAction::Stop,
+///         by: Principal::System,
+///         reason: "incident".into(),
+///         until: None,
+///     },
+///     at: ManualClock::default().now(),
+/// };
+/// store.append(&record).await?;
+/// assert_eq!(store.load().await?, vec![record]);
+/// # Ok::<(), aios_core::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryControlStore {
+    records: Arc<Mutex<Vec<ControlRecord>>>,
+}
+
+impl InMemoryControlStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ControlStore for InMemoryControlStore {
+    async fn append(&self, record: &ControlRecord) -> Result<(), StoreError> {
+        self.records.lock().push(record.clone());
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Vec<ControlRecord>, StoreError> {
+        Ok(self.records.lock().clone())
+    }
 }
 
 /// `at` is before the optional end `until` (no end: always).
@@ -306,9 +378,16 @@ impl ControlSnapshot {
 /// The operator control panel: applies controls, records them with who and why (in its
 /// history and as [`AuditEvent::ControlApplied`]), and hands out [`ControlSnapshot`]s.
 ///
-/// Tightening controls (pause, stop, revoke) take effect before they are audited, so a kill
-/// switch works even when the audit log is down; loosening ones (resume, override) must come
-/// from a human and are audited first, so nothing is loosened without a record.
+/// Every control applied is appended to a [`ControlStore`]; [`Controls::open`] reads the
+/// store back and re-installs what was in force, so a kill switch pulled before a restart
+/// still holds after it. Failing closed:
+///
+/// - tightening controls (pause, stop, revoke, annotate) take effect in memory first, then
+///   are stored, then audited, so a kill switch works even when the store or the audit log is
+///   down (the error is returned all the same: the control is not durable, or not audited);
+/// - loosening ones (resume, override) must come from a human, and are audited, then
+///   stored, and only then take effect: nothing is loosened without a record, and nothing
+///   is loosened now that would not still be loosened after a restart.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -329,19 +408,63 @@ impl ControlSnapshot {
 pub struct Controls {
     clock: Arc<dyn Clock>,
     audit: Arc<dyn AuditLog>,
+    store: Arc<dyn ControlStore>,
     state: RwLock<Arc<ControlState>>,
     history: Mutex<Vec<ControlRecord>>,
 }
 
 impl Controls {
-    /// A control panel with nothing in force.
+    /// A control panel with nothing in force, keeping its records in process memory only
+    /// (an [`InMemoryControlStore`]): gone with the process. Use [`Controls::open`] for
+    /// controls that survive a restart.
     pub fn new(clock: Arc<dyn Clock>, audit: Arc<dyn AuditLog>) -> Self {
+        Self::empty(Arc::new(InMemoryControlStore::new()), clock, audit)
+    }
+
+    fn empty(
+        store: Arc<dyn ControlStore>,
+        clock: Arc<dyn Clock>,
+        audit: Arc<dyn AuditLog>,
+    ) -> Self {
         Self {
             clock,
             audit,
+            store,
             state: RwLock::new(Arc::new(ControlState::default())),
             history: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A control panel over `store`: every record in it is re-installed in order, as it was
+    /// applied at its time (what has lapsed since has lapsed), without auditing it again;
+    /// every control applied from now on is appended to it. [`ControlError::Store`] if the
+    /// store cannot be read: better no panel than one that forgot a kill switch.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{HumanId, InMemoryAuditLog, ManualClock, Principal};
+    /// use aios_governance::{ControlTarget, Controls, Halt, InMemoryControlStore};
+    /// # futures::executor::block_on(async {
+    /// let (clock, audit, store) = (Arc::new(ManualClock::default()), Arc::new(InMemoryAuditLog::new()), InMemoryControlStore::new());
+    /// let controls = Controls::open(Arc::new(store.clone()), clock.clone(), audit.clone()).await?;
+    /// controls.stop(ControlTarget::Organisation, Principal::System, "incident 42").await?;
+    /// drop(controls);
+    /// let reopened = Controls::open(Arc::new(store), clock, audit).await?;
+    /// assert_eq!(reopened.snapshot().halt(ControlTarget::Organisation), Some(Halt::Stopped));
+    /// # Ok::<(), aios_governance::ControlError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn open(
+        store: Arc<dyn ControlStore>,
+        clock: Arc<dyn Clock>,
+        audit: Arc<dyn AuditLog>,
+    ) -> Result<Self, ControlError> {
+        let records = store.load().await.map_err(ControlError::Store)?;
+        let controls = Self::empty(store, clock, audit);
+        for record in &records {
+            controls.install(record);
+        }
+        Ok(controls)
     }
 
     /// The controls in force now (by the clock).
@@ -357,7 +480,7 @@ impl Controls {
         self.history.lock().clone()
     }
 
-    /// Applies a control; see the type's docs for the order of effect and audit.
+    /// Applies a control; see the type's docs for the order of effect, storage and audit.
     pub async fn apply(&self, command: ControlCommand) -> Result<ControlRecord, ControlError> {
         let now = self.clock.now();
         if command.reason.trim().is_empty() {
@@ -387,10 +510,21 @@ impl Controls {
         .at(now);
         if record.command.action.loosens() {
             self.audit.append(audit).await?;
+            self.store
+                .append(&record)
+                .await
+                .map_err(ControlError::Store)?;
             self.install(&record);
         } else {
             self.install(&record);
-            self.audit.append(audit).await?;
+            let stored = self
+                .store
+                .append(&record)
+                .await
+                .map_err(ControlError::Store);
+            let audited = self.audit.append(audit).await;
+            stored?;
+            audited?;
         }
         Ok(record)
     }

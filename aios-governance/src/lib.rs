@@ -24,8 +24,9 @@
 //!   organisation > role > agent > run, commit or release, periods and alert thresholds.
 //! - Approvals: the [`ApprovalStore`] port, [`InMemoryApprovalStore`] and the [`Approvals`]
 //!   service (answers bound to a holder or deputy, single use, expiry, no self-approval).
-//! - [`Controls`]: pause, resume, stop and time-limited overrides, audited, read by decisions
-//!   through a [`ControlSnapshot`].
+//! - [`Controls`]: pause, resume, stop and time-limited overrides, audited, kept in a
+//!   [`ControlStore`] ([`InMemoryControlStore`]; reopened with [`Controls::open`]), read by
+//!   decisions through a [`ControlSnapshot`].
 //! - [`diff()`]: what was added, removed, loosened or tightened between two model versions.
 //!
 //! Audit: every approval request and answer ([`Approvals`]), budget alert
@@ -35,9 +36,10 @@
 //!
 //! Features:
 //!
-//! - `testing`: conformance suites for [`BudgetLedger`] and [`ApprovalStore`]
-//!   implementations (`testing::budget_ledger_conformance`,
-//!   `testing::approval_store_conformance`).
+//! - `testing`: conformance suites for [`BudgetLedger`], [`ApprovalStore`] and
+//!   [`ControlStore`] implementations (`testing::budget_ledger_conformance`,
+//!   `testing::approval_store_conformance`, `testing::control_store_conformance`), and
+//!   `testing::budget_ledger_against_model` for property tests.
 //!
 //! ```
 //! use aios_core::{AgentId, EffectClass, Money, PathwayId, Principal, RoleId};
@@ -97,8 +99,8 @@ pub use budget::{
     Reservation, ReservationId, ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL,
 };
 pub use controls::{
-    ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlTarget,
-    Controls, Halt, Relaxation,
+    ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlStore,
+    ControlTarget, Controls, Halt, InMemoryControlStore, Relaxation,
 };
 pub use decide::check_action_name;
 pub use decide::{rules, ActionRequest, Condition, Decision, FiredRule, OnTimeout, Verdict};

@@ -4,13 +4,14 @@
 //! ```
 //! use std::sync::Arc;
 //! use aios_core::ManualClock;
-//! use aios_governance::{testing, InMemoryApprovalStore, InMemoryBudgetLedger};
+//! use aios_governance::{testing, InMemoryApprovalStore, InMemoryBudgetLedger, InMemoryControlStore};
 //! futures::executor::block_on(async {
 //!     testing::budget_ledger_conformance(|clock: ManualClock| {
 //!         InMemoryBudgetLedger::new(Arc::new(clock))
 //!     })
 //!     .await;
 //!     testing::approval_store_conformance(InMemoryApprovalStore::new).await;
+//!     testing::control_store_conformance(InMemoryControlStore::new).await;
 //! });
 //! ```
 //!
@@ -26,7 +27,8 @@ use aios_core::{
 
 use crate::{
     ApprovalDecision, ApprovalRequest, ApprovalResponse, ApprovalState, ApprovalStore, BudgetChain,
-    BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Dimension, Limits, OnTimeout, Period,
+    BudgetError, BudgetKey, BudgetLedger, BudgetLimits, ControlAction, ControlCommand,
+    ControlRecord, ControlStore, ControlTarget, Dimension, Limits, OnTimeout, Period, Relaxation,
     ReservationId, ReserveOptions, ResponseKind, StateKind, Usage,
 };
 
@@ -1018,9 +1020,10 @@ pub async fn budget_ledger_against_model<L: BudgetLedger, F: Fn(ManualClock) -> 
                     chain = chain.run(run);
                 }
                 let key = key.map(|k| format!("call-{k}"));
-                let mut options = ReserveOptions::default();
-                options.key = key.clone();
-                options.ttl = ttl_secs.map(|s| Duration::from_secs(u64::from(s)));
+                let mut options = key.clone().map_or_else(none, ReserveOptions::keyed);
+                if let Some(s) = ttl_secs {
+                    options = options.ttl(Duration::from_secs(u64::from(*s)));
+                }
                 let ttl = ttl_secs.map_or(default_ttl, |s| i64::from(s) * SEC);
                 let result = ledger.reserve(&chain, cost(*c), &options).await;
                 if let Ok(r) = &result {
@@ -1091,4 +1094,77 @@ pub async fn budget_ledger_against_model<L: BudgetLedger, F: Fn(ManualClock) -> 
         }
     }
     succeeded
+}
+
+/// The [`ControlStore`] contract. `make` returns a fresh, empty store each time.
+pub async fn control_store_conformance<S: ControlStore, F: Fn() -> S>(make: F) {
+    let store = make();
+    assert!(
+        store.load().await.unwrap().is_empty(),
+        "an empty store has nothing"
+    );
+    let t0 = ManualClock::default().now();
+    let alice = Principal::Human(HumanId::from_name("alice"));
+    let record = |target, action, by, minute: i64, until: Option<i64>| ControlRecord {
+        command: ControlCommand {
+            target,
+            action,
+            by,
+            reason: format!("reason at minute {minute}"),
+            until: until.map(|m| t0 + chrono::Duration::minutes(m)),
+        },
+        at: t0 + chrono::Duration::minutes(minute),
+    };
+    let records = vec![
+        record(
+            ControlTarget::Organisation,
+            ControlAction::Stop,
+            Principal::System,
+            0,
+            None,
+        ),
+        record(
+            ControlTarget::Role(RoleId::from_name("outreach")),
+            ControlAction::Override {
+                relax: Relaxation::RaiseCostLimit {
+                    to: Money::from_minor(5_000),
+                },
+            },
+            alice,
+            1,
+            Some(90),
+        ),
+        record(
+            ControlTarget::Agent(AgentId::from_name("ana")),
+            ControlAction::Pause,
+            Principal::Agent(AgentId::from_name("sam")),
+            2,
+            Some(30),
+        ),
+        record(
+            ControlTarget::Organisation,
+            ControlAction::Resume,
+            alice,
+            3,
+            None,
+        ),
+    ];
+    for r in &records {
+        store.append(r).await.unwrap();
+    }
+    assert_eq!(
+        store.load().await.unwrap(),
+        records,
+        "records come back in order, exactly as appended"
+    );
+    // the same record twice is two records; earlier ones are untouched
+    store.append(&records[0]).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.len(), 5);
+    assert_eq!(&loaded[..4], &records[..]);
+    assert_eq!(loaded[4], records[0]);
+    assert!(
+        make().load().await.unwrap().is_empty(),
+        "stores are independent"
+    );
 }

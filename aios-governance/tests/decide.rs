@@ -797,3 +797,57 @@ fn control_targets_table() {
         assert!(g.decide_with(&send(), &c.snapshot()).fired(rules::STOPPED));
     });
 }
+
+#[test]
+fn in_memory_control_store_passes_the_conformance_suite() {
+    futures::executor::block_on(aios_governance::testing::control_store_conformance(
+        aios_governance::InMemoryControlStore::new,
+    ));
+}
+
+#[test]
+fn a_stop_survives_reopening_the_control_store() {
+    futures::executor::block_on(async {
+        let g = governor();
+        let clock = Arc::new(ManualClock::default());
+        let audit = Arc::new(InMemoryAuditLog::new());
+        let store = aios_governance::InMemoryControlStore::new();
+        let c = Controls::open(Arc::new(store.clone()), clock.clone(), audit.clone())
+            .await
+            .unwrap();
+        c.stop(ControlTarget::Organisation, alice(), "incident")
+            .await
+            .unwrap();
+        c.pause_until(
+            ControlTarget::Pathway(PathwayId::from_name("calendar")),
+            alice(),
+            "a short pause",
+            clock.now() + chrono::Duration::minutes(5),
+        )
+        .await
+        .unwrap();
+        drop(c);
+        clock.advance(std::time::Duration::from_secs(600));
+        let c = Controls::open(Arc::new(store.clone()), clock.clone(), audit.clone())
+            .await
+            .unwrap();
+        let d = g.decide_with(&hold(), &c.snapshot());
+        assert!(d.fired(rules::STOPPED), "{}", d.explain());
+        assert_eq!(c.history().len(), 2, "the history is reloaded");
+        assert_eq!(
+            c.snapshot()
+                .halt(ControlTarget::Pathway(PathwayId::from_name("calendar"))),
+            None,
+            "what lapsed while closed has lapsed"
+        );
+        c.resume(ControlTarget::Organisation, alice(), "incident closed")
+            .await
+            .unwrap();
+        let c = Controls::open(Arc::new(store), clock, audit).await.unwrap();
+        assert_eq!(
+            g.decide_with(&hold(), &c.snapshot()).verdict,
+            Verdict::Allow,
+            "the resume is durable too"
+        );
+    });
+}

@@ -1,5 +1,5 @@
-//! Failures of the audit log: nothing is loosened, approved or reserved without a record, and
-//! the kill switch works even when the log is down.
+//! Failures of the audit log and the control store: nothing is loosened, approved or
+//! reserved without a record, and the kill switch works even when the log or store is down.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
 use aios_core::{
     AnchorId, HumanId, IdGen, InMemoryAuditLog, ManualClock, Money, PathwayId, Principal,
+    StoreError,
 };
 use aios_governance::{
     ApprovalError, ApprovalResponse, ApprovalState, Approvals, BudgetChain, BudgetError, BudgetKey,
@@ -194,5 +195,85 @@ fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
         ledger.release(quiet.id).await.unwrap();
         ledger.release(r.id).await.unwrap();
         assert_eq!(ledger.outstanding(), 0);
+    });
+}
+
+/// A control store that refuses appends while `down` is set.
+#[derive(Debug, Default)]
+struct FlakyControlStore {
+    inner: aios_governance::InMemoryControlStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl aios_governance::ControlStore for FlakyControlStore {
+    async fn append(&self, record: &aios_governance::ControlRecord) -> Result<(), StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                detail: "the control store is down".into(),
+            });
+        }
+        self.inner.append(record).await
+    }
+
+    async fn load(&self) -> Result<Vec<aios_governance::ControlRecord>, StoreError> {
+        self.inner.load().await
+    }
+}
+
+#[test]
+fn a_control_store_failure_still_stops_but_never_resumes() {
+    futures::executor::block_on(async {
+        let clock = Arc::new(ManualClock::default());
+        let audit = Arc::new(InMemoryAuditLog::new());
+        let store = Arc::new(FlakyControlStore::default());
+        let c = Controls::open(store.clone(), clock.clone(), audit.clone())
+            .await
+            .unwrap();
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stopped = c
+            .stop(ControlTarget::Organisation, Principal::System, "incident")
+            .await;
+        assert!(
+            matches!(stopped, Err(ControlError::Store(_))),
+            "{stopped:?}"
+        );
+        assert_eq!(
+            c.snapshot().halt(ControlTarget::Organisation),
+            Some(Halt::Stopped),
+            "the kill switch holds in this process although it could not be stored"
+        );
+        assert_eq!(audit.len(), 1, "and it was audited");
+        let resumed = c
+            .resume(ControlTarget::Organisation, alice(), "all clear")
+            .await;
+        assert!(
+            matches!(resumed, Err(ControlError::Store(_))),
+            "{resumed:?}"
+        );
+        assert_eq!(
+            c.snapshot().halt(ControlTarget::Organisation),
+            Some(Halt::Stopped),
+            "nothing is loosened that was not stored"
+        );
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        c.stop(
+            ControlTarget::Organisation,
+            Principal::System,
+            "incident, again",
+        )
+        .await
+        .unwrap();
+        let reopened = Controls::open(store.clone(), clock.clone(), audit.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened.snapshot().halt(ControlTarget::Organisation),
+            Some(Halt::Stopped)
+        );
+        c.resume(ControlTarget::Organisation, alice(), "all clear")
+            .await
+            .unwrap();
+        assert_eq!(c.snapshot().halt(ControlTarget::Organisation), None);
     });
 }

@@ -7,15 +7,17 @@
 //!
 //! - [`SqliteStore`]: a handle on one database, opened from a path ([`SqliteStore::open`],
 //!   [`SqliteStore::open_with`]) or in memory for tests ([`SqliteStore::in_memory`]). It
-//!   hands out the five port implementations, which share its single connection:
+//!   hands out the six port implementations, which share its single connection:
 //!   - [`SqliteAuditLog`] ([`aios_core::AuditLog`]): the hash-chained audit log;
 //!   - [`SqliteMemoryStore`] ([`aios_memory::MemoryStore`]): versioned memory records;
 //!   - [`SqliteCheckpointStore`] ([`aios_orchestrator::CheckpointStore`]): run checkpoints
 //!     with leases and fencing tokens, history kept;
 //!   - [`SqliteBudgetLedger`] ([`aios_governance::BudgetLedger`]): atomic reservations over
-//!     the budget chain, periods from an injected clock, alerts;
+//!     the budget chain, periods and expiry from an injected clock, charge keys, alerts;
 //!   - [`SqliteApprovalStore`] ([`aios_governance::ApprovalStore`]): approval requests with
-//!     compare-and-set transitions.
+//!     compare-and-set transitions;
+//!   - [`SqliteControlStore`] ([`aios_governance::ControlStore`]): operator controls
+//!     (pause, stop, overrides), so a kill switch survives a restart.
 //! - [`SqliteOptions`] and [`Durability`]: how a file is opened.
 //!
 //! ## Durability and atomicity
@@ -86,6 +88,7 @@ mod approvals;
 mod audit;
 mod budget;
 mod checkpoint;
+mod controls;
 mod db;
 mod memory;
 
@@ -98,6 +101,7 @@ pub use approvals::SqliteApprovalStore;
 pub use audit::SqliteAuditLog;
 pub use budget::SqliteBudgetLedger;
 pub use checkpoint::SqliteCheckpointStore;
+pub use controls::SqliteControlStore;
 pub use db::{Durability, SqliteOptions, SCHEMA_VERSION};
 pub use memory::SqliteMemoryStore;
 
@@ -186,5 +190,11 @@ impl SqliteStore {
     /// The approval store.
     pub fn approval_store(&self) -> SqliteApprovalStore {
         SqliteApprovalStore::new(self.db.clone())
+    }
+
+    /// The operator control store: build [`aios_governance::Controls`] over it with
+    /// [`aios_governance::Controls::open`] so controls survive a restart.
+    pub fn control_store(&self) -> SqliteControlStore {
+        SqliteControlStore::new(self.db.clone())
     }
 }

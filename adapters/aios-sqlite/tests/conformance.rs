@@ -116,3 +116,18 @@ fn approval_store_in_a_file() {
         files.fresh().approval_store()
     }));
 }
+
+#[test]
+fn control_store_in_memory() {
+    block_on(aios_governance::testing::control_store_conformance(|| {
+        memory().control_store()
+    }));
+}
+
+#[test]
+fn control_store_in_a_file() {
+    let files = Files::new();
+    block_on(aios_governance::testing::control_store_conformance(|| {
+        files.fresh().control_store()
+    }));
+}

@@ -391,3 +391,36 @@ fn killed_at_many_points_the_run_completes_without_repeating_or_losing_anything(
         "a kill between the service's effect and the run's record made a call repeat, deduplicated"
     );
 }
+
+/// Two worker processes with the default configuration on one SQLite file, started together
+/// again and again until the run completes: they never both drive the run (one of them is
+/// refused the lease, or finds the approval already answered), and no effect happens twice.
+#[test]
+fn two_worker_processes_on_one_file_never_drive_one_run_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.db");
+    let service = dir.path().join("service.db");
+    // the run exists and parks before the pairs race for it
+    let first = spawn(&store, &service, false).wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(3), "the first worker parks");
+    let mut completed = false;
+    for _ in 0..20 {
+        let (a, b) = (spawn(&store, &service, false), spawn(&store, &service, false));
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        for out in &outs {
+            let err = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => completed = true,
+                Some(3) => {}
+                // the loser of a race: refused the lease or the approval, nothing done
+                Some(1) if err.contains("lease") || err.contains("already") => {}
+                other => panic!("a worker failed with {other:?}: {err}"),
+            }
+        }
+        if completed {
+            break;
+        }
+    }
+    assert!(completed, "the run completed");
+    check(&store, &service, "two workers");
+}

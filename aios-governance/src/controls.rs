@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AgentId, AuditEvent, AuditLog, AuditRecord, Clock, Money, PathwayId, Principal, RoleId,
+    AgentId, AuditEvent, AuditLog, AuditRecord, Clock, Money, PathwayId, Principal, RoleId, RunId,
     StoreError, Timestamp,
 };
 use async_trait::async_trait;
@@ -26,6 +26,8 @@ pub enum ControlTarget {
     Pathway(PathwayId),
     /// One agent.
     Agent(AgentId),
+    /// One run: every call of its agents (halts only; overrides are not per run).
+    Run(RunId),
 }
 
 impl std::fmt::Display for ControlTarget {
@@ -35,6 +37,7 @@ impl std::fmt::Display for ControlTarget {
             ControlTarget::Role(r) => write!(f, "role:{r}"),
             ControlTarget::Pathway(p) => write!(f, "pathway:{p}"),
             ControlTarget::Agent(a) => write!(f, "agent:{a}"),
+            ControlTarget::Run(r) => write!(f, "run:{r}"),
         }
     }
 }
@@ -171,6 +174,12 @@ pub enum ControlError {
     /// An override needs an end time in the future.
     #[error("an override needs an `until` after now")]
     MissingOrPastUntil,
+    /// Overrides relax a rule for an agent, role, pathway or everything, never for one run.
+    #[error("an override cannot target run `{run}`; target its agent, role or pathway")]
+    NoRunOverride {
+        /// The run named.
+        run: RunId,
+    },
     /// The reason is empty; every control must say why.
     #[error("a control needs a reason")]
     MissingReason,
@@ -324,6 +333,7 @@ impl ControlSnapshot {
         agent: Option<AgentId>,
         role: RoleId,
         pathway: PathwayId,
+        run: Option<RunId>,
     ) -> Option<(ControlTarget, Halt)> {
         if self.state.halts.is_empty() {
             return None;
@@ -333,6 +343,7 @@ impl ControlSnapshot {
             Some(ControlTarget::Role(role)),
             Some(ControlTarget::Pathway(pathway)),
             agent.map(ControlTarget::Agent),
+            run.map(ControlTarget::Run),
         ]
         .into_iter()
         .flatten();
@@ -364,6 +375,7 @@ impl ControlSnapshot {
                         ControlTarget::Role(r) => r == role,
                         ControlTarget::Pathway(p) => p == pathway,
                         ControlTarget::Agent(a) => Some(a) == agent,
+                        ControlTarget::Run(_) => false,
                     }
             })
             .map(|o| (&o.relax, o.until))
@@ -496,6 +508,11 @@ impl Controls {
             && !command.until.is_some_and(|u| u > now)
         {
             return Err(ControlError::MissingOrPastUntil);
+        }
+        if let (ControlAction::Override { .. }, ControlTarget::Run(run)) =
+            (&command.action, command.target)
+        {
+            return Err(ControlError::NoRunOverride { run });
         }
         let record = ControlRecord { command, at: now };
         let audit = AuditRecord::new(

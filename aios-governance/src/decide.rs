@@ -546,10 +546,14 @@ pub fn check_action_name(name: &str) -> Result<(), String> {
             .chars()
             .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
         {
+            let shown = if c.is_ascii_graphic() {
+                c.to_string()
+            } else {
+                c.escape_unicode().to_string()
+            };
             return Err(format!(
-                "`{}` contains `{}`; names use lowercase ASCII letters, digits, `_`, `-` and `.`",
-                name.escape_debug(),
-                c.escape_unicode()
+                "`{}` contains `{shown}`; names use lowercase ASCII letters, digits, `_`, `-` and `.`",
+                name.escape_debug()
             ));
         }
     }

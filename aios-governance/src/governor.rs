@@ -667,7 +667,8 @@ impl Governor {
         }
         // 2. operator controls
         if let Some(ctl) = controls {
-            if let Some((target, halt)) = ctl.halt_for(req.principal.agent(), req.role, req.pathway)
+            if let Some((target, halt)) =
+                ctl.halt_for(req.principal.agent(), req.role, req.pathway, req.run)
             {
                 let rule = match halt {
                     Halt::Paused => rules::PAUSED,

@@ -183,6 +183,22 @@ impl Checker {
         self.push(Severity::Error, kind, path, message);
     }
 
+    /// An action name a rule is written for: it must be one a request can carry (see
+    /// [`check_action_name`](crate::check_action_name)), or the rule would never match;
+    /// `*` where `wildcard` allows it.
+    fn action(&mut self, path: String, name: &str, wildcard: bool) {
+        if wildcard && name == "*" {
+            return;
+        }
+        if let Err(problem) = crate::decide::check_action_name(name) {
+            self.error(
+                FindingKind::InvalidValue,
+                path,
+                format!("the action name {problem}"),
+            );
+        }
+    }
+
     fn warn(&mut self, kind: FindingKind, path: String, message: String) {
         self.push(Severity::Warning, kind, path, message);
     }
@@ -350,6 +366,13 @@ impl GovernanceModel {
 
         // charter
         let b = &self.charter.boundaries;
+        for (i, action) in b.forbidden_actions.iter().enumerate() {
+            c.action(
+                format!("charter.boundaries.forbidden_actions[{i}]"),
+                action,
+                false,
+            );
+        }
         match self.charter.final_authority.as_deref() {
             Some(key) => check_anchor_ref(&mut c, "charter.final_authority".into(), key),
             None => c.error(
@@ -451,6 +474,7 @@ impl GovernanceModel {
                 );
             }
             for (ai, action) in l.actions.iter().enumerate() {
+                c.action(format!("{at}.limits.actions[{ai}]"), action, true);
                 if b.forbidden_actions.iter().any(|f| f == action) {
                     c.error(
                         FindingKind::ExceedsCharter,
@@ -552,6 +576,9 @@ impl GovernanceModel {
                             r.name
                         ),
                     );
+                }
+                for (ai, action) in r.when.actions.iter().enumerate() {
+                    c.action(format!("{rat}.when.actions[{ai}]"), action, false);
                 }
                 c.risk(format!("{rat}.when.risk_at_least"), r.when.risk_at_least);
                 c.confidence(

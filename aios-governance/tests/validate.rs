@@ -34,6 +34,15 @@ fn the_base_model_is_clean() {
 fn validation_table() {
     #[rustfmt::skip]
     let table: Vec<(&str, Mutation, FindingKind, &str)> = vec![
+        ("a forbidden action whose name no request can carry",
+            |m| m.charter.boundaries.forbidden_actions.push("Payments.Transfer".into()),
+            FindingKind::InvalidValue, "charter.boundaries.forbidden_actions[1]"),
+        ("a delegated action with a trailing space",
+            |m| m.pathways[0].limits.actions.push("email.send ".into()),
+            FindingKind::InvalidValue, "pathways[0].limits.actions[2]"),
+        ("a trigger action with an invisible character",
+            |m| m.pathways[0].escalation[0].when.actions.push("email.\u{200b}send".into()),
+            FindingKind::InvalidValue, "pathways[0].escalation[0].when.actions[0]"),
         ("pathway without accountable anchor",
             |m| m.pathways[0].anchor = None,
             FindingKind::MissingAccountableAnchor, "pathways[0].anchor"),

@@ -92,7 +92,9 @@ impl MemoryBuilder {
         self
     }
 
-    /// Seeds the id generator (default 0).
+    /// Seeds the id generator (default: a seed from the operating system,
+    /// [`aios_core::os_seed`], so two processes writing one store never draw the same ids in
+    /// the same millisecond). Tests that need reproducible ids pass a fixed seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self
@@ -161,7 +163,7 @@ impl Memory {
             store: None,
             embedder: None,
             audit: None,
-            seed: 0,
+            seed: aios_core::os_seed(),
         }
     }
 

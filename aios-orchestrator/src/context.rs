@@ -18,6 +18,17 @@ use crate::graph::{TaskName, TaskSpec};
 use crate::notify::{NotificationKind, RunEvent};
 use crate::reliability::retry;
 
+/// A human's approval of a parked call, as it is carried into the decision made again.
+#[derive(Debug, Clone, Copy)]
+struct Approved {
+    approval: ApprovalId,
+    by: HumanId,
+    /// The anchor the human answered for.
+    anchor: aios_core::AnchorId,
+    /// Whether the call was edited.
+    edited: bool,
+}
+
 /// A connector failure as text, with any credential removed.
 struct RedactedError(String);
 
@@ -343,9 +354,10 @@ impl<'r> TaskContext<'r> {
         self.gated(seq, kind, &hash, op, call, gate, None).await
     }
 
-    /// Acts on a decision about `call`. `approved_by` is set when the call is an edit some
-    /// human approved: a decision that needs an approval that human can give is then
-    /// satisfied by the edit itself.
+    /// Acts on a decision about `call`. `approved` is set when a human approved the call
+    /// (as proposed, or as edited): a decision that needs an approval is then satisfied by it
+    /// (an edit only if it asks the anchor the human answered for, or one the human may
+    /// answer for), while a denial, a halt or an operator's pause or stop still wins.
     #[allow(clippy::too_many_arguments)]
     async fn gated(
         &mut self,
@@ -355,12 +367,12 @@ impl<'r> TaskContext<'r> {
         op: Op,
         call: GovernedCall,
         gate: Gate,
-        approved_by: Option<(ApprovalId, HumanId)>,
+        approved: Option<Approved>,
     ) -> Result<CallRecord, AgentError> {
         let action = call.action.clone();
         match gate {
             Gate::Allow { notify } => {
-                let approval = approved_by.map(|(a, _)| a);
+                let approval = approved.map(|a| a.approval);
                 let result = self.execute(seq, kind, hash, op, &call, approval).await;
                 // a notify-after escalation: the anchor hears about the action once it ran
                 if let (Some((anchor, reason)), Ok(_)) = (notify, &result) {
@@ -376,15 +388,20 @@ impl<'r> TaskContext<'r> {
                 }
                 result
             }
-            Gate::Approval(ask) => match approved_by {
-                Some((approval, by)) if self.driver.governor.can_answer(ask.anchor, by) => {
-                    self.execute(seq, kind, hash, op, &call, Some(approval))
+            Gate::Approval(ask) => match approved {
+                Some(a)
+                    if !a.edited
+                        || a.anchor == ask.anchor
+                        || self.driver.governor.can_answer(ask.anchor, a.by) =>
+                {
+                    self.execute(seq, kind, hash, op, &call, Some(a.approval))
                         .await
                 }
-                Some((_, by)) => {
+                Some(a) => {
                     let reason = format!(
-                        "the edited call needs the approval of anchor `{}`, which `{by}` cannot give",
-                        self.driver.anchor_name(ask.anchor)
+                        "the edited call needs the approval of anchor `{}`, which `{}` cannot give",
+                        self.driver.anchor_name(ask.anchor),
+                        a.by
                     );
                     self.refuse(seq, kind, hash, &action, reason).await
                 }
@@ -573,7 +590,11 @@ impl<'r> TaskContext<'r> {
                 }
                 Err(AgentError::Parked { approval: current })
             }
-            ApprovalState::Approved { proposed, .. } => {
+            ApprovalState::Approved {
+                by,
+                anchor,
+                proposed,
+            } => {
                 if serde_json::to_value(&call).ok().as_ref() != Some(&proposed) {
                     return Err(self.driver.non_determinism(
                         &self.name,
@@ -581,10 +602,18 @@ impl<'r> TaskContext<'r> {
                         format!("approval {approval} was given for another call than `{action}` as now made"),
                     ));
                 }
-                self.execute(seq, kind, hash, op, &call, Some(approval))
-                    .await
+                // decided again: an approval satisfies the approval rule, never a denial, a
+                // halt or an operator's pause or stop in force now
+                let gate = self.driver.decide(&self.role, self.agent, &call).await?;
+                let approved = Approved {
+                    approval,
+                    by,
+                    anchor,
+                    edited: false,
+                };
+                Box::pin(self.gated(seq, kind, hash, op, call, gate, Some(approved))).await
             }
-            ApprovalState::Edited { by, patch } => {
+            ApprovalState::Edited { by, anchor, patch } => {
                 let edited = match call.edited(&patch) {
                     Ok(edited) => edited,
                     Err(problem) => {
@@ -622,7 +651,13 @@ impl<'r> TaskContext<'r> {
                     .await?;
                 // an edit is governed again, under the run's pinned model and the controls
                 let gate = self.driver.decide(&self.role, self.agent, &edited).await?;
-                Box::pin(self.gated(seq, kind, hash, op, edited, gate, Some((approval, by)))).await
+                let approved = Approved {
+                    approval,
+                    by,
+                    anchor,
+                    edited: true,
+                };
+                Box::pin(self.gated(seq, kind, hash, op, edited, gate, Some(approved))).await
             }
             ApprovalState::Rejected(reason) => {
                 let reason = format!("rejected: {reason}");

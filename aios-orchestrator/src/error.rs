@@ -46,6 +46,10 @@ pub enum OrchestratorError {
         /// What the store said.
         detail: String,
     },
+    /// An operator control was refused (no reason, not a human for a resume) or could not
+    /// be stored.
+    #[error("operator control refused: {0}")]
+    Control(#[source] aios_governance::ControlError),
     /// A stored run state is damaged: it decoded, but does not hold together (a dependency
     /// out of range, a cycle, a journal out of order, another run's id). Nothing was run.
     #[error("checkpoint {seq} of run {run} is damaged: {detail}")]

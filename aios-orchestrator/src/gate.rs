@@ -55,14 +55,17 @@ pub(crate) enum ApprovalState {
     /// Still waiting; the request waited on (another one when the first escalated on
     /// timeout).
     Pending(ApprovalId),
-    /// Approved as proposed by `by`; `proposed` is what the request proposed.
+    /// Approved as proposed by `by`, answering for `anchor`; `proposed` is what the request
+    /// proposed.
     Approved {
         by: HumanId,
+        anchor: AnchorId,
         proposed: serde_json::Value,
     },
-    /// Approved by `by` with this edit.
+    /// Approved by `by`, answering for `anchor`, with this edit.
     Edited {
         by: HumanId,
+        anchor: AnchorId,
         patch: serde_json::Value,
     },
     /// Rejected (or expired).
@@ -453,6 +456,7 @@ impl Governance {
                                 _ => {
                                     return Ok(ApprovalState::Approved {
                                         by: a.by,
+                                        anchor: request.anchor,
                                         proposed: request.proposed,
                                     })
                                 }
@@ -479,10 +483,12 @@ impl Governance {
             return Ok(match decision.response {
                 ApprovalResponse::Approve => ApprovalState::Approved {
                     by: decision.by,
+                    anchor: request.anchor,
                     proposed: request.proposed,
                 },
                 ApprovalResponse::Edit(patch) => ApprovalState::Edited {
                     by: decision.by,
+                    anchor: request.anchor,
                     patch,
                 },
                 ApprovalResponse::Reject { reason } => ApprovalState::Rejected(reason),

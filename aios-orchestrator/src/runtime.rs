@@ -1486,9 +1486,17 @@ impl Orchestrator {
         Ok(new_run)
     }
 
-    /// Stops a run for good (`Cancelled`) or pauses it (`Paused`; resume continues it).
-    /// Recorded in the audit log with who and why. A run being driven by this orchestrator
-    /// stops at its next task boundary; otherwise its checkpoint is updated under a lease.
+    /// Stops a run for good (`Cancel`), pauses it (`Pause`; [`Orchestrator::resume`]
+    /// continues it), or lifts a pause (`Resume`, a human only, when the orchestrator consults
+    /// operator controls; then call `resume`). Recorded in the audit log with who and why. A
+    /// run being driven by this orchestrator stops at its next task boundary; otherwise its
+    /// checkpoint is updated under a lease.
+    ///
+    /// With operator [`controls`](OrchestratorBuilder::controls) the pause or stop is also
+    /// applied there, on the run as its target, so it holds across a restart when the
+    /// controls are kept in a durable [`ControlStore`](aios_governance::ControlStore) (and
+    /// even if the process dies before the run reached its next task boundary): every later
+    /// call of the run is paused or stopped until a human lifts it.
     pub async fn control_run(
         &self,
         run: RunId,
@@ -1499,7 +1507,33 @@ impl Orchestrator {
         let status = match control {
             RunControl::Cancel => RunStatus::Cancelled,
             RunControl::Pause => RunStatus::Paused,
+            RunControl::Resume => RunStatus::Running,
         };
+        // the durable record, when operator controls are consulted (they audit it)
+        let durable = match &self.inner.gov.controls {
+            Some(controls) => {
+                let action = match control {
+                    RunControl::Cancel => aios_governance::ControlAction::Stop,
+                    RunControl::Pause => aios_governance::ControlAction::Pause,
+                    RunControl::Resume => aios_governance::ControlAction::Resume,
+                };
+                controls
+                    .apply(aios_governance::ControlCommand {
+                        target: aios_governance::ControlTarget::Run(run),
+                        action,
+                        by,
+                        reason: reason.to_string(),
+                        until: None,
+                    })
+                    .await
+                    .map_err(OrchestratorError::Control)?;
+                true
+            }
+            None => false,
+        };
+        if control == RunControl::Resume {
+            return Ok(());
+        }
         let now = self.inner.clock.now();
         let event = AuditEvent::ControlApplied {
             target: format!("run:{run}"),
@@ -1515,7 +1549,9 @@ impl Orchestrator {
         if self.inner.active.lock().contains(&run) {
             // driven right now by this orchestrator: it stops at the next task boundary and
             // saves the new status itself
-            self.inner.audit.append(record).await?;
+            if !durable {
+                self.inner.audit.append(record).await?;
+            }
             self.inner.controls.lock().insert(run, status);
             return Ok(());
         }
@@ -1554,7 +1590,9 @@ impl Orchestrator {
                 at: now,
                 state,
             };
-            self.inner.audit.append(record).await?;
+            if !durable {
+                self.inner.audit.append(record).await?;
+            }
             let cancelled = checkpoint.state.status == RunStatus::Cancelled;
             self.inner.checkpoints.save(&lease, &checkpoint).await?;
             if cancelled {
@@ -1716,4 +1754,7 @@ pub enum RunControl {
     Cancel,
     /// Stop until resumed.
     Pause,
+    /// Lift a pause applied through operator controls (a human only); then call
+    /// [`Orchestrator::resume`].
+    Resume,
 }

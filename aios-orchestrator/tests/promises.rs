@@ -739,3 +739,123 @@ async fn w_runs(orch: &Orchestrator) -> Vec<RunId> {
         .map(|s| s.run)
         .collect()
 }
+
+#[test]
+fn an_approval_does_not_lift_a_kill_switch_pulled_after_it_was_asked() {
+    let w = Pay::new();
+    let audit: Arc<dyn aios_core::AuditLog> = Arc::new(aios_core::InMemoryAuditLog::new());
+    let controls = Arc::new(aios_governance::Controls::new(
+        Arc::new(w.timer.clock().clone()),
+        audit.clone(),
+    ));
+    let pay = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            let out = ctx
+                .call(
+                    ConnectorRequest::new("bank", "pay", input.input.clone())
+                        .estimated_cost(Money::from_minor(50)),
+                )
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(PAY_MODEL))
+        .role(Role::new("payer", "paying", Arc::new(pay)).connector("bank"))
+        .connector(Arc::new(w.bank.clone()))
+        .audit(audit)
+        .controls(controls.clone())
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    block_on(controls.stop(
+        aios_governance::ControlTarget::Organisation,
+        aios_core::Principal::Human(alice()),
+        "fraud suspected",
+    ))
+    .unwrap();
+    let done = block_on(orch.submit_approval(
+        outcome.pending_approvals()[0],
+        alice(),
+        ApprovalResponse::Approve,
+    ))
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Cancelled);
+    assert!(w.bank.effects().is_empty(), "the kill switch held");
+}
+
+#[test]
+fn a_cancelled_run_releases_the_reservations_left_for_it() {
+    let w = Pay::new();
+    let clock = Arc::new(w.timer.clock().clone());
+    let budgets = Arc::new(aios_governance::InMemoryBudgetLedger::new(clock));
+    let governor = governor_from(PAY_MODEL);
+    budgets.apply_plan_sync(&governor.budget_plan());
+    let orch = Orchestrator::builder(governor)
+        .role(Role::new(
+            "payer",
+            "paying",
+            Arc::new(FnAgent::new(|_, _| {
+                Box::pin(async { Ok(serde_json::Value::Null) })
+            })),
+        ))
+        .budgets(budgets.clone())
+        .checkpoints(Arc::new(w.checkpoints.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    // a run, and a reservation a dead worker left open for it
+    let run = RunId::from_name("cancel-me");
+    let lease = block_on(w.checkpoints.acquire(
+        run,
+        &WorkerId::new("dead"),
+        orch.clock().now(),
+        Duration::from_secs(1),
+    ))
+    .unwrap();
+    let template = aios_orchestrator::RunState {
+        schema: aios_orchestrator::RUN_STATE_SCHEMA,
+        run,
+        workflow: "pay".into(),
+        governance_version: 1,
+        started_at: orch.clock().now(),
+        status: RunStatus::Running,
+        tasks: vec![],
+        forked_from: None,
+    };
+    block_on(w.checkpoints.save(
+        &lease,
+        &Checkpoint {
+            run,
+            seq: 1,
+            at: orch.clock().now(),
+            state: template,
+        },
+    ))
+    .unwrap();
+    block_on(w.checkpoints.release(&lease)).unwrap();
+    budgets
+        .reserve_sync(
+            &aios_governance::BudgetChain::organisation().run(run),
+            aios_governance::Usage::cost(Money::from_minor(500)),
+            &aios_governance::ReserveOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(budgets.outstanding(), 1);
+    block_on(orch.control_run(
+        run,
+        aios_orchestrator::RunControl::Cancel,
+        aios_core::Principal::Human(alice()),
+        "not needed",
+    ))
+    .unwrap();
+    assert_eq!(
+        budgets.outstanding(),
+        0,
+        "the cancelled run holds no budget"
+    );
+    let org = budgets
+        .usage_sync(aios_governance::BudgetKey::Organisation)
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO);
+}

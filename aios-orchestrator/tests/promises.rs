@@ -625,9 +625,31 @@ fn the_default_configuration_never_shares_a_worker_or_a_seed() {
             .acquire(run, &held.owner, now, Duration::from_secs(60))
     )
     .is_err());
+    // same clock, same millisecond: still different run, task and approval ids
     let outcome = block_on(first.start(pay_invoice())).unwrap();
     let other = block_on(second.start(pay_invoice())).unwrap();
     assert_ne!(outcome.run, other.run);
+    assert_ne!(outcome.pending_approvals(), other.pending_approvals());
+    let tasks = |o: &Orchestrator, run| block_on(o.state(run)).unwrap().unwrap().tasks[0].id;
+    assert_ne!(tasks(&first, outcome.run), tasks(&second, other.run));
+    // memories opened with the default seed, on one clock, draw different ids
+    let clock: Arc<dyn aios_core::Clock> = Arc::new(w.timer.clock().clone());
+    let (m1, m2) = (
+        block_on(aios_memory::Memory::builder(clock.clone()).open()).unwrap(),
+        block_on(aios_memory::Memory::builder(clock).open()).unwrap(),
+    );
+    let note = || {
+        aios_memory::NewMemory::new(
+            aios_memory::Scope::parse("org").unwrap(),
+            aios_memory::Tier::Working,
+            "x",
+            aios_core::Principal::System,
+        )
+    };
+    assert_ne!(
+        block_on(m1.remember(note())).unwrap().id,
+        block_on(m2.remember(note())).unwrap().id
+    );
 }
 
 /// A connector that echoes its credential in its error message.
@@ -858,4 +880,79 @@ fn a_cancelled_run_releases_the_reservations_left_for_it() {
         .usage_sync(aios_governance::BudgetKey::Organisation)
         .unwrap();
     assert_eq!(org.reserved.cost, Money::ZERO);
+}
+
+/// A worker that dies at any checkpoint write, a memory write made but not yet journaled
+/// included, never has an agent's memory write made twice.
+#[test]
+fn a_memory_write_is_not_repeated_whatever_write_the_worker_dies_at() {
+    use aios_core::testing::{FaultPlan, Faults};
+    use aios_memory::{Access, Grant, Memory, NewMemory, RecallQuery, Scope, Tier};
+    use aios_orchestrator::testing::FaultyCheckpointStore;
+    for n in 1..30u64 {
+        let w = World::new();
+        let clock: Arc<dyn aios_core::Clock> = Arc::new(w.timer.clock().clone());
+        let memory = block_on(Memory::builder(clock.clone()).open()).unwrap();
+        let scope = Scope::parse("org/notes").unwrap();
+        let agent = FnAgent::new(|ctx, _| {
+            Box::pin(async move {
+                let me = aios_core::Principal::Agent(ctx.agent_id());
+                for i in 0..3 {
+                    ctx.remember(NewMemory::new(
+                        Scope::parse("org/notes").unwrap(),
+                        Tier::Working,
+                        format!("note {i}"),
+                        me,
+                    ))
+                    .await?;
+                }
+                Ok(serde_json::json!("done"))
+            })
+        });
+        let faults = Faults::new(FaultPlan::fail_nth(n));
+        let store = FaultyCheckpointStore::new(InMemoryCheckpointStore::new(), faults.clone());
+        let orch = Orchestrator::builder(governor())
+            .role(Role::new("worker", "work", Arc::new(agent)))
+            .memory(
+                memory.clone(),
+                aios_orchestrator::MemoryOptions::new(
+                    vec![Grant::role(
+                        RoleId::from_name("worker"),
+                        scope.clone(),
+                        Access::Write,
+                    )],
+                    scope.clone(),
+                ),
+            )
+            .checkpoints(Arc::new(store))
+            .clock(clock)
+            .timer(Arc::new(w.timer.clone()))
+            .build();
+        let first = block_on(orch.start(Workflow::new("notes").task(TaskSpec::new(
+            "notes",
+            RoleId::from_name("worker"),
+            serde_json::Value::Null,
+        ))));
+        faults.set_plan(FaultPlan::none());
+        let run = match &first {
+            Ok(o) => Some(o.run),
+            Err(_) => block_on(w_runs(&orch)).into_iter().next(),
+        };
+        let written = || {
+            block_on(memory.recall(&RecallQuery::text("note").in_scope(scope.clone()).k(50)))
+                .unwrap()
+                .len()
+        };
+        let Some(run) = run else {
+            assert_eq!(written(), 0, "fault {n}: the run never became durable");
+            continue;
+        };
+        let stored = block_on(orch.state(run)).unwrap().map(|s| s.status);
+        if stored != Some(RunStatus::Completed) {
+            w.timer.clock().advance(Duration::from_secs(120));
+            let done = block_on(orch.resume(run)).unwrap();
+            assert_eq!(done.status, RunStatus::Completed, "fault {n}");
+        }
+        assert_eq!(written(), 3, "fault {n}: each note written once");
+    }
 }

@@ -445,8 +445,12 @@ impl OptEq for Option<AnchorId> {
 ///
 /// Rules enforced: the answer must come from a holder or the deputy of the named anchor in
 /// the current governance model; a requester never answers its own request; a request is
-/// answered once (a second answer is refused as a replay) and an approval is redeemed once;
-/// past its deadline a request resolves to a rejection; unknown ids are refused.
+/// answered once (a second answer is refused as a replay) and an approval is redeemed once,
+/// by the run that asked for it; past its deadline a request resolves to a rejection, or, when
+/// its `on_timeout` escalates, is asked again of that anchor ([`Approvals::sweep`], also done
+/// lazily when an expired request is looked at); unknown ids are refused. A request records
+/// the governance version it was asked under ([`Approvals::request_under`] for a run's pinned
+/// version).
 #[derive(Debug)]
 pub struct Approvals {
     store: Arc<dyn ApprovalStore>,

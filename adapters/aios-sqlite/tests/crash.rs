@@ -405,7 +405,10 @@ fn two_worker_processes_on_one_file_never_drive_one_run_twice() {
     assert_eq!(first.status.code(), Some(3), "the first worker parks");
     let mut completed = false;
     for _ in 0..20 {
-        let (a, b) = (spawn(&store, &service, false), spawn(&store, &service, false));
+        let (a, b) = (
+            spawn(&store, &service, false),
+            spawn(&store, &service, false),
+        );
         let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
         for out in &outs {
             let err = String::from_utf8_lossy(&out.stderr);

@@ -32,6 +32,9 @@ enum Kill {
     /// After it printed this many `effect` lines: the service performed the effect and the
     /// run has not recorded it yet (the worker holds there).
     AfterEffects(usize),
+    /// After this many `memory` lines: the memory store wrote a record and the run has not
+    /// journaled (nor the memory audited) it yet (the worker holds there).
+    AfterMemoryWrites(usize),
     /// After this long.
     After(Duration),
 }
@@ -88,15 +91,19 @@ fn incarnation(mode: Mode, store: &Path, service: &Path, kill: Option<Kill>) -> 
         mode,
         store,
         service,
-        matches!(kill, Some(Kill::AfterLines(_) | Kill::AfterEffects(_))),
+        matches!(
+            kill,
+            Some(Kill::AfterLines(_) | Kill::AfterEffects(_) | Kill::AfterMemoryWrites(_))
+        ),
     );
     let stdout = child.stdout.take().expect("piped stdout");
     let killed = match kill {
-        Some(k @ (Kill::AfterLines(n) | Kill::AfterEffects(n))) => {
+        Some(k @ (Kill::AfterLines(n) | Kill::AfterEffects(n) | Kill::AfterMemoryWrites(n))) => {
             // an effect: the service performed one (`effect`) or the memory store wrote a
             // record (`memory`), and the run has not journaled it yet
             let counts = |line: &str| match k {
                 Kill::AfterEffects(_) => line.starts_with("effect ") || line.starts_with("memory "),
+                Kill::AfterMemoryWrites(_) => line.starts_with("memory "),
                 _ => true,
             };
             let mut lines = BufReader::new(stdout).lines();
@@ -687,12 +694,7 @@ fn check_fanout(
     let report = block_on(audit.verify(None)).unwrap();
     assert!(report.is_intact(), "{round}: {:?}", report.problems);
     let entries = block_on(audit.entries()).unwrap();
-    let mut audited_writes = BTreeMap::new();
-    for e in &entries {
-        if let AuditEvent::MemoryWritten { memory, .. } = &e.event {
-            *audited_writes.entry(*memory).or_insert(0) += 1;
-        }
-    }
+    let audited_writes = audited_memory_writes(store_path);
     for (memory, n) in &audited_writes {
         assert!(
             lineages.contains(memory),
@@ -867,13 +869,73 @@ fn check_fanout(
         usage.committed.tool_calls,
         world.log.invocations.len()
     );
+    // a record whose write is not audited is the known gap of
+    // `a_memory_write_interrupted_before_its_audit_entry_is_still_audited` (ignored until
+    // fixed); counted here so the suite shows how often its random kills find it
     eprintln!(
-        "{round}: {end:?}; {} invocations ({} deduplicated), {} audited memory writes",
+        "{round}: {end:?}; {} invocations ({} deduplicated), {} of {} memory writes audited",
         world.log.invocations.len(),
         world.log.invocations.iter().filter(|i| i.2).count(),
-        audited_writes.len()
+        audited_writes.len(),
+        records.len()
     );
     end
+}
+
+/// What the audit log says was written to memory: record -> how many `MemoryWritten`.
+fn audited_memory_writes(store_path: &Path) -> BTreeMap<aios_core::MemoryId, usize> {
+    let store = SqliteStore::open(store_path).unwrap();
+    let mut writes = BTreeMap::new();
+    for e in block_on(store.audit_log().entries()).unwrap() {
+        if let AuditEvent::MemoryWritten { memory, .. } = e.event {
+            *writes.entry(memory).or_insert(0) += 1;
+        }
+    }
+    writes
+}
+
+/// Every memory record a fan-out run wrote is audited once, even when the worker was killed
+/// after the store wrote the record and before its `MemoryWritten` entry was appended.
+///
+/// Known bug, reproduced deterministically: the kill lands after child 1's record is in the
+/// store (`memory` line, the worker holds there), before `Memory::commit` appends the audit
+/// entry and before the journal records the write. The next incarnation repeats the
+/// `remember` under the same derived id; `Memory::remember` finds the identical record and
+/// returns it without writing or auditing, so the write is never audited: four
+/// `MemoryWritten` entries for five records. Nothing is duplicated, only the audit entry is
+/// lost. The fix belongs in aios-memory (the store write and its audit entry are not atomic,
+/// and the repeat cannot tell whether the first attempt audited).
+#[test]
+#[ignore = "known bug in aios-memory: a remember repeated after a crash between the store write and its audit entry is never audited"]
+fn a_memory_write_interrupted_before_its_audit_entry_is_still_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.db");
+    let service = dir.path().join("service.db");
+    let mut schedule = std::iter::once(Kill::AfterMemoryWrites(1));
+    let (killed, finished) = drive_in(Mode::FanOut, &store, &service, &mut schedule, 1);
+    assert_eq!(killed, 1, "the kill landed after the first memory write");
+    let round = "killed after the first memory write";
+    assert_eq!(
+        check_fanout(&store, &service, &finished, round),
+        FanOutEnd::Completed
+    );
+    let records = block_on(
+        SqliteStore::open(&store)
+            .unwrap()
+            .memory_store()
+            .scan(None, 100),
+    )
+    .unwrap();
+    let writes = audited_memory_writes(&store);
+    for r in &records {
+        assert_eq!(
+            writes.get(&r.id),
+            Some(&1),
+            "the write of `{}` ({}) is audited once: {writes:?}",
+            r.content,
+            r.id
+        );
+    }
 }
 
 /// SQLITE-RECOVER, adversarial: a fan-out run (a planner spawning five children that each

@@ -971,3 +971,24 @@ fn killed_thirty_times_a_fan_out_run_never_repeats_an_effect_or_a_memory_write()
         "some run completed despite its kills: {ends:?}"
     );
 }
+
+/// The mail is irreversible and its service honours no idempotency key, so a kill after the
+/// approved mail went out (the `effect` line; the run had not recorded it) must not send it
+/// again: the next incarnation finds the call marked started on its approval, tells the
+/// founder the outcome is unknown and fails the run with an escalation. One mail went out.
+#[test]
+fn an_approved_mail_interrupted_after_it_went_out_is_escalated_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.db");
+    let service = dir.path().join("service.db");
+    // the first incarnation runs until it parks (it prints fewer lines than this); the
+    // second approves and is killed once the service sent the mail
+    let mut schedule = [Kill::AfterLines(1000), Kill::AfterEffects(1)].into_iter();
+    let (killed, finished) = drive_in(Mode::FanOut, &store, &service, &mut schedule, 1);
+    assert_eq!(killed, 1, "the kill landed after the mail");
+    assert!(matches!(finished, Finished::Failed(_)), "{finished:?}");
+    assert_eq!(
+        check_fanout(&store, &service, &finished, "killed after the mail"),
+        FanOutEnd::OutcomeUnknown { mails: 1 }
+    );
+}

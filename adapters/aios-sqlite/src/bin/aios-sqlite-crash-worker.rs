@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! aios-sqlite-crash-worker STORE.db SERVICE.db
+//! AIOS_CRASH_WORKER_MODE=fanout aios-sqlite-crash-worker STORE.db SERVICE.db
 //! ```
 //!
 //! `STORE.db` holds the orchestrator's state (checkpoints, audit log, budgets, approvals);
@@ -13,16 +14,30 @@
 //! The workflow has six sequential steps, each one connector call; step 4 sends a mail, an
 //! irreversible effect that the governance model makes wait for the founder's approval.
 //!
+//! With `AIOS_CRASH_WORKER_MODE=fanout` the workflow fans out instead: a planner spawns
+//! [`CHILDREN`] child tasks (`TaskContext::spawn`), which run interleaved (concurrency above
+//! one, and each child yields between its calls); each applies one ledger effect and writes
+//! one memory record (`TaskContext::remember`). A final task waits for every child and sends
+//! one mail, an irreversible effect the service does *not* deduplicate (every invocation
+//! sends a mail), after the founder's approval. An interrupted mail therefore cannot be
+//! retried: the run fails with an outcome-unknown escalation instead (the mail role's
+//! fallback is `Escalate`).
+//!
 //! With `AIOS_CRASH_WORKER_HOLD_MS` set, the service waits that long after performing an
 //! effect before returning it, so a kill timed by the `effect` line lands in the window
-//! between the effect and the run's record of it.
+//! between the effect and the run's record of it. In fan-out mode the memory store does the
+//! same after each record it writes (line `memory ID`): a kill then lands between the
+//! memory write and the journal's record of it.
+//!
+//! Notifications for humans (approval needed, outcome unknown, escalations) are written to
+//! the service file too (table `notifications`), so a test sees them from outside.
 //!
 //! Each invocation: if the store has no run, start one; if the run is parked and its approval
 //! is still pending, approve it as the founder (the human's second invocation of a CLI) and
 //! continue; otherwise resume the run from its latest checkpoint. It prints a line when it
 //! starts, resumes or approves, when the service returned (before the run recorded the
 //! result) and when a step completed, and exits with 0 when the run completed, 3 when it
-//! parked, 1 on an error.
+//! parked, 4 when the run failed (its reason on stderr), 1 on an error.
 
 use std::io::Write;
 use std::path::Path;
@@ -32,16 +47,18 @@ use std::time::Duration;
 
 use aios_core::{
     Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorId, ConnectorOutput,
-    EffectClass, HumanId, ManualTimer, Money, RoleId, SystemClock,
+    EffectClass, HumanId, ManualTimer, MemoryId, Money, Principal, RoleId, StoreError, SystemClock,
 };
 use aios_governance::{
     ApprovalResponse, BudgetKey, BudgetLedger, BudgetLedgerExt, GovernanceModel, Governor,
 };
+use aios_memory::{Access, Grant, Memory, MemoryRecord, MemoryStore, NewMemory, Scope, Tier};
 use aios_orchestrator::{
-    ConnectorRequest, FnAgent, Orchestrator, OrchestratorConfig, RetryPolicy, Role, RunOutcome,
-    RunStatus, TaskSpec, Workflow,
+    AgentError, ConnectorRequest, Fallback, FnAgent, MemoryOptions, Notification, Notifier,
+    Orchestrator, OrchestratorConfig, RetryPolicy, Role, RunOutcome, RunStatus, TaskContext,
+    TaskInput, TaskSpec, Workflow,
 };
-use aios_sqlite::SqliteStore;
+use aios_sqlite::{SqliteMemoryStore, SqliteStore};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
@@ -52,9 +69,51 @@ const WORKFLOW: &str = "crash-test";
 const STEPS: u64 = 6;
 const MAIL_STEP: u64 = 4;
 
+/// The fan-out workflow's name.
+const FANOUT_WORKFLOW: &str = "crash-fanout";
+/// How many children its planner spawns.
+const CHILDREN: u64 = 5;
+/// How many of them run at once.
+const FANOUT_CONCURRENCY: usize = 3;
+/// The memory scope the children write to.
+const FANOUT_SCOPE: &str = "fanout";
+
+/// Which workflow the worker drives (`AIOS_CRASH_WORKER_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Six sequential steps (the default).
+    Sequential,
+    /// A planner, [`CHILDREN`] spawned children and a mail (`fanout`).
+    FanOut,
+}
+
+impl Mode {
+    fn from_env() -> Result<Self, Error> {
+        match std::env::var("AIOS_CRASH_WORKER_MODE").as_deref() {
+            Err(_) | Ok("") | Ok("sequential") => Ok(Self::Sequential),
+            Ok("fanout") => Ok(Self::FanOut),
+            Ok(other) => Err(format!("unknown AIOS_CRASH_WORKER_MODE `{other}`").into()),
+        }
+    }
+
+    fn workflow_name(self) -> &'static str {
+        match self {
+            Self::Sequential => WORKFLOW,
+            Self::FanOut => FANOUT_WORKFLOW,
+        }
+    }
+
+    fn workflow(self) -> Workflow {
+        match self {
+            Self::Sequential => workflow(),
+            Self::FanOut => fanout_workflow(),
+        }
+    }
+}
+
 const MODEL: &str = r#"{
   "version": 1,
-  "charter": { "intent": "apply six ledger updates and send one mail", "final_authority": "founder" },
+  "charter": { "intent": "apply ledger updates and send one mail", "final_authority": "founder" },
   "anchors": [
     { "key": "founder", "title": "Founder", "holders": ["alice"], "response_time": "4h" }
   ],
@@ -106,6 +165,20 @@ impl Service {
                  step INTEGER NOT NULL,
                  output TEXT NOT NULL,
                  cost INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS mails (
+                 n INTEGER PRIMARY KEY AUTOINCREMENT,
+                 key TEXT NOT NULL,
+                 body TEXT NOT NULL,
+                 pid INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS notifications (
+                 n INTEGER PRIMARY KEY AUTOINCREMENT,
+                 kind TEXT NOT NULL,
+                 task TEXT,
+                 approval TEXT,
+                 message TEXT NOT NULL,
+                 pid INTEGER NOT NULL
              );",
         )?;
         Ok(Arc::new(Mutex::new(conn)))
@@ -121,14 +194,43 @@ impl Service {
                 default_cost: aios_core::Money::ZERO,
             },
             conn,
-            hold: std::env::var("AIOS_CRASH_WORKER_HOLD_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map_or(Duration::ZERO, Duration::from_millis),
+            hold: hold(),
         }
     }
 
+    /// A mail service that honours no idempotency key: every invocation sends a mail (row of
+    /// `mails`), as a plain SMTP relay would.
+    fn mailer(conn: Arc<Mutex<Connection>>) -> Self {
+        let mut service = Self::new(conn, "mail", EffectClass::Irreversible);
+        service.descriptor.idempotent = false;
+        service
+    }
+
+    fn send(&self, call: &ConnectorCall) -> Result<ConnectorOutput, rusqlite::Error> {
+        let key = call.idempotency_key.as_str();
+        let body = call.input.to_string();
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO mails (key, body, pid) VALUES (?1, ?2, ?3)",
+            rusqlite::params![key, body, std::process::id()],
+        )?;
+        let sent = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO invocations (connector, key, step, deduplicated, pid) VALUES ('mail', ?1, 0, 0, ?2)",
+            rusqlite::params![key, std::process::id()],
+        )?;
+        tx.commit()?;
+        Ok(ConnectorOutput {
+            output: serde_json::json!({ "sent": sent }),
+            cost: Money::ZERO,
+        })
+    }
+
     fn perform(&self, call: &ConnectorCall) -> Result<ConnectorOutput, rusqlite::Error> {
+        if !self.descriptor.idempotent {
+            return self.send(call);
+        }
         let id = self.descriptor.id.as_str();
         let key = call.idempotency_key.as_str();
         let step = call.input["step"].as_i64().unwrap_or(-1);
@@ -192,6 +294,112 @@ impl Connector for Service {
     }
 }
 
+/// How long to hold after each effect or memory write (`AIOS_CRASH_WORKER_HOLD_MS`).
+fn hold() -> Duration {
+    std::env::var("AIOS_CRASH_WORKER_HOLD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+}
+
+/// Delivers notifications into the service file (table `notifications`), where a test reads
+/// them after the worker died.
+#[derive(Debug)]
+struct ServiceNotifier {
+    conn: Arc<Mutex<Connection>>,
+}
+
+#[async_trait]
+impl Notifier for ServiceNotifier {
+    async fn notify(&self, n: Notification) {
+        let kind = serde_json::to_value(n.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let conn = self.conn.lock();
+        // a notifier must not fail the run; a lost notification shows in the test's counts
+        let _ = conn.execute(
+            "INSERT INTO notifications (kind, task, approval, message, pid) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                kind,
+                n.task.map(|t| t.to_string()),
+                n.approval.map(|a| a.to_string()),
+                n.message,
+                std::process::id()
+            ],
+        );
+    }
+}
+
+/// A memory store that announces every record it wrote (`memory ID`) and then holds, like the
+/// service after an effect, so a kill lands between the write and the journal's record of it.
+#[derive(Debug)]
+struct AnnouncingMemoryStore {
+    inner: SqliteMemoryStore,
+    hold: Duration,
+}
+
+#[async_trait]
+impl MemoryStore for AnnouncingMemoryStore {
+    async fn put(
+        &self,
+        record: MemoryRecord,
+        expected_previous: Option<u32>,
+    ) -> Result<(), StoreError> {
+        let id = record.id;
+        self.inner.put(record, expected_previous).await?;
+        progress(&format!("memory {id}"));
+        if !self.hold.is_zero() {
+            std::thread::sleep(self.hold);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: MemoryId, version: Option<u32>) -> Result<MemoryRecord, StoreError> {
+        self.inner.get(id, version).await
+    }
+
+    async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError> {
+        self.inner.versions(id).await
+    }
+
+    async fn scan(
+        &self,
+        after: Option<MemoryId>,
+        limit: usize,
+    ) -> Result<Vec<MemoryRecord>, StoreError> {
+        self.inner.scan(after, limit).await
+    }
+
+    async fn delete(&self, id: MemoryId) -> Result<(), StoreError> {
+        self.inner.delete(id).await
+    }
+}
+
+/// Returns `Pending` once (waking itself), so the executor runs the other ready tasks: the
+/// children of a fan-out interleave their calls.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+fn yield_now() -> YieldNow {
+    YieldNow(false)
+}
+
 fn progress(line: &str) {
     let mut out = std::io::stdout().lock();
     // the test reads these lines to decide when to kill; a closed pipe only means nobody reads
@@ -248,7 +456,118 @@ fn step_agent() -> FnAgent {
     })
 }
 
+fn fanout_workflow() -> Workflow {
+    let role = RoleId::from_name("worker");
+    Workflow::new(FANOUT_WORKFLOW)
+        .task(TaskSpec::new(
+            "plan",
+            role,
+            serde_json::json!({ "kind": "plan", "children": CHILDREN }),
+        ))
+        // spawned children become dependencies of the planner's dependents: the mail waits
+        // for all of them
+        .task(TaskSpec::new("mail", role, serde_json::json!({ "kind": "mail" })).after(["plan"]))
+}
+
+fn memory_error(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Memory(e.to_string())
+}
+
+/// The planner: spawns the children.
+async fn plan(ctx: &mut TaskContext<'_>) -> Result<serde_json::Value, AgentError> {
+    let role = RoleId::from_name("worker");
+    for i in 1..=CHILDREN {
+        let spec = TaskSpec::new(
+            format!("child{i}"),
+            role,
+            serde_json::json!({ "kind": "child", "child": i }),
+        );
+        ctx.spawn(spec).await?;
+        progress(&format!("spawned child{i}"));
+    }
+    Ok(serde_json::json!({ "children": CHILDREN }))
+}
+
+/// A child: one ledger effect, then one memory record of it, yielding to the other children
+/// between its calls.
+async fn child(ctx: &mut TaskContext<'_>, i: u64) -> Result<serde_json::Value, AgentError> {
+    yield_now().await;
+    let out = ctx
+        .call(
+            ConnectorRequest::new(
+                "ledger",
+                "apply",
+                serde_json::json!({ "step": i, "value": 100 * i }),
+            )
+            .estimated_cost(Money::from_minor(100)),
+        )
+        .await?;
+    progress(&format!("child {i} applied"));
+    yield_now().await;
+    let receipt = out.output["receipt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let scope = Scope::parse(FANOUT_SCOPE).map_err(memory_error)?;
+    let record = ctx
+        .remember(
+            NewMemory::new(
+                scope,
+                Tier::Project,
+                format!("child {i} applied ledger receipt {receipt}"),
+                Principal::System,
+            )
+            .meta("child", i),
+        )
+        .await?;
+    progress(&format!("child {i} done"));
+    Ok(serde_json::json!({
+        "child": i,
+        "value": out.output["value"],
+        "memory": record.id.to_string(),
+    }))
+}
+
+/// The final task: one mail summing what the children applied (needs approval).
+async fn mail(
+    ctx: &mut TaskContext<'_>,
+    input: &TaskInput,
+) -> Result<serde_json::Value, AgentError> {
+    let children: Vec<&serde_json::Value> = input
+        .deps
+        .iter()
+        .filter(|(name, _)| name.to_string().starts_with("child"))
+        .map(|(_, out)| out)
+        .collect();
+    let total: i64 = children.iter().filter_map(|o| o["value"].as_i64()).sum();
+    let out = ctx
+        .call(ConnectorRequest::new(
+            "mail",
+            "send",
+            serde_json::json!({ "to": "founder", "children": children.len(), "total": total }),
+        ))
+        .await?;
+    progress("mail sent");
+    Ok(
+        serde_json::json!({ "sent": out.output["sent"], "children": children.len(), "total": total }),
+    )
+}
+
+fn fanout_agent() -> FnAgent {
+    FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            match input.input["kind"].as_str() {
+                Some("plan") => plan(ctx).await,
+                Some("child") => child(ctx, input.input["child"].as_u64().unwrap_or(0)).await,
+                Some("mail") => mail(ctx, &input).await,
+                other => Err(AgentError::Failed(format!("unknown task kind {other:?}"))),
+            }
+        })
+    })
+}
+
 fn orchestrator(
+    mode: Mode,
     store: &SqliteStore,
     service: Arc<Mutex<Connection>>,
 ) -> Result<Orchestrator, Error> {
@@ -272,25 +591,38 @@ fn orchestrator(
         overall_timeout: None,
         ..RetryPolicy::default()
     };
-    let role = Role::new("worker", "work", Arc::new(step_agent()))
+    let (agent, mailer, concurrency) = match mode {
+        Mode::Sequential => (
+            step_agent(),
+            Service::new(service.clone(), "mail", EffectClass::Irreversible),
+            OrchestratorConfig::default().concurrency,
+        ),
+        Mode::FanOut => (
+            fanout_agent(),
+            Service::mailer(service.clone()),
+            FANOUT_CONCURRENCY,
+        ),
+    };
+    let mut role = Role::new("worker", "work", Arc::new(agent))
         .connector("ledger")
         .connector("mail")
         .retry(retry);
-    Ok(Orchestrator::builder(governor)
+    if mode == Mode::FanOut {
+        // an interrupted mail cannot be retried: the founder hears of it, the run fails
+        role = role.fallback(Fallback::Escalate);
+    }
+    let mut builder = Orchestrator::builder(governor)
         .role(role)
         .connector(Arc::new(Service::new(
             service.clone(),
             "ledger",
             EffectClass::Reversible,
         )))
-        .connector(Arc::new(Service::new(
-            service,
-            "mail",
-            EffectClass::Irreversible,
-        )))
-        .clock(clock)
+        .connector(Arc::new(mailer))
+        .notifier(Arc::new(ServiceNotifier { conn: service }))
+        .clock(clock.clone())
         .timer(Arc::new(ManualTimer::default()))
-        .audit(audit)
+        .audit(audit.clone())
         .checkpoints(Arc::new(store.checkpoint_store()))
         .budgets(Arc::new(ledger))
         .approval_store(Arc::new(store.approval_store()))
@@ -299,16 +631,39 @@ fn orchestrator(
             // incarnation's lease is not inherited: the next one waits until it lapses, so
             // the lease is short here
             lease_ttl: LEASE_TTL,
+            concurrency,
             ..OrchestratorConfig::default()
-        })
-        .build())
+        });
+    if mode == Mode::FanOut {
+        let records = AnnouncingMemoryStore {
+            inner: store.memory_store(),
+            hold: hold(),
+        };
+        let memory = futures::executor::block_on(
+            Memory::builder(clock)
+                .store(Arc::new(records))
+                .audit(audit)
+                .open(),
+        )?;
+        let scope = Scope::parse(FANOUT_SCOPE)?;
+        let grants = vec![Grant::role(
+            RoleId::from_name("worker"),
+            scope.clone(),
+            Access::ReadWrite,
+        )];
+        builder = builder.memory(memory, MemoryOptions::new(grants, scope));
+    }
+    Ok(builder.build())
 }
 
-async fn advance(orch: &Orchestrator) -> Result<RunOutcome, Error> {
+async fn advance(mode: Mode, orch: &Orchestrator) -> Result<RunOutcome, Error> {
     let runs = orch.checkpoint_store().list(false).await?;
-    let Some(run) = runs.into_iter().find(|r| r.workflow == WORKFLOW) else {
+    let Some(run) = runs
+        .into_iter()
+        .find(|r| r.workflow == mode.workflow_name())
+    else {
         progress("start");
-        return Ok(orch.start(workflow()).await?);
+        return Ok(orch.start(mode.workflow()).await?);
     };
     match &run.status {
         RunStatus::Completed => {
@@ -346,13 +701,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let outcome = (|| {
+        let mode = Mode::from_env()?;
         let store = SqliteStore::open(store)?;
         let service = Service::open(Path::new(service))?;
-        let orch = orchestrator(&store, service)?;
+        let orch = orchestrator(mode, &store, service)?;
         // the lease of a killed incarnation lapses after LEASE_TTL; until then, wait
         let mut waited = Duration::ZERO;
         loop {
-            match futures::executor::block_on(advance(&orch)) {
+            match futures::executor::block_on(advance(mode, &orch)) {
                 Err(e) if waited < LEASE_TTL * 20 && e.to_string().contains("lease") => {
                     std::thread::sleep(LEASE_TTL / 4);
                     waited += LEASE_TTL / 4;
@@ -369,6 +725,15 @@ fn main() -> ExitCode {
         Ok(o) if matches!(o.status, RunStatus::Parked { .. }) => {
             progress("parked");
             ExitCode::from(3)
+        }
+        Ok(RunOutcome {
+            run,
+            status: RunStatus::Failed { reason },
+            ..
+        }) => {
+            progress("failed");
+            eprintln!("run {run} failed: {reason}");
+            ExitCode::from(4)
         }
         Ok(o) => {
             eprintln!("run {} ended as {:?}", o.run, o.status);

@@ -268,6 +268,12 @@ impl Memory {
                         && existing.kind == new.kind
                         && existing.content == new.content
                     {
+                        // the earlier attempt may have stopped between the store write and
+                        // its audit entry: a write is never left unaudited
+                        if !self.audited(id, 1).await? {
+                            self.audit(existing.provenance.author, &existing, "remember")
+                                .await?;
+                        }
                         Ok(existing)
                     } else {
                         Err(StoreError::AlreadyExists {
@@ -676,6 +682,41 @@ impl Memory {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    /// Whether the audit log holds the `MemoryWritten` entry of version `version` of `id`
+    /// (`true` without an audit log). Reads the log from the newest entry back, a page at a
+    /// time: only a write repeated after an interruption asks.
+    async fn audited(&self, id: MemoryId, version: u32) -> Result<bool, MemoryError> {
+        const PAGE: u64 = 1024;
+        let Some(log) = &self.inner.audit else {
+            return Ok(true);
+        };
+        let failed = |source| MemoryError::AuditFailed {
+            id,
+            version,
+            source,
+        };
+        let mut end = log.head().await.map_err(failed)?.len;
+        while end > 0 {
+            let from = end.saturating_sub(PAGE);
+            let page = log
+                .read(from, (end - from) as usize)
+                .await
+                .map_err(failed)?;
+            let found = page.iter().any(|e| {
+                matches!(
+                    e.entry().map(|e| &e.event),
+                    Some(AuditEvent::MemoryWritten { memory, version: v, .. })
+                        if *memory == id && *v == version
+                )
+            });
+            if found {
+                return Ok(true);
+            }
+            end = from;
+        }
+        Ok(false)
     }
 
     pub(crate) async fn audit_event(

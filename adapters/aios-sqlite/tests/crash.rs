@@ -869,9 +869,15 @@ fn check_fanout(
         usage.committed.tool_calls,
         world.log.invocations.len()
     );
-    // a record whose write is not audited is the known gap of
-    // `a_memory_write_interrupted_before_its_audit_entry_is_still_audited` (ignored until
-    // fixed); counted here so the suite shows how often its random kills find it
+    // every write is audited (a write repeated after a kill between the store and the audit
+    // log is audited by the repeat)
+    for r in &records {
+        assert!(
+            audited_writes.contains_key(&r.id),
+            "{round}: the write of {} is audited",
+            r.id
+        );
+    }
     eprintln!(
         "{round}: {end:?}; {} invocations ({} deduplicated), {} of {} memory writes audited",
         world.log.invocations.len(),
@@ -897,16 +903,13 @@ fn audited_memory_writes(store_path: &Path) -> BTreeMap<aios_core::MemoryId, usi
 /// Every memory record a fan-out run wrote is audited once, even when the worker was killed
 /// after the store wrote the record and before its `MemoryWritten` entry was appended.
 ///
-/// Known bug, reproduced deterministically: the kill lands after child 1's record is in the
-/// store (`memory` line, the worker holds there), before `Memory::commit` appends the audit
-/// entry and before the journal records the write. The next incarnation repeats the
-/// `remember` under the same derived id; `Memory::remember` finds the identical record and
-/// returns it without writing or auditing, so the write is never audited: four
-/// `MemoryWritten` entries for five records. Nothing is duplicated, only the audit entry is
-/// lost. The fix belongs in aios-memory (the store write and its audit entry are not atomic,
-/// and the repeat cannot tell whether the first attempt audited).
+/// The kill lands after child 1's record is in the store (`memory` line, the worker holds
+/// there), before `Memory::commit` appends the audit entry and before the journal records the
+/// write. The next incarnation repeats the `remember` under the same derived id;
+/// `Memory::remember` finds the identical record, sees that its write is not in the audit
+/// log, and audits it then (it was found by this test: four `MemoryWritten` entries for five
+/// records before the fix).
 #[test]
-#[ignore = "known bug in aios-memory: a remember repeated after a crash between the store write and its audit entry is never audited"]
 fn a_memory_write_interrupted_before_its_audit_entry_is_still_audited() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store.db");

@@ -59,7 +59,7 @@ pub use audit::{
     ChainReport, DecisionKind, EntryHash, EntryMac, InMemoryAuditLog, Outcome, StoredEntry,
     UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{to_nanos, Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{
     Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorId, ConnectorOutput,
     EffectClass, IdempotencyKey, PermissionScope, RecordedEffect, RecordingConnector,

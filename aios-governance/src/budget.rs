@@ -900,8 +900,7 @@ impl InMemoryBudgetLedger {
                 detail: format!("cost `{}` is negative", amount.cost),
             });
         }
-        let now = self.clock.now();
-        let now_ns = nanos(now);
+        let now_ns = self.clock.now_nanos();
         let expires = now_ns.saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
         let mut st = self.state.lock();
         let st = &mut *st;
@@ -936,7 +935,10 @@ impl InMemoryBudgetLedger {
         for &i in &accounts[..n] {
             let a = &mut st.accounts[i as usize];
             if a.limits.period != Period::Total {
-                a.roll(window(a.limits.period, now));
+                a.roll(window(
+                    a.limits.period,
+                    chrono::DateTime::from_timestamp_nanos(now_ns),
+                ));
             }
             for d in 0..4 {
                 if a.limit[d] == i64::MAX {
@@ -1087,7 +1089,7 @@ impl InMemoryBudgetLedger {
 
     /// Expires every reservation that is due (see [`BudgetLedger::expire_reservations`]).
     pub fn expire_reservations_sync(&self) -> usize {
-        let now = nanos(self.clock.now());
+        let now = self.clock.now_nanos();
         self.state.lock().sweep(now)
     }
 

@@ -987,6 +987,30 @@ pub trait AuditLogExt: AuditLog {
         }
     }
 
+    /// Whether some readable entry's event satisfies `matches`, looking from the newest entry
+    /// back, a page at a time (unreadable entries are skipped). For the rare checks of a
+    /// write repeated after an interruption ("was it audited?"); its cost grows with the log.
+    async fn any_event<F>(&self, matches: F) -> Result<bool, AuditError>
+    where
+        F: Fn(&AuditEvent) -> bool + Send + Sync,
+    {
+        const PAGE: u64 = 1024;
+        let mut end = self.head().await?.len;
+        while end > 0 {
+            let from = end.saturating_sub(PAGE);
+            let page = self.read(from, (end - from) as usize).await?;
+            if page
+                .iter()
+                .rev()
+                .any(|e| e.entry().is_some_and(|e| matches(&e.event)))
+            {
+                return Ok(true);
+            }
+            end = from;
+        }
+        Ok(false)
+    }
+
     /// Verifies the whole chain page by page (see [`verify_chain`]); an unreadable entry is
     /// one of the problems reported, not an error. This checks the hash chain only, even on a
     /// log that seals its entries with a key: use [`AuditLogExt::verify_keyed`] to check the

@@ -176,6 +176,12 @@ pub struct NewApproval {
     pub allowed: Vec<ResponseKind>,
     /// What happens on expiry.
     pub on_timeout: OnTimeout,
+    /// The request's id, for a request that may be asked again after an interruption (the
+    /// orchestrator derives it from the call's key); a fresh id when `None`. Asking again
+    /// with the id of a stored request returns that request if it is the same request (the
+    /// same anchor, requester, run, task, action and proposal), and audits it if its
+    /// `ApprovalRequested` entry is missing; otherwise the request is refused as existing.
+    pub id: Option<ApprovalId>,
 }
 
 impl NewApproval {
@@ -203,6 +209,7 @@ impl NewApproval {
                 deadline: *deadline,
                 allowed: allowed.clone(),
                 on_timeout: *on_timeout,
+                id: None,
             }),
             _ => None,
         }
@@ -359,7 +366,15 @@ pub trait ApprovalStore: Send + Sync + std::fmt::Debug {
 /// An [`ApprovalStore`] in process memory. Clones share the store.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryApprovalStore {
-    requests: Arc<Mutex<BTreeMap<ApprovalId, ApprovalRequest>>>,
+    requests: Arc<Mutex<Requests>>,
+}
+
+/// The requests, and the pending ones in the order `pending` lists them, so listing them
+/// costs what is pending, not the whole history.
+#[derive(Debug, Default)]
+struct Requests {
+    all: BTreeMap<ApprovalId, ApprovalRequest>,
+    pending: std::collections::BTreeSet<(Timestamp, ApprovalId)>,
 }
 
 impl InMemoryApprovalStore {
@@ -372,29 +387,32 @@ impl InMemoryApprovalStore {
 #[async_trait]
 impl ApprovalStore for InMemoryApprovalStore {
     async fn insert(&self, request: ApprovalRequest) -> Result<(), StoreError> {
-        let mut map = self.requests.lock();
-        if map.contains_key(&request.id) {
+        let mut st = self.requests.lock();
+        if st.all.contains_key(&request.id) {
             return Err(StoreError::AlreadyExists {
                 what: format!("approval {}", request.id),
             });
         }
-        map.insert(request.id, request);
+        if request.state == ApprovalState::Pending {
+            st.pending.insert((request.created_at, request.id));
+        }
+        st.all.insert(request.id, request);
         Ok(())
     }
 
     async fn get(&self, id: ApprovalId) -> Result<Option<ApprovalRequest>, StoreError> {
-        Ok(self.requests.lock().get(&id).cloned())
+        Ok(self.requests.lock().all.get(&id).cloned())
     }
 
     async fn pending(&self, anchor: Option<AnchorId>) -> Result<Vec<ApprovalRequest>, StoreError> {
-        let map = self.requests.lock();
-        let mut out: Vec<ApprovalRequest> = map
-            .values()
-            .filter(|r| r.state == ApprovalState::Pending && anchor.is_none_or_eq(r.anchor))
+        let st = self.requests.lock();
+        Ok(st
+            .pending
+            .iter()
+            .filter_map(|(_, id)| st.all.get(id))
+            .filter(|r| anchor.is_none_or_eq(r.anchor))
             .cloned()
-            .collect();
-        out.sort_by_key(|r| (r.created_at, r.id));
-        Ok(out)
+            .collect())
     }
 
     async fn transition(
@@ -403,8 +421,9 @@ impl ApprovalStore for InMemoryApprovalStore {
         expected: StateKind,
         next: ApprovalState,
     ) -> Result<ApprovalRequest, StoreError> {
-        let mut map = self.requests.lock();
-        let Some(r) = map.get_mut(&id) else {
+        let mut guard = self.requests.lock();
+        let st = &mut *guard;
+        let Some(r) = st.all.get_mut(&id) else {
             return Err(StoreError::NotFound {
                 what: format!("approval {id}"),
             });
@@ -417,7 +436,13 @@ impl ApprovalStore for InMemoryApprovalStore {
                 ),
             });
         }
+        let key = (r.created_at, r.id);
         r.state = next;
+        if r.state == ApprovalState::Pending {
+            st.pending.insert(key);
+        } else {
+            st.pending.remove(&key);
+        }
         Ok(r.clone())
     }
 }
@@ -513,7 +538,7 @@ impl Approvals {
             .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let request = ApprovalRequest {
-            id: self.ids.next(),
+            id: new.id.unwrap_or_else(|| self.ids.next()),
             anchor: anchor_id,
             requester: new.requester,
             run: new.run,
@@ -532,7 +557,13 @@ impl Approvals {
             expires_at,
             state: ApprovalState::Pending,
         };
-        self.store.insert(request.clone()).await?;
+        match self.store.insert(request.clone()).await {
+            Ok(()) => {}
+            Err(StoreError::AlreadyExists { what }) if new.id.is_some() => {
+                return self.asked_again(request, what).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
         let audited = self
             .audit
             .append(
@@ -565,6 +596,49 @@ impl Approvals {
             return Err(e.into());
         }
         Ok(request)
+    }
+
+    /// The stored request with `asked.id`, if it is the request asked again; audited now if
+    /// the first asking stopped before its `ApprovalRequested` entry.
+    async fn asked_again(
+        &self,
+        asked: ApprovalRequest,
+        what: String,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let stored = self.get(asked.id).await?;
+        let same = stored.anchor == asked.anchor
+            && stored.requester == asked.requester
+            && stored.run == asked.run
+            && stored.task == asked.task
+            && stored.action == asked.action
+            && stored.proposed == asked.proposed;
+        if !same {
+            return Err(StoreError::AlreadyExists { what }.into());
+        }
+        let id = stored.id;
+        let audited = aios_core::AuditLogExt::any_event(
+            self.audit.as_ref(),
+            |e| matches!(e, AuditEvent::ApprovalRequested { approval, .. } if *approval == id),
+        )
+        .await?;
+        if !audited {
+            self.audit
+                .append(
+                    AuditRecord::new(
+                        stored.requester,
+                        AuditEvent::ApprovalRequested {
+                            approval: stored.id,
+                            anchor: stored.anchor,
+                            run: stored.run,
+                            action: stored.action.clone(),
+                            expires_at: stored.expires_at,
+                        },
+                    )
+                    .at(self.clock.now()),
+                )
+                .await?;
+        }
+        Ok(stored)
     }
 
     /// One request.
@@ -675,6 +749,7 @@ impl Approvals {
                     deadline,
                     allowed: request.allowed.clone(),
                     on_timeout: OnTimeout::Deny,
+                    id: None,
                 },
             )
             .await?;

@@ -60,6 +60,7 @@ fn ask(requester: Principal) -> NewApproval {
         deadline: Duration::from_secs(1_800),
         allowed: vec![],
         on_timeout: OnTimeout::Deny,
+        id: None,
     }
 }
 
@@ -339,4 +340,121 @@ fn rejections_and_disallowed_answers() {
                 if r == "wrong tone"
         )));
     });
+}
+
+#[test]
+fn an_expired_request_that_escalates_is_asked_again_of_the_timeout_anchor() {
+    futures::executor::block_on(async {
+        let f = fixture();
+        let mut new = ask(ana());
+        new.on_timeout = OnTimeout::Escalate(AnchorId::from_name("ops"));
+        new.allowed = vec![ResponseKind::Approve, ResponseKind::Reject];
+        let r = f.approvals.request(new).await.unwrap();
+        assert!(f.approvals.sweep().await.unwrap().is_empty(), "not due yet");
+        f.clock.advance(Duration::from_secs(3_600));
+        let swept = f.approvals.sweep().await.unwrap();
+        assert_eq!(swept.len(), 1);
+        let next = swept[0].escalated_to.expect("escalated");
+        let escalated = f.approvals.get(next).await.unwrap();
+        assert_eq!(escalated.anchor, AnchorId::from_name("ops"));
+        assert_eq!(
+            escalated.allowed, r.allowed,
+            "the answers allowed travel with it"
+        );
+        assert_eq!(escalated.proposed, r.proposed);
+        assert_eq!(escalated.on_timeout, OnTimeout::Deny, "one hop only");
+        assert!(matches!(
+            f.approvals.get(r.id).await.unwrap().state,
+            ApprovalState::Expired { escalated_to: Some(n), .. } if n == next
+        ));
+        // the original anchor can no longer answer; the timeout anchor can
+        assert!(matches!(
+            f.approvals
+                .decide(r.id, human("alice"), ApprovalResponse::Approve)
+                .await,
+            Err(ApprovalError::Expired {
+                escalated_to: Some(_),
+                ..
+            })
+        ));
+        f.approvals
+            .decide(next, human("carol"), ApprovalResponse::Approve)
+            .await
+            .unwrap();
+        // a second sweep does nothing more
+        assert!(f.approvals.sweep().await.unwrap().is_empty());
+        assert!(events(&f.log)
+            .iter()
+            .any(|e| matches!(e, AuditEvent::Escalated { anchor, .. } if *anchor == AnchorId::from_name("ops"))));
+    })
+}
+
+#[test]
+fn an_approval_asked_by_a_run_is_redeemed_by_that_run_only() {
+    futures::executor::block_on(async {
+        let f = fixture();
+        let mut new = ask(ana());
+        let run: aios_core::RunId = aios_core::RunId::from_name("mine");
+        new.run = Some(run);
+        let r = f.approvals.request(new).await.unwrap();
+        f.approvals
+            .decide(r.id, human("alice"), ApprovalResponse::Approve)
+            .await
+            .unwrap();
+        let other = aios_core::RunId::from_name("fork");
+        assert!(matches!(
+            f.approvals.redeem(r.id, ana(), Some(other)).await,
+            Err(ApprovalError::WrongRun { .. })
+        ));
+        assert!(f.approvals.redeem(r.id, ana(), None).await.is_err());
+        f.approvals.redeem(r.id, ana(), Some(run)).await.unwrap();
+        assert!(matches!(
+            f.approvals.redeem(r.id, ana(), Some(run)).await,
+            Err(ApprovalError::AlreadyRedeemed { .. })
+        ));
+    })
+}
+
+#[test]
+fn a_request_asked_again_with_its_id_is_found_not_duplicated() {
+    futures::executor::block_on(async {
+        let f = fixture();
+        let id = ApprovalId::from_name("call:run/task/0");
+        let mut new = ask(ana());
+        new.id = Some(id);
+        let first = f.approvals.request(new.clone()).await.unwrap();
+        let again = f.approvals.request(new.clone()).await.unwrap();
+        assert_eq!(first, again);
+        let requested = events(&f.log)
+            .iter()
+            .filter(|e| matches!(e, AuditEvent::ApprovalRequested { .. }))
+            .count();
+        assert_eq!(requested, 1, "asked once, audited once");
+        // another request under the same id is refused
+        new.proposed = json!({"to": "mallory@example.com"});
+        assert!(f.approvals.request(new).await.is_err());
+    })
+}
+
+#[test]
+fn a_request_under_a_pinned_version_records_that_version() {
+    futures::executor::block_on(async {
+        let clock = ManualClock::default();
+        let mut newer = common::base();
+        newer.version = 2;
+        let newer = newer.compile().map_err(|r| r.to_string()).unwrap();
+        // the service knows version 2; the run asking is pinned to version 1
+        let approvals = Approvals::new(
+            Arc::new(InMemoryApprovalStore::new()),
+            Arc::new(newer),
+            Arc::new(clock.clone()),
+            Arc::new(InMemoryAuditLog::new()),
+            IdGen::new(clock, 5),
+        );
+        let pinned = common::governor();
+        let r = approvals.request_under(&pinned, ask(ana())).await.unwrap();
+        assert_eq!(r.model_version, 1);
+        let current = approvals.request(ask(ana())).await.unwrap();
+        assert_eq!(current.model_version, 2);
+    })
 }

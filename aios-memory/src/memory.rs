@@ -685,38 +685,21 @@ impl Memory {
     }
 
     /// Whether the audit log holds the `MemoryWritten` entry of version `version` of `id`
-    /// (`true` without an audit log). Reads the log from the newest entry back, a page at a
-    /// time: only a write repeated after an interruption asks.
+    /// (`true` without an audit log). Only a write repeated after an interruption asks.
     async fn audited(&self, id: MemoryId, version: u32) -> Result<bool, MemoryError> {
-        const PAGE: u64 = 1024;
         let Some(log) = &self.inner.audit else {
             return Ok(true);
         };
-        let failed = |source| MemoryError::AuditFailed {
+        aios_core::AuditLogExt::any_event(log.as_ref(), |e| {
+            matches!(e, AuditEvent::MemoryWritten { memory, version: v, .. }
+                if *memory == id && *v == version)
+        })
+        .await
+        .map_err(|source| MemoryError::AuditFailed {
             id,
             version,
             source,
-        };
-        let mut end = log.head().await.map_err(failed)?.len;
-        while end > 0 {
-            let from = end.saturating_sub(PAGE);
-            let page = log
-                .read(from, (end - from) as usize)
-                .await
-                .map_err(failed)?;
-            let found = page.iter().any(|e| {
-                matches!(
-                    e.entry().map(|e| &e.event),
-                    Some(AuditEvent::MemoryWritten { memory, version: v, .. })
-                        if *memory == id && *v == version
-                )
-            });
-            if found {
-                return Ok(true);
-            }
-            end = from;
-        }
-        Ok(false)
+        })
     }
 
     pub(crate) async fn audit_event(

@@ -466,7 +466,7 @@ impl<'r> TaskContext<'r> {
     ) -> Result<CallRecord, AgentError> {
         let approval = self
             .driver
-            .request_approval(&self.role, self.agent, self.task_id, ask, call)
+            .request_approval(&self.role, self.agent, self.task_id, seq, ask, call)
             .await?;
         self.record(
             seq,
@@ -602,8 +602,15 @@ impl<'r> TaskContext<'r> {
                         format!("approval {approval} was given for another call than `{action}` as now made"),
                     ));
                 }
-                // decided again: an approval satisfies the approval rule, never a denial, a
-                // halt or an operator's pause or stop in force now
+                // an approval satisfies the approval rule, never a denial, a halt or an
+                // operator's pause or stop in force now. `decide` is pure and the run pinned
+                // to its version, so only operator controls can have changed the verdict
+                // since it asked: without them the decision that asked stands
+                if !self.driver.has_controls() {
+                    return self
+                        .execute(seq, kind, hash, op, &call, Some(approval))
+                        .await;
+                }
                 let gate = self.driver.decide(&self.role, self.agent, &call).await?;
                 let approved = Approved {
                     approval,

@@ -372,21 +372,10 @@ impl Governance {
         proposed: serde_json::Value,
     ) -> Result<ApprovalId, String> {
         let approvals = self.approvals()?;
-        // a request this very call made before its worker died (before the journal recorded
-        // it) is reused rather than asked twice
-        let pending = approvals
-            .pending(Some(ask.anchor))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(earlier) = pending.iter().find(|r| {
-            r.run == Some(at.run)
-                && r.task == Some(at.task)
-                && r.requester == Principal::Agent(at.agent)
-                && r.action == action
-                && r.proposed == proposed
-        }) {
-            return Ok(earlier.id);
-        }
+        // the id is derived from the call's key: a request this very call made before its
+        // worker died (before the journal recorded it) is found again, not asked twice
+        let key = aios_core::IdempotencyKey::for_call(at.run, at.task, at.seq);
+        let id = ApprovalId::from_name(&format!("call:{key}"));
         let request = approvals
             .request_under(
                 governor.governor(),
@@ -401,6 +390,7 @@ impl Governance {
                     deadline: ask.deadline,
                     allowed: ask.allowed.clone(),
                     on_timeout: ask.on_timeout,
+                    id: Some(id),
                 },
             )
             .await
@@ -449,18 +439,20 @@ impl Governance {
                 S::Redeemed { decision, .. } => decision,
                 S::Pending | S::Decided { .. } => {
                     match approvals.redeem(id, who, Some(run)).await {
+                        // the action redeemed: as proposed, or the edit
+                        Ok(a) if a.edited => {
+                            return Ok(ApprovalState::Edited {
+                                by: a.by,
+                                anchor: request.anchor,
+                                patch: a.action,
+                            })
+                        }
                         Ok(a) => {
-                            let request = approvals.get(id).await.map_err(|e| e.to_string())?;
-                            match request.state {
-                                S::Redeemed { decision, .. } => decision,
-                                _ => {
-                                    return Ok(ApprovalState::Approved {
-                                        by: a.by,
-                                        anchor: request.anchor,
-                                        proposed: request.proposed,
-                                    })
-                                }
-                            }
+                            return Ok(ApprovalState::Approved {
+                                by: a.by,
+                                anchor: request.anchor,
+                                proposed: a.action,
+                            })
                         }
                         Err(ApprovalError::NotDecided { .. }) => {
                             return Ok(ApprovalState::Pending(id))
@@ -560,6 +552,8 @@ impl Governance {
 pub(crate) struct CallSite {
     pub(crate) run: RunId,
     pub(crate) task: aios_core::TaskId,
+    /// The call's number within its task.
+    pub(crate) seq: u32,
     pub(crate) agent: AgentId,
     pub(crate) pathway: PathwayId,
 }

@@ -105,6 +105,7 @@ impl TaskContext<'_> {
                         &self.role,
                         self.agent,
                         self.task_id,
+                        seq,
                         &ask,
                         ACTION,
                         serde_json::json!({ "question": question }),

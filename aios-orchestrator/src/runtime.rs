@@ -632,6 +632,11 @@ impl<'o> Driver<'o> {
         Ok(gate)
     }
 
+    /// Whether operator controls are consulted.
+    pub(crate) fn has_controls(&self) -> bool {
+        self.o.gov.controls.is_some()
+    }
+
     /// The name of `anchor` in the run's governance version (its id if unknown).
     pub(crate) fn anchor_name(&self, anchor: AnchorId) -> String {
         self.governor
@@ -732,6 +737,7 @@ impl<'o> Driver<'o> {
         role: &Role,
         agent: AgentId,
         task: TaskId,
+        seq: u32,
         ask: &crate::gate::ApprovalAsk,
         call: &crate::governed::GovernedCall,
     ) -> Result<ApprovalId, AgentError> {
@@ -740,16 +746,19 @@ impl<'o> Driver<'o> {
                 "the call cannot be proposed: {e}"
             )))
         })?;
-        self.request_approval_of(role, agent, task, ask, &call.action, proposed)
+        self.request_approval_of(role, agent, task, seq, ask, &call.action, proposed)
             .await
     }
 
-    /// Asks for approval of `action`, described to the human by `proposed`.
+    /// Asks for approval of `action` (call `seq` of `task`), described to the human by
+    /// `proposed`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn request_approval_of(
         &self,
         role: &Role,
         agent: AgentId,
         task: TaskId,
+        seq: u32,
         ask: &crate::gate::ApprovalAsk,
         action: &str,
         proposed: serde_json::Value,
@@ -757,6 +766,7 @@ impl<'o> Driver<'o> {
         let at = crate::gate::CallSite {
             run: self.run,
             task,
+            seq,
             agent,
             pathway: role.pathway,
         };

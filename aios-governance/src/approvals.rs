@@ -528,6 +528,16 @@ impl Approvals {
         governor: &Governor,
         new: NewApproval,
     ) -> Result<ApprovalRequest, ApprovalError> {
+        self.ask(governor, governor.version(), new).await
+    }
+
+    /// Asks, checking the anchor against `governor` and recording `version`.
+    async fn ask(
+        &self,
+        governor: &Governor,
+        version: u64,
+        new: NewApproval,
+    ) -> Result<ApprovalRequest, ApprovalError> {
         let Some(anchor) = governor.anchor(new.anchor) else {
             return Err(ApprovalError::UnknownAnchor { anchor: new.anchor });
         };
@@ -552,7 +562,7 @@ impl Approvals {
                 new.allowed
             },
             on_timeout: new.on_timeout,
-            model_version: governor.version(),
+            model_version: version,
             created_at: now,
             expires_at,
             state: ApprovalState::Pending,
@@ -621,7 +631,16 @@ impl Approvals {
             |e| matches!(e, AuditEvent::ApprovalRequested { approval, .. } if *approval == id),
         )
         .await?;
+        let mut stored = stored;
         if !audited {
+            // never on record, so never answerable: a request withdrawn because its audit
+            // entry failed is asked again (an audited one that expired stays expired)
+            if let ApprovalState::Expired { .. } = stored.state {
+                stored = self
+                    .store
+                    .transition(id, StateKind::Expired, ApprovalState::Pending)
+                    .await?;
+            }
             self.audit
                 .append(
                     AuditRecord::new(
@@ -660,12 +679,32 @@ impl Approvals {
         Ok(out)
     }
 
-    /// Records `request` as expired and, if its `on_timeout` escalates, asks the next anchor
-    /// (a new request with the same action, run, task, requester and allowed answers, the
-    /// anchor's response time as deadline, deny on its own timeout), linked from the expired
-    /// one. Idempotent: a request some other caller expired first is reported as it stands.
+    /// Records `request` as expired and, if its `on_timeout` escalates, asks the next anchor.
+    ///
+    /// Crash-safe and idempotent: the escalated request is asked first, under an id derived
+    /// from the expired one (so asking again finds it), recording the version the first was
+    /// asked under; then one compare-and-set expires the first with the link to it. Stopped in
+    /// between, the first is still pending and the next look finishes the job. If the
+    /// timeout anchor is no longer in the model, the request is denied instead (audited with
+    /// why). A request some other caller moved first is reported as it stands (and an
+    /// escalation asked for nothing is withdrawn).
     async fn expire(&self, request: &ApprovalRequest) -> Result<ApprovalError, ApprovalError> {
         let now = self.clock.now();
+        let mut why = "no answer before the deadline".to_string();
+        let escalated = match request.on_timeout {
+            OnTimeout::Escalate(next) => match self.escalation(request, next).await {
+                Ok(r) => Some(r),
+                Err(ApprovalError::UnknownAnchor { anchor }) => {
+                    why = format!(
+                        "no answer before the deadline; the timeout anchor {anchor:?} is not in the model, so it is denied"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            OnTimeout::Deny => None,
+        };
+        let escalated_to = escalated.as_ref().map(|r| r.id);
         match self
             .store
             .transition(
@@ -673,7 +712,7 @@ impl Approvals {
                 StateKind::Pending,
                 ApprovalState::Expired {
                     at: now,
-                    escalated_to: None,
+                    escalated_to,
                 },
             )
             .await
@@ -687,99 +726,112 @@ impl Approvals {
                                 approval: request.id,
                                 by: None,
                                 outcome: ApprovalOutcome::Expired,
-                                reason: Some("no answer before the deadline".into()),
+                                reason: Some(why),
                             },
                         )
                         .at(now),
                     )
                     .await?;
-                if let OnTimeout::Escalate(next) = request.on_timeout {
-                    let escalated = self.escalate_expired(request, next, now).await?;
-                    return Ok(ApprovalError::Expired {
-                        id: request.id,
-                        on_timeout: request.on_timeout,
-                        escalated_to: Some(escalated),
-                    });
+                if let Some(next) = &escalated {
+                    self.audit
+                        .append(
+                            AuditRecord::new(
+                                Principal::System,
+                                AuditEvent::Escalated {
+                                    run: request.run,
+                                    anchor: next.anchor,
+                                    reason: format!(
+                                        "approval {} was not answered before its deadline; asked again as {}",
+                                        request.id, next.id
+                                    ),
+                                },
+                            )
+                            .at(now),
+                        )
+                        .await?;
                 }
+                Ok(ApprovalError::Expired {
+                    id: request.id,
+                    on_timeout: request.on_timeout,
+                    escalated_to,
+                })
             }
             // someone else moved it first; report the expiry as it stands
             Err(StoreError::Conflict { .. }) => {
                 let current = self.get(request.id).await?;
-                let escalated_to = match current.state {
-                    ApprovalState::Expired { escalated_to, .. } => escalated_to,
-                    _ => None,
-                };
-                return Ok(ApprovalError::Expired {
+                let linked = expired_link(&current.state);
+                if let Some(orphan) = escalated.filter(|e| Some(e.id) != linked) {
+                    // answered just in time: the escalation is not needed
+                    if let Ok(withdrawn) = self
+                        .store
+                        .transition(
+                            orphan.id,
+                            StateKind::Pending,
+                            ApprovalState::Expired {
+                                at: now,
+                                escalated_to: None,
+                            },
+                        )
+                        .await
+                    {
+                        self.audit
+                            .append(
+                                AuditRecord::new(
+                                    Principal::System,
+                                    AuditEvent::ApprovalDecided {
+                                        approval: withdrawn.id,
+                                        by: None,
+                                        outcome: ApprovalOutcome::Expired,
+                                        reason: Some(format!(
+                                            "withdrawn: approval {} was answered in time",
+                                            request.id
+                                        )),
+                                    },
+                                )
+                                .at(now),
+                            )
+                            .await?;
+                    }
+                }
+                Ok(ApprovalError::Expired {
                     id: request.id,
                     on_timeout: request.on_timeout,
-                    escalated_to,
-                });
+                    escalated_to: linked,
+                })
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        Ok(ApprovalError::Expired {
-            id: request.id,
-            on_timeout: request.on_timeout,
-            escalated_to: None,
-        })
     }
 
-    async fn escalate_expired(
+    /// The request that takes over `request` at the `next` anchor (asked, or found again).
+    async fn escalation(
         &self,
         request: &ApprovalRequest,
         next: AnchorId,
-        now: Timestamp,
-    ) -> Result<ApprovalId, ApprovalError> {
+    ) -> Result<ApprovalRequest, ApprovalError> {
         let governor = self.governor.read().clone();
         let deadline = governor
             .anchor(next)
             .map(|a| a.response_time)
             .unwrap_or(Duration::from_secs(3600));
-        let escalated = self
-            .request_under(
-                &governor,
-                NewApproval {
-                    anchor: next,
-                    requester: request.requester,
-                    run: request.run,
-                    task: request.task,
-                    pathway: request.pathway,
-                    action: request.action.clone(),
-                    proposed: request.proposed.clone(),
-                    deadline,
-                    allowed: request.allowed.clone(),
-                    on_timeout: OnTimeout::Deny,
-                    id: None,
-                },
-            )
-            .await?;
-        self.store
-            .transition(
-                request.id,
-                StateKind::Expired,
-                ApprovalState::Expired {
-                    at: now,
-                    escalated_to: Some(escalated.id),
-                },
-            )
-            .await?;
-        self.audit
-            .append(
-                AuditRecord::new(
-                    Principal::System,
-                    AuditEvent::Escalated {
-                        run: request.run,
-                        anchor: next,
-                        reason: format!(
-                            "approval {} was not answered before its deadline; asked again as {}",
-                            request.id, escalated.id
-                        ),
-                    },
-                )
-                .at(now),
-            )
-            .await?;
-        Ok(escalated.id)
+        self.ask(
+            &governor,
+            request.model_version,
+            NewApproval {
+                anchor: next,
+                requester: request.requester,
+                run: request.run,
+                task: request.task,
+                pathway: request.pathway,
+                action: request.action.clone(),
+                proposed: request.proposed.clone(),
+                deadline,
+                allowed: request.allowed.clone(),
+                on_timeout: OnTimeout::Deny,
+                id: Some(ApprovalId::from_name(&format!("escalated:{}", request.id))),
+            },
+        )
+        .await
     }
 
     /// Records `by`'s answer to request `id`.
@@ -995,5 +1047,3 @@ fn expired_link(state: &ApprovalState) -> Option<ApprovalId> {
         _ => None,
     }
 }
-
-impl Approvals {}

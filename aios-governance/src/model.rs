@@ -417,7 +417,10 @@ pub enum Period {
     Month,
 }
 
-/// Limits per dimension; `None` is unlimited.
+/// Limits per dimension; `None` is unlimited. A budget exhausted in any limited dimension
+/// refuses every further reservation, whatever it asks for (a zero-amount one included), so a
+/// limit of `0` closes the budget entirely (validation warns); leave a dimension unlimited
+/// rather than at zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {

@@ -675,6 +675,24 @@ impl GovernanceModel {
                 _ => {}
             }
             c.money(format!("{at}.limits.cost"), b.limits.cost);
+            let zero = [
+                ("cost", b.limits.cost.map(|m| m.minor() as u64)),
+                ("tokens", b.limits.tokens),
+                ("tool_calls", b.limits.tool_calls),
+                ("risk_points", b.limits.risk_points),
+            ];
+            for (dimension, _) in zero.iter().filter(|(_, v)| *v == Some(0)) {
+                c.warn(
+                    FindingKind::InvalidValue,
+                    format!("{at}.limits.{dimension}"),
+                    format!(
+                        "a limit of 0 on `{dimension}` exhausts budget `{}` from the start: it \
+                         refuses every reservation, of any dimension; leave the dimension out \
+                         to leave it unlimited",
+                        b.key
+                    ),
+                );
+            }
             for (ti, t) in b.alerts.iter().enumerate() {
                 if *t == 0 || *t > 1000 {
                     c.error(

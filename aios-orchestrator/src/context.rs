@@ -48,6 +48,10 @@ fn redact_value(value: &mut serde_json::Value, secret: &str) {
     }
     match value {
         serde_json::Value::String(s) if s.contains(secret) => *s = redact(s, secret),
+        // a numeric credential (a PIN) echoed as a number
+        serde_json::Value::Number(n) if n.to_string().contains(secret) => {
+            *value = serde_json::Value::String("[redacted]".into())
+        }
         serde_json::Value::Array(items) => items.iter_mut().for_each(|v| redact_value(v, secret)),
         serde_json::Value::Object(map) => {
             if map.keys().any(|k| k.contains(secret)) {
@@ -315,37 +319,70 @@ impl<'r> TaskContext<'r> {
                 GovernedCall {
                     action: "model.complete".to_string(),
                     effect: EffectClass::ReadOnly,
-                    cost: self.driver.router().estimate(r).cost,
+                    cost: self.priced(op, Money::ZERO),
                     risk: 0,
                     confidence: None,
                     input: serde_json::to_value(r).unwrap_or_default(),
                 },
             ),
-            Op::Connector(c) => {
-                let descriptor = self.driver.connector(&c.connector).map(|k| k.descriptor());
-                (
-                    CallKind::Connector,
-                    GovernedCall {
-                        action: format!("{}.{}", c.connector, c.operation),
-                        effect: descriptor
-                            .map(|d| d.effect)
-                            .unwrap_or(EffectClass::Irreversible),
-                        cost: descriptor
-                            .map(|d| d.default_cost)
-                            .unwrap_or(Money::ZERO)
-                            .max(c.estimated_cost),
-                        risk: c.risk,
-                        confidence: c.confidence,
-                        input: c.input.clone(),
-                    },
-                )
-            }
+            Op::Connector(c) => (
+                CallKind::Connector,
+                GovernedCall {
+                    action: format!("{}.{}", c.connector, c.operation),
+                    effect: self
+                        .driver
+                        .connector(&c.connector)
+                        .map(|k| k.descriptor().effect)
+                        .unwrap_or(EffectClass::Irreversible),
+                    cost: self.priced(op, c.estimated_cost),
+                    risk: c.risk,
+                    confidence: c.confidence,
+                    input: c.input.clone(),
+                },
+            ),
+        }
+    }
+
+    /// The cost governance and the budgets see for `op` when `declared` is claimed for it:
+    /// a model call's price from the router (whatever is claimed), a connector call's the
+    /// larger of the claim and the connector's declared default cost.
+    fn priced(&self, op: &Op, declared: Money) -> Money {
+        match op {
+            Op::Model(r) => self.driver.router().estimate(r).cost,
+            Op::Connector(c) => self
+                .driver
+                .connector(&c.connector)
+                .map(|k| k.descriptor().default_cost)
+                .unwrap_or(Money::ZERO)
+                .max(declared),
+        }
+    }
+
+    /// The journaled request hash: what the agent asked for (the model request; or the
+    /// connector, operation, input and the agent's own cost, risk and confidence). Derived
+    /// attributes (prices, effect classes, default costs) are configuration and may change
+    /// between a crash and a resume without making completed calls non-deterministic; an
+    /// approval is checked against them separately.
+    fn request_hash(&self, kind: CallKind, op: &Op) -> String {
+        match op {
+            Op::Model(r) => hash_of(kind, r),
+            Op::Connector(c) => hash_of(
+                kind,
+                &(
+                    &c.connector,
+                    &c.operation,
+                    &c.input,
+                    c.estimated_cost,
+                    c.risk,
+                    c.confidence,
+                ),
+            ),
         }
     }
 
     async fn governed(&mut self, op: Op) -> Result<CallRecord, AgentError> {
         let (kind, call) = self.describe(&op);
-        let hash = call.hash(kind);
+        let hash = self.request_hash(kind, &op);
         let (seq, existing) = self.claim(kind, &hash)?;
         if let Some(record) = existing {
             return self.replay(seq, kind, &hash, op, call, record).await;
@@ -405,7 +442,7 @@ impl<'r> TaskContext<'r> {
                     );
                     self.refuse(seq, kind, hash, &action, reason).await
                 }
-                None => self.park(seq, kind, hash, &call, &ask).await,
+                None => self.park(seq, kind, hash, op, call, &ask).await,
             },
             Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
             Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
@@ -457,16 +494,17 @@ impl<'r> TaskContext<'r> {
 
     /// Asks for the approval and parks the run on it.
     async fn park(
-        &self,
+        &mut self,
         seq: u32,
         kind: CallKind,
         hash: &str,
-        call: &GovernedCall,
+        op: Op,
+        call: GovernedCall,
         ask: &crate::gate::ApprovalAsk,
     ) -> Result<CallRecord, AgentError> {
-        let approval = self
+        let (approval, pending) = self
             .driver
-            .request_approval(&self.role, self.agent, self.task_id, seq, ask, call)
+            .request_approval(&self.role, self.agent, self.task_id, seq, ask, &call)
             .await?;
         self.record(
             seq,
@@ -476,6 +514,10 @@ impl<'r> TaskContext<'r> {
             true,
         )
         .await?;
+        if !pending {
+            // asked before a crash, and answered or expired since: go on with that
+            return Box::pin(self.decided(seq, kind, hash, op, call, approval)).await;
+        }
         self.driver
             .notify(
                 ask.anchor,
@@ -596,11 +638,20 @@ impl<'r> TaskContext<'r> {
                 proposed,
             } => {
                 if serde_json::to_value(&call).ok().as_ref() != Some(&proposed) {
-                    return Err(self.driver.non_determinism(
-                        &self.name,
-                        seq,
-                        format!("approval {approval} was given for another call than `{action}` as now made"),
-                    ));
+                    // the call as now made is not the one approved (a price or an effect
+                    // class changed since): the approval does not cover it, decide it again
+                    self.driver
+                        .audit(
+                            Principal::System,
+                            AuditEvent::Note {
+                                text: format!(
+                                    "approval {approval} covers `{action}` as proposed, not as now made: decided again"
+                                ),
+                            },
+                        )
+                        .await?;
+                    let gate = self.driver.decide(&self.role, self.agent, &call).await?;
+                    return Box::pin(self.gated(seq, kind, hash, op, call, gate, None)).await;
                 }
                 // an approval satisfies the approval rule, never a denial, a halt or an
                 // operator's pause or stop in force now. `decide` is pure and the run pinned
@@ -644,6 +695,18 @@ impl<'r> TaskContext<'r> {
                         }
                     },
                 };
+                if kind == CallKind::Model
+                    && patch.as_object().is_some_and(|p| p.contains_key("cost"))
+                {
+                    let reason = format!(
+                        "the edit by `{by}` is refused: a model call costs its price; edit its request instead"
+                    );
+                    return self.refuse(seq, kind, hash, &action, reason).await;
+                }
+                // the cost is worked out again as for the first call: never below the price
+                // of the edited request or the connector's declared default
+                let mut edited = edited;
+                edited.cost = self.priced(&op, edited.cost);
                 self.driver
                     .audit(
                         Principal::Human(by),
@@ -665,6 +728,21 @@ impl<'r> TaskContext<'r> {
                     edited: true,
                 };
                 Box::pin(self.gated(seq, kind, hash, op, edited, gate, Some(approved))).await
+            }
+            ApprovalState::Expired(anchor) => {
+                self.driver.timed_out(&self.name, anchor, approval).await;
+                let reason = format!("rejected: {}", crate::gate::EXPIRED);
+                self.record(
+                    seq,
+                    kind,
+                    hash,
+                    CallRecord::Refused {
+                        reason: reason.clone(),
+                    },
+                    false,
+                )
+                .await?;
+                Err(AgentError::Rejected { action, reason })
             }
             ApprovalState::Rejected(reason) => {
                 let reason = format!("rejected: {reason}");
@@ -757,7 +835,15 @@ impl<'r> TaskContext<'r> {
         let key = IdempotencyKey::for_call(self.driver.run, self.task_id, seq);
         let reservation = match self
             .driver
-            .reserve(&self.role, self.agent, estimate, &key)
+            .reserve(
+                &self.role,
+                self.agent,
+                estimate,
+                &key,
+                // a model answers (and bills) a repeated call anew; a connector that
+                // deduplicates by the key does not perform it twice
+                matches!(op, Op::Model(_)) || self.uncertain(&op),
+            )
             .await?
         {
             Ok(r) => r,

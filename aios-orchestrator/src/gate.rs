@@ -68,8 +68,10 @@ pub(crate) enum ApprovalState {
         anchor: AnchorId,
         patch: serde_json::Value,
     },
-    /// Rejected (or expired).
+    /// Rejected.
     Rejected(String),
+    /// Nobody of this anchor answered in time, and the request was not escalated: denied.
+    Expired(AnchorId),
 }
 
 /// A budget reservation held for one call; `None` when the call's key was already charged (a
@@ -266,6 +268,12 @@ impl Governance {
     }
 
     /// Reserves `amount` for the call `key` on the chain organisation > role > agent > run.
+    ///
+    /// A call whose key was already charged (performed and committed, then the worker died
+    /// before the journal recorded it) is not charged again when performing it again costs
+    /// nothing (`repeat_spends` false: a connector deduplicating by the key); when it does
+    /// cost again (a model call is answered, and billed, anew), the repetition is reserved
+    /// and charged like any call, under the budgets as they stand.
     pub(crate) async fn reserve(
         &self,
         run: RunId,
@@ -273,6 +281,7 @@ impl Governance {
         agent: AgentId,
         amount: Usage,
         key: &aios_core::IdempotencyKey,
+        repeat_spends: bool,
     ) -> Result<Result<Reservation, String>, StoreError> {
         let Some(ledger) = &self.ledger else {
             return Ok(Err("no budget ledger".into()));
@@ -317,7 +326,14 @@ impl Governance {
         {
             Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
             // this very call was charged before its worker died: it is not charged twice
-            Err(BudgetError::AlreadyCharged { .. }) => Ok(Ok(Reservation(None))),
+            Err(BudgetError::AlreadyCharged { .. }) if !repeat_spends => Ok(Ok(Reservation(None))),
+            Err(BudgetError::AlreadyCharged { .. }) => match ledger
+                .reserve(&chain, amount, &aios_governance::ReserveOptions::default())
+                .await
+            {
+                Ok(r) => Ok(Ok(Reservation(Some(r.id)))),
+                Err(e) => budget_failure(e),
+            },
             Err(e) => budget_failure(e),
         }
     }
@@ -362,7 +378,9 @@ impl Governance {
     }
 
     /// Asks for the approval `ask` of `action` (described by `proposed`) under the run's
-    /// pinned `governor`, whose version the request records.
+    /// pinned `governor`, whose version the request records. Returns the request and whether
+    /// it is pending (a request asked again after a crash may have been answered or have
+    /// expired meanwhile).
     pub(crate) async fn request_approval(
         &self,
         governor: &PinnedGovernor,
@@ -370,12 +388,15 @@ impl Governance {
         ask: &ApprovalAsk,
         action: &str,
         proposed: serde_json::Value,
-    ) -> Result<ApprovalId, String> {
+    ) -> Result<(ApprovalId, bool), String> {
         let approvals = self.approvals()?;
         // the id is derived from the call's key: a request this very call made before its
         // worker died (before the journal recorded it) is found again, not asked twice
+        // (and from the proposal: a call decided again after its approval stopped covering
+        // it asks under a new id)
         let key = aios_core::IdempotencyKey::for_call(at.run, at.task, at.seq);
-        let id = ApprovalId::from_name(&format!("call:{key}"));
+        let digest = crate::context::hash_of(crate::state::CallKind::Human, &proposed);
+        let id = ApprovalId::from_name(&format!("call:{key}:{}", &digest[..16]));
         let request = approvals
             .request_under(
                 governor.governor(),
@@ -395,7 +416,10 @@ impl Governance {
             )
             .await
             .map_err(|e| e.to_string())?;
-        Ok(request.id)
+        Ok((
+            request.id,
+            request.state == aios_governance::ApprovalState::Pending,
+        ))
     }
 
     /// Where approval `approval`, asked by `requester` in `run`, stands: redeemed for that
@@ -433,7 +457,7 @@ impl Governance {
                     id = next;
                     continue;
                 }
-                S::Expired { .. } => return Ok(expired()),
+                S::Expired { .. } => return Ok(ApprovalState::Expired(request.anchor)),
                 // an approval this run already used (the journal keeps it from being used
                 // twice by the run itself)
                 S::Redeemed { decision, .. } => decision,
@@ -464,7 +488,9 @@ impl Governance {
                             id = next;
                             continue;
                         }
-                        Err(ApprovalError::Expired { .. }) => return Ok(expired()),
+                        Err(ApprovalError::Expired { .. }) => {
+                            return Ok(ApprovalState::Expired(request.anchor))
+                        }
                         Err(ApprovalError::Rejected { reason, .. }) => {
                             return Ok(ApprovalState::Rejected(reason))
                         }
@@ -558,9 +584,8 @@ pub(crate) struct CallSite {
     pub(crate) pathway: PathwayId,
 }
 
-fn expired() -> ApprovalState {
-    ApprovalState::Rejected("expired: nobody answered before the deadline".to_string())
-}
+/// What the run is told when nobody answered in time.
+pub(crate) const EXPIRED: &str = "expired: nobody answered before the deadline";
 
 fn budget_failure(e: BudgetError) -> Result<Result<Reservation, String>, StoreError> {
     match e {

@@ -10,12 +10,14 @@ use crate::state::CallKind;
 /// confidence and input it was decided on.
 ///
 /// It is what an approval request's `proposed` holds (so the approver sees what governance
-/// saw), what the journaled request hash covers (a resumed call whose attributes differ from
-/// the recorded ones is a non-determinism error, never run on the old decision), and what an
-/// [`ApprovalResponse::Edit`](aios_governance::ApprovalResponse::Edit) changes: an edit is a
-/// JSON object naming any of `input`, `cost`, `risk` and `confidence` with their new values
-/// (`action` and `effect` may be repeated but not changed), and the edited call is governed
-/// again before it runs.
+/// saw), and what an [`ApprovalResponse::Edit`](aios_governance::ApprovalResponse::Edit)
+/// changes: an edit is a JSON object naming any of `input`, `cost`, `risk` and `confidence`
+/// with their new values (`action` and `effect` may be repeated but not changed; `risk` may
+/// not be lowered nor `confidence` raised). The edited call's cost is then worked out again
+/// the way the first one's was (a model call's from its edited request, never from the edit;
+/// a connector call's at least the connector's declared default), and it is governed again
+/// before it runs. A resumed call whose attributes differ from those approved is decided
+/// again, never run on the old approval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GovernedCall {
@@ -101,6 +103,32 @@ impl GovernedCall {
                 "an edit cannot set a negative cost ({})",
                 edited.cost
             ));
+        }
+        // the agent's own assessment is a floor: a human may say an action is riskier or
+        // less certain, never talk it under a rule
+        if edited.risk < self.risk {
+            return Err(format!(
+                "an edit cannot lower `risk` (proposed {}, edit {})",
+                self.risk, edited.risk
+            ));
+        }
+        match (self.confidence, edited.confidence) {
+            (Some(p), Some(e)) if e > p => {
+                return Err(format!(
+                    "an edit cannot raise `confidence` (proposed {p}, edit {e})"
+                ))
+            }
+            (None, Some(e)) => {
+                return Err(format!(
+                    "an edit cannot give a confidence the agent did not (edit {e})"
+                ))
+            }
+            (Some(p), None) => {
+                return Err(format!(
+                    "an edit cannot drop the agent's confidence (proposed {p})"
+                ))
+            }
+            _ => {}
         }
         Ok(edited)
     }

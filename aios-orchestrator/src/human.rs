@@ -54,6 +54,13 @@ impl TaskContext<'_> {
                         ApprovalState::Approved { .. } => (serde_json::Value::Bool(true), None),
                         ApprovalState::Edited { patch, .. } => (patch, None),
                         ApprovalState::Rejected(reason) => (serde_json::Value::Null, Some(reason)),
+                        ApprovalState::Expired(anchor) => {
+                            self.driver.timed_out(&self.name, anchor, approval).await;
+                            (
+                                serde_json::Value::Null,
+                                Some(crate::gate::EXPIRED.to_string()),
+                            )
+                        }
                     };
                 match refused {
                     Some(reason) => {
@@ -99,7 +106,9 @@ impl TaskContext<'_> {
                     allowed: aios_governance::ResponseKind::ALL.to_vec(),
                     on_timeout: aios_governance::OnTimeout::Deny,
                 };
-                let approval = self
+                // asked again after a crash and answered meanwhile: the run parks on it and
+                // the next resume (or `Orchestrator::tick`) reads the answer
+                let (approval, _pending) = self
                     .driver
                     .request_approval_of(
                         &self.role,

@@ -648,6 +648,19 @@ impl<'o> Driver<'o> {
             .unwrap_or_else(|| anchor.to_string())
     }
 
+    /// Tells `anchor` (its holders and deputy) that approval `approval` timed out and the
+    /// call was denied.
+    pub(crate) async fn timed_out(&self, task: &TaskName, anchor: AnchorId, approval: ApprovalId) {
+        self.notify(
+            anchor,
+            NotificationKind::ApprovalTimedOut,
+            Some(task),
+            Some(approval),
+            "nobody answered before the deadline; the call was denied".to_string(),
+        )
+        .await;
+    }
+
     /// Tells both anchors that approval `from` timed out and was escalated to `to`.
     pub(crate) async fn escalated_approval(
         &self,
@@ -697,10 +710,11 @@ impl<'o> Driver<'o> {
         agent: AgentId,
         amount: Usage,
         key: &aios_core::IdempotencyKey,
+        repeat_spends: bool,
     ) -> Result<Result<Reservation, String>, AgentError> {
         self.o
             .gov
-            .reserve(self.run, role.id, agent, amount, key)
+            .reserve(self.run, role.id, agent, amount, key, repeat_spends)
             .await
             .map_err(|e| self.fail(OrchestratorError::Store(e)))
     }
@@ -740,7 +754,7 @@ impl<'o> Driver<'o> {
         seq: u32,
         ask: &crate::gate::ApprovalAsk,
         call: &crate::governed::GovernedCall,
-    ) -> Result<ApprovalId, AgentError> {
+    ) -> Result<(ApprovalId, bool), AgentError> {
         let proposed = serde_json::to_value(call).map_err(|e| {
             self.fail(OrchestratorError::Approval(format!(
                 "the call cannot be proposed: {e}"
@@ -762,7 +776,7 @@ impl<'o> Driver<'o> {
         ask: &crate::gate::ApprovalAsk,
         action: &str,
         proposed: serde_json::Value,
-    ) -> Result<ApprovalId, AgentError> {
+    ) -> Result<(ApprovalId, bool), AgentError> {
         let at = crate::gate::CallSite {
             run: self.run,
             task,
@@ -1541,9 +1555,6 @@ impl Orchestrator {
             }
             None => false,
         };
-        if control == RunControl::Resume {
-            return Ok(());
-        }
         let now = self.inner.clock.now();
         let event = AuditEvent::ControlApplied {
             target: format!("run:{run}"),
@@ -1556,6 +1567,14 @@ impl Orchestrator {
             actor: by,
             event,
         };
+        if control == RunControl::Resume {
+            // nothing to lift without operator controls: the decision is put on record, and
+            // `resume` continues the run
+            if !durable {
+                self.inner.audit.append(record).await?;
+            }
+            return Ok(());
+        }
         if self.inner.active.lock().contains(&run) {
             // driven right now by this orchestrator: it stops at the next task boundary and
             // saves the new status itself
@@ -1653,11 +1672,14 @@ impl Orchestrator {
 
     /// The deadline sweep, driven by the host (the library starts no thread): every pending
     /// approval request past its deadline by the orchestrator's clock is expired, and, when
-    /// its rule says `on_timeout = escalate`, asked again of the named anchor. Each parked run
-    /// waiting on such a request is then resumed: on a denial the parked call is rejected and
-    /// the role's fallback applies; on an escalation the run parks again on the new request,
-    /// and both anchors are notified (the one that did not answer, so its holders and deputy
-    /// know, and the one now asked). A run driven elsewhere is left to its worker.
+    /// its rule says `on_timeout = escalate`, asked again of the named anchor. Then every
+    /// parked run whose awaited request is no longer pending (expired by this sweep or on an
+    /// earlier look, or answered while nobody resumed the run) is resumed: on a denial the
+    /// parked call is rejected and the role's fallback applies; on an escalation the run parks
+    /// again on the new request, and both anchors are notified (the one that did not answer,
+    /// so its holders and deputy know, and the one now asked). A run driven elsewhere is left
+    /// to its worker; a paused run stays paused; a run that cannot be resumed is reported and
+    /// the others go on. Resumed runs are driven one after another until they stop again.
     pub async fn tick(&self) -> Result<TickReport, OrchestratorError> {
         let expired = self
             .inner
@@ -1666,20 +1688,29 @@ impl Orchestrator {
             .await
             .map_err(|e| OrchestratorError::Approval(e.to_string()))?;
         let mut report = TickReport::default();
-        let mut runs: Vec<RunId> = vec![];
         for e in &expired {
             match e.escalated_to {
                 Some(next) => report.escalated.push((e.request.id, next)),
                 None => report.expired.push(e.request.id),
             }
-            if let Some(run) = e.request.run {
-                if !runs.contains(&run) {
-                    runs.push(run);
+        }
+        for summary in self.inner.checkpoints.list(true).await? {
+            let run = summary.run;
+            let RunStatus::Parked { approvals } = &summary.status else {
+                continue;
+            };
+            if self.inner.active.lock().contains(&run) {
+                continue;
+            }
+            let mut settled = false;
+            for &a in approvals {
+                match self.inner.gov.approval(a).await {
+                    Ok(r) if r.state == aios_governance::ApprovalState::Pending => {}
+                    // answered, used, expired, or unknown to this store: the run learns which
+                    _ => settled = true,
                 }
             }
-        }
-        for run in runs {
-            if self.inner.active.lock().contains(&run) {
+            if !settled {
                 continue;
             }
             match self.resume(run).await {
@@ -1687,7 +1718,7 @@ impl Orchestrator {
                 Err(
                     OrchestratorError::LeaseLost { .. } | OrchestratorError::NotResumable { .. },
                 ) => report.skipped.push(run),
-                Err(e) => return Err(e),
+                Err(e) => report.failed.push((run, e.to_string())),
             }
         }
         Ok(report)
@@ -1750,10 +1781,14 @@ pub struct TickReport {
     pub expired: Vec<ApprovalId>,
     /// Requests that expired and were asked again of the next anchor: (old, new).
     pub escalated: Vec<(ApprovalId, ApprovalId)>,
-    /// The runs resumed because a request they waited on expired, as they stand now.
+    /// The runs resumed because a request they waited on is no longer pending, as they
+    /// stand now.
     pub resumed: Vec<RunOutcome>,
-    /// Runs that waited on an expired request but are driven (leased) elsewhere.
+    /// Runs that could go on but are driven (leased) elsewhere, or ended meanwhile.
     pub skipped: Vec<RunId>,
+    /// Runs that could go on but failed to resume (a damaged state, a governance version not
+    /// loaded, a store failure), with why; the sweep went on with the others.
+    pub failed: Vec<(RunId, String)>,
 }
 
 /// An operator control on one run.

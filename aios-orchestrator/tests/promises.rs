@@ -956,3 +956,181 @@ fn a_memory_write_is_not_repeated_whatever_write_the_worker_dies_at() {
         assert_eq!(written(), 3, "fault {n}: each note written once");
     }
 }
+
+#[test]
+fn an_edit_cannot_talk_a_call_under_its_rules() {
+    let w = Pay::new();
+    let model = PAY_MODEL.replace(r#", "allowed": ["approve", "reject"]"#, "");
+    let risky = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            let out = ctx
+                .call(
+                    ConnectorRequest::new("bank", "pay", input.input.clone())
+                        .estimated_cost(Money::from_minor(500))
+                        .risk(40)
+                        .confidence(0.5),
+                )
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(&model))
+        .role(Role::new("payer", "paying", Arc::new(risky)).connector("bank"))
+        .connector(Arc::new(w.bank.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    for edit in [
+        serde_json::json!({ "risk": 0 }),
+        serde_json::json!({ "confidence": 1.0 }),
+        serde_json::json!({ "action": "bank.refund" }),
+        serde_json::json!({ "amount": 1 }),
+    ] {
+        let outcome = block_on(orch.start(pay_invoice())).unwrap();
+        let done = block_on(orch.submit_approval(
+            outcome.pending_approvals()[0],
+            bob(),
+            ApprovalResponse::Edit(edit.clone()),
+        ))
+        .unwrap();
+        assert!(
+            matches!(&done.status, RunStatus::Failed { reason } if reason.contains("refused")),
+            "{edit}: {:?}",
+            done.status
+        );
+    }
+    assert!(w.bank.effects().is_empty());
+}
+
+#[test]
+fn an_edited_cost_never_goes_under_the_connectors_declared_cost() {
+    let w = Pay::new();
+    let model = PAY_MODEL.replace(r#", "allowed": ["approve", "reject"]"#, "");
+    let bank = RecordingConnector::new("bank", EffectClass::Irreversible)
+        .with_default_cost(Money::from_minor(60));
+    let budgets = Arc::new(aios_governance::InMemoryBudgetLedger::new(Arc::new(
+        w.timer.clock().clone(),
+    )));
+    let governor = governor_from(&model);
+    budgets.apply_plan_sync(&governor.budget_plan());
+    let pay = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            let out = ctx
+                .call(ConnectorRequest::new("bank", "pay", input.input.clone()))
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let orch = Orchestrator::builder(governor)
+        .role(Role::new("payer", "paying", Arc::new(pay)).connector("bank"))
+        .connector(Arc::new(bank.clone()))
+        .budgets(budgets.clone())
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let done = block_on(orch.submit_approval(
+        outcome.pending_approvals()[0],
+        alice(),
+        ApprovalResponse::Edit(serde_json::json!({ "cost": 0 })),
+    ))
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    let org = budgets
+        .usage_sync(aios_governance::BudgetKey::Organisation)
+        .unwrap();
+    assert_eq!(
+        org.committed.cost,
+        Money::from_minor(60),
+        "charged its declared cost"
+    );
+}
+
+#[test]
+fn an_answer_after_the_deadline_is_refused_and_the_next_tick_moves_the_run_on() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let first = outcome.pending_approvals()[0];
+    w.timer.clock().advance(Duration::from_secs(2 * 3600));
+    // the late answer expires the request (and escalates it), and is refused
+    assert!(block_on(orch.submit_approval(first, alice(), ApprovalResponse::Approve)).is_err());
+    // nothing is due any more, yet the run is picked up: it waits for the board now
+    let report = block_on(orch.tick()).unwrap();
+    assert!(
+        report.escalated.is_empty(),
+        "escalated by the late answer already"
+    );
+    assert_eq!(report.resumed.len(), 1);
+    let waiting = report.resumed[0].pending_approvals().to_vec();
+    assert_eq!(waiting.len(), 1);
+    assert_ne!(waiting[0], first);
+    let board = aios_core::AnchorId::from_name("board");
+    assert!(w
+        .notifier
+        .sent()
+        .iter()
+        .any(|n| n.anchor == board && n.approval == Some(waiting[0])));
+    assert!(w.bank.effects().is_empty());
+}
+
+#[test]
+fn a_tick_leaves_a_paused_run_paused_and_goes_on_past_a_damaged_one() {
+    let w = Pay::new();
+    let model = PAY_MODEL.replace(r#""on_timeout": { "escalate": "board" }, "#, "");
+    let orch = w.orchestrator_with(&model, 50);
+    let paused = block_on(orch.start(pay_invoice())).unwrap();
+    let damaged = block_on(orch.start(pay_invoice())).unwrap();
+    let fine = block_on(orch.start(pay_invoice())).unwrap();
+    block_on(orch.control_run(
+        paused.run,
+        aios_orchestrator::RunControl::Pause,
+        aios_core::Principal::Human(alice()),
+        "hold everything for this one",
+    ))
+    .unwrap();
+    // damage the second run's latest state
+    let latest = block_on(w.checkpoints.latest(damaged.run))
+        .unwrap()
+        .unwrap();
+    let mut state = latest.state.clone();
+    state.tasks[0].deps = vec![7];
+    let lease = block_on(w.checkpoints.acquire(
+        damaged.run,
+        &WorkerId::new("disk"),
+        orch.clock().now(),
+        Duration::from_secs(1),
+    ))
+    .unwrap();
+    block_on(w.checkpoints.save(
+        &lease,
+        &Checkpoint {
+            run: damaged.run,
+            seq: latest.seq + 1,
+            at: orch.clock().now(),
+            state,
+        },
+    ))
+    .unwrap();
+    block_on(w.checkpoints.release(&lease)).unwrap();
+    w.timer.clock().advance(Duration::from_secs(2 * 3600));
+    let report = block_on(orch.tick()).unwrap();
+    assert_eq!(report.expired.len(), 3, "every request expired");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.failed[0].0, damaged.run);
+    assert_eq!(report.resumed.len(), 1, "{report:?}");
+    assert_eq!(report.resumed[0].run, fine.run);
+    assert_eq!(
+        block_on(orch.state(paused.run)).unwrap().unwrap().status,
+        RunStatus::Paused,
+        "the pause holds"
+    );
+    // the anchor heard that nobody answered
+    let founder = aios_core::AnchorId::from_name("founder");
+    assert!(w
+        .notifier
+        .sent()
+        .iter()
+        .any(|n| n.anchor == founder && n.kind == NotificationKind::ApprovalTimedOut));
+    assert!(w.bank.effects().is_empty());
+}

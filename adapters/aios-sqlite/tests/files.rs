@@ -603,8 +603,10 @@ fn a_flipped_byte_in_a_stored_checkpoint_is_corrupt_naming_run_and_seq() {
     let run = written.run;
     assert_corrupt_names_run_and_seq("latest", block_on(checkpoints.latest(run)), run, 1);
     assert_corrupt_names_run_and_seq("get", block_on(checkpoints.get(run, 1)), run, 1);
-    assert_corrupt_names_run_and_seq("list", block_on(checkpoints.list(false)), run, 1);
-    assert_corrupt_names_run_and_seq("list parked", block_on(checkpoints.list(true)), run, 1);
+    // a listing reads the summaries, not every checkpoint: one damaged run does not hide
+    // the others, and it is reported when read
+    let listed = block_on(checkpoints.list(false)).unwrap();
+    assert!(listed.iter().any(|s| s.run == run));
 }
 
 #[test]

@@ -1134,3 +1134,131 @@ fn a_tick_leaves_a_paused_run_paused_and_goes_on_past_a_damaged_one() {
         .any(|n| n.anchor == founder && n.kind == NotificationKind::ApprovalTimedOut));
     assert!(w.bank.effects().is_empty());
 }
+
+/// The connector's declared cost changed between asking and resuming (a price change, a
+/// restart with new configuration): the approval covers the call as proposed, so the call is
+/// decided again (and asks again), while completed calls still replay.
+#[test]
+fn an_approval_does_not_cover_a_call_whose_derived_cost_changed() {
+    let w = Pay::new();
+    let approvals = Arc::new(aios_governance::InMemoryApprovalStore::new());
+    let build = |cost: i64| {
+        let bank = RecordingConnector::new("bank", EffectClass::Irreversible)
+            .with_default_cost(Money::from_minor(cost));
+        let pay = FnAgent::new(|ctx, input| {
+            Box::pin(async move {
+                let out = ctx
+                    .call(ConnectorRequest::new("bank", "pay", input.input.clone()))
+                    .await?;
+                Ok(out.output)
+            })
+        });
+        let orch = Orchestrator::builder(governor_from(PAY_MODEL))
+            .role(Role::new("payer", "paying", Arc::new(pay)).connector("bank"))
+            .connector(Arc::new(bank.clone()))
+            .checkpoints(Arc::new(w.checkpoints.clone()))
+            .approval_store(approvals.clone())
+            .clock(Arc::new(w.timer.clock().clone()))
+            .timer(Arc::new(w.timer.clone()))
+            .build();
+        (orch, bank)
+    };
+    let (before, _) = build(50);
+    let outcome = block_on(before.start(pay_invoice())).unwrap();
+    let first = outcome.pending_approvals()[0];
+    let (after, bank) = build(400);
+    block_on(aios_governance::ApprovalStore::get(
+        approvals.as_ref(),
+        first,
+    ))
+    .unwrap()
+    .unwrap();
+    let done = block_on(after.submit_approval(first, alice(), ApprovalResponse::Approve)).unwrap();
+    assert!(
+        matches!(&done.status, RunStatus::Parked { approvals } if approvals[0] != first),
+        "asked again: {:?}",
+        done.status
+    );
+    assert!(bank.effects().is_empty(), "not run on the old approval");
+    let again = block_on(after.pending_approvals()).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].proposed["cost"], 400);
+}
+
+/// A model call repeated after a crash between the budget commit and the journal is answered
+/// and billed again: the ledger charges what was spent, each answer once, never less.
+#[test]
+fn a_repeated_model_call_is_charged_for_what_it_spent_whatever_write_the_worker_dies_at() {
+    use aios_core::testing::{FaultPlan, Faults};
+    use aios_orchestrator::testing::FaultyCheckpointStore;
+    let price = aios_core::ModelPrice {
+        input_per_million: Money::ZERO,
+        output_per_million: Money::ZERO,
+        per_call: Money::from_minor(5),
+    };
+    let mut repeated = false;
+    for n in 1..30u64 {
+        let w = World::new();
+        let scripted = model().with_price(price);
+        let agent = FnAgent::new(|ctx, _| {
+            Box::pin(async move {
+                for i in 0..3 {
+                    ctx.complete(aios_core::ModelRequest::new(vec![
+                        aios_core::Message::user(format!("q{i}")),
+                    ]))
+                    .await?;
+                }
+                Ok(serde_json::json!("done"))
+            })
+        });
+        let faults = Faults::new(FaultPlan::fail_nth(n));
+        let store = FaultyCheckpointStore::new(InMemoryCheckpointStore::new(), faults.clone());
+        let budgets = Arc::new(aios_governance::InMemoryBudgetLedger::new(Arc::new(
+            w.timer.clock().clone(),
+        )));
+        budgets.apply_plan_sync(&governor().budget_plan());
+        let orch = Orchestrator::builder(governor())
+            .role(Role::new("worker", "work", Arc::new(agent)))
+            .models(
+                aios_orchestrator::ModelRouter::single(Arc::new(scripted.clone()))
+                    .with_price("local-small", price),
+            )
+            .checkpoints(Arc::new(store))
+            .budgets(budgets.clone())
+            .clock(Arc::new(w.timer.clock().clone()))
+            .timer(Arc::new(w.timer.clone()))
+            .build();
+        let first = block_on(orch.start(Workflow::new("think").task(TaskSpec::new(
+            "think",
+            RoleId::from_name("worker"),
+            serde_json::Value::Null,
+        ))));
+        faults.set_plan(FaultPlan::none());
+        let run = match &first {
+            Ok(o) => Some(o.run),
+            Err(_) => block_on(w_runs(&orch)).into_iter().next(),
+        };
+        let Some(run) = run else { continue };
+        if block_on(orch.state(run)).unwrap().map(|s| s.status) != Some(RunStatus::Completed) {
+            w.timer.clock().advance(Duration::from_secs(120));
+            let done = block_on(orch.resume(run)).unwrap();
+            assert_eq!(done.status, RunStatus::Completed, "fault {n}");
+        }
+        let org = budgets
+            .usage_sync(aios_governance::BudgetKey::Organisation)
+            .unwrap();
+        let answered = scripted.calls() as i64;
+        assert!(answered >= 3, "fault {n}");
+        repeated |= answered > 3;
+        assert_eq!(
+            org.committed.cost,
+            Money::from_minor(5 * answered),
+            "fault {n}: {answered} answers, each charged once"
+        );
+        assert_eq!(org.reserved.cost, Money::ZERO, "fault {n}");
+    }
+    assert!(
+        repeated,
+        "some fault landed between a commit and its journal"
+    );
+}

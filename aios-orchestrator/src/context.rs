@@ -637,7 +637,7 @@ impl<'r> TaskContext<'r> {
                 anchor,
                 proposed,
             } => {
-                if serde_json::to_value(&call).ok().as_ref() != Some(&proposed) {
+                if !call.is(&proposed) {
                     // the call as now made is not the one approved (a price or an effect
                     // class changed since): the approval does not cover it, decide it again
                     self.driver

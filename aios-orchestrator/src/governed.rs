@@ -45,6 +45,28 @@ impl GovernedCall {
         crate::context::hash_of(kind, self)
     }
 
+    /// Whether `proposed` (an approval request's proposal) describes exactly this call;
+    /// compares field by field without building this call's JSON.
+    pub(crate) fn is(&self, proposed: &serde_json::Value) -> bool {
+        let Some(p) = proposed.as_object() else {
+            return false;
+        };
+        let known = ["action", "effect", "cost", "risk", "confidence", "input"];
+        p.keys().all(|k| known.contains(&k.as_str()))
+            && p.get("action").and_then(|v| v.as_str()) == Some(self.action.as_str())
+            && p.get("effect")
+                .and_then(|v| serde_json::from_value::<EffectClass>(v.clone()).ok())
+                == Some(self.effect)
+            && p.get("cost").and_then(|v| v.as_i64()) == Some(self.cost.minor())
+            && p.get("risk").and_then(|v| v.as_u64()) == Some(u64::from(self.risk))
+            && match (p.get("confidence"), self.confidence) {
+                (None, None) => true,
+                (Some(v), Some(c)) => v.as_f64() == Some(f64::from(c)),
+                _ => false,
+            }
+            && p.get("input") == Some(&self.input)
+    }
+
     /// The call as edited by `patch` (see the type's docs), or why the edit is refused.
     ///
     /// ```
@@ -131,5 +153,66 @@ impl GovernedCall {
             _ => {}
         }
         Ok(edited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn call() -> GovernedCall {
+        GovernedCall {
+            action: "bank.pay".into(),
+            effect: EffectClass::Irreversible,
+            cost: Money::from_minor(120),
+            risk: 30,
+            confidence: Some(0.8),
+            input: serde_json::json!({ "to": "acme", "amount": 120 }),
+        }
+    }
+
+    #[test]
+    fn a_call_is_its_own_proposal_and_no_other() {
+        let c = call();
+        assert!(c.is(&serde_json::to_value(&c).unwrap()));
+        let without_confidence = GovernedCall {
+            confidence: None,
+            ..call()
+        };
+        assert!(without_confidence.is(&serde_json::to_value(&without_confidence).unwrap()));
+        for other in [
+            GovernedCall {
+                action: "bank.refund".into(),
+                ..call()
+            },
+            GovernedCall {
+                effect: EffectClass::Reversible,
+                ..call()
+            },
+            GovernedCall {
+                cost: Money::from_minor(121),
+                ..call()
+            },
+            GovernedCall { risk: 31, ..call() },
+            GovernedCall {
+                confidence: Some(0.7),
+                ..call()
+            },
+            GovernedCall {
+                confidence: None,
+                ..call()
+            },
+            GovernedCall {
+                input: serde_json::json!({ "to": "mallory" }),
+                ..call()
+            },
+        ] {
+            assert!(!c.is(&serde_json::to_value(&other).unwrap()), "{other:?}");
+        }
+        let mut extra = serde_json::to_value(&c).unwrap();
+        extra["note"] = serde_json::json!("x");
+        assert!(!c.is(&extra), "an unknown field is not this call");
+        assert!(!c.is(&serde_json::json!("bank.pay")));
     }
 }

@@ -279,7 +279,7 @@ async fn main() -> Result<(), Error> {
                 .instructions("Write the newsletter from the notes."),
         )
         .role(Role::new("outreach", "outreach", Arc::new(send_agent)).connector("email"))
-        .build();
+        .build()?;
 
     println!("## Workflow");
     let pending = orch.pending_approvals().await?;

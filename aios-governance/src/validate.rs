@@ -664,6 +664,15 @@ impl GovernanceModel {
             .budgets
             .iter()
             .position(|b| b.scope == BudgetScope::Organisation);
+        if org_budget.is_none() && !self.budgets.is_empty() {
+            c.error(
+                FindingKind::InvalidBudgetParent,
+                "budgets".into(),
+                "budgets are declared but none has `scope = \"organisation\"`: every call that \
+                 reserves would be refused with `no budget configured`; add an organisation budget"
+                    .into(),
+            );
+        }
         for (bi, b) in self.budgets.iter().enumerate() {
             let at = format!("budgets[{bi}]");
             match &b.scope {

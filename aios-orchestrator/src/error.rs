@@ -3,6 +3,69 @@
 
 use aios_core::{AnchorId, ApprovalId, RunId, StoreError};
 
+/// What [`OrchestratorBuilder::build`](crate::OrchestratorBuilder::build) refused: a set-up
+/// that could only fail later, at the first call, or hang.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// Two roles with one name: the second would silently replace the first.
+    #[error("role `{role}` is registered twice")]
+    DuplicateRole {
+        /// The role's name.
+        role: String,
+    },
+    /// A registered role is not in the governance model: every call of it would be denied.
+    #[error("role `{role}` is not in the governance model (its `roles` are {known})")]
+    UnknownRole {
+        /// The role's name.
+        role: String,
+        /// The model's role keys.
+        known: String,
+    },
+    /// A role's pathway is not in the governance model.
+    #[error("role `{role}` acts on pathway `{pathway}`, which is not in the governance model (its `pathways` are {known})")]
+    UnknownPathway {
+        /// The role's name.
+        role: String,
+        /// The pathway's key.
+        pathway: String,
+        /// The model's pathway keys.
+        known: String,
+    },
+    /// A role's pathway delegates to another role: every call of it would be denied.
+    #[error("role `{role}` acts on pathway `{pathway}`, which delegates to role `{delegate}`")]
+    NotDelegate {
+        /// The role's name.
+        role: String,
+        /// The pathway's key.
+        pathway: String,
+        /// The role the pathway delegates to.
+        delegate: String,
+    },
+    /// A role may use a connector that is not registered.
+    #[error("role `{role}` may use connector `{connector}`, which is not registered")]
+    UnknownConnector {
+        /// The role's name.
+        role: String,
+        /// The connector.
+        connector: String,
+    },
+    /// A connector credential was given for a connector that is not registered, or without a
+    /// vault to resolve it in.
+    #[error("a credential is set for connector `{connector}`, {problem}")]
+    Credential {
+        /// The connector.
+        connector: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Only one of the clock and the timer was given: a manual timer never fires with a real
+    /// clock (the first retry would hang), and a timer on another clock sleeps by the wrong
+    /// time.
+    #[error("{0}")]
+    ClockWithoutTimer(String),
+}
+
 /// A failure the caller of the orchestrator must handle. Task failures are not errors: they
 /// are in the run's status.
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +205,8 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
-    /// A budget would be exceeded.
-    #[error("budget exceeded for `{action}`: {detail}")]
+    /// A budget refused the call (exceeded, or none configured).
+    #[error("budget refused `{action}`: {detail}")]
     BudgetExceeded {
         /// The action.
         action: String,

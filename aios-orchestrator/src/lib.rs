@@ -50,7 +50,7 @@ pub use checkpoint::{
     InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};
-pub use error::{AgentError, OrchestratorError};
+pub use error::{AgentError, BuildError, OrchestratorError};
 pub use governed::GovernedCall;
 pub use graph::{TaskInput, TaskName, TaskSpec, Workflow};
 pub use memory::{MemoryOptions, RecalledHit};

@@ -35,6 +35,8 @@ pub struct Role {
     pub instructions: String,
     /// The governance pathway its actions are requested on.
     pub pathway: PathwayId,
+    /// That pathway's key in the governance model.
+    pub pathway_key: String,
     /// Connectors its agent may call.
     pub connectors: Vec<ConnectorId>,
     /// How calls are retried and timed out.
@@ -57,6 +59,7 @@ impl Role {
             name,
             instructions: String::new(),
             pathway: PathwayId::from_name(pathway),
+            pathway_key: pathway.to_string(),
             connectors: vec![],
             retry: RetryPolicy::default(),
             fallback: Fallback::FailRun,

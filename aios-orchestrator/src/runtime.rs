@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use aios_core::{
     AgentId, AnchorId, ApprovalId, AuditEvent, AuditLog, AuditRecord, Clock, Connector,
-    ConnectorId, CredentialHandle, CredentialVault, IdGen, InMemoryAuditLog, ManualClock,
-    ManualTimer, Outcome, Principal, RunId, Secret, SeededRng, TaskId, Timer,
+    ConnectorId, CredentialHandle, CredentialVault, IdGen, InMemoryAuditLog, ManualTimer, Outcome,
+    Principal, RunId, Secret, SeededRng, TaskId, Timer,
 };
 use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
@@ -163,7 +163,8 @@ pub(crate) struct Inner {
 /// }));
 /// let orchestrator = Orchestrator::builder(governor)
 ///     .role(Role::new("counter", "counting", Arc::new(add_one)))
-///     .build();
+///     .build()
+///     .unwrap();
 /// let counter = RoleId::from_name("counter");
 /// let workflow = Workflow::new("count")
 ///     .task(TaskSpec::new("one", counter, serde_json::json!(0)))
@@ -312,12 +313,32 @@ impl OrchestratorBuilder {
         self.memory = Some(memory);
     }
 
-    /// Builds the orchestrator.
-    pub fn build(self) -> Orchestrator {
+    /// Checks the set-up and builds the orchestrator.
+    ///
+    /// Refused ([`BuildError`]), naming what is wrong: a role registered twice; a role or
+    /// its pathway missing from the governance model, or a pathway delegating to another
+    /// role; a connector a role may use that is not registered; a credential for an
+    /// unregistered connector or without a vault; a clock without a timer or a timer without
+    /// a clock (give both, or neither for the manual pair tests use).
+    pub fn build(self) -> Result<Orchestrator, crate::error::BuildError> {
+        use crate::error::BuildError;
+        self.check()?;
         let (clock, timer): (Arc<dyn Clock>, Arc<dyn Timer>) = match (self.clock, self.timer) {
             (Some(c), Some(t)) => (c, t),
-            (Some(c), None) => (c, Arc::new(ManualTimer::default())),
-            (None, Some(t)) => (Arc::new(ManualClock::default()), t),
+            (Some(_), None) => {
+                return Err(BuildError::ClockWithoutTimer(
+                    "a clock is set without a timer: set `.timer(..)` too (`TokioTimer` with \
+                     a system clock; the `ManualTimer` sharing a `ManualClock` in tests)"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(BuildError::ClockWithoutTimer(
+                    "a timer is set without its clock: set `.clock(..)` too (the clock the \
+                     timer sleeps by)"
+                        .into(),
+                ))
+            }
             (None, None) => {
                 let timer = ManualTimer::default();
                 (Arc::new(timer.clock().clone()), Arc::new(timer))
@@ -334,7 +355,7 @@ impl OrchestratorBuilder {
             audit.clone(),
             IdGen::with_clock(clock.clone(), self.config.seed ^ 0xA11C_E5ED),
         );
-        Orchestrator {
+        Ok(Orchestrator {
             inner: Arc::new(Inner {
                 gov,
                 agents: self.roles.iter().map(|r| (r.id, r.agent_id())).collect(),
@@ -368,7 +389,77 @@ impl OrchestratorBuilder {
                 controls: Mutex::new(HashMap::new()),
                 active: Mutex::new(std::collections::HashSet::new()),
             }),
+        })
+    }
+
+    /// The set-up checks of [`OrchestratorBuilder::build`] that need no clock.
+    fn check(&self) -> Result<(), crate::error::BuildError> {
+        use crate::error::BuildError;
+        let governor = self.gov.current();
+        let model = governor.model();
+        let keys = |it: &mut dyn Iterator<Item = &str>| {
+            let v: Vec<String> = it.map(|k| format!("`{k}`")).collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for role in &self.roles {
+            if !seen.insert(role.name.as_str()) {
+                return Err(BuildError::DuplicateRole {
+                    role: role.name.clone(),
+                });
+            }
+            if !model.roles.iter().any(|r| r.key == role.name) {
+                return Err(BuildError::UnknownRole {
+                    role: role.name.clone(),
+                    known: keys(&mut model.roles.iter().map(|r| r.key.as_str())),
+                });
+            }
+            let Some(pathway) = model.pathways.iter().find(|p| p.key == role.pathway_key) else {
+                return Err(BuildError::UnknownPathway {
+                    role: role.name.clone(),
+                    pathway: role.pathway_key.clone(),
+                    known: keys(&mut model.pathways.iter().map(|p| p.key.as_str())),
+                });
+            };
+            if pathway.delegate.as_deref() != Some(role.name.as_str()) {
+                return Err(BuildError::NotDelegate {
+                    role: role.name.clone(),
+                    pathway: pathway.key.clone(),
+                    delegate: pathway.delegate.clone().unwrap_or_default(),
+                });
+            }
+            for c in &role.connectors {
+                if !self.connectors.iter().any(|k| &k.descriptor().id == c) {
+                    return Err(BuildError::UnknownConnector {
+                        role: role.name.clone(),
+                        connector: c.to_string(),
+                    });
+                }
+            }
         }
+        for connector in self.credentials.keys() {
+            if !self
+                .connectors
+                .iter()
+                .any(|k| &k.descriptor().id == connector)
+            {
+                return Err(BuildError::Credential {
+                    connector: connector.to_string(),
+                    problem: "which is not registered".into(),
+                });
+            }
+            if self.vault.is_none() {
+                return Err(BuildError::Credential {
+                    connector: connector.to_string(),
+                    problem: "but no vault is set to resolve it (`.vault(..)`)".into(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

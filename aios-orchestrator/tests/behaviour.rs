@@ -72,7 +72,8 @@ fn a_run_that_would_exceed_its_budget_stops_and_escalates() {
         .notifier(Arc::new(notifier.clone()))
         .audit(Arc::new(audit.clone()))
         .role(ledger_writer(25))
-        .build();
+        .build()
+        .unwrap();
     let out = block_on(orch.start(one("worker"))).unwrap();
     assert!(
         matches!(out.status, RunStatus::Failed { ref reason } if reason.contains("budget")),
@@ -124,7 +125,8 @@ fn a_breaker_opens_then_half_opens_then_closes() {
             },
             ..OrchestratorConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     for _ in 0..2 {
         let out = block_on(orch.start(one("worker"))).unwrap();
         assert_eq!(out.outputs["only"], "skipped", "the fallback applies");
@@ -164,6 +166,7 @@ fn writer_with(router: ModelRouter, world: &World, audit: &InMemoryAuditLog) -> 
             }),
         )
         .build()
+        .unwrap()
 }
 
 fn model_details(audit: &InMemoryAuditLog) -> Vec<(String, Option<String>)> {
@@ -272,7 +275,8 @@ fn governance_refusals_never_reach_the_connector() {
         let orch = builder(&world)
             .notifier(Arc::new(notifier.clone()))
             .role(Role::new("worker", "work", Arc::new(agent)).connector("ledger"))
-            .build();
+            .build()
+            .unwrap();
         let out = block_on(orch.start(one("worker"))).unwrap();
         assert!(
             matches!(out.status, RunStatus::Failed { ref reason } if reason.contains(expect)),
@@ -307,7 +311,8 @@ fn a_connector_outside_the_role_is_refused() {
     });
     let orch = builder(&world)
         .role(Role::new("worker", "work", Arc::new(agent)).connector("ledger"))
-        .build();
+        .build()
+        .unwrap();
     let out = block_on(orch.start(one("worker"))).unwrap();
     assert!(
         matches!(out.status, RunStatus::Failed { ref reason } if reason.contains("may not use connector"))
@@ -343,7 +348,8 @@ fn fan_out_adds_tasks_that_the_join_waits_for() {
     });
     let orch = builder(&world)
         .role(Role::new("worker", "work", Arc::new(agent)))
-        .build();
+        .build()
+        .unwrap();
     let wf = Workflow::new("fan")
         .task(TaskSpec::new(
             "split",
@@ -378,7 +384,8 @@ fn independent_tasks_run_concurrently_within_the_limit() {
             concurrency: 2,
             ..OrchestratorConfig::default()
         })
-        .build();
+        .build()
+        .unwrap();
     let wf = (0..5).fold(Workflow::new("par"), |wf, i| {
         wf.task(TaskSpec::new(format!("t{i}"), w, serde_json::Value::Null))
     });
@@ -428,7 +435,8 @@ fn the_llm_agent_uses_memory_through_its_grants_and_cites_it() {
             Role::new("writer", "writing", Arc::new(LlmAgent::default()))
                 .instructions("You write newsletters."),
         )
-        .build();
+        .build()
+        .unwrap();
     let wf = Workflow::new("w").task(TaskSpec::new(
         "draft",
         RoleId::from_name("writer"),
@@ -482,7 +490,8 @@ fn memory_writes_outside_the_grants_are_refused() {
             MemoryOptions::new(grants, Scope::parse("org/acme").unwrap()),
         )
         .role(Role::new("worker", "work", Arc::new(agent)))
-        .build();
+        .build()
+        .unwrap();
     let out = block_on(orch.start(one("worker"))).unwrap();
     assert!(
         matches!(out.status, RunStatus::Failed { ref reason } if reason.contains("memory")),
@@ -501,7 +510,8 @@ fn an_operator_can_pause_and_cancel_a_parked_run() {
         .fold(builder(&world).audit(Arc::new(audit.clone())), |b, r| {
             b.role(r)
         })
-        .build();
+        .build()
+        .unwrap();
     let parked = block_on(orch.start(newsletter())).unwrap();
     block_on(orch.control_run(
         parked.run,
@@ -548,7 +558,8 @@ fn a_host_supplied_ledger_gets_the_models_budget_plan() {
     let orch = builder(&world)
         .budgets(Arc::new(ledger.clone()))
         .role(ledger_writer(25))
-        .build();
+        .build()
+        .unwrap();
     let out = block_on(orch.start(one("worker"))).unwrap();
     assert!(
         matches!(out.status, RunStatus::Failed { ref reason } if reason.contains("budget")),
@@ -578,7 +589,8 @@ fn an_operator_pause_parks_the_run_and_the_kill_switch_cancels_it() {
         .audit(Arc::new(audit.clone()))
         .controls(controls.clone())
         .role(ledger_writer(2))
-        .build();
+        .build()
+        .unwrap();
     let worker = aios_core::AgentId::from_name("worker");
     let command = |action| ControlCommand {
         target: ControlTarget::Agent(worker),
@@ -617,7 +629,7 @@ fn an_operator_pause_parks_the_run_and_the_kill_switch_cancels_it() {
 #[test]
 fn bad_workflows_are_refused_with_the_task_and_role_named() {
     let world = World::new();
-    let orch = builder(&world).role(ledger_writer(1)).build();
+    let orch = builder(&world).role(ledger_writer(1)).build().unwrap();
     let err = block_on(orch.start(one("nobody"))).unwrap_err().to_string();
     assert!(
         err.contains("task `only`") && err.contains("role:"),
@@ -667,6 +679,7 @@ fn a_run_being_driven_is_cancelled_at_its_next_task_boundary() {
                 ..OrchestratorConfig::default()
             })
             .build()
+            .unwrap()
     };
     let orch = build("here");
     let other = build("elsewhere");

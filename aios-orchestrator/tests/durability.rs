@@ -125,6 +125,7 @@ impl Rig {
                 ..OrchestratorConfig::default()
             })
             .build()
+            .unwrap()
     }
 
     /// After a crash: a new process (another worker) finds the run and finishes it.
@@ -290,7 +291,8 @@ fn resume_replays_journaled_model_calls_instead_of_repeating_them() {
             builder(&world).models(ModelRouter::single(Arc::new(counting.clone()))),
             |b, r| b.role(r),
         )
-        .build();
+        .build()
+        .unwrap();
     let parked = block_on(orch.start(newsletter())).unwrap();
     assert_eq!(counting.calls(), 2);
     let id = parked.pending_approvals()[0];
@@ -351,6 +353,7 @@ fn two_workers_racing_on_one_run_never_fork_its_history() {
                 ..OrchestratorConfig::default()
             })
             .build()
+            .unwrap()
     };
     let a = orch("worker-a");
     let b = orch("worker-b");
@@ -477,10 +480,13 @@ fn runs_stay_pinned_to_the_governance_version_they_started_under() {
     let other = newsletter_roles()
         .into_iter()
         .fold(
-            Orchestrator::builder(governor_from(&v2)).checkpoints(orch.checkpoint_store().clone()),
+            Orchestrator::builder(governor_from(&v2))
+                .connector(Arc::new(world.email.clone()))
+                .checkpoints(orch.checkpoint_store().clone()),
             |b, r| b.role(r),
         )
-        .build();
+        .build()
+        .unwrap();
     assert!(matches!(
         block_on(other.resume(parked.run)),
         Err(OrchestratorError::GovernanceVersionUnavailable { version: 1, .. })
@@ -522,7 +528,8 @@ fn replay_that_changes_its_calls_is_a_non_determinism_error() {
     });
     let orch = builder(&world)
         .role(Role::new("outreach", "outreach", Arc::new(agent)).connector("email"))
-        .build();
+        .build()
+        .unwrap();
     let wf = Workflow::new("flaky").task(TaskSpec::new(
         "send",
         RoleId::from_name("outreach"),
@@ -563,6 +570,7 @@ fn an_interrupted_irreversible_call_without_idempotency_escalates_instead_of_rep
                 |b, r| b.role(r),
             )
             .build()
+            .unwrap()
     };
     let o = orch(faults.clone());
     let parked = block_on(o.start(newsletter())).unwrap();
@@ -636,7 +644,7 @@ fn splitter() -> Role {
             Ok(serde_json::json!({ "n": sum, "joined": input.deps.len() }))
         })
     });
-    Role::new("splitter", "work", Arc::new(agent))
+    Role::new("splitter", "splitting", Arc::new(agent))
 }
 
 #[test]
@@ -669,6 +677,7 @@ fn fan_out_survives_a_crash_at_every_point() {
                     ..OrchestratorConfig::default()
                 })
                 .build()
+                .unwrap()
         };
     let world = World::new();
     let faults = Faults::default();
@@ -744,6 +753,7 @@ fn an_approval_requested_just_before_a_crash_is_not_asked_twice() {
                     |b, r| b.role(r),
                 )
                 .build()
+                .unwrap()
         }
     }
     // every store call of a run up to its parking, failed in turn

@@ -151,7 +151,8 @@ fn an_agent_asks_the_accountable_human_and_continues_with_the_answer() {
             aios_orchestrator::Role::new("outreach", "outreach", Arc::new(agent))
                 .connector("email"),
         )
-        .build();
+        .build()
+        .unwrap();
     let wf = aios_orchestrator::Workflow::new("ask").task(aios_orchestrator::TaskSpec::new(
         "send",
         aios_core::RoleId::from_name("outreach"),

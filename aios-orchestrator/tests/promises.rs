@@ -83,6 +83,7 @@ impl Pay {
             .notifier(Arc::new(self.notifier.clone()))
             .checkpoints(Arc::new(self.checkpoints.clone()))
             .build()
+            .unwrap()
     }
 
     fn orchestrator(&self) -> Orchestrator {
@@ -259,7 +260,8 @@ fn a_resumed_call_with_other_governed_attributes_is_not_run_on_the_old_approval(
         .connector(Arc::new(w.bank.clone()))
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let outcome = block_on(orch.start(pay_invoice())).unwrap();
     let id = outcome.pending_approvals()[0];
     // the agent now claims another risk for "the same" call
@@ -390,7 +392,8 @@ fn action_names_cannot_dodge_the_charter() {
             .connector(Arc::new(payments.clone()))
             .clock(Arc::new(w.timer.clock().clone()))
             .timer(Arc::new(w.timer.clone()))
-            .build();
+            .build()
+            .unwrap();
         let done = block_on(orch.start(pay_invoice())).unwrap();
         assert!(
             matches!(&done.status, RunStatus::Failed { reason } if reason.contains("denied")),
@@ -492,7 +495,8 @@ fn a_secret_echoed_by_a_connector_is_redacted_everywhere() {
         .observer(Arc::new(observer.clone()))
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let done = block_on(orch.start(Workflow::new("leak").task(TaskSpec::new(
         "read",
         RoleId::from_name("researcher"),
@@ -549,7 +553,8 @@ fn calls_reserve_a_real_estimate_so_a_budget_of_100_runs_only_what_fits() {
         .connector(Arc::new(ledger.clone()))
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let done = block_on(orch.start(Workflow::new("spend").task(TaskSpec::new(
         "spend",
         RoleId::from_name("worker"),
@@ -590,7 +595,8 @@ fn calls_reserve_a_real_estimate_so_a_budget_of_100_runs_only_what_fits() {
         )
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let done = block_on(orch.start(Workflow::new("think").task(TaskSpec::new(
         "think",
         RoleId::from_name("worker"),
@@ -713,7 +719,8 @@ fn a_call_is_charged_once_whatever_write_the_worker_dies_at() {
             .budgets(budgets.clone())
             .clock(Arc::new(w.timer.clock().clone()))
             .timer(Arc::new(w.timer.clone()))
-            .build();
+            .build()
+            .unwrap();
         let workflow = Workflow::new("charge").task(TaskSpec::new(
             "charge",
             RoleId::from_name("worker"),
@@ -788,7 +795,8 @@ fn an_approval_does_not_lift_a_kill_switch_pulled_after_it_was_asked() {
         .controls(controls.clone())
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let outcome = block_on(orch.start(pay_invoice())).unwrap();
     block_on(controls.stop(
         aios_governance::ControlTarget::Organisation,
@@ -825,7 +833,8 @@ fn a_cancelled_run_releases_the_reservations_left_for_it() {
         .checkpoints(Arc::new(w.checkpoints.clone()))
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     // a run, and a reservation a dead worker left open for it
     let run = RunId::from_name("cancel-me");
     let lease = block_on(w.checkpoints.acquire(
@@ -927,7 +936,8 @@ fn a_memory_write_is_not_repeated_whatever_write_the_worker_dies_at() {
             .checkpoints(Arc::new(store))
             .clock(clock)
             .timer(Arc::new(w.timer.clone()))
-            .build();
+            .build()
+            .unwrap();
         let first = block_on(orch.start(Workflow::new("notes").task(TaskSpec::new(
             "notes",
             RoleId::from_name("worker"),
@@ -979,7 +989,8 @@ fn an_edit_cannot_talk_a_call_under_its_rules() {
         .connector(Arc::new(w.bank.clone()))
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     for edit in [
         serde_json::json!({ "risk": 0 }),
         serde_json::json!({ "confidence": 1.0 }),
@@ -1027,7 +1038,8 @@ fn an_edited_cost_never_goes_under_the_connectors_declared_cost() {
         .budgets(budgets.clone())
         .clock(Arc::new(w.timer.clock().clone()))
         .timer(Arc::new(w.timer.clone()))
-        .build();
+        .build()
+        .unwrap();
     let outcome = block_on(orch.start(pay_invoice())).unwrap();
     let done = block_on(orch.submit_approval(
         outcome.pending_approvals()[0],
@@ -1160,7 +1172,8 @@ fn an_approval_does_not_cover_a_call_whose_derived_cost_changed() {
             .approval_store(approvals.clone())
             .clock(Arc::new(w.timer.clock().clone()))
             .timer(Arc::new(w.timer.clone()))
-            .build();
+            .build()
+            .unwrap();
         (orch, bank)
     };
     let (before, _) = build(50);
@@ -1227,7 +1240,8 @@ fn a_repeated_model_call_is_charged_for_what_it_spent_whatever_write_the_worker_
             .budgets(budgets.clone())
             .clock(Arc::new(w.timer.clock().clone()))
             .timer(Arc::new(w.timer.clone()))
-            .build();
+            .build()
+            .unwrap();
         let first = block_on(orch.start(Workflow::new("think").task(TaskSpec::new(
             "think",
             RoleId::from_name("worker"),

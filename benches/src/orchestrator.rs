@@ -40,8 +40,8 @@ pub fn governor() -> Governor {
     }
 }
 
-fn panic_free_exit(msg: &str) -> ! {
-    eprintln!("bench governance model is invalid: {msg}");
+pub(crate) fn panic_free_exit(msg: &str) -> ! {
+    eprintln!("bench set-up is invalid: {msg}");
     std::process::exit(2)
 }
 
@@ -73,6 +73,7 @@ pub fn orchestrator(mode: CheckpointMode, concurrency: usize) -> Orchestrator {
             ..OrchestratorConfig::default()
         })
         .build()
+        .unwrap_or_else(|e| panic_free_exit(&e.to_string()))
 }
 
 fn outreach_role() -> Role {

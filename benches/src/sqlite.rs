@@ -28,6 +28,7 @@ fn orchestrator(store: &SqliteStore) -> Orchestrator {
             ..OrchestratorConfig::default()
         })
         .build()
+        .unwrap_or_else(|e| crate::orchestrator::panic_free_exit(&e.to_string()))
 }
 
 /// Median and p99 of seq3 runs on a store opened with `durability`, plus the checkpoints

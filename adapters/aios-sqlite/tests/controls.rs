@@ -158,6 +158,7 @@ fn a_paused_run_stays_paused_after_a_restart() {
             .budgets(Arc::new(store.budget_ledger(Arc::new(clock.clone()))))
             .controls(controls)
             .build()
+            .unwrap()
     };
     let open_controls = |store: &SqliteStore| {
         Arc::new(

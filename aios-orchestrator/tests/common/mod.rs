@@ -21,7 +21,7 @@ pub const MODEL: &str = r#"{
   "anchors": [
     { "key": "founder", "title": "Founder", "holders": ["alice"], "deputy": "bob", "response_time": "4h" }
   ],
-  "roles": [ { "key": "researcher" }, { "key": "writer" }, { "key": "outreach" }, { "key": "worker" } ],
+  "roles": [ { "key": "researcher" }, { "key": "writer" }, { "key": "outreach" }, { "key": "worker" }, { "key": "splitter" } ],
   "pathways": [
     { "key": "research", "anchor": "founder", "delegate": "researcher",
       "limits": { "actions": ["model.complete", "web.search"], "effects": ["read_only"] },
@@ -33,6 +33,9 @@ pub const MODEL: &str = r#"{
       "limits": { "actions": ["model.complete", "email.send"], "effects": ["read_only", "reversible", "irreversible"] },
       "escalation": [ { "name": "irreversible-needs-approval", "when": { "effect_at_least": "irreversible" },
                         "mode": "approve_before", "deadline": "24h" } ] },
+    { "key": "splitting", "anchor": "founder", "delegate": "splitter",
+      "limits": { "actions": ["model.complete"], "effects": ["read_only"] },
+      "escalation": [ { "name": "risky-split", "when": { "risk_at_least": 80 }, "mode": "halt" } ] },
     { "key": "work", "anchor": "founder", "delegate": "worker",
       "limits": { "actions": ["ledger.write", "model.complete"], "effects": ["read_only", "reversible", "irreversible"] },
       "escalation": [ { "name": "risky", "when": { "risk_at_least": 80 }, "mode": "halt" } ] }
@@ -189,4 +192,5 @@ pub fn newsletter_orchestrator(world: &World) -> Orchestrator {
         .into_iter()
         .fold(builder(world), |b, r| b.role(r))
         .build()
+        .unwrap()
 }

@@ -653,7 +653,7 @@ fn orchestrator(
         )];
         builder = builder.memory(memory, MemoryOptions::new(grants, scope));
     }
-    Ok(builder.build())
+    Ok(builder.build()?)
 }
 
 async fn advance(mode: Mode, orch: &Orchestrator) -> Result<RunOutcome, Error> {

@@ -1,0 +1,94 @@
+//! The builder refuses a set-up that could only fail later (at the first call) or hang,
+//! naming what is wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use aios_core::{CredentialHandle, InMemoryVault, ManualClock, ManualTimer, SystemClock};
+use aios_orchestrator::{BuildError, FnAgent, Orchestrator, OrchestratorBuilder, Role};
+use common::*;
+
+fn noop(name: &str, pathway: &str) -> Role {
+    Role::new(
+        name,
+        pathway,
+        Arc::new(FnAgent::new(|_, _| {
+            Box::pin(async { Ok(serde_json::Value::Null) })
+        })),
+    )
+}
+
+type Case = (
+    &'static str,
+    fn(OrchestratorBuilder) -> OrchestratorBuilder,
+    &'static str,
+);
+
+#[test]
+fn a_misconfigured_set_up_is_refused_naming_what_is_wrong() {
+    #[rustfmt::skip]
+    let table: Vec<Case> = vec![
+        ("the same role twice",
+            |b| b.role(noop("writer", "writing")).role(noop("writer", "writing")),
+            "role `writer` is registered twice"),
+        ("a role the model does not know",
+            |b| b.role(noop("ghost", "writing")),
+            "role `ghost` is not in the governance model"),
+        ("a pathway the model does not know",
+            |b| b.role(noop("writer", "nowhere")),
+            "pathway `nowhere`, which is not in the governance model"),
+        ("a pathway of another role",
+            |b| b.role(noop("writer", "research")),
+            "pathway `research`, which delegates to role `researcher`"),
+        ("a connector that is not registered",
+            |b| b.role(noop("outreach", "outreach").connector("email")),
+            "connector `email`, which is not registered"),
+        ("a credential for an unknown connector",
+            |b| b.vault(Arc::new(InMemoryVault::new()))
+                 .credential("sms", CredentialHandle::new("sms-key")),
+            "connector `sms`, which is not registered"),
+        ("a credential without a vault",
+            |b| b.connector(Arc::new(aios_core::RecordingConnector::new("email", aios_core::EffectClass::Irreversible)))
+                 .credential("email", CredentialHandle::new("email-key")),
+            "no vault is set"),
+        ("a real clock with the default (manual) timer",
+            |b| b.clock(Arc::new(SystemClock)),
+            "a clock is set without a timer"),
+        ("a timer without its clock",
+            |b| b.timer(Arc::new(ManualTimer::new(ManualClock::default()))),
+            "a timer is set without its clock"),
+    ];
+    for (name, mutate, expected) in table {
+        let err = mutate(Orchestrator::builder(governor()))
+            .build()
+            .expect_err(name);
+        assert!(
+            err.to_string().contains(expected),
+            "{name}: `{err}` should say `{expected}`"
+        );
+    }
+    // the error is typed
+    let err = Orchestrator::builder(governor())
+        .role(noop("writer", "writing"))
+        .role(noop("writer", "writing"))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::DuplicateRole {
+            role: "writer".into()
+        }
+    );
+}
+
+#[test]
+fn a_complete_set_up_builds() {
+    let world = World::new();
+    assert!(newsletter_roles()
+        .into_iter()
+        .fold(builder(&world), |b, r| b.role(r))
+        .build()
+        .is_ok());
+}

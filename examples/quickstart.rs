@@ -21,16 +21,16 @@ use std::sync::Arc;
 
 use aios::core::{
     AuditLog, AuditLogExt, Clock, Connector, ConnectorCall, ConnectorDescriptor, ConnectorError,
-    ConnectorId, ConnectorOutput, EffectClass, HashEmbedder, HumanId, InMemoryAuditLog, Money,
-    PathwayId, Principal, RoleId, ScriptedModel, SystemClock, TokioTimer,
+    ConnectorId, ConnectorOutput, EffectClass, HashEmbedder, HumanId, Money, PathwayId, Principal,
+    RoleId, ScriptedModel, SystemClock,
 };
 use aios::governance::{ActionRequest, ApprovalResponse, GovernanceModel};
 use aios::memory::{
     Access, Grant, Memory, MemoryStore, NewMemory, RecallQuery, Revision, Scope, Tier,
 };
 use aios::orchestrator::{
-    CheckpointStore, ConnectorRequest, FnAgent, LlmAgent, MemoryOptions, ModelRouter, Orchestrator,
-    Role, RunStatus, TaskSpec, Workflow,
+    ConnectorRequest, FnAgent, LlmAgent, MemoryOptions, ModelRouter, Role, RunStatus, TaskSpec,
+    Workflow,
 };
 use aios::sqlite::SqliteStore;
 use async_trait::async_trait;
@@ -102,12 +102,7 @@ async fn main() -> Result<(), Error> {
     } else {
         SqliteStore::open(&db_path)?
     };
-    let audit: Arc<dyn AuditLog> = if in_memory {
-        Arc::new(InMemoryAuditLog::new())
-    } else {
-        Arc::new(db.audit_log())
-    };
-    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(db.checkpoint_store());
+    let audit: Arc<dyn AuditLog> = Arc::new(db.audit_log());
     let memory_store: Arc<dyn MemoryStore> = Arc::new(db.memory_store());
     println!("# AIOS quickstart");
     match in_memory {
@@ -258,15 +253,11 @@ async fn main() -> Result<(), Error> {
         ),
         Grant::role(RoleId::from_name("writer"), company.clone(), Access::Read),
     ];
-    let orch = Orchestrator::builder(governor)
-        .clock(clock.clone())
-        .timer(Arc::new(TokioTimer))
-        .audit(audit.clone())
-        .checkpoints(checkpoints.clone())
-        .budgets(Arc::new(
-            db.budget_ledger(clock.clone()).with_audit(audit.clone()),
-        ))
-        .approval_store(Arc::new(db.approval_store()))
+    // the production set-up on the file: system clock, Tokio timer, audit log, checkpoints,
+    // budgets, approvals and operator controls, unique worker id, OS-seeded ids
+    let orch = db
+        .orchestrator(governor)
+        .await?
         .memory(memory.clone(), MemoryOptions::new(grants, company.clone()))
         .models(ModelRouter::single(Arc::new(model)))
         .connector(Arc::new(Outbox::new(&outbox_path, in_memory)))

@@ -19,6 +19,10 @@
 //!   - [`SqliteControlStore`] ([`aios_governance::ControlStore`]): operator controls
 //!     (pause, stop, overrides), so a kill switch survives a restart.
 //! - [`SqliteOptions`] and [`Durability`]: how a file is opened.
+//! - `SqliteStore::orchestrator` and `SqliteStore::memory` (feature `tokio`, which the
+//!   `aios` facade's `sqlite` feature turns on): the production set-up on one file, with the
+//!   system clock and a Tokio timer, every port of the orchestrator, and operator controls
+//!   re-installed from the file.
 //!
 //! ## Durability and atomicity
 //!
@@ -196,5 +200,75 @@ impl SqliteStore {
     /// [`aios_governance::Controls::open`] so controls survive a restart.
     pub fn control_store(&self) -> SqliteControlStore {
         SqliteControlStore::new(self.db.clone())
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl SqliteStore {
+    /// The production set-up on this file, ready for roles and connectors: the system
+    /// clock and a Tokio timer (so retries and timeouts sleep for real, and approvals and
+    /// leases expire), and all five storage ports of the orchestrator on this file: the
+    /// audit log, checkpoints with leases, the budget ledger (alerts audited), approvals and
+    /// operator controls (re-installed from the file, so a kill switch pulled before a
+    /// restart is still in force). Worker ids and id seeds are the unique, OS-seeded
+    /// defaults of [`aios_orchestrator::OrchestratorConfig`]. Needs a Tokio runtime to run
+    /// (feature `tokio`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aios_governance::GovernanceModel;
+    /// let governor = GovernanceModel::from_json(r#"{
+    ///   "version": 1,
+    ///   "charter": { "intent": "count", "final_authority": "owner" },
+    ///   "anchors": [{ "key": "owner", "title": "Owner", "holders": ["ann"], "response_time": "1h" }],
+    ///   "roles": [{ "key": "counter" }],
+    ///   "pathways": [{ "key": "counting", "anchor": "owner", "delegate": "counter",
+    ///                  "limits": { "actions": ["model.complete"], "effects": ["read_only"] },
+    ///                  "escalation": [{ "name": "big", "when": { "risk_at_least": 50 }, "mode": "halt" }] }],
+    ///   "budgets": [{ "key": "org", "scope": "organisation", "limits": { "cost": 10000 } }]
+    /// }"#)?.compile().map_err(|r| r.to_string())?;
+    /// let store = aios_sqlite::SqliteStore::in_memory()?;
+    /// let orchestrator = store.orchestrator(governor).await?.build()?;
+    /// assert!(orchestrator.pending_approvals().await?.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn orchestrator(
+        &self,
+        governor: aios_governance::Governor,
+    ) -> Result<aios_orchestrator::OrchestratorBuilder, StoreError> {
+        let clock: Arc<dyn Clock> = Arc::new(aios_core::SystemClock);
+        let audit: Arc<dyn aios_core::AuditLog> = Arc::new(self.audit_log());
+        let controls = aios_governance::Controls::open(
+            Arc::new(self.control_store()),
+            clock.clone(),
+            audit.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            aios_governance::ControlError::Store(e) => e,
+            other => StoreError::Backend {
+                detail: format!("operator controls in `{}`: {other}", self.db.location()),
+            },
+        })?;
+        Ok(aios_orchestrator::Orchestrator::builder(governor)
+            .clock(clock.clone())
+            .timer(Arc::new(aios_core::TokioTimer))
+            .audit(audit.clone())
+            .checkpoints(Arc::new(self.checkpoint_store()))
+            .budgets(Arc::new(self.budget_ledger(clock).with_audit(audit)))
+            .approval_store(Arc::new(self.approval_store()))
+            .controls(Arc::new(controls)))
+    }
+
+    /// The memory on this file, with the system clock and writes audited in this file's
+    /// log (give it to [`SqliteStore::orchestrator`]'s builder with `.memory(..)`).
+    pub async fn memory(&self) -> Result<aios_memory::Memory, aios_memory::MemoryError> {
+        aios_memory::Memory::builder(Arc::new(aios_core::SystemClock))
+            .store(Arc::new(self.memory_store()))
+            .audit(Arc::new(self.audit_log()))
+            .open()
+            .await
     }
 }

@@ -88,6 +88,10 @@ pub struct RunSummary {
     pub status: RunStatus,
     /// The latest checkpoint's position.
     pub seq: u64,
+    /// The lease on the run, if one is recorded (it may have lapsed: compare `expires_at`
+    /// with the clock; a run whose worker died is taken over by `resume` once it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
 }
 
 /// Durable run state.
@@ -174,6 +178,21 @@ pub fn lease_available(current: Option<&Lease>, now: Timestamp) -> bool {
     }
 }
 
+/// The error an acquisition refused because of a live lease reports: who holds it, until
+/// when, and what to do.
+pub fn leased(run: RunId, lease: Option<&Lease>) -> StoreError {
+    let detail = match lease {
+        Some(l) => format!(
+            "run {run} is leased by worker `{}` until {}; if that worker is gone, its lease \
+             lapses then and `resume` takes the run over",
+            l.owner,
+            l.expires_at.to_rfc3339()
+        ),
+        None => format!("run {run} is leased by another worker"),
+    };
+    StoreError::Conflict { detail }
+}
+
 /// The renewal rule shared by every store: `lease` may be extended if it is the run's newest
 /// lease (`last_token`) and still recorded as the current one.
 pub fn lease_renewable(current: Option<&Lease>, last_token: u64, lease: &Lease) -> bool {
@@ -203,14 +222,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
         let mut runs = self.runs.write();
         let entry = runs.entry(run).or_default();
         if !lease_available(entry.lease.as_ref(), now) {
-            let holder = entry
-                .lease
-                .as_ref()
-                .map(|l| l.owner.to_string())
-                .unwrap_or_default();
-            return Err(StoreError::Conflict {
-                detail: format!("run {run} is leased by worker `{holder}`"),
-            });
+            return Err(leased(run, entry.lease.as_ref()));
         }
         let token = entry.last_token + 1;
         entry.last_token = token;
@@ -301,13 +313,14 @@ impl CheckpointStore for InMemoryCheckpointStore {
         let runs = self.runs.read();
         let mut out: Vec<RunSummary> = runs
             .values()
-            .filter_map(|e| e.history.last())
-            .filter(|c| !parked_only || matches!(c.state.status, RunStatus::Parked { .. }))
-            .map(|c| RunSummary {
+            .filter_map(|e| e.history.last().map(|c| (c, e.lease.clone())))
+            .filter(|(c, _)| !parked_only || matches!(c.state.status, RunStatus::Parked { .. }))
+            .map(|(c, lease)| RunSummary {
                 run: c.run,
                 workflow: c.state.workflow.clone(),
                 status: c.state.status.clone(),
                 seq: c.seq,
+                lease,
             })
             .collect();
         out.sort_by_key(|s| s.run);

@@ -139,6 +139,10 @@ pub struct TaskContext<'r> {
     pub(crate) role: Arc<Role>,
     pub(crate) agent: AgentId,
     pub(crate) seq: u32,
+    /// The approval this task parked on, if it did: parking is the task's state, so an agent
+    /// that swallows [`AgentError::Parked`] neither goes on acting nor leaves the approval
+    /// dangling (the task parks all the same).
+    pub(crate) parked: Option<ApprovalId>,
 }
 
 impl std::fmt::Debug for TaskContext<'_> {
@@ -194,6 +198,10 @@ impl<'r> TaskContext<'r> {
         kind: CallKind,
         hash: &str,
     ) -> Result<(u32, Option<CallRecord>), AgentError> {
+        if let Some(approval) = self.parked {
+            // the task is parked: nothing more happens until the approval is decided
+            return Err(AgentError::Parked { approval });
+        }
         let seq = self.seq;
         self.seq += 1;
         if self.seq > self.role.max_calls {
@@ -527,6 +535,7 @@ impl<'r> TaskContext<'r> {
                 format!("`{}` needs approval", call.action),
             )
             .await;
+        self.parked = Some(approval);
         Err(AgentError::Parked { approval })
     }
 
@@ -630,6 +639,7 @@ impl<'r> TaskContext<'r> {
                         .escalated_approval(&self.name, approval, current)
                         .await?;
                 }
+                self.parked = Some(current);
                 Err(AgentError::Parked { approval: current })
             }
             ApprovalState::Approved {

@@ -49,6 +49,7 @@ impl TaskContext<'_> {
                                     .escalated_approval(&self.name, approval, current)
                                     .await?;
                             }
+                            self.parked = Some(current);
                             return Err(AgentError::Parked { approval: current });
                         }
                         ApprovalState::Approved { .. } => (serde_json::Value::Bool(true), None),
@@ -136,6 +137,7 @@ impl TaskContext<'_> {
                         format!("a question from agent `{}`: {question}", self.role.name),
                     )
                     .await;
+                self.parked = Some(approval);
                 Err(AgentError::Parked { approval })
             }
         }

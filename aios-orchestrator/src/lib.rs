@@ -46,7 +46,7 @@ pub mod testing;
 
 pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
 pub use checkpoint::{
-    lease_available, lease_renewable, renewal_refused, Checkpoint, CheckpointStore,
+    lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore,
     InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};

@@ -1015,6 +1015,7 @@ impl<'o> Driver<'o> {
             role: role.clone(),
             agent,
             seq: 0,
+            parked: None,
         };
         let span =
             tracing::info_span!("aios.task", run = %self.run, task = %name, role = %role.name);
@@ -1022,13 +1023,17 @@ impl<'o> Driver<'o> {
         if self.fatal.lock().is_some() {
             return (index, task_id, TaskResult::Fatal);
         }
-        let result = match result {
-            Ok(output) => TaskResult::Completed(output),
-            Err(AgentError::Parked { approval }) => TaskResult::Parked(approval),
-            Err(AgentError::Paused { .. }) => TaskResult::Halted(RunStatus::Paused),
-            Err(AgentError::Stopped { .. }) => TaskResult::Halted(RunStatus::Cancelled),
-            Err(AgentError::Fatal(_)) => TaskResult::Fatal,
-            Err(e) => TaskResult::Failed(e.to_string()),
+        let result = match (result, ctx.parked) {
+            // parked is the task's state, whatever the agent made of the error
+            (_, Some(approval)) => TaskResult::Parked(approval),
+            (result, None) => match result {
+                Ok(output) => TaskResult::Completed(output),
+                Err(AgentError::Parked { approval }) => TaskResult::Parked(approval),
+                Err(AgentError::Paused { .. }) => TaskResult::Halted(RunStatus::Paused),
+                Err(AgentError::Stopped { .. }) => TaskResult::Halted(RunStatus::Cancelled),
+                Err(AgentError::Fatal(_)) => TaskResult::Fatal,
+                Err(e) => TaskResult::Failed(e.to_string()),
+            },
         };
         (index, task_id, result)
     }

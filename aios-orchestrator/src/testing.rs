@@ -124,6 +124,18 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
     let listed: Vec<RunSummary> = store.list(true).await.unwrap();
     assert_eq!(listed.len(), 1, "parked runs are listed");
     assert_eq!(listed[0].status, parked);
+    assert_eq!(
+        listed[0].lease.as_ref().map(|l| (&l.owner, l.token)),
+        Some((&a, renewed.token)),
+        "a listing shows who holds the run"
+    );
+    match store.acquire(run, &b, now, ttl).await {
+        Err(StoreError::Conflict { detail }) => assert!(
+            detail.contains(a.as_str()) && detail.contains("until"),
+            "a refused acquisition names the holder and when its lease lapses: {detail}"
+        ),
+        other => panic!("a held run is refused: {other:?}"),
+    }
 
     // fencing: after expiry another worker takes over with a newer token; the old one is refused
     let later = now + chrono::Duration::seconds(120);

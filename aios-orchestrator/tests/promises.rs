@@ -1276,3 +1276,94 @@ fn a_repeated_model_call_is_charged_for_what_it_spent_whatever_write_the_worker_
         "some fault landed between a commit and its journal"
     );
 }
+
+#[test]
+fn an_agent_that_swallows_parked_cannot_act_on_or_leave_the_approval_dangling() {
+    let w = Pay::new();
+    let ledger = RecordingConnector::new("ledger", EffectClass::Reversible);
+    let careless = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            // ignores that the payment needs approval and goes on
+            let _ = ctx
+                .call(
+                    ConnectorRequest::new("bank", "pay", input.input.clone())
+                        .estimated_cost(Money::from_minor(50)),
+                )
+                .await;
+            let _ = ctx
+                .call(ConnectorRequest::new(
+                    "ledger",
+                    "write",
+                    serde_json::json!({ "paid": true }),
+                ))
+                .await;
+            Ok(serde_json::json!("done, supposedly"))
+        })
+    });
+    let model = PAY_MODEL.replace(
+        r#""effects": ["irreversible"]"#,
+        r#""effects": ["reversible", "irreversible"]"#,
+    );
+    let orch = Orchestrator::builder(governor_from(&model))
+        .role(
+            Role::new("payer", "paying", Arc::new(careless))
+                .connector("bank")
+                .connector("ledger"),
+        )
+        .connector(Arc::new(w.bank.clone()))
+        .connector(Arc::new(ledger.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build()
+        .unwrap();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    assert!(
+        matches!(outcome.status, RunStatus::Parked { .. }),
+        "the task parks all the same: {:?}",
+        outcome.status
+    );
+    assert!(
+        ledger.effects().is_empty(),
+        "nothing after the parked call ran"
+    );
+    let done = block_on(orch.submit_approval(
+        outcome.pending_approvals()[0],
+        alice(),
+        ApprovalResponse::Approve,
+    ))
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(w.bank.effects().len(), 1);
+    assert_eq!(ledger.effects().len(), 1);
+}
+
+#[test]
+fn a_run_held_by_a_dead_worker_is_listed_and_taken_over_once_its_lease_lapses() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let parked = block_on(orch.start(pay_invoice())).unwrap();
+    // a worker took the run and died holding it
+    let dead = block_on(w.checkpoints.acquire(
+        parked.run,
+        &WorkerId::new("worker-dead"),
+        orch.clock().now(),
+        Duration::from_secs(60),
+    ))
+    .unwrap();
+    let listed = block_on(orch.parked_runs()).unwrap();
+    assert_eq!(
+        listed[0].lease.as_ref().map(|l| &l.owner),
+        Some(&dead.owner)
+    );
+    let err = block_on(orch.resume(parked.run)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("worker-dead")
+            && text.contains("until")
+            && text.contains("takes the run over"),
+        "{text}"
+    );
+    w.timer.clock().advance(Duration::from_secs(61));
+    let resumed = block_on(orch.resume(parked.run)).unwrap();
+    assert!(matches!(resumed.status, RunStatus::Parked { .. }));
+}

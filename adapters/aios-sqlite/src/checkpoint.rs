@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aios_core::{RunId, StoreError, Timestamp};
 use aios_orchestrator::{
-    lease_available, lease_renewable, renewal_refused, Checkpoint, CheckpointStore, Lease,
+    lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore, Lease,
     RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
@@ -196,10 +196,7 @@ impl CheckpointStore for SqliteCheckpointStore {
                 None => (0, None),
             };
             if !lease_available(current.as_ref(), now) {
-                let holder = current.map(|l| l.owner.to_string()).unwrap_or_default();
-                return Err(StoreError::Conflict {
-                    detail: format!("run {run} is leased by worker `{holder}`"),
-                });
+                return Err(leased(run, current.as_ref()));
             }
             let token = last_token.saturating_add(1);
             let lease = Lease {
@@ -357,22 +354,26 @@ impl CheckpointStore for SqliteCheckpointStore {
         // the summaries live in `runs`; a listing does not read every checkpoint, so one
         // damaged checkpoint does not hide the other runs: it is reported (as `Corrupt`,
         // naming run and seq) when that run's checkpoint is read
-        type Row = (String, String, String, i64);
+        type Row = (String, String, String, i64, Option<String>);
         let rows: Vec<Row> = self.db.read("list runs", |tx| {
             tx.prepare_cached(
-                "SELECT run, workflow, status, latest_seq FROM runs
+                "SELECT run, workflow, status, latest_seq, lease FROM runs
                  WHERE latest_seq > 0 AND (?1 = 0 OR parked = 1) ORDER BY run",
             )
             .and_then(|mut s| {
                 s.query_map([parked_only], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect()
             })
             .map_err(|e| self.db.err("list runs", e))
         })?;
         rows.into_iter()
-            .map(|(run, workflow, status, seq)| {
+            .map(|(run, workflow, status, seq, lease)| {
+                let lease = match lease {
+                    Some(text) => Some(self.db.decode("runs", &run, &text)?),
+                    None => None,
+                };
                 Ok(RunSummary {
                     run: run.parse().map_err(|e| StoreError::Corrupt {
                         location: format!("table `runs` row `{run}` in `{}`", self.db.location()),
@@ -381,6 +382,7 @@ impl CheckpointStore for SqliteCheckpointStore {
                     workflow,
                     status: self.db.decode("runs", &run, &status)?,
                     seq: u64::try_from(seq).unwrap_or(0),
+                    lease,
                 })
             })
             .collect()

@@ -402,6 +402,7 @@ impl Outbox {
                 scopes: vec![],
                 idempotent: true,
                 default_cost: aios::core::Money::ZERO,
+                operations: vec![],
             },
             sent: parking::Mutex::new(sent),
         }

@@ -103,6 +103,94 @@ pub struct ConnectorDescriptor {
     /// decides on it (zero when the connector costs nothing).
     #[serde(default)]
     pub default_cost: Money,
+    /// Operations declared one by one (reading a mailbox and sending mail are different
+    /// effects of one connector). When any is declared, a call of an operation not declared
+    /// is refused; when none is, every operation has the connector-level `effect`,
+    /// `idempotent` and `default_cost`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<OperationSpec>,
+}
+
+impl ConnectorDescriptor {
+    /// The declaration of `operation`: its own, the connector-level one when the connector
+    /// declares no operations, `None` when it declares others only.
+    pub fn operation(&self, operation: &str) -> Option<OperationSpec> {
+        if self.operations.is_empty() {
+            return Some(OperationSpec {
+                name: operation.to_string(),
+                effect: self.effect,
+                idempotent: self.idempotent,
+                default_cost: self.default_cost,
+                governed: vec![],
+            });
+        }
+        self.operations
+            .iter()
+            .find(|o| o.name == operation)
+            .cloned()
+    }
+}
+
+/// One operation of a connector, as governance sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationSpec {
+    /// The operation (`send`, `read`).
+    pub name: String,
+    /// Its effect class.
+    pub effect: EffectClass,
+    /// Whether the service deduplicates its calls by [`IdempotencyKey`].
+    pub idempotent: bool,
+    /// What one call costs at least.
+    #[serde(default)]
+    pub default_cost: Money,
+    /// Input fields governance decides on, put in the request's context under their key
+    /// (so `context_equals` rules and custom policies see the recipient or the payee).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub governed: Vec<GovernedField>,
+}
+
+impl OperationSpec {
+    /// An operation with `effect`, idempotent, no default cost, no governed fields.
+    pub fn new(name: impl Into<String>, effect: EffectClass) -> Self {
+        Self {
+            name: name.into(),
+            effect,
+            idempotent: true,
+            default_cost: Money::ZERO,
+            governed: vec![],
+        }
+    }
+
+    /// Declares that the service does not deduplicate calls.
+    pub fn not_idempotent(mut self) -> Self {
+        self.idempotent = false;
+        self
+    }
+
+    /// Sets what one call costs at least.
+    pub fn default_cost(mut self, cost: Money) -> Self {
+        self.default_cost = cost;
+        self
+    }
+
+    /// Governs the input field at JSON pointer `pointer` (`/to`, `/payee/name`) under `key`.
+    pub fn governs(mut self, key: impl Into<String>, pointer: impl Into<String>) -> Self {
+        self.governed.push(GovernedField {
+            key: key.into(),
+            pointer: pointer.into(),
+        });
+        self
+    }
+}
+
+/// An input field governance decides on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GovernedField {
+    /// The key in the request's context (`recipient`).
+    pub key: String,
+    /// Where in the input (a JSON pointer, RFC 6901: `/to`). A call whose input lacks it
+    /// carries `null` under the key, so a rule expecting a value does not match.
+    pub pointer: String,
 }
 
 /// One call of a connector.
@@ -262,9 +350,16 @@ impl RecordingConnector {
                 scopes: vec![],
                 idempotent: true,
                 default_cost: Money::ZERO,
+                operations: vec![],
             },
             state: Arc::default(),
         }
+    }
+
+    /// Declares one operation ([`ConnectorDescriptor::operations`]).
+    pub fn with_operation(mut self, operation: OperationSpec) -> Self {
+        self.descriptor.operations.push(operation);
+        self
     }
 
     /// Declares what one call costs at least ([`ConnectorDescriptor::default_cost`]).

@@ -62,7 +62,8 @@ pub use audit::{
 pub use clock::{to_nanos, Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{
     Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorId, ConnectorOutput,
-    EffectClass, IdempotencyKey, PermissionScope, RecordedEffect, RecordingConnector,
+    EffectClass, GovernedField, IdempotencyKey, OperationSpec, PermissionScope, RecordedEffect,
+    RecordingConnector,
 };
 pub use embed::{cosine, EmbedError, Embedder, Embedding, HashEmbedder};
 pub use error::{StoreError, Transience};

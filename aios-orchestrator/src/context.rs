@@ -276,6 +276,25 @@ impl<'r> TaskContext<'r> {
                 ),
             });
         }
+        if let Some(k) = self.driver.connector(&request.connector) {
+            let d = k.descriptor();
+            if d.operation(&request.operation).is_none() {
+                let declared: Vec<String> = d
+                    .operations
+                    .iter()
+                    .map(|o| format!("`{}`", o.name))
+                    .collect();
+                return Err(AgentError::Denied {
+                    action,
+                    reason: format!(
+                        "connector `{}` declares no operation `{}` (it declares {})",
+                        request.connector,
+                        request.operation,
+                        declared.join(", ")
+                    ),
+                });
+            }
+        }
         let span = tracing::debug_span!(
             "aios.connector",
             run = %self.driver.run,
@@ -330,6 +349,7 @@ impl<'r> TaskContext<'r> {
                     cost: self.priced(op, Money::ZERO),
                     risk: 0,
                     confidence: None,
+                    context: Default::default(),
                     input: serde_json::to_value(r).unwrap_or_default(),
                 },
             ),
@@ -338,13 +358,13 @@ impl<'r> TaskContext<'r> {
                 GovernedCall {
                     action: format!("{}.{}", c.connector, c.operation),
                     effect: self
-                        .driver
-                        .connector(&c.connector)
-                        .map(|k| k.descriptor().effect)
+                        .spec(c)
+                        .map(|s| s.effect)
                         .unwrap_or(EffectClass::Irreversible),
                     cost: self.priced(op, c.estimated_cost),
                     risk: c.risk,
                     confidence: c.confidence,
+                    context: self.governed_fields(c, &c.input),
                     input: c.input.clone(),
                 },
             ),
@@ -358,12 +378,31 @@ impl<'r> TaskContext<'r> {
         match op {
             Op::Model(r) => self.driver.router().estimate(r).cost,
             Op::Connector(c) => self
-                .driver
-                .connector(&c.connector)
-                .map(|k| k.descriptor().default_cost)
+                .spec(c)
+                .map(|s| s.default_cost)
                 .unwrap_or(Money::ZERO)
                 .max(declared),
         }
+    }
+
+    /// The input fields the operation declares governed, by their context key (`null` for a
+    /// field the input lacks).
+    fn governed_fields(
+        &self,
+        c: &ConnectorRequest,
+        input: &serde_json::Value,
+    ) -> std::collections::BTreeMap<String, serde_json::Value> {
+        self.spec(c)
+            .map(|s| {
+                s.governed
+                    .iter()
+                    .map(|f| {
+                        let v = input.pointer(&f.pointer).cloned().unwrap_or_default();
+                        (f.key.clone(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The journaled request hash: what the agent asked for (the model request; or the
@@ -717,6 +756,9 @@ impl<'r> TaskContext<'r> {
                 // of the edited request or the connector's declared default
                 let mut edited = edited;
                 edited.cost = self.priced(&op, edited.cost);
+                if let Op::Connector(c) = &op {
+                    edited.context = self.governed_fields(c, &edited.input);
+                }
                 self.driver
                     .audit(
                         Principal::Human(by),
@@ -771,16 +813,22 @@ impl<'r> TaskContext<'r> {
         }
     }
 
+    /// What the connector declares for the operation of `c`: `None` if the connector is
+    /// unknown or does not declare that operation (then the call is treated as irreversible,
+    /// not idempotent and free, and refused before it reaches anything).
+    fn spec(&self, c: &ConnectorRequest) -> Option<aios_core::OperationSpec> {
+        self.driver
+            .connector(&c.connector)
+            .and_then(|k| k.descriptor().operation(&c.operation))
+    }
+
     /// Whether an interrupted call of `op` may have taken effect without a way to deduplicate.
     fn uncertain(&self, op: &Op) -> bool {
         match op {
             Op::Model(_) => false,
             Op::Connector(c) => self
-                .driver
-                .connector(&c.connector)
-                .map(|k| {
-                    k.descriptor().effect == EffectClass::Irreversible && !k.descriptor().idempotent
-                })
+                .spec(c)
+                .map(|s| s.effect == EffectClass::Irreversible && !s.idempotent)
                 .unwrap_or(true),
         }
     }
@@ -1013,7 +1061,9 @@ impl<'r> TaskContext<'r> {
                     .await?;
                 let usage = Usage {
                     // a call costs at least what its connector declares
-                    cost: out.cost.max(descriptor.default_cost),
+                    cost: out
+                        .cost
+                        .max(self.spec(c).map(|s| s.default_cost).unwrap_or(Money::ZERO)),
                     tokens: 0,
                     tool_calls: 1,
                     risk_points: u64::from(c.risk),
@@ -1044,7 +1094,7 @@ impl<'r> TaskContext<'r> {
                     task: self.task_id,
                     connector: d.id.clone(),
                     operation: c.operation.clone(),
-                    effect: d.effect,
+                    effect: self.spec(c).map(|s| s.effect).unwrap_or(d.effect),
                     idempotency_key: key.clone(),
                     attempt,
                     outcome,

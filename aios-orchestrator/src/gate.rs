@@ -127,6 +127,7 @@ impl PinnedGovernor {
                 .with_risk(call.risk)
                 .with_run(run);
         req.confidence = call.confidence;
+        req.context = call.context.clone();
         let decision = match &gov.controls {
             Some(controls) => self.0.decide_with(&req, &controls.snapshot()),
             None => self.0.decide(&req),

@@ -32,6 +32,11 @@ pub struct GovernedCall {
     /// The confidence, 0 to 1, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f32>,
+    /// The input fields the operation declares governed, by key (the recipient, the payee):
+    /// what `context_equals` rules and custom policies see. Worked out from `input`, never
+    /// edited directly.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub context: std::collections::BTreeMap<String, serde_json::Value>,
     /// The connector input, or the model request.
     pub input: serde_json::Value,
 }
@@ -51,7 +56,15 @@ impl GovernedCall {
         let Some(p) = proposed.as_object() else {
             return false;
         };
-        let known = ["action", "effect", "cost", "risk", "confidence", "input"];
+        let known = [
+            "action",
+            "effect",
+            "cost",
+            "risk",
+            "confidence",
+            "context",
+            "input",
+        ];
         p.keys().all(|k| known.contains(&k.as_str()))
             && p.get("action").and_then(|v| v.as_str()) == Some(self.action.as_str())
             && p.get("effect")
@@ -64,6 +77,14 @@ impl GovernedCall {
                 (Some(v), Some(c)) => v.as_f64() == Some(f64::from(c)),
                 _ => false,
             }
+            && match p.get("context") {
+                None => self.context.is_empty(),
+                Some(serde_json::Value::Object(m)) => {
+                    m.len() == self.context.len()
+                        && self.context.iter().all(|(k, v)| m.get(k) == Some(v))
+                }
+                Some(_) => false,
+            }
             && p.get("input") == Some(&self.input)
     }
 
@@ -75,7 +96,7 @@ impl GovernedCall {
     /// let call = GovernedCall {
     ///     action: "bank.pay".into(), effect: EffectClass::Irreversible,
     ///     cost: Money::from_minor(100), risk: 10, confidence: None,
-    ///     input: serde_json::json!({ "to": "acme" }),
+    ///     context: Default::default(), input: serde_json::json!({ "to": "acme" }),
     /// };
     /// let edited = call.edited(&serde_json::json!({ "cost": 50 })).unwrap();
     /// assert_eq!(edited.cost, Money::from_minor(50));
@@ -103,7 +124,7 @@ impl GovernedCall {
                 k if EDITABLE.contains(&k) => {
                     target.insert(key.clone(), value.clone());
                 }
-                "action" | "effect" => {
+                "action" | "effect" | "context" => {
                     if target.get(key) != Some(value) {
                         return Err(format!(
                             "an edit cannot change `{key}` (proposed {}, edit {value})",
@@ -168,6 +189,7 @@ mod tests {
             cost: Money::from_minor(120),
             risk: 30,
             confidence: Some(0.8),
+            context: [("payee".to_string(), serde_json::json!("acme"))].into(),
             input: serde_json::json!({ "to": "acme", "amount": 120 }),
         }
     }

@@ -463,6 +463,7 @@ fn a_secret_echoed_by_a_connector_is_redacted_everywhere() {
         scopes: vec![],
         idempotent: true,
         default_cost: Money::ZERO,
+        operations: vec![],
     });
     let agent = FnAgent::new(|ctx, _| {
         Box::pin(async move {
@@ -1366,4 +1367,97 @@ fn a_run_held_by_a_dead_worker_is_listed_and_taken_over_once_its_lease_lapses() 
     w.timer.clock().advance(Duration::from_secs(61));
     let resumed = block_on(orch.resume(parked.run)).unwrap();
     assert!(matches!(resumed.status, RunStatus::Parked { .. }));
+}
+
+/// One connector, two operations: reading the mailbox is read-only and runs alone; sending is
+/// irreversible, and a rule on the recipient (an input field the operation declares governed)
+/// sends mail to the bank to the founder; an operation the connector does not declare is
+/// refused before anything.
+#[test]
+fn effects_costs_and_governed_fields_are_declared_per_operation() {
+    use aios_core::OperationSpec;
+    const MAIL_MODEL: &str = r#"{
+      "version": 1,
+      "charter": { "intent": "mail", "final_authority": "founder" },
+      "anchors": [{ "key": "founder", "title": "Founder", "holders": ["alice"], "response_time": "4h" }],
+      "roles": [{ "key": "assistant" }],
+      "pathways": [{ "key": "mail", "anchor": "founder", "delegate": "assistant",
+        "limits": { "actions": ["mail.read", "mail.send", "mail.purge"], "effects": ["read_only", "irreversible"] },
+        "escalation": [{ "name": "mail-to-the-bank", "when": { "context_equals": { "recipient": "bank@example.com" } },
+                         "mode": "approve_before" }] }],
+      "budgets": [{ "key": "org", "scope": "organisation", "limits": { "cost": 1000 } }]
+    }"#;
+    let w = Pay::new();
+    let mail = RecordingConnector::new("mail", EffectClass::Irreversible)
+        .with_operation(OperationSpec::new("read", EffectClass::ReadOnly))
+        .with_operation(
+            OperationSpec::new("send", EffectClass::Irreversible)
+                .default_cost(Money::from_minor(2))
+                .governs("recipient", "/to"),
+        );
+    let assistant = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            let op = input.input["op"].as_str().unwrap_or("").to_string();
+            let out = ctx
+                .call(ConnectorRequest::new(
+                    "mail",
+                    op,
+                    input.input["args"].clone(),
+                ))
+                .await?;
+            Ok(out.output)
+        })
+    });
+    let orch = Orchestrator::builder(governor_from(MAIL_MODEL))
+        .role(Role::new("assistant", "mail", Arc::new(assistant)).connector("mail"))
+        .connector(Arc::new(mail.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build()
+        .unwrap();
+    let task = |op: &str, args: serde_json::Value| {
+        Workflow::new(op).task(TaskSpec::new(
+            "mail",
+            RoleId::from_name("assistant"),
+            serde_json::json!({ "op": op, "args": args }),
+        ))
+    };
+    // reading is read-only: it runs
+    let read = block_on(orch.start(task("read", serde_json::json!({})))).unwrap();
+    assert_eq!(read.status, RunStatus::Completed, "{:?}", read.status);
+    // sending to a customer runs; to the bank, the rule on the recipient asks the founder
+    let ok = block_on(orch.start(task(
+        "send",
+        serde_json::json!({ "to": "client@example.com" }),
+    )))
+    .unwrap();
+    assert_eq!(ok.status, RunStatus::Completed, "{:?}", ok.status);
+    let bank = block_on(orch.start(task(
+        "send",
+        serde_json::json!({ "to": "bank@example.com" }),
+    )))
+    .unwrap();
+    assert!(
+        matches!(bank.status, RunStatus::Parked { .. }),
+        "{:?}",
+        bank.status
+    );
+    let pending = block_on(orch.pending_approvals()).unwrap();
+    assert_eq!(
+        pending[0].proposed["context"]["recipient"],
+        "bank@example.com"
+    );
+    assert_eq!(pending[0].proposed["effect"], "irreversible");
+    assert_eq!(
+        pending[0].proposed["cost"], 2,
+        "the operation's declared cost"
+    );
+    // an operation the connector does not declare is refused before anything
+    let purge = block_on(orch.start(task("purge", serde_json::json!({})))).unwrap();
+    assert!(
+        matches!(&purge.status, RunStatus::Failed { reason } if reason.contains("declares no operation `purge`")),
+        "{:?}",
+        purge.status
+    );
+    assert_eq!(mail.effects().len(), 2, "read and the customer's mail");
 }

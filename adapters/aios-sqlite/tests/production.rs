@@ -100,6 +100,7 @@ fn flaky() -> Arc<Flaky> {
             scopes: vec![],
             idempotent: true,
             default_cost: Money::ZERO,
+            operations: vec![],
         },
         calls: AtomicU32::new(0),
     })

@@ -192,6 +192,7 @@ impl Service {
                 scopes: vec![],
                 idempotent: true,
                 default_cost: aios_core::Money::ZERO,
+                operations: vec![],
             },
             conn,
             hold: hold(),

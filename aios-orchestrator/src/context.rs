@@ -842,7 +842,7 @@ impl<'r> TaskContext<'r> {
     ) -> Result<CallRecord, AgentError> {
         let reason =
             format!("`{action}` was interrupted after it started; it may or may not have happened");
-        let anchor = self.driver.accountable(&self.role);
+        let anchor = self.driver.accountable_for(&self.role, action);
         if let Some(anchor) = anchor {
             self.driver
                 .notify(
@@ -906,7 +906,7 @@ impl<'r> TaskContext<'r> {
         {
             Ok(r) => r,
             Err(detail) => {
-                if let Some(anchor) = self.driver.accountable(&self.role) {
+                if let Some(anchor) = self.driver.accountable_for(&self.role, action) {
                     self.driver
                         .escalate(
                             anchor,
@@ -973,7 +973,7 @@ impl<'r> TaskContext<'r> {
             }
             Err(e) => {
                 self.driver.release(reservation).await;
-                if let Some(anchor) = self.driver.accountable(&self.role) {
+                if let Some(anchor) = self.driver.accountable_for(&self.role, action) {
                     self.driver
                         .notify(
                             anchor,

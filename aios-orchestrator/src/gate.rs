@@ -120,12 +120,16 @@ impl PinnedGovernor {
         agent: AgentId,
         call: &GovernedCall,
     ) -> (Gate, AuditEvent) {
-        let mut req =
-            ActionRequest::new(Principal::Agent(agent), role.id, role.pathway, &call.action)
-                .with_effect(call.effect)
-                .with_cost(call.cost)
-                .with_risk(call.risk)
-                .with_run(run);
+        let mut req = ActionRequest::new(
+            Principal::Agent(agent),
+            role.id,
+            role.pathway_of(&call.action).0,
+            &call.action,
+        )
+        .with_effect(call.effect)
+        .with_cost(call.cost)
+        .with_risk(call.risk)
+        .with_run(run);
         req.confidence = call.confidence;
         req.context = call.context.clone();
         let decision = match &gov.controls {

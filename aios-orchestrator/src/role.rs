@@ -37,6 +37,9 @@ pub struct Role {
     pub pathway: PathwayId,
     /// That pathway's key in the governance model.
     pub pathway_key: String,
+    /// Other pathways the role acts on, chosen per action: (action prefix, pathway key).
+    /// See [`Role::pathway_for`].
+    pub pathways: Vec<(String, String)>,
     /// Connectors its agent may call.
     pub connectors: Vec<ConnectorId>,
     /// How calls are retried and timed out.
@@ -60,11 +63,49 @@ impl Role {
             instructions: String::new(),
             pathway: PathwayId::from_name(pathway),
             pathway_key: pathway.to_string(),
+            pathways: vec![],
             connectors: vec![],
             retry: RetryPolicy::default(),
             fallback: Fallback::FailRun,
             max_calls: 32,
             agent,
+        }
+    }
+
+    /// Requests actions starting with `prefix` (`payments.` for every operation of the
+    /// `payments` connector, or one action, `payments.transfer`) on the pathway keyed
+    /// `pathway` instead of the role's default: one role may act on several pathways, each
+    /// with its own anchor, limits and escalation rules. The longest matching prefix wins.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_orchestrator::{FnAgent, Role};
+    /// let agent = FnAgent::new(|_, _| Box::pin(async { Ok(serde_json::Value::Null) }));
+    /// let role = Role::new("assistant", "admin", Arc::new(agent)).pathway_for("payments.", "paying");
+    /// assert_eq!(role.pathway_of("payments.transfer").1, "paying");
+    /// assert_eq!(role.pathway_of("email.send").1, "admin");
+    /// assert_eq!(role.pathway_of("paymentsx.send").1, "admin");
+    /// ```
+    pub fn pathway_for(mut self, prefix: impl Into<String>, pathway: impl Into<String>) -> Self {
+        self.pathways.push((prefix.into(), pathway.into()));
+        self
+    }
+
+    /// The pathway `action` is requested on, and its key.
+    pub fn pathway_of(&self, action: &str) -> (PathwayId, &str) {
+        let best = self
+            .pathways
+            .iter()
+            .filter(|(prefix, _)| {
+                action == prefix
+                    || (action.starts_with(prefix.as_str())
+                        && (prefix.ends_with('.')
+                            || action.as_bytes().get(prefix.len()) == Some(&b'.')))
+            })
+            .max_by_key(|(prefix, _)| prefix.len());
+        match best {
+            Some((_, key)) => (PathwayId::from_name(key), key.as_str()),
+            None => (self.pathway, self.pathway_key.as_str()),
         }
     }
 

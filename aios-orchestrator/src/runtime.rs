@@ -418,19 +418,23 @@ impl OrchestratorBuilder {
                     known: keys(&mut model.roles.iter().map(|r| r.key.as_str())),
                 });
             }
-            let Some(pathway) = model.pathways.iter().find(|p| p.key == role.pathway_key) else {
-                return Err(BuildError::UnknownPathway {
-                    role: role.name.clone(),
-                    pathway: role.pathway_key.clone(),
-                    known: keys(&mut model.pathways.iter().map(|p| p.key.as_str())),
-                });
-            };
-            if pathway.delegate.as_deref() != Some(role.name.as_str()) {
-                return Err(BuildError::NotDelegate {
-                    role: role.name.clone(),
-                    pathway: pathway.key.clone(),
-                    delegate: pathway.delegate.clone().unwrap_or_default(),
-                });
+            let keys_of_role =
+                std::iter::once(&role.pathway_key).chain(role.pathways.iter().map(|(_, k)| k));
+            for key in keys_of_role {
+                let Some(pathway) = model.pathways.iter().find(|p| &p.key == key) else {
+                    return Err(BuildError::UnknownPathway {
+                        role: role.name.clone(),
+                        pathway: key.clone(),
+                        known: keys(&mut model.pathways.iter().map(|p| p.key.as_str())),
+                    });
+                };
+                if pathway.delegate.as_deref() != Some(role.name.as_str()) {
+                    return Err(BuildError::NotDelegate {
+                        role: role.name.clone(),
+                        pathway: pathway.key.clone(),
+                        delegate: pathway.delegate.clone().unwrap_or_default(),
+                    });
+                }
             }
             for c in &role.connectors {
                 if !self.connectors.iter().any(|k| &k.descriptor().id == c) {
@@ -709,6 +713,11 @@ impl<'o> Driver<'o> {
         self.governor.accountable(role.pathway)
     }
 
+    /// The anchor accountable for `action` of `role` (its pathway's).
+    pub(crate) fn accountable_for(&self, role: &Role, action: &str) -> Option<AnchorId> {
+        self.governor.accountable(role.pathway_of(action).0)
+    }
+
     /// Decides `call` under the run's pinned governance version; the decision is audited.
     pub(crate) async fn decide(
         &self,
@@ -873,7 +882,7 @@ impl<'o> Driver<'o> {
             task,
             seq,
             agent,
-            pathway: role.pathway,
+            pathway: role.pathway_of(action).0,
         };
         self.o
             .gov

@@ -1461,3 +1461,83 @@ fn effects_costs_and_governed_fields_are_declared_per_operation() {
     );
     assert_eq!(mail.effects().len(), 2, "read and the customer's mail");
 }
+
+/// One role on two pathways, chosen per action: mail goes through the assistant's own
+/// pathway (alone), payments through the paying pathway and its rules (the founder approves).
+#[test]
+fn one_role_acts_on_several_pathways_chosen_per_action() {
+    const TWO: &str = r#"{
+      "version": 1,
+      "charter": { "intent": "run the office", "final_authority": "founder" },
+      "anchors": [{ "key": "founder", "title": "Founder", "holders": ["alice"], "response_time": "4h" }],
+      "roles": [{ "key": "assistant" }],
+      "pathways": [
+        { "key": "admin", "anchor": "founder", "delegate": "assistant",
+          "limits": { "actions": ["mail.send"], "effects": ["irreversible"] },
+          "escalation": [{ "name": "risky", "when": { "risk_at_least": 90 }, "mode": "halt" }] },
+        { "key": "paying", "anchor": "founder", "delegate": "assistant",
+          "limits": { "actions": ["bank.pay"], "effects": ["irreversible"] },
+          "escalation": [{ "name": "every-payment", "when": { "actions": ["bank.pay"] }, "mode": "approve_before" }] }
+      ],
+      "budgets": [{ "key": "org", "scope": "organisation", "limits": { "cost": 1000 } }]
+    }"#;
+    let w = Pay::new();
+    let mail = RecordingConnector::new("mail", EffectClass::Irreversible);
+    let agent: Arc<FnAgent> = Arc::new(FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            ctx.call(ConnectorRequest::new(
+                "mail",
+                "send",
+                serde_json::json!({ "to": "x" }),
+            ))
+            .await?;
+            let out = ctx
+                .call(ConnectorRequest::new(
+                    "bank",
+                    "pay",
+                    serde_json::json!({ "to": "acme" }),
+                ))
+                .await?;
+            Ok(out.output)
+        })
+    }));
+    let role = || {
+        Role::new("assistant", "admin", agent.clone())
+            .pathway_for("bank.", "paying")
+            .connector("mail")
+            .connector("bank")
+    };
+    let orch = Orchestrator::builder(governor_from(TWO))
+        .role(role())
+        .connector(Arc::new(mail.clone()))
+        .connector(Arc::new(w.bank.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build()
+        .unwrap();
+    let run = block_on(orch.start(Workflow::new("office").task(TaskSpec::new(
+        "office",
+        RoleId::from_name("assistant"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert_eq!(
+        mail.effects().len(),
+        1,
+        "mail went on the admin pathway, alone"
+    );
+    let pending = block_on(orch.pending_approvals()).unwrap();
+    assert_eq!(pending.len(), 1, "{:?}", run.status);
+    assert_eq!(
+        pending[0].pathway,
+        Some(aios_core::PathwayId::from_name("paying"))
+    );
+    // a pathway the model does not have is refused at build time
+    let err = Orchestrator::builder(governor_from(TWO))
+        .role(role().pathway_for("crm.", "sales"))
+        .connector(Arc::new(mail.clone()))
+        .connector(Arc::new(w.bank.clone()))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("pathway `sales`"), "{err}");
+}

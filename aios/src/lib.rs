@@ -28,6 +28,68 @@ pub use aios_orchestrator as orchestrator;
 #[cfg(feature = "sqlite")]
 pub use aios_sqlite as sqlite;
 
+/// The derive-like attribute port implementations use (`#[async_trait]` on `impl Connector
+/// for ..`), re-exported so an application needs no dependency of its own for it.
+pub use async_trait::async_trait;
+
+/// The types an application needs, in one import: `use aios::prelude::*;`.
+///
+/// A connector of one's own, with nothing but the prelude:
+///
+/// ```
+/// use aios::prelude::*;
+///
+/// #[derive(Debug)]
+/// struct Crm(ConnectorDescriptor);
+///
+/// #[async_trait]
+/// impl Connector for Crm {
+///     fn descriptor(&self) -> &ConnectorDescriptor {
+///         &self.0
+///     }
+///     async fn invoke(&self, call: ConnectorCall) -> Result<ConnectorOutput, ConnectorError> {
+///         Ok(ConnectorOutput { output: serde_json::json!({ "saved": call.input }), cost: Money::ZERO })
+///     }
+/// }
+///
+/// let crm = Crm(ConnectorDescriptor {
+///     id: ConnectorId::new("crm"),
+///     effect: EffectClass::Reversible,
+///     scopes: vec![],
+///     idempotent: true,
+///     default_cost: Money::ZERO,
+///     operations: vec![OperationSpec::new("save", EffectClass::Reversible).governs("customer", "/name")],
+/// });
+/// assert!(crm.descriptor().operation("save").is_some());
+/// assert!(crm.descriptor().operation("delete").is_none());
+/// ```
+pub mod prelude {
+    pub use crate::async_trait;
+    #[cfg(feature = "tokio")]
+    pub use aios_core::TokioTimer;
+    pub use aios_core::{
+        AgentId, AnchorId, ApprovalId, Clock, Connector, ConnectorCall, ConnectorDescriptor,
+        ConnectorError, ConnectorId, ConnectorOutput, CredentialHandle, EffectClass, HumanId,
+        IdempotencyKey, ManualClock, ManualTimer, Message, ModelBackend, ModelError, ModelId,
+        ModelPrice, ModelRequest, ModelResponse, Money, OperationSpec, Principal, RoleId, RunId,
+        SystemClock, TaskId, Timer,
+    };
+    #[cfg(feature = "governance")]
+    pub use aios_governance::{
+        ApprovalResponse, ControlTarget, Controls, GovernanceModel, Governor,
+    };
+    #[cfg(feature = "memory")]
+    pub use aios_memory::{Access, Grant, Memory, NewMemory, RecallQuery, Scope, Tier};
+    #[cfg(feature = "orchestrator")]
+    pub use aios_orchestrator::{
+        AgentError, BuildError, ConnectorRequest, FnAgent, LlmAgent, MemoryOptions, ModelRouter,
+        Orchestrator, OrchestratorConfig, OrchestratorError, Role, RunControl, RunOutcome,
+        RunStatus, TaskContext, TaskSpec, TickReport, Workflow,
+    };
+    #[cfg(feature = "sqlite")]
+    pub use aios_sqlite::SqliteStore;
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -55,41 +55,62 @@ pub enum MessageRole {
 }
 
 /// One message of a conversation.
+///
+/// A tool loop round-trips through providers that tie results to calls by id: an assistant
+/// message carries the [`ToolCall`]s it asked for ([`Message::assistant_calling`]), and each
+/// result refers to its call ([`Message::tool_result`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     /// Who speaks.
     pub role: MessageRole,
     /// What is said.
     pub content: String,
+    /// The tools an assistant message asks to call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
+    fn of(role: MessageRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: vec![],
+            tool_call_id: None,
+        }
+    }
+
     /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
-        Self {
-            role: MessageRole::System,
-            content: content.into(),
-        }
+        Self::of(MessageRole::System, content)
     }
     /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: MessageRole::User,
-            content: content.into(),
-        }
+        Self::of(MessageRole::User, content)
     }
     /// An assistant message.
     pub fn assistant(content: impl Into<String>) -> Self {
+        Self::of(MessageRole::Assistant, content)
+    }
+    /// An assistant message that asks for `calls`.
+    pub fn assistant_calling(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
         Self {
-            role: MessageRole::Assistant,
-            content: content.into(),
+            tool_calls: calls,
+            ..Self::of(MessageRole::Assistant, content)
         }
     }
-    /// A tool result.
+    /// A tool result not tied to a call (for providers without call ids).
     pub fn tool(content: impl Into<String>) -> Self {
+        Self::of(MessageRole::Tool, content)
+    }
+    /// The result of the tool call `call_id`.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
-            role: MessageRole::Tool,
-            content: content.into(),
+            tool_call_id: Some(call_id.into()),
+            ..Self::of(MessageRole::Tool, content)
         }
     }
 }
@@ -97,7 +118,8 @@ impl Message {
 /// A tool the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSpec {
-    /// The tool's name, as the model will use it.
+    /// The tool's name, as the model will use it: a provider function name (letters, digits,
+    /// `_` and `-`, at most 64), see [`ToolSpec::function_name`].
     pub name: String,
     /// What the tool does.
     pub description: String,
@@ -105,9 +127,22 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
+impl ToolSpec {
+    /// The provider function name of an action (`email.send` -> `email__send`): providers
+    /// accept no dots. Callers map names back through the tools they offered, never by
+    /// splitting, so a name is only ever read back as the action it was made from.
+    pub fn function_name(action: &str) -> String {
+        let name = action.replace('.', "__");
+        name.chars().take(64).collect()
+    }
+}
+
 /// A call of a tool requested by the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
+    /// The provider's id of this call, which the result refers to.
+    #[serde(default)]
+    pub id: String,
     /// Which tool.
     pub name: String,
     /// The arguments.
@@ -350,6 +385,10 @@ impl ScriptedModel {
             content: String::new(),
             confidence: None,
             tool_calls: vec![ToolCall {
+                id: format!(
+                    "call_{}",
+                    self.script.lock().len() + self.requests.lock().len()
+                ),
                 name: name.into(),
                 arguments,
             }],

@@ -85,8 +85,9 @@ pub struct LlmAgent {
     pub memory_k: usize,
     /// Token budget for the memory part of the prompt.
     pub memory_tokens: usize,
-    /// Tools offered to the model; names are `connector.operation`.
-    pub tools: Vec<ToolSpec>,
+    /// Tools offered to the model, by provider function name (see [`LlmAgent::tool`]), with
+    /// the connector and operation each stands for.
+    pub tools: Vec<(ToolSpec, String, String)>,
     /// Risk (0-100) declared for tool calls.
     pub tool_risk: u32,
     /// Estimated cost declared for each tool call.
@@ -112,13 +113,25 @@ impl LlmAgent {
         Arc::new(Self::default())
     }
 
-    /// Offers a tool (`connector.operation`).
-    pub fn tool(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
-        self.tools.push(ToolSpec {
-            name: name.into(),
-            description: description.into(),
-            parameters: serde_json::json!({"type": "object"}),
-        });
+    /// Offers the action `connector.operation` as a tool. The model sees it under a provider
+    /// function name ([`ToolSpec::function_name`]: `email.send` becomes `email__send`), and
+    /// a call is mapped back through the tools offered, so the model can only reach what was
+    /// offered. A name without a dot is the `invoke` operation of that connector.
+    pub fn tool(mut self, action: impl Into<String>, description: impl Into<String>) -> Self {
+        let action = action.into();
+        let (connector, operation) = match action.split_once('.') {
+            Some((c, o)) => (c.to_string(), o.to_string()),
+            None => (action.clone(), "invoke".to_string()),
+        };
+        self.tools.push((
+            ToolSpec {
+                name: ToolSpec::function_name(&format!("{connector}.{operation}")),
+                description: description.into(),
+                parameters: serde_json::json!({"type": "object"}),
+            },
+            connector,
+            operation,
+        ));
         self
     }
 }
@@ -144,27 +157,43 @@ impl Agent for LlmAgent {
         for _ in 0..self.max_steps {
             let request = ModelRequest {
                 messages: messages.clone(),
-                tools: self.tools.clone(),
+                tools: self.tools.iter().map(|(t, _, _)| t.clone()).collect(),
                 ..ModelRequest::default()
             };
             let response = ctx.complete(request).await?;
             if response.tool_calls.is_empty() {
                 return Ok(serde_json::json!({ "text": response.content }));
             }
-            messages.push(Message::assistant(response.content.clone()));
+            messages.push(Message::assistant_calling(
+                response.content.clone(),
+                response.tool_calls.clone(),
+            ));
             for call in response.tool_calls {
-                let (connector, operation) = call
-                    .name
-                    .split_once('.')
-                    .unwrap_or((call.name.as_str(), "invoke"));
+                let Some((_, connector, operation)) =
+                    self.tools.iter().find(|(t, _, _)| t.name == call.name)
+                else {
+                    // not a tool on offer: the model is told, nothing is called
+                    messages.push(Message::tool_result(
+                        call.id.clone(),
+                        format!("error: there is no tool `{}`", call.name),
+                    ));
+                    continue;
+                };
                 let out = ctx
                     .call(
-                        ConnectorRequest::new(connector, operation, call.arguments.clone())
-                            .risk(self.tool_risk)
-                            .estimated_cost(self.tool_cost),
+                        ConnectorRequest::new(
+                            connector.as_str(),
+                            operation.as_str(),
+                            call.arguments.clone(),
+                        )
+                        .risk(self.tool_risk)
+                        .estimated_cost(self.tool_cost),
                     )
                     .await?;
-                messages.push(Message::tool(out.output.to_string()));
+                messages.push(Message::tool_result(
+                    call.id.clone(),
+                    out.output.to_string(),
+                ));
             }
         }
         Err(AgentError::StepLimit {

@@ -732,3 +732,63 @@ fn a_run_being_driven_is_cancelled_at_its_next_task_boundary() {
         "only the control that took effect is recorded"
     );
 }
+
+#[test]
+fn the_llm_agent_round_trips_tool_calls_by_id_under_provider_safe_names() {
+    let world = World::new();
+    let model = ScriptedModel::new("local")
+        .call_tool("ledger__write", serde_json::json!({ "entry": 1 }))
+        .call_tool("payments__transfer", serde_json::json!({ "amount": 1000 }))
+        .reply("all booked");
+    let orch = builder(&world)
+        .models(ModelRouter::single(Arc::new(model.clone())))
+        .role(
+            Role::new(
+                "worker",
+                "work",
+                Arc::new(LlmAgent::default().tool("ledger.write", "write a ledger entry")),
+            )
+            .connector("ledger"),
+        )
+        .build()
+        .unwrap();
+    let out = block_on(orch.start(Workflow::new("w").task(TaskSpec::new(
+        "book",
+        RoleId::from_name("worker"),
+        serde_json::json!("book the entry"),
+    ))))
+    .unwrap();
+    assert_eq!(
+        out.outputs["book"]["text"], "all booked",
+        "{:?}",
+        out.status
+    );
+    // the offered tool ran with the model's arguments; the one not offered did not
+    assert_eq!(world.ledger.effects().len(), 1);
+    assert_eq!(world.ledger.effects()[0].input["entry"], 1);
+    let requests = model.requests();
+    assert_eq!(
+        requests[0].tools[0].name, "ledger__write",
+        "no dots in tool names"
+    );
+    // the second request carries the call and its result, tied by id
+    let second = &requests[1].messages;
+    let asked = second
+        .iter()
+        .find(|m| !m.tool_calls.is_empty())
+        .expect("the assistant's call is in the conversation");
+    let answered = second
+        .iter()
+        .find(|m| m.tool_call_id.is_some())
+        .expect("the result is in the conversation");
+    assert_eq!(
+        answered.tool_call_id.as_deref(),
+        Some(asked.tool_calls[0].id.as_str())
+    );
+    assert!(!asked.tool_calls[0].id.is_empty());
+    // the unknown tool is answered with an error, not called
+    let third = &requests[2].messages;
+    assert!(third
+        .iter()
+        .any(|m| m.tool_call_id.is_some() && m.content.contains("no tool `payments__transfer`")));
+}

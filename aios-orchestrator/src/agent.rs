@@ -92,6 +92,12 @@ pub struct LlmAgent {
     pub tool_risk: u32,
     /// Estimated cost declared for each tool call.
     pub tool_cost: Money,
+    /// The user message, as a template over the task (see [`LlmAgent::prompt`]); the task
+    /// input as JSON when `None`.
+    pub prompt: Option<String>,
+    /// The field whose text the memory is searched with (see [`LlmAgent::memory_query`]);
+    /// the user message when `None`.
+    pub memory_query: Option<String>,
 }
 
 impl Default for LlmAgent {
@@ -103,14 +109,100 @@ impl Default for LlmAgent {
             tools: vec![],
             tool_risk: 10,
             tool_cost: Money::ZERO,
+            prompt: None,
+            memory_query: None,
         }
     }
+}
+
+/// The value `{name}` stands for in a template: a field of the task's input (`{topic}`, or a
+/// JSON pointer `{/customer/name}`), else a dependency's output by task name (`{research}`);
+/// text as is, anything else as JSON.
+fn lookup(input: &TaskInput, name: &str) -> Option<String> {
+    let pointer = if name.starts_with('/') {
+        name.to_string()
+    } else {
+        format!("/{name}")
+    };
+    let value = input.input.pointer(&pointer).or_else(|| {
+        input
+            .deps
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v)
+    })?;
+    Some(match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+/// Fills `template`'s `{name}` placeholders from the task (`{{` and `}}` are braces); names
+/// the first placeholder the task lacks.
+fn fill(template: &str, input: &TaskInput) -> Result<String, AgentError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if let Some(body) = tail.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(AgentError::Failed(format!(
+                    "the prompt template has an unclosed `{{` at `{}`",
+                    tail.chars().take(20).collect::<String>()
+                )));
+            };
+            let name = &body[..end];
+            let value = lookup(input, name).ok_or_else(|| {
+                AgentError::Failed(format!(
+                    "the prompt template names `{{{name}}}`, which the task's input and dependencies lack"
+                ))
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            return Err(AgentError::Failed(
+                "the prompt template has a lone `}` (write `}}` for a brace)".into(),
+            ));
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 impl LlmAgent {
     /// The default agent, shared.
     pub fn shared() -> Arc<dyn Agent> {
         Arc::new(Self::default())
+    }
+
+    /// Builds the user message from `template`: `{name}` is a field of the task's input
+    /// (`{topic}`, or a JSON pointer `{/customer/name}`) or a dependency's output by task
+    /// name; `{{` and `}}` are braces. A placeholder the task lacks fails the task, naming it.
+    ///
+    /// ```
+    /// use aios_orchestrator::LlmAgent;
+    /// let agent = LlmAgent::default()
+    ///     .prompt("Write about {topic} for {/audience/name}.")
+    ///     .memory_query("topic");
+    /// assert!(agent.prompt.is_some());
+    /// ```
+    pub fn prompt(mut self, template: impl Into<String>) -> Self {
+        self.prompt = Some(template.into());
+        self
+    }
+
+    /// Searches memory with the text of one field (a placeholder name as in
+    /// [`LlmAgent::prompt`]) instead of the whole user message.
+    pub fn memory_query(mut self, field: impl Into<String>) -> Self {
+        self.memory_query = Some(field.into());
+        self
     }
 
     /// Offers the action `connector.operation` as a tool. The model sees it under a provider
@@ -143,11 +235,22 @@ impl Agent for LlmAgent {
         ctx: &mut TaskContext<'_>,
         input: TaskInput,
     ) -> Result<serde_json::Value, AgentError> {
-        let task_text = serde_json::to_string(&input).unwrap_or_default();
+        let task_text = match &self.prompt {
+            Some(template) => fill(template, &input)?,
+            None => serde_json::to_string(&input).unwrap_or_default(),
+        };
+        let query = match &self.memory_query {
+            Some(field) => lookup(&input, field).ok_or_else(|| {
+                AgentError::Failed(format!(
+                    "the memory query names field `{field}`, which the task's input and dependencies lack"
+                ))
+            })?,
+            None => task_text.clone(),
+        };
         let mut messages = vec![Message::system(ctx.role().instructions.clone())];
         if self.memory_k > 0 {
             if let Some(context) = ctx
-                .memory_context(&task_text, self.memory_k, self.memory_tokens)
+                .memory_context(&query, self.memory_k, self.memory_tokens)
                 .await?
             {
                 messages.push(Message::system(format!("Relevant memory:\n{context}")));

@@ -792,3 +792,53 @@ fn the_llm_agent_round_trips_tool_calls_by_id_under_provider_safe_names() {
         .iter()
         .any(|m| m.tool_call_id.is_some() && m.content.contains("no tool `payments__transfer`")));
 }
+
+#[test]
+fn the_llm_agent_builds_its_prompt_from_a_template_over_the_task() {
+    let world = World::new();
+    let model = ScriptedModel::new("local").reply("ok").reply("ok");
+    let agent = LlmAgent::default()
+        .prompt("Write about {topic} for {/audience/name}, from {{notes}}: {research}.")
+        .memory_query("topic");
+    let orch = builder(&world)
+        .models(ModelRouter::single(Arc::new(model.clone())))
+        .role(Role::new("writer", "writing", Arc::new(agent)))
+        .build()
+        .unwrap();
+    let wf = Workflow::new("w")
+        .task(TaskSpec::new(
+            "research",
+            RoleId::from_name("writer"),
+            serde_json::json!({ "topic": "x", "audience": { "name": "y" } }),
+        ))
+        .task(
+            TaskSpec::new(
+                "draft",
+                RoleId::from_name("writer"),
+                serde_json::json!({ "topic": "rust", "audience": { "name": "founders" } }),
+            )
+            .after(["research"]),
+        );
+    let out = block_on(orch.start(wf)).unwrap();
+    // research's prompt names `{research}`, which it lacks: it fails, naming the placeholder
+    assert!(
+        matches!(&out.status, RunStatus::Failed { reason } if reason.contains("`{research}`")),
+        "{:?}",
+        out.status
+    );
+    let wf = Workflow::new("w2").task(TaskSpec::new(
+        "draft",
+        RoleId::from_name("writer"),
+        serde_json::json!({ "topic": "rust", "audience": { "name": "founders" }, "research": "notes" }),
+    ));
+    let out = block_on(orch.start(wf)).unwrap();
+    assert_eq!(out.status, RunStatus::Completed, "{:?}", out.status);
+    let user = model.requests()[0]
+        .messages
+        .iter()
+        .find(|m| m.role == aios_core::MessageRole::User)
+        .unwrap()
+        .content
+        .clone();
+    assert_eq!(user, "Write about rust for founders, from {notes}: notes.");
+}

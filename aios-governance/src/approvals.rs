@@ -139,6 +139,9 @@ pub struct ApprovalRequest {
     pub action: String,
     /// The action as proposed.
     pub proposed: serde_json::Value,
+    /// Why it is asked: the rules that fired, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The answers allowed.
     pub allowed: Vec<ResponseKind>,
     /// What happens on expiry.
@@ -176,6 +179,8 @@ pub struct NewApproval {
     pub allowed: Vec<ResponseKind>,
     /// What happens on expiry.
     pub on_timeout: OnTimeout,
+    /// Why it is asked (the rules that fired, in words), shown to the human.
+    pub reason: Option<String>,
     /// The request's id, for a request that may be asked again after an interruption (the
     /// orchestrator derives it from the call's key); a fresh id when `None`. Asking again
     /// with the id of a stored request returns that request if it is the same request (the
@@ -209,6 +214,7 @@ impl NewApproval {
                 deadline: *deadline,
                 allowed: allowed.clone(),
                 on_timeout: *on_timeout,
+                reason: Some(decision.explain()),
                 id: None,
             }),
             _ => None,
@@ -556,6 +562,7 @@ impl Approvals {
             pathway: new.pathway,
             action: new.action,
             proposed: new.proposed,
+            reason: new.reason,
             allowed: if new.allowed.is_empty() {
                 ResponseKind::ALL.to_vec()
             } else {
@@ -828,6 +835,10 @@ impl Approvals {
                 deadline,
                 allowed: request.allowed.clone(),
                 on_timeout: OnTimeout::Deny,
+                reason: Some(match &request.reason {
+                    Some(r) => format!("{r} (escalated: not answered before the deadline)"),
+                    None => "escalated: not answered before the deadline".to_string(),
+                }),
                 id: Some(ApprovalId::from_name(&format!("escalated:{}", request.id))),
             },
         )

@@ -683,6 +683,7 @@ fn sample_request(id: ApprovalId, anchor: AnchorId, minute: i64) -> ApprovalRequ
         pathway: None,
         action: "send".into(),
         proposed: serde_json::json!({"to": "bob@example.com"}),
+        reason: Some("every send needs approval".into()),
         allowed: ResponseKind::ALL.to_vec(),
         on_timeout: OnTimeout::Deny,
         model_version: 1,

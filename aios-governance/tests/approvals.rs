@@ -60,6 +60,7 @@ fn ask(requester: Principal) -> NewApproval {
         deadline: Duration::from_secs(1_800),
         allowed: vec![],
         on_timeout: OnTimeout::Deny,
+        reason: None,
         id: None,
     }
 }

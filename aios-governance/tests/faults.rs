@@ -91,6 +91,7 @@ fn approvals_are_never_usable_without_their_record() {
             deadline: std::time::Duration::from_secs(600),
             allowed: vec![],
             on_timeout: OnTimeout::Deny,
+            reason: None,
             id: None,
         };
         // the request cannot be recorded: it is withdrawn

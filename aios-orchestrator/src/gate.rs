@@ -47,6 +47,8 @@ pub(crate) struct ApprovalAsk {
     pub(crate) deadline: Duration,
     pub(crate) allowed: Vec<ResponseKind>,
     pub(crate) on_timeout: OnTimeout,
+    /// Why: the rules that fired, in words.
+    pub(crate) reason: String,
 }
 
 /// Where a parked call's approval stands.
@@ -171,6 +173,7 @@ impl PinnedGovernor {
                 deadline: *deadline,
                 allowed: allowed.clone(),
                 on_timeout: *on_timeout,
+                reason: decision.explain(),
             }),
             Verdict::Escalate { anchor, mode } => match mode {
                 EscalationMode::NotifyAfter => Gate::Allow {
@@ -187,6 +190,7 @@ impl PinnedGovernor {
                         deadline,
                         allowed: ResponseKind::ALL.to_vec(),
                         on_timeout: OnTimeout::Deny,
+                        reason: decision.explain(),
                     })
                 }
                 EscalationMode::Halt => Gate::Halt {
@@ -416,6 +420,7 @@ impl Governance {
                     deadline: ask.deadline,
                     allowed: ask.allowed.clone(),
                     on_timeout: ask.on_timeout,
+                    reason: Some(ask.reason.clone()),
                     id: Some(id),
                 },
             )

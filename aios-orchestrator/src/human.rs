@@ -106,6 +106,7 @@ impl TaskContext<'_> {
                     deadline,
                     allowed: aios_governance::ResponseKind::ALL.to_vec(),
                     on_timeout: aios_governance::OnTimeout::Deny,
+                    reason: format!("agent `{}` asks a question", self.role.name),
                 };
                 // asked again after a crash and answered meanwhile: the run parks on it and
                 // the next resume (or `Orchestrator::tick`) reads the answer

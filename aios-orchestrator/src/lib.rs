@@ -62,8 +62,8 @@ pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
-    CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RunControl, RunOutcome,
-    TickReport,
+    CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, PendingApproval,
+    RunControl, RunOutcome, TickReport,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,

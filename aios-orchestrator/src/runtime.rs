@@ -1753,6 +1753,55 @@ impl Orchestrator {
             .map_err(|e| OrchestratorError::Approval(e.to_string()))
     }
 
+    /// The approval requests waiting for a human, as a human reads them, oldest first: the
+    /// run and task (by name), the action, why it is asked, what is proposed, which anchor
+    /// is asked and who may answer for it (by their keys in the governance model), the
+    /// answers allowed and the deadline.
+    pub async fn inbox(&self) -> Result<Vec<PendingApproval>, OrchestratorError> {
+        let requests = self.pending_approvals().await?;
+        let governor = self.inner.gov.current();
+        let model = governor.model();
+        let mut states: HashMap<RunId, Option<RunState>> = HashMap::new();
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            let task = match (r.run, r.task) {
+                (Some(run), Some(task)) => {
+                    if !states.contains_key(&run) {
+                        let state = self.state(run).await?;
+                        states.insert(run, state);
+                    }
+                    states
+                        .get(&run)
+                        .and_then(|s| s.as_ref())
+                        .and_then(|s| s.tasks.iter().find(|t| t.id == task))
+                        .map(|t| t.spec.name.to_string())
+                }
+                _ => None,
+            };
+            let anchor = model
+                .anchors
+                .iter()
+                .find(|a| AnchorId::from_name(&a.key) == r.anchor);
+            out.push(PendingApproval {
+                id: r.id,
+                run: r.run,
+                task,
+                action: r.action.clone(),
+                reason: r.reason.clone(),
+                proposed: r.proposed.clone(),
+                anchor: anchor
+                    .map(|a| a.key.clone())
+                    .unwrap_or_else(|| r.anchor.to_string()),
+                may_answer: anchor
+                    .map(|a| a.holders.iter().chain(a.deputy.iter()).cloned().collect())
+                    .unwrap_or_default(),
+                allowed: r.allowed.clone(),
+                expires_at: r.expires_at,
+            });
+        }
+        Ok(out)
+    }
+
     /// Records `by`'s decision on `approval` and resumes the run waiting for it, which
     /// continues exactly the parked call: approved, it runs as proposed; edited, it runs as
     /// edited; rejected, the agent gets [`AgentError::Rejected`] and the role's fallback
@@ -1876,6 +1925,32 @@ fn checked(checkpoint: &Checkpoint) -> Result<(), OrchestratorError> {
         )));
     }
     checkpoint.state.validate().map_err(damaged)
+}
+
+/// An approval request as the human asked reads it ([`Orchestrator::inbox`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PendingApproval {
+    /// The request (what an answer names).
+    pub id: ApprovalId,
+    /// The run waiting.
+    pub run: Option<RunId>,
+    /// The task waiting, by name.
+    pub task: Option<String>,
+    /// The action (`bank.pay`).
+    pub action: String,
+    /// Why it is asked: the rules that fired, in words.
+    pub reason: Option<String>,
+    /// What is proposed (the governed call: action, effect, cost, risk, input, ...).
+    pub proposed: serde_json::Value,
+    /// The anchor asked, by key.
+    pub anchor: String,
+    /// Who may answer: the anchor's holders and deputy, by key.
+    pub may_answer: Vec<String>,
+    /// The answers allowed.
+    pub allowed: Vec<aios_governance::ResponseKind>,
+    /// Until when; then it is denied or escalated.
+    pub expires_at: aios_core::Timestamp,
 }
 
 /// What one [`Orchestrator::tick`] did.

@@ -1541,3 +1541,30 @@ fn one_role_acts_on_several_pathways_chosen_per_action() {
         .unwrap_err();
     assert!(err.to_string().contains("pathway `sales`"), "{err}");
 }
+
+#[test]
+fn the_inbox_shows_a_pending_approval_in_the_users_language() {
+    let w = Pay::new();
+    let orch = w.orchestrator();
+    let outcome = block_on(orch.start(pay_invoice())).unwrap();
+    let inbox = block_on(orch.inbox()).unwrap();
+    assert_eq!(inbox.len(), 1);
+    let p = &inbox[0];
+    assert_eq!(p.id, outcome.pending_approvals()[0]);
+    assert_eq!(p.task.as_deref(), Some("pay"), "the task by name");
+    assert_eq!(p.action, "bank.pay");
+    assert_eq!(p.anchor, "founder", "the anchor by key");
+    assert_eq!(p.may_answer, vec!["alice".to_string(), "bob".to_string()]);
+    assert!(
+        p.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("payments-need-approval")),
+        "the rule that fired: {:?}",
+        p.reason
+    );
+    assert_eq!(p.proposed["input"]["payee"], "acme");
+    assert_eq!(
+        p.expires_at - orch.clock().now(),
+        chrono::Duration::hours(1)
+    );
+}

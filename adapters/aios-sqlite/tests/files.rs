@@ -37,6 +37,7 @@ fn approval(id: ApprovalId, at: aios_core::Timestamp) -> ApprovalRequest {
         pathway: None,
         action: "mail.send".into(),
         proposed: serde_json::json!({ "to": "list@example.com" }),
+        reason: None,
         allowed: ResponseKind::ALL.to_vec(),
         on_timeout: OnTimeout::Deny,
         model_version: 1,

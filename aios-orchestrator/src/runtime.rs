@@ -1766,9 +1766,8 @@ impl Orchestrator {
         for r in requests {
             let task = match (r.run, r.task) {
                 (Some(run), Some(task)) => {
-                    if !states.contains_key(&run) {
-                        let state = self.state(run).await?;
-                        states.insert(run, state);
+                    if let std::collections::hash_map::Entry::Vacant(e) = states.entry(run) {
+                        e.insert(self.state(run).await?);
                     }
                     states
                         .get(&run)

@@ -694,7 +694,8 @@ impl<'r> TaskContext<'r> {
                             Principal::System,
                             AuditEvent::Note {
                                 text: format!(
-                                    "approval {approval} covers `{action}` as proposed, not as now made: decided again"
+                                    "run {}: approval {approval} covers `{action}` as proposed, not as now made: decided again",
+                                    self.driver.run
                                 ),
                             },
                         )
@@ -764,7 +765,8 @@ impl<'r> TaskContext<'r> {
                         Principal::Human(by),
                         AuditEvent::Note {
                             text: format!(
-                                "approval {approval} edited `{action}`: proposed {}, edited {}",
+                                "run {}: approval {approval} edited `{action}`: proposed {}, edited {}",
+                                self.driver.run,
                                 call.hash(kind),
                                 edited.hash(kind)
                             ),

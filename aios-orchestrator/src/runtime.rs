@@ -1519,7 +1519,7 @@ impl Orchestrator {
         if abandoned > 0 {
             let event = AuditEvent::Note {
                 text: format!(
-                    "released {abandoned} budget reservation(s) left open by an interrupted worker"
+                    "run {run}: released {abandoned} budget reservation(s) left open by an interrupted worker"
                 ),
             };
             let now = self.inner.clock.now();
@@ -1530,6 +1530,20 @@ impl Orchestrator {
             };
             self.inner.audit.append(record).await?;
         }
+        let event = AuditEvent::Note {
+            text: format!(
+                "run {run} resumed by worker `{}` from checkpoint {}",
+                self.inner.config.worker, checkpoint.seq
+            ),
+        };
+        self.inner
+            .audit
+            .append(AuditRecord {
+                at: self.inner.clock.now(),
+                actor: Principal::System,
+                event,
+            })
+            .await?;
         let driver = self.driver(governor, lease, state, checkpoint.seq);
         driver
             .drive(true)
@@ -1892,6 +1906,11 @@ impl Orchestrator {
                 Principal::Agent(role.agent_id()),
                 format!("agent `{}`", role.name),
             );
+        }
+        if let Some(state) = self.state(run).await? {
+            for t in &state.tasks {
+                names.tasks.insert(t.id, t.spec.name.to_string());
+            }
         }
         let governor = self.inner.gov.current();
         for anchor in &governor.model().anchors {

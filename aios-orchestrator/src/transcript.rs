@@ -16,6 +16,8 @@ pub struct TranscriptNames {
     pub principals: HashMap<Principal, String>,
     /// Names of accountability anchors.
     pub anchors: HashMap<AnchorId, String>,
+    /// Names of tasks.
+    pub tasks: HashMap<TaskId, String>,
 }
 
 /// Renders the transcript of `run` from audit `entries` (the whole log, or any superset of
@@ -40,6 +42,16 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptN
             .map(|n| format!("`{n}`"))
             .unwrap_or_else(|| a.to_string())
     };
+    let task_name = |t: &TaskId, k: usize| {
+        names
+            .tasks
+            .get(t)
+            .map(|n| format!("task `{n}`"))
+            .unwrap_or_else(|| format!("task {k}"))
+    };
+    // whether the previous entry belonged to this run: a budget alert right after one was
+    // raised by its call
+    let mut last_was_ours = false;
     let _ = writeln!(out, "# Run {run}\n");
     let _ = writeln!(out, "| # | time | who | what |");
     let _ = writeln!(out, "|---|---|---|---|");
@@ -68,7 +80,7 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptN
             AuditEvent::TaskStarted { run: r, task, .. } if *r == run => {
                 let k = tasks.len() + 1;
                 let k = *tasks.entry(*task).or_insert(k);
-                Some(format!("task {k} started"))
+                Some(format!("{} started", task_name(task, k)))
             }
             AuditEvent::TaskFinished {
                 run: r,
@@ -78,7 +90,8 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptN
             } if *r == run => {
                 let k = tasks.get(task).copied().unwrap_or(0);
                 Some(format!(
-                    "task {k} {}{}",
+                    "{} {}{}",
+                    task_name(task, k),
                     outcome_word(*outcome),
                     detail
                         .as_ref()
@@ -186,8 +199,19 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptN
             } if target == &format!("run:{run}") => {
                 Some(format!("operator control `{control}`: {reason}"))
             }
+            AuditEvent::BudgetAlert {
+                budget,
+                dimension,
+                threshold_percent,
+                used,
+                limit,
+            } if last_was_ours || budget.contains(&run.to_string()) => Some(format!(
+                "budget `{budget}` passed {threshold_percent} % on {dimension} ({used} of {limit})"
+            )),
+            AuditEvent::Note { text } if text.contains(&run.to_string()) => Some(text.clone()),
             _ => None,
         };
+        last_was_ours = line.is_some();
         if let Some(line) = line {
             n += 1;
             let _ = writeln!(

@@ -181,3 +181,46 @@ fn an_agent_asks_the_accountable_human_and_continues_with_the_answer() {
     assert_eq!(done.status, RunStatus::Completed);
     assert_eq!(world.email.effects()[0].input["to"], answer);
 }
+
+#[test]
+fn the_transcript_names_tasks_and_shows_the_resumption_and_budget_alerts() {
+    let world = World::new();
+    let doc = MODEL
+        .replace(
+            r#"{ "key": "org", "scope": "organisation", "limits": { "cost": 100000, "tool_calls": 10000 } }"#,
+            r#"{ "key": "org", "scope": "organisation", "limits": { "cost": 100000, "tool_calls": 2 }, "alerts": [50] }"#,
+        )
+        .replace(r#""limits": { "tool_calls": 20 }"#, r#""limits": { "tool_calls": 2 }"#);
+    let orch = newsletter_roles()
+        .into_iter()
+        .fold(
+            aios_orchestrator::Orchestrator::builder(governor_from(&doc))
+                .connector(std::sync::Arc::new(world.email.clone()))
+                .models(aios_orchestrator::ModelRouter::single(std::sync::Arc::new(
+                    model(),
+                )))
+                .clock(std::sync::Arc::new(world.timer.clock().clone()))
+                .timer(std::sync::Arc::new(world.timer.clone())),
+            |b, r| b.role(r),
+        )
+        .build()
+        .unwrap();
+    let outcome = block_on(orch.start(newsletter())).unwrap();
+    block_on(orch.submit_approval(
+        outcome.pending_approvals()[0],
+        alice(),
+        ApprovalResponse::Approve,
+    ))
+    .unwrap();
+    let transcript = block_on(orch.transcript(outcome.run)).unwrap();
+    assert!(
+        transcript.contains("task `research` started"),
+        "{transcript}"
+    );
+    assert!(transcript.contains("task `send` succeeded"), "{transcript}");
+    assert!(transcript.contains("resumed by worker"), "{transcript}");
+    assert!(
+        transcript.contains("passed 50 % on tool_calls"),
+        "{transcript}"
+    );
+}

@@ -90,6 +90,14 @@ pub mod prelude {
     pub use aios_sqlite::SqliteStore;
 }
 
+/// Guides: how to do the common things, with examples that are compiled and run.
+pub mod guides {
+    #[doc = include_str!("../guides/connector.md")]
+    pub mod connector {}
+    #[doc = include_str!("../guides/approvals.md")]
+    pub mod operating_approvals {}
+}
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

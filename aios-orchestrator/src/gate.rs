@@ -144,7 +144,7 @@ impl PinnedGovernor {
             if decision.fired(aios_governance::rules::STOPPED) {
                 return (
                     Gate::Stop {
-                        reason: decision.explain(),
+                        reason: self.0.explain(&decision),
                     },
                     event,
                 );
@@ -152,7 +152,7 @@ impl PinnedGovernor {
             if decision.fired(aios_governance::rules::PAUSED) {
                 return (
                     Gate::Pause {
-                        reason: decision.explain(),
+                        reason: self.0.explain(&decision),
                     },
                     event,
                 );
@@ -161,7 +161,7 @@ impl PinnedGovernor {
         let gate = match &decision.verdict {
             Verdict::Allow => Gate::Allow { notify: None },
             Verdict::Deny => Gate::Deny {
-                reason: decision.explain(),
+                reason: self.0.explain(&decision),
             },
             Verdict::RequireApproval {
                 anchor,
@@ -173,11 +173,11 @@ impl PinnedGovernor {
                 deadline: *deadline,
                 allowed: allowed.clone(),
                 on_timeout: *on_timeout,
-                reason: decision.explain(),
+                reason: self.0.explain(&decision),
             }),
             Verdict::Escalate { anchor, mode } => match mode {
                 EscalationMode::NotifyAfter => Gate::Allow {
-                    notify: Some((*anchor, decision.explain())),
+                    notify: Some((*anchor, self.0.explain(&decision))),
                 },
                 EscalationMode::ApproveBefore => {
                     let deadline = self
@@ -190,12 +190,12 @@ impl PinnedGovernor {
                         deadline,
                         allowed: ResponseKind::ALL.to_vec(),
                         on_timeout: OnTimeout::Deny,
-                        reason: decision.explain(),
+                        reason: self.0.explain(&decision),
                     })
                 }
                 EscalationMode::Halt => Gate::Halt {
                     anchor: *anchor,
-                    reason: decision.explain(),
+                    reason: self.0.explain(&decision),
                 },
             },
         };

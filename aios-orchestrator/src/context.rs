@@ -70,7 +70,7 @@ fn redact_value(value: &mut serde_json::Value, secret: &str) {
 use crate::role::Role;
 use crate::router::RouteStep;
 use crate::runtime::Driver;
-use crate::state::{CallKind, CallRecord, JournalEntry};
+use crate::state::{CallKind, CallRecord, JournalEntry, RefusedBy};
 
 /// A connector call an agent asks for, with what governance needs to judge it.
 #[derive(Debug, Clone)]
@@ -502,6 +502,8 @@ impl<'r> TaskContext<'r> {
                     hash,
                     CallRecord::Refused {
                         reason: format!("escalated: {reason}"),
+                        by: RefusedBy::Escalation,
+                        anchor: Some(anchor),
                     },
                     false,
                 )
@@ -527,9 +529,7 @@ impl<'r> TaskContext<'r> {
             seq,
             kind,
             hash,
-            CallRecord::Refused {
-                reason: reason.clone(),
-            },
+            CallRecord::refused(RefusedBy::Governance, reason.clone()),
             false,
         )
         .await?;
@@ -612,18 +612,26 @@ impl<'r> TaskContext<'r> {
                 });
                 Ok(*r)
             }
-            CallRecord::Refused { reason } => {
-                if reason.starts_with("rejected") {
-                    Err(AgentError::Rejected {
-                        action: action.to_string(),
+            CallRecord::Refused { reason, by, anchor } => {
+                // journals written before refusals were typed said "rejected: ..."
+                let by = match by {
+                    RefusedBy::Governance if reason.starts_with("rejected") => RefusedBy::Human,
+                    by => by,
+                };
+                let action = action.to_string();
+                Err(match (by, anchor) {
+                    (RefusedBy::Human, _) => AgentError::Rejected { action, reason },
+                    (RefusedBy::Budget, _) => AgentError::BudgetExceeded {
+                        action,
+                        detail: reason,
+                    },
+                    (RefusedBy::Escalation, Some(anchor)) => AgentError::Escalated {
+                        action,
+                        anchor,
                         reason,
-                    })
-                } else {
-                    Err(AgentError::Denied {
-                        action: action.to_string(),
-                        reason,
-                    })
-                }
+                    },
+                    _ => AgentError::Denied { action, reason },
+                })
             }
             CallRecord::Failed { reason } => Err(match kind {
                 CallKind::Model => AgentError::Model(reason),
@@ -790,9 +798,7 @@ impl<'r> TaskContext<'r> {
                     seq,
                     kind,
                     hash,
-                    CallRecord::Refused {
-                        reason: reason.clone(),
-                    },
+                    CallRecord::refused(RefusedBy::Human, reason.clone()),
                     false,
                 )
                 .await?;
@@ -804,9 +810,7 @@ impl<'r> TaskContext<'r> {
                     seq,
                     kind,
                     hash,
-                    CallRecord::Refused {
-                        reason: reason.clone(),
-                    },
+                    CallRecord::refused(RefusedBy::Human, reason.clone()),
                     false,
                 )
                 .await?;
@@ -921,9 +925,7 @@ impl<'r> TaskContext<'r> {
                     seq,
                     kind,
                     hash,
-                    CallRecord::Refused {
-                        reason: format!("budget: {detail}"),
-                    },
+                    CallRecord::refused(RefusedBy::Budget, detail.clone()),
                     false,
                 )
                 .await?;

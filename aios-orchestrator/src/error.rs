@@ -144,9 +144,10 @@ pub enum OrchestratorError {
         /// Its status.
         status: String,
     },
-    /// A human decision was refused.
+    /// An approval operation was refused (a forged or used id, an answer from someone who
+    /// may not give it, a request of another run) or its store failed.
     #[error("approval refused: {0}")]
-    Approval(String),
+    Approval(#[source] aios_governance::ApprovalError),
     /// A storage port failed; the run stopped and can be resumed.
     #[error("store failed: {0}")]
     Store(#[from] StoreError),

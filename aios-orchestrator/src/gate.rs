@@ -270,10 +270,12 @@ impl Governance {
             .map(PinnedGovernor)
     }
 
-    fn approvals(&self) -> Result<&Approvals, String> {
-        self.approvals
-            .as_ref()
-            .ok_or_else(|| "the approval service is not set up".to_string())
+    fn approvals(&self) -> Result<&Approvals, ApprovalError> {
+        self.approvals.as_ref().ok_or_else(|| {
+            ApprovalError::Store(StoreError::Backend {
+                detail: "the approval service is not set up".into(),
+            })
+        })
     }
 
     /// Reserves `amount` for the call `key` on the chain organisation > role > agent > run.
@@ -397,7 +399,7 @@ impl Governance {
         ask: &ApprovalAsk,
         action: &str,
         proposed: serde_json::Value,
-    ) -> Result<(ApprovalId, bool), String> {
+    ) -> Result<(ApprovalId, bool), ApprovalError> {
         let approvals = self.approvals()?;
         // the id is derived from the call's key: a request this very call made before its
         // worker died (before the journal recorded it) is found again, not asked twice
@@ -424,8 +426,7 @@ impl Governance {
                     id: Some(id),
                 },
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok((
             request.id,
             request.state == aios_governance::ApprovalState::Pending,
@@ -440,23 +441,22 @@ impl Governance {
         approval: ApprovalId,
         requester: AgentId,
         run: RunId,
-    ) -> Result<ApprovalState, String> {
+    ) -> Result<ApprovalState, ApprovalError> {
         let approvals = self.approvals()?;
         let who = Principal::Agent(requester);
         let mut id = approval;
         // an escalation chain is short; the bound only guards against a damaged store
         for _ in 0..16 {
-            let request = approvals.get(id).await.map_err(|e| e.to_string())?;
+            let request = approvals.get(id).await?;
             if request.requester != who {
-                return Err(format!("approval {id} was not requested by this agent"));
+                return Err(ApprovalError::NotRequester { id, by: who });
             }
             if request.run != Some(run) {
                 return Err(ApprovalError::WrongRun {
                     id,
                     owner: request.run.unwrap_or(run),
                     by: run,
-                }
-                .to_string());
+                });
             }
             use aios_governance::ApprovalState as S;
             let decision = match request.state {
@@ -504,7 +504,7 @@ impl Governance {
                         Err(ApprovalError::Rejected { reason, .. }) => {
                             return Ok(ApprovalState::Rejected(reason))
                         }
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(e),
                     }
                 }
             };
@@ -522,7 +522,10 @@ impl Governance {
                 ApprovalResponse::Reject { reason } => ApprovalState::Rejected(reason),
             });
         }
-        Err(format!("approval {approval} escalated more than 16 times"))
+        Err(ApprovalError::Store(StoreError::Corrupt {
+            location: format!("approval {approval}"),
+            detail: "it escalated more than 16 times".into(),
+        }))
     }
 
     /// The deadline sweep of the approval service.

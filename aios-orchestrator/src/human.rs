@@ -29,7 +29,7 @@ impl TaskContext<'_> {
         };
         match existing {
             Some(CallRecord::Answered { answer }) => Ok(answer),
-            Some(CallRecord::Refused { reason }) => Err(AgentError::Rejected {
+            Some(CallRecord::Refused { reason, .. }) => Err(AgentError::Rejected {
                 action: ACTION.to_string(),
                 reason,
             }),
@@ -66,9 +66,10 @@ impl TaskContext<'_> {
                 match refused {
                     Some(reason) => {
                         let reason = format!("rejected: {reason}");
-                        let entry = record(CallRecord::Refused {
-                            reason: reason.clone(),
-                        });
+                        let entry = record(CallRecord::refused(
+                            crate::state::RefusedBy::Human,
+                            reason.clone(),
+                        ));
                         self.driver.record(self.index, entry, false).await?;
                         Err(AgentError::Rejected {
                             action: ACTION.to_string(),

@@ -66,7 +66,7 @@ pub use runtime::{
     RunControl, RunOutcome, TickReport,
 };
 pub use state::{
-    CallKind, CallRecord, JournalEntry, RunState, RunStatus, TaskState, TaskStatus,
+    CallKind, CallRecord, JournalEntry, RefusedBy, RunState, RunStatus, TaskState, TaskStatus,
     RUN_STATE_SCHEMA,
 };
 pub use transcript::{render_transcript, TranscriptNames};

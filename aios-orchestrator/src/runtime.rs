@@ -773,9 +773,7 @@ impl<'o> Driver<'o> {
             self.o.gov.approval(to).await,
         ) {
             (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                return Err(self.fail(OrchestratorError::Approval(e.to_string())))
-            }
+            (Err(e), _) | (_, Err(e)) => return Err(self.fail(OrchestratorError::Approval(e))),
         };
         self.notify(
             old.anchor,
@@ -856,9 +854,10 @@ impl<'o> Driver<'o> {
         call: &crate::governed::GovernedCall,
     ) -> Result<(ApprovalId, bool), AgentError> {
         let proposed = serde_json::to_value(call).map_err(|e| {
-            self.fail(OrchestratorError::Approval(format!(
-                "the call cannot be proposed: {e}"
-            )))
+            self.fail(OrchestratorError::InvalidWorkflow {
+                workflow: String::new(),
+                detail: format!("the call `{}` cannot be proposed: {e}", call.action),
+            })
         })?;
         self.request_approval_of(role, agent, task, seq, ask, &call.action, proposed)
             .await
@@ -1764,7 +1763,7 @@ impl Orchestrator {
             .gov
             .pending()
             .await
-            .map_err(|e| OrchestratorError::Approval(e.to_string()))
+            .map_err(OrchestratorError::Approval)
     }
 
     /// The approval requests waiting for a human, as a human reads them, oldest first: the
@@ -1832,7 +1831,7 @@ impl Orchestrator {
             .gov
             .submit(approval, by, response)
             .await
-            .map_err(|e| OrchestratorError::Approval(e.to_string()))?
+            .map_err(OrchestratorError::Approval)?
             .ok_or(OrchestratorError::UnknownApproval(approval))?;
         self.resume(run).await
     }
@@ -1853,7 +1852,7 @@ impl Orchestrator {
             .gov
             .sweep()
             .await
-            .map_err(|e| OrchestratorError::Approval(e.to_string()))?;
+            .map_err(OrchestratorError::Approval)?;
         let mut report = TickReport::default();
         for e in &expired {
             match e.escalated_to {

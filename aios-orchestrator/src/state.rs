@@ -121,16 +121,49 @@ pub enum CallRecord {
         /// The result of the approved call (absent while it is being performed).
         result: Option<Box<CallRecord>>,
     },
-    /// The call was refused (by governance, a budget or a human); replay refuses it again.
+    /// The call was refused (by governance, a budget or a human); replay refuses it again,
+    /// with the same kind of error.
     Refused {
         /// Why.
         reason: String,
+        /// Who refused it.
+        #[serde(default)]
+        by: RefusedBy,
+        /// The anchor it was escalated to, when `by` is [`RefusedBy::Escalation`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anchor: Option<aios_core::AnchorId>,
     },
     /// The call failed for good; replay fails it again.
     Failed {
         /// Why.
         reason: String,
     },
+}
+
+/// Who refused a journaled call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusedBy {
+    /// Governance denied it (a rule, a limit, the charter, a malformed request).
+    #[default]
+    Governance,
+    /// A human rejected it, or nobody answered in time.
+    Human,
+    /// A budget refused its reservation.
+    Budget,
+    /// A rule escalated it to an anchor and halted it.
+    Escalation,
+}
+
+impl CallRecord {
+    /// A refusal by `by`, for `reason`.
+    pub(crate) fn refused(by: RefusedBy, reason: impl Into<String>) -> Self {
+        CallRecord::Refused {
+            reason: reason.into(),
+            by,
+            anchor: None,
+        }
+    }
 }
 
 /// One call in a task's journal.

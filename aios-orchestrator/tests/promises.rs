@@ -1568,3 +1568,50 @@ fn the_inbox_shows_a_pending_approval_in_the_users_language() {
         chrono::Duration::hours(1)
     );
 }
+
+/// A refusal replays as the same kind of error it was, so an agent that handles a budget
+/// refusal takes the same branch after a resume (it used to come back as a denial).
+#[test]
+fn a_refusal_replays_as_the_error_it_was() {
+    let w = Pay::new();
+    let agent = FnAgent::new(|ctx, input| {
+        Box::pin(async move {
+            let big = ctx
+                .call(
+                    ConnectorRequest::new("bank", "pay", serde_json::json!({ "big": true }))
+                        .estimated_cost(Money::from_minor(200_000)),
+                )
+                .await;
+            let note = match big {
+                Err(aios_orchestrator::AgentError::BudgetExceeded { .. }) => "over budget",
+                Err(e) => return Err(e),
+                Ok(_) => "paid big",
+            };
+            // a smaller payment, which needs approval: the run parks and resumes here
+            ctx.call(
+                ConnectorRequest::new("bank", "pay", input.input.clone())
+                    .estimated_cost(Money::from_minor(50)),
+            )
+            .await?;
+            Ok(serde_json::json!(note))
+        })
+    });
+    let model = PAY_MODEL.replace(r#""max_cost_per_action": 1000, "#, "");
+    let orch = Orchestrator::builder(governor_from(&model))
+        .role(Role::new("payer", "paying", Arc::new(agent)).connector("bank"))
+        .connector(Arc::new(w.bank.clone()))
+        .clock(Arc::new(w.timer.clock().clone()))
+        .timer(Arc::new(w.timer.clone()))
+        .build()
+        .unwrap();
+    // the big payment is approved, then refused by the budget; the small one parks, is
+    // approved, and the run replays the big one's refusal as a budget refusal again
+    let mut outcome = block_on(orch.start(pay_invoice())).unwrap();
+    for _ in 0..2 {
+        let id = outcome.pending_approvals()[0];
+        outcome = block_on(orch.submit_approval(id, alice(), ApprovalResponse::Approve)).unwrap();
+    }
+    assert_eq!(outcome.status, RunStatus::Completed, "{:?}", outcome.status);
+    assert_eq!(outcome.outputs["pay"], "over budget");
+    assert_eq!(w.bank.effects().len(), 1, "only the small payment");
+}

@@ -67,9 +67,9 @@ fn redact_value(value: &mut serde_json::Value, secret: &str) {
         _ => {}
     }
 }
+use crate::driver::Driver;
 use crate::role::Role;
 use crate::router::RouteStep;
-use crate::runtime::Driver;
 use crate::state::{CallKind, CallRecord, JournalEntry, RefusedBy};
 
 /// A connector call an agent asks for, with what governance needs to judge it.

@@ -17,9 +17,9 @@ use aios_governance::{
 };
 use parking_lot::{Mutex, RwLock};
 
+use crate::builder::OrchestratorBuilder;
 use crate::governed::GovernedCall;
 use crate::role::Role;
-use crate::runtime::OrchestratorBuilder;
 
 pub(crate) use aios_governance::Usage;
 

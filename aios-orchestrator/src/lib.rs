@@ -25,8 +25,10 @@
 //! Features: `testing` adds the checkpoint store conformance suite and a fault-injecting store.
 
 mod agent;
+mod builder;
 mod checkpoint;
 mod context;
+mod driver;
 mod error;
 mod gate;
 mod governed;
@@ -45,6 +47,7 @@ mod transcript;
 pub mod testing;
 
 pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
+pub use builder::OrchestratorBuilder;
 pub use checkpoint::{
     lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore,
     InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
@@ -62,8 +65,8 @@ pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
-    CheckpointMode, Orchestrator, OrchestratorBuilder, OrchestratorConfig, PendingApproval,
-    RunControl, RunOutcome, TickReport,
+    CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
+    TickReport,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RefusedBy, RunState, RunStatus, TaskState, TaskStatus,

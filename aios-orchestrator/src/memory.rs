@@ -10,9 +10,9 @@ use aios_memory::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::builder::OrchestratorBuilder;
 use crate::context::{hash_of, TaskContext};
 use crate::error::AgentError;
-use crate::runtime::OrchestratorBuilder;
 use crate::state::{CallKind, CallRecord, JournalEntry};
 
 /// How the orchestrator gives agents memory.

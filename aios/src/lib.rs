@@ -96,6 +96,10 @@ pub mod guides {
     pub mod connector {}
     #[doc = include_str!("../guides/approvals.md")]
     pub mod operating_approvals {}
+    #[doc = include_str!("../guides/model_backend.md")]
+    pub mod model_backend {}
+    #[doc = include_str!("../guides/manifest.md")]
+    pub mod manifest {}
 }
 
 /// The README's examples, compiled and run as doctests.

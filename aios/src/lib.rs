@@ -100,6 +100,9 @@ pub mod guides {
     pub mod model_backend {}
     #[doc = include_str!("../guides/manifest.md")]
     pub mod manifest {}
+    #[cfg(all(feature = "testing", feature = "orchestrator"))]
+    #[doc = include_str!("../guides/storage_backend.md")]
+    pub mod storage_backend {}
 }
 
 /// The README's examples, compiled and run as doctests.

@@ -18,6 +18,14 @@ use crate::graph::{TaskName, TaskSpec};
 use crate::notify::{NotificationKind, RunEvent};
 use crate::reliability::retry;
 
+/// What a connector declares for one operation, without copying the declaration.
+#[derive(Debug, Clone, Copy)]
+struct OpFacts {
+    effect: EffectClass,
+    idempotent: bool,
+    default_cost: Money,
+}
+
 /// A human's approval of a parked call, as it is carried into the decision made again.
 #[derive(Debug, Clone, Copy)]
 struct Approved {
@@ -392,7 +400,12 @@ impl<'r> TaskContext<'r> {
         c: &ConnectorRequest,
         input: &serde_json::Value,
     ) -> std::collections::BTreeMap<String, serde_json::Value> {
-        self.spec(c)
+        let Some(d) = self.driver.connector(&c.connector).map(|k| k.descriptor()) else {
+            return Default::default();
+        };
+        d.operations
+            .iter()
+            .find(|o| o.name == c.operation)
             .map(|s| {
                 s.governed
                     .iter()
@@ -822,10 +835,23 @@ impl<'r> TaskContext<'r> {
     /// What the connector declares for the operation of `c`: `None` if the connector is
     /// unknown or does not declare that operation (then the call is treated as irreversible,
     /// not idempotent and free, and refused before it reaches anything).
-    fn spec(&self, c: &ConnectorRequest) -> Option<aios_core::OperationSpec> {
-        self.driver
-            .connector(&c.connector)
-            .and_then(|k| k.descriptor().operation(&c.operation))
+    fn spec(&self, c: &ConnectorRequest) -> Option<OpFacts> {
+        let d = self.driver.connector(&c.connector)?.descriptor();
+        if d.operations.is_empty() {
+            return Some(OpFacts {
+                effect: d.effect,
+                idempotent: d.idempotent,
+                default_cost: d.default_cost,
+            });
+        }
+        d.operations
+            .iter()
+            .find(|o| o.name == c.operation)
+            .map(|o| OpFacts {
+                effect: o.effect,
+                idempotent: o.idempotent,
+                default_cost: o.default_cost,
+            })
     }
 
     /// Whether an interrupted call of `op` may have taken effect without a way to deduplicate.

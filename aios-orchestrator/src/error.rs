@@ -80,12 +80,16 @@ pub enum OrchestratorError {
         detail: String,
     },
     /// A task names a role that is not registered.
-    #[error("task `{task}` names role {role:?}, which is not registered (roles are `RoleId::from_name(name)`)")]
+    #[error("task `{task}` names {named}, which is not registered with the orchestrator (registered: {registered}; a task names a role by `RoleId::from_name(key)`)")]
     UnknownRole {
         /// The task.
         task: String,
         /// The role it names.
         role: aios_core::RoleId,
+        /// The role as the error names it: its key when the governance model knows it.
+        named: String,
+        /// The registered roles, by name.
+        registered: String,
     },
     /// No such run.
     #[error("no run {0}")]

@@ -211,9 +211,32 @@ impl Orchestrator {
         let deps = workflow.validate()?;
         for t in &workflow.tasks {
             if !self.inner.roles.contains_key(&t.role) {
+                let governor = self.inner.gov.current();
+                let named = governor
+                    .model()
+                    .roles
+                    .iter()
+                    .find(|r| aios_core::RoleId::from_name(&r.key) == t.role)
+                    .map(|r| format!("role `{}`", r.key))
+                    .unwrap_or_else(|| {
+                        format!("role {:?} (not in the governance model either)", t.role)
+                    });
+                let mut registered: Vec<String> = self
+                    .inner
+                    .roles
+                    .values()
+                    .map(|r| format!("`{}`", r.name))
+                    .collect();
+                registered.sort();
                 return Err(OrchestratorError::UnknownRole {
                     task: t.name.to_string(),
                     role: t.role,
+                    named,
+                    registered: if registered.is_empty() {
+                        "none".into()
+                    } else {
+                        registered.join(", ")
+                    },
                 });
             }
         }

@@ -92,3 +92,21 @@ fn a_complete_set_up_builds() {
         .build()
         .is_ok());
 }
+
+#[test]
+fn a_task_for_an_unregistered_role_is_refused_naming_the_role_and_the_registered_ones() {
+    let world = World::new();
+    let orch = newsletter_roles()
+        .into_iter()
+        .filter(|r| r.name != "writer")
+        .fold(builder(&world), |b, r| b.role(r))
+        .build()
+        .unwrap();
+    let err = futures::executor::block_on(orch.start(newsletter())).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("task `draft` names role `writer`")
+            && text.contains("registered: `outreach`, `researcher`"),
+        "{text}"
+    );
+}

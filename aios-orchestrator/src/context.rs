@@ -37,6 +37,29 @@ struct Approved {
     edited: bool,
 }
 
+/// The error a refusal by `by` is, whether just made or replayed from the journal.
+fn refusal(
+    by: RefusedBy,
+    anchor: Option<aios_core::AnchorId>,
+    action: &str,
+    reason: String,
+) -> AgentError {
+    let action = action.to_string();
+    match (by, anchor) {
+        (RefusedBy::Human, _) => AgentError::Rejected { action, reason },
+        (RefusedBy::Budget, _) => AgentError::BudgetExceeded {
+            action,
+            detail: reason,
+        },
+        (RefusedBy::Escalation, Some(anchor)) => AgentError::Escalated {
+            action,
+            anchor,
+            reason,
+        },
+        _ => AgentError::Denied { action, reason },
+    }
+}
+
 /// A connector failure as text, with any credential removed.
 struct RedactedError(String);
 
@@ -500,13 +523,17 @@ impl<'r> TaskContext<'r> {
                         self.driver.anchor_name(ask.anchor),
                         a.by
                     );
-                    self.refuse(seq, kind, hash, &action, reason).await
+                    self.refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                        .await
                 }
                 None => self.park(seq, kind, hash, op, call, &ask).await,
             },
             Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
             Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
-            Gate::Deny { reason } => self.refuse(seq, kind, hash, &action, reason).await,
+            Gate::Deny { reason } => {
+                self.refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                    .await
+            }
             Gate::Halt { anchor, reason } => {
                 self.driver.escalate(anchor, &self.name, &reason).await?;
                 self.record(
@@ -530,26 +557,26 @@ impl<'r> TaskContext<'r> {
         }
     }
 
+    /// Journals a refusal of call `seq` by `by` and returns it as the error it is (the same
+    /// error a replay returns).
     async fn refuse(
         &self,
         seq: u32,
         kind: CallKind,
         hash: &str,
         action: &str,
+        by: RefusedBy,
         reason: String,
     ) -> Result<CallRecord, AgentError> {
         self.record(
             seq,
             kind,
             hash,
-            CallRecord::refused(RefusedBy::Governance, reason.clone()),
+            CallRecord::refused(by, reason.clone()),
             false,
         )
         .await?;
-        Err(AgentError::Denied {
-            action: action.to_string(),
-            reason,
-        })
+        Err(refusal(by, None, action, reason))
     }
 
     /// Asks for the approval and parks the run on it.
@@ -631,20 +658,7 @@ impl<'r> TaskContext<'r> {
                     RefusedBy::Governance if reason.starts_with("rejected") => RefusedBy::Human,
                     by => by,
                 };
-                let action = action.to_string();
-                Err(match (by, anchor) {
-                    (RefusedBy::Human, _) => AgentError::Rejected { action, reason },
-                    (RefusedBy::Budget, _) => AgentError::BudgetExceeded {
-                        action,
-                        detail: reason,
-                    },
-                    (RefusedBy::Escalation, Some(anchor)) => AgentError::Escalated {
-                        action,
-                        anchor,
-                        reason,
-                    },
-                    _ => AgentError::Denied { action, reason },
-                })
+                Err(refusal(by, anchor, action, reason))
             }
             CallRecord::Failed { reason } => Err(match kind {
                 CallKind::Model => AgentError::Model(reason),
@@ -747,7 +761,9 @@ impl<'r> TaskContext<'r> {
                     Ok(edited) => edited,
                     Err(problem) => {
                         let reason = format!("the edit by `{by}` is refused: {problem}");
-                        return self.refuse(seq, kind, hash, &action, reason).await;
+                        return self
+                            .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                            .await;
                     }
                 };
                 let op = match op {
@@ -762,7 +778,9 @@ impl<'r> TaskContext<'r> {
                             let reason = format!(
                                 "the edit by `{by}` is refused: the edited input is not a model request: {e}"
                             );
-                            return self.refuse(seq, kind, hash, &action, reason).await;
+                            return self
+                                .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                                .await;
                         }
                     },
                 };
@@ -772,7 +790,9 @@ impl<'r> TaskContext<'r> {
                     let reason = format!(
                         "the edit by `{by}` is refused: a model call costs its price; edit its request instead"
                     );
-                    return self.refuse(seq, kind, hash, &action, reason).await;
+                    return self
+                        .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                        .await;
                 }
                 // the cost is worked out again as for the first call: never below the price
                 // of the edited request or the connector's declared default
@@ -807,27 +827,13 @@ impl<'r> TaskContext<'r> {
             ApprovalState::Expired(anchor) => {
                 self.driver.timed_out(&self.name, anchor, approval).await;
                 let reason = format!("rejected: {}", crate::gate::EXPIRED);
-                self.record(
-                    seq,
-                    kind,
-                    hash,
-                    CallRecord::refused(RefusedBy::Human, reason.clone()),
-                    false,
-                )
-                .await?;
-                Err(AgentError::Rejected { action, reason })
+                self.refuse(seq, kind, hash, &action, RefusedBy::Human, reason)
+                    .await
             }
             ApprovalState::Rejected(reason) => {
                 let reason = format!("rejected: {reason}");
-                self.record(
-                    seq,
-                    kind,
-                    hash,
-                    CallRecord::refused(RefusedBy::Human, reason.clone()),
-                    false,
-                )
-                .await?;
-                Err(AgentError::Rejected { action, reason })
+                self.refuse(seq, kind, hash, &action, RefusedBy::Human, reason)
+                    .await
             }
         }
     }
@@ -947,18 +953,9 @@ impl<'r> TaskContext<'r> {
                         )
                         .await?;
                 }
-                self.record(
-                    seq,
-                    kind,
-                    hash,
-                    CallRecord::refused(RefusedBy::Budget, detail.clone()),
-                    false,
-                )
-                .await?;
-                return Err(AgentError::BudgetExceeded {
-                    action: action.to_string(),
-                    detail,
-                });
+                return self
+                    .refuse(seq, kind, hash, action, RefusedBy::Budget, detail)
+                    .await;
             }
         };
         let marker = match approval {

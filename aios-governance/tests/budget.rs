@@ -2,14 +2,16 @@
 //! test of concurrent reservations from several threads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/budget_ops.rs"]
+mod budget_ops;
 mod common;
 
 use std::sync::Arc;
 
 use aios_core::{AgentId, AuditEvent, InMemoryAuditLog, ManualClock, Money, RoleId, RunId};
 use aios_governance::{
-    testing, testing::BudgetOp, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt,
-    BudgetLimits, InMemoryBudgetLedger, Limits, ReserveOptions, Usage,
+    testing, BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLedgerExt, BudgetLimits,
+    InMemoryBudgetLedger, Limits, ReserveOptions, Usage,
 };
 use proptest::prelude::*;
 
@@ -355,44 +357,12 @@ fn expired_reservation_stops_counting() {
     ));
 }
 
-fn budget_op() -> impl Strategy<Value = BudgetOp> {
-    prop_oneof![
-        1 => (any::<bool>(), 0i64..120).prop_map(|(run, limit)| BudgetOp::Limit { run, limit }),
-        4 => (
-            any::<bool>(),
-            0i64..40,
-            prop::option::of(0u8..4),
-            prop::option::of(0u16..30),
-        )
-            .prop_map(|(run, cost, key, ttl_secs)| BudgetOp::Reserve {
-                run,
-                cost,
-                key,
-                ttl_secs,
-            }),
-        3 => (0usize..64, 0i64..50).prop_map(|(nth, actual)| BudgetOp::Commit { nth, actual }),
-        1 => (0usize..64).prop_map(|nth| BudgetOp::Release { nth }),
-        2 => prop_oneof![0u32..20, Just(3_600u32)].prop_map(|secs| BudgetOp::Advance { secs }),
-        1 => Just(BudgetOp::Expire),
-        1 => Just(BudgetOp::ReleaseRun),
-        2 => Just(BudgetOp::Usage),
-    ]
-}
-
-/// Sequences that set the organisation's budget first, so most steps do something.
-fn budget_ops() -> impl Strategy<Value = Vec<BudgetOp>> {
-    (20i64..120, prop::collection::vec(budget_op(), 1..80)).prop_map(|(limit, mut ops)| {
-        ops.insert(0, BudgetOp::Limit { run: false, limit });
-        ops
-    })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// Reserve, commit, release, expiry and charge keys against the model of the contract.
     #[test]
-    fn in_memory_ledger_keeps_every_promise_of_the_model(ops in budget_ops()) {
+    fn in_memory_ledger_keeps_every_promise_of_the_model(ops in budget_ops::budget_ops()) {
         let done = futures::executor::block_on(testing::budget_ledger_against_model(&in_memory, &ops));
         prop_assert!(done >= 1);
     }

@@ -19,7 +19,8 @@ use aios::sqlite::SqliteStore;
 type Error = Box<dyn std::error::Error>;
 
 /// Mail and bank, one connector each, declared per operation: reading mail is read-only,
-/// sending is irreversible with the recipient governed, paying is irreversible.
+/// sending is irreversible with the recipient governed, paying is irreversible with the payee
+/// governed and the amount it moves read from the input.
 #[derive(Debug)]
 struct Office {
     descriptor: ConnectorDescriptor,
@@ -40,7 +41,9 @@ impl Office {
     fn bank() -> Self {
         Self::new(
             "bank",
-            vec![OperationSpec::new("pay", EffectClass::Irreversible).governs("payee", "/payee")],
+            vec![OperationSpec::new("pay", EffectClass::Irreversible)
+                .governs("payee", "/payee")
+                .moves_money("/amount")],
         )
     }
 
@@ -97,7 +100,7 @@ fn workflow() -> Workflow {
         .task(TaskSpec::new(
             "pay supplier",
             assistant,
-            serde_json::json!({ "do": "pay", "payee": "printshop", "amount": 15000 }),
+            serde_json::json!({ "do": "pay", "payee": "printshop", "amount": "250.00" }),
         ))
 }
 
@@ -125,16 +128,12 @@ fn assistant() -> Role {
                     Ok(out.output)
                 }
                 _ => {
-                    let amount = input.input["amount"].as_i64().unwrap_or(0);
+                    let invoice = serde_json::json!({
+                        "payee": input.input["payee"],
+                        "amount": input.input["amount"],
+                    });
                     let out = ctx
-                        .call(
-                            ConnectorRequest::new(
-                                "bank",
-                                "pay",
-                                serde_json::json!({ "payee": input.input["payee"], "amount": amount }),
-                            )
-                            .estimated_cost(Money::from_minor(amount)),
-                        )
+                        .call(ConnectorRequest::new("bank", "pay", invoice))
                         .await?;
                     Ok(out.output)
                 }
@@ -220,10 +219,11 @@ async fn main() -> Result<(), Error> {
         let (who, answer) = if p.action == "mail.send" {
             ("alice", ApprovalResponse::Approve)
         } else {
-            // five times the charter's per-action ceiling: governed again, and refused
+            // five times what the charter lets one action move: governed again, and refused
+            let edited = serde_json::json!({ "payee": "printshop", "amount": "5000.00" });
             (
                 "bob",
-                ApprovalResponse::Edit(serde_json::json!({ "cost": 500000 })),
+                ApprovalResponse::Edit(serde_json::json!({ "input": edited })),
             )
         };
         let outcome = orch

@@ -122,6 +122,7 @@ impl ConnectorDescriptor {
                 idempotent: self.idempotent,
                 default_cost: self.default_cost,
                 governed: vec![],
+                amount: None,
             });
         }
         self.operations
@@ -147,6 +148,12 @@ pub struct OperationSpec {
     /// (so `context_equals` rules and custom policies see the recipient or the payee).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub governed: Vec<GovernedField>,
+    /// Where the money the operation moves is in its input (a payment's amount): governance
+    /// decides on it apart from the call's cost (`amount_above`, `max_amount_per_action`) and
+    /// the `payments` budget dimension counts it. A call whose input lacks it, or holds
+    /// something that is not an amount, is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<AmountField>,
 }
 
 impl OperationSpec {
@@ -158,6 +165,7 @@ impl OperationSpec {
             idempotent: true,
             default_cost: Money::ZERO,
             governed: vec![],
+            amount: None,
         }
     }
 
@@ -181,6 +189,99 @@ impl OperationSpec {
         });
         self
     }
+
+    /// Declares that the operation moves the amount at JSON pointer `pointer`, written in
+    /// major units: a decimal string (`"250.00"`) or a number (`250`, `250.5`), with at most
+    /// two decimals.
+    pub fn moves_money(mut self, pointer: impl Into<String>) -> Self {
+        self.amount = Some(AmountField {
+            pointer: pointer.into(),
+            unit: AmountUnit::Major,
+        });
+        self
+    }
+
+    /// Declares that the operation moves the amount at JSON pointer `pointer`, written as an
+    /// integer of minor units (`25000` for 250.00).
+    pub fn moves_money_minor(mut self, pointer: impl Into<String>) -> Self {
+        self.amount = Some(AmountField {
+            pointer: pointer.into(),
+            unit: AmountUnit::Minor,
+        });
+        self
+    }
+
+    /// The money a call with `input` moves: zero when the operation declares no amount, an
+    /// error naming the field when it declares one the input lacks or holds wrongly.
+    ///
+    /// ```
+    /// use aios_core::{EffectClass, Money, OperationSpec};
+    /// let pay = OperationSpec::new("pay", EffectClass::Irreversible).moves_money("/amount");
+    /// let input = serde_json::json!({ "payee": "acme", "amount": "250.00" });
+    /// assert_eq!(pay.amount_in(&input), Ok(Money::from_minor(25_000)));
+    /// assert_eq!(pay.amount_in(&serde_json::json!({ "amount": 12.5 })), Ok(Money::from_minor(1_250)));
+    /// assert!(pay.amount_in(&serde_json::json!({ "payee": "acme" })).is_err());
+    /// assert!(pay.amount_in(&serde_json::json!({ "amount": "-5" })).is_err());
+    /// ```
+    pub fn amount_in(&self, input: &serde_json::Value) -> Result<Money, String> {
+        let Some(field) = &self.amount else {
+            return Ok(Money::ZERO);
+        };
+        let at = format!(
+            "input field `{}` of operation `{}`",
+            field.pointer, self.name
+        );
+        let value = input.pointer(&field.pointer).ok_or_else(|| {
+            format!("{at} is missing: the operation moves money and says how much there")
+        })?;
+        let amount = match (field.unit, value) {
+            (AmountUnit::Major, serde_json::Value::String(s)) => {
+                s.parse::<Money>().map_err(|e| format!("{at}: {e}"))?
+            }
+            (AmountUnit::Major, serde_json::Value::Number(n)) => n
+                .to_string()
+                .parse::<Money>()
+                .map_err(|e| format!("{at}: {e}"))?,
+            (AmountUnit::Minor, serde_json::Value::Number(n)) => Money::from_minor(
+                n.as_i64()
+                    .ok_or_else(|| format!("{at}: `{n}` is not a whole number of minor units"))?,
+            ),
+            (unit, other) => {
+                return Err(format!(
+                    "{at}: expected {}, got `{other}`",
+                    match unit {
+                        AmountUnit::Major => "an amount like \"250.00\"",
+                        AmountUnit::Minor => "a whole number of minor units",
+                    }
+                ))
+            }
+        };
+        if amount.is_negative() {
+            return Err(format!("{at}: `{amount}` is negative"));
+        }
+        Ok(amount)
+    }
+}
+
+/// Where in an operation's input the money it moves is (see [`OperationSpec::moves_money`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmountField {
+    /// A JSON pointer (RFC 6901) into the input: `/amount`.
+    pub pointer: String,
+    /// How the amount is written.
+    #[serde(default)]
+    pub unit: AmountUnit,
+}
+
+/// How an amount is written in an operation's input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmountUnit {
+    /// Major units with at most two decimals: `"250.00"`, `250`, `250.5`.
+    #[default]
+    Major,
+    /// A whole number of minor units: `25000`.
+    Minor,
 }
 
 /// An input field governance decides on.

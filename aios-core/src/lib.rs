@@ -61,9 +61,9 @@ pub use audit::{
 };
 pub use clock::{to_nanos, Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{
-    Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorId, ConnectorOutput,
-    EffectClass, GovernedField, IdempotencyKey, OperationSpec, PermissionScope, RecordedEffect,
-    RecordingConnector,
+    AmountField, AmountUnit, Connector, ConnectorCall, ConnectorDescriptor, ConnectorError,
+    ConnectorId, ConnectorOutput, EffectClass, GovernedField, IdempotencyKey, OperationSpec,
+    PermissionScope, RecordedEffect, RecordingConnector,
 };
 pub use embed::{cosine, EmbedError, Embedder, Embedding, HashEmbedder};
 pub use error::{StoreError, Transience};
@@ -75,7 +75,7 @@ pub use model::{
     FinishReason, Message, MessageRole, ModelBackend, ModelError, ModelId, ModelRequest,
     ModelResponse, ScriptedModel, ToolCall, ToolSpec,
 };
-pub use money::{ModelPrice, Money, PriceTable, TokenUsage};
+pub use money::{ModelPrice, Money, MoneyParseError, PriceTable, TokenUsage};
 pub use principal::Principal;
 pub use rng::{os_seed, SeededRng};
 #[cfg(feature = "tokio")]

@@ -13,16 +13,102 @@ use crate::ModelId;
 /// Arithmetic saturates instead of wrapping; use the `checked_*` methods where an overflow
 /// must be detected.
 ///
+/// It is written as an integer of minor units (`20000`), and read from either that or a
+/// decimal string of major units with at most two decimals (`"200.00"`, `"200"`, `"0.5"`),
+/// so a manifest may say `amount_above = "200.00"`.
+///
 /// ```
 /// use aios_core::Money;
 /// let a = Money::from_minor(1_250);
 /// assert_eq!((a + Money::from_minor(5)).to_string(), "12.55");
+/// assert_eq!("200.00".parse::<Money>().unwrap(), Money::from_minor(20_000));
+/// let m: Money = serde_json::from_str("\"12.5\"").unwrap();
+/// assert_eq!(m, Money::from_minor(1_250));
+/// assert!("12.345".parse::<Money>().is_err());
 /// ```
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Money(i64);
+
+/// A string is not an amount of money.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{input}` is not an amount of money: {problem} (write it like `200.00`)")]
+pub struct MoneyParseError {
+    /// What was read.
+    pub input: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
+impl std::str::FromStr for Money {
+    type Err = MoneyParseError;
+
+    /// Reads a decimal amount of major units: an optional `-`, digits, and optionally a `.`
+    /// with one or two digits (`"200.00"`, `"-3.5"`, `"7"`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |problem| MoneyParseError {
+            input: s.to_string(),
+            problem,
+        };
+        let t = s.trim();
+        let (negative, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let (whole, frac) = match digits.split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (digits, ""),
+        };
+        if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("expected digits before the decimal point"));
+        }
+        if digits.contains('.') && frac.is_empty() {
+            return Err(err("expected digits after the decimal point"));
+        }
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err("expected digits after the decimal point"));
+        }
+        if frac.len() > 2 {
+            return Err(err("more than two decimals"));
+        }
+        let cents = match frac.len() {
+            0 => 0,
+            1 => i64::from(frac.as_bytes()[0] - b'0') * 10,
+            _ => i64::from(frac.as_bytes()[0] - b'0') * 10 + i64::from(frac.as_bytes()[1] - b'0'),
+        };
+        let minor = whole
+            .parse::<i64>()
+            .ok()
+            .and_then(|w| w.checked_mul(100))
+            .and_then(|w| w.checked_add(cents))
+            .ok_or_else(|| err("too large"))?;
+        Ok(Money(if negative { -minor } else { minor }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Money;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an integer of minor units (20000) or a decimal string (\"200.00\")")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Money, E> {
+                Ok(Money(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
+                i64::try_from(v)
+                    .map(Money)
+                    .map_err(|_| E::custom("amount of money too large"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Money, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl Money {
     /// Nothing.
@@ -212,6 +298,43 @@ mod tests {
             p.cost(TokenUsage::new(2_000_000, 1_000_000)),
             Money::from_minor(7)
         );
+    }
+
+    #[test]
+    fn money_parses_decimal_strings_and_refuses_the_rest() {
+        for (text, minor) in [
+            ("200.00", 20_000),
+            ("200", 20_000),
+            ("0.5", 50),
+            ("-3.07", -307),
+            (" 12.30 ", 1_230),
+        ] {
+            assert_eq!(
+                text.parse::<Money>(),
+                Ok(Money::from_minor(minor)),
+                "{text}"
+            );
+        }
+        for text in [
+            "",
+            ".5",
+            "5.",
+            "1.234",
+            "1,00",
+            "abc",
+            "--1",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            assert!(text.parse::<Money>().is_err(), "{text} parsed");
+        }
+        let m: Money = serde_json::from_str("1234").unwrap();
+        assert_eq!(m, Money::from_minor(1_234));
+        assert!(
+            serde_json::from_str::<Money>("1.5").is_err(),
+            "a float is ambiguous"
+        );
+        assert_eq!(serde_json::to_string(&Money::from_minor(5)).unwrap(), "5");
     }
 
     #[test]

@@ -45,12 +45,18 @@ impl std::fmt::Display for BudgetKey {
     }
 }
 
+/// How many dimensions a budget limits ([`Dimension::ALL`]).
+pub const DIMENSIONS: usize = 5;
+
 /// A dimension a budget limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
-    /// Money, in minor units.
+    /// Money spent (model and tool costs), in minor units.
     Cost,
+    /// Money moved by actions (payments, transfers), in minor units: not spend, limited
+    /// separately.
+    Payments,
     /// Model tokens.
     Tokens,
     /// Connector and tool calls.
@@ -61,17 +67,19 @@ pub enum Dimension {
 
 impl Dimension {
     /// Every dimension, in index order.
-    pub const ALL: [Dimension; 4] = [
+    pub const ALL: [Dimension; DIMENSIONS] = [
         Dimension::Cost,
+        Dimension::Payments,
         Dimension::Tokens,
         Dimension::ToolCalls,
         Dimension::RiskPoints,
     ];
 
-    /// The dimension's name (`cost`, `tokens`, `tool_calls`, `risk_points`).
+    /// The dimension's name (`cost`, `payments`, `tokens`, `tool_calls`, `risk_points`).
     pub fn name(&self) -> &'static str {
         match self {
             Dimension::Cost => "cost",
+            Dimension::Payments => "payments",
             Dimension::Tokens => "tokens",
             Dimension::ToolCalls => "tool_calls",
             Dimension::RiskPoints => "risk_points",
@@ -88,8 +96,11 @@ impl std::fmt::Display for Dimension {
 /// An amount in every dimension.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Usage {
-    /// Money.
+    /// Money spent.
     pub cost: Money,
+    /// Money moved.
+    #[serde(default)]
+    pub payments: Money,
     /// Tokens.
     pub tokens: u64,
     /// Tool calls.
@@ -102,19 +113,27 @@ impl Usage {
     /// Nothing.
     pub const ZERO: Usage = Usage {
         cost: Money::ZERO,
+        payments: Money::ZERO,
         tokens: 0,
         tool_calls: 0,
         risk_points: 0,
     };
 
-    /// Only money.
+    /// Only money spent.
     pub const fn cost(cost: Money) -> Self {
         Usage {
             cost,
+            payments: Money::ZERO,
             tokens: 0,
             tool_calls: 0,
             risk_points: 0,
         }
+    }
+
+    /// Sets the money moved.
+    pub const fn with_payments(mut self, payments: Money) -> Self {
+        self.payments = payments;
+        self
     }
 
     /// Sets the tokens.
@@ -140,11 +159,12 @@ impl Usage {
         self.to_array()[d as usize]
     }
 
-    /// The amounts by [`Dimension`] order (cost, tokens, tool calls, risk points), counts
-    /// clamped to `i64`: the representation ledgers do their arithmetic in.
-    pub fn to_array(self) -> [i64; 4] {
+    /// The amounts by [`Dimension`] order (cost, payments, tokens, tool calls, risk points),
+    /// counts clamped to `i64`: the representation ledgers do their arithmetic in.
+    pub fn to_array(self) -> [i64; DIMENSIONS] {
         [
             self.cost.minor(),
+            self.payments.minor(),
             clamp_u64(self.tokens),
             clamp_u64(self.tool_calls),
             clamp_u64(self.risk_points),
@@ -152,12 +172,13 @@ impl Usage {
     }
 
     /// The inverse of [`Usage::to_array`] (negative counts read as zero).
-    pub fn from_array(a: [i64; 4]) -> Self {
+    pub fn from_array(a: [i64; DIMENSIONS]) -> Self {
         Usage {
             cost: Money::from_minor(a[0]),
-            tokens: a[1].max(0) as u64,
-            tool_calls: a[2].max(0) as u64,
-            risk_points: a[3].max(0) as u64,
+            payments: Money::from_minor(a[1]),
+            tokens: a[2].max(0) as u64,
+            tool_calls: a[3].max(0) as u64,
+            risk_points: a[4].max(0) as u64,
         }
     }
 }
@@ -211,6 +232,7 @@ impl BudgetLimits {
         BudgetLimits {
             limits: Limits {
                 cost: min(self.limits.cost, other.limits.cost),
+                payments: min(self.limits.payments, other.limits.payments),
                 tokens: min(self.limits.tokens, other.limits.tokens),
                 tool_calls: min(self.limits.tool_calls, other.limits.tool_calls),
                 risk_points: min(self.limits.risk_points, other.limits.risk_points),
@@ -225,10 +247,11 @@ impl BudgetLimits {
     }
 
     /// The limits by [`Dimension`] order, `i64::MAX` where a dimension is not limited.
-    pub fn array(&self) -> [i64; 4] {
+    pub fn array(&self) -> [i64; DIMENSIONS] {
         let l = &self.limits;
         [
             l.cost.map_or(i64::MAX, |m| m.minor()),
+            l.payments.map_or(i64::MAX, |m| m.minor()),
             l.tokens.map_or(i64::MAX, clamp_u64),
             l.tool_calls.map_or(i64::MAX, clamp_u64),
             l.risk_points.map_or(i64::MAX, clamp_u64),
@@ -586,30 +609,30 @@ impl<T: BudgetLedger + ?Sized> BudgetLedgerExt for T {}
 struct Account {
     key: BudgetKey,
     limits: BudgetLimits,
-    limit: [i64; 4],
+    limit: [i64; DIMENSIONS],
     alerts: Vec<u32>,
     window: i64,
-    committed: [i64; 4],
-    reserved: [i64; 4],
+    committed: [i64; DIMENSIONS],
+    reserved: [i64; DIMENSIONS],
     /// Per dimension, a bit per alert threshold already reported in this window.
-    alerted: [u32; 4],
+    alerted: [u32; DIMENSIONS],
     /// Per dimension, the usage at which the next unreported threshold is crossed
     /// (`i64::MAX`: none), so the hot path compares once per dimension.
-    next_alert: [i64; 4],
+    next_alert: [i64; DIMENSIONS],
 }
 
 impl Account {
     fn roll(&mut self, window: i64) {
         if window != self.window {
             self.window = window;
-            self.committed = [0; 4];
-            self.alerted = [0; 4];
+            self.committed = [0; DIMENSIONS];
+            self.alerted = [0; DIMENSIONS];
             self.refresh_next_alerts();
         }
     }
 
     fn refresh_next_alerts(&mut self) {
-        for d in 0..4 {
+        for d in 0..DIMENSIONS {
             let limit = self.limit[d];
             self.next_alert[d] = if limit == i64::MAX {
                 i64::MAX
@@ -632,7 +655,7 @@ impl Account {
 
     fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
         let mut changed = false;
-        for d in 0..4 {
+        for d in 0..DIMENSIONS {
             let limit = self.limit[d];
             if limit == i64::MAX {
                 continue;
@@ -671,7 +694,7 @@ struct Live {
     n: u8,
     /// Whether it expired: it no longer counts in its accounts' `reserved`.
     expired: bool,
-    amount: [i64; 4],
+    amount: [i64; DIMENSIONS],
     run: Option<RunId>,
     /// When it expires, in nanoseconds since the epoch ([`nanos`]).
     expires: i64,
@@ -721,7 +744,7 @@ impl LedgerState {
             expired += 1;
             for &i in &live.accounts[..live.n as usize] {
                 let a = &mut self.accounts[i as usize];
-                for d in 0..4 {
+                for d in 0..DIMENSIONS {
                     a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
                 }
             }
@@ -853,7 +876,7 @@ impl InMemoryBudgetLedger {
                 a.roll(w);
                 a.limit = limit;
                 a.alerts = alerts;
-                a.alerted = [0; 4];
+                a.alerted = [0; DIMENSIONS];
                 a.limits = limits;
                 a.refresh_next_alerts();
             }
@@ -865,10 +888,10 @@ impl InMemoryBudgetLedger {
                     limit,
                     alerts,
                     window: w,
-                    committed: [0; 4],
-                    reserved: [0; 4],
-                    alerted: [0; 4],
-                    next_alert: [i64::MAX; 4],
+                    committed: [0; DIMENSIONS],
+                    reserved: [0; DIMENSIONS],
+                    alerted: [0; DIMENSIONS],
+                    next_alert: [i64::MAX; DIMENSIONS],
                 };
                 account.refresh_next_alerts();
                 st.accounts.push(account);
@@ -940,7 +963,7 @@ impl InMemoryBudgetLedger {
                     chrono::DateTime::from_timestamp_nanos(now_ns),
                 ));
             }
-            for d in 0..4 {
+            for d in 0..DIMENSIONS {
                 if a.limit[d] == i64::MAX {
                     continue;
                 }
@@ -959,7 +982,7 @@ impl InMemoryBudgetLedger {
         let mut alerts = Vec::new();
         for &i in &accounts[..n] {
             let a = &mut st.accounts[i as usize];
-            for d in 0..4 {
+            for d in 0..DIMENSIONS {
                 a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
             }
             a.check_alerts(&mut alerts);
@@ -1034,12 +1057,12 @@ impl InMemoryBudgetLedger {
                 a.roll(window(a.limits.period, t));
             }
             if !live.expired {
-                for d in 0..4 {
+                for d in 0..DIMENSIONS {
                     a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
                 }
             }
             if let Some(act) = act {
-                for d in 0..4 {
+                for d in 0..DIMENSIONS {
                     a.committed[d] = a.committed[d].saturating_add(act[d]);
                 }
                 a.check_alerts(&mut alerts);
@@ -1078,7 +1101,7 @@ impl InMemoryBudgetLedger {
             }
             for &i in &live.accounts[..live.n as usize] {
                 let a = &mut st.accounts[i as usize];
-                for d in 0..4 {
+                for d in 0..DIMENSIONS {
                     a.reserved[d] = a.reserved[d].saturating_sub(live.amount[d]);
                 }
             }

@@ -37,6 +37,8 @@ pub mod rules {
     pub const CHARTER_EFFECT: &str = "charter.max_effect";
     /// The cost is above the charter's limit.
     pub const CHARTER_COST: &str = "charter.max_cost_per_action";
+    /// The money the action moves is above the charter's limit.
+    pub const CHARTER_AMOUNT: &str = "charter.max_amount_per_action";
     /// The risk is above the charter's limit.
     pub const CHARTER_RISK: &str = "charter.max_risk";
     /// The confidence is below the charter's minimum.
@@ -47,6 +49,8 @@ pub mod rules {
     pub const EFFECT_NOT_DELEGATED: &str = "limits.effects";
     /// The cost is above the delegation's autonomy limit.
     pub const LIMIT_COST: &str = "limits.max_cost_per_action";
+    /// The money the action moves is above the delegation's autonomy limit.
+    pub const LIMIT_AMOUNT: &str = "limits.max_amount_per_action";
     /// The risk is above the delegation's autonomy limit.
     pub const LIMIT_RISK: &str = "limits.max_risk";
     /// The confidence is below the delegation's minimum.
@@ -86,8 +90,13 @@ pub struct ActionRequest {
     pub action: String,
     /// How far it reaches.
     pub effect: EffectClass,
-    /// What it is expected to cost.
+    /// What it is expected to cost (model and tool spend).
     pub estimated_cost: Money,
+    /// The money the action moves (a payment, a transfer, a refund), which is not what it
+    /// costs: limited by `max_amount_per_action`, `amount_above` triggers and the `payments`
+    /// budget dimension. Zero for actions that move no money.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub amount: Money,
     /// A risk score from 0 to 100.
     pub risk: u32,
     /// How confident the agent is, from 0.0 to 1.0, if it knows.
@@ -116,6 +125,7 @@ impl ActionRequest {
             action: action.into(),
             effect: EffectClass::Irreversible,
             estimated_cost: Money::ZERO,
+            amount: Money::ZERO,
             risk: 0,
             confidence: None,
             context: BTreeMap::new(),
@@ -132,6 +142,12 @@ impl ActionRequest {
     /// Sets the estimated cost.
     pub fn with_cost(mut self, cost: Money) -> Self {
         self.estimated_cost = cost;
+        self
+    }
+
+    /// Sets the money the action moves.
+    pub fn with_amount(mut self, amount: Money) -> Self {
+        self.amount = amount;
         self
     }
 
@@ -306,6 +322,13 @@ pub enum Condition {
         /// The request's estimate.
         actual: Money,
     },
+    /// The money moved is above the threshold.
+    AmountAbove {
+        /// The threshold.
+        threshold: Money,
+        /// The money the request moves.
+        actual: Money,
+    },
     /// The risk is above the limit.
     RiskAbove {
         /// The limit.
@@ -376,6 +399,9 @@ impl std::fmt::Display for Condition {
             }
             Condition::CostAbove { threshold, actual } => {
                 write!(f, "estimated cost {actual} > {threshold}")
+            }
+            Condition::AmountAbove { threshold, actual } => {
+                write!(f, "amount moved {actual} > {threshold}")
             }
             Condition::RiskAbove { threshold, actual } => write!(f, "risk {actual} > {threshold}"),
             Condition::RiskAtLeast { threshold, actual } => {
@@ -577,4 +603,8 @@ pub fn check_action_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn is_zero(m: &Money) -> bool {
+    *m == Money::ZERO
 }

@@ -202,6 +202,12 @@ impl Differ {
             (old.max_cost_per_action, old.max_risk, old.min_confidence),
             (new.max_cost_per_action, new.max_risk, new.min_confidence),
         );
+        self.limit(
+            format!("{at}.max_amount_per_action"),
+            old.max_amount_per_action,
+            new.max_amount_per_action,
+            Up::Loosens,
+        );
     }
 
     /// The per-action ceilings shared by the charter's boundaries and a pathway's limits:
@@ -274,6 +280,12 @@ impl Differ {
             (old.max_cost_per_action, old.max_risk, old.min_confidence),
             (new.max_cost_per_action, new.max_risk, new.min_confidence),
         );
+        self.limit(
+            format!("{at}.max_amount_per_action"),
+            old.max_amount_per_action,
+            new.max_amount_per_action,
+            Up::Loosens,
+        );
     }
 
     fn trigger(&mut self, at: &str, old: &Trigger, new: &Trigger) {
@@ -281,6 +293,12 @@ impl Differ {
             format!("{at}.cost_above"),
             old.cost_above,
             new.cost_above,
+            false,
+        );
+        self.threshold(
+            format!("{at}.amount_above"),
+            old.amount_above,
+            new.amount_above,
             false,
         );
         self.threshold(
@@ -429,6 +447,12 @@ impl Differ {
         }
         let (o, n): (&Limits, &Limits) = (&old.limits, &new.limits);
         self.limit(format!("{at}.limits.cost"), o.cost, n.cost, Up::Loosens);
+        self.limit(
+            format!("{at}.limits.payments"),
+            o.payments,
+            n.payments,
+            Up::Loosens,
+        );
         self.limit(
             format!("{at}.limits.tokens"),
             o.tokens,

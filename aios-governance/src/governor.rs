@@ -115,6 +115,7 @@ pub enum PolicyOutcome {
 #[derive(Debug)]
 struct CompiledTrigger {
     cost_above: Option<Money>,
+    amount_above: Option<Money>,
     risk_at_least: Option<u32>,
     confidence_below: Option<f32>,
     effect_at_least: Option<EffectClass>,
@@ -126,6 +127,7 @@ impl CompiledTrigger {
     fn new(t: &Trigger) -> Self {
         Self {
             cost_above: t.cost_above,
+            amount_above: t.amount_above,
             risk_at_least: t.risk_at_least,
             confidence_below: t.confidence_below,
             effect_at_least: t.effect_at_least,
@@ -141,6 +143,7 @@ impl CompiledTrigger {
     /// Whether every condition holds; cheap, allocation-free.
     fn matches(&self, req: &ActionRequest) -> bool {
         self.cost_above.is_none_or_gt(req.estimated_cost)
+            && self.amount_above.is_none_or_gt(req.amount)
             && self.risk_at_least.map_or(true, |t| req.risk >= t)
             && self
                 .confidence_below
@@ -160,6 +163,12 @@ impl CompiledTrigger {
             out.push(Condition::CostAbove {
                 threshold: t,
                 actual: req.estimated_cost,
+            });
+        }
+        if let Some(t) = self.amount_above {
+            out.push(Condition::AmountAbove {
+                threshold: t,
+                actual: req.amount,
             });
         }
         if let Some(t) = self.risk_at_least {
@@ -226,6 +235,7 @@ struct CompiledPathway {
     actions: FxHashSet<String>,
     effects: u8,
     max_cost: Option<Money>,
+    max_amount: Option<Money>,
     max_risk: Option<u32>,
     min_confidence: Option<f32>,
     limits_verdict: Verdict,
@@ -237,6 +247,7 @@ struct CompiledCharter {
     forbidden: FxHashSet<String>,
     max_effect: Option<EffectClass>,
     max_cost: Option<Money>,
+    max_amount: Option<Money>,
     max_risk: Option<u32>,
     min_confidence: Option<f32>,
 }
@@ -407,6 +418,7 @@ impl Governor {
             forbidden: b.forbidden_actions.iter().cloned().collect(),
             max_effect: b.max_effect,
             max_cost: b.max_cost_per_action,
+            max_amount: b.max_amount_per_action,
             max_risk: b.max_risk,
             min_confidence: b.min_confidence,
         };
@@ -493,6 +505,7 @@ impl Governor {
                     actions: l.actions.iter().filter(|a| *a != "*").cloned().collect(),
                     effects: l.effects.iter().fold(0, |acc, e| acc | effect_bit(*e)),
                     max_cost: l.max_cost_per_action,
+                    max_amount: l.max_amount_per_action,
                     max_risk: l.max_risk,
                     min_confidence: l.min_confidence,
                     limits_verdict: Verdict::RequireApproval {
@@ -724,6 +737,16 @@ impl Governor {
                 },
             ));
         }
+        if let Some(max) = ch.max_amount.filter(|m| req.amount > *m) {
+            denials.push(FiredRule::new(
+                rules::CHARTER_AMOUNT,
+                DecisionKind::Deny,
+                Condition::AmountAbove {
+                    threshold: max,
+                    actual: req.amount,
+                },
+            ));
+        }
         if let Some(max) = ch.max_risk.filter(|m| req.risk > *m) {
             denials.push(FiredRule::new(
                 rules::CHARTER_RISK,
@@ -829,6 +852,16 @@ impl Governor {
                     &mut acc,
                 ),
             }
+        }
+        if let Some(max) = p.max_amount.filter(|m| req.amount > *m) {
+            limit(
+                rules::LIMIT_AMOUNT,
+                Condition::AmountAbove {
+                    threshold: max,
+                    actual: req.amount,
+                },
+                &mut acc,
+            );
         }
         if let Some(max) = p.max_risk.filter(|m| req.risk > *m) {
             let raised = overrides.and_then(|c| {
@@ -997,6 +1030,9 @@ fn malformed(req: &ActionRequest) -> Option<Condition> {
             "estimated_cost",
             format!("`{}` is negative", req.estimated_cost),
         );
+    }
+    if req.amount.is_negative() {
+        return bad("amount", format!("`{}` is negative", req.amount));
     }
     None
 }

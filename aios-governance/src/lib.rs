@@ -97,6 +97,7 @@ pub use budget::{
     record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
     BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger,
     Reservation, ReservationId, ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL,
+    DIMENSIONS,
 };
 pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlStore,

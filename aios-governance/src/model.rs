@@ -120,6 +120,10 @@ pub struct Boundaries {
     /// The most one action may cost, in minor units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_per_action: Option<Money>,
+    /// The most money one action may move (a payment, a transfer), in minor units or as a
+    /// decimal string (`"1000.00"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_amount_per_action: Option<Money>,
     /// The highest risk score (0-100) any action may carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_risk: Option<u32>,
@@ -207,6 +211,9 @@ pub struct AutonomyLimits {
     /// Above this estimated cost per action, the accountable anchor must approve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cost_per_action: Option<Money>,
+    /// Above this much money moved by one action, the accountable anchor must approve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_amount_per_action: Option<Money>,
     /// Above this risk score, the accountable anchor must approve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_risk: Option<u32>,
@@ -252,6 +259,10 @@ pub struct Trigger {
     /// The estimated cost is above this amount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_above: Option<Money>,
+    /// The money the action moves is above this amount (`amount_above = "200.00"`: payments
+    /// above 200.00). An action that moves no money never matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_above: Option<Money>,
     /// The risk score is at least this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk_at_least: Option<u32>,
@@ -273,6 +284,7 @@ impl Trigger {
     /// Whether no condition is given (the rule fires on every request).
     pub fn is_empty(&self) -> bool {
         self.cost_above.is_none()
+            && self.amount_above.is_none()
             && self.risk_at_least.is_none()
             && self.confidence_below.is_none()
             && self.effect_at_least.is_none()
@@ -424,9 +436,12 @@ pub enum Period {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Money, in minor units.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Money spent: model and tool costs (`spend` is read as an alias).
+    #[serde(default, alias = "spend", skip_serializing_if = "Option::is_none")]
     pub cost: Option<Money>,
+    /// Money moved by actions (payments, transfers), which is not spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payments: Option<Money>,
     /// Model tokens, input plus output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,

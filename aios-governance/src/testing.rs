@@ -197,11 +197,54 @@ pub async fn budget_ledger_conformance<L: BudgetLedger, F: Fn(ManualClock) -> L>
                 tool_calls: Some(3),
                 risk_points: Some(100),
                 cost: None,
+                payments: Some(Money::from_minor(50_000)),
             }),
         )
         .await
         .unwrap();
     let org = BudgetChain::organisation();
+    // money moved is limited apart from money spent (unlimited here)
+    let paid = ledger
+        .reserve(
+            &org,
+            Usage::cost(Money::from_minor(1_000_000)).with_payments(Money::from_minor(30_000)),
+            &ReserveOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ledger
+                .reserve(
+                    &org,
+                    Usage::ZERO.with_payments(Money::from_minor(20_001)),
+                    &ReserveOptions::default()
+                )
+                .await,
+            Err(BudgetError::Exceeded {
+                dimension: Dimension::Payments,
+                limit: 50_000,
+                used: 30_000,
+                requested: 20_001,
+                ..
+            })
+        ),
+        "payments are limited, whatever is spent"
+    );
+    ledger
+        .commit(
+            paid.id,
+            Usage::ZERO.with_payments(Money::from_minor(30_000)),
+        )
+        .await
+        .unwrap();
+    let u = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u.committed.payments, Money::from_minor(30_000));
+    assert_eq!(u.committed.cost, Money::ZERO, "what was paid is not spend");
     assert!(
         matches!(
             ledger

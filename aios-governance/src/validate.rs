@@ -303,9 +303,10 @@ fn anchor_cycles(model: &GovernanceModel, index: &HashMap<&str, usize>, start: &
     }
 }
 
-fn limits_pairs(l: &Limits) -> [(&'static str, Option<i64>); 4] {
+fn limits_pairs(l: &Limits) -> [(&'static str, Option<i64>); 5] {
     [
         ("cost", l.cost.map(|m| m.minor())),
+        ("payments", l.payments.map(|m| m.minor())),
         ("tokens", l.tokens.map(|v| v as i64)),
         ("tool_calls", l.tool_calls.map(|v| v as i64)),
         ("risk_points", l.risk_points.map(|v| v as i64)),
@@ -387,6 +388,10 @@ impl GovernanceModel {
             "charter.boundaries.max_cost_per_action".into(),
             b.max_cost_per_action,
         );
+        c.money(
+            "charter.boundaries.max_amount_per_action".into(),
+            b.max_amount_per_action,
+        );
 
         // the change log says what this version changed
         if !self.changelog.is_empty() && !self.changelog.iter().any(|e| e.version == self.version) {
@@ -458,6 +463,21 @@ impl GovernanceModel {
                 format!("{at}.limits.max_cost_per_action"),
                 l.max_cost_per_action,
             );
+            c.money(
+                format!("{at}.limits.max_amount_per_action"),
+                l.max_amount_per_action,
+            );
+            // an amount limit above the charter's can never be reached (the charter denies
+            // first): a delegation wider than the charter is a mistake worth naming
+            if let (Some(max), Some(v)) = (b.max_amount_per_action, l.max_amount_per_action) {
+                if v > max {
+                    c.error(
+                        FindingKind::ExceedsCharter,
+                        format!("{at}.limits.max_amount_per_action"),
+                        format!("`{v}` is above the charter's `{max}`"),
+                    );
+                }
+            }
             if l.actions.is_empty() || l.effects.is_empty() {
                 c.warn(
                     FindingKind::NothingDelegated,
@@ -586,6 +606,7 @@ impl GovernanceModel {
                     r.when.confidence_below,
                 );
                 c.money(format!("{rat}.when.cost_above"), r.when.cost_above);
+                c.money(format!("{rat}.when.amount_above"), r.when.amount_above);
                 if r.deadline.is_some_and(|d| d.is_zero()) {
                     c.warn(
                         FindingKind::InvalidValue,
@@ -684,8 +705,10 @@ impl GovernanceModel {
                 _ => {}
             }
             c.money(format!("{at}.limits.cost"), b.limits.cost);
+            c.money(format!("{at}.limits.payments"), b.limits.payments);
             let zero = [
                 ("cost", b.limits.cost.map(|m| m.minor() as u64)),
+                ("payments", b.limits.payments.map(|m| m.minor() as u64)),
                 ("tokens", b.limits.tokens),
                 ("tool_calls", b.limits.tool_calls),
                 ("risk_points", b.limits.risk_points),

@@ -26,6 +26,14 @@ struct OpFacts {
     default_cost: Money,
 }
 
+/// The journal slot of one call: its number in the task, its kind and its request hash.
+#[derive(Debug, Clone)]
+struct Slot {
+    seq: u32,
+    kind: CallKind,
+    hash: String,
+}
+
 /// A human's approval of a parked call, as it is carried into the decision made again.
 #[derive(Debug, Clone, Copy)]
 struct Approved {
@@ -256,18 +264,11 @@ impl<'r> TaskContext<'r> {
         }
     }
 
-    async fn record(
-        &self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
-        record: CallRecord,
-        force: bool,
-    ) -> Result<(), AgentError> {
+    async fn record(&self, slot: &Slot, record: CallRecord, force: bool) -> Result<(), AgentError> {
         let entry = JournalEntry {
-            seq,
-            kind,
-            request_hash: hash.to_string(),
+            seq: slot.seq,
+            kind: slot.kind,
+            request_hash: slot.hash.clone(),
             record,
         };
         self.driver.record(self.index, entry, force).await
@@ -326,6 +327,12 @@ impl<'r> TaskContext<'r> {
                 });
             }
         }
+        if let Err(problem) = self.moved(&request) {
+            return Err(AgentError::Denied {
+                action,
+                reason: problem,
+            });
+        }
         let span = tracing::debug_span!(
             "aios.connector",
             run = %self.driver.run,
@@ -357,14 +364,13 @@ impl<'r> TaskContext<'r> {
             return Ok(());
         }
         let index = self.driver.add_task(self.index, spec)?;
-        self.record(
+        let slot = Slot {
             seq,
-            CallKind::Spawn,
-            &hash,
-            CallRecord::Spawned { index },
-            false,
-        )
-        .await
+            kind: CallKind::Spawn,
+            hash,
+        };
+        self.record(&slot, CallRecord::Spawned { index }, false)
+            .await
     }
 
     /// What governance decides on for `op`: the action, its effect and the estimated cost
@@ -378,6 +384,7 @@ impl<'r> TaskContext<'r> {
                     action: "model.complete".to_string(),
                     effect: EffectClass::ReadOnly,
                     cost: self.priced(op, Money::ZERO),
+                    amount: Money::ZERO,
                     risk: 0,
                     confidence: None,
                     context: Default::default(),
@@ -393,6 +400,8 @@ impl<'r> TaskContext<'r> {
                         .map(|s| s.effect)
                         .unwrap_or(EffectClass::Irreversible),
                     cost: self.priced(op, c.estimated_cost),
+                    // checked by `call` before the call is described
+                    amount: self.moved(c).unwrap_or(Money::ZERO),
                     risk: c.risk,
                     confidence: c.confidence,
                     context: self.governed_fields(c, &c.input),
@@ -441,6 +450,19 @@ impl<'r> TaskContext<'r> {
             .unwrap_or_default()
     }
 
+    /// The money the call of `c` moves, read from its input where the operation declares it
+    /// (zero when it declares none), or why it cannot be read.
+    fn moved(&self, c: &ConnectorRequest) -> Result<Money, String> {
+        match self
+            .driver
+            .connector(&c.connector)
+            .and_then(|k| k.descriptor().operation(&c.operation))
+        {
+            Some(spec) => spec.amount_in(&c.input),
+            None => Ok(Money::ZERO),
+        }
+    }
+
     /// The journaled request hash: what the agent asked for (the model request; or the
     /// connector, operation, input and the agent's own cost, risk and confidence). Derived
     /// attributes (prices, effect classes, default costs) are configuration and may change
@@ -467,23 +489,21 @@ impl<'r> TaskContext<'r> {
         let (kind, call) = self.describe(&op);
         let hash = self.request_hash(kind, &op);
         let (seq, existing) = self.claim(kind, &hash)?;
+        let slot = Slot { seq, kind, hash };
         if let Some(record) = existing {
-            return self.replay(seq, kind, &hash, op, call, record).await;
+            return self.replay(&slot, op, call, record).await;
         }
         let gate = self.driver.decide(&self.role, self.agent, &call).await?;
-        self.gated(seq, kind, &hash, op, call, gate, None).await
+        self.gated(&slot, op, call, gate, None).await
     }
 
     /// Acts on a decision about `call`. `approved` is set when a human approved the call
     /// (as proposed, or as edited): a decision that needs an approval is then satisfied by it
     /// (an edit only if it asks the anchor the human answered for, or one the human may
     /// answer for), while a denial, a halt or an operator's pause or stop still wins.
-    #[allow(clippy::too_many_arguments)]
     async fn gated(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         op: Op,
         call: GovernedCall,
         gate: Gate,
@@ -493,7 +513,7 @@ impl<'r> TaskContext<'r> {
         match gate {
             Gate::Allow { notify } => {
                 let approval = approved.map(|a| a.approval);
-                let result = self.execute(seq, kind, hash, op, &call, approval).await;
+                let result = self.execute(slot, op, &call, approval).await;
                 // a notify-after escalation: the anchor hears about the action once it ran
                 if let (Some((anchor, reason)), Ok(_)) = (notify, &result) {
                     self.driver
@@ -514,8 +534,7 @@ impl<'r> TaskContext<'r> {
                         || a.anchor == ask.anchor
                         || self.driver.governor.can_answer(ask.anchor, a.by) =>
                 {
-                    self.execute(seq, kind, hash, op, &call, Some(a.approval))
-                        .await
+                    self.execute(slot, op, &call, Some(a.approval)).await
                 }
                 Some(a) => {
                     let reason = format!(
@@ -523,23 +542,21 @@ impl<'r> TaskContext<'r> {
                         self.driver.anchor_name(ask.anchor),
                         a.by
                     );
-                    self.refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                    self.refuse(slot, &action, RefusedBy::Governance, reason)
                         .await
                 }
-                None => self.park(seq, kind, hash, op, call, &ask).await,
+                None => self.park(slot, op, call, &ask).await,
             },
             Gate::Pause { reason } => Err(AgentError::Paused { action, reason }),
             Gate::Stop { reason } => Err(AgentError::Stopped { action, reason }),
             Gate::Deny { reason } => {
-                self.refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                self.refuse(slot, &action, RefusedBy::Governance, reason)
                     .await
             }
             Gate::Halt { anchor, reason } => {
                 self.driver.escalate(anchor, &self.name, &reason).await?;
                 self.record(
-                    seq,
-                    kind,
-                    hash,
+                    slot,
                     CallRecord::Refused {
                         reason: format!("escalated: {reason}"),
                         by: RefusedBy::Escalation,
@@ -561,49 +578,34 @@ impl<'r> TaskContext<'r> {
     /// error a replay returns).
     async fn refuse(
         &self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         action: &str,
         by: RefusedBy,
         reason: String,
     ) -> Result<CallRecord, AgentError> {
-        self.record(
-            seq,
-            kind,
-            hash,
-            CallRecord::refused(by, reason.clone()),
-            false,
-        )
-        .await?;
+        self.record(slot, CallRecord::refused(by, reason.clone()), false)
+            .await?;
         Err(refusal(by, None, action, reason))
     }
 
     /// Asks for the approval and parks the run on it.
     async fn park(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         op: Op,
         call: GovernedCall,
         ask: &crate::gate::ApprovalAsk,
     ) -> Result<CallRecord, AgentError> {
+        let seq = slot.seq;
         let (approval, pending) = self
             .driver
             .request_approval(&self.role, self.agent, self.task_id, seq, ask, &call)
             .await?;
-        self.record(
-            seq,
-            kind,
-            hash,
-            CallRecord::AwaitingApproval { approval },
-            true,
-        )
-        .await?;
+        self.record(slot, CallRecord::AwaitingApproval { approval }, true)
+            .await?;
         if !pending {
             // asked before a crash, and answered or expired since: go on with that
-            return Box::pin(self.decided(seq, kind, hash, op, call, approval)).await;
+            return Box::pin(self.decided(slot, op, call, approval)).await;
         }
         self.driver
             .notify(
@@ -620,13 +622,12 @@ impl<'r> TaskContext<'r> {
 
     async fn replay(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         op: Op,
         call: GovernedCall,
         record: CallRecord,
     ) -> Result<CallRecord, AgentError> {
+        let (seq, kind) = (slot.seq, slot.kind);
         let action = call.action.as_str();
         match record {
             CallRecord::Model(_)
@@ -665,22 +666,22 @@ impl<'r> TaskContext<'r> {
                 _ => AgentError::Connector(reason),
             }),
             CallRecord::AwaitingApproval { approval } => {
-                self.decided(seq, kind, hash, op, call, approval).await
+                self.decided(slot, op, call, approval).await
             }
             CallRecord::Approved {
                 approval,
                 result: None,
             } => {
                 if self.uncertain(&op) {
-                    return self.outcome_unknown(seq, kind, hash, action).await;
+                    return self.outcome_unknown(slot, action).await;
                 }
-                self.decided(seq, kind, hash, op, call, approval).await
+                self.decided(slot, op, call, approval).await
             }
             CallRecord::Started => {
                 if self.uncertain(&op) {
-                    return self.outcome_unknown(seq, kind, hash, action).await;
+                    return self.outcome_unknown(slot, action).await;
                 }
-                self.execute(seq, kind, hash, op, &call, None).await
+                self.execute(slot, op, &call, None).await
             }
         }
     }
@@ -689,22 +690,19 @@ impl<'r> TaskContext<'r> {
     /// edited (governed again, then runs as edited), rejected or expired.
     async fn decided(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         op: Op,
         call: GovernedCall,
         approval: ApprovalId,
     ) -> Result<CallRecord, AgentError> {
+        let kind = slot.kind;
         let action = call.action.clone();
         match self.driver.approval_state(approval, self.agent).await? {
             ApprovalState::Pending(current) => {
                 if current != approval {
                     // the request timed out and was escalated: wait for the new one
                     self.record(
-                        seq,
-                        kind,
-                        hash,
+                        slot,
                         CallRecord::AwaitingApproval { approval: current },
                         true,
                     )
@@ -736,16 +734,14 @@ impl<'r> TaskContext<'r> {
                         )
                         .await?;
                     let gate = self.driver.decide(&self.role, self.agent, &call).await?;
-                    return Box::pin(self.gated(seq, kind, hash, op, call, gate, None)).await;
+                    return Box::pin(self.gated(slot, op, call, gate, None)).await;
                 }
                 // an approval satisfies the approval rule, never a denial, a halt or an
                 // operator's pause or stop in force now. `decide` is pure and the run pinned
                 // to its version, so only operator controls can have changed the verdict
                 // since it asked: without them the decision that asked stands
                 if !self.driver.has_controls() {
-                    return self
-                        .execute(seq, kind, hash, op, &call, Some(approval))
-                        .await;
+                    return self.execute(slot, op, &call, Some(approval)).await;
                 }
                 let gate = self.driver.decide(&self.role, self.agent, &call).await?;
                 let approved = Approved {
@@ -754,7 +750,7 @@ impl<'r> TaskContext<'r> {
                     anchor,
                     edited: false,
                 };
-                Box::pin(self.gated(seq, kind, hash, op, call, gate, Some(approved))).await
+                Box::pin(self.gated(slot, op, call, gate, Some(approved))).await
             }
             ApprovalState::Edited { by, anchor, patch } => {
                 let edited = match call.edited(&patch) {
@@ -762,7 +758,7 @@ impl<'r> TaskContext<'r> {
                     Err(problem) => {
                         let reason = format!("the edit by `{by}` is refused: {problem}");
                         return self
-                            .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                            .refuse(slot, &action, RefusedBy::Governance, reason)
                             .await;
                     }
                 };
@@ -779,7 +775,7 @@ impl<'r> TaskContext<'r> {
                                 "the edit by `{by}` is refused: the edited input is not a model request: {e}"
                             );
                             return self
-                                .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                                .refuse(slot, &action, RefusedBy::Governance, reason)
                                 .await;
                         }
                     },
@@ -791,7 +787,7 @@ impl<'r> TaskContext<'r> {
                         "the edit by `{by}` is refused: a model call costs its price; edit its request instead"
                     );
                     return self
-                        .refuse(seq, kind, hash, &action, RefusedBy::Governance, reason)
+                        .refuse(slot, &action, RefusedBy::Governance, reason)
                         .await;
                 }
                 // the cost is worked out again as for the first call: never below the price
@@ -800,6 +796,16 @@ impl<'r> TaskContext<'r> {
                 edited.cost = self.priced(&op, edited.cost);
                 if let Op::Connector(c) = &op {
                     edited.context = self.governed_fields(c, &edited.input);
+                    // the money moved is read from the edited input, as the first time
+                    match self.moved(c) {
+                        Ok(amount) => edited.amount = amount,
+                        Err(problem) => {
+                            let reason = format!("the edit by `{by}` is refused: {problem}");
+                            return self
+                                .refuse(slot, &action, RefusedBy::Governance, reason)
+                                .await;
+                        }
+                    }
                 }
                 self.driver
                     .audit(
@@ -822,18 +828,16 @@ impl<'r> TaskContext<'r> {
                     anchor,
                     edited: true,
                 };
-                Box::pin(self.gated(seq, kind, hash, op, edited, gate, Some(approved))).await
+                Box::pin(self.gated(slot, op, edited, gate, Some(approved))).await
             }
             ApprovalState::Expired(anchor) => {
                 self.driver.timed_out(&self.name, anchor, approval).await;
                 let reason = format!("rejected: {}", crate::gate::EXPIRED);
-                self.refuse(seq, kind, hash, &action, RefusedBy::Human, reason)
-                    .await
+                self.refuse(slot, &action, RefusedBy::Human, reason).await
             }
             ApprovalState::Rejected(reason) => {
                 let reason = format!("rejected: {reason}");
-                self.refuse(seq, kind, hash, &action, RefusedBy::Human, reason)
-                    .await
+                self.refuse(slot, &action, RefusedBy::Human, reason).await
             }
         }
     }
@@ -873,9 +877,7 @@ impl<'r> TaskContext<'r> {
 
     async fn outcome_unknown(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         action: &str,
     ) -> Result<CallRecord, AgentError> {
         let reason =
@@ -892,7 +894,7 @@ impl<'r> TaskContext<'r> {
                 )
                 .await;
         }
-        self.record(seq, kind, hash, CallRecord::Failed { reason }, false)
+        self.record(slot, CallRecord::Failed { reason }, false)
             .await?;
         Err(AgentError::OutcomeUnknown {
             action: action.to_string(),
@@ -903,19 +905,19 @@ impl<'r> TaskContext<'r> {
     /// approved or irreversible), commits what it actually used and journals the result.
     async fn execute(
         &mut self,
-        seq: u32,
-        kind: CallKind,
-        hash: &str,
+        slot: &Slot,
         op: Op,
         call: &GovernedCall,
         approval: Option<ApprovalId>,
     ) -> Result<CallRecord, AgentError> {
+        let seq = slot.seq;
         let action = call.action.as_str();
         let estimate = match &op {
             Op::Model(r) => {
                 let e = self.driver.router().estimate(r);
                 Usage {
                     cost: call.cost,
+                    payments: Money::ZERO,
                     tokens: e.prompt_tokens + e.output_tokens,
                     tool_calls: 0,
                     risk_points: 0,
@@ -923,6 +925,7 @@ impl<'r> TaskContext<'r> {
             }
             Op::Connector(_) => Usage {
                 cost: call.cost,
+                payments: call.amount,
                 tokens: 0,
                 tool_calls: 1,
                 risk_points: u64::from(call.risk),
@@ -953,9 +956,7 @@ impl<'r> TaskContext<'r> {
                         )
                         .await?;
                 }
-                return self
-                    .refuse(seq, kind, hash, action, RefusedBy::Budget, detail)
-                    .await;
+                return self.refuse(slot, action, RefusedBy::Budget, detail).await;
             }
         };
         let marker = match approval {
@@ -967,7 +968,7 @@ impl<'r> TaskContext<'r> {
             None => None,
         };
         if let Some(marker) = marker {
-            if let Err(e) = self.record(seq, kind, hash, marker, true).await {
+            if let Err(e) = self.record(slot, marker, true).await {
                 self.driver.release(reservation).await;
                 return Err(e);
             }
@@ -986,7 +987,7 @@ impl<'r> TaskContext<'r> {
                     },
                     None => record,
                 };
-                self.record(seq, kind, hash, record.clone(), false).await?;
+                self.record(slot, record.clone(), false).await?;
                 Ok(match record {
                     CallRecord::Approved {
                         result: Some(r), ..
@@ -1012,9 +1013,7 @@ impl<'r> TaskContext<'r> {
                         .await;
                 }
                 self.record(
-                    seq,
-                    kind,
-                    hash,
+                    slot,
                     CallRecord::Failed {
                         reason: e.to_string(),
                     },
@@ -1091,6 +1090,8 @@ impl<'r> TaskContext<'r> {
                     cost: out
                         .cost
                         .max(self.spec(c).map(|s| s.default_cost).unwrap_or(Money::ZERO)),
+                    // the money the call moved, as its input said (checked before it ran)
+                    payments: self.moved(c).unwrap_or(Money::ZERO),
                     tokens: 0,
                     tool_calls: 1,
                     risk_points: u64::from(c.risk),
@@ -1223,7 +1224,6 @@ impl<'r> TaskContext<'r> {
         }))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn audit_model(
         &self,
         model: &aios_core::ModelId,

@@ -418,30 +418,37 @@ impl<'o> Driver<'o> {
                 detail: format!("the call `{}` cannot be proposed: {e}", call.action),
             })
         })?;
-        self.request_approval_of(role, agent, task, seq, ask, &call.action, proposed)
+        let at = self.call_site(role, agent, task, seq, &call.action);
+        self.request_approval_of(at, ask, &call.action, proposed)
             .await
     }
 
-    /// Asks for approval of `action` (call `seq` of `task`), described to the human by
-    /// `proposed`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn request_approval_of(
+    /// Where call `seq` of `task` is made, by `agent` in `role`, for `action`.
+    pub(crate) fn call_site(
         &self,
         role: &Role,
         agent: AgentId,
         task: TaskId,
         seq: u32,
-        ask: &crate::gate::ApprovalAsk,
         action: &str,
-        proposed: serde_json::Value,
-    ) -> Result<(ApprovalId, bool), AgentError> {
-        let at = crate::gate::CallSite {
+    ) -> crate::gate::CallSite {
+        crate::gate::CallSite {
             run: self.run,
             task,
             seq,
             agent,
             pathway: role.pathway_of(action).0,
-        };
+        }
+    }
+
+    /// Asks for approval of `action` (made `at`), described to the human by `proposed`.
+    pub(crate) async fn request_approval_of(
+        &self,
+        at: crate::gate::CallSite,
+        ask: &crate::gate::ApprovalAsk,
+        action: &str,
+        proposed: serde_json::Value,
+    ) -> Result<(ApprovalId, bool), AgentError> {
         self.o
             .gov
             .request_approval(&self.governor, at, ask, action, proposed)

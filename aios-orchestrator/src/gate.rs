@@ -130,6 +130,7 @@ impl PinnedGovernor {
         )
         .with_effect(call.effect)
         .with_cost(call.cost)
+        .with_amount(call.amount)
         .with_risk(call.risk)
         .with_run(run);
         req.confidence = call.confidence;

@@ -27,6 +27,11 @@ pub struct GovernedCall {
     pub effect: EffectClass,
     /// The estimated cost governance and the budgets saw.
     pub cost: Money,
+    /// The money the call moves (a payment's amount), read from `input` where the operation
+    /// declares it ([`OperationSpec::moves_money`](aios_core::OperationSpec::moves_money)),
+    /// zero otherwise: worked out from `input`, never edited directly.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub amount: Money,
     /// The risk estimate, 0 to 100.
     pub risk: u32,
     /// The confidence, 0 to 1, if given.
@@ -60,6 +65,7 @@ impl GovernedCall {
             "action",
             "effect",
             "cost",
+            "amount",
             "risk",
             "confidence",
             "context",
@@ -71,6 +77,7 @@ impl GovernedCall {
                 .and_then(|v| serde_json::from_value::<EffectClass>(v.clone()).ok())
                 == Some(self.effect)
             && p.get("cost").and_then(|v| v.as_i64()) == Some(self.cost.minor())
+            && p.get("amount").map_or(Some(0), |v| v.as_i64()) == Some(self.amount.minor())
             && p.get("risk").and_then(|v| v.as_u64()) == Some(u64::from(self.risk))
             && match (p.get("confidence"), self.confidence) {
                 (None, None) => true,
@@ -95,7 +102,7 @@ impl GovernedCall {
     /// use aios_orchestrator::GovernedCall;
     /// let call = GovernedCall {
     ///     action: "bank.pay".into(), effect: EffectClass::Irreversible,
-    ///     cost: Money::from_minor(100), risk: 10, confidence: None,
+    ///     cost: Money::from_minor(100), amount: Money::ZERO, risk: 10, confidence: None,
     ///     context: Default::default(), input: serde_json::json!({ "to": "acme" }),
     /// };
     /// let edited = call.edited(&serde_json::json!({ "cost": 50 })).unwrap();
@@ -103,6 +110,7 @@ impl GovernedCall {
     /// assert_eq!(edited.input, call.input);
     /// assert!(call.edited(&serde_json::json!({ "action": "bank.refund" })).is_err());
     /// assert!(call.edited(&serde_json::json!({ "amount": 5 })).is_err());
+    /// assert!(call.edited(&serde_json::json!({ "limit": 5 })).is_err());
     /// ```
     pub fn edited(&self, patch: &serde_json::Value) -> Result<GovernedCall, String> {
         let Some(fields) = patch.as_object() else {
@@ -124,11 +132,18 @@ impl GovernedCall {
                 k if EDITABLE.contains(&k) => {
                     target.insert(key.clone(), value.clone());
                 }
-                "action" | "effect" | "context" => {
+                "action" | "effect" => {
                     if target.get(key) != Some(value) {
                         return Err(format!(
                             "an edit cannot change `{key}` (proposed {}, edit {value})",
                             target.get(key).cloned().unwrap_or_default()
+                        ));
+                    }
+                }
+                "context" | "amount" => {
+                    if target.get(key).unwrap_or(&serde_json::Value::Null) != value {
+                        return Err(format!(
+                            "an edit cannot change `{key}` directly: it is read from the input; edit `input` instead"
                         ));
                     }
                 }
@@ -177,6 +192,10 @@ impl GovernedCall {
     }
 }
 
+fn is_zero(m: &Money) -> bool {
+    *m == Money::ZERO
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -187,6 +206,7 @@ mod tests {
             action: "bank.pay".into(),
             effect: EffectClass::Irreversible,
             cost: Money::from_minor(120),
+            amount: Money::from_minor(12_000),
             risk: 30,
             confidence: Some(0.8),
             context: [("payee".to_string(), serde_json::json!("acme"))].into(),
@@ -214,6 +234,14 @@ mod tests {
             },
             GovernedCall {
                 cost: Money::from_minor(121),
+                ..call()
+            },
+            GovernedCall {
+                amount: Money::from_minor(12_001),
+                ..call()
+            },
+            GovernedCall {
+                amount: Money::ZERO,
                 ..call()
             },
             GovernedCall { risk: 31, ..call() },

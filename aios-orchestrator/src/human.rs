@@ -111,13 +111,13 @@ impl TaskContext<'_> {
                 };
                 // asked again after a crash and answered meanwhile: the run parks on it and
                 // the next resume (or `Orchestrator::tick`) reads the answer
+                let at = self
+                    .driver
+                    .call_site(&self.role, self.agent, self.task_id, seq, ACTION);
                 let (approval, _pending) = self
                     .driver
                     .request_approval_of(
-                        &self.role,
-                        self.agent,
-                        self.task_id,
-                        seq,
+                        at,
                         &ask,
                         ACTION,
                         serde_json::json!({ "question": question }),

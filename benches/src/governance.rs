@@ -58,6 +58,7 @@ pub fn synthetic_model(pathways: usize, anchors: usize) -> GovernanceModel {
                 forbidden_actions: vec!["wire_money".into(), "delete_account".into()],
                 max_effect: Some(EffectClass::Irreversible),
                 max_cost_per_action: Some(Money::from_minor(1_000_000)),
+                max_amount_per_action: None,
                 max_risk: Some(95),
                 min_confidence: Some(0.1),
             },
@@ -94,6 +95,7 @@ pub fn synthetic_model(pathways: usize, anchors: usize) -> GovernanceModel {
                         EffectClass::Irreversible,
                     ],
                     max_cost_per_action: Some(Money::from_minor(10_000)),
+                    max_amount_per_action: None,
                     max_risk: Some(80),
                     min_confidence: Some(0.2),
                 },
@@ -223,6 +225,7 @@ pub fn three_level_ledger() -> (InMemoryBudgetLedger, BudgetChain) {
             tokens: Some(u64::MAX / 4),
             tool_calls: Some(u64::MAX / 4),
             risk_points: None,
+            payments: None,
         })
     };
     let role = RoleId::from_name("role-0");

@@ -11,7 +11,7 @@ use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
 use aios_governance::{
     record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
     BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId, ReserveOptions,
-    Settlement, Usage, DEFAULT_RESERVATION_TTL,
+    Settlement, Usage, DEFAULT_RESERVATION_TTL, DIMENSIONS,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -61,18 +61,18 @@ struct Account {
     key: BudgetKey,
     limits: BudgetLimits,
     window: i64,
-    committed: [i64; 4],
-    reserved: [i64; 4],
+    committed: [i64; DIMENSIONS],
+    reserved: [i64; DIMENSIONS],
     /// Per dimension, a bit per (sorted, deduplicated) alert threshold already reported in
     /// this window.
-    alerted: [u32; 4],
+    alerted: [u32; DIMENSIONS],
 }
 
 /// One unsettled reservation's stored state.
 #[derive(Debug, Serialize, Deserialize)]
 struct Held {
     keys: Vec<BudgetKey>,
-    amount: [i64; 4],
+    amount: [i64; DIMENSIONS],
     /// The run the chain named, so a dead worker's reservations can be released by run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<RunId>,
@@ -85,8 +85,8 @@ impl Account {
     fn roll(&mut self, window: i64) {
         if window != self.window {
             self.window = window;
-            self.committed = [0; 4];
-            self.alerted = [0; 4];
+            self.committed = [0; DIMENSIONS];
+            self.alerted = [0; DIMENSIONS];
         }
     }
 
@@ -104,7 +104,7 @@ impl Account {
             return;
         }
         let limits = self.limits.array();
-        for d in 0..4 {
+        for d in 0..DIMENSIONS {
             let limit = limits[d];
             if limit == i64::MAX {
                 continue;
@@ -168,7 +168,7 @@ impl SqliteBudgetLedger {
             for key in held.keys {
                 if let Some(mut a) = self.load(tx, key)? {
                     a.roll_to(now);
-                    for d in 0..4 {
+                    for d in 0..DIMENSIONS {
                         a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
                     }
                     self.store(tx, &a)?;
@@ -273,12 +273,12 @@ impl SqliteBudgetLedger {
                 };
                 a.roll_to(now);
                 if !expired {
-                    for d in 0..4 {
+                    for d in 0..DIMENSIONS {
                         a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
                     }
                 }
                 if let Some(act) = act {
-                    for d in 0..4 {
+                    for d in 0..DIMENSIONS {
                         a.committed[d] = a.committed[d].saturating_add(act[d]);
                     }
                     a.check_alerts(&mut alerts);
@@ -296,7 +296,7 @@ impl SqliteBudgetLedger {
         tx: &Transaction<'_>,
         now: Timestamp,
         chain: &BudgetChain,
-        amt: [i64; 4],
+        amt: [i64; DIMENSIONS],
         options: &ReserveOptions,
         expires: i64,
     ) -> Result<(ReservationId, Vec<BudgetAlert>), BudgetError> {
@@ -323,7 +323,7 @@ impl SqliteBudgetLedger {
         for a in &mut accounts {
             a.roll_to(now);
             let limit = a.limits.array();
-            for d in 0..4 {
+            for d in 0..DIMENSIONS {
                 if limit[d] == i64::MAX {
                     continue;
                 }
@@ -341,7 +341,7 @@ impl SqliteBudgetLedger {
         }
         let mut alerts = Vec::new();
         for a in &mut accounts {
-            for d in 0..4 {
+            for d in 0..DIMENSIONS {
                 a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
             }
             a.check_alerts(&mut alerts);
@@ -380,7 +380,7 @@ impl BudgetLedger for SqliteBudgetLedger {
             let account = match self.load(tx, key)? {
                 Some(mut a) => {
                     a.roll(w);
-                    a.alerted = [0; 4];
+                    a.alerted = [0; DIMENSIONS];
                     a.limits = limits;
                     a
                 }
@@ -388,9 +388,9 @@ impl BudgetLedger for SqliteBudgetLedger {
                     key,
                     limits,
                     window: w,
-                    committed: [0; 4],
-                    reserved: [0; 4],
-                    alerted: [0; 4],
+                    committed: [0; DIMENSIONS],
+                    reserved: [0; DIMENSIONS],
+                    alerted: [0; DIMENSIONS],
                 },
             };
             self.store(tx, &account)?;
@@ -463,7 +463,7 @@ impl BudgetLedger for SqliteBudgetLedger {
                 for key in held.keys {
                     if let Some(mut a) = self.load(tx, key)? {
                         a.roll_to(now);
-                        for d in 0..4 {
+                        for d in 0..DIMENSIONS {
                             a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
                         }
                         self.store(tx, &a)?;

@@ -90,6 +90,24 @@ const MIGRATIONS: &[&str] = &[
         record TEXT    NOT NULL
     );
     ",
+    // version 5: budgets limit money moved (`payments`) apart from spend; the per-dimension
+    // arrays of stored accounts and reservations gain it as their second element
+    "
+    UPDATE budget_accounts SET account = json_set(account,
+        '$.committed', json_array(json_extract(account, '$.committed[0]'), 0,
+            json_extract(account, '$.committed[1]'), json_extract(account, '$.committed[2]'),
+            json_extract(account, '$.committed[3]')),
+        '$.reserved', json_array(json_extract(account, '$.reserved[0]'), 0,
+            json_extract(account, '$.reserved[1]'), json_extract(account, '$.reserved[2]'),
+            json_extract(account, '$.reserved[3]')),
+        '$.alerted', json_array(json_extract(account, '$.alerted[0]'), 0,
+            json_extract(account, '$.alerted[1]'), json_extract(account, '$.alerted[2]'),
+            json_extract(account, '$.alerted[3]')));
+    UPDATE budget_reservations SET reservation = json_set(reservation,
+        '$.amount', json_array(json_extract(reservation, '$.amount[0]'), 0,
+            json_extract(reservation, '$.amount[1]'), json_extract(reservation, '$.amount[2]'),
+            json_extract(reservation, '$.amount[3]')));
+    ",
 ];
 
 /// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so

@@ -80,6 +80,7 @@ impl World {
         BudgetLimits {
             limits: Limits {
                 cost: self.limit(1_000).map(|c| Money::from_minor(c as i64)),
+                payments: self.limit(2_000).map(|c| Money::from_minor(c as i64)),
                 tokens: self.limit(5_000),
                 tool_calls: self.limit(20),
                 risk_points: self.limit(300),
@@ -96,6 +97,7 @@ impl World {
             } else {
                 self.pick(200) as i64
             }),
+            payments: Money::from_minor(self.pick(400) as i64),
             tokens: self.pick(800),
             tool_calls: self.pick(3),
             risk_points: self.pick(50),

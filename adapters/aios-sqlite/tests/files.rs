@@ -632,7 +632,7 @@ fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
     let (path, written) = filled_file(dir.path(), &clock);
     {
         // what a build of schema version 1 left: no mac or checksum columns, no reservation
-        // expiry, charge keys or control records
+        // expiry, charge keys or control records, budgets of four dimensions (no payments)
         let raw = rusqlite::Connection::open(&path).unwrap();
         raw.execute_batch(
             "ALTER TABLE audit_entries DROP COLUMN mac;
@@ -642,6 +642,12 @@ fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
              ALTER TABLE budget_reservations DROP COLUMN expired;
              DROP TABLE budget_charges;
              DROP TABLE control_records;
+             UPDATE budget_accounts SET account = json_set(account,
+               '$.committed', json_remove(json_extract(account, '$.committed'), '$[1]'),
+               '$.reserved', json_remove(json_extract(account, '$.reserved'), '$[1]'),
+               '$.alerted', json_remove(json_extract(account, '$.alerted'), '$[1]'));
+             UPDATE budget_reservations SET reservation = json_set(reservation,
+               '$.amount', json_remove(json_extract(reservation, '$.amount'), '$[1]'));
              PRAGMA user_version = 1;",
         )
         .unwrap();

@@ -319,7 +319,8 @@ pub struct ConnectorOutput {
 }
 
 /// Why a connector call failed, and whether a retry can help.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ConnectorError {
     /// The service is down or overloaded.

@@ -210,7 +210,8 @@ pub struct ModelResponse {
 }
 
 /// Why a model call failed, and whether a retry can help.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ModelError {
     /// Too many requests; retry after the hint if given.

@@ -153,22 +153,22 @@ fn fill(template: &str, input: &TaskInput) -> Result<String, AgentError> {
             rest = after;
         } else if let Some(body) = tail.strip_prefix('{') {
             let Some(end) = body.find('}') else {
-                return Err(AgentError::Failed(format!(
+                return Err(AgentError::failed(format!(
                     "the prompt template has an unclosed `{{` at `{}`",
                     tail.chars().take(20).collect::<String>()
                 )));
             };
             let name = &body[..end];
             let value = lookup(input, name).ok_or_else(|| {
-                AgentError::Failed(format!(
+                AgentError::failed(format!(
                     "the prompt template names `{{{name}}}`, which the task's input and dependencies lack"
                 ))
             })?;
             out.push_str(&value);
             rest = &body[end + 1..];
         } else {
-            return Err(AgentError::Failed(
-                "the prompt template has a lone `}` (write `}}` for a brace)".into(),
+            return Err(AgentError::failed(
+                "the prompt template has a lone `}` (write `}}` for a brace)",
             ));
         }
     }
@@ -241,7 +241,7 @@ impl Agent for LlmAgent {
         };
         let query = match &self.memory_query {
             Some(field) => lookup(&input, field).ok_or_else(|| {
-                AgentError::Failed(format!(
+                AgentError::failed(format!(
                     "the memory query names field `{field}`, which the task's input and dependencies lack"
                 ))
             })?,

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use aios_core::{
-    AgentId, ApprovalId, AuditEvent, ConnectorCall, ConnectorId, ConnectorOutput, EffectClass,
-    HumanId, IdempotencyKey, ModelRequest, ModelResponse, Money, Outcome, Principal, RunId, TaskId,
+    AgentId, ApprovalId, AuditEvent, ConnectorCall, ConnectorError, ConnectorId, ConnectorOutput,
+    EffectClass, HumanId, IdempotencyKey, ModelRequest, ModelResponse, Money, Outcome, Principal,
+    RunId, TaskId,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::error::AgentError;
+use crate::error::{AgentError, ConnectorFailure};
 use crate::gate::{ApprovalState, Gate, Usage};
 use crate::governed::GovernedCall;
 use crate::graph::{TaskName, TaskSpec};
@@ -68,8 +69,22 @@ fn refusal(
     }
 }
 
-/// A connector failure as text, with any credential removed.
-struct RedactedError(String);
+/// A connector's error, as text and as the typed error, with every occurrence of `secret`
+/// removed from both (the typed error is dropped if it cannot be cleaned).
+fn redacted(
+    e: crate::reliability::RetryError<ConnectorError>,
+    secret: &str,
+) -> (String, Option<ConnectorError>) {
+    let detail = redact(&e.to_string(), secret);
+    let error = e
+        .last()
+        .and_then(|e| serde_json::to_value(e).ok())
+        .and_then(|mut v| {
+            redact_value(&mut v, secret);
+            serde_json::from_value::<ConnectorError>(v).ok()
+        });
+    (detail, error)
+}
 
 /// Removes every occurrence of `secret` from `text` (secrets shorter than four bytes are
 /// left alone: replacing them would mangle ordinary text and hide nothing).
@@ -627,7 +642,7 @@ impl<'r> TaskContext<'r> {
         call: GovernedCall,
         record: CallRecord,
     ) -> Result<CallRecord, AgentError> {
-        let (seq, kind) = (slot.seq, slot.kind);
+        let seq = slot.seq;
         let action = call.action.as_str();
         match record {
             CallRecord::Model(_)
@@ -661,9 +676,22 @@ impl<'r> TaskContext<'r> {
                 };
                 Err(refusal(by, anchor, action, reason))
             }
-            CallRecord::Failed { reason } => Err(match kind {
-                CallKind::Model => AgentError::Model(reason),
-                _ => AgentError::Connector(reason),
+            CallRecord::Failed { reason, failure } => Err(match (failure, op) {
+                (Some(f), _) => f.into_error(),
+                // journals written before failures were typed keep the message only
+                (None, Op::Model(_)) => AgentError::Model(Box::new(crate::error::ModelFailure {
+                    tried: vec![crate::router::RouteStep {
+                        model: aios_core::ModelId::new("unknown"),
+                        reason,
+                    }],
+                    error: None,
+                })),
+                (None, Op::Connector(c)) => AgentError::Connector(Box::new(ConnectorFailure {
+                    connector: c.connector,
+                    operation: c.operation,
+                    detail: reason,
+                    error: None,
+                })),
             }),
             CallRecord::AwaitingApproval { approval } => {
                 self.decided(slot, op, call, approval).await
@@ -894,11 +922,13 @@ impl<'r> TaskContext<'r> {
                 )
                 .await;
         }
-        self.record(slot, CallRecord::Failed { reason }, false)
-            .await?;
-        Err(AgentError::OutcomeUnknown {
+        let error = AgentError::OutcomeUnknown {
             action: action.to_string(),
-        })
+        };
+        let failure = crate::error::CallFailure::of(&error);
+        self.record(slot, CallRecord::Failed { reason, failure }, false)
+            .await?;
+        Err(error)
     }
 
     /// Reserves the call's estimate, performs it (with a durable marker first when it is
@@ -1016,6 +1046,7 @@ impl<'r> TaskContext<'r> {
                     slot,
                     CallRecord::Failed {
                         reason: e.to_string(),
+                        failure: crate::error::CallFailure::of(&e),
                     },
                     false,
                 )
@@ -1030,21 +1061,23 @@ impl<'r> TaskContext<'r> {
         seq: u32,
         c: &ConnectorRequest,
     ) -> Result<(CallRecord, Usage), AgentError> {
+        let failure = |detail: String, error: Option<ConnectorError>| {
+            AgentError::Connector(Box::new(ConnectorFailure {
+                connector: c.connector.clone(),
+                operation: c.operation.clone(),
+                detail,
+                error,
+            }))
+        };
         let Some(connector) = self.driver.connector(&c.connector) else {
-            return Err(AgentError::Connector(format!(
-                "connector `{}` is not registered",
-                c.connector
-            )));
+            return Err(failure("is not registered".into(), None));
         };
         let breaker = self.driver.breaker(&format!("connector:{}", c.connector));
         if let Err(open) = breaker.admit() {
-            return Err(AgentError::Connector(format!(
-                "connector `{}`: {open}",
-                c.connector
-            )));
+            return Err(failure(open.to_string(), None));
         }
         let key = IdempotencyKey::for_call(self.driver.run, self.task_id, seq);
-        let credential = self.driver.credential(&c.connector).await?;
+        let credential = self.driver.credential(&c.connector, &c.operation).await?;
         let descriptor = connector.descriptor().clone();
         let policy = self.role.retry;
         let mut rng = self.driver.rng(seq);
@@ -1077,8 +1110,8 @@ impl<'r> TaskContext<'r> {
                     redact_value(&mut out.output, secret.expose());
                     out
                 })
-                .map_err(|e| RedactedError(redact(&e.to_string(), secret.expose()))),
-            None => outcome.map_err(|e| RedactedError(e.to_string())),
+                .map_err(|e| redacted(e, secret.expose())),
+            None => outcome.map_err(|e| (e.to_string(), e.last().cloned())),
         };
         match outcome {
             Ok(out) => {
@@ -1098,9 +1131,9 @@ impl<'r> TaskContext<'r> {
                 };
                 Ok((CallRecord::Connector(out), usage))
             }
-            Err(e) => {
+            Err((detail, error)) => {
                 breaker.on_failure();
-                Err(AgentError::Connector(format!("`{}` {}", c.connector, e.0)))
+                Err(failure(detail, error))
             }
         }
     }
@@ -1140,6 +1173,7 @@ impl<'r> TaskContext<'r> {
         let tiers = self.driver.router().tiers().to_vec();
         let min_confidence = self.driver.router().min_confidence();
         let mut steps: Vec<RouteStep> = vec![];
+        let mut last_error: Option<aios_core::ModelError> = None;
         let mut usage = Usage::default();
         let seq = self.seq;
         for (i, model) in tiers.iter().enumerate() {
@@ -1197,6 +1231,7 @@ impl<'r> TaskContext<'r> {
                 Err(e) => {
                     breaker.on_failure();
                     let reason = format!("failed: {e}");
+                    last_error = e.last().cloned();
                     self.audit_model(
                         model.id(),
                         failures.max(1),
@@ -1213,15 +1248,10 @@ impl<'r> TaskContext<'r> {
                 }
             }
         }
-        let trail: Vec<String> = steps
-            .iter()
-            .map(|s| format!("`{}` {}", s.model, s.reason))
-            .collect();
-        Err(AgentError::Model(if trail.is_empty() {
-            "no model is configured".to_string()
-        } else {
-            trail.join("; ")
-        }))
+        Err(AgentError::Model(Box::new(crate::error::ModelFailure {
+            tried: steps,
+            error: last_error,
+        })))
     }
 
     async fn audit_model(

@@ -70,12 +70,12 @@ impl<'o> Driver<'o> {
     }
 
     pub(crate) fn fail(&self, err: OrchestratorError) -> AgentError {
-        let msg = err.to_string();
+        let shared = Box::new(err.clone());
         let mut f = self.fatal.lock();
         if f.is_none() {
             *f = Some(err);
         }
-        AgentError::Fatal(msg)
+        AgentError::Fatal(shared)
     }
 
     pub(crate) fn non_determinism(&self, task: &TaskName, seq: u32, detail: String) -> AgentError {
@@ -113,14 +113,14 @@ impl<'o> Driver<'o> {
 
     pub(crate) fn add_task(&self, parent: usize, spec: TaskSpec) -> Result<usize, AgentError> {
         if !self.o.roles.contains_key(&spec.role) {
-            return Err(AgentError::Failed(format!(
+            return Err(AgentError::failed(format!(
                 "spawned task `{}` names an unregistered role",
                 spec.name
             )));
         }
         let mut st = self.state.lock();
         if st.tasks.iter().any(|t| t.spec.name == spec.name) {
-            return Err(AgentError::Failed(format!(
+            return Err(AgentError::failed(format!(
                 "task `{}` already exists",
                 spec.name
             )));
@@ -131,7 +131,7 @@ impl<'o> Driver<'o> {
                 Some(i) if !deps.contains(&i) => deps.push(i),
                 Some(_) => {}
                 None => {
-                    return Err(AgentError::Failed(format!(
+                    return Err(AgentError::failed(format!(
                         "spawned task `{}` waits for unknown task `{d}`",
                         spec.name
                     )))
@@ -186,15 +186,19 @@ impl<'o> Driver<'o> {
     pub(crate) async fn credential(
         &self,
         connector: &ConnectorId,
+        operation: &str,
     ) -> Result<Option<Secret>, AgentError> {
         let (Some(vault), Some(handle)) = (&self.o.vault, self.o.credentials.get(connector)) else {
             return Ok(None);
         };
-        vault
-            .get(handle)
-            .await
-            .map(Some)
-            .map_err(|e| AgentError::Connector(format!("credential for `{connector}`: {e}")))
+        vault.get(handle).await.map(Some).map_err(|e| {
+            AgentError::Connector(Box::new(crate::error::ConnectorFailure {
+                connector: connector.clone(),
+                operation: operation.to_string(),
+                detail: format!("has no usable credential: {e}"),
+                error: None,
+            }))
+        })
     }
 
     pub(crate) fn emit(&self, event: RunEvent) {

@@ -1,7 +1,12 @@
 //! Errors: what stops a run (`OrchestratorError`) and what an agent's call returns
 //! (`AgentError`).
 
-use aios_core::{AnchorId, ApprovalId, RunId, StoreError};
+use std::sync::Arc;
+
+use aios_core::{AnchorId, ApprovalId, ConnectorError, ConnectorId, ModelError, RunId, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::router::RouteStep;
 
 /// What [`OrchestratorBuilder::build`](crate::OrchestratorBuilder::build) refused: a set-up
 /// that could only fail later, at the first call, or hang.
@@ -68,7 +73,7 @@ pub enum BuildError {
 
 /// A failure the caller of the orchestrator must handle. Task failures are not errors: they
 /// are in the run's status.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OrchestratorError {
     /// The workflow is malformed.
@@ -218,12 +223,14 @@ pub enum AgentError {
         /// Which budget and dimension.
         detail: String,
     },
-    /// A model call failed after retries and fallbacks.
+    /// A model call failed after the router's retries and fallbacks; the failure names every
+    /// model tried and holds the last one's [`ModelError`] as its source.
     #[error("model call failed: {0}")]
-    Model(String),
-    /// A connector call failed after retries.
+    Model(#[source] Box<ModelFailure>),
+    /// A connector call failed after its retries; the failure holds the connector's own
+    /// [`ConnectorError`] as its source when it returned one.
     #[error("connector call failed: {0}")]
-    Connector(String),
+    Connector(#[source] Box<ConnectorFailure>),
     /// An irreversible, non-idempotent call was interrupted: whether it happened is unknown.
     #[error("outcome of `{action}` unknown after an interruption; escalated")]
     OutcomeUnknown {
@@ -232,18 +239,189 @@ pub enum AgentError {
     },
     /// Memory refused or failed.
     #[error("memory: {0}")]
-    Memory(String),
+    Memory(#[source] Box<aios_memory::MemoryError>),
+    /// The agent used memory, but the orchestrator has none.
+    #[error(
+        "no memory is configured (give the orchestrator one with `OrchestratorBuilder::memory`)"
+    )]
+    NoMemory,
     /// The role's call limit or the agent's step limit was reached.
     #[error("step limit of {limit} reached")]
     StepLimit {
         /// The limit.
         limit: u32,
     },
-    /// The agent's own failure.
-    #[error("{0}")]
-    Failed(String),
+    /// The agent's own failure (see [`AgentError::failed`] and [`AgentError::failed_because`]).
+    #[error("{message}")]
+    Failed {
+        /// What went wrong, in words.
+        message: String,
+        /// The error behind it, if any.
+        #[source]
+        source: Option<ErrorSource>,
+    },
     /// The runtime must stop (store failure, lost lease, non-determinism); the run can be
     /// resumed. Propagate it.
     #[error("runtime stopped: {0}")]
-    Fatal(String),
+    Fatal(#[source] Box<OrchestratorError>),
+}
+
+impl AgentError {
+    /// The agent's own failure, in words.
+    ///
+    /// ```
+    /// use aios_orchestrator::AgentError;
+    /// let e = AgentError::failed("the invoice has no total");
+    /// assert_eq!(e.to_string(), "the invoice has no total");
+    /// ```
+    pub fn failed(message: impl Into<String>) -> Self {
+        AgentError::Failed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The agent's own failure, caused by `source` (kept as the error's
+    /// [`source`](std::error::Error::source)).
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use aios_orchestrator::AgentError;
+    /// let parse = "x".parse::<u32>().unwrap_err();
+    /// let e = AgentError::failed_because("the invoice total is not a number", parse);
+    /// assert_eq!(e.source().unwrap().to_string(), "invalid digit found in string");
+    /// ```
+    pub fn failed_because(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AgentError::Failed {
+            message: message.into(),
+            source: Some(ErrorSource(Arc::new(source))),
+        }
+    }
+}
+
+/// An error behind an [`AgentError::Failed`], shared so the error stays `Clone`; two are equal
+/// when they read the same.
+#[derive(Clone)]
+pub struct ErrorSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl ErrorSource {
+    /// The error.
+    pub fn get(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.0.as_ref()
+    }
+}
+
+impl std::fmt::Debug for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for ErrorSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for ErrorSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+/// Why a model call failed: every model the router tried, in order, and why it gave no
+/// answer (a failure, an open breaker, too low a confidence).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFailure {
+    /// The models tried, in order.
+    pub tried: Vec<RouteStep>,
+    /// The error the last failing model returned, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ModelError>,
+}
+
+impl std::fmt::Display for ModelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tried.is_empty() {
+            return f.write_str("no model is configured");
+        }
+        for (i, s) in self.tried.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "`{}` {}", s.model, s.reason)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ModelFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.as_ref().map(|e| e as _)
+    }
+}
+
+/// Why a connector call failed: which connector and operation, what happened (in words,
+/// with any credential removed), and the connector's own error when it returned one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("`{connector}` {detail}")]
+pub struct ConnectorFailure {
+    /// The connector.
+    pub connector: ConnectorId,
+    /// The operation.
+    pub operation: String,
+    /// What happened (`is not registered`, `breaker open ...`, the connector's message).
+    pub detail: String,
+    /// The connector's own error, if it returned one.
+    #[source]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ConnectorError>,
+}
+
+/// A journaled call failure, replayed as the same typed [`AgentError`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CallFailure {
+    /// A model call failed.
+    Model(ModelFailure),
+    /// A connector call failed.
+    Connector(ConnectorFailure),
+    /// An interrupted call's outcome is unknown.
+    OutcomeUnknown {
+        /// The action.
+        action: String,
+    },
+}
+
+impl CallFailure {
+    /// The journaled failure of `error`, if it is one a call journals.
+    pub(crate) fn of(error: &AgentError) -> Option<CallFailure> {
+        match error {
+            AgentError::Model(f) => Some(CallFailure::Model(f.as_ref().clone())),
+            AgentError::Connector(f) => Some(CallFailure::Connector(f.as_ref().clone())),
+            AgentError::OutcomeUnknown { action } => Some(CallFailure::OutcomeUnknown {
+                action: action.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The error a replay returns.
+    pub(crate) fn into_error(self) -> AgentError {
+        match self {
+            CallFailure::Model(f) => AgentError::Model(Box::new(f)),
+            CallFailure::Connector(f) => AgentError::Connector(Box::new(f)),
+            CallFailure::OutcomeUnknown { action } => AgentError::OutcomeUnknown { action },
+        }
+    }
 }

@@ -92,7 +92,7 @@ impl TaskContext<'_> {
             )),
             None => {
                 let Some(anchor) = self.driver.accountable(&self.role) else {
-                    return Err(AgentError::Failed(format!(
+                    return Err(AgentError::failed(format!(
                         "role `{}` has no accountable anchor to ask",
                         self.role.name
                     )));

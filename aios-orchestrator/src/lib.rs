@@ -53,7 +53,10 @@ pub use checkpoint::{
     InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};
-pub use error::{AgentError, BuildError, OrchestratorError};
+pub use error::{
+    AgentError, BuildError, CallFailure, ConnectorFailure, ErrorSource, ModelFailure,
+    OrchestratorError,
+};
 pub use governed::GovernedCall;
 pub use graph::{TaskInput, TaskName, TaskSpec, Workflow};
 pub use memory::{MemoryOptions, RecalledHit};

@@ -63,15 +63,13 @@ impl OrchestratorBuilder {
     }
 }
 
-fn memory_error(e: impl std::fmt::Display) -> AgentError {
-    AgentError::Memory(e.to_string())
+fn memory_error(e: aios_memory::MemoryError) -> AgentError {
+    AgentError::Memory(Box::new(e))
 }
 
 impl TaskContext<'_> {
     fn memory_access(&self) -> Result<&MemoryAccess, AgentError> {
-        self.driver
-            .memory()
-            .ok_or_else(|| AgentError::Memory("no memory is configured".to_string()))
+        self.driver.memory().ok_or(AgentError::NoMemory)
     }
 
     fn view(&self) -> Result<MemoryView, AgentError> {
@@ -103,9 +101,11 @@ impl TaskContext<'_> {
                     .get_version(id, version)
                     .await
                     .map_err(memory_error),
-                other => Err(AgentError::Memory(format!(
-                    "journal holds {other:?} for a memory write"
-                ))),
+                other => Err(self.driver.non_determinism(
+                    self.task(),
+                    seq_claimed,
+                    format!("the journal holds {other:?} for a memory write"),
+                )),
             };
         }
         // the lineage id is derived from the call's key, so a write repeated after a crash
@@ -134,9 +134,11 @@ impl TaskContext<'_> {
         let access = self.memory_access()?.clone();
         if let Some(record) = existing {
             let CallRecord::Recalled { hits } = record else {
-                return Err(AgentError::Memory(format!(
-                    "journal holds {record:?} for a recall"
-                )));
+                return Err(self.driver.non_determinism(
+                    self.task(),
+                    seq,
+                    format!("the journal holds {record:?} for a recall"),
+                ));
             };
             let mut out = Vec::with_capacity(hits.len());
             for h in hits {

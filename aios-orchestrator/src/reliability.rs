@@ -96,6 +96,16 @@ pub enum RetryError<E> {
     OverallTimedOut(Duration),
 }
 
+impl<E> RetryError<E> {
+    /// The last attempt's own error, when it returned one (not when it timed out).
+    pub fn last(&self) -> Option<&E> {
+        match self {
+            RetryError::Exhausted { last, .. } => Some(last),
+            _ => None,
+        }
+    }
+}
+
 /// Runs `op` (given the 1-based attempt number) under `policy`: retries only errors that are
 /// transient, waits with exponential backoff and jitter on `timer`, bounds each attempt and
 /// the whole by the policy's timeouts. `on_attempt` observes each failed attempt.

@@ -133,10 +133,14 @@ pub enum CallRecord {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anchor: Option<aios_core::AnchorId>,
     },
-    /// The call failed for good; replay fails it again.
+    /// The call failed for good; replay fails it again, with the same typed error.
     Failed {
         /// Why.
         reason: String,
+        /// The typed failure (absent in journals written before failures were typed; they
+        /// replay as a failure with `reason` only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<crate::error::CallFailure>,
     },
 }
 

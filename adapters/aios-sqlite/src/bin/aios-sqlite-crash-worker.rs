@@ -470,8 +470,8 @@ fn fanout_workflow() -> Workflow {
         .task(TaskSpec::new("mail", role, serde_json::json!({ "kind": "mail" })).after(["plan"]))
 }
 
-fn memory_error(e: impl std::fmt::Display) -> AgentError {
-    AgentError::Memory(e.to_string())
+fn memory_error(e: impl std::error::Error + Send + Sync + 'static) -> AgentError {
+    AgentError::failed_because("the fan-out scope does not parse", e)
 }
 
 /// The planner: spawns the children.
@@ -561,7 +561,7 @@ fn fanout_agent() -> FnAgent {
                 Some("plan") => plan(ctx).await,
                 Some("child") => child(ctx, input.input["child"].as_u64().unwrap_or(0)).await,
                 Some("mail") => mail(ctx, &input).await,
-                other => Err(AgentError::Failed(format!("unknown task kind {other:?}"))),
+                other => Err(AgentError::failed(format!("unknown task kind {other:?}"))),
             }
         })
     })

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aios_core::{
-    FinishReason, ModelError, ModelId, ModelResponse, PriceTable, Secret, ToolCall, ToolSpec,
-    TokenUsage,
+    FinishReason, ModelError, ModelId, ModelResponse, PriceTable, Secret, TokenUsage, ToolCall,
+    ToolSpec,
 };
 use futures::StreamExt;
 
@@ -87,7 +87,10 @@ pub(crate) fn parse_arguments(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
-pub(crate) fn finish_calls(calls: BTreeMap<usize, PartialCall>, names: &ToolNames) -> Vec<ToolCall> {
+pub(crate) fn finish_calls(
+    calls: BTreeMap<usize, PartialCall>,
+    names: &ToolNames,
+) -> Vec<ToolCall> {
     calls.into_values().map(|c| c.finish(names)).collect()
 }
 

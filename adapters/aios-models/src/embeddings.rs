@@ -117,7 +117,11 @@ impl OpenAiEmbedder {
         config: EmbeddingsConfig,
         vault: Arc<dyn CredentialVault>,
     ) -> Result<Self, BuildError> {
-        let url = endpoint(&config.base_url, "embeddings", config.api_version.as_deref())?;
+        let url = endpoint(
+            &config.base_url,
+            "embeddings",
+            config.api_version.as_deref(),
+        )?;
         let mut headers = header_map(&config.extra_headers)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         Ok(Self {

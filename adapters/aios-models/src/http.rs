@@ -160,7 +160,6 @@ pub(crate) fn redact_model_error(e: ModelError, secret: Option<&Secret>) -> Mode
     }
 }
 
-
 /// A one-line description of a transport error with its causes.
 pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
@@ -209,6 +208,7 @@ pub(crate) fn malformed(model: &ModelId, detail: impl std::fmt::Display) -> Mode
 #[derive(Debug, Default)]
 pub(crate) struct ApiError {
     pub(crate) kind: Option<String>,
+    #[cfg_attr(not(feature = "openai"), allow(dead_code))]
     pub(crate) code: Option<String>,
     pub(crate) message: String,
 }
@@ -325,8 +325,7 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duratio
         if let Some(d) =
             header(headers, &format!("x-ratelimit-reset-{limit}")).and_then(parse_go_duration)
         {
-            let exhausted =
-                header(headers, &format!("x-ratelimit-remaining-{limit}")) == Some("0");
+            let exhausted = header(headers, &format!("x-ratelimit-remaining-{limit}")) == Some("0");
             resets.push((exhausted, d));
         }
     }
@@ -429,7 +428,10 @@ mod tests {
         let cases: &[(&[(&str, &str)], Option<u64>)] = &[
             (&[("retry-after", "7")], Some(7000)),
             (&[("retry-after-ms", "250")], Some(250)),
-            (&[("retry-after", "Wed, 01 Jan 2025 00:00:30 GMT")], Some(30_000)),
+            (
+                &[("retry-after", "Wed, 01 Jan 2025 00:00:30 GMT")],
+                Some(30_000),
+            ),
             (&[("retry-after", "Tue, 31 Dec 2024 00:00:30 GMT")], Some(0)),
             (
                 &[
@@ -477,8 +479,18 @@ mod tests {
                 Some("invalid_request_error"),
                 Some("x"),
             ),
-            (r#"{"error":"model not found"}"#, "model not found", None, None),
-            (r#"{"object":"error","message":"m","code":400}"#, "m", None, None),
+            (
+                r#"{"error":"model not found"}"#,
+                "model not found",
+                None,
+                None,
+            ),
+            (
+                r#"{"object":"error","message":"m","code":400}"#,
+                "m",
+                None,
+                None,
+            ),
             (r#"{"detail":"d"}"#, "d", None, None),
             ("<html>gateway</html>", "<html>gateway</html>", None, None),
             ("", "empty body", None, None),

@@ -88,6 +88,5 @@ pub use http::{BuildError, DEFAULT_TIMEOUT};
 pub use observer::{StreamDelta, StreamObserver};
 #[cfg(feature = "openai")]
 pub use openai::{
-    CompletionOptions, MaxTokensField, OpenAiAuth, OpenAiCompatible, OpenAiConfig,
-    ResponseFormat,
+    CompletionOptions, MaxTokensField, OpenAiAuth, OpenAiCompatible, OpenAiConfig, ResponseFormat,
 };

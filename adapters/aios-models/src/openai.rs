@@ -18,8 +18,8 @@ use crate::assemble::{
 };
 use crate::http::{
     classify_status, client, endpoint, estimate_tokens, header_map, malformed, number_after,
-    parse_api_error, redact_model_error, secret_header, system_clock, transport_error, BuildError, KeySource,
-    DEFAULT_TIMEOUT,
+    parse_api_error, redact_model_error, secret_header, system_clock, transport_error, BuildError,
+    KeySource, DEFAULT_TIMEOUT,
 };
 use crate::observer::{emit, StreamDelta, StreamObserver};
 
@@ -348,14 +348,20 @@ impl OpenAiCompatible {
         options: CompletionOptions<'_>,
     ) -> Result<ModelResponse, ModelError> {
         let model = &self.config.model;
-        let secret = self.key.get().await.map_err(|e| e.into_model_error(model))?;
+        let secret = self
+            .key
+            .get()
+            .await
+            .map_err(|e| e.into_model_error(model))?;
         let names = ToolNames::new(&request.tools);
         let body = self.body(request, &options);
         let mut headers = self.headers.clone();
         if let Some(s) = &secret {
             let (name, prefix) = match self.config.auth {
                 OpenAiAuth::Bearer => (AUTHORIZATION, "Bearer "),
-                OpenAiAuth::AzureApiKey => (reqwest::header::HeaderName::from_static("api-key"), ""),
+                OpenAiAuth::AzureApiKey => {
+                    (reqwest::header::HeaderName::from_static("api-key"), "")
+                }
             };
             let value = secret_header(prefix, s).ok_or_else(|| ModelError::Unauthorized {
                 model: model.clone(),
@@ -553,7 +559,6 @@ impl OpenAiCompatible {
         })
     }
 }
-
 
 /// OpenAI's `context_length_exceeded`, vLLM's "maximum context length", llama.cpp's
 /// `exceed_context_size_error`.

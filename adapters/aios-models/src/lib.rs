@@ -90,3 +90,8 @@ pub use observer::{StreamDelta, StreamObserver};
 pub use openai::{
     CompletionOptions, MaxTokensField, OpenAiAuth, OpenAiCompatible, OpenAiConfig, ResponseFormat,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -425,7 +425,8 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        let cases: &[(&[(&str, &str)], Option<u64>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
+        let cases: &[Case] = &[
             (&[("retry-after", "7")], Some(7000)),
             (&[("retry-after-ms", "250")], Some(250)),
             (

@@ -92,6 +92,6 @@ pub use openai::{
 };
 
 /// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "openai"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

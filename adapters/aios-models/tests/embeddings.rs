@@ -1,5 +1,6 @@
 //! The embeddings adapter against a loopback server that plays the documented `/embeddings`
 //! shapes.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

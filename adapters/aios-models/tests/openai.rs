@@ -1,5 +1,6 @@
 //! The OpenAI-compatible adapter against a loopback server that plays the documented
 //! `/chat/completions` shapes.
+#![cfg(feature = "openai")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -167,3 +167,68 @@ pub(crate) async fn read_body(
         .map_err(|e| transport_error(model, "response body cut off", &e, secret))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn call() -> ToolCall {
+        ToolCall {
+            id: "c".into(),
+            name: "t".into(),
+            arguments: json!({}),
+        }
+    }
+
+    #[test]
+    fn finish_is_tool_calls_exactly_when_calls_are_kept() {
+        let cases = [
+            (FinishReason::Stop, 0, FinishReason::Stop, 0),
+            (FinishReason::ToolCalls, 0, FinishReason::Stop, 0),
+            (FinishReason::Stop, 1, FinishReason::ToolCalls, 1),
+            (FinishReason::ToolCalls, 2, FinishReason::ToolCalls, 2),
+            (FinishReason::Length, 1, FinishReason::Length, 0),
+            (FinishReason::Length, 0, FinishReason::Length, 0),
+        ];
+        for (reported, calls, finish, kept) in cases {
+            let r = response(
+                &ModelId::new("m"),
+                &PriceTable::default(),
+                Answer {
+                    content: String::new(),
+                    tool_calls: vec![call(); calls],
+                    finish: reported,
+                    usage: TokenUsage::new(1, 1),
+                },
+            );
+            assert_eq!(
+                (r.finish, r.tool_calls.len()),
+                (finish, kept),
+                "{reported:?} {calls}"
+            );
+            assert_eq!(r.cost, aios_core::Money::ZERO, "no price, no cost");
+        }
+    }
+
+    #[test]
+    fn arguments_and_names() {
+        assert_eq!(parse_arguments(""), json!({}));
+        assert_eq!(parse_arguments("{\"a\":1}"), json!({"a": 1}));
+        assert_eq!(parse_arguments("{\"a\":"), json!("{\"a\":"));
+        let names = ToolNames::new(&[ToolSpec {
+            name: "email.send".into(),
+            description: String::new(),
+            parameters: json!({}),
+        }]);
+        assert_eq!(ToolNames::outgoing("email.send"), "email__send");
+        assert_eq!(names.incoming("email__send"), "email.send");
+        assert_eq!(names.incoming("other__op"), "other__op");
+        let mut p = PartialCall::default();
+        p.add(Some("id1"), Some("email__send"), "{\"a\"");
+        p.add(Some("id1"), Some("email__send"), ":2}");
+        let c = p.finish(&names);
+        assert_eq!((c.id.as_str(), c.name.as_str()), ("id1", "email.send"));
+        assert_eq!(c.arguments, json!({"a": 2}));
+    }
+}

@@ -17,6 +17,10 @@ pub enum EmbedError {
     /// The input cannot be embedded.
     #[error("invalid embedder input: {0}")]
     InvalidInput(String),
+    /// The backend refused the credentials; retrying with the same credentials will fail
+    /// again.
+    #[error("embedder rejected the credentials: {0}")]
+    Unauthorized(String),
 }
 
 impl Transience for EmbedError {

@@ -252,6 +252,15 @@ pub enum ModelError {
         /// The prompt size.
         tokens: u64,
     },
+    /// The backend refused the credentials (missing, wrong, expired or without access to the
+    /// model); retrying with the same credentials will fail again.
+    #[error("model `{model}` rejected the credentials: {detail}")]
+    Unauthorized {
+        /// The model.
+        model: ModelId,
+        /// What the backend said (never the credential itself).
+        detail: String,
+    },
     /// The model refused (policy or safety).
     #[error("model `{model}` refused: {detail}")]
     Refused {

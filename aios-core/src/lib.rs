@@ -80,5 +80,5 @@ pub use principal::Principal;
 pub use rng::{os_seed, SeededRng};
 #[cfg(feature = "tokio")]
 pub use timer::TokioTimer;
-pub use timer::{timeout, Elapsed, ManualTimer, Sleep, Timer};
+pub use timer::{timeout, Elapsed, ManualTimer, Sleep, SystemTimer, Timer};
 pub use vault::{CredentialHandle, CredentialVault, InMemoryVault, Secret, VaultError};

@@ -210,6 +210,24 @@ impl Timer for ManualTimer {
     }
 }
 
+/// A timer on real time that works under any executor (Tokio, `futures::executor`,
+/// async-std...): one background thread, started on first use, wakes the sleepers
+/// (`futures-timer`). The orchestrator's default, paired with [`SystemClock`](crate::SystemClock).
+///
+/// ```
+/// use std::time::Duration;
+/// use aios_core::{SystemTimer, Timer};
+/// futures::executor::block_on(SystemTimer.sleep(Duration::from_millis(1)));
+/// ```
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemTimer;
+
+impl Timer for SystemTimer {
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(futures_timer::Delay::new(duration))
+    }
+}
+
 /// A timer backed by `tokio::time` (feature `tokio`). Requires a Tokio runtime with the time
 /// driver enabled.
 #[cfg(feature = "tokio")]

@@ -622,6 +622,47 @@ impl Governor {
         text
     }
 
+    /// `text` with the ids of this model's anchors, roles, pathways and humans (holders and
+    /// deputies) replaced by their keys, for messages a human reads.
+    ///
+    /// ```
+    /// use aios_core::{AnchorId, HumanId};
+    /// # let g = aios_governance::GovernanceModel::from_toml(r#"
+    /// # version = 1
+    /// # [charter]
+    /// # intent = "x"
+    /// # final_authority = "founder"
+    /// # [[anchors]]
+    /// # key = "founder"
+    /// # title = "Founder"
+    /// # holders = ["alice"]
+    /// # response_time = "1h"
+    /// # "#).unwrap().compile().unwrap();
+    /// let text = format!("`{}` is not a holder of anchor `{}`", HumanId::from_name("alice"), AnchorId::from_name("founder"));
+    /// assert_eq!(g.name_ids(&text), "`alice` is not a holder of anchor `founder`");
+    /// ```
+    pub fn name_ids(&self, text: &str) -> String {
+        let mut text = text.to_string();
+        let mut swap = |id: String, key: &str| {
+            if text.contains(&id) {
+                text = text.replace(&id, key);
+            }
+        };
+        for a in &self.model.anchors {
+            swap(AnchorId::from_name(&a.key).to_string(), &a.key);
+            for h in a.holders.iter().chain(a.deputy.iter()) {
+                swap(HumanId::from_name(h).to_string(), h);
+            }
+        }
+        for r in &self.model.roles {
+            swap(RoleId::from_name(&r.key).to_string(), &r.key);
+        }
+        for p in &self.model.pathways {
+            swap(PathwayId::from_name(&p.key).to_string(), &p.key);
+        }
+        text
+    }
+
     /// Decides on `req` with no operator controls in force. Pure and fail-closed.
     pub fn decide(&self, req: &ActionRequest) -> Decision {
         self.decide_inner(req, None)

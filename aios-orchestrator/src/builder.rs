@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aios_core::{
     AuditLog, Clock, Connector, ConnectorId, CredentialHandle, CredentialVault, IdGen,
-    InMemoryAuditLog, ManualTimer, Timer,
+    InMemoryAuditLog, SystemClock, SystemTimer, Timer,
 };
 use parking_lot::Mutex;
 
@@ -149,7 +149,9 @@ impl OrchestratorBuilder {
     /// its pathway missing from the governance model, or a pathway delegating to another
     /// role; a connector a role may use that is not registered; a credential for an
     /// unregistered connector or without a vault; a clock without a timer or a timer without
-    /// a clock (give both, or neither for the manual pair tests use).
+    /// a clock (give both, or neither: then real time, [`SystemClock`] with [`SystemTimer`],
+    /// so retries back off and approval deadlines pass; tests give a
+    /// [`ManualTimer`](aios_core::ManualTimer) and its clock).
     pub fn build(self) -> Result<Orchestrator, crate::error::BuildError> {
         use crate::error::BuildError;
         self.check()?;
@@ -169,10 +171,9 @@ impl OrchestratorBuilder {
                         .into(),
                 ))
             }
-            (None, None) => {
-                let timer = ManualTimer::default();
-                (Arc::new(timer.clock().clone()), Arc::new(timer))
-            }
+            // production-safe: real time, under any executor; tests pass a `ManualTimer`
+            // and its clock
+            (None, None) => (Arc::new(SystemClock), Arc::new(SystemTimer)),
         };
         let ids = IdGen::with_clock(clock.clone(), self.config.seed);
         let breakers = Breakers::new(self.config.breakers, clock.clone());

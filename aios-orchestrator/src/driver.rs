@@ -336,7 +336,9 @@ impl<'o> Driver<'o> {
             self.o.gov.approval(to).await,
         ) {
             (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return Err(self.fail(OrchestratorError::Approval(e))),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(self.fail(OrchestratorError::approval(self.governor.governor(), e)))
+            }
         };
         self.notify(
             old.anchor,
@@ -457,7 +459,7 @@ impl<'o> Driver<'o> {
             .gov
             .request_approval(&self.governor, at, ask, action, proposed)
             .await
-            .map_err(|e| self.fail(OrchestratorError::Approval(e)))
+            .map_err(|e| self.fail(OrchestratorError::approval(self.governor.governor(), e)))
     }
 
     pub(crate) async fn approval_state(
@@ -469,7 +471,7 @@ impl<'o> Driver<'o> {
             .gov
             .approval_state(approval, agent, self.run)
             .await
-            .map_err(|e| self.fail(OrchestratorError::Approval(e)))
+            .map_err(|e| self.fail(OrchestratorError::approval(self.governor.governor(), e)))
     }
 
     async fn step(&self, force: bool) -> Result<(), AgentError> {

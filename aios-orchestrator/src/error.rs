@@ -155,8 +155,14 @@ pub enum OrchestratorError {
     },
     /// An approval operation was refused (a forged or used id, an answer from someone who
     /// may not give it, a request of another run) or its store failed.
-    #[error("approval refused: {0}")]
-    Approval(#[source] aios_governance::ApprovalError),
+    #[error("approval refused: {message}")]
+    Approval {
+        /// What was refused, with anchors, roles and humans named by their keys.
+        message: String,
+        /// The refusal.
+        #[source]
+        error: aios_governance::ApprovalError,
+    },
     /// A storage port failed; the run stopped and can be resumed.
     #[error("store failed: {0}")]
     Store(#[from] StoreError),
@@ -206,13 +212,13 @@ pub enum AgentError {
         reason: String,
     },
     /// Governance escalated the action and halted it.
-    #[error("`{action}` escalated to anchor {anchor}: {reason}")]
+    #[error("`{action}` escalated: {reason}")]
     Escalated {
         /// The action.
         action: String,
         /// Who was told.
         anchor: AnchorId,
-        /// Why.
+        /// Why, naming the anchor by its key.
         reason: String,
     },
     /// A budget refused the call (exceeded, or none configured).
@@ -264,6 +270,19 @@ pub enum AgentError {
     /// resumed. Propagate it.
     #[error("runtime stopped: {0}")]
     Fatal(#[source] Box<OrchestratorError>),
+}
+
+impl OrchestratorError {
+    /// The approval refusal `error`, described with the names `governor` gives its ids.
+    pub(crate) fn approval(
+        governor: &aios_governance::Governor,
+        error: aios_governance::ApprovalError,
+    ) -> Self {
+        OrchestratorError::Approval {
+            message: governor.name_ids(&error.to_string()),
+            error,
+        }
+    }
 }
 
 impl AgentError {

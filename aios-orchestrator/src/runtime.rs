@@ -634,7 +634,7 @@ impl Orchestrator {
             .gov
             .pending()
             .await
-            .map_err(OrchestratorError::Approval)
+            .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))
     }
 
     /// The approval requests waiting for a human, as a human reads them, oldest first: the
@@ -702,7 +702,7 @@ impl Orchestrator {
             .gov
             .submit(approval, by, response)
             .await
-            .map_err(OrchestratorError::Approval)?
+            .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?
             .ok_or(OrchestratorError::UnknownApproval(approval))?;
         self.resume(run).await
     }
@@ -723,7 +723,7 @@ impl Orchestrator {
             .gov
             .sweep()
             .await
-            .map_err(OrchestratorError::Approval)?;
+            .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?;
         let mut report = TickReport::default();
         for e in &expired {
             match e.escalated_to {

@@ -110,3 +110,50 @@ fn a_task_for_an_unregistered_role_is_refused_naming_the_role_and_the_registered
         "{text}"
     );
 }
+
+/// The default set-up runs on real time: a transient model failure is retried after a real
+/// backoff under any executor (it used to wait forever on a manual timer), and the clock
+/// moves, so approval deadlines can pass.
+#[test]
+fn the_default_set_up_runs_on_real_time_and_retries_a_transient_failure() {
+    use aios_core::{Clock, Message, ModelError, ModelId, ModelRequest, ScriptedModel};
+    use aios_orchestrator::{ModelRouter, RetryPolicy, RunStatus, TaskSpec, Workflow};
+    let model = ScriptedModel::new("small")
+        .fail(ModelError::Unavailable {
+            model: ModelId::new("small"),
+            detail: "overloaded".into(),
+        })
+        .reply("notes");
+    let agent = FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let r = ctx
+                .complete(ModelRequest::new(vec![Message::user("research")]))
+                .await?;
+            Ok(serde_json::json!(r.content))
+        })
+    });
+    let orch = Orchestrator::builder(governor())
+        .role(
+            Role::new("researcher", "research", Arc::new(agent)).retry(RetryPolicy {
+                base_delay: std::time::Duration::from_millis(5),
+                ..RetryPolicy::default()
+            }),
+        )
+        .models(ModelRouter::single(Arc::new(model.clone())))
+        .build()
+        .unwrap();
+    let before = SystemClock.now();
+    assert!(
+        (orch.clock().now() - before).num_seconds().abs() < 5,
+        "the default clock is the system's"
+    );
+    let done = futures::executor::block_on(orch.start(Workflow::new("w").task(TaskSpec::new(
+        "research",
+        aios_core::RoleId::from_name("researcher"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    assert_eq!(model.calls(), 2, "failed once, retried once");
+    assert!(orch.clock().now() > before, "the clock moves");
+}

@@ -202,3 +202,27 @@ fn the_agents_own_failure_keeps_its_cause() {
         "{no_memory}"
     );
 }
+
+#[test]
+fn an_approval_refusal_names_the_anchor_and_the_human_by_their_keys() {
+    let w = World::new();
+    let orch = newsletter_roles()
+        .into_iter()
+        .fold(builder(&w), |b, r| b.role(r))
+        .build()
+        .unwrap();
+    let parked = block_on(orch.start(newsletter())).unwrap();
+    let id = parked.pending_approvals()[0];
+    let mallory = aios_core::HumanId::from_name("mallory");
+    let err = block_on(orch.submit_approval(id, mallory, ApprovalResponse::Approve)).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("anchor `founder`")
+            && !text.contains(&aios_core::AnchorId::from_name("founder").to_string()),
+        "{text}"
+    );
+    assert!(
+        matches!(err, aios_orchestrator::OrchestratorError::Approval { .. }),
+        "{err:?}"
+    );
+}

@@ -242,6 +242,21 @@ pub enum AuditEvent {
         scope: String,
         /// `remember`, `revise`, `retract`, `prune`, ...
         operation: String,
+        /// The run it was written in, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+        /// The task it was written in, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<TaskId>,
+    },
+    /// An agent recalled memory during a run.
+    MemoryRecalled {
+        /// The run.
+        run: RunId,
+        /// The task.
+        task: TaskId,
+        /// The record versions returned, best first, as `(lineage, version)`.
+        hits: Vec<(MemoryId, u32)>,
     },
     /// A free-form note.
     Note {

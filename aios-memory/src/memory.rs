@@ -248,7 +248,15 @@ impl Memory {
         record: &MemoryRecord,
         operation: &str,
     ) -> Result<(), MemoryError> {
-        self.audit_event(actor, record.id, record.version, &record.scope, operation)
+        let event = AuditEvent::MemoryWritten {
+            memory: record.id,
+            version: record.version,
+            scope: record.scope.to_string(),
+            operation: operation.into(),
+            run: record.provenance.run,
+            task: record.provenance.task,
+        };
+        self.append_audit(actor, event, record.id, record.version)
             .await
     }
 
@@ -710,14 +718,27 @@ impl Memory {
         scope: &Scope,
         operation: &str,
     ) -> Result<(), MemoryError> {
-        let Some(log) = &self.inner.audit else {
-            return Ok(());
-        };
         let event = AuditEvent::MemoryWritten {
             memory: id,
             version,
             scope: scope.to_string(),
             operation: operation.into(),
+            run: None,
+            task: None,
+        };
+        self.append_audit(actor, event, id, version).await
+    }
+
+    /// Appends `event`, about version `version` of `id`, to the audit log if there is one.
+    async fn append_audit(
+        &self,
+        actor: Principal,
+        event: AuditEvent,
+        id: MemoryId,
+        version: u32,
+    ) -> Result<(), MemoryError> {
+        let Some(log) = &self.inner.audit else {
+            return Ok(());
         };
         log.append(AuditRecord::new(actor, event).at(self.now()))
             .await

@@ -418,6 +418,7 @@ fn writes_are_audited() {
                         version,
                         memory,
                         scope,
+                        ..
                     } => {
                         assert_eq!(memory, r.id);
                         assert_eq!(scope, "org/x");

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use aios_core::MemoryId;
+use aios_core::{AuditEvent, MemoryId, Principal};
 use aios_memory::{
     assemble_context, CharTokenizer, ContextBudget, Grant, Memory, MemoryRecord, MemoryView,
     NewMemory, RecallHit, RecallQuery, Scope, ScoreBreakdown, Tokenizer, ViewSubject,
@@ -163,6 +163,20 @@ impl TaskContext<'_> {
                 score: h.score,
             })
             .collect();
+        // what the agent read goes on the record (a replay reads the journal, not memory)
+        self.driver
+            .audit(
+                Principal::Agent(self.agent_id()),
+                AuditEvent::MemoryRecalled {
+                    run: self.run_id(),
+                    task: self.task_id,
+                    hits: hits
+                        .iter()
+                        .map(|h| (h.record.id, h.record.version))
+                        .collect(),
+                },
+            )
+            .await?;
         let entry = JournalEntry {
             seq,
             kind: CallKind::Memory,

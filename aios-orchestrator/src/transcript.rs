@@ -208,6 +208,42 @@ pub fn render_transcript(run: RunId, entries: &[AuditEntry], names: &TranscriptN
             } if last_was_ours || budget.contains(&run.to_string()) => Some(format!(
                 "budget `{budget}` passed {threshold_percent} % on {dimension} ({used} of {limit})"
             )),
+            AuditEvent::MemoryWritten {
+                memory,
+                version,
+                scope,
+                operation,
+                run: Some(r),
+                task,
+            } if *r == run => {
+                let by = match task {
+                    Some(t) => {
+                        let k = tasks.len() + 1;
+                        let k = *tasks.entry(*t).or_insert(k);
+                        format!(" by {}", task_name(t, k))
+                    }
+                    None => String::new(),
+                };
+                Some(format!(
+                    "memory {operation}{by}: record {memory} v{version} in `{scope}`"
+                ))
+            }
+            AuditEvent::MemoryRecalled { run: r, task, hits } if *r == run => {
+                let k = tasks.len() + 1;
+                let k = *tasks.entry(*task).or_insert(k);
+                let records: Vec<String> =
+                    hits.iter().map(|(id, v)| format!("{id} v{v}")).collect();
+                Some(format!(
+                    "{} recalled {} memory record(s){}",
+                    task_name(task, k),
+                    hits.len(),
+                    if records.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", records.join(", "))
+                    }
+                ))
+            }
             AuditEvent::Note { text } if text.contains(&run.to_string()) => Some(text.clone()),
             _ => None,
         };

@@ -224,3 +224,75 @@ fn the_transcript_names_tasks_and_shows_the_resumption_and_budget_alerts() {
         "{transcript}"
     );
 }
+
+/// What an agent wrote to and read from memory is on the run's record: the transcript shows
+/// each write (with the run and task it belongs to) and each recall, named by task.
+#[test]
+fn the_transcript_shows_the_runs_memory_writes_and_reads() {
+    use aios_core::{InMemoryAuditLog, Principal, RoleId};
+    use aios_memory::{Access, Grant, Memory, NewMemory, RecallQuery, Scope, Tier};
+    use aios_orchestrator::{FnAgent, MemoryOptions, Role, TaskSpec, Workflow};
+    use std::sync::Arc;
+    let world = World::new();
+    let audit = InMemoryAuditLog::new();
+    let clock: Arc<dyn aios_core::Clock> = Arc::new(world.timer.clock().clone());
+    let memory = block_on(Memory::builder(clock).audit(Arc::new(audit.clone())).open()).unwrap();
+    let scope = Scope::parse("org/acme").unwrap();
+    let grants = vec![Grant::role(
+        RoleId::from_name("worker"),
+        scope.clone(),
+        Access::ReadWrite,
+    )];
+    let agent = FnAgent::new(|ctx, _| {
+        Box::pin(async move {
+            let scope = Scope::parse("org/acme").unwrap();
+            let me = Principal::Agent(ctx.agent_id());
+            let r = ctx
+                .remember(NewMemory::new(
+                    scope.clone(),
+                    Tier::Project,
+                    "acme pays invoices in 30 days",
+                    me,
+                ))
+                .await?;
+            let hits = ctx
+                .recall(&RecallQuery::text("acme invoices").in_scope(scope))
+                .await?;
+            Ok(serde_json::json!({ "wrote": r.id, "found": hits.len() }))
+        })
+    });
+    let orch = builder(&world)
+        .audit(Arc::new(audit.clone()))
+        .memory(memory, MemoryOptions::new(grants, scope))
+        .role(Role::new("worker", "work", Arc::new(agent)))
+        .build()
+        .unwrap();
+    let done = block_on(orch.start(Workflow::new("note").task(TaskSpec::new(
+        "note the terms",
+        RoleId::from_name("worker"),
+        serde_json::Value::Null,
+    ))))
+    .unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);
+    let written = done.outputs["note the terms"]["wrote"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let transcript = block_on(orch.transcript(done.run)).unwrap();
+    assert!(
+        transcript.contains(&format!(
+            "memory remember by task `note the terms`: record {written} v1 in `org/acme`"
+        )),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains(&format!(
+            "task `note the terms` recalled 1 memory record(s): {written} v1"
+        )),
+        "{transcript}"
+    );
+    // the write's audit entry names its run
+    let entries = block_on(audit.entries()).unwrap();
+    assert!(entries.iter().any(|e| matches!(&e.event,
+        aios_core::AuditEvent::MemoryWritten { run: Some(r), .. } if *r == done.run)));
+}

@@ -83,7 +83,7 @@ impl Connector for Office {
 
 /// The assistant's work, one task per step.
 fn workflow() -> Workflow {
-    let assistant = RoleId::from_name("assistant");
+    let assistant = "assistant";
     Workflow::new("proposal for acme")
         .task(TaskSpec::new(
             "research",

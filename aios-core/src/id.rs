@@ -117,6 +117,21 @@ pub(crate) fn name_uuid(kind: &str, name: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// A role by its key in the governance model (`"assistant"`): the same as
+/// [`RoleId::from_name`], so a task can name its role the way [`Role::new`] does.
+///
+/// [`Role::new`]: https://docs.rs/aios-orchestrator/latest/aios_orchestrator/struct.Role.html#method.new
+///
+/// ```
+/// use aios_core::RoleId;
+/// assert_eq!(RoleId::from("assistant"), RoleId::from_name("assistant"));
+/// ```
+impl From<&str> for RoleId {
+    fn from(key: &str) -> Self {
+        RoleId::from_name(key)
+    }
+}
+
 #[derive(Debug)]
 struct GenState {
     rng: SeededRng,

@@ -515,7 +515,7 @@ fn keyed<'a, T>(
 /// new.charter.boundaries.max_cost_per_action = Some(Money::from_minor(500));
 /// let d = diff(&old, &new);
 /// assert!(d.has(ChangeKind::Loosened, "charter.boundaries.max_cost_per_action"));
-/// # Ok::<(), aios_governance::ModelError>(())
+/// # Ok::<(), aios_governance::ManifestError>(())
 /// ```
 pub fn diff(old: &GovernanceModel, new: &GovernanceModel) -> ModelDiff {
     let mut d = Differ {

@@ -332,7 +332,7 @@ fn effect_bit(e: EffectClass) -> u8 {
 /// assert_eq!(risky.model_version, 3);
 /// let wire = governor.decide(&ActionRequest { action: "wire_money".into(), ..req });
 /// assert_eq!(wire.verdict, Verdict::Deny);
-/// # Ok::<(), aios_governance::ModelError>(())
+/// # Ok::<(), aios_governance::ManifestError>(())
 /// ```
 #[derive(Debug)]
 pub struct Governor {

@@ -13,7 +13,7 @@
 //! - [`GovernanceModel`]: the serde document (JSON or TOML): [`Charter`] with its
 //!   [`Boundaries`], [`Anchor`]s, [`Role`]s, [`Pathway`]s with [`AutonomyLimits`] and
 //!   [`EscalationRule`]s, [`Budget`]s, a version and a change log. Errors name the path in the
-//!   document ([`ModelError`]).
+//!   document ([`ManifestError`]).
 //! - [`GovernanceModel::validate`] returns every structural finding ([`ValidationReport`]);
 //!   [`GovernanceModel::compile`] turns a valid model into a [`Governor`].
 //! - [`Governor::decide`] / [`Governor::decide_with`]: a pure, synchronous, fail-closed
@@ -72,7 +72,7 @@
 //! let unknown = governor.decide(&ActionRequest { pathway: PathwayId::from_name("payments"), ..req });
 //! assert_eq!(unknown.verdict, Verdict::Deny);
 //! println!("{}", unknown.explain());
-//! # Ok::<(), aios_governance::ModelError>(())
+//! # Ok::<(), aios_governance::ManifestError>(())
 //! ```
 
 mod approvals;
@@ -111,7 +111,7 @@ pub use governor::{
 };
 pub use model::{
     Anchor, AutonomyLimits, Boundaries, Budget, BudgetScope, ChangeLogEntry, Charter,
-    EscalationMode, EscalationRule, Format, GovernanceModel, Limits, ModelError, OnTimeoutSpec,
-    Pathway, Period, ResponseKind, Role, Trigger, MODEL_SCHEMA_VERSION,
+    EscalationMode, EscalationRule, Format, GovernanceModel, Limits, ManifestError, ManifestRole,
+    OnTimeoutSpec, Pathway, Period, ResponseKind, Trigger, MODEL_SCHEMA_VERSION,
 };
 pub use validate::{Finding, FindingKind, Severity, ValidationReport};

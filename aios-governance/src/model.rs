@@ -36,7 +36,7 @@ use crate::duration::{serde_duration, serde_opt_duration};
 /// "#)?;
 /// assert_eq!(model.version, 1);
 /// assert_eq!(model.anchors[0].response_time.as_secs(), 4 * 3600);
-/// # Ok::<(), aios_governance::ModelError>(())
+/// # Ok::<(), aios_governance::ManifestError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,7 +57,7 @@ pub struct GovernanceModel {
     pub anchors: Vec<Anchor>,
     /// The roles agents run under.
     #[serde(default)]
-    pub roles: Vec<Role>,
+    pub roles: Vec<ManifestRole>,
     /// One delegation per execution pathway.
     #[serde(default)]
     pub pathways: Vec<Pathway>,
@@ -162,7 +162,7 @@ pub struct Anchor {
 /// A role template agents run under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Role {
+pub struct ManifestRole {
     /// The key (`outreach`), `RoleId::from_name(key)` at runtime.
     pub key: String,
     /// What the role does.
@@ -474,7 +474,7 @@ impl std::fmt::Display for Format {
 /// A governance document could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ModelError {
+pub enum ManifestError {
     /// The document is not valid: the path says where (`pathways[3].escalation[0].route`),
     /// the message what is wrong.
     #[error("invalid {format} governance document at `{path}`: {message}")]
@@ -496,12 +496,12 @@ pub enum ModelError {
     },
 }
 
-impl ModelError {
-    /// The path in the document, for [`ModelError::Invalid`].
+impl ManifestError {
+    /// The path in the document, for [`ManifestError::Invalid`].
     pub fn path(&self) -> Option<&str> {
         match self {
-            ModelError::Invalid { path, .. } => Some(path),
-            ModelError::Write { .. } => None,
+            ManifestError::Invalid { path, .. } => Some(path),
+            ManifestError::Write { .. } => None,
         }
     }
 }
@@ -516,18 +516,18 @@ fn first_line(s: &str) -> String {
 
 impl GovernanceModel {
     /// Reads a model from JSON. Errors name the path in the document and what is wrong.
-    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
         let mut de = serde_json::Deserializer::from_str(text);
         let model: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            ModelError::Invalid {
+            ManifestError::Invalid {
                 format: Format::Json,
                 path,
                 message: first_line(&inner.to_string()),
             }
         })?;
-        de.end().map_err(|e| ModelError::Invalid {
+        de.end().map_err(|e| ManifestError::Invalid {
             format: Format::Json,
             path: ".".into(),
             message: first_line(&e.to_string()),
@@ -536,7 +536,7 @@ impl GovernanceModel {
     }
 
     /// Reads a model from TOML. Errors name the path in the document and what is wrong.
-    pub fn from_toml(text: &str) -> Result<Self, ModelError> {
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
         let de = toml::Deserializer::parse(text).map_err(|e| {
             let message = first_line(e.message());
             let message = match e.span() {
@@ -548,7 +548,7 @@ impl GovernanceModel {
                 }
                 None => message,
             };
-            ModelError::Invalid {
+            ManifestError::Invalid {
                 format: Format::Toml,
                 path: ".".into(),
                 message,
@@ -557,7 +557,7 @@ impl GovernanceModel {
         let model: Self = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            ModelError::Invalid {
+            ManifestError::Invalid {
                 format: Format::Toml,
                 path,
                 message: first_line(inner.message()),
@@ -566,9 +566,9 @@ impl GovernanceModel {
         model.check_schema(Format::Toml)
     }
 
-    fn check_schema(self, format: Format) -> Result<Self, ModelError> {
+    fn check_schema(self, format: Format) -> Result<Self, ManifestError> {
         if self.schema == 0 || self.schema > MODEL_SCHEMA_VERSION {
-            return Err(ModelError::Invalid {
+            return Err(ManifestError::Invalid {
                 format,
                 path: "schema".into(),
                 message: format!(
@@ -581,16 +581,16 @@ impl GovernanceModel {
     }
 
     /// Writes the model as pretty JSON.
-    pub fn to_json(&self) -> Result<String, ModelError> {
-        serde_json::to_string_pretty(self).map_err(|e| ModelError::Write {
+    pub fn to_json(&self) -> Result<String, ManifestError> {
+        serde_json::to_string_pretty(self).map_err(|e| ManifestError::Write {
             format: Format::Json,
             message: e.to_string(),
         })
     }
 
     /// Writes the model as TOML.
-    pub fn to_toml(&self) -> Result<String, ModelError> {
-        toml::to_string(self).map_err(|e| ModelError::Write {
+    pub fn to_toml(&self) -> Result<String, ManifestError> {
+        toml::to_string(self).map_err(|e| ManifestError::Write {
             format: Format::Toml,
             message: e.to_string(),
         })
@@ -607,7 +607,7 @@ impl GovernanceModel {
     }
 
     /// The role with this key.
-    pub fn role(&self, key: &str) -> Option<&Role> {
+    pub fn role(&self, key: &str) -> Option<&ManifestRole> {
         self.roles.iter().find(|r| r.key == key)
     }
 

@@ -331,7 +331,7 @@ impl GovernanceModel {
     /// assert!(report.has(FindingKind::AnchorWithoutHolder, "pathways[0].anchor"));
     /// assert!(report.has(FindingKind::UnknownRole, "pathways[0].delegate"));
     /// assert!(report.has(FindingKind::NoEscalationDesign, "pathways[0].escalation"));
-    /// # Ok::<(), aios_governance::ModelError>(())
+    /// # Ok::<(), aios_governance::ManifestError>(())
     /// ```
     pub fn validate(&self) -> ValidationReport {
         let mut c = Checker {

@@ -6,7 +6,7 @@ mod common;
 use aios_core::Money;
 use aios_governance::{
     diff, BudgetScope, ChangeKind, EscalationMode, EscalationRule, Format, GovernanceModel,
-    ModelError, OnTimeoutSpec, Pathway, Period, Trigger,
+    ManifestError, OnTimeoutSpec, Pathway, Period, Trigger,
 };
 use common::{base, BASE};
 
@@ -51,9 +51,9 @@ fn json_and_toml_round_trip() {
     );
 }
 
-fn invalid(result: Result<GovernanceModel, ModelError>) -> (Format, String, String) {
+fn invalid(result: Result<GovernanceModel, ManifestError>) -> (Format, String, String) {
     match result {
-        Err(ModelError::Invalid {
+        Err(ManifestError::Invalid {
             format,
             path,
             message,

@@ -6,7 +6,7 @@ mod common;
 
 use aios_core::{EffectClass, Money};
 use aios_governance::{
-    Anchor, BudgetScope, FindingKind, GovernanceModel, OnTimeoutSpec, Role, Severity,
+    Anchor, BudgetScope, FindingKind, GovernanceModel, ManifestRole, OnTimeoutSpec, Severity,
 };
 use common::base;
 
@@ -142,7 +142,7 @@ fn validation_table() {
             |m| { m.budgets[1].parent = Some("per-run".into()); m.budgets[2].parent = Some("outreach".into()); },
             FindingKind::BudgetCycle, "budgets[1].parent"),
         ("duplicate role key",
-            |m| m.roles.push(Role { key: "outreach".into(), description: String::new() }),
+            |m| m.roles.push(ManifestRole { key: "outreach".into(), description: String::new() }),
             FindingKind::DuplicateKey, "roles[3].key"),
         ("duplicate rule name",
             |m| m.pathways[0].escalation[1].name = "first-contact".into(),
@@ -218,7 +218,7 @@ fn all_findings_are_returned_not_just_the_first() {
     m.pathways[1].escalation.clear();
     m.pathways[1].delegate = Some("ghost".into());
     m.budgets[1].limits.cost = Some(Money::from_minor(500_000));
-    m.roles.push(Role {
+    m.roles.push(ManifestRole {
         key: "scheduler".into(),
         description: String::new(),
     });

@@ -52,11 +52,23 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
-    /// A task for `role` with `input` and no dependencies.
-    pub fn new(name: impl Into<TaskName>, role: RoleId, input: serde_json::Value) -> Self {
+    /// A task for `role` (its key, as [`Role::new`](crate::Role::new) takes it, or its
+    /// [`RoleId`]) with `input` and no dependencies.
+    ///
+    /// ```
+    /// use aios_orchestrator::TaskSpec;
+    /// let by_key = TaskSpec::new("draft", "writer", serde_json::json!({}));
+    /// let by_id = TaskSpec::new("draft", aios_core::RoleId::from_name("writer"), serde_json::json!({}));
+    /// assert_eq!(by_key, by_id);
+    /// ```
+    pub fn new(
+        name: impl Into<TaskName>,
+        role: impl Into<RoleId>,
+        input: serde_json::Value,
+    ) -> Self {
         Self {
             name: name.into(),
-            role,
+            role: role.into(),
             input,
             after: vec![],
         }

@@ -9,8 +9,8 @@ use aios::core::{AgentId, EffectClass, ManualClock, Money, PathwayId, Principal,
 use aios::governance::{
     ActionRequest, Anchor, AutonomyLimits, Boundaries, Budget, BudgetChain, BudgetKey,
     BudgetLimits, BudgetScope, Charter, EscalationMode, EscalationRule, GovernanceModel, Governor,
-    InMemoryBudgetLedger, Limits, OnTimeoutSpec, Pathway, Period, ReserveOptions, Role, Trigger,
-    Usage, Verdict,
+    InMemoryBudgetLedger, Limits, ManifestRole, OnTimeoutSpec, Pathway, Period, ReserveOptions,
+    Trigger, Usage, Verdict,
 };
 
 use crate::{percentile_us, sample, time, Config, Goal, Measurement};
@@ -76,7 +76,7 @@ pub fn synthetic_model(pathways: usize, anchors: usize) -> GovernanceModel {
             })
             .collect(),
         roles: (0..roles)
-            .map(|i| Role {
+            .map(|i| ManifestRole {
                 key: format!("role-{i}"),
                 description: String::new(),
             })

@@ -42,6 +42,7 @@ mod router;
 mod runtime;
 mod state;
 mod transcript;
+mod worker;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -76,3 +77,4 @@ pub use state::{
     RUN_STATE_SCHEMA,
 };
 pub use transcript::{render_transcript, TranscriptNames};
+pub use worker::{WorkOptions, WorkReport};

@@ -208,6 +208,81 @@ impl Orchestrator {
 
     /// Starts `workflow` as a new run and drives it until it completes, fails or parks.
     pub async fn start(&self, workflow: Workflow) -> Result<RunOutcome, OrchestratorError> {
+        let (governor, lease, state) = self.create(workflow).await?;
+        let run = state.run;
+        let driver = self.driver(governor, lease, state, 0);
+        if self.inner.config.checkpoints != CheckpointMode::OnExit {
+            // the run exists durably before its first task, so a crash at any point can resume
+            driver.save().await?;
+        }
+        driver
+            .drive(false)
+            .instrument(tracing::info_span!("aios.run", run = %run))
+            .await
+    }
+
+    /// Records `workflow` as a new run without driving it, for a worker
+    /// ([`Orchestrator::work`], in this process or another on the same store) to take up.
+    /// The run is durable (its first checkpoint saved) and unleased when this returns.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use aios_orchestrator::{FnAgent, Orchestrator, Role, RunStatus, TaskSpec, Workflow, WorkOptions};
+    /// # let governor = aios_governance::GovernanceModel::from_toml(r#"
+    /// # version = 1
+    /// # [charter]
+    /// # intent = "x"
+    /// # final_authority = "founder"
+    /// # [[anchors]]
+    /// # key = "founder"
+    /// # title = "Founder"
+    /// # holders = ["alice"]
+    /// # response_time = "1h"
+    /// # [[roles]]
+    /// # key = "writer"
+    /// # [[pathways]]
+    /// # key = "writing"
+    /// # anchor = "founder"
+    /// # delegate = "writer"
+    /// # limits = { actions = ["*"], effects = ["read_only"] }
+    /// # [[pathways.escalation]]
+    /// # name = "never"
+    /// # when = { risk_at_least = 100 }
+    /// # mode = "halt"
+    /// # [[budgets]]
+    /// # key = "org"
+    /// # scope = "organisation"
+    /// # limits = { cost = 1000 }
+    /// # "#).unwrap().compile().unwrap();
+    /// let writer = FnAgent::new(|_, _| Box::pin(async { Ok(serde_json::json!("done")) }));
+    /// let orch = Orchestrator::builder(governor)
+    ///     .role(Role::new("writer", "writing", Arc::new(writer)))
+    ///     .build()?;
+    /// # futures::executor::block_on(async {
+    /// let run = orch.submit(Workflow::new("w").task(TaskSpec::new("draft", "writer", serde_json::json!({})))).await?;
+    /// let report = orch.work(WorkOptions::until_idle(), futures::future::pending()).await?;
+    /// assert_eq!(report.driven[0].run, run);
+    /// assert_eq!(report.driven[0].status, RunStatus::Completed);
+    /// # Ok::<_, aios_orchestrator::OrchestratorError>(())
+    /// # })?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn submit(&self, workflow: Workflow) -> Result<RunId, OrchestratorError> {
+        let (governor, lease, state) = self.create(workflow).await?;
+        let run = state.run;
+        let driver = self.driver(governor, lease.clone(), state, 0);
+        driver.save().await?;
+        drop(driver);
+        self.inner.checkpoints.release(&lease).await?;
+        Ok(run)
+    }
+
+    /// A new run of `workflow`, checked, leased to this worker and announced in the audit
+    /// log, but neither saved nor driven.
+    async fn create(
+        &self,
+        workflow: Workflow,
+    ) -> Result<(crate::gate::PinnedGovernor, Lease, RunState), OrchestratorError> {
         let deps = workflow.validate()?;
         for t in &workflow.tasks {
             if !self.inner.roles.contains_key(&t.role) {
@@ -289,15 +364,7 @@ impl Orchestrator {
                 event,
             })
             .await?;
-        let driver = self.driver(governor, lease, state, 0);
-        if self.inner.config.checkpoints != CheckpointMode::OnExit {
-            // the run exists durably before its first task, so a crash at any point can resume
-            driver.save().await?;
-        }
-        driver
-            .drive(false)
-            .instrument(tracing::info_span!("aios.run", run = %run))
-            .await
+        Ok((governor, lease, state))
     }
 
     fn driver(
@@ -697,14 +764,28 @@ impl Orchestrator {
         by: aios_core::HumanId,
         response: aios_governance::ApprovalResponse,
     ) -> Result<RunOutcome, OrchestratorError> {
-        let run = self
-            .inner
+        let run = self.answer_approval(approval, by, response).await?;
+        self.resume(run).await
+    }
+
+    /// Records `by`'s decision on `approval`, refused as [`submit_approval`] refuses, without
+    /// resuming the run: a worker ([`Orchestrator::work`], here or in another process on the
+    /// same store) or the next [`Orchestrator::tick`] takes it up. For an operator's surface
+    /// that is not itself the worker. Returns the run waiting for the decision.
+    ///
+    /// [`submit_approval`]: Orchestrator::submit_approval
+    pub async fn answer_approval(
+        &self,
+        approval: ApprovalId,
+        by: aios_core::HumanId,
+        response: aios_governance::ApprovalResponse,
+    ) -> Result<RunId, OrchestratorError> {
+        self.inner
             .gov
             .submit(approval, by, response)
             .await
             .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?
-            .ok_or(OrchestratorError::UnknownApproval(approval))?;
-        self.resume(run).await
+            .ok_or(OrchestratorError::UnknownApproval(approval))
     }
 
     /// The deadline sweep, driven by the host (the library starts no thread): every pending
@@ -759,6 +840,35 @@ impl Orchestrator {
             }
         }
         Ok(report)
+    }
+
+    /// Whether this orchestrator is driving `run` now.
+    pub(crate) fn is_active(&self, run: RunId) -> bool {
+        self.inner.active.lock().contains(&run)
+    }
+
+    /// Whether approval request `approval` is no longer pending (answered, used, expired,
+    /// or unknown to the store: the run learns which when it resumes).
+    pub(crate) async fn approval_settled(&self, approval: ApprovalId) -> bool {
+        !matches!(self.inner.gov.approval(approval).await,
+            Ok(r) if r.state == aios_governance::ApprovalState::Pending)
+    }
+
+    /// The approval deadline sweep: (expired, escalated).
+    pub(crate) async fn sweep_deadlines(&self) -> Result<(usize, usize), OrchestratorError> {
+        let swept = self
+            .inner
+            .gov
+            .sweep()
+            .await
+            .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?;
+        let escalated = swept.iter().filter(|e| e.escalated_to.is_some()).count();
+        Ok((swept.len() - escalated, escalated))
+    }
+
+    /// The orchestrator's timer.
+    pub(crate) fn timer(&self) -> &Arc<dyn aios_core::Timer> {
+        &self.inner.timer
     }
 
     /// Loads another governance model version. With `make_current`, new runs start under it;

@@ -999,3 +999,101 @@ fn an_approved_mail_interrupted_after_it_went_out_is_escalated_not_sent_again() 
         FanOutEnd::OutcomeUnknown { mails: 1 }
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Many workers on one file: `Orchestrator::work` in several processes, killed and restarted.
+
+fn drain_worker(store: &Path, service: &Path, submit: Option<usize>) -> Child {
+    let mut cmd = Command::new(WORKER);
+    cmd.arg(store)
+        .arg(service)
+        .env("AIOS_CRASH_WORKER_MODE", "drain")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(n) = submit {
+        cmd.env("AIOS_CRASH_WORKER_SUBMIT", n.to_string());
+    }
+    cmd.spawn().unwrap()
+}
+
+#[test]
+fn three_worker_processes_killed_at_random_drain_every_run_with_every_effect_once() {
+    const RUNS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.db");
+    let service = dir.path().join("service.db");
+    let submitted = drain_worker(&store, &service, Some(RUNS))
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    // seeded kills: a worker is killed every 40..240 ms and replaced, six times
+    let mut seed: u64 = 0x5eed_0f_d7a1;
+    let mut next = |m: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % m
+    };
+    let mut workers: Vec<Child> = (0..3)
+        .map(|_| drain_worker(&store, &service, None))
+        .collect();
+    let mut kills = 0;
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(40 + next(200)));
+        let i = next(3) as usize;
+        if workers[i].try_wait().unwrap().is_none() {
+            workers[i].kill().unwrap();
+            kills += 1;
+        }
+        workers[i].wait().unwrap();
+        workers[i] = drain_worker(&store, &service, None);
+    }
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("{kills} workers killed");
+
+    let s = SqliteStore::open(&store).unwrap();
+    s.check_integrity().unwrap();
+    let runs = block_on(s.checkpoint_store().list(false)).unwrap();
+    assert_eq!(runs.len(), RUNS);
+    for r in &runs {
+        assert_eq!(r.status, RunStatus::Completed, "run {}", r.run);
+    }
+    // every step of every run happened, each exactly once
+    let log = service_log(&service);
+    assert_eq!(log.effects.len(), RUNS * STEPS as usize);
+    let mut performed: BTreeMap<&str, usize> = BTreeMap::new();
+    for (key, _, deduplicated) in &log.invocations {
+        if !deduplicated {
+            *performed.entry(key.as_str()).or_default() += 1;
+        }
+    }
+    assert!(
+        performed.values().all(|n| *n == 1),
+        "an effect was performed twice: {:?}",
+        performed
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>()
+    );
+    // no reservation left open, the budget within its limit, the chain intact
+    let ledger = s.budget_ledger(Arc::new(SystemClock));
+    assert_eq!(ledger.outstanding().unwrap(), 0, "reservations left open");
+    let org = block_on(ledger.usage(BudgetKey::Organisation))
+        .unwrap()
+        .unwrap();
+    if let Some(limit) = org.limits.limits.cost {
+        assert!(org.committed.cost <= limit);
+    }
+    assert!(block_on(s.audit_log().verify(None)).unwrap().is_intact());
+}

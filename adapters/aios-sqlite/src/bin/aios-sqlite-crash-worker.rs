@@ -23,6 +23,12 @@
 //! retried: the run fails with an outcome-unknown escalation instead (the mail role's
 //! fallback is `Escalate`).
 //!
+//! With `AIOS_CRASH_WORKER_MODE=drain` the process is one of several workers on the file:
+//! with `AIOS_CRASH_WORKER_SUBMIT=N` it only submits N runs of the six-step workflow and
+//! exits; otherwise it answers every pending approval as the founder and drains the runnable
+//! runs with `Orchestrator::work` until every run on the file has ended (exit 0), waiting
+//! while runs are leased by other workers.
+//!
 //! With `AIOS_CRASH_WORKER_HOLD_MS` set, the service waits that long after performing an
 //! effect before returning it, so a kill timed by the `effect` line lands in the window
 //! between the effect and the run's record of it. In fan-out mode the memory store does the
@@ -47,7 +53,7 @@ use std::time::Duration;
 
 use aios_core::{
     Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorId, ConnectorOutput,
-    EffectClass, HumanId, ManualTimer, MemoryId, Money, Principal, RoleId, StoreError, SystemClock,
+    EffectClass, HumanId, MemoryId, Money, Principal, RoleId, StoreError, SystemClock, SystemTimer,
 };
 use aios_governance::{
     ApprovalResponse, BudgetKey, BudgetLedger, BudgetLedgerExt, GovernanceModel, Governor,
@@ -56,7 +62,7 @@ use aios_memory::{Access, Grant, Memory, MemoryRecord, MemoryStore, NewMemory, S
 use aios_orchestrator::{
     AgentError, ConnectorRequest, Fallback, FnAgent, MemoryOptions, Notification, Notifier,
     Orchestrator, OrchestratorConfig, RetryPolicy, Role, RunOutcome, RunStatus, TaskContext,
-    TaskInput, TaskSpec, Workflow,
+    TaskInput, TaskSpec, WorkOptions, Workflow,
 };
 use aios_sqlite::{SqliteMemoryStore, SqliteStore};
 use async_trait::async_trait;
@@ -85,6 +91,8 @@ enum Mode {
     Sequential,
     /// A planner, [`CHILDREN`] spawned children and a mail (`fanout`).
     FanOut,
+    /// Many six-step runs, drained by [`Orchestrator::work`] (`drain`).
+    Drain,
 }
 
 impl Mode {
@@ -92,20 +100,21 @@ impl Mode {
         match std::env::var("AIOS_CRASH_WORKER_MODE").as_deref() {
             Err(_) | Ok("") | Ok("sequential") => Ok(Self::Sequential),
             Ok("fanout") => Ok(Self::FanOut),
+            Ok("drain") => Ok(Self::Drain),
             Ok(other) => Err(format!("unknown AIOS_CRASH_WORKER_MODE `{other}`").into()),
         }
     }
 
     fn workflow_name(self) -> &'static str {
         match self {
-            Self::Sequential => WORKFLOW,
+            Self::Sequential | Self::Drain => WORKFLOW,
             Self::FanOut => FANOUT_WORKFLOW,
         }
     }
 
     fn workflow(self) -> Workflow {
         match self {
-            Self::Sequential => workflow(),
+            Self::Sequential | Self::Drain => workflow(),
             Self::FanOut => fanout_workflow(),
         }
     }
@@ -593,7 +602,7 @@ fn orchestrator(
         ..RetryPolicy::default()
     };
     let (agent, mailer, concurrency) = match mode {
-        Mode::Sequential => (
+        Mode::Sequential | Mode::Drain => (
             step_agent(),
             Service::new(service.clone(), "mail", EffectClass::Irreversible),
             OrchestratorConfig::default().concurrency,
@@ -622,7 +631,7 @@ fn orchestrator(
         .connector(Arc::new(mailer))
         .notifier(Arc::new(ServiceNotifier { conn: service }))
         .clock(clock.clone())
-        .timer(Arc::new(ManualTimer::default()))
+        .timer(Arc::new(SystemTimer))
         .audit(audit.clone())
         .checkpoints(Arc::new(store.checkpoint_store()))
         .budgets(Arc::new(ledger))
@@ -692,6 +701,52 @@ async fn advance(mode: Mode, orch: &Orchestrator) -> Result<RunOutcome, Error> {
     Ok(orch.resume(run.run).await?)
 }
 
+/// Drain mode: submit runs, or work until every run on the file has ended; returns how
+/// many runs the file holds.
+async fn drain(orch: &Orchestrator) -> Result<usize, Error> {
+    if let Ok(n) = std::env::var("AIOS_CRASH_WORKER_SUBMIT") {
+        let n: usize = n.parse()?;
+        for _ in 0..n {
+            orch.submit(workflow()).await?;
+        }
+        progress(&format!("submitted {n}"));
+        return Ok(n);
+    }
+    let alice = HumanId::from_name("alice");
+    loop {
+        for p in orch.pending_approvals().await? {
+            // another worker may answer first: then this one is refused, and goes on
+            match orch
+                .answer_approval(p.id, alice, ApprovalResponse::Approve)
+                .await
+            {
+                Ok(run) => progress(&format!("approved {} of {run}", p.id)),
+                Err(e) => progress(&format!("approval {} left: {e}", p.id)),
+            }
+        }
+        let report = orch
+            .work(
+                WorkOptions::until_idle().concurrency(4),
+                futures::future::pending(),
+            )
+            .await?;
+        for o in &report.driven {
+            progress(&format!("driven {} {:?}", o.run, o.status));
+        }
+        for (run, why) in &report.failed {
+            progress(&format!("not driven {run}: {why}"));
+        }
+        let runs = orch.checkpoint_store().list(false).await?;
+        if runs.iter().all(|r| r.status.is_terminal()) {
+            return Ok(runs.len());
+        }
+        if report.driven.is_empty() {
+            // the rest is leased by other workers (alive, or dead until their leases lapse)
+            std::thread::sleep(LEASE_TTL / 4);
+        }
+    }
+}
+
 /// How long a lease lasts without renewal.
 const LEASE_TTL: Duration = Duration::from_millis(300);
 
@@ -706,6 +761,15 @@ fn main() -> ExitCode {
         let store = SqliteStore::open(store)?;
         let service = Service::open(Path::new(service))?;
         let orch = orchestrator(mode, &store, service)?;
+        if mode == Mode::Drain {
+            let n = futures::executor::block_on(drain(&orch))?;
+            progress(&format!("drained {n}"));
+            return Ok(RunOutcome {
+                run: aios_core::RunId::from_name("drain"),
+                status: RunStatus::Completed,
+                outputs: Default::default(),
+            });
+        }
         // the lease of a killed incarnation lapses after LEASE_TTL; until then, wait
         let mut waited = Duration::ZERO;
         loop {

@@ -72,6 +72,7 @@ mod index;
 mod maintenance;
 mod memory;
 mod query;
+mod rank;
 mod record;
 mod scope;
 mod store;
@@ -90,10 +91,12 @@ pub use maintenance::{
     Finding, FindingKind, PrunePolicy, PruneReason, PruneReport, Pruned, VerifyReport,
 };
 pub use memory::{Memory, MemoryBuilder};
-pub use query::{RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown};
+pub use query::{
+    KeywordOptions, RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown, Stemming,
+};
 pub use record::{
     MemoryRecord, Metadata, NewMemory, Provenance, Revision, Tombstone, MEMORY_SCHEMA_VERSION,
 };
 pub use scope::{MemoryKind, Scope, Tier};
-pub use store::{InMemoryMemoryStore, MemoryStore};
+pub use store::{GetOptions, InMemoryMemoryStore, MemoryStore};
 pub use transfer::{ImportReport, MigrationStep, Migrator};

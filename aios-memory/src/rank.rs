@@ -250,7 +250,7 @@ fn hybrid(
     }
     let mut out = Vec::with_capacity(k);
     for mut band in bands {
-        band.sort_by(|a, b| b.0.cmp(&a.0));
+        band.sort_by_key(|b| std::cmp::Reverse(b.0));
         for (c, s) in band {
             if out.len() == k {
                 return out;

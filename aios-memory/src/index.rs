@@ -366,6 +366,8 @@ struct Bm25 {
     total_len: u64,
     options: KeywordOptions,
     stemmer: Option<Arc<Stem>>,
+    /// The `(term, frequency)` pairs of the record being inserted (kept to reuse its buffer).
+    scratch: Vec<(u32, u32)>,
 }
 
 /// The English Snowball stemmer, shared by indexing and querying.
@@ -590,20 +592,36 @@ impl Index {
         self.vec_slot.push(slot);
         let mut len = 0u32;
         if let Some(text) = prepared.text {
-            let stemmer = self.bm25.stemmer.clone();
-            for term in tokens(text) {
-                let term = stem(stemmer.as_deref(), term);
-                len += 1;
-                let id = self.bm25.term_or_insert(term);
-                // rows only grow, so each postings list stays in row order, and a repeated
-                // term of this record is the list's last entry
-                if let Some(list) = self.bm25.postings.get_mut(id as usize) {
-                    match list.last_mut() {
-                        Some(p) if p.0 == row => p.1 += 1,
-                        _ => list.push((row, 1)),
+            // this record's terms and frequencies first (a record has a few dozen words),
+            // then one append per term: reading each list's tail to merge a repeated term
+            // would miss the cache once per word
+            let mut terms = std::mem::take(&mut self.bm25.scratch);
+            terms.clear();
+            let mut add = |id: u32| match terms.iter_mut().find(|p| p.0 == id) {
+                Some(p) => p.1 += 1,
+                None => terms.push((id, 1)),
+            };
+            match self.bm25.stemmer.clone() {
+                None => {
+                    for term in tokens(text) {
+                        len += 1;
+                        add(self.bm25.term_or_insert(term));
+                    }
+                }
+                Some(stemmer) => {
+                    for term in tokens(text) {
+                        len += 1;
+                        add(self.bm25.term_or_insert(stem(Some(&stemmer), term)));
                     }
                 }
             }
+            // rows only grow, so each postings list stays in row order
+            for &(id, tf) in &terms {
+                if let Some(list) = self.bm25.postings.get_mut(id as usize) {
+                    list.push((row, tf));
+                }
+            }
+            self.bm25.scratch = terms;
         }
         self.bm25.doc_len.push(len);
         if len > 0 {

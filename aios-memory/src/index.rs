@@ -356,7 +356,7 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
 struct Bm25 {
     /// Words of up to 15 bytes, packed with their length into an integer (no pointer to
     /// follow, no string comparison).
-    short_terms: FxMap<[u64; 2], u32>,
+    short_terms: FxMap<ShortKey, u32>,
     /// Longer words.
     long_terms: FxMap<Box<str>, u32>,
     /// Per term: `(row, term frequency)` in row order.
@@ -379,8 +379,21 @@ impl std::fmt::Debug for Stem {
     }
 }
 
+/// A word of up to 15 bytes packed with its length, hashed as two integers (the array's
+/// own `Hash` writes a length and then the bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShortKey([u64; 2]);
+
+impl std::hash::Hash for ShortKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+        state.write_u64(self.0[1]);
+    }
+}
+
 /// A word of up to 15 bytes packed with its length.
-fn short_key(word: &str) -> Option<[u64; 2]> {
+fn short_key(word: &str) -> Option<ShortKey> {
     let b = word.as_bytes();
     if b.len() > 15 {
         return None;
@@ -390,7 +403,7 @@ fn short_key(word: &str) -> Option<[u64; 2]> {
     for (i, x) in b.iter().enumerate() {
         k[i / 8] |= u64::from(*x) << (8 * (i % 8));
     }
-    Some(k)
+    Some(ShortKey(k))
 }
 
 impl Bm25 {
@@ -808,8 +821,16 @@ impl Index {
     /// Every row passing the filter that matches a term of `text`, with its BM25 score, in
     /// row order. Reads only the postings of the query's terms.
     pub fn keyword_scores(&self, filter: &Filter, text: &str) -> Vec<Cand> {
+        let mut out = Vec::new();
+        self.keyword_visit(filter, text, |c| out.push(c));
+        out
+    }
+
+    /// Calls `visit` for every row passing the filter that matches a term of `text`, with its
+    /// BM25 score, in row order.
+    fn keyword_visit(&self, filter: &Filter, text: &str, mut visit: impl FnMut(Cand)) {
         if self.bm25.docs == 0 || filter.is_empty() {
-            return Vec::new();
+            return;
         }
         let mut terms: Vec<u32> = Vec::new();
         for t in self.bm25.terms(text) {
@@ -820,7 +841,7 @@ impl Index {
             }
         }
         if terms.is_empty() {
-            return Vec::new();
+            return;
         }
         let lists: Vec<&[(u32, u32)]> = terms
             .iter()
@@ -842,7 +863,6 @@ impl Index {
             .collect();
         let dl = |row: u32| self.bm25.doc_len.get(row as usize).copied().unwrap_or(0);
         let total: usize = lists.iter().map(|l| l.len()).sum();
-        let mut out = Vec::new();
         if total > self.hot.len() / 8 {
             // many postings: accumulate densely, in term order per row
             let mut acc = vec![0f32; self.hot.len()];
@@ -855,7 +875,7 @@ impl Index {
             }
             for (row, score) in acc.into_iter().enumerate() {
                 if score > 0.0 && self.passes(filter, row as u32) {
-                    out.push(Cand {
+                    visit(Cand {
                         score,
                         row: row as u32,
                     });
@@ -872,22 +892,27 @@ impl Index {
                 }
             }
             parts.sort_unstable_by_key(|p| (p.0, p.1));
+            let mut run: Option<Cand> = None;
             for (row, _, w) in parts {
-                match out.last_mut() {
+                match &mut run {
                     Some(c) if c.row == row => c.score += w,
-                    _ => out.push(Cand { score: w, row }),
+                    _ => {
+                        if let Some(c) = run.replace(Cand { score: w, row }) {
+                            visit(c);
+                        }
+                    }
                 }
             }
+            if let Some(c) = run {
+                visit(c);
+            }
         }
-        out
     }
 
     /// Top-`k` rows by BM25 for `text`.
     pub fn keyword_top(&self, filter: &Filter, text: &str, k: usize) -> Vec<Cand> {
         let mut top = TopK::new(k);
-        for c in self.keyword_scores(filter, text) {
-            top.push(c);
-        }
+        self.keyword_visit(filter, text, |c| top.push(c));
         top.into_sorted()
     }
 

@@ -105,6 +105,23 @@ impl MemoryBuilder {
     /// Sets how keyword search tokenises and scores (default [`KeywordOptions::default`]).
     /// The index is built with them, so reopening a store with other options rebuilds it
     /// their way.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{ManualClock, Principal};
+    /// use aios_memory::{KeywordOptions, Memory, NewMemory, RecallQuery, Scope, Stemming, Tier};
+    /// # futures::executor::block_on(async {
+    /// let memory = Memory::builder(Arc::new(ManualClock::default()))
+    ///     .keyword(KeywordOptions::default().stemming(Stemming::English))
+    ///     .open()
+    ///     .await?;
+    /// memory
+    ///     .remember(NewMemory::new(Scope::parse("a")?, Tier::Project, "two invoices paid", Principal::System))
+    ///     .await?;
+    /// assert_eq!(memory.recall(&RecallQuery::text("invoice")).await?.len(), 1);
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
     pub fn keyword(mut self, options: KeywordOptions) -> Self {
         self.keyword = options;
         self

@@ -51,7 +51,13 @@ impl Boosts<'_> {
         };
         let age_s = (self.reference_us.saturating_sub(since)).max(0) as f64 / 1e6;
         let recency = self.weights.recency * 0.5f64.powf(age_s / self.half_life_s) as f32;
-        let importance = self.weights.importance * cold.importance.clamp(0.0, 1.0);
+        // written importance is clamped to 0..=1; an imported record is not checked
+        let stored = if cold.importance.is_nan() {
+            0.0
+        } else {
+            cold.importance.clamp(0.0, 1.0)
+        };
+        let importance = self.weights.importance * stored;
         (recency, importance)
     }
 

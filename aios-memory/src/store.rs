@@ -77,6 +77,22 @@ pub trait MemoryStore: Send + Sync + Debug {
 }
 
 /// What [`MemoryStore::get_with`] returns besides the record's plain fields.
+///
+/// ```
+/// use aios_core::{ManualClock, MemoryId, Clock};
+/// use aios_memory::{GetOptions, InMemoryMemoryStore, MemoryStore};
+/// use aios_memory::testing::sample_record;
+/// # futures::executor::block_on(async {
+/// let store = InMemoryMemoryStore::new();
+/// let id = MemoryId::from_name("m");
+/// store.put(sample_record(id, 1, "hello", ManualClock::default().now(), None), None).await?;
+/// let light = store.get_with(id, None, GetOptions::default()).await?;
+/// assert!(light.embedding.is_none());
+/// let full = store.get_with(id, None, GetOptions::with_embedding()).await?;
+/// assert_eq!(full, store.get(id, None).await?);
+/// # Ok::<(), aios_core::StoreError>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct GetOptions {
@@ -178,23 +194,23 @@ impl MemoryStore for InMemoryMemoryStore {
     ) -> Result<(), StoreError> {
         let mut map = self.lineages.write();
         match expected_previous {
-            None => {
-                if map.contains_key(&key(record.id)) {
-                    return Err(StoreError::AlreadyExists {
-                        what: format!("memory {}", record.id),
-                    });
+            None => match map.entry(key(record.id)) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(StoreError::AlreadyExists {
+                    what: format!("memory {}", record.id),
+                }),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    if record.version != 1 {
+                        return Err(StoreError::Conflict {
+                            detail: format!(
+                                "memory {}: a new lineage starts at version 1, not {}",
+                                record.id, record.version
+                            ),
+                        });
+                    }
+                    slot.insert(vec![record]);
+                    Ok(())
                 }
-                if record.version != 1 {
-                    return Err(StoreError::Conflict {
-                        detail: format!(
-                            "memory {}: a new lineage starts at version 1, not {}",
-                            record.id, record.version
-                        ),
-                    });
-                }
-                map.insert(key(record.id), vec![record]);
-                Ok(())
-            }
+            },
             Some(expected) => {
                 let Some(versions) = map.get_mut(&key(record.id)) else {
                     return Err(StoreError::Conflict {

@@ -355,3 +355,43 @@ fn remember_many_is_idempotent_per_record_and_audits_each() {
         let _ = store;
     });
 }
+
+#[test]
+fn a_view_writes_a_batch_only_where_its_grants_allow() {
+    use aios_core::{AgentId, RoleId};
+    use aios_memory::{Access, Grant, ViewSubject};
+    block_on(async {
+        let m = Memory::builder(Arc::new(ManualClock::default()))
+            .open()
+            .await
+            .unwrap();
+        let agent = AgentId::from_name("scribe");
+        let role = RoleId::from_name("writer");
+        let view = m.view(
+            ViewSubject::agent(agent).with_role(role),
+            vec![Grant::role(role, scope("org/a"), Access::ReadWrite)],
+        );
+        let outside = NewMemory::new(scope("org/b"), Tier::Project, "no", Principal::System);
+        let err = view
+            .remember_many(vec![new("yes"), outside])
+            .await
+            .unwrap_err();
+        match &err {
+            MemoryError::Batch {
+                index: 1,
+                written: 0,
+                source,
+            } => assert!(matches!(**source, MemoryError::GrantRefused { .. })),
+            other => panic!("{other}"),
+        }
+        assert!(m.is_empty(), "nothing written");
+        let written = view
+            .remember_many(vec![new("one"), new("two")])
+            .await
+            .unwrap();
+        assert!(written
+            .iter()
+            .all(|r| r.provenance.author == Principal::Agent(agent)));
+        assert_eq!(m.len(), 2);
+    });
+}

@@ -69,6 +69,18 @@ pub enum MemoryError {
         /// Why the audit log refused.
         source: StoreError,
     },
+    /// A [`crate::Memory::remember_many`] stopped at one record: the records before it
+    /// were written (and audited), the rest were not.
+    #[error("batch record {index} failed ({written} written before it): {source}")]
+    Batch {
+        /// The position of the failing record in the batch.
+        index: usize,
+        /// How many records were written before it (0 when validation failed: nothing was
+        /// written).
+        written: usize,
+        /// Why it failed.
+        source: Box<MemoryError>,
+    },
     /// The host's summariser failed.
     #[error("summariser failed: {0}")]
     Summariser(String),
@@ -79,6 +91,7 @@ impl Transience for MemoryError {
         match self {
             MemoryError::Store(e) => e.is_transient(),
             MemoryError::Embed(e) => e.is_transient(),
+            MemoryError::Batch { source, .. } => source.is_transient(),
             _ => false,
         }
     }

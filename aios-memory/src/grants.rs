@@ -219,6 +219,26 @@ impl MemoryView {
         self.memory.remember(new).await
     }
 
+    /// Remembers a batch (see [`Memory::remember_many`]) if a grant allows writing every
+    /// record's scope and tier; otherwise nothing is written and the first refused record is
+    /// named ([`MemoryError::Batch`] around [`MemoryError::GrantRefused`]). The author of
+    /// each is the view's principal.
+    pub async fn remember_many(
+        &self,
+        mut batch: Vec<NewMemory>,
+    ) -> Result<Vec<MemoryRecord>, MemoryError> {
+        for (index, new) in batch.iter_mut().enumerate() {
+            self.check(Access::Write, &new.scope, new.tier)
+                .map_err(|e| MemoryError::Batch {
+                    index,
+                    written: 0,
+                    source: Box::new(e),
+                })?;
+            new.provenance.author = self.subject.principal;
+        }
+        self.memory.remember_many(batch).await
+    }
+
     /// Revises, if a grant allows writing the record's scope and both its old and new tier.
     pub async fn revise(
         &self,

@@ -5,10 +5,11 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use aios_core::{MemoryId, Timestamp};
 
-use crate::{MemoryKind, MemoryRecord, Metadata, Scope, Tier};
+use crate::{KeywordOptions, MemoryKind, MemoryRecord, Metadata, Scope, Stemming, Tier};
 
 pub(crate) const NONE: u32 = u32::MAX;
 const FLAG_TOMBSTONE: u8 = 1;
@@ -212,6 +213,15 @@ impl TopK {
         }
     }
 
+    /// The lowest score kept, once `k` are kept.
+    #[inline]
+    pub fn min_score(&self) -> Option<f32> {
+        if self.heap.len() < self.k {
+            return None;
+        }
+        self.heap.peek().map(|r| r.0.score)
+    }
+
     /// Best first.
     pub fn into_sorted(self) -> Vec<Cand> {
         let mut v: Vec<Cand> = self.heap.into_iter().map(|r| r.0).collect();
@@ -310,6 +320,17 @@ pub(crate) fn tokens(text: &str) -> Box<dyn Iterator<Item = Cow<'_, str>> + '_> 
     )
 }
 
+/// `word` reduced to its stem by `stemmer` (unchanged without one).
+fn stem<'a>(stemmer: Option<&Stem>, word: Cow<'a, str>) -> Cow<'a, str> {
+    match stemmer {
+        None => word,
+        Some(s) => match s.0.stem(&word) {
+            Cow::Borrowed(b) if b.len() == word.len() => word,
+            stemmed => Cow::Owned(stemmed.into_owned()),
+        },
+    }
+}
+
 #[derive(Debug, Default)]
 struct Interner<T> {
     values: Vec<T>,
@@ -328,28 +349,51 @@ impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
     }
 }
 
+/// The keyword index: an inverted index whose postings lists grow in row order as records
+/// are inserted, so a query reads only the postings of its terms, whatever the size of the
+/// memory.
 #[derive(Debug, Default)]
 struct Bm25 {
     /// Words of up to 15 bytes, packed with their length into an integer (no pointer to
     /// follow, no string comparison).
-    short_terms: FxMap<[u64; 2], u32>,
+    short_terms: FxMap<ShortKey, u32>,
     /// Longer words.
     long_terms: FxMap<Box<str>, u32>,
     /// Per term: `(row, term frequency)` in row order.
     postings: Vec<Vec<(u32, u32)>>,
-    /// `(term, row, term frequency)` not yet moved into `postings`: appending here is
-    /// sequential, and a flush moves a whole batch term by term.
-    pending: Vec<(u32, u32, u32)>,
     doc_len: Vec<u32>,
     docs: u64,
     total_len: u64,
+    options: KeywordOptions,
+    stemmer: Option<Arc<Stem>>,
+    /// The `(term, frequency)` pairs of the record being inserted (kept to reuse its buffer).
+    scratch: Vec<(u32, u32)>,
 }
 
-/// How many pending postings trigger a flush.
-const PENDING_FLUSH: usize = 1 << 15;
+/// The English Snowball stemmer, shared by indexing and querying.
+struct Stem(rust_stemmers::Stemmer);
+
+impl std::fmt::Debug for Stem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stem(english)")
+    }
+}
+
+/// A word of up to 15 bytes packed with its length, hashed as two integers (the array's
+/// own `Hash` writes a length and then the bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShortKey([u64; 2]);
+
+impl std::hash::Hash for ShortKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+        state.write_u64(self.0[1]);
+    }
+}
 
 /// A word of up to 15 bytes packed with its length.
-fn short_key(word: &str) -> Option<[u64; 2]> {
+fn short_key(word: &str) -> Option<ShortKey> {
     let b = word.as_bytes();
     if b.len() > 15 {
         return None;
@@ -359,7 +403,7 @@ fn short_key(word: &str) -> Option<[u64; 2]> {
     for (i, x) in b.iter().enumerate() {
         k[i / 8] |= u64::from(*x) << (8 * (i % 8));
     }
-    Some(k)
+    Some(ShortKey(k))
 }
 
 impl Bm25 {
@@ -385,43 +429,19 @@ impl Bm25 {
         id
     }
 
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut starts = vec![0u32; self.postings.len() + 1];
-        for &(t, _, _) in &self.pending {
-            if let Some(c) = starts.get_mut(t as usize + 1) {
-                *c += 1;
-            }
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut grouped = vec![(0u32, 0u32); self.pending.len()];
-        let mut next = starts.clone();
-        for &(t, row, tf) in &self.pending {
-            if let Some(n) = next.get_mut(t as usize) {
-                if let Some(slot) = grouped.get_mut(*n as usize) {
-                    *slot = (row, tf);
-                }
-                *n += 1;
-            }
-        }
-        for (t, p) in self.postings.iter_mut().enumerate() {
-            let (a, b) = (starts[t] as usize, starts[t + 1] as usize);
-            if b > a {
-                if let Some(src) = grouped.get(a..b) {
-                    p.extend_from_slice(src);
-                }
-            }
-        }
-        self.pending.clear();
+    /// The terms of `text` as the index sees them: [`tokens`], stemmed when configured.
+    fn terms<'a>(&'a self, text: &'a str) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+        tokens(text).map(move |t| stem(self.stemmer.as_deref(), t))
+    }
+
+    /// The BM25 weight of one posting.
+    #[inline]
+    fn weight(&self, idf: f32, tf: u32, dl: u32, avgdl: f32) -> f32 {
+        let (k1, b) = (self.options.k1, self.options.b);
+        let tf = tf as f32;
+        idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl as f32 / avgdl))
     }
 }
-
-const BM25_K1: f32 = 1.2;
-const BM25_B: f32 = 0.75;
 
 /// The indexes of one [`crate::Memory`].
 /// Rows per chunk of the vector matrix.
@@ -464,6 +484,19 @@ impl<'a> Prepared<'a> {
 }
 
 impl Index {
+    /// An empty index whose keyword search tokenises and scores as `options` say.
+    pub fn new(options: KeywordOptions) -> Self {
+        let mut index = Index::default();
+        index.bm25.options = options;
+        index.bm25.stemmer = match options.stemming {
+            Stemming::None => None,
+            Stemming::English => Some(Arc::new(Stem(rust_stemmers::Stemmer::create(
+                rust_stemmers::Algorithm::English,
+            )))),
+        };
+        index
+    }
+
     pub fn lineage_count(&self) -> usize {
         self.latest.len()
     }
@@ -570,29 +603,43 @@ impl Index {
             }
         }
         self.vec_slot.push(slot);
-        let first = self.bm25.pending.len();
         let mut len = 0u32;
-        for term in prepared.text.into_iter().flat_map(tokens) {
-            len += 1;
-            let id = self.bm25.term_or_insert(term);
-            // this document's postings so far: count a repeated term
-            match self
-                .bm25
-                .pending
-                .get_mut(first..)
-                .and_then(|mine| mine.iter_mut().find(|p| p.0 == id))
-            {
-                Some(p) => p.2 += 1,
-                None => self.bm25.pending.push((id, row, 1)),
+        if let Some(text) = prepared.text {
+            // this record's terms and frequencies first (a record has a few dozen words),
+            // then one append per term: reading each list's tail to merge a repeated term
+            // would miss the cache once per word
+            let mut terms = std::mem::take(&mut self.bm25.scratch);
+            terms.clear();
+            let mut add = |id: u32| match terms.iter_mut().find(|p| p.0 == id) {
+                Some(p) => p.1 += 1,
+                None => terms.push((id, 1)),
+            };
+            match self.bm25.stemmer.clone() {
+                None => {
+                    for term in tokens(text) {
+                        len += 1;
+                        add(self.bm25.term_or_insert(term));
+                    }
+                }
+                Some(stemmer) => {
+                    for term in tokens(text) {
+                        len += 1;
+                        add(self.bm25.term_or_insert(stem(Some(&stemmer), term)));
+                    }
+                }
             }
+            // rows only grow, so each postings list stays in row order
+            for &(id, tf) in &terms {
+                if let Some(list) = self.bm25.postings.get_mut(id as usize) {
+                    list.push((row, tf));
+                }
+            }
+            self.bm25.scratch = terms;
         }
         self.bm25.doc_len.push(len);
         if len > 0 {
             self.bm25.docs += 1;
             self.bm25.total_len += u64::from(len);
-            if self.bm25.pending.len() >= PENDING_FLUSH {
-                self.bm25.flush();
-            }
         }
     }
 
@@ -683,14 +730,15 @@ impl Index {
                 .is_some_and(|c| filter.cold_ok(c))
     }
 
-    /// Exact top-`k` rows by cosine similarity to `query` (already unit length).
-    pub fn vector_top(&self, filter: &Filter, query: &[f32], k: usize) -> Vec<Cand> {
-        let mut top = TopK::new(k);
+    /// Calls `visit(row, similarity)` for every row with a vector that passes `filter`, in
+    /// row-slot order. `query` is already unit length.
+    #[inline]
+    fn scan(&self, filter: &Filter, query: &[f32], mut visit: impl FnMut(u32, f32)) {
         let Some(d) = self.dims else {
-            return Vec::new();
+            return;
         };
         if d == 0 || query.len() != d || filter.is_empty() {
-            return Vec::new();
+            return;
         }
         let cold = filter.needs_cold();
         let passes = |row: u32| {
@@ -718,7 +766,7 @@ impl Index {
                 for (v, &row) in chunk.chunks_exact(d).zip(rows) {
                     let score = dot(v, query);
                     if passes(row) {
-                        top.push(Cand { score, row });
+                        visit(row, score);
                     }
                 }
             }
@@ -726,24 +774,66 @@ impl Index {
             for (chunk, rows) in chunks {
                 for (v, &row) in chunk.chunks_exact(d).zip(rows) {
                     if passes(row) {
-                        top.push(Cand {
-                            score: dot(v, query),
-                            row,
-                        });
+                        visit(row, dot(v, query));
                     }
                 }
             }
         }
+    }
+
+    /// Exact top-`k` rows by cosine similarity to `query` (already unit length).
+    pub fn vector_top(&self, filter: &Filter, query: &[f32], k: usize) -> Vec<Cand> {
+        let mut top = TopK::new(k);
+        self.scan(filter, query, |row, score| top.push(Cand { score, row }));
         top.into_sorted()
     }
 
-    /// Top-`k` rows by BM25 for `text`.
-    pub fn keyword_top(&self, filter: &Filter, text: &str, k: usize) -> Vec<Cand> {
+    /// Exact top-`k` rows by `total(row, similarity)`, where `total` adds at most
+    /// `max_boost` to the similarity, and every row whose similarity was looked at closely
+    /// (a superset of the rows more similar than any returned one). `total` runs only for
+    /// rows that could still enter the top `k`.
+    pub fn vector_top_by(
+        &self,
+        filter: &Filter,
+        query: &[f32],
+        k: usize,
+        max_boost: f32,
+        mut total: impl FnMut(u32, f32) -> f32,
+    ) -> (Vec<Cand>, Vec<Cand>) {
+        let mut top = TopK::new(k);
+        let mut seen = Vec::new();
+        let mut threshold = f32::NEG_INFINITY;
+        self.scan(filter, query, |row, score| {
+            if score + max_boost >= threshold {
+                seen.push(Cand { score, row });
+                top.push(Cand {
+                    score: total(row, score),
+                    row,
+                });
+                if let Some(min) = top.min_score() {
+                    threshold = min;
+                }
+            }
+        });
+        (top.into_sorted(), seen)
+    }
+
+    /// Every row passing the filter that matches a term of `text`, with its BM25 score, in
+    /// row order. Reads only the postings of the query's terms.
+    pub fn keyword_scores(&self, filter: &Filter, text: &str) -> Vec<Cand> {
+        let mut out = Vec::new();
+        self.keyword_visit(filter, text, |c| out.push(c));
+        out
+    }
+
+    /// Calls `visit` for every row passing the filter that matches a term of `text`, with its
+    /// BM25 score, in row order.
+    fn keyword_visit(&self, filter: &Filter, text: &str, mut visit: impl FnMut(Cand)) {
         if self.bm25.docs == 0 || filter.is_empty() {
-            return Vec::new();
+            return;
         }
         let mut terms: Vec<u32> = Vec::new();
-        for t in tokens(text) {
+        for t in self.bm25.terms(text) {
             if let Some(id) = self.bm25.term(&t) {
                 if !terms.contains(&id) {
                     terms.push(id);
@@ -751,77 +841,78 @@ impl Index {
             }
         }
         if terms.is_empty() {
-            return Vec::new();
+            return;
         }
-        // document frequencies count flushed and pending postings
-        let mut df: Vec<f32> = terms
+        let lists: Vec<&[(u32, u32)]> = terms
             .iter()
-            .map(|t| self.bm25.postings.get(*t as usize).map_or(0, Vec::len) as f32)
+            .map(|t| {
+                self.bm25
+                    .postings
+                    .get(*t as usize)
+                    .map_or(&[][..], |p| &p[..])
+            })
             .collect();
-        for &(t, _, _) in &self.bm25.pending {
-            if let Some(i) = terms.iter().position(|x| *x == t) {
-                df[i] += 1.0;
-            }
-        }
         let n = self.bm25.docs as f32;
         let avgdl = (self.bm25.total_len as f32 / n).max(1.0);
-        let idf: Vec<f32> = df
+        let idf: Vec<f32> = lists
             .iter()
-            .map(|df| (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln())
+            .map(|l| {
+                let df = l.len() as f32;
+                (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln()
+            })
             .collect();
-        let weight = |row: u32, tf: u32, idf: f32| {
-            let dl = self.bm25.doc_len.get(row as usize).copied().unwrap_or(0) as f32;
-            let tf = tf as f32;
-            idf * tf * (BM25_K1 + 1.0) / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * dl / avgdl))
-        };
-        let total: f32 = df.iter().sum();
-        let mut top = TopK::new(k);
-        if total as usize > self.hot.len() / 8 {
-            // many postings: accumulate densely, then select
+        let dl = |row: u32| self.bm25.doc_len.get(row as usize).copied().unwrap_or(0);
+        let total: usize = lists.iter().map(|l| l.len()).sum();
+        if total > self.hot.len() / 8 {
+            // many postings: accumulate densely, in term order per row
             let mut acc = vec![0f32; self.hot.len()];
-            let mut add = |row: u32, s: f32| {
-                if let Some(a) = acc.get_mut(row as usize) {
-                    *a += s;
-                }
-            };
-            for (i, t) in terms.iter().enumerate() {
-                for &(row, tf) in self.bm25.postings.get(*t as usize).into_iter().flatten() {
-                    add(row, weight(row, tf, idf[i]));
-                }
-            }
-            for &(t, row, tf) in &self.bm25.pending {
-                if let Some(i) = terms.iter().position(|x| *x == t) {
-                    add(row, weight(row, tf, idf[i]));
+            for (list, idf) in lists.iter().zip(&idf) {
+                for &(row, tf) in list.iter() {
+                    if let Some(a) = acc.get_mut(row as usize) {
+                        *a += self.bm25.weight(*idf, tf, dl(row), avgdl);
+                    }
                 }
             }
             for (row, score) in acc.into_iter().enumerate() {
                 if score > 0.0 && self.passes(filter, row as u32) {
-                    top.push(Cand {
+                    visit(Cand {
                         score,
                         row: row as u32,
                     });
                 }
             }
         } else {
-            let mut scores: FxMap<u32, f32> = FxMap::default();
-            for (i, t) in terms.iter().enumerate() {
-                for &(row, tf) in self.bm25.postings.get(*t as usize).into_iter().flatten() {
+            // few: gather (row, term, weight), order by row then term, sum runs
+            let mut parts: Vec<(u32, u32, f32)> = Vec::with_capacity(total);
+            for (i, (list, idf)) in lists.iter().zip(&idf).enumerate() {
+                for &(row, tf) in list.iter() {
                     if self.passes(filter, row) {
-                        *scores.entry(row).or_insert(0.0) += weight(row, tf, idf[i]);
+                        parts.push((row, i as u32, self.bm25.weight(*idf, tf, dl(row), avgdl)));
                     }
                 }
             }
-            for &(t, row, tf) in &self.bm25.pending {
-                if let Some(i) = terms.iter().position(|x| *x == t) {
-                    if self.passes(filter, row) {
-                        *scores.entry(row).or_insert(0.0) += weight(row, tf, idf[i]);
+            parts.sort_unstable_by_key(|p| (p.0, p.1));
+            let mut run: Option<Cand> = None;
+            for (row, _, w) in parts {
+                match &mut run {
+                    Some(c) if c.row == row => c.score += w,
+                    _ => {
+                        if let Some(c) = run.replace(Cand { score: w, row }) {
+                            visit(c);
+                        }
                     }
                 }
             }
-            for (row, score) in scores {
-                top.push(Cand { score, row });
+            if let Some(c) = run {
+                visit(c);
             }
         }
+    }
+
+    /// Top-`k` rows by BM25 for `text`.
+    pub fn keyword_top(&self, filter: &Filter, text: &str, k: usize) -> Vec<Cand> {
+        let mut top = TopK::new(k);
+        self.keyword_visit(filter, text, |c| top.push(c));
         top.into_sorted()
     }
 
@@ -876,9 +967,10 @@ mod tests {
         }
     }
 
-    /// BM25 over flushed and pending postings equals a brute-force computation.
+    /// BM25 over the postings equals a brute-force computation, with the default and other
+    /// parameters.
     #[test]
-    fn keyword_scores_match_brute_force_across_flushes() {
+    fn keyword_scores_match_brute_force() {
         let mut rng = aios_core::SeededRng::new(9);
         let words: Vec<String> = (0..300).map(|i| format!("w{i}")).collect();
         let docs: Vec<String> = (0..4000)
@@ -893,63 +985,61 @@ mod tests {
                     .join(" ")
             })
             .collect();
-        let mut index = Index::default();
-        for (i, d) in docs.iter().enumerate() {
-            let r = record(i as u64, d.clone());
-            index.insert(&r, Prepared::of(&r));
-        }
-        assert!(
-            index.bm25.pending.len() < PENDING_FLUSH,
-            "some postings still pending"
-        );
-        assert!(
-            index.bm25.postings.iter().any(|p| !p.is_empty()),
-            "some flushed"
-        );
-        let filter = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
-        let n = docs.len() as f32;
-        let avgdl = 12.0;
-        let mut df_of: HashMap<&str, f32> = HashMap::new();
-        for d in &docs {
-            let mut uniq: Vec<&str> = d.split(' ').collect();
-            uniq.sort_unstable();
-            uniq.dedup();
-            for w in uniq {
-                *df_of.entry(w).or_default() += 1.0;
+        for options in [
+            KeywordOptions::default(),
+            KeywordOptions::default().k1(2.0).b(0.3),
+        ] {
+            let (k1, b) = (options.k1, options.b);
+            let mut index = Index::new(options);
+            for (i, d) in docs.iter().enumerate() {
+                let r = record(i as u64, d.clone());
+                index.insert(&r, Prepared::of(&r));
             }
-        }
-        df_of.insert("nothing", 0.0);
-        df_of.insert("here", 0.0);
-        for query in ["w1 w50", "w299 w3 w3", "w7", "nothing here"] {
-            let q: Vec<String> = tokens(query).map(|t| t.into_owned()).collect();
-            let mut want: Vec<(f32, u32)> = Vec::new();
-            for (row, d) in docs.iter().enumerate() {
-                let toks: Vec<&str> = d.split(' ').collect();
-                let mut score = 0.0;
-                let mut seen = Vec::new();
-                for t in &q {
-                    if seen.contains(t) {
-                        continue;
-                    }
-                    seen.push(t.clone());
-                    let df = df_of[t.as_str()];
-                    let tf = toks.iter().filter(|w| *w == t).count() as f32;
-                    if tf > 0.0 {
-                        let idf = (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln();
-                        score += idf * tf * (BM25_K1 + 1.0)
-                            / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * toks.len() as f32 / avgdl));
-                    }
-                }
-                if score > 0.0 {
-                    want.push((score, row as u32));
+            let filter = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
+            let n = docs.len() as f32;
+            let avgdl = 12.0;
+            let mut df_of: HashMap<&str, f32> = HashMap::new();
+            for d in &docs {
+                let mut uniq: Vec<&str> = d.split(' ').collect();
+                uniq.sort_unstable();
+                uniq.dedup();
+                for w in uniq {
+                    *df_of.entry(w).or_default() += 1.0;
                 }
             }
-            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            want.truncate(10);
-            let got = index.keyword_top(&filter, query, 10);
-            assert_eq!(got.len(), want.len(), "{query}");
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g.score - w.0).abs() < 1e-3, "{query}: {g:?} vs {w:?}");
+            df_of.insert("nothing", 0.0);
+            df_of.insert("here", 0.0);
+            for query in ["w1 w50", "w299 w3 w3", "w7", "nothing here"] {
+                let q: Vec<String> = tokens(query).map(|t| t.into_owned()).collect();
+                let mut want: Vec<(f32, u32)> = Vec::new();
+                for (row, d) in docs.iter().enumerate() {
+                    let toks: Vec<&str> = d.split(' ').collect();
+                    let mut score = 0.0;
+                    let mut seen = Vec::new();
+                    for t in &q {
+                        if seen.contains(t) {
+                            continue;
+                        }
+                        seen.push(t.clone());
+                        let df = df_of[t.as_str()];
+                        let tf = toks.iter().filter(|w| *w == t).count() as f32;
+                        if tf > 0.0 {
+                            let idf = (1.0 + (n - df + 0.5).max(0.5) / (df + 0.5)).ln();
+                            score += idf * tf * (k1 + 1.0)
+                                / (tf + k1 * (1.0 - b + b * toks.len() as f32 / avgdl));
+                        }
+                    }
+                    if score > 0.0 {
+                        want.push((score, row as u32));
+                    }
+                }
+                want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                want.truncate(10);
+                let got = index.keyword_top(&filter, query, 10);
+                assert_eq!(got.len(), want.len(), "{query}");
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g.score - w.0).abs() < 1e-3, "{query}: {g:?} vs {w:?}");
+                }
             }
         }
     }

@@ -6,13 +6,16 @@
 //!
 //! Main types:
 //!
-//! - [`Memory`]: the service: [`Memory::remember`], [`Memory::revise`], [`Memory::retract`],
+//! - [`Memory`]: the service: [`Memory::remember`] (and [`Memory::remember_many`]),
+//!   [`Memory::revise`], [`Memory::retract`],
 //!   [`Memory::recall`], [`Memory::history`], [`Memory::replay`], [`Memory::prune`],
 //!   [`Memory::verify`], [`Memory::export`] and [`Memory::import`], [`Memory::consolidate`];
 //!   opened with [`Memory::builder`], which rebuilds the in-process indexes from the store;
 //! - records: [`MemoryRecord`] (one version), [`NewMemory`], [`Revision`], [`Provenance`],
 //!   [`Scope`], [`Tier`], [`MemoryKind`];
-//! - recall: [`RecallQuery`] -> [`RecallHit`]s with a [`ScoreBreakdown`];
+//! - recall: [`RecallQuery`] -> [`RecallHit`]s with a [`ScoreBreakdown`], ranked as the
+//!   [`RecallMode`] says with the [`RecallWeights`]; keyword search tokenises and scores as
+//!   the memory's [`KeywordOptions`] say (BM25 `k1`, `b`, optional English [`Stemming`]);
 //! - the storage port [`MemoryStore`] with [`InMemoryMemoryStore`];
 //! - access: [`Grant`]s bind scope prefixes and tiers to roles and agents; a [`MemoryView`]
 //!   enforces them;
@@ -39,7 +42,8 @@
 //!   on open, so every backend recalls identically.
 //! - **Retrieval.** Exact cosine search over a contiguous matrix of unit vectors (the ground
 //!   truth), BM25 over an inverted index, reciprocal-rank fusion of each signal's top
-//!   candidates, plus small recency and importance terms; every hit says why it ranked.
+//!   candidates, plus small, bounded recency and importance boosts; every hit says why it
+//!   ranked. A larger `k` never reorders the first hits.
 //!
 //! Features:
 //!
@@ -72,6 +76,7 @@ mod index;
 mod maintenance;
 mod memory;
 mod query;
+mod rank;
 mod record;
 mod scope;
 mod store;
@@ -90,10 +95,12 @@ pub use maintenance::{
     Finding, FindingKind, PrunePolicy, PruneReason, PruneReport, Pruned, VerifyReport,
 };
 pub use memory::{Memory, MemoryBuilder};
-pub use query::{RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown};
+pub use query::{
+    KeywordOptions, RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown, Stemming,
+};
 pub use record::{
     MemoryRecord, Metadata, NewMemory, Provenance, Revision, Tombstone, MEMORY_SCHEMA_VERSION,
 };
 pub use scope::{MemoryKind, Scope, Tier};
-pub use store::{InMemoryMemoryStore, MemoryStore};
+pub use store::{GetOptions, InMemoryMemoryStore, MemoryStore};
 pub use transfer::{ImportReport, MigrationStep, Migrator};

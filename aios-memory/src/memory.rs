@@ -8,11 +8,12 @@ use aios_core::{
 };
 use parking_lot::RwLock;
 
-use crate::index::{micros, Cand, Index, Prepared};
+use crate::index::{micros, Index, Prepared};
+use crate::rank::{rank, Signals};
 use crate::{
-    Grant, GrantSubject, InMemoryMemoryStore, MemoryError, MemoryRecord, MemoryStore, MemoryView,
-    NewMemory, RecallHit, RecallMode, RecallQuery, Revision, Scope, ScoreBreakdown, Tier,
-    Tombstone, ViewSubject, MEMORY_SCHEMA_VERSION,
+    GetOptions, Grant, GrantSubject, InMemoryMemoryStore, KeywordOptions, MemoryError,
+    MemoryRecord, MemoryStore, MemoryView, NewMemory, RecallHit, RecallMode, RecallQuery, Revision,
+    Scope, ScoreBreakdown, Tier, Tombstone, ViewSubject, MEMORY_SCHEMA_VERSION,
 };
 
 /// How many lineages [`Memory::open`] reads per store page.
@@ -71,6 +72,7 @@ pub struct MemoryBuilder {
     embedder: Option<Arc<dyn Embedder>>,
     audit: Option<Arc<dyn AuditLog>>,
     seed: u64,
+    keyword: KeywordOptions,
 }
 
 impl MemoryBuilder {
@@ -100,12 +102,39 @@ impl MemoryBuilder {
         self
     }
 
-    /// Opens the memory, rebuilding the indexes from every record in the store.
+    /// Sets how keyword search tokenises and scores (default [`KeywordOptions::default`]).
+    /// The index is built with them, so reopening a store with other options rebuilds it
+    /// their way.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{ManualClock, Principal};
+    /// use aios_memory::{KeywordOptions, Memory, NewMemory, RecallQuery, Scope, Stemming, Tier};
+    /// # futures::executor::block_on(async {
+    /// let memory = Memory::builder(Arc::new(ManualClock::default()))
+    ///     .keyword(KeywordOptions::default().stemming(Stemming::English))
+    ///     .open()
+    ///     .await?;
+    /// memory
+    ///     .remember(NewMemory::new(Scope::parse("a")?, Tier::Project, "two invoices paid", Principal::System))
+    ///     .await?;
+    /// assert_eq!(memory.recall(&RecallQuery::text("invoice")).await?.len(), 1);
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn keyword(mut self, options: KeywordOptions) -> Self {
+        self.keyword = options;
+        self
+    }
+
+    /// Opens the memory, rebuilding the indexes from every record in the store. Fails with
+    /// [`MemoryError::InvalidInput`] on invalid [`KeywordOptions`].
     pub async fn open(self) -> Result<Memory, MemoryError> {
+        self.keyword.check()?;
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(InMemoryMemoryStore::new()));
-        let mut index = Index::default();
+        let mut index = Index::new(self.keyword);
         if let Some(e) = &self.embedder {
             index.dims = Some(e.dimensions());
         }
@@ -164,6 +193,7 @@ impl Memory {
             embedder: None,
             audit: None,
             seed: aios_core::os_seed(),
+            keyword: KeywordOptions::default(),
         }
     }
 
@@ -261,40 +291,171 @@ impl Memory {
     }
 
     /// Stores a new lineage at version 1 and indexes it. The embedding is the one given or,
-    /// if none and an embedder is configured, the embedder's.
+    /// if none and an embedder is configured, the embedder's. The version is recorded at the
+    /// clock's now, or at [`NewMemory::recorded_at`] when set (backfilling: the clock does
+    /// not move).
     ///
     /// With [`NewMemory::id`] set the write is idempotent: if that lineage exists and its
     /// first version has the same scope, tier, kind and content, that version is returned and
     /// nothing is written; if it holds something else the write fails with
     /// [`StoreError::AlreadyExists`] naming the id.
     pub async fn remember(&self, new: NewMemory) -> Result<MemoryRecord, MemoryError> {
-        if let Some(id) = new.id {
-            match self.inner.store.get(id, Some(1)).await {
-                Ok(existing) => {
-                    return if existing.scope == new.scope
-                        && existing.tier == new.tier
-                        && existing.kind == new.kind
-                        && existing.content == new.content
-                    {
-                        // the earlier attempt may have stopped between the store write and
-                        // its audit entry: a write is never left unaudited
-                        if !self.audited(id, 1).await? {
-                            self.audit(existing.provenance.author, &existing, "remember")
-                                .await?;
-                        }
-                        Ok(existing)
-                    } else {
-                        Err(StoreError::AlreadyExists {
-                            what: format!("memory {id} with other content"),
-                        }
-                        .into())
-                    };
+        if let Some(existing) = self.existing(&new).await? {
+            return Ok(existing);
+        }
+        let embedding = match &new.embedding {
+            Some(_) => None,
+            None => self.embed_text(&new.content).await?,
+        };
+        let record = self.build(new, embedding)?;
+        self.commit(record, None, "remember").await
+    }
+
+    /// Remembers many records, in order, each exactly as [`Memory::remember`] would: each is
+    /// validated, written, indexed and audited on its own, and one with [`NewMemory::id`]
+    /// set is idempotent (a repeat returns the record already written). Records without an
+    /// embedding are embedded in one call to the embedder. Returns the records in input
+    /// order.
+    ///
+    /// Every record is validated before anything is written, so an invalid one fails the
+    /// call with nothing written. A failure while writing (the store, the audit log) stops
+    /// there: the records before it stay written and audited, and the error says how many
+    /// ([`MemoryError::Batch`]); repeating the call with the same ids finishes the work.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{ManualClock, MemoryId, Principal};
+    /// use aios_memory::{Memory, NewMemory, Scope, Tier};
+    /// # futures::executor::block_on(async {
+    /// let memory = Memory::builder(Arc::new(ManualClock::default())).open().await?;
+    /// let scope = Scope::parse("org/acme")?;
+    /// let batch: Vec<NewMemory> = (0..3)
+    ///     .map(|i| {
+    ///         NewMemory::new(scope.clone(), Tier::Project, format!("note {i}"), Principal::System)
+    ///             .with_id(MemoryId::from_name(&format!("note-{i}")))
+    ///     })
+    ///     .collect();
+    /// let written = memory.remember_many(batch.clone()).await?;
+    /// assert_eq!(written.len(), 3);
+    /// // idempotent per record: a repeat writes nothing new
+    /// assert_eq!(memory.remember_many(batch).await?, written);
+    /// assert_eq!(memory.len(), 3);
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn remember_many(
+        &self,
+        batch: Vec<NewMemory>,
+    ) -> Result<Vec<MemoryRecord>, MemoryError> {
+        let tag = |index: usize, e: MemoryError| MemoryError::Batch {
+            index,
+            written: 0,
+            source: Box::new(e),
+        };
+        // embed in one call what brings no vector
+        let wanted: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.embedding.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        if let (Some(e), false) = (&self.inner.embedder, wanted.is_empty()) {
+            let texts: Vec<String> = wanted
+                .iter()
+                .filter_map(|i| batch.get(*i).map(|n| n.content.clone()))
+                .collect();
+            let out = e.embed(&texts).await?;
+            if out.len() != texts.len() {
+                return Err(MemoryError::Embed(aios_core::EmbedError::InvalidInput(
+                    "embedder returned the wrong number of vectors".into(),
+                )));
+            }
+            for (i, v) in wanted.into_iter().zip(out) {
+                if let Some(slot) = vectors.get_mut(i) {
+                    *slot = Some(v);
                 }
-                Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
             }
         }
-        let importance = clamp_importance(new.importance)?;
+        // validate every record before writing any
+        let mut planned: Vec<Result<MemoryRecord, NewMemory>> = Vec::with_capacity(batch.len());
+        for (i, (new, vector)) in batch.into_iter().zip(vectors).enumerate() {
+            if new.id.is_some() {
+                // may already exist: decided when its turn comes, like a single write
+                self.validate(&new, vector.as_deref())
+                    .map_err(|e| tag(i, e))?;
+                let mut new = new;
+                if new.embedding.is_none() {
+                    new.embedding = vector;
+                }
+                planned.push(Err(new));
+            } else {
+                planned.push(Ok(self.build(new, vector).map_err(|e| tag(i, e))?));
+            }
+        }
+        let mut out = Vec::with_capacity(planned.len());
+        for (i, p) in planned.into_iter().enumerate() {
+            let written = match p {
+                Ok(record) => self.commit(record, None, "remember").await,
+                Err(new) => match self.existing(&new).await {
+                    Ok(Some(existing)) => Ok(existing),
+                    Ok(None) => match self.build(new, None) {
+                        Ok(record) => self.commit(record, None, "remember").await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                },
+            };
+            match written {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    return Err(MemoryError::Batch {
+                        index: i,
+                        written: out.len(),
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// For a write with an id: the version already written under it if it is the same
+    /// memory (auditing it if an earlier attempt stopped before its audit entry), an error if
+    /// the id holds another, `None` if it is free.
+    async fn existing(&self, new: &NewMemory) -> Result<Option<MemoryRecord>, MemoryError> {
+        let Some(id) = new.id else {
+            return Ok(None);
+        };
+        match self.inner.store.get(id, Some(1)).await {
+            Ok(existing) => {
+                if existing.scope == new.scope
+                    && existing.tier == new.tier
+                    && existing.kind == new.kind
+                    && existing.content == new.content
+                {
+                    // the earlier attempt may have stopped between the store write and
+                    // its audit entry: a write is never left unaudited
+                    if !self.audited(id, 1).await? {
+                        self.audit(existing.provenance.author, &existing, "remember")
+                            .await?;
+                    }
+                    Ok(Some(existing))
+                } else {
+                    Err(StoreError::AlreadyExists {
+                        what: format!("memory {id} with other content"),
+                    }
+                    .into())
+                }
+            }
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks a new memory (with `embedded`, the embedder's vector when it brings none).
+    fn validate(&self, new: &NewMemory, embedded: Option<&[f32]>) -> Result<(), MemoryError> {
+        clamp_importance(new.importance)?;
         if new.content.trim().is_empty() {
             return Err(MemoryError::invalid("content", "empty"));
         }
@@ -303,13 +464,31 @@ impl Memory {
                 return Err(MemoryError::invalid("valid_to", "before `valid_from`"));
             }
         }
-        let embedding = match new.embedding {
-            Some(v) => Some(v),
-            None => self.embed_text(&new.content).await?,
-        };
-        if let Some(v) = &embedding {
+        if let Some(at) = new.recorded_at {
+            let now = self.now();
+            if at > now {
+                return Err(MemoryError::invalid(
+                    "recorded_at",
+                    format!("`{at}` is after the clock's now `{now}`"),
+                ));
+            }
+        }
+        if let Some(v) = new.embedding.as_deref().or(embedded) {
             self.check_vector("embedding", v)?;
         }
+        Ok(())
+    }
+
+    /// Validates and seals version 1 of a new memory; `embedded` is the embedder's vector
+    /// for a memory that brings none.
+    fn build(
+        &self,
+        new: NewMemory,
+        embedded: Option<Vec<f32>>,
+    ) -> Result<MemoryRecord, MemoryError> {
+        self.validate(&new, embedded.as_deref())?;
+        let importance = clamp_importance(new.importance)?;
+        let recorded_at = new.recorded_at.unwrap_or_else(|| self.now());
         let mut record = MemoryRecord {
             schema: MEMORY_SCHEMA_VERSION,
             id: new.id.unwrap_or_else(|| self.inner.ids.next()),
@@ -318,12 +497,12 @@ impl Memory {
             tier: new.tier,
             kind: new.kind,
             content: new.content,
-            embedding,
+            embedding: new.embedding.or(embedded),
             metadata: new.metadata,
             provenance: new.provenance,
             valid_from: new.valid_from,
             valid_to: new.valid_to,
-            recorded_at: self.now(),
+            recorded_at,
             retired_at: None,
             importance,
             pinned: new.pinned,
@@ -333,7 +512,7 @@ impl Memory {
             checksum: String::new(),
         };
         record.seal();
-        self.commit(record, None, "remember").await
+        Ok(record)
     }
 
     /// Writes a version to the store, then to the index, then to the audit log.
@@ -435,6 +614,28 @@ impl Memory {
             Some(x) => clamp_importance(x)?,
             None => latest.importance,
         };
+        let recorded_at = match revision.recorded_at {
+            None => self.now().max(latest.recorded_at),
+            Some(at) => {
+                let now = self.now();
+                if at > now {
+                    return Err(MemoryError::invalid(
+                        "recorded_at",
+                        format!("`{at}` is after the clock's now `{now}`"),
+                    ));
+                }
+                if at < latest.recorded_at {
+                    return Err(MemoryError::invalid(
+                        "recorded_at",
+                        format!(
+                            "`{at}` is before version {} was recorded (`{}`)",
+                            latest.version, latest.recorded_at
+                        ),
+                    ));
+                }
+                at
+            }
+        };
         let mut metadata = latest.metadata.clone();
         metadata.extend(revision.metadata);
         let provenance = revision
@@ -453,7 +654,7 @@ impl Memory {
             provenance,
             valid_from: revision.valid_from.or(latest.valid_from),
             valid_to: revision.valid_to.or(latest.valid_to),
-            recorded_at: self.now().max(latest.recorded_at),
+            recorded_at,
             retired_at: None,
             importance,
             pinned: revision.pinned.unwrap_or(latest.pinned),
@@ -511,6 +712,8 @@ impl Memory {
         if query.k == 0 {
             return Ok(Vec::new());
         }
+        query.weights.check()?;
+        let has_text = query.text.is_some();
         let mut qvec = match (&query.vector, query.mode) {
             (_, RecallMode::Keyword) => None,
             (Some(v), _) => Some(v.clone()),
@@ -523,27 +726,42 @@ impl Memory {
             self.check_vector("vector", v)?;
             crate::index::normalise(v);
         }
-        let listing = query.text.is_none() && query.vector.is_none();
-        if !listing {
-            match query.mode {
-                RecallMode::Vector if qvec.is_none() => {
-                    return Err(MemoryError::invalid(
-                        "vector",
-                        "vector mode needs a query vector or an embedder for the text",
-                    ))
-                }
-                RecallMode::Keyword if query.text.is_none() => {
-                    return Err(MemoryError::invalid(
-                        "text",
-                        "keyword mode needs query text",
-                    ))
-                }
-                _ => {}
+        let text = query.text.as_deref();
+        let listing = !has_text && query.vector.is_none();
+        let signals = match (query.mode, qvec.as_deref(), text) {
+            (_, _, _) if listing => Signals::Listing,
+            (RecallMode::Vector, Some(v), _) => Signals::Vector(v),
+            (RecallMode::Vector, None, _) => {
+                return Err(MemoryError::invalid(
+                    "vector",
+                    "vector mode needs a query vector or an embedder for the text",
+                ))
             }
-        }
-        let text = match query.mode {
-            RecallMode::Vector => None,
-            _ => query.text.as_deref(),
+            (RecallMode::Keyword, _, Some(t)) => Signals::Keyword(t),
+            (RecallMode::Keyword, _, None) => {
+                return Err(MemoryError::invalid(
+                    "text",
+                    "keyword mode needs query text",
+                ))
+            }
+            (RecallMode::Hybrid, Some(v), Some(t)) => Signals::Hybrid(v, t),
+            (RecallMode::Hybrid, None, _) => {
+                return Err(MemoryError::invalid(
+                    "vector",
+                    "hybrid mode needs a query vector or an embedder for the text \
+                     (keyword or auto mode run without one)",
+                ))
+            }
+            (RecallMode::Hybrid, Some(_), None) => {
+                return Err(MemoryError::invalid(
+                    "text",
+                    "hybrid mode needs query text (vector or auto mode run without it)",
+                ))
+            }
+            (RecallMode::Auto, Some(v), Some(t)) => Signals::Hybrid(v, t),
+            (RecallMode::Auto, Some(v), None) => Signals::Vector(v),
+            (RecallMode::Auto, None, Some(t)) => Signals::Keyword(t),
+            (RecallMode::Auto, None, None) => Signals::Listing,
         };
         let reference = query.as_of.unwrap_or_else(|| self.now());
         let picked: Vec<(MemoryId, u32, ScoreBreakdown)> = {
@@ -565,68 +783,27 @@ impl Memory {
                 query.valid_at.map(micros),
                 &query.metadata,
             );
-            let w = &query.weights;
-            let pool = w.candidates.max(query.k);
-            let vec_hits = match &qvec {
-                Some(v) => index.vector_top(&filter, v, pool),
-                None => Vec::new(),
-            };
-            let kw_hits = match text {
-                Some(t) => index.keyword_top(&filter, t, pool),
-                None => Vec::new(),
-            };
-            let mut fused: std::collections::HashMap<u32, ScoreBreakdown> =
-                std::collections::HashMap::new();
-            for (rank, c) in vec_hits.iter().enumerate() {
-                let e = fused.entry(c.row).or_default();
-                e.vector = Some(c.score);
-                e.vector_rank = Some(rank + 1);
-                e.fused += 1.0 / (w.rrf_k + (rank + 1) as f32);
-            }
-            for (rank, c) in kw_hits.iter().enumerate() {
-                let e = fused.entry(c.row).or_default();
-                e.keyword = Some(c.score);
-                e.keyword_rank = Some(rank + 1);
-                e.fused += 1.0 / (w.rrf_k + (rank + 1) as f32);
-            }
-            if listing {
-                for row in index.matching_rows(&filter) {
-                    fused.insert(row, ScoreBreakdown::default());
-                }
-            }
-            let half_life = w.recency_half_life.as_secs_f64().max(1e-6);
-            let reference_us = micros(reference);
-            let mut scored: Vec<(Cand, ScoreBreakdown)> = fused
-                .into_iter()
-                .filter_map(|(row, mut s)| {
-                    let hot = index.hot.get(row as usize)?;
-                    let cold = index.cold.get(row as usize)?;
-                    let age = (reference_us - hot.recorded).max(0) as f64 / 1e6;
-                    s.recency = w.recency * 0.5f64.powf(age / half_life) as f32;
-                    s.importance = w.importance * cold.importance;
-                    s.total = s.fused + s.recency + s.importance;
-                    Some((
-                        Cand {
-                            score: s.total,
-                            row,
-                        },
-                        s,
-                    ))
-                })
-                .collect();
-            scored.sort_by_key(|s| std::cmp::Reverse(s.0));
-            scored.truncate(query.k);
-            scored
-                .into_iter()
-                .filter_map(|(c, s)| {
-                    let cold = index.cold.get(c.row as usize)?;
-                    Some((cold.id, cold.version, s))
-                })
-                .collect()
+            rank(
+                &index,
+                &filter,
+                signals,
+                query.k,
+                &query.weights,
+                micros(reference),
+            )
+            .into_iter()
+            .filter_map(|(row, s)| {
+                let cold = index.cold.get(row as usize)?;
+                Some((cold.id, cold.version, s))
+            })
+            .collect()
+        };
+        let options = GetOptions {
+            embedding: query.embeddings,
         };
         let mut hits = Vec::with_capacity(picked.len());
         for (id, version, score) in picked {
-            match self.inner.store.get(id, Some(version)).await {
+            match self.inner.store.get_with(id, Some(version), options).await {
                 Ok(record) => hits.push(RecallHit { record, score }),
                 // pruned between the index read and the fetch
                 Err(StoreError::NotFound { .. }) => {}

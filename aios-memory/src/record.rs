@@ -217,6 +217,32 @@ impl MemoryRecord {
         to_hex(&h.finalize().to_be_bytes())
     }
 
+    /// A copy without the embedding (the vector is not copied).
+    pub(crate) fn clone_without_embedding(&self) -> MemoryRecord {
+        MemoryRecord {
+            schema: self.schema,
+            id: self.id,
+            version: self.version,
+            scope: self.scope.clone(),
+            tier: self.tier,
+            kind: self.kind.clone(),
+            content: self.content.clone(),
+            embedding: None,
+            metadata: self.metadata.clone(),
+            provenance: self.provenance.clone(),
+            valid_from: self.valid_from,
+            valid_to: self.valid_to,
+            recorded_at: self.recorded_at,
+            retired_at: self.retired_at,
+            importance: self.importance,
+            pinned: self.pinned,
+            expires_at: self.expires_at,
+            tombstone: self.tombstone.clone(),
+            prev_checksum: self.prev_checksum.clone(),
+            checksum: self.checksum.clone(),
+        }
+    }
+
     /// Sets [`MemoryRecord::checksum`] from the other fields.
     pub fn seal(&mut self) {
         self.checksum = self.compute_checksum();
@@ -317,6 +343,9 @@ pub struct NewMemory {
     pub pinned: bool,
     /// When pruning may remove it.
     pub expires_at: Option<Timestamp>,
+    /// System time to record the version at instead of the clock's now, for importing or
+    /// backfilling history (the clock does not move). It may not lie after the clock's now.
+    pub recorded_at: Option<Timestamp>,
     /// The lineage id to use instead of a fresh one, for writes that must happen once: a
     /// writer that may repeat the write (after a crash, say) derives the id from what it is
     /// doing, and a repeated write returns the record already written (see
@@ -340,8 +369,15 @@ impl NewMemory {
             importance: 0.5,
             pinned: false,
             expires_at: None,
+            recorded_at: None,
             id: None,
         }
+    }
+
+    /// Records it at system time `at` instead of now (see [`NewMemory::recorded_at`]).
+    pub fn recorded_at(mut self, at: Timestamp) -> Self {
+        self.recorded_at = Some(at);
+        self
     }
 
     /// Writes under lineage `id` (see [`NewMemory::id`]).
@@ -459,6 +495,9 @@ pub struct Revision {
     pub pinned: Option<bool>,
     /// New expiry.
     pub expires_at: Option<Timestamp>,
+    /// System time to record the new version at instead of the clock's now, for backfilling
+    /// history: not before the latest version's `recorded_at`, not after now.
+    pub recorded_at: Option<Timestamp>,
 }
 
 impl Revision {
@@ -521,6 +560,12 @@ impl Revision {
     /// Pins or unpins.
     pub fn pinned(mut self, pinned: bool) -> Self {
         self.pinned = Some(pinned);
+        self
+    }
+
+    /// Records the new version at system time `at` (see [`Revision::recorded_at`]).
+    pub fn recorded_at(mut self, at: Timestamp) -> Self {
+        self.recorded_at = Some(at);
         self
     }
 

@@ -41,6 +41,24 @@ pub trait MemoryStore: Send + Sync + Debug {
     /// [`StoreError::NotFound`] if the lineage or version does not exist.
     async fn get(&self, id: MemoryId, version: Option<u32>) -> Result<MemoryRecord, StoreError>;
 
+    /// Like [`MemoryStore::get`], but with `options.embedding == false` the record comes back
+    /// with `embedding: None`, so the backend need not copy or decode the vector (recall
+    /// asks this way unless the query wants embeddings). Every other field is as `get`
+    /// returns it. The default calls `get` and drops the vector; a backend that can skip it
+    /// overrides this, and a wrapper forwards it.
+    async fn get_with(
+        &self,
+        id: MemoryId,
+        version: Option<u32>,
+        options: GetOptions,
+    ) -> Result<MemoryRecord, StoreError> {
+        let mut record = self.get(id, version).await?;
+        if !options.embedding {
+            record.embedding = None;
+        }
+        Ok(record)
+    }
+
     /// Every version of a lineage, oldest first. [`StoreError::NotFound`] if it does not exist.
     async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError>;
 
@@ -56,6 +74,37 @@ pub trait MemoryStore: Send + Sync + Debug {
     /// Removes a lineage with all its versions (used by pruning). [`StoreError::NotFound`] if
     /// it does not exist.
     async fn delete(&self, id: MemoryId) -> Result<(), StoreError>;
+}
+
+/// What [`MemoryStore::get_with`] returns besides the record's plain fields.
+///
+/// ```
+/// use aios_core::{ManualClock, MemoryId, Clock};
+/// use aios_memory::{GetOptions, InMemoryMemoryStore, MemoryStore};
+/// use aios_memory::testing::sample_record;
+/// # futures::executor::block_on(async {
+/// let store = InMemoryMemoryStore::new();
+/// let id = MemoryId::from_name("m");
+/// store.put(sample_record(id, 1, "hello", ManualClock::default().now(), None), None).await?;
+/// let light = store.get_with(id, None, GetOptions::default()).await?;
+/// assert!(light.embedding.is_none());
+/// let full = store.get_with(id, None, GetOptions::with_embedding()).await?;
+/// assert_eq!(full, store.get(id, None).await?);
+/// # Ok::<(), aios_core::StoreError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GetOptions {
+    /// Whether the embedding is wanted (default `false`).
+    pub embedding: bool,
+}
+
+impl GetOptions {
+    /// Options asking for the embedding too.
+    pub fn with_embedding() -> Self {
+        Self { embedding: true }
+    }
 }
 
 /// A [`MemoryStore`] in process memory; always compiled, the reference implementation.
@@ -145,23 +194,23 @@ impl MemoryStore for InMemoryMemoryStore {
     ) -> Result<(), StoreError> {
         let mut map = self.lineages.write();
         match expected_previous {
-            None => {
-                if map.contains_key(&key(record.id)) {
-                    return Err(StoreError::AlreadyExists {
-                        what: format!("memory {}", record.id),
-                    });
+            None => match map.entry(key(record.id)) {
+                std::collections::btree_map::Entry::Occupied(_) => Err(StoreError::AlreadyExists {
+                    what: format!("memory {}", record.id),
+                }),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    if record.version != 1 {
+                        return Err(StoreError::Conflict {
+                            detail: format!(
+                                "memory {}: a new lineage starts at version 1, not {}",
+                                record.id, record.version
+                            ),
+                        });
+                    }
+                    slot.insert(vec![record]);
+                    Ok(())
                 }
-                if record.version != 1 {
-                    return Err(StoreError::Conflict {
-                        detail: format!(
-                            "memory {}: a new lineage starts at version 1, not {}",
-                            record.id, record.version
-                        ),
-                    });
-                }
-                map.insert(key(record.id), vec![record]);
-                Ok(())
-            }
+            },
             Some(expected) => {
                 let Some(versions) = map.get_mut(&key(record.id)) else {
                     return Err(StoreError::Conflict {
@@ -199,6 +248,26 @@ impl MemoryStore for InMemoryMemoryStore {
             Some(v) => versions.iter().find(|r| r.version == v),
         };
         found.cloned().ok_or_else(|| not_found(id, version))
+    }
+
+    async fn get_with(
+        &self,
+        id: MemoryId,
+        version: Option<u32>,
+        options: GetOptions,
+    ) -> Result<MemoryRecord, StoreError> {
+        if options.embedding {
+            return self.get(id, version).await;
+        }
+        let map = self.lineages.read();
+        let versions = map.get(&key(id)).ok_or_else(|| not_found(id, version))?;
+        let found = match version {
+            None => versions.last(),
+            Some(v) => versions.iter().find(|r| r.version == v),
+        };
+        found
+            .map(MemoryRecord::clone_without_embedding)
+            .ok_or_else(|| not_found(id, version))
     }
 
     async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError> {

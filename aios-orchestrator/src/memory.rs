@@ -142,11 +142,15 @@ impl TaskContext<'_> {
             };
             let mut out = Vec::with_capacity(hits.len());
             for h in hits {
-                let record = access
+                let mut record = access
                     .memory
                     .get_version(h.id, h.version)
                     .await
                     .map_err(memory_error)?;
+                // as the first run returned it: without the vector unless the query asked
+                if !query.embeddings {
+                    record.embedding = None;
+                }
                 out.push(RecallHit {
                     record,
                     score: h.score,

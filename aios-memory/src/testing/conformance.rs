@@ -175,6 +175,35 @@ pub async fn memory_store_conformance<S: MemoryStore, F: Fn() -> S>(make: F) {
         "latest is the new version"
     );
     assert_eq!(store.get(id, Some(1)).await.unwrap().content, "first");
+    // get_with: the same record, the embedding only when asked
+    for version in [None, Some(1), Some(2)] {
+        let full = store.get(id, version).await.unwrap();
+        assert_eq!(
+            store
+                .get_with(id, version, crate::GetOptions::with_embedding())
+                .await
+                .unwrap(),
+            full,
+            "get_with an embedding is get"
+        );
+        let light = store
+            .get_with(id, version, crate::GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            light,
+            MemoryRecord {
+                embedding: None,
+                ..full
+            },
+            "get_with leaves out only the embedding"
+        );
+    }
+    assert!(is_not_found(
+        &store
+            .get_with(id, Some(9), crate::GetOptions::default())
+            .await
+    ));
     let v2b = sample_record(id, 2, "racing", tick(&clock), Some(&v1));
     assert!(
         matches!(

@@ -43,6 +43,16 @@ impl<S: MemoryStore> MemoryStore for FaultyMemoryStore<S> {
         self.inner.get(id, version).await
     }
 
+    async fn get_with(
+        &self,
+        id: MemoryId,
+        version: Option<u32>,
+        options: crate::GetOptions,
+    ) -> Result<MemoryRecord, StoreError> {
+        self.faults.check().await?;
+        self.inner.get_with(id, version, options).await
+    }
+
     async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError> {
         self.faults.check().await?;
         self.inner.versions(id).await

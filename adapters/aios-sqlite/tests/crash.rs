@@ -1031,7 +1031,7 @@ fn three_worker_processes_killed_at_random_drain_every_run_with_every_effect_onc
         String::from_utf8_lossy(&submitted.stderr)
     );
     // seeded kills: a worker is killed every 40..240 ms and replaced, six times
-    let mut seed: u64 = 0x5eed_0f_d7a1;
+    let mut seed: u64 = 0x5eed_0fd7_a1a1;
     let mut next = |m: u64| {
         seed = seed
             .wrapping_mul(6364136223846793005)

@@ -291,7 +291,7 @@ impl<'r> TaskContext<'r> {
 
     /// Calls a model through the router, under governance and budgets.
     pub async fn complete(&mut self, request: ModelRequest) -> Result<ModelResponse, AgentError> {
-        let span = tracing::debug_span!("aios.model", run = %self.driver.run, task = %self.name, seq = self.seq);
+        let span = tracing::debug_span!("aios.model", run = %self.driver.run, task = %self.name, seq = self.seq, aios.queue_wait_ms = tracing::field::Empty);
         match self.governed(Op::Model(request)).instrument(span).await? {
             CallRecord::Model(r) => Ok(r),
             other => Err(self.driver.non_determinism(
@@ -1176,6 +1176,10 @@ impl<'r> TaskContext<'r> {
         let mut last_error: Option<aios_core::ModelError> = None;
         let mut usage = Usage::default();
         let seq = self.seq;
+        let estimated_tokens = {
+            let e = self.driver.router().estimate(request);
+            e.prompt_tokens + e.output_tokens
+        };
         for (i, model) in tiers.iter().enumerate() {
             let last = i + 1 == tiers.len();
             let breaker = self.driver.breaker(&format!("model:{}", model.id()));
@@ -1189,14 +1193,43 @@ impl<'r> TaskContext<'r> {
             let policy = self.role.retry;
             let mut rng = self.driver.rng(seq.wrapping_add(i as u32 * 7919));
             let mut failures = 0u32;
+            // each attempt waits for its permit from the scheduler (when there is one); the
+            // nanoseconds waited are summed over the attempts
+            let queued = std::sync::atomic::AtomicU64::new(0);
+            let scheduler = self.driver.scheduler();
+            let ask = crate::scheduler::PermitRequest::new(
+                model.id().clone(),
+                crate::scheduler::FlowId::of(self.driver.run, self.agent),
+            )
+            .priority(self.role.priority)
+            .tokens(estimated_tokens);
             let result = retry(
                 &policy,
                 self.driver.timer(),
                 &mut rng,
                 |_, _| failures += 1,
-                |_| model.complete(request),
+                |_| {
+                    let (ask, queued) = (ask.clone(), &queued);
+                    async move {
+                        let Some(scheduler) = scheduler else {
+                            return model.complete(request).await;
+                        };
+                        let permit = scheduler.acquire(ask).await;
+                        let waited = u64::try_from(permit.waited().as_nanos()).unwrap_or(u64::MAX);
+                        queued.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+                        let result = model.complete(request).await;
+                        permit.finish(&result);
+                        result
+                    }
+                },
             )
             .await;
+            let queued = scheduler.map(|_| {
+                std::time::Duration::from_nanos(queued.load(std::sync::atomic::Ordering::Relaxed))
+            });
+            if let Some(q) = queued {
+                tracing::Span::current().record("aios.queue_wait_ms", q.as_millis() as u64);
+            }
             let why = steps
                 .last()
                 .map(|s| format!("after `{}`: {}", s.model, s.reason));
@@ -1218,6 +1251,7 @@ impl<'r> TaskContext<'r> {
                         response.cost,
                         Outcome::Succeeded,
                         low.clone().or(why),
+                        queued,
                     )
                     .await?;
                     match low {
@@ -1239,6 +1273,7 @@ impl<'r> TaskContext<'r> {
                         Money::ZERO,
                         Outcome::Failed,
                         Some(reason.clone()),
+                        queued,
                     )
                     .await?;
                     steps.push(RouteStep {
@@ -1262,6 +1297,7 @@ impl<'r> TaskContext<'r> {
         cost: Money,
         outcome: Outcome,
         detail: Option<String>,
+        queued: Option<std::time::Duration>,
     ) -> Result<(), AgentError> {
         self.driver
             .audit(
@@ -1275,6 +1311,7 @@ impl<'r> TaskContext<'r> {
                     cost,
                     outcome,
                     detail,
+                    queued_ms: queued.map(|q| u64::try_from(q.as_millis()).unwrap_or(u64::MAX)),
                 },
             )
             .await

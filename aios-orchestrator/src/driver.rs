@@ -163,6 +163,10 @@ impl<'o> Driver<'o> {
         &self.o.router
     }
 
+    pub(crate) fn scheduler(&self) -> Option<&crate::scheduler::ModelScheduler> {
+        self.o.scheduler.as_ref()
+    }
+
     pub(crate) fn timer(&self) -> &dyn Timer {
         self.o.timer.as_ref()
     }

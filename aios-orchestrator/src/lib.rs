@@ -40,6 +40,7 @@ pub mod reliability;
 mod role;
 mod router;
 mod runtime;
+pub mod scheduler;
 mod state;
 mod transcript;
 
@@ -67,6 +68,10 @@ pub use notify::{
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelEstimate, ModelRouter, RouteStep};
+pub use scheduler::{
+    Acquire, BackendLimits, BackendStats, FlowId, ModelScheduler, Permit, PermitRequest, Priority,
+    SchedulerConfig,
+};
 pub use runtime::{
     CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
     TickReport,

@@ -118,6 +118,7 @@ pub(crate) struct Inner {
     pub(crate) credentials: HashMap<ConnectorId, CredentialHandle>,
     pub(crate) vault: Option<Arc<dyn CredentialVault>>,
     pub(crate) router: ModelRouter,
+    pub(crate) scheduler: Option<crate::scheduler::ModelScheduler>,
     pub(crate) memory: Option<crate::memory::MemoryAccess>,
     pub(crate) audit: Arc<dyn AuditLog>,
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,

@@ -40,6 +40,8 @@ pub mod reliability;
 mod role;
 mod router;
 mod runtime;
+#[cfg(feature = "testing")]
+mod sim;
 pub mod scheduler;
 mod state;
 mod transcript;

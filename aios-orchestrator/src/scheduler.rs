@@ -254,7 +254,7 @@ const SCALE: u64 = 1 << 10;
 
 /// A token bucket over nanoseconds.
 #[derive(Debug, Clone)]
-struct Bucket {
+pub(crate) struct Bucket {
     level: f64,
     capacity: f64,
     per_nano: f64,
@@ -262,7 +262,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(per_minute: f64, burst: Duration, now: i64) -> Self {
+    pub(crate) fn new(per_minute: f64, burst: Duration, now: i64) -> Self {
         let per_nano = per_minute / NANOS_PER_MINUTE;
         let capacity = (per_nano * burst.as_nanos() as f64).max(1.0);
         Self {
@@ -273,7 +273,7 @@ impl Bucket {
         }
     }
 
-    fn refill(&mut self, now: i64) {
+    pub(crate) fn refill(&mut self, now: i64) {
         if now > self.at {
             self.level =
                 (self.level + (now - self.at) as f64 * self.per_nano).min(self.capacity);
@@ -287,12 +287,12 @@ impl Bucket {
         cost.min(self.capacity)
     }
 
-    fn ready(&self, cost: f64) -> bool {
+    pub(crate) fn ready(&self, cost: f64) -> bool {
         self.level + 1e-9 >= self.need(cost)
     }
 
     /// When `cost` can be taken (after a refill at `self.at`).
-    fn ready_at(&self, cost: f64) -> i64 {
+    pub(crate) fn ready_at(&self, cost: f64) -> i64 {
         let missing = self.need(cost) - self.level;
         if missing <= 0.0 {
             self.at
@@ -303,7 +303,7 @@ impl Bucket {
         }
     }
 
-    fn adjust(&mut self, delta: f64) {
+    pub(crate) fn adjust(&mut self, delta: f64) {
         self.level = (self.level + delta).min(self.capacity);
     }
 }

@@ -52,6 +52,7 @@ pub struct SimulatedBackend {
     latency: Duration,
     per_output_token: Duration,
     output_tokens: u64,
+    count_refused: bool,
     state: Arc<Mutex<SimState>>,
 }
 
@@ -71,6 +72,7 @@ impl SimulatedBackend {
             latency: Duration::from_millis(500),
             per_output_token: Duration::ZERO,
             output_tokens: 100,
+            count_refused: false,
             state: Arc::new(Mutex::new(SimState {
                 in_flight: 0,
                 requests: limits
@@ -99,6 +101,14 @@ impl SimulatedBackend {
         self
     }
 
+    /// Counts refused calls against the request limit too (the request bucket may go into
+    /// debt), as some providers document: "unsuccessful requests contribute to your
+    /// per-minute limit". Off by default.
+    pub fn with_refused_counted(mut self, counted: bool) -> Self {
+        self.count_refused = counted;
+        self
+    }
+
     /// What it saw so far.
     pub fn stats(&self) -> SimStats {
         self.state.lock().stats.clone()
@@ -107,8 +117,15 @@ impl SimulatedBackend {
     fn admit(&self, tokens: u64) -> Result<(), ModelError> {
         let now = self.clock.now_nanos();
         let mut s = self.state.lock();
+        let count_refused = self.count_refused;
         let limited = |s: &mut SimState, retry_after| {
             s.stats.rate_limited += 1;
+            if count_refused {
+                if let Some(b) = &mut s.requests {
+                    b.refill(now);
+                    b.adjust(-1.0);
+                }
+            }
             Err(ModelError::RateLimited {
                 model: self.id.clone(),
                 retry_after,

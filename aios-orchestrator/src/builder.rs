@@ -28,6 +28,7 @@ pub struct OrchestratorBuilder {
     vault: Option<Arc<dyn CredentialVault>>,
     router: Option<ModelRouter>,
     scheduler: Option<SchedulerConfig>,
+    telemetry: crate::telemetry::TelemetryConfig,
     memory: Option<crate::memory::MemoryAccess>,
     audit: Option<Arc<dyn AuditLog>>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
@@ -55,6 +56,7 @@ impl OrchestratorBuilder {
             vault: None,
             router: None,
             scheduler: None,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
             memory: None,
             audit: None,
             checkpoints: None,
@@ -124,6 +126,14 @@ impl OrchestratorBuilder {
     /// ```
     pub fn model_scheduler(mut self, config: SchedulerConfig) -> Self {
         self.scheduler = Some(config);
+        self
+    }
+
+    /// Sets what the `tracing` spans record beyond the defaults (see
+    /// [`TelemetryConfig`](crate::TelemetryConfig); default: no prompt or completion
+    /// content).
+    pub fn telemetry(mut self, config: crate::telemetry::TelemetryConfig) -> Self {
+        self.telemetry = config;
         self
     }
 
@@ -235,6 +245,7 @@ impl OrchestratorBuilder {
                 scheduler: self
                     .scheduler
                     .map(|c| ModelScheduler::new(c, clock.clone(), timer.clone())),
+                telemetry: self.telemetry,
                 memory: self.memory,
                 audit,
                 checkpoints: self

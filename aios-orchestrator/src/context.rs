@@ -291,7 +291,38 @@ impl<'r> TaskContext<'r> {
 
     /// Calls a model through the router, under governance and budgets.
     pub async fn complete(&mut self, request: ModelRequest) -> Result<ModelResponse, AgentError> {
-        let span = tracing::debug_span!("aios.model", run = %self.driver.run, task = %self.name, seq = self.seq, aios.queue_wait_ms = tracing::field::Empty);
+        let router = self.driver.router();
+        let first = router.tiers().first().map(|m| m.id().clone());
+        let requested = first.as_ref().map(|m| m.as_str()).unwrap_or("");
+        let empty = tracing::field::Empty;
+        let span = tracing::debug_span!(
+            "chat",
+            otel.name = %format_args!("chat {requested}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = first.as_ref().map(|m| router.provider(m)).unwrap_or(""),
+            gen_ai.request.model = requested,
+            gen_ai.request.max_tokens = request.max_output_tokens,
+            gen_ai.response.model = empty,
+            gen_ai.usage.input_tokens = empty,
+            gen_ai.usage.output_tokens = empty,
+            gen_ai.agent.name = %self.role.name,
+            gen_ai.conversation.id = %self.driver.run,
+            gen_ai.input.messages = empty,
+            gen_ai.output.messages = empty,
+            error.type = empty,
+            aios.governance.decision = empty,
+            aios.governance.rules = empty,
+            aios.cost = empty,
+            aios.queue_wait_ms = empty,
+            run = %self.driver.run,
+            task = %self.name,
+            seq = self.seq,
+        );
+        if self.driver.telemetry().record_content {
+            let messages = serde_json::to_string(&request.messages).unwrap_or_default();
+            span.record("gen_ai.input.messages", messages.as_str());
+        }
         match self.governed(Op::Model(request)).instrument(span).await? {
             CallRecord::Model(r) => Ok(r),
             other => Err(self.driver.non_determinism(
@@ -348,14 +379,33 @@ impl<'r> TaskContext<'r> {
                 reason: problem,
             });
         }
+        let empty = tracing::field::Empty;
         let span = tracing::debug_span!(
-            "aios.connector",
+            "execute_tool",
+            otel.name = %format_args!("execute_tool {action}"),
+            otel.kind = "internal",
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %action,
+            gen_ai.tool.type = "function",
+            gen_ai.tool.call.arguments = empty,
+            gen_ai.agent.name = %self.role.name,
+            gen_ai.conversation.id = %self.driver.run,
+            error.type = empty,
+            aios.governance.decision = empty,
+            aios.governance.rules = empty,
+            aios.cost = empty,
             run = %self.driver.run,
             task = %self.name,
             seq = self.seq,
             connector = %request.connector,
             operation = %request.operation
         );
+        if self.driver.telemetry().record_content {
+            span.record(
+                "gen_ai.tool.call.arguments",
+                request.input.to_string().as_str(),
+            );
+        }
         match self
             .governed(Op::Connector(request))
             .instrument(span)
@@ -1233,11 +1283,25 @@ impl<'r> TaskContext<'r> {
             let why = steps
                 .last()
                 .map(|s| format!("after `{}`: {}", s.model, s.reason));
+            let span = tracing::Span::current();
             match result {
                 Ok(response) => {
                     breaker.on_success();
                     usage.cost += response.cost;
                     usage.tokens += response.usage.total();
+                    span.record("gen_ai.provider.name", self.driver.router().provider(model.id()));
+                    span.record("gen_ai.response.model", response.model.as_str());
+                    span.record("gen_ai.usage.input_tokens", response.usage.input);
+                    span.record("gen_ai.usage.output_tokens", response.usage.output);
+                    span.record("aios.cost", usage.cost.to_string().as_str());
+                    if self.driver.telemetry().record_content {
+                        let out = serde_json::json!([{
+                            "role": "assistant",
+                            "content": response.content,
+                            "tool_calls": response.tool_calls,
+                        }]);
+                        span.record("gen_ai.output.messages", out.to_string().as_str());
+                    }
                     let low = match (min_confidence, response.confidence) {
                         (Some(min), Some(c)) if c < min && !last => {
                             Some(format!("confidence {c:.2} below {min:.2}"))
@@ -1283,6 +1347,14 @@ impl<'r> TaskContext<'r> {
                 }
             }
         }
+        let kind = match &last_error {
+            Some(e) => serde_json::to_value(e)
+                .ok()
+                .and_then(|v| v["kind"].as_str().map(String::from))
+                .unwrap_or_else(|| "model_error".into()),
+            None => "model_unavailable".into(),
+        };
+        tracing::Span::current().record("error.type", kind.as_str());
         Err(AgentError::Model(Box::new(crate::error::ModelFailure {
             tried: steps,
             error: last_error,

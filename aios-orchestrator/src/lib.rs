@@ -44,6 +44,7 @@ mod runtime;
 mod sim;
 pub mod scheduler;
 mod state;
+mod telemetry;
 mod transcript;
 
 #[cfg(feature = "testing")]
@@ -82,4 +83,5 @@ pub use state::{
     CallKind, CallRecord, JournalEntry, RefusedBy, RunState, RunStatus, TaskState, TaskStatus,
     RUN_STATE_SCHEMA,
 };
+pub use telemetry::TelemetryConfig;
 pub use transcript::{render_transcript, TranscriptNames};

@@ -16,6 +16,7 @@ pub struct ModelRouter {
     min_confidence: Option<f32>,
     prices: PriceTable,
     default_max_output: u32,
+    providers: std::collections::HashMap<ModelId, String>,
 }
 
 /// What a model call is estimated to consume before it is made: what governance decides on
@@ -38,7 +39,23 @@ impl ModelRouter {
             min_confidence: None,
             prices: PriceTable::default(),
             default_max_output: 1024,
+            providers: std::collections::HashMap::new(),
         }
+    }
+
+    /// Names the provider of `model` in traces (`gen_ai.provider.name`: `openai`,
+    /// `anthropic`, `ollama`, ...); a model without one is traced as `_OTHER`.
+    pub fn with_provider(mut self, model: impl Into<ModelId>, provider: impl Into<String>) -> Self {
+        self.providers.insert(model.into(), provider.into());
+        self
+    }
+
+    /// The provider name of `model` in traces.
+    pub fn provider(&self, model: &ModelId) -> &str {
+        self.providers
+            .get(model)
+            .map(String::as_str)
+            .unwrap_or(crate::telemetry::OTHER_PROVIDER)
     }
 
     /// Sets the price of `model`, so that calls reserve and are decided on an estimate of

@@ -119,6 +119,7 @@ pub(crate) struct Inner {
     pub(crate) vault: Option<Arc<dyn CredentialVault>>,
     pub(crate) router: ModelRouter,
     pub(crate) scheduler: Option<crate::scheduler::ModelScheduler>,
+    pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) memory: Option<crate::memory::MemoryAccess>,
     pub(crate) audit: Arc<dyn AuditLog>,
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,
@@ -290,6 +291,7 @@ impl Orchestrator {
                 event,
             })
             .await?;
+        let span = crate::telemetry::run_span(run, &state.workflow, false);
         let driver = self.driver(governor, lease, state, 0);
         if self.inner.config.checkpoints != CheckpointMode::OnExit {
             // the run exists durably before its first task, so a crash at any point can resume
@@ -297,7 +299,7 @@ impl Orchestrator {
         }
         driver
             .drive(false)
-            .instrument(tracing::info_span!("aios.run", run = %run))
+            .instrument(span)
             .await
     }
 
@@ -415,10 +417,11 @@ impl Orchestrator {
                 event,
             })
             .await?;
+        let span = crate::telemetry::run_span(run, &state.workflow, true);
         let driver = self.driver(governor, lease, state, checkpoint.seq);
         driver
             .drive(true)
-            .instrument(tracing::info_span!("aios.run", run = %run, resumed = true))
+            .instrument(span)
             .await
     }
 

@@ -302,7 +302,7 @@ impl<'r> TaskContext<'r> {
             gen_ai.operation.name = "chat",
             gen_ai.provider.name = first.as_ref().map(|m| router.provider(m)).unwrap_or(""),
             gen_ai.request.model = requested,
-            gen_ai.request.max_tokens = request.max_output_tokens,
+            gen_ai.request.max_tokens = request.max_output_tokens.map(i64::from),
             gen_ai.response.model = empty,
             gen_ai.usage.input_tokens = empty,
             gen_ai.usage.output_tokens = empty,
@@ -1278,7 +1278,8 @@ impl<'r> TaskContext<'r> {
                 std::time::Duration::from_nanos(queued.load(std::sync::atomic::Ordering::Relaxed))
             });
             if let Some(q) = queued {
-                tracing::Span::current().record("aios.queue_wait_ms", q.as_millis() as u64);
+                let ms = i64::try_from(q.as_millis()).unwrap_or(i64::MAX);
+                tracing::Span::current().record("aios.queue_wait_ms", ms);
             }
             let why = steps
                 .last()
@@ -1289,10 +1290,16 @@ impl<'r> TaskContext<'r> {
                     breaker.on_success();
                     usage.cost += response.cost;
                     usage.tokens += response.usage.total();
-                    span.record("gen_ai.provider.name", self.driver.router().provider(model.id()));
+                    if i > 0 {
+                        // a fallback tier answers: its provider, not the first tier's
+                        let provider = self.driver.router().provider(model.id());
+                        span.record("gen_ai.provider.name", provider);
+                    }
+                    // signed, as OpenTelemetry has no unsigned integers
+                    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                     span.record("gen_ai.response.model", response.model.as_str());
-                    span.record("gen_ai.usage.input_tokens", response.usage.input);
-                    span.record("gen_ai.usage.output_tokens", response.usage.output);
+                    span.record("gen_ai.usage.input_tokens", signed(response.usage.input));
+                    span.record("gen_ai.usage.output_tokens", signed(response.usage.output));
                     span.record("aios.cost", usage.cost.to_string().as_str());
                     if self.driver.telemetry().record_content {
                         let out = serde_json::json!([{

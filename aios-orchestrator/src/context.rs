@@ -1315,15 +1315,15 @@ impl<'r> TaskContext<'r> {
                         }
                         _ => None,
                     };
-                    self.audit_model(
-                        model.id(),
-                        failures + 1,
-                        response.usage,
-                        response.cost,
-                        Outcome::Succeeded,
-                        low.clone().or(why),
+                    self.audit_model(ModelAttempt {
+                        model: model.id(),
+                        attempt: failures + 1,
+                        usage: response.usage,
+                        cost: response.cost,
+                        outcome: Outcome::Succeeded,
+                        detail: low.clone().or(why),
                         queued,
-                    )
+                    })
                     .await?;
                     match low {
                         Some(reason) => steps.push(RouteStep {
@@ -1337,15 +1337,15 @@ impl<'r> TaskContext<'r> {
                     breaker.on_failure();
                     let reason = format!("failed: {e}");
                     last_error = e.last().cloned();
-                    self.audit_model(
-                        model.id(),
-                        failures.max(1),
-                        Default::default(),
-                        Money::ZERO,
-                        Outcome::Failed,
-                        Some(reason.clone()),
+                    self.audit_model(ModelAttempt {
+                        model: model.id(),
+                        attempt: failures.max(1),
+                        usage: Default::default(),
+                        cost: Money::ZERO,
+                        outcome: Outcome::Failed,
+                        detail: Some(reason.clone()),
                         queued,
-                    )
+                    })
                     .await?;
                     steps.push(RouteStep {
                         model: model.id().clone(),
@@ -1368,31 +1368,36 @@ impl<'r> TaskContext<'r> {
         })))
     }
 
-    async fn audit_model(
-        &self,
-        model: &aios_core::ModelId,
-        attempt: u32,
-        usage: aios_core::TokenUsage,
-        cost: Money,
-        outcome: Outcome,
-        detail: Option<String>,
-        queued: Option<std::time::Duration>,
-    ) -> Result<(), AgentError> {
+    async fn audit_model(&self, a: ModelAttempt<'_>) -> Result<(), AgentError> {
         self.driver
             .audit(
                 self.principal(),
                 AuditEvent::ModelCalled {
                     run: self.driver.run,
                     task: self.task_id,
-                    model: model.clone(),
-                    attempt,
-                    usage,
-                    cost,
-                    outcome,
-                    detail,
-                    queued_ms: queued.map(|q| u64::try_from(q.as_millis()).unwrap_or(u64::MAX)),
+                    model: a.model.clone(),
+                    attempt: a.attempt,
+                    usage: a.usage,
+                    cost: a.cost,
+                    outcome: a.outcome,
+                    detail: a.detail,
+                    queued_ms: a
+                        .queued
+                        .map(|q| u64::try_from(q.as_millis()).unwrap_or(u64::MAX)),
                 },
             )
             .await
     }
+}
+
+/// One model attempt as [`TaskContext::audit_model`] records it.
+struct ModelAttempt<'a> {
+    model: &'a aios_core::ModelId,
+    attempt: u32,
+    usage: aios_core::TokenUsage,
+    cost: Money,
+    outcome: Outcome,
+    detail: Option<String>,
+    /// The scheduler's queue wait over the attempts, when there is a scheduler.
+    queued: Option<std::time::Duration>,
 }

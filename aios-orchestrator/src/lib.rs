@@ -40,9 +40,9 @@ pub mod reliability;
 mod role;
 mod router;
 mod runtime;
+pub mod scheduler;
 #[cfg(feature = "testing")]
 mod sim;
-pub mod scheduler;
 mod state;
 mod telemetry;
 mod transcript;
@@ -71,13 +71,13 @@ pub use notify::{
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{ModelEstimate, ModelRouter, RouteStep};
-pub use scheduler::{
-    Acquire, BackendLimits, BackendStats, FlowId, ModelScheduler, Permit, PermitRequest, Priority,
-    SchedulerConfig,
-};
 pub use runtime::{
     CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
     TickReport,
+};
+pub use scheduler::{
+    Acquire, BackendLimits, BackendStats, FlowId, ModelScheduler, Permit, PermitRequest, Priority,
+    SchedulerConfig,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RefusedBy, RunState, RunStatus, TaskState, TaskStatus,

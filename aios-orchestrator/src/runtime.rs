@@ -297,10 +297,7 @@ impl Orchestrator {
             // the run exists durably before its first task, so a crash at any point can resume
             driver.save().await?;
         }
-        driver
-            .drive(false)
-            .instrument(span)
-            .await
+        driver.drive(false).instrument(span).await
     }
 
     fn driver(
@@ -419,10 +416,7 @@ impl Orchestrator {
             .await?;
         let span = crate::telemetry::run_span(run, &state.workflow, true);
         let driver = self.driver(governor, lease, state, checkpoint.seq);
-        driver
-            .drive(true)
-            .instrument(span)
-            .await
+        driver.drive(true).instrument(span).await
     }
 
     /// The latest saved state of a run.

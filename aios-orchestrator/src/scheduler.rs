@@ -275,8 +275,7 @@ impl Bucket {
 
     pub(crate) fn refill(&mut self, now: i64) {
         if now > self.at {
-            self.level =
-                (self.level + (now - self.at) as f64 * self.per_nano).min(self.capacity);
+            self.level = (self.level + (now - self.at) as f64 * self.per_nano).min(self.capacity);
             self.at = now;
         }
     }

@@ -1,5 +1,6 @@
 //! The model scheduler inside the orchestrator: every model attempt of every agent waits for
 //! a permit; the wait is audited.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -81,7 +82,9 @@ fn agents_share_a_backend_through_the_scheduler() {
         })
         .build()
         .unwrap();
-    let outcome = drive(&world.timer, orch.start(parallel(6))).unwrap().unwrap();
+    let outcome = drive(&world.timer, orch.start(parallel(6)))
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.status, RunStatus::Completed);
     let stats = backend.stats();
     assert_eq!((stats.served, stats.rate_limited), (6, 0));
@@ -134,15 +137,14 @@ fn a_rate_limit_answer_pauses_the_backend_for_the_next_attempt() {
         .unwrap();
     let start = world.timer.clock().clone();
     let before = aios_core::Clock::now(&start);
-    let outcome = drive(&world.timer, orch.start(parallel(1))).unwrap().unwrap();
+    let outcome = drive(&world.timer, orch.start(parallel(1)))
+        .unwrap()
+        .unwrap();
     assert_eq!(outcome.status, RunStatus::Completed);
     assert_eq!(model.calls(), 2);
     // the retry (no backoff of its own) waited in the queue until the reset
     assert_eq!(queued(&audit), vec![Some(3000)]);
-    assert_eq!(
-        (aios_core::Clock::now(&start) - before).num_seconds(),
-        3
-    );
+    assert_eq!((aios_core::Clock::now(&start) - before).num_seconds(), 3);
 }
 
 #[test]
@@ -156,7 +158,9 @@ fn audit_entries_without_the_queue_wait_still_decode() {
         .config(OrchestratorConfig::deterministic("w", 1))
         .build()
         .unwrap();
-    drive(&world.timer, orch.start(parallel(1))).unwrap().unwrap();
+    drive(&world.timer, orch.start(parallel(1)))
+        .unwrap()
+        .unwrap();
     let entry = block_on(audit.entries())
         .unwrap()
         .into_iter()

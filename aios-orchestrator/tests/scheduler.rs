@@ -1,4 +1,5 @@
 //! The model-call scheduler, in virtual time (a manual timer; no sleeps).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +119,10 @@ fn the_token_bucket_holds_and_is_corrected_by_usage() {
 fn tokens_over_a_full_bucket_wait_for_a_full_bucket_and_leave_debt() {
     let limits = BackendLimits::new().tokens_per_minute(6_000);
     let (timer, scheduler) = setup(limits);
-    let big = scheduler.acquire(ask(1).tokens(250)).now_or_never().unwrap();
+    let big = scheduler
+        .acquire(ask(1).tokens(250))
+        .now_or_never()
+        .unwrap();
     drop(big); // no correction: the 250 stay charged, the bucket is at -150
     let mut next = Box::pin(scheduler.acquire(ask(2).tokens(100)));
     assert!((&mut next).now_or_never().is_none());
@@ -164,7 +168,10 @@ fn a_rate_limit_without_a_hint_pauses_for_the_default() {
     timer.advance(Duration::from_millis(999));
     assert!((&mut next).now_or_never().is_none());
     timer.advance(Duration::from_millis(1));
-    assert_eq!(next.now_or_never().unwrap().waited(), Duration::from_secs(1));
+    assert_eq!(
+        next.now_or_never().unwrap().waited(),
+        Duration::from_secs(1)
+    );
 }
 
 #[test]
@@ -229,8 +236,7 @@ fn quiet_wait(busy: usize, busy_tokens: u64, quiet_tokens: u64, arrive_after: u6
         let scheduler = scheduler.clone();
         let timer = timer.clone();
         async move {
-            aios_core::Timer::sleep(&timer, Duration::from_millis(arrive_after * 1000 + 500))
-                .await;
+            aios_core::Timer::sleep(&timer, Duration::from_millis(arrive_after * 1000 + 500)).await;
             let permit = scheduler.acquire(ask(2).tokens(quiet_tokens)).await;
             let waited = permit.waited();
             aios_core::Timer::sleep(&timer, service).await;
@@ -281,7 +287,9 @@ fn weights_share_in_proportion() {
         let (scheduler, timer, order) = (scheduler.clone(), timer.clone(), order.clone());
         let (flow, weight) = if i % 2 == 0 { (1, 3) } else { (2, 1) };
         async move {
-            let permit = scheduler.acquire(ask(flow).weight(weight).tokens(100)).await;
+            let permit = scheduler
+                .acquire(ask(flow).weight(weight).tokens(100))
+                .await;
             order.lock().push(flow);
             aios_core::Timer::sleep(&timer, Duration::from_secs(1)).await;
             drop(permit);

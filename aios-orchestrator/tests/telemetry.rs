@@ -1,4 +1,5 @@
 //! Spans follow the OpenTelemetry GenAI semantic conventions, checked with a capturing layer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -54,7 +55,10 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         };
         attrs.record(&mut Fields(&mut c.fields));
         let mut spans = self.spans.lock().unwrap();
-        self.index.lock().unwrap().insert(id.into_u64(), spans.len());
+        self.index
+            .lock()
+            .unwrap()
+            .insert(id.into_u64(), spans.len());
         spans.push(c);
     }
 
@@ -99,8 +103,8 @@ fn traced_run(telemetry: TelemetryConfig) -> (Vec<Captured>, String) {
     ));
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let outcome = tracing::subscriber::with_default(subscriber, || block_on(orch.start(wf)))
-        .unwrap();
+    let outcome =
+        tracing::subscriber::with_default(subscriber, || block_on(orch.start(wf))).unwrap();
     assert_eq!(outcome.status, RunStatus::Completed);
     let spans = capture.spans.lock().unwrap().clone();
     (spans, outcome.run.to_string())
@@ -149,7 +153,12 @@ fn runs_model_calls_and_connector_calls_carry_the_genai_attributes() {
     ] {
         assert_eq!(field(chat, name), value, "{name}");
     }
-    assert!(field(chat, "gen_ai.usage.output_tokens").parse::<u64>().unwrap() > 0);
+    assert!(
+        field(chat, "gen_ai.usage.output_tokens")
+            .parse::<u64>()
+            .unwrap()
+            > 0
+    );
     assert!(!field(chat, "aios.cost").is_empty());
 
     let tool = one(&spans, "execute_tool");

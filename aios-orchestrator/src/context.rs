@@ -1240,13 +1240,20 @@ impl<'r> TaskContext<'r> {
                 });
                 continue;
             }
-            let policy = self.role.retry;
+            let mut policy = self.role.retry;
             let mut rng = self.driver.rng(seq.wrapping_add(i as u32 * 7919));
             let mut failures = 0u32;
             // each attempt waits for its permit from the scheduler (when there is one); the
             // nanoseconds waited are summed over the attempts
             let queued = std::sync::atomic::AtomicU64::new(0);
             let scheduler = self.driver.scheduler();
+            // with a scheduler, an attempt's time limit starts when its permit is granted:
+            // the queue is not the call
+            let attempt_limit = match scheduler {
+                Some(_) => policy.attempt_timeout.take(),
+                None => None,
+            };
+            let timer = self.driver.timer();
             let ask = crate::scheduler::PermitRequest::new(
                 model.id().clone(),
                 crate::scheduler::FlowId::of(self.driver.run, self.agent),
@@ -1267,7 +1274,18 @@ impl<'r> TaskContext<'r> {
                         let permit = scheduler.acquire(ask).await;
                         let waited = u64::try_from(permit.waited().as_nanos()).unwrap_or(u64::MAX);
                         queued.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
-                        let result = model.complete(request).await;
+                        let result = match attempt_limit {
+                            Some(limit) => {
+                                aios_core::timeout(timer, limit, model.complete(request))
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(aios_core::ModelError::Timeout {
+                                            model: model.id().clone(),
+                                        })
+                                    })
+                            }
+                            None => model.complete(request).await,
+                        };
                         permit.finish(&result);
                         result
                     }

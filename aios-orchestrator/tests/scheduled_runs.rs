@@ -181,3 +181,75 @@ fn audit_entries_without_the_queue_wait_still_decode() {
     // and an event without a wait is written as before
     assert!(!serde_json::to_string(&old).unwrap().contains("queued_ms"));
 }
+
+#[test]
+fn the_attempt_timeout_counts_the_call_not_the_queue() {
+    let world = World::new();
+    let audit = InMemoryAuditLog::new();
+    let limits = BackendLimits::new().max_concurrent(1);
+    let backend = SimulatedBackend::new(
+        "cloud",
+        limits,
+        Arc::new(world.timer.clock().clone()),
+        Arc::new(world.timer.clone()),
+    )
+    .with_latency(Duration::from_millis(1500), Duration::ZERO);
+    let role = writer().retry(RetryPolicy {
+        max_attempts: 1,
+        attempt_timeout: Some(Duration::from_secs(2)),
+        overall_timeout: None,
+        ..RetryPolicy::default()
+    });
+    let orch = builder(&world)
+        .models(ModelRouter::single(Arc::new(backend.clone())))
+        .model_scheduler(SchedulerConfig::new().backend("cloud", limits))
+        .audit(Arc::new(audit.clone()))
+        .role(role)
+        .config(OrchestratorConfig::deterministic("w", 1))
+        .build()
+        .unwrap();
+    // the fourth call waits 4.5 s in the queue, more than the 2 s an attempt may take
+    let outcome = drive(&world.timer, orch.start(parallel(4)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(backend.stats().served, 4);
+    let mut waits: Vec<u64> = queued(&audit).into_iter().map(Option::unwrap).collect();
+    waits.sort();
+    assert_eq!(waits, vec![0, 1500, 3000, 4500]);
+}
+
+#[test]
+fn with_the_scheduler_a_slow_call_still_times_out() {
+    let world = World::new();
+    let limits = BackendLimits::new();
+    let backend = SimulatedBackend::new(
+        "cloud",
+        limits,
+        Arc::new(world.timer.clock().clone()),
+        Arc::new(world.timer.clone()),
+    )
+    .with_latency(Duration::from_secs(5), Duration::ZERO);
+    let role = writer().retry(RetryPolicy {
+        max_attempts: 1,
+        attempt_timeout: Some(Duration::from_secs(2)),
+        overall_timeout: None,
+        ..RetryPolicy::default()
+    });
+    let orch = builder(&world)
+        .models(ModelRouter::single(Arc::new(backend.clone())))
+        .model_scheduler(SchedulerConfig::new())
+        .role(role)
+        .config(OrchestratorConfig::deterministic("w", 1))
+        .build()
+        .unwrap();
+    let start = aios_core::Clock::now(world.timer.clock());
+    let outcome = drive(&world.timer, orch.start(parallel(1)))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome.status, RunStatus::Failed { .. }));
+    assert_eq!(
+        (aios_core::Clock::now(world.timer.clock()) - start).num_seconds(),
+        2
+    );
+}

@@ -102,6 +102,13 @@ impl OrchestratorBuilder {
         self
     }
 
+    /// Routes model calls local-first: the local tier, then the cloud tier on failure, an
+    /// open breaker or low confidence, each hand-over audited with its reason (see
+    /// [`LocalFirst`](crate::LocalFirst)). The same as `.models(routing.router())`.
+    pub fn local_first(self, routing: crate::router::LocalFirst) -> Self {
+        self.models(routing.router())
+    }
+
     /// Shares every model backend among all agents of the orchestrator through one
     /// [`ModelScheduler`] on the orchestrator's clock and timer: each model attempt waits for
     /// a permit (concurrency, requests and tokens per minute, priorities from

@@ -70,7 +70,7 @@ pub use notify::{
 };
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
-pub use router::{ModelEstimate, ModelRouter, RouteStep};
+pub use router::{LocalFirst, ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
     CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
     TickReport,

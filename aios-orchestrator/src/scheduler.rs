@@ -246,6 +246,9 @@ pub struct BackendStats {
     pub rate_limited: u64,
     /// Until when the queue is paused by a rate-limit answer.
     pub paused_until: Option<Timestamp>,
+    /// The fraction of the configured per-minute rates in force (1 until a rate-limit
+    /// answer slows the backend down).
+    pub rate_scale: f64,
 }
 
 const NANOS_PER_MINUTE: f64 = 60e9;
@@ -259,6 +262,9 @@ pub(crate) struct Bucket {
     capacity: f64,
     per_nano: f64,
     at: i64,
+    /// The configured rate and capacity, before any slowing down.
+    base_per_nano: f64,
+    base_capacity: f64,
 }
 
 impl Bucket {
@@ -270,7 +276,16 @@ impl Bucket {
             capacity,
             per_nano,
             at: now,
+            base_per_nano: per_nano,
+            base_capacity: capacity,
         }
+    }
+
+    /// Runs the bucket at `scale` times its configured rate and capacity.
+    fn set_scale(&mut self, scale: f64) {
+        self.per_nano = self.base_per_nano * scale;
+        self.capacity = (self.base_capacity * scale).max(1.0);
+        self.level = self.level.min(self.capacity);
     }
 
     pub(crate) fn refill(&mut self, now: i64) {
@@ -330,7 +345,18 @@ struct Backend {
     queue: BTreeMap<(Priority, u64, u64), u64>,
     waiters: HashMap<u64, Waiter>,
     rate_limited: u64,
+    /// The fraction of the configured per-minute rates in force (see [`SLOW_DOWN`]).
+    scale: f64,
 }
+
+/// What a rate-limit answer multiplies the per-minute rates by: limits configured too high
+/// are learnt (down to [`MIN_SCALE`] of the configured rates).
+const SLOW_DOWN: f64 = 0.9;
+/// The lowest fraction of the configured rates a backend is slowed to.
+const MIN_SCALE: f64 = 0.1;
+/// What each successful call gives back, as a fraction of the configured rates (so about
+/// 50 calls undo one slow-down: additive increase, multiplicative decrease).
+const RECOVER: f64 = 0.002;
 
 impl Backend {
     fn new(limits: BackendLimits, now: i64) -> Self {
@@ -349,6 +375,15 @@ impl Backend {
             queue: BTreeMap::new(),
             waiters: HashMap::new(),
             rate_limited: 0,
+            scale: 1.0,
+        }
+    }
+
+    fn set_scale(&mut self, scale: f64) {
+        self.scale = scale.clamp(MIN_SCALE, 1.0);
+        let s = self.scale;
+        for b in [&mut self.requests, &mut self.tokens].into_iter().flatten() {
+            b.set_scale(s);
         }
     }
 
@@ -554,7 +589,9 @@ impl ModelScheduler {
     }
 
     /// Pauses `model`'s queue: nothing is granted before `retry_after` from now (or the
-    /// configured default pause), and the request bucket is emptied. What a
+    /// configured default pause), the request bucket is emptied, and the per-minute rates
+    /// are slowed to 90 % of what they were (at least 10 % of the configured ones; each
+    /// successful call wins back 0.2 %), so limits configured too high are learnt. What a
     /// [`ModelError::RateLimited`] answer does through [`Permit::finish`].
     pub fn rate_limited(&self, model: &ModelId, retry_after: Option<Duration>) {
         let now = self.shared.clock.now_nanos();
@@ -567,6 +604,8 @@ impl ModelScheduler {
             b.rate_limited += 1;
             b.paused_until = b.paused_until.max(until);
             b.refill(now);
+            let slower = b.scale * SLOW_DOWN;
+            b.set_scale(slower);
             if let Some(r) = &mut b.requests {
                 r.level = r.level.min(0.0);
             }
@@ -585,6 +624,7 @@ impl ModelScheduler {
             rate_limited: b.rate_limited,
             paused_until: (b.paused_until > now)
                 .then(|| chrono::DateTime::from_timestamp_nanos(b.paused_until)),
+            rate_scale: b.scale,
         })
     }
 }
@@ -743,7 +783,8 @@ impl Permit {
     }
 
     /// Corrects the charge to the `actual` tokens the call used (the estimate was charged
-    /// when the permit was granted); applied when the permit is dropped.
+    /// when the permit was granted), and counts the call as answered; applied when the
+    /// permit is dropped.
     pub fn used(&mut self, actual: u64) {
         self.refund = Some(self.tokens as f64 - actual as f64);
     }
@@ -774,6 +815,11 @@ impl Drop for Permit {
             let b = self.shared.backend(&mut state, &self.model, now);
             b.refill(now);
             b.release(self.refund.unwrap_or(0.0));
+            if self.refund.is_some() && b.scale < 1.0 {
+                // a call that answered: win back a little of the rate
+                let faster = b.scale + RECOVER;
+                b.set_scale(faster);
+            }
             b.dispatch(now, None, &mut wake);
         }
         wake_all(wake);

@@ -300,3 +300,59 @@ fn weights_share_in_proportion() {
     let heavy = order[..40].iter().filter(|f| **f == 1).count();
     assert!((29..=31).contains(&heavy), "heavy flow got {heavy} of 40");
 }
+
+#[test]
+fn a_rate_limit_slows_the_buckets_and_successes_recover_them() {
+    // 60 a minute: one a second, until the backend says otherwise
+    let (timer, scheduler) = setup(BackendLimits::new().requests_per_minute(60));
+    let clock = timer.clock().clone();
+    let model = ModelId::new("m");
+    scheduler.rate_limited(&model, Some(Duration::ZERO));
+    // the rates are now 90 % of the configured ones: the bucket refills in 1.11 s
+    let mut next = Box::pin(scheduler.acquire(ask(1)));
+    let start = clock.now_nanos();
+    let permit = drive(&timer, &mut next).unwrap();
+    assert_eq!((clock.now_nanos() - start) / (SECOND / 100), 111);
+    assert!((scheduler.stats(&model).unwrap().rate_scale - 0.9).abs() < 1e-9);
+    // each successful call wins back a little
+    permit.finish(&Ok(aios_core::ModelResponse {
+        model: model.clone(),
+        content: String::new(),
+        tool_calls: vec![],
+        usage: aios_core::TokenUsage::new(1, 1),
+        cost: aios_core::Money::ZERO,
+        confidence: None,
+        finish: aios_core::FinishReason::Stop,
+    }));
+    let scale = scheduler.stats(&model).unwrap().rate_scale;
+    assert!(scale > 0.9 && scale < 0.91, "{scale}");
+}
+
+#[test]
+fn limits_set_too_high_are_learnt_from_rate_limit_answers() {
+    // the scheduler believes 120 a minute, the backend allows 60 (and counts refusals)
+    let (timer, scheduler) = setup(BackendLimits::new().requests_per_minute(120));
+    let backend = sim(&timer, BackendLimits::new().requests_per_minute(60))
+        .with_refused_counted(true)
+        .with_latency(Duration::ZERO, Duration::ZERO);
+    let req = request(8);
+    let start = timer.clock().now_nanos();
+    let calls = (0..200).map(|i| {
+        let (scheduler, backend, req) = (&scheduler, &backend, &req);
+        async move {
+            for _ in 0..20 {
+                let (_, r) = call(scheduler, backend, ask(i % 10), req, start).await;
+                if r.is_ok() {
+                    return true;
+                }
+            }
+            false
+        }
+    });
+    let done = drive(&timer, futures::future::join_all(calls)).unwrap();
+    assert!(done.iter().all(|d| *d));
+    let stats = backend.stats();
+    assert_eq!(stats.served, 200);
+    // without learning, every other request would be refused (about 200 refusals)
+    assert!(stats.rate_limited < 40, "{} refusals", stats.rate_limited);
+}

@@ -38,10 +38,16 @@ const PER_TOKEN: Duration = Duration::from_millis(5);
 const MAX_OUTPUT: u32 = 150;
 
 fn limits() -> BackendLimits {
+    limits_scaled(1.0)
+}
+
+/// The limits with the per-minute rates multiplied by `factor` (what a scheduler configured
+/// too high believes).
+fn limits_scaled(factor: f64) -> BackendLimits {
     BackendLimits::new()
         .max_concurrent(CONCURRENT)
-        .requests_per_minute(RPM)
-        .tokens_per_minute(TPM)
+        .requests_per_minute((f64::from(RPM) * factor) as u32)
+        .tokens_per_minute((TPM as f64 * factor) as u64)
 }
 
 /// The prompt of agent `i`: 40 to 157 tokens, so agents differ in what they cost.
@@ -127,6 +133,13 @@ pub fn bound() -> f64 {
 /// Runs the workload with the scheduler (`scheduled`) or with callers retrying on their own.
 /// `refused_counted`: the backend counts refused calls against its request limit.
 pub fn workload(scheduled: bool, refused_counted: bool) -> Outcome {
+    workload_with(scheduled.then_some(1.0), refused_counted)
+}
+
+/// The workload with a scheduler that believes the per-minute limits are `belief` times the
+/// backend's (`None`: no scheduler).
+pub fn workload_with(belief: Option<f64>, refused_counted: bool) -> Outcome {
+    let scheduled = belief.is_some();
     let timer = ManualTimer::default();
     let clock: Arc<dyn Clock> = Arc::new(timer.clock().clone());
     let backend = SimulatedBackend::new("cloud", limits(), clock.clone(), Arc::new(timer.clone()))
@@ -165,8 +178,9 @@ pub fn workload(scheduled: bool, refused_counted: bool) -> Outcome {
             checkpoints: CheckpointMode::OnExit,
             ..OrchestratorConfig::deterministic("bench", 7)
         });
-    if scheduled {
-        builder = builder.model_scheduler(SchedulerConfig::new().backend("cloud", limits()));
+    if let Some(factor) = belief {
+        builder =
+            builder.model_scheduler(SchedulerConfig::new().backend("cloud", limits_scaled(factor)));
     }
     let orchestrator = builder
         .build()
@@ -234,6 +248,7 @@ pub fn run(_config: &Config) -> Vec<Measurement> {
     let n = workload(false, false);
     let c = workload(false, true);
     let sc = workload(true, true);
+    let wrong = workload_with(Some(1.1), true);
     let w = "MODEL-SCHED";
     vec![
         Measurement::new(w, "bound", s.bound, "s (virtual)", Goal::None),
@@ -329,5 +344,27 @@ pub fn run(_config: &Config) -> Vec<Measurement> {
             "x",
             Goal::AtLeast(2.0),
         ),
+        Measurement::new(
+            w,
+            "limits +10%: total",
+            wrong.total,
+            "s (virtual)",
+            Goal::None,
+        ),
+        Measurement::new(
+            w,
+            "limits +10%: 429s",
+            wrong.rate_limited as f64,
+            "count",
+            Goal::None,
+        ),
+        Measurement::new(
+            w,
+            "limits +10%: fail",
+            wrong.failed_agents as f64,
+            "count",
+            Goal::None,
+        ),
+        Measurement::new(w, "limits +10%: jain", wrong.jain, "index", Goal::None),
     ]
 }

@@ -504,7 +504,9 @@ impl Backend {
 
 #[derive(Debug)]
 struct State {
-    backends: HashMap<ModelId, Backend>,
+    /// Backends in the order first asked for, found through `index`.
+    backends: Vec<Backend>,
+    index: HashMap<ModelId, usize>,
     next_id: u64,
 }
 
@@ -517,10 +519,19 @@ struct Shared {
 
 impl Shared {
     fn backend<'s>(&self, state: &'s mut State, model: &ModelId, now: i64) -> &'s mut Backend {
-        state
-            .backends
-            .entry(model.clone())
-            .or_insert_with(|| Backend::new(self.config.limits(model), now))
+        // the id is cloned once per backend, not once per call
+        let index = match state.index.get(model) {
+            Some(&i) => i,
+            None => {
+                let i = state.backends.len();
+                state
+                    .backends
+                    .push(Backend::new(self.config.limits(model), now));
+                state.index.insert(model.clone(), i);
+                i
+            }
+        };
+        &mut state.backends[index]
     }
 }
 
@@ -550,7 +561,8 @@ impl ModelScheduler {
                 clock,
                 timer,
                 state: Mutex::new(State {
-                    backends: HashMap::new(),
+                    backends: Vec::new(),
+                    index: HashMap::new(),
                     next_id: 0,
                 }),
             }),
@@ -618,7 +630,8 @@ impl ModelScheduler {
     pub fn stats(&self, model: &ModelId) -> Option<BackendStats> {
         let now = self.shared.clock.now_nanos();
         let state = self.shared.state.lock();
-        state.backends.get(model).map(|b| BackendStats {
+        let b = state.index.get(model).and_then(|&i| state.backends.get(i));
+        b.map(|b| BackendStats {
             in_flight: b.in_flight,
             queued: b.queue.len(),
             rate_limited: b.rate_limited,

@@ -356,3 +356,44 @@ fn limits_set_too_high_are_learnt_from_rate_limit_answers() {
     // without learning, every other request would be refused (about 200 refusals)
     assert!(stats.rate_limited < 40, "{} refusals", stats.rate_limited);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Whatever the load, a scheduler configured with a backend's limits never makes it
+    /// refuse: concurrency, requests and tokens per minute hold, estimates at or above the
+    /// usage, every call answered.
+    #[test]
+    fn the_limits_hold_under_any_load(
+        calls in proptest::collection::vec((0usize..400, 0u64..200, 0u64..3_000, 0u64..10), 1..60),
+        max_concurrent in 1u32..6,
+        rpm in 30u32..600,
+        tpm in 2_000u64..60_000,
+    ) {
+        let limits = BackendLimits::new()
+            .max_concurrent(max_concurrent)
+            .requests_per_minute(rpm)
+            .tokens_per_minute(tpm);
+        let (timer, scheduler) = setup(limits);
+        let backend = sim(&timer, limits)
+            .with_output_tokens(20)
+            .with_latency(Duration::from_millis(100), Duration::from_millis(10));
+        let start = timer.clock().now_nanos();
+        let n = calls.len();
+        let futures = calls.into_iter().map(|(bytes, extra, delay_ms, flow)| {
+            let (scheduler, backend, timer) = (&scheduler, &backend, timer.clone());
+            async move {
+                aios_core::Timer::sleep(&timer, Duration::from_millis(delay_ms)).await;
+                let req = request(bytes);
+                let used = ScriptedModel::count_tokens(&req.messages[0].content) + 20;
+                let ask = ask(flow).tokens(used + extra);
+                call(scheduler, backend, ask, &req, start).await.1.is_ok()
+            }
+        });
+        let done = drive(&timer, futures::future::join_all(futures)).unwrap();
+        prop_assert!(done.iter().all(|ok| *ok));
+        let stats = backend.stats();
+        prop_assert_eq!(stats.rate_limited, 0);
+        prop_assert_eq!(stats.served, n as u64);
+        prop_assert!(stats.max_in_flight <= max_concurrent);
+    }
+}

@@ -131,6 +131,10 @@ pub enum AuditEvent {
         /// Why this model was chosen or why the call failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// How long the call waited in the model scheduler's queue, in milliseconds, over all
+        /// its attempts (absent without a scheduler, and in entries written before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queued_ms: Option<u64>,
     },
     /// A connector was invoked: a side effect.
     ConnectorInvoked {

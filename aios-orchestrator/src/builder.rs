@@ -15,6 +15,7 @@ use crate::notify::{InMemoryNotifier, Notifier, Observer};
 use crate::reliability::Breakers;
 use crate::role::Role;
 use crate::router::ModelRouter;
+use crate::scheduler::{ModelScheduler, SchedulerConfig};
 
 use crate::runtime::{Inner, Orchestrator, OrchestratorConfig};
 
@@ -26,6 +27,8 @@ pub struct OrchestratorBuilder {
     credentials: HashMap<ConnectorId, CredentialHandle>,
     vault: Option<Arc<dyn CredentialVault>>,
     router: Option<ModelRouter>,
+    scheduler: Option<SchedulerConfig>,
+    telemetry: crate::telemetry::TelemetryConfig,
     memory: Option<crate::memory::MemoryAccess>,
     audit: Option<Arc<dyn AuditLog>>,
     checkpoints: Option<Arc<dyn CheckpointStore>>,
@@ -52,6 +55,8 @@ impl OrchestratorBuilder {
             credentials: HashMap::new(),
             vault: None,
             router: None,
+            scheduler: None,
+            telemetry: crate::telemetry::TelemetryConfig::default(),
             memory: None,
             audit: None,
             checkpoints: None,
@@ -94,6 +99,48 @@ impl OrchestratorBuilder {
     /// Sets the model router.
     pub fn models(mut self, router: ModelRouter) -> Self {
         self.router = Some(router);
+        self
+    }
+
+    /// Routes model calls local-first: the local tier, then the cloud tier on failure, an
+    /// open breaker or low confidence, each hand-over audited with its reason (see
+    /// [`LocalFirst`](crate::LocalFirst)). The same as `.models(routing.router())`.
+    pub fn local_first(self, routing: crate::router::LocalFirst) -> Self {
+        self.models(routing.router())
+    }
+
+    /// Shares every model backend among all agents of the orchestrator through one
+    /// [`ModelScheduler`] on the orchestrator's clock and timer: each model attempt waits for
+    /// a permit (concurrency, requests and tokens per minute, priorities from
+    /// [`Role::model_priority`], fair shares per run and agent), and a rate-limit answer pauses the
+    /// backend's queue. Without it (the default) calls go to the backends unqueued.
+    ///
+    /// ```
+    /// use aios_orchestrator::{BackendLimits, Orchestrator, SchedulerConfig};
+    /// # let governor = aios_governance::GovernanceModel::from_json(r#"{
+    /// #   "version": 1,
+    /// #   "charter": { "intent": "count", "final_authority": "owner" },
+    /// #   "anchors": [{ "key": "owner", "title": "Owner", "holders": ["ann"], "response_time": "1h" }]
+    /// # }"#).unwrap().compile().map_err(|r| r.to_string()).unwrap();
+    /// let orchestrator = Orchestrator::builder(governor)
+    ///     .model_scheduler(SchedulerConfig::new().backend(
+    ///         "gpt-x",
+    ///         BackendLimits::new().max_concurrent(8).requests_per_minute(600),
+    ///     ))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = orchestrator;
+    /// ```
+    pub fn model_scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler = Some(config);
+        self
+    }
+
+    /// Sets what the `tracing` spans record beyond the defaults (see
+    /// [`TelemetryConfig`](crate::TelemetryConfig); default: no prompt or completion
+    /// content).
+    pub fn telemetry(mut self, config: crate::telemetry::TelemetryConfig) -> Self {
+        self.telemetry = config;
         self
     }
 
@@ -203,6 +250,10 @@ impl OrchestratorBuilder {
                 credentials: self.credentials,
                 vault: self.vault,
                 router: self.router.unwrap_or_else(|| ModelRouter::new(vec![])),
+                scheduler: self
+                    .scheduler
+                    .map(|c| ModelScheduler::new(c, clock.clone(), timer.clone())),
+                telemetry: self.telemetry,
                 memory: self.memory,
                 audit,
                 checkpoints: self

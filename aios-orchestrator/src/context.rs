@@ -291,7 +291,38 @@ impl<'r> TaskContext<'r> {
 
     /// Calls a model through the router, under governance and budgets.
     pub async fn complete(&mut self, request: ModelRequest) -> Result<ModelResponse, AgentError> {
-        let span = tracing::debug_span!("aios.model", run = %self.driver.run, task = %self.name, seq = self.seq);
+        let router = self.driver.router();
+        let first = router.tiers().first().map(|m| m.id().clone());
+        let requested = first.as_ref().map(|m| m.as_str()).unwrap_or("");
+        let empty = tracing::field::Empty;
+        let span = tracing::debug_span!(
+            "chat",
+            otel.name = %format_args!("chat {requested}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = first.as_ref().map(|m| router.provider(m)).unwrap_or(""),
+            gen_ai.request.model = requested,
+            gen_ai.request.max_tokens = request.max_output_tokens.map(i64::from),
+            gen_ai.response.model = empty,
+            gen_ai.usage.input_tokens = empty,
+            gen_ai.usage.output_tokens = empty,
+            gen_ai.agent.name = %self.role.name,
+            gen_ai.conversation.id = %self.driver.run,
+            gen_ai.input.messages = empty,
+            gen_ai.output.messages = empty,
+            error.type = empty,
+            aios.governance.decision = empty,
+            aios.governance.rules = empty,
+            aios.cost = empty,
+            aios.queue_wait_ms = empty,
+            run = %self.driver.run,
+            task = %self.name,
+            seq = self.seq,
+        );
+        if self.driver.telemetry().record_content {
+            let messages = serde_json::to_string(&request.messages).unwrap_or_default();
+            span.record("gen_ai.input.messages", messages.as_str());
+        }
         match self.governed(Op::Model(request)).instrument(span).await? {
             CallRecord::Model(r) => Ok(r),
             other => Err(self.driver.non_determinism(
@@ -348,14 +379,33 @@ impl<'r> TaskContext<'r> {
                 reason: problem,
             });
         }
+        let empty = tracing::field::Empty;
         let span = tracing::debug_span!(
-            "aios.connector",
+            "execute_tool",
+            otel.name = %format_args!("execute_tool {action}"),
+            otel.kind = "internal",
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %action,
+            gen_ai.tool.type = "function",
+            gen_ai.tool.call.arguments = empty,
+            gen_ai.agent.name = %self.role.name,
+            gen_ai.conversation.id = %self.driver.run,
+            error.type = empty,
+            aios.governance.decision = empty,
+            aios.governance.rules = empty,
+            aios.cost = empty,
             run = %self.driver.run,
             task = %self.name,
             seq = self.seq,
             connector = %request.connector,
             operation = %request.operation
         );
+        if self.driver.telemetry().record_content {
+            span.record(
+                "gen_ai.tool.call.arguments",
+                request.input.to_string().as_str(),
+            );
+        }
         match self
             .governed(Op::Connector(request))
             .instrument(span)
@@ -1176,6 +1226,10 @@ impl<'r> TaskContext<'r> {
         let mut last_error: Option<aios_core::ModelError> = None;
         let mut usage = Usage::default();
         let seq = self.seq;
+        let estimated_tokens = {
+            let e = self.driver.router().estimate(request);
+            e.prompt_tokens + e.output_tokens
+        };
         for (i, model) in tiers.iter().enumerate() {
             let last = i + 1 == tiers.len();
             let breaker = self.driver.breaker(&format!("model:{}", model.id()));
@@ -1186,39 +1240,108 @@ impl<'r> TaskContext<'r> {
                 });
                 continue;
             }
-            let policy = self.role.retry;
+            let mut policy = self.role.retry;
             let mut rng = self.driver.rng(seq.wrapping_add(i as u32 * 7919));
             let mut failures = 0u32;
+            // each attempt waits for its permit from the scheduler (when there is one); the
+            // nanoseconds waited are summed over the attempts
+            let queued = std::sync::atomic::AtomicU64::new(0);
+            let scheduler = self.driver.scheduler();
+            // with a scheduler, an attempt's time limit starts when its permit is granted:
+            // the queue is not the call
+            let attempt_limit = match scheduler {
+                Some(_) => policy.attempt_timeout.take(),
+                None => None,
+            };
+            let timer = self.driver.timer();
+            let ask = crate::scheduler::PermitRequest::new(
+                model.id().clone(),
+                crate::scheduler::FlowId::of(self.driver.run, self.agent),
+            )
+            .priority(self.role.priority)
+            .tokens(estimated_tokens);
             let result = retry(
                 &policy,
                 self.driver.timer(),
                 &mut rng,
                 |_, _| failures += 1,
-                |_| model.complete(request),
+                |_| {
+                    let (ask, queued) = (ask.clone(), &queued);
+                    async move {
+                        let Some(scheduler) = scheduler else {
+                            return model.complete(request).await;
+                        };
+                        let permit = scheduler.acquire(ask).await;
+                        let waited = u64::try_from(permit.waited().as_nanos()).unwrap_or(u64::MAX);
+                        queued.fetch_add(waited, std::sync::atomic::Ordering::Relaxed);
+                        let result = match attempt_limit {
+                            Some(limit) => {
+                                aios_core::timeout(timer, limit, model.complete(request))
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Err(aios_core::ModelError::Timeout {
+                                            model: model.id().clone(),
+                                        })
+                                    })
+                            }
+                            None => model.complete(request).await,
+                        };
+                        permit.finish(&result);
+                        result
+                    }
+                },
             )
             .await;
+            let queued = scheduler.map(|_| {
+                std::time::Duration::from_nanos(queued.load(std::sync::atomic::Ordering::Relaxed))
+            });
+            if let Some(q) = queued {
+                let ms = i64::try_from(q.as_millis()).unwrap_or(i64::MAX);
+                tracing::Span::current().record("aios.queue_wait_ms", ms);
+            }
             let why = steps
                 .last()
                 .map(|s| format!("after `{}`: {}", s.model, s.reason));
+            let span = tracing::Span::current();
             match result {
                 Ok(response) => {
                     breaker.on_success();
                     usage.cost += response.cost;
                     usage.tokens += response.usage.total();
+                    if i > 0 {
+                        // a fallback tier answers: its provider, not the first tier's
+                        let provider = self.driver.router().provider(model.id());
+                        span.record("gen_ai.provider.name", provider);
+                    }
+                    // signed, as OpenTelemetry has no unsigned integers
+                    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                    span.record("gen_ai.response.model", response.model.as_str());
+                    span.record("gen_ai.usage.input_tokens", signed(response.usage.input));
+                    span.record("gen_ai.usage.output_tokens", signed(response.usage.output));
+                    span.record("aios.cost", usage.cost.to_string().as_str());
+                    if self.driver.telemetry().record_content {
+                        let out = serde_json::json!([{
+                            "role": "assistant",
+                            "content": response.content,
+                            "tool_calls": response.tool_calls,
+                        }]);
+                        span.record("gen_ai.output.messages", out.to_string().as_str());
+                    }
                     let low = match (min_confidence, response.confidence) {
                         (Some(min), Some(c)) if c < min && !last => {
                             Some(format!("confidence {c:.2} below {min:.2}"))
                         }
                         _ => None,
                     };
-                    self.audit_model(
-                        model.id(),
-                        failures + 1,
-                        response.usage,
-                        response.cost,
-                        Outcome::Succeeded,
-                        low.clone().or(why),
-                    )
+                    self.audit_model(ModelAttempt {
+                        model: model.id(),
+                        attempt: failures + 1,
+                        usage: response.usage,
+                        cost: response.cost,
+                        outcome: Outcome::Succeeded,
+                        detail: low.clone().or(why),
+                        queued,
+                    })
                     .await?;
                     match low {
                         Some(reason) => steps.push(RouteStep {
@@ -1232,14 +1355,15 @@ impl<'r> TaskContext<'r> {
                     breaker.on_failure();
                     let reason = format!("failed: {e}");
                     last_error = e.last().cloned();
-                    self.audit_model(
-                        model.id(),
-                        failures.max(1),
-                        Default::default(),
-                        Money::ZERO,
-                        Outcome::Failed,
-                        Some(reason.clone()),
-                    )
+                    self.audit_model(ModelAttempt {
+                        model: model.id(),
+                        attempt: failures.max(1),
+                        usage: Default::default(),
+                        cost: Money::ZERO,
+                        outcome: Outcome::Failed,
+                        detail: Some(reason.clone()),
+                        queued,
+                    })
                     .await?;
                     steps.push(RouteStep {
                         model: model.id().clone(),
@@ -1248,35 +1372,50 @@ impl<'r> TaskContext<'r> {
                 }
             }
         }
+        let kind = match &last_error {
+            Some(e) => serde_json::to_value(e)
+                .ok()
+                .and_then(|v| v["kind"].as_str().map(String::from))
+                .unwrap_or_else(|| "model_error".into()),
+            None => "model_unavailable".into(),
+        };
+        tracing::Span::current().record("error.type", kind.as_str());
         Err(AgentError::Model(Box::new(crate::error::ModelFailure {
             tried: steps,
             error: last_error,
         })))
     }
 
-    async fn audit_model(
-        &self,
-        model: &aios_core::ModelId,
-        attempt: u32,
-        usage: aios_core::TokenUsage,
-        cost: Money,
-        outcome: Outcome,
-        detail: Option<String>,
-    ) -> Result<(), AgentError> {
+    async fn audit_model(&self, a: ModelAttempt<'_>) -> Result<(), AgentError> {
         self.driver
             .audit(
                 self.principal(),
                 AuditEvent::ModelCalled {
                     run: self.driver.run,
                     task: self.task_id,
-                    model: model.clone(),
-                    attempt,
-                    usage,
-                    cost,
-                    outcome,
-                    detail,
+                    model: a.model.clone(),
+                    attempt: a.attempt,
+                    usage: a.usage,
+                    cost: a.cost,
+                    outcome: a.outcome,
+                    detail: a.detail,
+                    queued_ms: a
+                        .queued
+                        .map(|q| u64::try_from(q.as_millis()).unwrap_or(u64::MAX)),
                 },
             )
             .await
     }
+}
+
+/// One model attempt as [`TaskContext::audit_model`] records it.
+struct ModelAttempt<'a> {
+    model: &'a aios_core::ModelId,
+    attempt: u32,
+    usage: aios_core::TokenUsage,
+    cost: Money,
+    outcome: Outcome,
+    detail: Option<String>,
+    /// The scheduler's queue wait over the attempts, when there is a scheduler.
+    queued: Option<std::time::Duration>,
 }

@@ -163,6 +163,14 @@ impl<'o> Driver<'o> {
         &self.o.router
     }
 
+    pub(crate) fn telemetry(&self) -> crate::telemetry::TelemetryConfig {
+        self.o.telemetry
+    }
+
+    pub(crate) fn scheduler(&self) -> Option<&crate::scheduler::ModelScheduler> {
+        self.o.scheduler.as_ref()
+    }
+
     pub(crate) fn timer(&self) -> &dyn Timer {
         self.o.timer.as_ref()
     }
@@ -212,6 +220,7 @@ impl<'o> Driver<'o> {
         actor: Principal,
         event: AuditEvent,
     ) -> Result<(), AgentError> {
+        crate::telemetry::mirror(&event);
         let record = AuditRecord {
             at: self.o.clock.now(),
             actor,
@@ -597,8 +606,7 @@ impl<'o> Driver<'o> {
             seq: 0,
             parked: None,
         };
-        let span =
-            tracing::info_span!("aios.task", run = %self.run, task = %name, role = %role.name);
+        let span = crate::telemetry::task_span(self.run, &name, &role.name, agent);
         let result = role.agent.run(&mut ctx, input).instrument(span).await;
         if self.fatal.lock().is_some() {
             return (index, task_id, TaskResult::Fatal);

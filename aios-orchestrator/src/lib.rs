@@ -19,10 +19,18 @@
 //! Human in the loop: a call that needs approval parks the run and `start`/`resume` return;
 //! [`Orchestrator::submit_approval`] records a human's decision and resumes exactly that call.
 //!
-//! Observability: audit events, [`RunEvent`]s for [`Observer`]s, a markdown transcript
-//! ([`Orchestrator::transcript`]) and `tracing` spans.
+//! Model backends are shared: a [`ModelScheduler`]
+//! ([`OrchestratorBuilder::model_scheduler`]) queues every model attempt of every agent per
+//! backend (concurrency, requests and tokens per minute, priorities, fair shares per run and
+//! agent; a rate-limit answer pauses the backend's queue). Routing is local first
+//! ([`LocalFirst`], [`ModelRouter`]).
 //!
-//! Features: `testing` adds the checkpoint store conformance suite and a fault-injecting store.
+//! Observability: audit events, [`RunEvent`]s for [`Observer`]s, a markdown transcript
+//! ([`Orchestrator::transcript`]) and `tracing` spans named by the OpenTelemetry GenAI
+//! conventions (`invoke_agent`, `chat`, `execute_tool`; see [`TelemetryConfig`]).
+//!
+//! Features: `testing` adds the checkpoint store conformance suite, a fault-injecting store,
+//! a simulated rate-limited model backend and a virtual-time driver.
 
 mod agent;
 mod builder;
@@ -40,7 +48,11 @@ pub mod reliability;
 mod role;
 mod router;
 mod runtime;
+pub mod scheduler;
+#[cfg(feature = "testing")]
+mod sim;
 mod state;
+mod telemetry;
 mod transcript;
 mod worker;
 
@@ -67,14 +79,19 @@ pub use notify::{
 };
 pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
-pub use router::{ModelEstimate, ModelRouter, RouteStep};
+pub use router::{LocalFirst, ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
     CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
     TickReport,
+};
+pub use scheduler::{
+    Acquire, BackendLimits, BackendStats, FlowId, ModelScheduler, Permit, PermitRequest, Priority,
+    SchedulerConfig,
 };
 pub use state::{
     CallKind, CallRecord, JournalEntry, RefusedBy, RunState, RunStatus, TaskState, TaskStatus,
     RUN_STATE_SCHEMA,
 };
+pub use telemetry::TelemetryConfig;
 pub use transcript::{render_transcript, TranscriptNames};
 pub use worker::{WorkOptions, WorkReport};

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
 use crate::reliability::RetryPolicy;
+use crate::scheduler::Priority;
 
 /// What happens to a run when a task of this role fails for good (or a human rejects its
 /// action).
@@ -48,6 +49,8 @@ pub struct Role {
     pub fallback: Fallback,
     /// Upper bound on calls an agent of this role makes in one task (a loop limit).
     pub max_calls: u32,
+    /// How urgent its model calls are in the model scheduler (default normal).
+    pub priority: Priority,
     /// The behaviour.
     pub agent: Arc<dyn Agent>,
 }
@@ -68,6 +71,7 @@ impl Role {
             retry: RetryPolicy::default(),
             fallback: Fallback::FailRun,
             max_calls: 32,
+            priority: Priority::Normal,
             agent,
         }
     }
@@ -136,6 +140,13 @@ impl Role {
     /// Sets the call limit per task.
     pub fn max_calls(mut self, limit: u32) -> Self {
         self.max_calls = limit;
+        self
+    }
+
+    /// Sets the priority of its model calls in the model scheduler
+    /// ([`OrchestratorBuilder::model_scheduler`](crate::OrchestratorBuilder::model_scheduler)).
+    pub fn model_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
         self
     }
 

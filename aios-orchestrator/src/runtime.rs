@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) credentials: HashMap<ConnectorId, CredentialHandle>,
     pub(crate) vault: Option<Arc<dyn CredentialVault>>,
     pub(crate) router: ModelRouter,
+    pub(crate) scheduler: Option<crate::scheduler::ModelScheduler>,
+    pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) memory: Option<crate::memory::MemoryAccess>,
     pub(crate) audit: Arc<dyn AuditLog>,
     pub(crate) checkpoints: Arc<dyn CheckpointStore>,
@@ -209,16 +211,13 @@ impl Orchestrator {
     /// Starts `workflow` as a new run and drives it until it completes, fails or parks.
     pub async fn start(&self, workflow: Workflow) -> Result<RunOutcome, OrchestratorError> {
         let (governor, lease, state) = self.create(workflow).await?;
-        let run = state.run;
+        let span = crate::telemetry::run_span(state.run, &state.workflow, false);
         let driver = self.driver(governor, lease, state, 0);
         if self.inner.config.checkpoints != CheckpointMode::OnExit {
             // the run exists durably before its first task, so a crash at any point can resume
             driver.save().await?;
         }
-        driver
-            .drive(false)
-            .instrument(tracing::info_span!("aios.run", run = %run))
-            .await
+        driver.drive(false).instrument(span).await
     }
 
     /// Records `workflow` as a new run without driving it, for a worker
@@ -481,11 +480,9 @@ impl Orchestrator {
                 event,
             })
             .await?;
+        let span = crate::telemetry::run_span(run, &state.workflow, true);
         let driver = self.driver(governor, lease, state, checkpoint.seq);
-        driver
-            .drive(true)
-            .instrument(tracing::info_span!("aios.run", run = %run, resumed = true))
-            .await
+        driver.drive(true).instrument(span).await
     }
 
     /// The latest saved state of a run.

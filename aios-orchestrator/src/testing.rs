@@ -1,5 +1,6 @@
-//! Test kit (feature `testing`): the [`CheckpointStore`] conformance suite and a
-//! fault-injecting store wrapper.
+//! Test kit (feature `testing`): the [`CheckpointStore`] conformance suite, a
+//! fault-injecting store wrapper, a simulated rate-limited model backend
+//! ([`SimulatedBackend`]) and a virtual-time driver ([`drive`]).
 //!
 //! Test-support code: the suite reports a violation by panicking, like `assert!`.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
@@ -9,6 +10,8 @@ use std::time::Duration;
 use aios_core::testing::Faults;
 use aios_core::{Clock, IdGen, ManualClock, RunId, StoreError, Timestamp};
 use async_trait::async_trait;
+
+pub use crate::sim::{drive, SimStats, SimulatedBackend};
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, Lease, RunSummary, WorkerId};
 use crate::state::{RunState, RunStatus, RUN_STATE_SCHEMA};

@@ -427,6 +427,7 @@ impl Anthropic {
             tool_calls: finish_calls(calls, names),
             finish: stop_reason(model, stop.as_deref())?,
             usage,
+            confidence: None,
         })
     }
 }
@@ -547,6 +548,7 @@ fn parse_message(model: &ModelId, text: &str, names: &ToolNames) -> Result<Answe
         tool_calls: calls,
         finish: stop_reason(model, v.get("stop_reason").and_then(Value::as_str))?,
         usage: v.get("usage").map(usage_of).unwrap_or_default(),
+        confidence: None,
     })
 }
 

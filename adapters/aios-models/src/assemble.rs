@@ -101,6 +101,8 @@ pub(crate) struct Answer {
     pub(crate) tool_calls: Vec<ToolCall>,
     pub(crate) finish: FinishReason,
     pub(crate) usage: TokenUsage,
+    /// The answer's confidence, when the provider's answer gives one.
+    pub(crate) confidence: Option<f32>,
 }
 
 /// The response: `ToolCalls` exactly when calls are present; calls cut off by the token limit
@@ -111,6 +113,7 @@ pub(crate) fn response(model: &ModelId, prices: &PriceTable, answer: Answer) -> 
         mut tool_calls,
         finish,
         usage,
+        confidence,
     } = answer;
     let finish = match finish {
         FinishReason::Length => {
@@ -126,7 +129,7 @@ pub(crate) fn response(model: &ModelId, prices: &PriceTable, answer: Answer) -> 
         tool_calls,
         usage,
         cost: prices.cost(model, usage).unwrap_or_default(),
-        confidence: None,
+        confidence,
         finish,
     }
 }
@@ -200,6 +203,7 @@ mod tests {
                     tool_calls: vec![call(); calls],
                     finish: reported,
                     usage: TokenUsage::new(1, 1),
+                    confidence: None,
                 },
             );
             assert_eq!(

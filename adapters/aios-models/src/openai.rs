@@ -121,6 +121,11 @@ pub struct OpenAiConfig {
     pub stream_usage: bool,
     /// Which field carries the output token limit.
     pub max_tokens_field: MaxTokensField,
+    /// Whether to ask for token log-probabilities (`logprobs`) and report their geometric
+    /// mean probability as the answer's [`ModelResponse::confidence`] (what local-first
+    /// routing compares with its floor). Non-streamed calls only; a server that returns no
+    /// log-probabilities gives no confidence.
+    pub logprob_confidence: bool,
 }
 
 impl OpenAiConfig {
@@ -141,6 +146,7 @@ impl OpenAiConfig {
             stream: false,
             stream_usage: true,
             max_tokens_field: MaxTokensField::MaxTokens,
+            logprob_confidence: false,
         }
     }
 
@@ -171,6 +177,13 @@ impl OpenAiConfig {
             api_version: Some(api_version.into()),
             ..Self::new(base, deployment.as_str())
         }
+    }
+
+    /// Reports a confidence computed from the answer's token log-probabilities (see
+    /// [`OpenAiConfig::logprob_confidence`]).
+    pub fn with_logprob_confidence(mut self) -> Self {
+        self.logprob_confidence = true;
+        self
     }
 
     /// Reads the key from the vault under `handle`.
@@ -393,8 +406,13 @@ impl OpenAiCompatible {
             let text = read_body(sent, model, secret.as_ref()).await?;
             parse_completion(model, &text, &names)
         };
+        let asked = self.config.logprob_confidence;
         answer
-            .map(|a| response(model, &self.config.prices, a))
+            .map(|mut a| {
+                // log-probabilities sent unasked are not a confidence the host chose
+                a.confidence = a.confidence.filter(|_| asked);
+                response(model, &self.config.prices, a)
+            })
             .map_err(|e| redact_model_error(e, secret.as_ref()))
     }
 
@@ -431,6 +449,9 @@ impl OpenAiCompatible {
         }
         if let Some(f) = options.response_format {
             body["response_format"] = f.to_json();
+        }
+        if self.config.logprob_confidence && !options.stream {
+            body["logprobs"] = json!(true);
         }
         if options.stream {
             body["stream"] = json!(true);
@@ -556,6 +577,7 @@ impl OpenAiCompatible {
             tool_calls: finish_calls(calls, names),
             finish,
             usage,
+            confidence: None,
         })
     }
 }
@@ -681,7 +703,25 @@ fn parse_completion(model: &ModelId, text: &str, names: &ToolNames) -> Result<An
         tool_calls: calls,
         finish,
         usage: v.get("usage").map(usage_of).unwrap_or_default(),
+        confidence: logprob_confidence(choice),
     })
+}
+
+/// The geometric mean probability of the answer's tokens, from `choice.logprobs.content`
+/// (none without log-probabilities).
+fn logprob_confidence(choice: &Value) -> Option<f32> {
+    let tokens = choice
+        .get("logprobs")?
+        .get("content")?
+        .as_array()?
+        .iter()
+        .filter_map(|t| t.get("logprob").and_then(Value::as_f64))
+        .collect::<Vec<_>>();
+    if tokens.is_empty() {
+        return None;
+    }
+    let mean = tokens.iter().sum::<f64>() / tokens.len() as f64;
+    Some(mean.exp().clamp(0.0, 1.0) as f32)
 }
 
 #[async_trait]

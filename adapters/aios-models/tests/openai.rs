@@ -682,3 +682,45 @@ async fn passes_the_model_conformance_suite() {
     let model = OpenAiCompatible::new(config(&server).streaming(true), vault().await).unwrap();
     testing::model_conformance(model, hello()).await;
 }
+
+fn with_logprobs(content: &str, logprobs: &[f64]) -> Value {
+    let mut body = completion(content);
+    body["choices"][0]["logprobs"] = json!({
+        "content": logprobs.iter().map(|l| json!({"token": "t", "logprob": l, "top_logprobs": []})).collect::<Vec<_>>(),
+        "refusal": null,
+    });
+    body
+}
+
+#[tokio::test]
+async fn logprobs_become_the_confidence_when_asked() {
+    let server = TestServer::always(Reply::json(200, with_logprobs("yes no", &[-0.1, -0.3]))).await;
+    let model =
+        OpenAiCompatible::new(config(&server).with_logprob_confidence(), vault().await).unwrap();
+    let r = model.complete(&hello()).await.unwrap();
+    // the geometric mean of the token probabilities
+    let expected = (-0.2f32).exp();
+    assert!(
+        (r.confidence.unwrap() - expected).abs() < 1e-4,
+        "{:?}",
+        r.confidence
+    );
+    assert_eq!(server.last().body["logprobs"], true);
+}
+
+#[tokio::test]
+async fn without_asking_there_is_no_confidence_and_no_logprobs_are_requested() {
+    let server = TestServer::always(Reply::json(200, with_logprobs("yes", &[-2.0]))).await;
+    let model = backend(&server).await;
+    let r = model.complete(&hello()).await.unwrap();
+    assert_eq!(r.confidence, None);
+    assert!(server.last().body.get("logprobs").is_none());
+}
+
+#[tokio::test]
+async fn a_server_that_returns_no_logprobs_gives_no_confidence() {
+    let server = TestServer::always(Reply::json(200, completion("yes"))).await;
+    let model =
+        OpenAiCompatible::new(config(&server).with_logprob_confidence(), vault().await).unwrap();
+    assert_eq!(model.complete(&hello()).await.unwrap().confidence, None);
+}

@@ -17,7 +17,10 @@ use std::sync::Arc;
 
 use aios_core::{CredentialHandle, CredentialVault, InMemoryVault, Message, ModelRequest, Secret};
 use aios_models::{CompletionOptions, OpenAiCompatible, OpenAiConfig, StreamDelta};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "support/mod.rs"]
+mod support;
+use support::stub_server;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,60 +68,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         response.model, response.finish, response.usage.input, response.usage.output, response.cost
     );
     Ok(())
-}
-
-/// A one-route HTTP server answering every request with a streamed chat completion.
-async fn stub_server() -> std::io::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                // read the head and the body announced by content-length
-                loop {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&request);
-                    if let Some(head_end) = text.find("\r\n\r\n") {
-                        let length = text[..head_end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if request.len() >= head_end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                let mut body = String::new();
-                for piece in [
-                    "An accountability anchor ",
-                    "is the human role ",
-                    "that answers for what agents do.",
-                ] {
-                    let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
-                    body.push_str(&format!("data: {chunk}\n\n"));
-                }
-                let last = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 21, "completion_tokens": 17}});
-                body.push_str(&format!("data: {last}\n\ndata: [DONE]\n\n"));
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    Ok(url)
 }

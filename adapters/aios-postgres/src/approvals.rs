@@ -116,8 +116,8 @@ impl PgApprovalStore {
         let (wake, mut woken) = futures::channel::mpsc::unbounded::<()>();
         // the connection is driven here, in this future, not spawned: it does the client's
         // I/O and hands notifications over
-        let drive = futures::stream::poll_fn(move |cx| connection.poll_message(cx))
-            .for_each(move |m| {
+        let drive =
+            futures::stream::poll_fn(move |cx| connection.poll_message(cx)).for_each(move |m| {
                 if let Ok(AsyncMessage::Notification(_)) = m {
                     let _ = wake.unbounded_send(());
                 }

@@ -349,9 +349,12 @@ impl PgBudgetLedger {
             });
         };
         let mut accounts = self.lock_accounts(&*tx, held.keys.iter().copied()).await?;
-        tx.execute("DELETE FROM aios_budget_reservations WHERE id = $1", &[&raw])
-            .await
-            .map_err(|e| db.err(what, e))?;
+        tx.execute(
+            "DELETE FROM aios_budget_reservations WHERE id = $1",
+            &[&raw],
+        )
+        .await
+        .map_err(|e| db.err(what, e))?;
         if let (Some(key), Some(_)) = (&held.key, act) {
             tx.execute(
                 "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)

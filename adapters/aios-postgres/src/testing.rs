@@ -230,9 +230,8 @@ impl TestServer {
         // stops the server when this process is gone, however it ends
         let me = std::process::id();
         let stop = owned.stop_script();
-        let watcher = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {d}"
-        );
+        let watcher =
+            format!("while kill -0 {me} 2>/dev/null; do sleep 1; done; {stop}; rm -rf {d}");
         // as root the watcher stays root (so it may remove the directory) and stops the
         // server as postgres through `su`
         Command::new("sh")
@@ -243,9 +242,7 @@ impl TestServer {
             .spawn()
             .map_err(|e| fail(format!("cannot start the server's watcher: {e}")))?;
         Ok(TestServer {
-            admin_url: format!(
-                "postgres://aios:{TEST_PASSWORD}@127.0.0.1:{port}/postgres"
-            ),
+            admin_url: format!("postgres://aios:{TEST_PASSWORD}@127.0.0.1:{port}/postgres"),
             host: "127.0.0.1".into(),
             port,
             owned: Some(owned),

@@ -50,6 +50,5 @@ async fn approval_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_store() {
-    aios_governance::testing::control_store_conformance(|| fresh_blocking().control_store())
-        .await;
+    aios_governance::testing::control_store_conformance(|| fresh_blocking().control_store()).await;
 }

@@ -1,0 +1,225 @@
+//! Many workers on one database: each worker has its own store (its own pool), as separate
+//! processes would.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{
+    AgentId, AuditEvent, AuditLog, AuditLogExt, AuditRecord, Clock, ManualClock, Money, Principal,
+    RoleId, RunId, StoreError,
+};
+use aios_governance::{
+    BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Limits, ReserveOptions, Usage,
+};
+use aios_orchestrator::{
+    Checkpoint, CheckpointStore, RunState, RunStatus, WorkerId, RUN_STATE_SCHEMA,
+};
+use aios_postgres::PgStore;
+
+async fn workers(url: &str, n: usize) -> Vec<PgStore> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(PgStore::connect(url).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_writers_append_one_linear_chain_of_800() {
+    let url = common::fresh_url().await;
+    let stores = workers(&url, 4).await;
+    let tasks: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(w, store)| {
+            let log = store.audit_log();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    log.append(AuditRecord::new(
+                        Principal::System,
+                        AuditEvent::Note {
+                            text: format!("worker {w} entry {i}"),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = stores[0].audit_log();
+    let head = log.head().await.unwrap();
+    assert_eq!(head.len, 800, "every append is in the chain");
+    let report = log.verify(None).await.unwrap();
+    assert_eq!(report.checked, 800);
+    assert!(
+        report.is_intact(),
+        "one linear, verifiable chain: {report:?}"
+    );
+    let entries = log.read(0, 1000).await.unwrap();
+    let seqs: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| e.entry().map(|e| e.seq))
+        .collect();
+    assert_eq!(seqs, (0..800).collect::<Vec<_>>(), "no gaps, no duplicates");
+}
+
+fn cost(minor: i64) -> Usage {
+    Usage {
+        cost: Money::from_minor(minor),
+        ..Usage::default()
+    }
+}
+
+fn cap(minor: i64) -> BudgetLimits {
+    BudgetLimits::total(Limits {
+        cost: Some(Money::from_minor(minor)),
+        ..Limits::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_reservations_racing_a_limit_never_go_above_it() {
+    let url = common::fresh_url().await;
+    let clock = ManualClock::default();
+    let stores = workers(&url, 8).await;
+    let role = RoleId::from_name("outreach");
+    let setup = stores[0].budget_ledger(Arc::new(clock.clone()));
+    setup
+        .set_limits(BudgetKey::Organisation, cap(1_000))
+        .await
+        .unwrap();
+    setup
+        .set_limits(BudgetKey::Role(role), cap(500))
+        .await
+        .unwrap();
+    for round in 0..3 {
+        // each worker its own agent and run, all under one role: the role's limit is raced
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let ledger = store.budget_ledger(Arc::new(clock.clone()));
+                let chain = BudgetChain::organisation()
+                    .role(role)
+                    .agent(AgentId::from_name(&format!("agent-{i}")))
+                    .run(RunId::from_name(&format!("run-{round}-{i}")));
+                tokio::spawn(async move {
+                    ledger
+                        .reserve(&chain, cost(100), &ReserveOptions::default())
+                        .await
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => won.push(r.id),
+                Err(BudgetError::Exceeded { key, .. }) => {
+                    assert_eq!(key, BudgetKey::Role(role));
+                    refused += 1;
+                }
+                Err(e) => panic!("unexpected: {e}"),
+            }
+        }
+        assert_eq!(won.len(), 5, "exactly the limit's worth is reserved");
+        assert_eq!(refused, 3);
+        let usage = setup.usage(BudgetKey::Role(role)).await.unwrap().unwrap();
+        assert_eq!(
+            usage.reserved.cost,
+            Money::from_minor(500),
+            "never above the limit"
+        );
+        let org = setup.usage(BudgetKey::Organisation).await.unwrap().unwrap();
+        assert_eq!(org.reserved.cost, Money::from_minor(500));
+        for id in won {
+            setup.release(id).await.unwrap();
+        }
+    }
+    assert_eq!(setup.outstanding().await.unwrap(), 0);
+}
+
+fn checkpoint(run: RunId, seq: u64, at: aios_core::Timestamp) -> Checkpoint {
+    Checkpoint {
+        run,
+        seq,
+        at,
+        state: RunState {
+            schema: RUN_STATE_SCHEMA,
+            run,
+            workflow: "race".into(),
+            governance_version: 1,
+            started_at: at,
+            status: RunStatus::Running,
+            tasks: vec![],
+            forked_from: None,
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_racing_for_one_lease_exactly_one_wins_and_fencing_stops_the_stale_one() {
+    let url = common::fresh_url().await;
+    let clock = ManualClock::default();
+    let ttl = Duration::from_secs(30);
+    for round in 0..5 {
+        let stores = workers(&url, 2).await;
+        let run = RunId::from_name(&format!("run-{round}"));
+        let now = clock.now();
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let store = s.checkpoint_store();
+                let me = WorkerId::new(format!("worker-{i}"));
+                tokio::spawn(async move { store.acquire(run, &me, now, ttl).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one worker holds the lease: {results:?}"
+        );
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+        let stale = winners[0].clone();
+        let a = stores[0].checkpoint_store();
+        a.save(&stale, &checkpoint(run, 1, now)).await.unwrap();
+
+        // the lease expires; the other worker takes the run over with a newer token
+        let later = now + chrono::Duration::seconds(31);
+        let b = stores[1].checkpoint_store();
+        let fresh = b
+            .acquire(run, &WorkerId::new("taker"), later, ttl)
+            .await
+            .unwrap();
+        assert!(fresh.token > stale.token);
+        match a.save(&stale, &checkpoint(run, 2, later)).await {
+            Err(StoreError::Fenced {
+                presented, current, ..
+            }) => {
+                assert_eq!((presented, current), (stale.token, fresh.token));
+            }
+            other => panic!("the stale worker must be fenced, got {other:?}"),
+        }
+        assert_eq!(
+            b.latest(run).await.unwrap().unwrap().seq,
+            1,
+            "the fenced save wrote nothing"
+        );
+        b.save(&fresh, &checkpoint(run, 2, later)).await.unwrap();
+    }
+}

@@ -28,7 +28,9 @@ pub const TEST_PASSWORD: &str = "aios-test-secret";
 #[non_exhaustive]
 pub struct ServerOptions {
     /// Whether commits are fsynced (`fsync` and `synchronous_commit` on, as in production).
-    /// Off by default: tests do not need to survive a power loss. Benchmarks turn it on.
+    /// Off by default: tests do not need to survive a power loss. Benchmarks, and tests
+    /// that stop the server ([`TestServer::stop`] stops it at once, so a non-durable server
+    /// may lose its last commits), turn it on.
     pub durable: bool,
 }
 

@@ -84,6 +84,11 @@ pub mod testing;
 #[cfg(feature = "tls")]
 mod tls;
 
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
+
 use std::sync::Arc;
 
 use aios_core::{AuditKey, Clock, StoreError};

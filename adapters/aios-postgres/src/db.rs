@@ -2,6 +2,7 @@
 //! lock, and the mapping of PostgreSQL errors into [`StoreError`].
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aios_core::StoreError;
@@ -169,6 +170,9 @@ pub(crate) struct Db {
     config: tokio_postgres::Config,
     location: String,
     options: PgOptions,
+    /// How many checkouts still verify their connection before use: set after an error
+    /// that may have left dead connections idle in the pool (see [`Db::client`]).
+    suspect: AtomicUsize,
 }
 
 impl std::fmt::Debug for Db {
@@ -247,6 +251,7 @@ impl Db {
             config,
             location,
             options,
+            suspect: AtomicUsize::new(0),
         };
         db.migrate().await?;
         Ok(db)
@@ -266,7 +271,27 @@ impl Db {
     }
 
     /// A pooled connection.
+    ///
+    /// After an operation failed for a reason that may have broken connections (a lost
+    /// connection, a server restart), the next checkouts first run an empty query and drop
+    /// a connection that fails it, instead of handing it out; otherwise a connection is
+    /// checked only for being closed, which costs nothing.
     pub(crate) async fn client(&self, what: &str) -> Result<Client, StoreError> {
+        loop {
+            let client = self.checkout(what).await?;
+            let due = self
+                .suspect
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if !due || client.simple_query("").await.is_ok() {
+                return Ok(client);
+            }
+            // detached from the pool: dropped, never handed out again
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+
+    async fn checkout(&self, what: &str) -> Result<Client, StoreError> {
         self.pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => self.err(what, e),
             PoolError::Timeout(_) => StoreError::Unavailable {
@@ -281,9 +306,15 @@ impl Db {
         })
     }
 
-    /// Maps a PostgreSQL error met while doing `what`.
+    /// Maps a PostgreSQL error met while doing `what`; after one that may have broken
+    /// connections, the next checkouts verify theirs.
     pub(crate) fn err(&self, what: &str, e: tokio_postgres::Error) -> StoreError {
-        map_pg(&self.location, what, &e)
+        let mapped = map_pg(&self.location, what, &e);
+        if matches!(mapped, StoreError::Unavailable { .. }) {
+            self.suspect
+                .store(self.options.max_connections + 1, Ordering::Relaxed);
+        }
+        mapped
     }
 
     /// Applies every missing migration step and the new version in one transaction, under

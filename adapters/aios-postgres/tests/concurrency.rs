@@ -223,3 +223,97 @@ async fn two_workers_racing_for_one_lease_exactly_one_wins_and_fencing_stops_the
         b.save(&fresh, &checkpoint(run, 2, later)).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_revisions_of_one_memory_version_exactly_one_wins() {
+    use aios_memory::testing::sample_record;
+    use aios_memory::MemoryStore;
+    let url = common::fresh_url().await;
+    let stores = workers(&url, 4).await;
+    let clock = ManualClock::default();
+    let id = aios_core::MemoryId::from_name("fact");
+    let v1 = sample_record(id, 1, "v1", clock.now(), None);
+    stores[0]
+        .memory_store()
+        .put(v1.clone(), None)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let store = s.memory_store();
+            let v2 = sample_record(id, 2, &format!("v2 by {i}"), clock.now(), Some(&v1));
+            tokio::spawn(async move { store.put(v2, Some(1)).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(ok, 1, "one revision of version 1 wins");
+    let versions = stores[0].memory_store().versions(id).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert!(versions[0].retired_at.is_some(), "version 1 is retired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_commits_and_expiry_sweeps_from_many_workers_never_deadlock() {
+    let url = common::fresh_url().await;
+    let clock = ManualClock::default();
+    let stores = workers(&url, 4).await;
+    let setup = stores[0].budget_ledger(Arc::new(clock.clone()));
+    setup
+        .set_limits(BudgetKey::Organisation, cap(1_000_000))
+        .await
+        .unwrap();
+    let roles = [RoleId::from_name("a"), RoleId::from_name("b")];
+    for r in roles {
+        setup
+            .set_limits(BudgetKey::Role(r), cap(1_000_000))
+            .await
+            .unwrap();
+    }
+    let tasks: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let ledger = s.budget_ledger(Arc::new(clock.clone()));
+            let clock = clock.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let chain = BudgetChain::organisation()
+                        .role(roles[(w + i) % 2])
+                        .agent(AgentId::from_name(&format!("agent-{}", i % 3)));
+                    // every third reservation is left to expire; later ones sweep it
+                    let options = ReserveOptions::default().ttl(Duration::from_secs(1));
+                    let r = ledger.reserve(&chain, cost(10), &options).await?;
+                    if i % 3 != 0 {
+                        ledger.commit(r.id, cost(7)).await?;
+                    }
+                    if i % 10 == 9 {
+                        clock.advance(Duration::from_secs(2));
+                    }
+                }
+                Ok::<_, BudgetError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("no deadlock, no lost update");
+    }
+    clock.advance(Duration::from_secs(2));
+    setup.expire_reservations().await.unwrap();
+    let org = setup.usage(BudgetKey::Organisation).await.unwrap().unwrap();
+    // per worker: 40 reservations, 26 committed at 7
+    assert_eq!(org.committed.cost, Money::from_minor(4 * 26 * 7));
+    assert_eq!(
+        org.reserved.cost,
+        Money::ZERO,
+        "expired reservations hold nothing"
+    );
+}

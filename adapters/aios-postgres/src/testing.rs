@@ -12,6 +12,18 @@
 //! The binaries are looked for in `AIOS_PG_BIN`, then `/usr/lib/postgresql/15/bin` (and
 //! other versions there), then `PATH`. PostgreSQL refuses to run as root: as root, the
 //! server runs as user `postgres` (through `su`), which the Debian package creates.
+//!
+//! ```no_run
+//! use aios_postgres::testing::TestServer;
+//! use aios_postgres::PgStore;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), aios_core::StoreError> {
+//! let url = TestServer::shared()?.fresh_database().await?;
+//! let store = PgStore::connect(&url).await?;
+//! assert_eq!(store.schema_version().await?, aios_postgres::SCHEMA_VERSION);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

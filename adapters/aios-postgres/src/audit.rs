@@ -7,9 +7,9 @@ use aios_core::{
     StoreError, StoredEntry, UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 use async_trait::async_trait;
-use tokio_postgres::GenericClient;
+use deadpool_postgres::GenericClient;
 
-use crate::db::{to_sql_u64, Db, AUDIT_LOCK};
+use crate::db::{to_sql_u64, Cached, Db, AUDIT_LOCK};
 
 /// An [`AuditLog`] in PostgreSQL: one row per entry, keyed by its sequence number, with its
 /// format version, hash and MAC in columns beside the entry as JSON. Clones share the pool.
@@ -76,10 +76,10 @@ impl PgAuditLog {
         }
     }
 
-    async fn head_of(&self, client: &impl GenericClient) -> Result<ChainHead, StoreError> {
+    async fn head_of(&self, client: &(impl GenericClient + Sync)) -> Result<ChainHead, StoreError> {
         let what = "read the audit head";
         let row = client
-            .query_opt(
+            .c_query_opt(
                 "SELECT seq, hash FROM aios_audit_entries ORDER BY seq DESC LIMIT 1",
                 &[],
             )
@@ -109,10 +109,10 @@ impl AuditLog for PgAuditLog {
         let what = "append an audit entry";
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        tx.c_execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
             .await
             .map_err(|e| db.err(what, e))?;
-        let head = self.head_of(&*tx).await?;
+        let head = self.head_of(&tx).await?;
         let entry = AuditEntry::seal(head.len, head.hash, record)?;
         let text = db.encode("an audit entry", &entry)?;
         let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
@@ -161,6 +161,6 @@ impl AuditLog for PgAuditLog {
 
     async fn head(&self) -> Result<ChainHead, AuditError> {
         let client = self.db.client("read the audit head").await?;
-        Ok(self.head_of(&**client).await?)
+        Ok(self.head_of(&client).await?)
     }
 }

@@ -15,10 +15,10 @@ use aios_governance::{
     Settlement, Usage, DEFAULT_RESERVATION_TTL, DIMENSIONS,
 };
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::GenericClient;
 
-use crate::db::Db;
+use crate::db::{Cached, Db};
 
 /// A [`BudgetLedger`] in PostgreSQL, with exactly the semantics of
 /// [`aios_governance::InMemoryBudgetLedger`] (and `aios-sqlite`'s ledger): all-or-nothing
@@ -174,7 +174,7 @@ impl PgBudgetLedger {
         let what = "count budget reservations";
         let client = self.db.client(what).await?;
         let row = client
-            .query_one("SELECT count(*) FROM aios_budget_reservations", &[])
+            .c_query_one("SELECT count(*) FROM aios_budget_reservations", &[])
             .await
             .map_err(|e| self.db.err(what, e))?;
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
@@ -195,7 +195,7 @@ impl PgBudgetLedger {
     /// Locks the reservations due at `now` (in id order).
     async fn lock_due(
         &self,
-        tx: &impl GenericClient,
+        tx: &(impl GenericClient + Sync),
         now: Timestamp,
     ) -> Result<HeldRows, StoreError> {
         let stmt = tx
@@ -215,14 +215,14 @@ impl PgBudgetLedger {
     /// Locks the accounts of `keys` (in key order); missing ones are absent from the map.
     async fn lock_accounts(
         &self,
-        tx: &impl GenericClient,
+        tx: &(impl GenericClient + Sync),
         keys: impl IntoIterator<Item = BudgetKey>,
     ) -> Result<Locked, StoreError> {
         let mut names: Vec<String> = keys.into_iter().map(|k| k.to_string()).collect();
         names.sort_unstable();
         names.dedup();
         let rows = tx
-            .query(
+            .c_query(
                 "SELECT key, account FROM aios_budget_accounts WHERE key = ANY($1)
                  ORDER BY key FOR UPDATE",
                 &[&names],
@@ -240,9 +240,13 @@ impl PgBudgetLedger {
             .collect()
     }
 
-    async fn store(&self, tx: &impl GenericClient, account: &Account) -> Result<(), StoreError> {
+    async fn store(
+        &self,
+        tx: &(impl GenericClient + Sync),
+        account: &Account,
+    ) -> Result<(), StoreError> {
         let text = self.db.encode("a budget", account)?;
-        tx.execute(
+        tx.c_execute(
             "INSERT INTO aios_budget_accounts (key, account) VALUES ($1, $2)
              ON CONFLICT (key) DO UPDATE SET account = excluded.account",
             &[&account.key.to_string(), &text],
@@ -255,7 +259,7 @@ impl PgBudgetLedger {
     /// Marks `due` expired and takes their amounts out of the locked accounts.
     async fn expire(
         &self,
-        tx: &impl GenericClient,
+        tx: &(impl GenericClient + Sync),
         now: Timestamp,
         due: &HeldRows,
         accounts: &mut Locked,
@@ -264,7 +268,7 @@ impl PgBudgetLedger {
             return Ok(());
         }
         let ids: Vec<i64> = due.iter().map(|(id, _, _)| *id).collect();
-        tx.execute(
+        tx.c_execute(
             "UPDATE aios_budget_reservations SET expired = TRUE WHERE id = ANY($1)",
             &[&ids],
         )
@@ -289,12 +293,12 @@ impl PgBudgetLedger {
             .transaction()
             .await
             .map_err(|e| self.db.err(what, e))?;
-        let due = self.lock_due(&*tx, now).await?;
+        let due = self.lock_due(&tx, now).await?;
         let keys: Vec<BudgetKey> = due.iter().flat_map(|(_, h, _)| h.keys.clone()).collect();
-        let mut accounts = self.lock_accounts(&*tx, keys).await?;
-        self.expire(&*tx, now, &due, &mut accounts).await?;
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
+        self.expire(&tx, now, &due, &mut accounts).await?;
         for a in accounts.values() {
-            self.store(&*tx, a).await?;
+            self.store(&tx, a).await?;
         }
         tx.commit().await.map_err(|e| self.db.err(what, e))?;
         Ok(due.len())
@@ -322,7 +326,7 @@ impl PgBudgetLedger {
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
         let rows = tx
-            .query(
+            .c_query(
                 "SELECT id, reservation, expired FROM aios_budget_reservations
                  WHERE id = $1 FOR UPDATE",
                 &[&raw],
@@ -331,7 +335,7 @@ impl PgBudgetLedger {
             .map_err(|e| db.err(what, e))?;
         let Some((_, held, expired)) = self.rows(&rows)?.pop() else {
             let row = tx
-                .query_one(
+                .c_query_one(
                     "SELECT last_value, is_called FROM aios_budget_reservations_id_seq",
                     &[],
                 )
@@ -348,15 +352,15 @@ impl PgBudgetLedger {
                 BudgetError::UnknownReservation { id }
             });
         };
-        let mut accounts = self.lock_accounts(&*tx, held.keys.iter().copied()).await?;
-        tx.execute(
+        let mut accounts = self.lock_accounts(&tx, held.keys.iter().copied()).await?;
+        tx.c_execute(
             "DELETE FROM aios_budget_reservations WHERE id = $1",
             &[&raw],
         )
         .await
         .map_err(|e| db.err(what, e))?;
         if let (Some(key), Some(_)) = (&held.key, act) {
-            tx.execute(
+            tx.c_execute(
                 "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
                  ON CONFLICT (key) DO NOTHING",
                 &[key, &raw],
@@ -385,7 +389,7 @@ impl PgBudgetLedger {
                 }
                 a.check_alerts(&mut alerts);
             }
-            self.store(&*tx, a).await?;
+            self.store(&tx, a).await?;
         }
         tx.commit().await.map_err(|e| db.err(what, e))?;
         Ok(Settlement { alerts })
@@ -450,7 +454,7 @@ impl BudgetLedger for PgBudgetLedger {
             .await
             .map_err(|e| self.db.err(what, e))?;
         let w = limits.period.window(now);
-        let account = match self.lock_accounts(&*tx, [key]).await?.pop_first() {
+        let account = match self.lock_accounts(&tx, [key]).await?.pop_first() {
             Some((_, mut a)) => {
                 a.roll(w);
                 a.alerted = [0; DIMENSIONS];
@@ -466,7 +470,7 @@ impl BudgetLedger for PgBudgetLedger {
                 alerted: [0; DIMENSIONS],
             },
         };
-        self.store(&*tx, &account).await?;
+        self.store(&tx, &account).await?;
         tx.commit().await.map_err(|e| self.db.err(what, e))?;
         Ok(())
     }
@@ -489,18 +493,18 @@ impl BudgetLedger for PgBudgetLedger {
         let what = "reserve budget";
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let due = self.lock_due(&*tx, now).await?;
+        let due = self.lock_due(&tx, now).await?;
         let keys: Vec<BudgetKey> = due
             .iter()
             .flat_map(|(_, h, _)| h.keys.clone())
             .chain(chain.keys())
             .collect();
-        let mut accounts = self.lock_accounts(&*tx, keys).await?;
-        self.expire(&*tx, now, &due, &mut accounts).await?;
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
+        self.expire(&tx, now, &due, &mut accounts).await?;
         let charged = match &options.key {
             Some(key) => {
                 let row = tx
-                    .query_one(
+                    .c_query_one(
                         "SELECT EXISTS (SELECT 1 FROM aios_budget_charges WHERE key = $1)",
                         &[key],
                     )
@@ -520,7 +524,7 @@ impl BudgetLedger for PgBudgetLedger {
                 // a refusal writes nothing but the expiry of due reservations, which stands
                 if !due.is_empty() {
                     for a in accounts.values() {
-                        self.store(&*tx, a).await?;
+                        self.store(&tx, a).await?;
                     }
                     tx.commit().await.map_err(|e| db.err(what, e))?;
                 }
@@ -539,7 +543,7 @@ impl BudgetLedger for PgBudgetLedger {
             }
         }
         for a in accounts.values() {
-            self.store(&*tx, a).await?;
+            self.store(&tx, a).await?;
         }
         let held = Held {
             keys: held_keys,
@@ -550,7 +554,7 @@ impl BudgetLedger for PgBudgetLedger {
         let text = db.encode("a budget reservation", &held)?;
         let run = chain.run.map(|r| r.to_string());
         let row = tx
-            .query_one(
+            .c_query_one(
                 "INSERT INTO aios_budget_reservations (run, expires_at, reservation)
                  VALUES ($1, $2, $3) RETURNING id",
                 &[&run, &expires, &text],
@@ -585,7 +589,7 @@ impl BudgetLedger for PgBudgetLedger {
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
         let rows = tx
-            .query(
+            .c_query(
                 "SELECT id, reservation, expired FROM aios_budget_reservations
                  WHERE run = $1 ORDER BY id FOR UPDATE",
                 &[&run.to_string()],
@@ -594,9 +598,9 @@ impl BudgetLedger for PgBudgetLedger {
             .map_err(|e| db.err(what, e))?;
         let held = self.rows(&rows)?;
         let keys: Vec<BudgetKey> = held.iter().flat_map(|(_, h, _)| h.keys.clone()).collect();
-        let mut accounts = self.lock_accounts(&*tx, keys).await?;
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
         let ids: Vec<i64> = held.iter().map(|(id, _, _)| *id).collect();
-        tx.execute(
+        tx.c_execute(
             "DELETE FROM aios_budget_reservations WHERE id = ANY($1)",
             &[&ids],
         )
@@ -614,7 +618,7 @@ impl BudgetLedger for PgBudgetLedger {
             }
         }
         for a in accounts.values() {
-            self.store(&*tx, a).await?;
+            self.store(&tx, a).await?;
         }
         tx.commit().await.map_err(|e| db.err(what, e))?;
         Ok(held.len())
@@ -630,7 +634,7 @@ impl BudgetLedger for PgBudgetLedger {
         let (due, account) = {
             let client = self.db.client(what).await?;
             let due = client
-                .query_one(
+                .c_query_one(
                     "SELECT EXISTS (SELECT 1 FROM aios_budget_reservations
                                     WHERE NOT expired AND expires_at <= $1)",
                     &[&nanos(now)],
@@ -639,7 +643,7 @@ impl BudgetLedger for PgBudgetLedger {
                 .map_err(|e| self.db.err(what, e))?
                 .get::<_, bool>(0);
             let row = client
-                .query_opt(
+                .c_query_opt(
                     "SELECT account FROM aios_budget_accounts WHERE key = $1",
                     &[&key.to_string()],
                 )
@@ -661,7 +665,7 @@ impl BudgetLedger for PgBudgetLedger {
             self.sweep(now).await?;
             let client = self.db.client(what).await?;
             let row = client
-                .query_opt(
+                .c_query_opt(
                     "SELECT account FROM aios_budget_accounts WHERE key = $1",
                     &[&key.to_string()],
                 )

@@ -9,10 +9,10 @@ use aios_orchestrator::{
     RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 use sha2::{Digest, Sha256};
-use tokio_postgres::GenericClient;
 
-use crate::db::{to_sql_u64, Db};
+use crate::db::{to_sql_u64, Cached, Db};
 
 /// A [`CheckpointStore`] in PostgreSQL. Clones share the pool.
 ///
@@ -65,23 +65,22 @@ impl PgCheckpointStore {
         Self { db }
     }
 
-    /// Locks the run's row, creating it if the run is new.
-    async fn lock_run(&self, client: &impl GenericClient, run: &str) -> Result<RunRow, StoreError> {
-        let what = "lock a run";
-        client
-            .execute(
-                "INSERT INTO aios_runs (run) VALUES ($1) ON CONFLICT (run) DO NOTHING",
-                &[&run],
-            )
-            .await
-            .map_err(|e| self.db.err(what, e))?;
+    /// Locks the run's row, creating it if the run is new: one statement (an upsert locks
+    /// the row it finds and returns its newest committed values).
+    async fn lock_run(
+        &self,
+        client: &(impl GenericClient + Sync),
+        run: &str,
+    ) -> Result<RunRow, StoreError> {
         let row = client
-            .query_one(
-                "SELECT last_token, lease, latest_seq FROM aios_runs WHERE run = $1 FOR UPDATE",
+            .c_query_one(
+                "INSERT INTO aios_runs (run) VALUES ($1)
+                 ON CONFLICT (run) DO UPDATE SET run = excluded.run
+                 RETURNING last_token, lease, latest_seq",
                 &[&run],
             )
             .await
-            .map_err(|e| self.db.err(what, e))?;
+            .map_err(|e| self.db.err("lock a run", e))?;
         let lease: Option<String> = row.get(1);
         Ok(RunRow {
             last_token: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
@@ -153,7 +152,7 @@ impl CheckpointStore for PgCheckpointStore {
         let key = run.to_string();
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&*tx, &key).await?;
+        let row = self.lock_run(&tx, &key).await?;
         if !lease_available(row.lease.as_ref(), now) {
             return Err(leased(run, row.lease.as_ref()));
         }
@@ -166,7 +165,7 @@ impl CheckpointStore for PgCheckpointStore {
         };
         let text = db.encode("a lease", &lease)?;
         let token_sql = to_sql_u64(db.location(), "fencing token", token)?;
-        tx.execute(
+        tx.c_execute(
             "UPDATE aios_runs SET last_token = $2, lease = $3 WHERE run = $1",
             &[&key, &token_sql, &text],
         )
@@ -187,7 +186,7 @@ impl CheckpointStore for PgCheckpointStore {
         let key = lease.run.to_string();
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&*tx, &key).await?;
+        let row = self.lock_run(&tx, &key).await?;
         if !lease_renewable(row.lease.as_ref(), row.last_token, lease) {
             return Err(renewal_refused(lease, row.last_token));
         }
@@ -196,7 +195,7 @@ impl CheckpointStore for PgCheckpointStore {
             ..lease.clone()
         };
         let text = db.encode("a lease", &renewed)?;
-        tx.execute(
+        tx.c_execute(
             "UPDATE aios_runs SET lease = $2 WHERE run = $1",
             &[&key, &text],
         )
@@ -212,9 +211,9 @@ impl CheckpointStore for PgCheckpointStore {
         let key = lease.run.to_string();
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&*tx, &key).await?;
+        let row = self.lock_run(&tx, &key).await?;
         if row.lease.is_some_and(|l| l.token == lease.token) {
-            tx.execute("UPDATE aios_runs SET lease = NULL WHERE run = $1", &[&key])
+            tx.c_execute("UPDATE aios_runs SET lease = NULL WHERE run = $1", &[&key])
                 .await
                 .map_err(|e| db.err(what, e))?;
         }
@@ -231,7 +230,7 @@ impl CheckpointStore for PgCheckpointStore {
         let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&*tx, &key).await?;
+        let row = self.lock_run(&tx, &key).await?;
         if lease.run != run || lease.token < row.last_token || lease.token == 0 {
             return Err(StoreError::Fenced {
                 what: format!("run {run}"),
@@ -249,26 +248,23 @@ impl CheckpointStore for PgCheckpointStore {
         }
         let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
         let sum = checksum(&key, seq, &text);
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO aios_checkpoints (run, seq, checkpoint, checksum)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .await
-            .map_err(|e| db.err(what, e))?;
-        tx.execute(&insert, &[&key, &seq, &text, &sum])
-            .await
-            .map_err(|e| db.err(what, e))?;
-        let update = tx
-            .prepare_cached(
-                "UPDATE aios_runs SET latest_seq = $2, workflow = $3, status = $4, parked = $5
-                 WHERE run = $1",
-            )
-            .await
-            .map_err(|e| db.err(what, e))?;
-        tx.execute(
-            &update,
-            &[&key, &seq, &checkpoint.state.workflow, &status, &parked],
+        // the checkpoint and the run's summary in one statement
+        tx.c_execute(
+            "WITH saved AS (
+                 INSERT INTO aios_checkpoints (run, seq, checkpoint, checksum)
+                 VALUES ($1, $2, $3, $4)
+             )
+             UPDATE aios_runs SET latest_seq = $2, workflow = $5, status = $6, parked = $7
+             WHERE run = $1",
+            &[
+                &key,
+                &seq,
+                &text,
+                &sum,
+                &checkpoint.state.workflow,
+                &status,
+                &parked,
+            ],
         )
         .await
         .map_err(|e| db.err(what, e))?;
@@ -280,7 +276,7 @@ impl CheckpointStore for PgCheckpointStore {
         let key = run.to_string();
         let client = self.db.client(what).await?;
         let row = client
-            .query_opt(
+            .c_query_opt(
                 "SELECT seq, checkpoint, checksum FROM aios_checkpoints
                  WHERE run = $1 ORDER BY seq DESC LIMIT 1",
                 &[&key],
@@ -299,7 +295,7 @@ impl CheckpointStore for PgCheckpointStore {
         let key = run.to_string();
         let client = self.db.client(what).await?;
         let row = client
-            .query_opt(
+            .c_query_opt(
                 "SELECT checkpoint, checksum FROM aios_checkpoints WHERE run = $1 AND seq = $2",
                 &[&key, &seq],
             )
@@ -313,7 +309,7 @@ impl CheckpointStore for PgCheckpointStore {
         let what = "list runs";
         let client = self.db.client(what).await?;
         let rows = client
-            .query(
+            .c_query(
                 "SELECT run, workflow, status, latest_seq, lease FROM aios_runs
                  WHERE latest_seq > 0 AND (NOT $1 OR parked) ORDER BY run",
                 &[&parked_only],

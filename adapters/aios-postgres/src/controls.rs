@@ -6,7 +6,7 @@ use aios_core::StoreError;
 use aios_governance::{ControlRecord, ControlStore};
 use async_trait::async_trait;
 
-use crate::db::{Db, CONTROL_LOCK};
+use crate::db::{Cached, Db, CONTROL_LOCK};
 
 /// The version of the stored record format (column `v`); a newer one is refused with
 /// [`StoreError::UnsupportedVersion`] rather than misread.
@@ -37,10 +37,10 @@ impl ControlStore for PgControlStore {
         let text = db.encode("a control record", record)?;
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CONTROL_LOCK])
+        tx.c_execute("SELECT pg_advisory_xact_lock($1)", &[&CONTROL_LOCK])
             .await
             .map_err(|e| db.err(what, e))?;
-        tx.execute(
+        tx.c_execute(
             "INSERT INTO aios_control_records (v, record) VALUES ($1, $2)",
             &[&RECORD_VERSION, &text],
         )
@@ -54,7 +54,7 @@ impl ControlStore for PgControlStore {
         let what = "read control records";
         let client = db.client(what).await?;
         let rows = client
-            .query(
+            .c_query(
                 "SELECT seq, v, record FROM aios_control_records ORDER BY seq",
                 &[],
             )

@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 /// The schema version this build writes and reads (table `aios_schema`). A database with a
 /// newer version is refused with [`StoreError::UnsupportedVersion`].
@@ -451,6 +453,52 @@ pub(crate) fn map_pg(location: &str, what: &str, e: &tokio_postgres::Error) -> S
         detail: format!("cannot reach `{location}` ({what}): {e}{cause}"),
     }
 }
+
+/// Statements run through each connection's statement cache: prepared once per connection,
+/// so every later run is one round trip instead of two (parse, then execute).
+pub(crate) trait Cached: deadpool_postgres::GenericClient + Sync {
+    /// Like `query`, with the statement cached.
+    async fn c_query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query(&stmt, params).await
+    }
+
+    /// Like `query_opt`, with the statement cached.
+    async fn c_query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_opt(&stmt, params).await
+    }
+
+    /// Like `query_one`, with the statement cached.
+    async fn c_query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.query_one(&stmt, params).await
+    }
+
+    /// Like `execute`, with the statement cached.
+    async fn c_execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.execute(&stmt, params).await
+    }
+}
+
+impl<C: deadpool_postgres::GenericClient + Sync> Cached for C {}
 
 /// Whether `e` is a unique-constraint violation (a concurrent insert of the same key).
 pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use aios_core::{MemoryId, StoreError};
 use aios_memory::{MemoryRecord, MemoryStore};
 use async_trait::async_trait;
-use tokio_postgres::GenericClient;
+use deadpool_postgres::GenericClient;
 
-use crate::db::{is_unique_violation, Db};
+use crate::db::{is_unique_violation, Cached, Db};
 
 /// A [`MemoryStore`] in PostgreSQL: one row per version, keyed by lineage id and version,
 /// the record as JSON. Clones share the pool.
@@ -45,13 +45,13 @@ impl PgMemoryStore {
 
     async fn insert(
         &self,
-        client: &impl GenericClient,
+        client: &(impl GenericClient + Sync),
         record: &MemoryRecord,
     ) -> Result<(), StoreError> {
         let text = self.db.encode("a memory record", record)?;
         let version = i64::from(record.version);
         client
-            .execute(
+            .c_execute(
                 "INSERT INTO aios_memory_versions (id, version, record) VALUES ($1, $2, $3)",
                 &[&record.id.to_string(), &version, &text],
             )
@@ -85,7 +85,7 @@ impl MemoryStore for PgMemoryStore {
         let mut client = db.client(what).await?;
         let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
         let latest = tx
-            .query_opt(
+            .c_query_opt(
                 "SELECT version, record FROM aios_memory_versions WHERE id = $1
                  ORDER BY version DESC LIMIT 1 FOR UPDATE",
                 &[&id],
@@ -108,7 +108,7 @@ impl MemoryStore for PgMemoryStore {
                         ),
                     });
                 }
-                match self.insert(&*tx, &record).await {
+                match self.insert(&tx, &record).await {
                     Err(StoreError::Conflict { .. }) => {
                         return Err(StoreError::AlreadyExists {
                             what: format!("memory {}", record.id),
@@ -142,13 +142,13 @@ impl MemoryStore for PgMemoryStore {
                     db.decode(TABLE, &row_key(&id, latest_version), &latest_text)?;
                 prev.retired_at = Some(record.recorded_at);
                 let prev_text = db.encode("a memory record", &prev)?;
-                tx.execute(
+                tx.c_execute(
                     "UPDATE aios_memory_versions SET record = $3 WHERE id = $1 AND version = $2",
                     &[&id, &latest_version, &prev_text],
                 )
                 .await
                 .map_err(|e| db.err("retire a memory version", e))?;
-                self.insert(&*tx, &record).await?;
+                self.insert(&tx, &record).await?;
             }
         }
         tx.commit().await.map_err(|e| db.err(what, e))
@@ -161,7 +161,7 @@ impl MemoryStore for PgMemoryStore {
         let row = match version {
             None => {
                 client
-                    .query_opt(
+                    .c_query_opt(
                         "SELECT version, record FROM aios_memory_versions WHERE id = $1
                          ORDER BY version DESC LIMIT 1",
                         &[&key],
@@ -170,7 +170,7 @@ impl MemoryStore for PgMemoryStore {
             }
             Some(v) => {
                 client
-                    .query_opt(
+                    .c_query_opt(
                         "SELECT version, record FROM aios_memory_versions
                          WHERE id = $1 AND version = $2",
                         &[&key, &i64::from(v)],
@@ -189,7 +189,7 @@ impl MemoryStore for PgMemoryStore {
         let key = id.to_string();
         let client = self.db.client(what).await?;
         let rows = client
-            .query(
+            .c_query(
                 "SELECT version, record FROM aios_memory_versions WHERE id = $1 ORDER BY version",
                 &[&key],
             )
@@ -217,7 +217,7 @@ impl MemoryStore for PgMemoryStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.db.client(what).await?;
         let rows = client
-            .query(
+            .c_query(
                 "SELECT id, version, record FROM aios_memory_versions
                  WHERE id IN (SELECT DISTINCT id FROM aios_memory_versions
                               WHERE id > $1 ORDER BY id LIMIT $2)
@@ -242,7 +242,7 @@ impl MemoryStore for PgMemoryStore {
         let key = id.to_string();
         let client = self.db.client(what).await?;
         let n = client
-            .execute("DELETE FROM aios_memory_versions WHERE id = $1", &[&key])
+            .c_execute("DELETE FROM aios_memory_versions WHERE id = $1", &[&key])
             .await
             .map_err(|e| self.db.err(what, e))?;
         if n == 0 {

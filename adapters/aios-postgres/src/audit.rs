@@ -77,19 +77,19 @@ impl PgAuditLog {
     }
 
     async fn head_of(&self, client: &(impl GenericClient + Sync)) -> Result<ChainHead, StoreError> {
-        let what = "read the audit head";
-        let row = client
-            .c_query_opt(
-                "SELECT seq, hash FROM aios_audit_entries ORDER BY seq DESC LIMIT 1",
-                &[],
-            )
+        let rows = client
+            .c_query(TAIL, &[])
             .await
-            .map_err(|e| self.db.err(what, e))?;
+            .map_err(|e| self.db.err("read the audit head", e))?;
+        self.head_from(rows.first())
+    }
+
+    fn head_from(&self, row: Option<&tokio_postgres::Row>) -> Result<ChainHead, StoreError> {
         match row {
             None => Ok(ChainHead::default()),
             Some(r) => {
                 let seq: i64 = r.get(0);
-                let hash: String = r.get(1);
+                let hash: &str = r.get(1);
                 let hash: EntryHash =
                     self.db
                         .decode("aios_audit_entries", &seq, &format!("\"{hash}\""))?;
@@ -102,33 +102,31 @@ impl PgAuditLog {
     }
 }
 
+/// The newest entry.
+const TAIL: &str = "SELECT seq, hash FROM aios_audit_entries ORDER BY seq DESC LIMIT 1";
+
 #[async_trait]
 impl AuditLog for PgAuditLog {
     async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
         let db = &self.db;
         let what = "append an audit entry";
-        let mut client = db.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        tx.c_execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-            .await
-            .map_err(|e| db.err(what, e))?;
-        let head = self.head_of(&tx).await?;
+        // the lock travels with BEGIN; the tail is read under it (a statement of its own,
+        // so its snapshot is taken after the lock is held); the insert travels with COMMIT
+        let (tx, _) = db
+            .begin_with(what, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await?;
+        let tail = tx.query(TAIL, &[]).await?;
+        let head = self.head_from(tail.first())?;
         let entry = AuditEntry::seal(head.len, head.hash, record)?;
         let text = db.encode("an audit entry", &entry)?;
         let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
         let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
         let v = i32::from(entry.v);
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO aios_audit_entries (seq, v, hash, entry, mac)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .await
-            .map_err(|e| db.err(what, e))?;
-        tx.execute(&stmt, &[&seq, &v, &entry.hash.to_string(), &text, &mac])
-            .await
-            .map_err(|e| db.err(what, e))?;
-        tx.commit().await.map_err(|e| db.err(what, e))?;
+        tx.commit_with(
+            "INSERT INTO aios_audit_entries (seq, v, hash, entry, mac) VALUES ($1, $2, $3, $4, $5)",
+            &[&seq, &v, &entry.hash.to_string(), &text, &mac],
+        )
+        .await?;
         Ok(entry.head())
     }
 

@@ -9,10 +9,9 @@ use aios_orchestrator::{
     RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
-use deadpool_postgres::GenericClient;
 use sha2::{Digest, Sha256};
 
-use crate::db::{to_sql_u64, Cached, Db};
+use crate::db::{to_sql_u64, Cached, Db, Tx};
 
 /// A [`CheckpointStore`] in PostgreSQL. Clones share the pool.
 ///
@@ -65,30 +64,40 @@ impl PgCheckpointStore {
         Self { db }
     }
 
-    /// Locks the run's row, creating it if the run is new: one statement (an upsert locks
-    /// the row it finds and returns its newest committed values).
-    async fn lock_run(
-        &self,
-        client: &(impl GenericClient + Sync),
+    /// Begins a transaction that locks the run's row, creating it if the run is new: one
+    /// round trip (an upsert locks the row it finds and returns its newest committed values).
+    async fn lock_run<'a>(
+        &'a self,
+        what: &'a str,
         run: &str,
-    ) -> Result<RunRow, StoreError> {
-        let row = client
-            .c_query_one(
+    ) -> Result<(Tx<'a>, RunRow), StoreError> {
+        let (tx, rows) = self
+            .db
+            .begin_with(
+                what,
                 "INSERT INTO aios_runs (run) VALUES ($1)
                  ON CONFLICT (run) DO UPDATE SET run = excluded.run
                  RETURNING last_token, lease, latest_seq",
                 &[&run],
             )
-            .await
-            .map_err(|e| self.db.err("lock a run", e))?;
+            .await?;
+        let Some(row) = rows.first() else {
+            return Err(StoreError::Backend {
+                detail: format!(
+                    "locking run {run} in `{}` returned no row",
+                    self.db.location()
+                ),
+            });
+        };
         let lease: Option<String> = row.get(1);
-        Ok(RunRow {
+        let row = RunRow {
             last_token: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
             lease: lease
                 .map(|l| self.db.decode("aios_runs", &run, &l))
                 .transpose()?,
             latest_seq: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
-        })
+        };
+        Ok((tx, row))
     }
 
     fn read_row(
@@ -150,10 +159,9 @@ impl CheckpointStore for PgCheckpointStore {
         let db = &self.db;
         let what = "acquire a lease";
         let key = run.to_string();
-        let mut client = db.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&tx, &key).await?;
+        let (tx, row) = self.lock_run(what, &key).await?;
         if !lease_available(row.lease.as_ref(), now) {
+            tx.rollback().await?;
             return Err(leased(run, row.lease.as_ref()));
         }
         let token = row.last_token.saturating_add(1);
@@ -165,13 +173,11 @@ impl CheckpointStore for PgCheckpointStore {
         };
         let text = db.encode("a lease", &lease)?;
         let token_sql = to_sql_u64(db.location(), "fencing token", token)?;
-        tx.c_execute(
+        tx.commit_with(
             "UPDATE aios_runs SET last_token = $2, lease = $3 WHERE run = $1",
             &[&key, &token_sql, &text],
         )
-        .await
-        .map_err(|e| db.err(what, e))?;
-        tx.commit().await.map_err(|e| db.err(what, e))?;
+        .await?;
         Ok(lease)
     }
 
@@ -184,10 +190,9 @@ impl CheckpointStore for PgCheckpointStore {
         let db = &self.db;
         let what = "renew a lease";
         let key = lease.run.to_string();
-        let mut client = db.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&tx, &key).await?;
+        let (tx, row) = self.lock_run(what, &key).await?;
         if !lease_renewable(row.lease.as_ref(), row.last_token, lease) {
+            tx.rollback().await?;
             return Err(renewal_refused(lease, row.last_token));
         }
         let renewed = Lease {
@@ -195,29 +200,25 @@ impl CheckpointStore for PgCheckpointStore {
             ..lease.clone()
         };
         let text = db.encode("a lease", &renewed)?;
-        tx.c_execute(
+        tx.commit_with(
             "UPDATE aios_runs SET lease = $2 WHERE run = $1",
             &[&key, &text],
         )
-        .await
-        .map_err(|e| db.err(what, e))?;
-        tx.commit().await.map_err(|e| db.err(what, e))?;
+        .await?;
         Ok(renewed)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let db = &self.db;
         let what = "release a lease";
         let key = lease.run.to_string();
-        let mut client = db.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&tx, &key).await?;
+        let (tx, row) = self.lock_run(what, &key).await?;
         if row.lease.is_some_and(|l| l.token == lease.token) {
-            tx.c_execute("UPDATE aios_runs SET lease = NULL WHERE run = $1", &[&key])
-                .await
-                .map_err(|e| db.err(what, e))?;
+            tx.commit_with("UPDATE aios_runs SET lease = NULL WHERE run = $1", &[&key])
+                .await?;
+            Ok(())
+        } else {
+            tx.rollback().await
         }
-        tx.commit().await.map_err(|e| db.err(what, e))
     }
 
     async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError> {
@@ -228,10 +229,9 @@ impl CheckpointStore for PgCheckpointStore {
         let text = db.encode("a checkpoint", checkpoint)?;
         let status = db.encode("a run status", &checkpoint.state.status)?;
         let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
-        let mut client = db.client(what).await?;
-        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
-        let row = self.lock_run(&tx, &key).await?;
+        let (tx, row) = self.lock_run(what, &key).await?;
         if lease.run != run || lease.token < row.last_token || lease.token == 0 {
+            tx.rollback().await?;
             return Err(StoreError::Fenced {
                 what: format!("run {run}"),
                 presented: lease.token,
@@ -239,6 +239,7 @@ impl CheckpointStore for PgCheckpointStore {
             });
         }
         if checkpoint.seq <= row.latest_seq {
+            tx.rollback().await?;
             return Err(StoreError::Conflict {
                 detail: format!(
                     "checkpoint {} of run {run} is not after {}",
@@ -248,8 +249,8 @@ impl CheckpointStore for PgCheckpointStore {
         }
         let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
         let sum = checksum(&key, seq, &text);
-        // the checkpoint and the run's summary in one statement
-        tx.c_execute(
+        // the checkpoint and the run's summary in one statement, with the commit
+        tx.commit_with(
             "WITH saved AS (
                  INSERT INTO aios_checkpoints (run, seq, checkpoint, checksum)
                  VALUES ($1, $2, $3, $4)
@@ -266,9 +267,8 @@ impl CheckpointStore for PgCheckpointStore {
                 &parked,
             ],
         )
-        .await
-        .map_err(|e| db.err(what, e))?;
-        tx.commit().await.map_err(|e| db.err(what, e))
+        .await?;
+        Ok(())
     }
 
     async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {

@@ -454,6 +454,105 @@ pub(crate) fn map_pg(location: &str, what: &str, e: &tokio_postgres::Error) -> S
     }
 }
 
+/// A transaction on a pooled connection whose `BEGIN` travels with its first statement and
+/// whose `COMMIT` with its last (pipelined: one round trip each), for the hot paths. If the
+/// last statement fails, the server turns the `COMMIT` into a rollback, so nothing is
+/// written. Dropped while open (an early return, a cancelled future), the connection is
+/// detached from the pool and closed, which makes the server roll the transaction back;
+/// it is never handed out inside a transaction.
+pub(crate) struct Tx<'a> {
+    db: &'a Db,
+    what: &'a str,
+    client: Option<Client>,
+}
+
+impl Db {
+    /// Begins a transaction with `sql` as its first statement; returns its rows.
+    pub(crate) async fn begin_with<'a>(
+        &'a self,
+        what: &'a str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Tx<'a>, Vec<Row>), StoreError> {
+        let client = self.client(what).await?;
+        let stmt = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.err(what, e))?;
+        let tx = Tx {
+            db: self,
+            what,
+            client: Some(client),
+        };
+        let (begun, rows) = {
+            let c = tx.client()?;
+            futures::join!(c.batch_execute("BEGIN"), c.query(&stmt, params))
+        };
+        begun.map_err(|e| self.err(what, e))?;
+        let rows = rows.map_err(|e| self.err(what, e))?;
+        Ok((tx, rows))
+    }
+}
+
+impl Tx<'_> {
+    fn client(&self) -> Result<&Client, StoreError> {
+        self.client.as_ref().ok_or_else(|| StoreError::Backend {
+            detail: format!("the transaction on `{}` is over", self.db.location()),
+        })
+    }
+
+    /// Runs a statement inside the transaction.
+    pub(crate) async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.client()?
+            .c_query(sql, params)
+            .await
+            .map_err(|e| self.db.err(self.what, e))
+    }
+
+    /// Runs `sql` as the last statement and commits, in one round trip.
+    pub(crate) async fn commit_with(
+        mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let (db, what) = (self.db, self.what);
+        let c = self.client()?;
+        let stmt = c.prepare_cached(sql).await.map_err(|e| db.err(what, e))?;
+        let (done, committed) = futures::join!(c.execute(&stmt, params), c.batch_execute("COMMIT"));
+        let committed = committed.map_err(|e| db.err(what, e));
+        let done = done.map_err(|e| db.err(what, e));
+        if committed.is_ok() {
+            // the transaction is over (committed, or rolled back by the failed statement):
+            // the connection goes back to the pool
+            drop(self.client.take());
+        }
+        committed?;
+        done
+    }
+
+    /// Rolls back (a refusal found under the locks).
+    pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
+        let c = self.client()?;
+        c.batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| self.db.err(self.what, e))?;
+        drop(self.client.take());
+        Ok(())
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 /// Statements run through each connection's statement cache: prepared once per connection,
 /// so every later run is one round trip instead of two (parse, then execute).
 pub(crate) trait Cached: deadpool_postgres::GenericClient + Sync {

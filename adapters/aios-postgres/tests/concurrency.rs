@@ -317,3 +317,60 @@ async fn reservations_commits_and_expiry_sweeps_from_many_workers_never_deadlock
         "expired reservations hold nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_under_the_lock_leave_the_pooled_connection_clean() {
+    let url = common::fresh_url().await;
+    // one connection: whatever a refusal leaves on it, the next operation meets
+    let one = PgStore::connect_with(&url, aios_postgres::PgOptions::default().max_connections(1))
+        .await
+        .unwrap();
+    let other = PgStore::connect(&url).await.unwrap();
+    let store = one.checkpoint_store();
+    let clock = ManualClock::default();
+    let now = clock.now();
+    let ttl = Duration::from_secs(30);
+    let run = RunId::from_name("held");
+    let held = store
+        .acquire(run, &WorkerId::new("a"), now, ttl)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.acquire(run, &WorkerId::new("b"), now, ttl).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    store.save(&held, &checkpoint(run, 1, now)).await.unwrap();
+    assert!(matches!(
+        store.save(&held, &checkpoint(run, 1, now)).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let later = now + chrono::Duration::seconds(31);
+    other
+        .checkpoint_store()
+        .acquire(run, &WorkerId::new("c"), later, ttl)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.save(&held, &checkpoint(run, 2, later)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // the next operation on the same connection commits on its own, seen elsewhere at once
+    let next = RunId::from_name("next");
+    let lease = store
+        .acquire(next, &WorkerId::new("a"), later, ttl)
+        .await
+        .unwrap();
+    store
+        .save(&lease, &checkpoint(next, 1, later))
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .checkpoint_store()
+            .latest(next)
+            .await
+            .unwrap()
+            .map(|c| c.seq),
+        Some(1)
+    );
+}

@@ -44,7 +44,7 @@ impl PgApprovalStore {
 
     async fn read(
         &self,
-        client: &(impl GenericClient + Sync),
+        client: &impl GenericClient,
         id: ApprovalId,
         lock: bool,
     ) -> Result<Option<ApprovalRequest>, StoreError> {
@@ -160,11 +160,7 @@ impl PgApprovalStore {
         }
     }
 
-    async fn notify(
-        &self,
-        client: &(impl GenericClient + Sync),
-        id: &str,
-    ) -> Result<(), StoreError> {
+    async fn notify(&self, client: &impl GenericClient, id: &str) -> Result<(), StoreError> {
         client
             .execute("SELECT pg_notify($1, $2)", &[&APPROVAL_CHANNEL, &id])
             .await

@@ -76,7 +76,7 @@ impl PgAuditLog {
         }
     }
 
-    async fn head_of(&self, client: &(impl GenericClient + Sync)) -> Result<ChainHead, StoreError> {
+    async fn head_of(&self, client: &impl GenericClient) -> Result<ChainHead, StoreError> {
         let rows = client
             .c_query(TAIL, &[])
             .await

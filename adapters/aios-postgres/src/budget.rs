@@ -195,7 +195,7 @@ impl PgBudgetLedger {
     /// Locks the reservations due at `now` (in id order).
     async fn lock_due(
         &self,
-        tx: &(impl GenericClient + Sync),
+        tx: &impl GenericClient,
         now: Timestamp,
     ) -> Result<HeldRows, StoreError> {
         let stmt = tx
@@ -215,7 +215,7 @@ impl PgBudgetLedger {
     /// Locks the accounts of `keys` (in key order); missing ones are absent from the map.
     async fn lock_accounts(
         &self,
-        tx: &(impl GenericClient + Sync),
+        tx: &impl GenericClient,
         keys: impl IntoIterator<Item = BudgetKey>,
     ) -> Result<Locked, StoreError> {
         let mut names: Vec<String> = keys.into_iter().map(|k| k.to_string()).collect();
@@ -240,11 +240,7 @@ impl PgBudgetLedger {
             .collect()
     }
 
-    async fn store(
-        &self,
-        tx: &(impl GenericClient + Sync),
-        account: &Account,
-    ) -> Result<(), StoreError> {
+    async fn store(&self, tx: &impl GenericClient, account: &Account) -> Result<(), StoreError> {
         let text = self.db.encode("a budget", account)?;
         tx.c_execute(
             "INSERT INTO aios_budget_accounts (key, account) VALUES ($1, $2)
@@ -259,7 +255,7 @@ impl PgBudgetLedger {
     /// Marks `due` expired and takes their amounts out of the locked accounts.
     async fn expire(
         &self,
-        tx: &(impl GenericClient + Sync),
+        tx: &impl GenericClient,
         now: Timestamp,
         due: &HeldRows,
         accounts: &mut Locked,

@@ -555,7 +555,7 @@ impl Drop for Tx<'_> {
 
 /// Statements run through each connection's statement cache: prepared once per connection,
 /// so every later run is one round trip instead of two (parse, then execute).
-pub(crate) trait Cached: deadpool_postgres::GenericClient + Sync {
+pub(crate) trait Cached: deadpool_postgres::GenericClient {
     /// Like `query`, with the statement cached.
     async fn c_query(
         &self,
@@ -597,7 +597,7 @@ pub(crate) trait Cached: deadpool_postgres::GenericClient + Sync {
     }
 }
 
-impl<C: deadpool_postgres::GenericClient + Sync> Cached for C {}
+impl<C: deadpool_postgres::GenericClient> Cached for C {}
 
 /// Whether `e` is a unique-constraint violation (a concurrent insert of the same key).
 pub(crate) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {

@@ -43,6 +43,15 @@
 //! [`aios_core::StoreError::Unavailable`]; if it was lost during the commit itself, the
 //! outcome is unknown to the caller, as with any networked database).
 //!
+//! Round trips are what a networked store spends its time on. Statements go through each
+//! connection's statement cache, and the hot paths pipeline their transactions: `BEGIN`
+//! travels with the locking statement and `COMMIT` with the write, so a checkpoint save or a
+//! lease operation is 2 round trips and an audit append 3. A transaction abandoned half-way
+//! (a refusal returns after rolling back; a cancelled future drops it) never goes back to
+//! the pool open: its connection is closed and the server rolls it back. After a
+//! connection-level failure the next checkouts verify their connection first, so a lost
+//! connection fails one operation, not the next.
+//!
 //! ## Schema and errors
 //!
 //! The schema is versioned in table `aios_schema` ([`SCHEMA_VERSION`]) and created or

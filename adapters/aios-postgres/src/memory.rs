@@ -45,7 +45,7 @@ impl PgMemoryStore {
 
     async fn insert(
         &self,
-        client: &(impl GenericClient + Sync),
+        client: &impl GenericClient,
         record: &MemoryRecord,
     ) -> Result<(), StoreError> {
         let text = self.db.encode("a memory record", record)?;

@@ -312,7 +312,10 @@ impl TestServer {
             client
                 .batch_execute(sql)
                 .await
-                .map_err(|e| fail(format!("`{sql}` failed: {e}")))
+                .map_err(|e| match e.as_db_error() {
+                    Some(db) => fail(format!("`{sql}` failed: {}", db.message())),
+                    None => fail(format!("`{sql}` failed: {e}")),
+                })
         };
         futures::pin_mut!(work);
         match futures::future::select(work, connection).await {

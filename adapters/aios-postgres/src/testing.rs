@@ -11,7 +11,8 @@
 //!
 //! The binaries are looked for in `AIOS_PG_BIN`, then `/usr/lib/postgresql/15/bin` (and
 //! other versions there), then `PATH`. PostgreSQL refuses to run as root: as root, the
-//! server runs as user `postgres` (through `su`), which the Debian package creates.
+//! server runs as user `postgres` (through `su`), which the Debian package creates (and
+//! this module, with `useradd`, if it is missing), in a directory under `/tmp`.
 //!
 //! ```no_run
 //! use aios_postgres::testing::TestServer;
@@ -199,7 +200,20 @@ impl TestServer {
     fn start_watched(options: ServerOptions) -> Result<TestServer, StoreError> {
         let bin = bin_dir()?;
         let as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!(
+        if as_postgres && run(false, "id postgres >/dev/null 2>&1").is_err() {
+            // no Debian package made the user: make an unprivileged one
+            run(
+                false,
+                "useradd --system --no-create-home --shell /bin/sh postgres",
+            )?;
+        }
+        // as root, under /tmp, which user `postgres` can reach whatever TMPDIR says
+        let base = if as_postgres {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!(
             "aios-pg-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)

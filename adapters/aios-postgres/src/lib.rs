@@ -19,6 +19,8 @@
 //!     compare-and-set transitions, and [`PgApprovalStore::wait_for_change`] to wait for a
 //!     decision made elsewhere (`LISTEN`/`NOTIFY`, with polling as the fallback);
 //!   - [`PgControlStore`] ([`aios_governance::ControlStore`]): durable operator controls.
+//! - [`PgStore::orchestrator`] and [`PgStore::memory`]: the production set-up of one worker
+//!   on the database, with the system clock and a Tokio timer.
 //! - [`SCHEMA_VERSION`]: the schema this build reads and writes.
 //!
 //! Features: `tls` (TLS through rustls, [`TlsMode::Required`]; off by default) and
@@ -185,5 +187,51 @@ impl PgStore {
     /// restart.
     pub fn control_store(&self) -> PgControlStore {
         PgControlStore::new(self.db.clone())
+    }
+
+    /// The production set-up of one worker on this database, ready for roles and
+    /// connectors: the system clock and a Tokio timer, and all five storage ports of the
+    /// orchestrator here: the audit log, checkpoints with leases, the budget ledger (alerts
+    /// audited), approvals and operator controls (re-installed from the database, so a kill
+    /// switch pulled through any worker before this one started is in force). Worker ids and
+    /// id seeds are the unique, OS-seeded defaults of
+    /// [`aios_orchestrator::OrchestratorConfig`]. Controls applied later by another worker
+    /// are seen by this one when it is set up again.
+    pub async fn orchestrator(
+        &self,
+        governor: aios_governance::Governor,
+    ) -> Result<aios_orchestrator::OrchestratorBuilder, StoreError> {
+        let clock: Arc<dyn Clock> = Arc::new(aios_core::SystemClock);
+        let audit: Arc<dyn aios_core::AuditLog> = Arc::new(self.audit_log());
+        let controls = aios_governance::Controls::open(
+            Arc::new(self.control_store()),
+            clock.clone(),
+            audit.clone(),
+        )
+        .await
+        .map_err(|e| match e {
+            aios_governance::ControlError::Store(e) => e,
+            other => StoreError::Backend {
+                detail: format!("operator controls in `{}`: {other}", self.db.location()),
+            },
+        })?;
+        Ok(aios_orchestrator::Orchestrator::builder(governor)
+            .clock(clock.clone())
+            .timer(Arc::new(aios_core::TokioTimer))
+            .audit(audit.clone())
+            .checkpoints(Arc::new(self.checkpoint_store()))
+            .budgets(Arc::new(self.budget_ledger(clock).with_audit(audit)))
+            .approval_store(Arc::new(self.approval_store()))
+            .controls(Arc::new(controls)))
+    }
+
+    /// The memory on this database, with the system clock and writes audited in this
+    /// database's log (give it to [`PgStore::orchestrator`]'s builder with `.memory(..)`).
+    pub async fn memory(&self) -> Result<aios_memory::Memory, aios_memory::MemoryError> {
+        aios_memory::Memory::builder(Arc::new(aios_core::SystemClock))
+            .store(Arc::new(self.memory_store()))
+            .audit(Arc::new(self.audit_log()))
+            .open()
+            .await
     }
 }

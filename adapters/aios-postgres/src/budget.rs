@@ -1,0 +1,691 @@
+//! The budget ledger in tables `aios_budget_accounts`, `aios_budget_reservations` and
+//! `aios_budget_charges`.
+
+// per-dimension loops index several parallel arrays at once
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
+use aios_governance::{
+    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
+    BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId, ReserveOptions,
+    Settlement, Usage, DEFAULT_RESERVATION_TTL, DIMENSIONS,
+};
+use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Cached, Db};
+
+/// A [`BudgetLedger`] in PostgreSQL, with exactly the semantics of
+/// [`aios_governance::InMemoryBudgetLedger`] (and `aios-sqlite`'s ledger): all-or-nothing
+/// reservation over the chain, periods read from the injected [`Clock`], each alert
+/// threshold reported once per budget, dimension and period, reservations that expire,
+/// charge keys charged once. Clones share the pool.
+///
+/// One row per budget holds its limits, window, committed and reserved amounts and the
+/// alerts already reported, as JSON; one row per unsettled reservation holds the budgets it
+/// charged and the amount.
+///
+/// Concurrency: every operation is one transaction that first locks the reservation rows it
+/// settles or expires (`FOR UPDATE`, in id order), then the account rows of every budget it
+/// reads or changes (`SELECT ... FOR UPDATE`, in key order), and only then checks and writes.
+/// The fixed order means two workers never deadlock, and the lock means a check still holds
+/// when its write commits: reservations racing for the last of a limit, from any number of
+/// workers and machines, never take the budget above it. A refused or failed operation
+/// writes nothing but the expiry of due reservations.
+///
+/// A settled reservation's row is deleted; the id sequence tells an already settled id from
+/// one never issued.
+#[derive(Debug, Clone)]
+pub struct PgBudgetLedger {
+    db: Arc<Db>,
+    clock: Arc<dyn Clock>,
+    audit: Option<Arc<dyn AuditLog>>,
+    /// The default time to live, in nanoseconds.
+    ttl: i64,
+}
+
+fn nanos(t: Timestamp) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn duration_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// One budget's stored state (the same JSON as `aios-sqlite`'s).
+#[derive(Debug, Serialize, Deserialize)]
+struct Account {
+    key: BudgetKey,
+    limits: BudgetLimits,
+    window: i64,
+    committed: [i64; DIMENSIONS],
+    reserved: [i64; DIMENSIONS],
+    alerted: [u32; DIMENSIONS],
+}
+
+/// One unsettled reservation's stored state.
+#[derive(Debug, Serialize, Deserialize)]
+struct Held {
+    keys: Vec<BudgetKey>,
+    amount: [i64; DIMENSIONS],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<RunId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl Account {
+    fn roll(&mut self, window: i64) {
+        if window != self.window {
+            self.window = window;
+            self.committed = [0; DIMENSIONS];
+            self.alerted = [0; DIMENSIONS];
+        }
+    }
+
+    fn roll_to(&mut self, now: Timestamp) {
+        if self.limits.period != Period::Total {
+            self.roll(self.limits.period.window(now));
+        }
+    }
+
+    fn unreserve(&mut self, amount: &[i64; DIMENSIONS]) {
+        for d in 0..DIMENSIONS {
+            self.reserved[d] = self.reserved[d].saturating_sub(amount[d]);
+        }
+    }
+
+    fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
+        let mut alerts = self.limits.alerts.clone();
+        alerts.sort_unstable();
+        alerts.dedup();
+        if alerts.is_empty() {
+            return;
+        }
+        let limits = self.limits.array();
+        for d in 0..DIMENSIONS {
+            let limit = limits[d];
+            if limit == i64::MAX {
+                continue;
+            }
+            let used = self.committed[d].saturating_add(self.reserved[d]);
+            for (i, t) in alerts.iter().enumerate().take(32) {
+                let bit = 1u32 << i;
+                if self.alerted[d] & bit != 0 {
+                    continue;
+                }
+                if i128::from(used) * 100 >= i128::from(limit) * i128::from(*t) {
+                    self.alerted[d] |= bit;
+                    out.push(BudgetAlert {
+                        key: self.key,
+                        dimension: Dimension::ALL[d],
+                        threshold_percent: *t,
+                        used,
+                        limit,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Accounts locked by a transaction, by their key column.
+type Locked = BTreeMap<String, Account>;
+
+/// Reservation rows locked by a transaction: id, state, whether expired.
+type HeldRows = Vec<(i64, Held, bool)>;
+
+impl PgBudgetLedger {
+    pub(crate) fn new(db: Arc<Db>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db,
+            clock,
+            audit: None,
+            ttl: duration_nanos(DEFAULT_RESERVATION_TTL),
+        }
+    }
+
+    /// Sets how long a reservation holds budget when its options name no ttl (default
+    /// [`DEFAULT_RESERVATION_TTL`], one hour).
+    pub fn with_reservation_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = duration_nanos(ttl);
+        self
+    }
+
+    /// Appends the alerts of every operation to `audit` as
+    /// [`aios_core::AuditEvent::BudgetAlert`]s (after the operation committed), like the
+    /// in-memory ledger.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The number of reservations not yet settled.
+    pub async fn outstanding(&self) -> Result<usize, StoreError> {
+        let what = "count budget reservations";
+        let client = self.db.client(what).await?;
+        let row = client
+            .c_query_one("SELECT count(*) FROM aios_budget_reservations", &[])
+            .await
+            .map_err(|e| self.db.err(what, e))?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn rows(&self, rows: &[tokio_postgres::Row]) -> Result<HeldRows, StoreError> {
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let held: Held =
+                    self.db
+                        .decode("aios_budget_reservations", &id, r.get::<_, &str>(1))?;
+                Ok((id, held, r.get::<_, bool>(2)))
+            })
+            .collect()
+    }
+
+    /// Locks the reservations due at `now` (in id order).
+    async fn lock_due(
+        &self,
+        tx: &impl GenericClient,
+        now: Timestamp,
+    ) -> Result<HeldRows, StoreError> {
+        let stmt = tx
+            .prepare(
+                "SELECT id, reservation, expired FROM aios_budget_reservations
+                 WHERE NOT expired AND expires_at <= $1 ORDER BY id FOR UPDATE",
+            )
+            .await
+            .map_err(|e| self.db.err("read due budget reservations", e))?;
+        let rows = tx
+            .query(&stmt, &[&nanos(now)])
+            .await
+            .map_err(|e| self.db.err("read due budget reservations", e))?;
+        self.rows(&rows)
+    }
+
+    /// Locks the accounts of `keys` (in key order); missing ones are absent from the map.
+    async fn lock_accounts(
+        &self,
+        tx: &impl GenericClient,
+        keys: impl IntoIterator<Item = BudgetKey>,
+    ) -> Result<Locked, StoreError> {
+        let mut names: Vec<String> = keys.into_iter().map(|k| k.to_string()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let rows = tx
+            .c_query(
+                "SELECT key, account FROM aios_budget_accounts WHERE key = ANY($1)
+                 ORDER BY key FOR UPDATE",
+                &[&names],
+            )
+            .await
+            .map_err(|e| self.db.err("lock budgets", e))?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let account: Account =
+                    self.db
+                        .decode("aios_budget_accounts", &name, r.get::<_, &str>(1))?;
+                Ok((name, account))
+            })
+            .collect()
+    }
+
+    async fn store(&self, tx: &impl GenericClient, account: &Account) -> Result<(), StoreError> {
+        let text = self.db.encode("a budget", account)?;
+        tx.c_execute(
+            "INSERT INTO aios_budget_accounts (key, account) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET account = excluded.account",
+            &[&account.key.to_string(), &text],
+        )
+        .await
+        .map_err(|e| self.db.err("write a budget", e))?;
+        Ok(())
+    }
+
+    /// Marks `due` expired and takes their amounts out of the locked accounts.
+    async fn expire(
+        &self,
+        tx: &impl GenericClient,
+        now: Timestamp,
+        due: &HeldRows,
+        accounts: &mut Locked,
+    ) -> Result<(), StoreError> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = due.iter().map(|(id, _, _)| *id).collect();
+        tx.c_execute(
+            "UPDATE aios_budget_reservations SET expired = TRUE WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| self.db.err("expire budget reservations", e))?;
+        for (_, held, _) in due {
+            for key in &held.keys {
+                if let Some(a) = accounts.get_mut(&key.to_string()) {
+                    a.roll_to(now);
+                    a.unreserve(&held.amount);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Expires what is due at `now` in its own transaction; returns how many.
+    async fn sweep(&self, now: Timestamp) -> Result<usize, BudgetError> {
+        let what = "expire budget reservations";
+        let mut client = self.db.client(what).await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.db.err(what, e))?;
+        let due = self.lock_due(&tx, now).await?;
+        let keys: Vec<BudgetKey> = due.iter().flat_map(|(_, h, _)| h.keys.clone()).collect();
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
+        self.expire(&tx, now, &due, &mut accounts).await?;
+        for a in accounts.values() {
+            self.store(&tx, a).await?;
+        }
+        tx.commit().await.map_err(|e| self.db.err(what, e))?;
+        Ok(due.len())
+    }
+
+    async fn settle(
+        &self,
+        id: ReservationId,
+        actual: Option<Usage>,
+    ) -> Result<Settlement, BudgetError> {
+        let act = actual.map(Usage::to_array);
+        if let Some(a) = act {
+            if a[0] < 0 {
+                return Err(BudgetError::InvalidAmount {
+                    detail: "actual cost is negative".into(),
+                });
+            }
+        }
+        let Ok(raw) = i64::try_from(id.raw()) else {
+            return Err(BudgetError::UnknownReservation { id });
+        };
+        let now = self.clock.now();
+        let db = &self.db;
+        let what = "settle a budget reservation";
+        let mut client = db.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
+        let rows = tx
+            .c_query(
+                "SELECT id, reservation, expired FROM aios_budget_reservations
+                 WHERE id = $1 FOR UPDATE",
+                &[&raw],
+            )
+            .await
+            .map_err(|e| db.err(what, e))?;
+        let Some((_, held, expired)) = self.rows(&rows)?.pop() else {
+            let row = tx
+                .c_query_one(
+                    "SELECT last_value, is_called FROM aios_budget_reservations_id_seq",
+                    &[],
+                )
+                .await
+                .map_err(|e| db.err("read the reservation counter", e))?;
+            let issued = if row.get::<_, bool>(1) {
+                row.get::<_, i64>(0)
+            } else {
+                0
+            };
+            return Err(if raw >= 1 && raw <= issued {
+                BudgetError::AlreadySettled { id }
+            } else {
+                BudgetError::UnknownReservation { id }
+            });
+        };
+        let mut accounts = self.lock_accounts(&tx, held.keys.iter().copied()).await?;
+        tx.c_execute(
+            "DELETE FROM aios_budget_reservations WHERE id = $1",
+            &[&raw],
+        )
+        .await
+        .map_err(|e| db.err(what, e))?;
+        if let (Some(key), Some(_)) = (&held.key, act) {
+            tx.c_execute(
+                "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[key, &raw],
+            )
+            .await
+            .map_err(|e| db.err("charge a key", e))?;
+        }
+        let mut alerts = Vec::new();
+        for key in &held.keys {
+            let Some(a) = accounts.get_mut(&key.to_string()) else {
+                return Err(BudgetError::Store(StoreError::Corrupt {
+                    location: format!(
+                        "table `aios_budget_reservations` row `{raw}` in `{}`",
+                        db.location()
+                    ),
+                    detail: format!("the reservation charged budget `{key}`, which is missing"),
+                }));
+            };
+            a.roll_to(now);
+            if !expired {
+                a.unreserve(&held.amount);
+            }
+            if let Some(act) = act {
+                for d in 0..DIMENSIONS {
+                    a.committed[d] = a.committed[d].saturating_add(act[d]);
+                }
+                a.check_alerts(&mut alerts);
+            }
+            self.store(&tx, a).await?;
+        }
+        tx.commit().await.map_err(|e| db.err(what, e))?;
+        Ok(Settlement { alerts })
+    }
+
+    async fn emit(&self, alerts: &[BudgetAlert]) -> Result<(), BudgetError> {
+        match &self.audit {
+            Some(audit) => record_alerts(audit.as_ref(), self.clock.now(), alerts).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks every level of the chain; `Ok` when the amount fits all of them.
+fn check(
+    accounts: &mut Locked,
+    chain: &BudgetChain,
+    amt: &[i64; DIMENSIONS],
+    now: Timestamp,
+) -> Result<Vec<String>, BudgetError> {
+    let mut present = Vec::with_capacity(4);
+    for key in chain.keys() {
+        let name = key.to_string();
+        match accounts.get_mut(&name) {
+            Some(a) => {
+                a.roll_to(now);
+                let limit = a.limits.array();
+                for d in 0..DIMENSIONS {
+                    if limit[d] == i64::MAX {
+                        continue;
+                    }
+                    let used = a.committed[d].saturating_add(a.reserved[d]);
+                    if refuses(used, amt[d], limit[d]) {
+                        return Err(BudgetError::Exceeded {
+                            key: a.key,
+                            dimension: Dimension::ALL[d],
+                            limit: limit[d],
+                            used,
+                            requested: amt[d],
+                        });
+                    }
+                }
+                present.push(name);
+            }
+            None if key == BudgetKey::Organisation => {
+                return Err(BudgetError::NoBudget { key });
+            }
+            None => {}
+        }
+    }
+    Ok(present)
+}
+
+#[async_trait]
+impl BudgetLedger for PgBudgetLedger {
+    async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
+        let now = self.clock.now();
+        let what = "set budget limits";
+        let mut client = self.db.client(what).await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.db.err(what, e))?;
+        let w = limits.period.window(now);
+        let account = match self.lock_accounts(&tx, [key]).await?.pop_first() {
+            Some((_, mut a)) => {
+                a.roll(w);
+                a.alerted = [0; DIMENSIONS];
+                a.limits = limits;
+                a
+            }
+            None => Account {
+                key,
+                limits,
+                window: w,
+                committed: [0; DIMENSIONS],
+                reserved: [0; DIMENSIONS],
+                alerted: [0; DIMENSIONS],
+            },
+        };
+        self.store(&tx, &account).await?;
+        tx.commit().await.map_err(|e| self.db.err(what, e))?;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        chain: &BudgetChain,
+        amount: Usage,
+        options: &ReserveOptions,
+    ) -> Result<Reservation, BudgetError> {
+        let amt = amount.to_array();
+        if amt[0] < 0 {
+            return Err(BudgetError::InvalidAmount {
+                detail: format!("cost `{}` is negative", amount.cost),
+            });
+        }
+        let now = self.clock.now();
+        let expires = nanos(now).saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
+        let db = &self.db;
+        let what = "reserve budget";
+        let mut client = db.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
+        let due = self.lock_due(&tx, now).await?;
+        let keys: Vec<BudgetKey> = due
+            .iter()
+            .flat_map(|(_, h, _)| h.keys.clone())
+            .chain(chain.keys())
+            .collect();
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
+        self.expire(&tx, now, &due, &mut accounts).await?;
+        let charged = match &options.key {
+            Some(key) => {
+                let row = tx
+                    .c_query_one(
+                        "SELECT EXISTS (SELECT 1 FROM aios_budget_charges WHERE key = $1)",
+                        &[key],
+                    )
+                    .await
+                    .map_err(|e| db.err("read a charge key", e))?;
+                row.get::<_, bool>(0)
+            }
+            None => false,
+        };
+        let checked = match (&options.key, charged) {
+            (Some(key), true) => Err(BudgetError::AlreadyCharged { key: key.clone() }),
+            _ => check(&mut accounts, chain, &amt, now),
+        };
+        let present = match checked {
+            Ok(present) => present,
+            Err(refusal) => {
+                // a refusal writes nothing but the expiry of due reservations, which stands
+                if !due.is_empty() {
+                    for a in accounts.values() {
+                        self.store(&tx, a).await?;
+                    }
+                    tx.commit().await.map_err(|e| db.err(what, e))?;
+                }
+                return Err(refusal);
+            }
+        };
+        let mut alerts = Vec::new();
+        let mut held_keys = Vec::with_capacity(present.len());
+        for name in &present {
+            if let Some(a) = accounts.get_mut(name) {
+                for d in 0..DIMENSIONS {
+                    a.reserved[d] = a.reserved[d].saturating_add(amt[d]);
+                }
+                a.check_alerts(&mut alerts);
+                held_keys.push(a.key);
+            }
+        }
+        for a in accounts.values() {
+            self.store(&tx, a).await?;
+        }
+        let held = Held {
+            keys: held_keys,
+            amount: amt,
+            run: chain.run,
+            key: options.key.clone(),
+        };
+        let text = db.encode("a budget reservation", &held)?;
+        let run = chain.run.map(|r| r.to_string());
+        let row = tx
+            .c_query_one(
+                "INSERT INTO aios_budget_reservations (run, expires_at, reservation)
+                 VALUES ($1, $2, $3) RETURNING id",
+                &[&run, &expires, &text],
+            )
+            .await
+            .map_err(|e| db.err("record a budget reservation", e))?;
+        let id = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        tx.commit().await.map_err(|e| db.err(what, e))?;
+        self.emit(&alerts).await?;
+        Ok(Reservation {
+            id: ReservationId::from_raw(id),
+            alerts,
+        })
+    }
+
+    async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
+        let s = self.settle(id, Some(actual)).await?;
+        self.emit(&s.alerts).await?;
+        Ok(s)
+    }
+
+    async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
+        let s = self.settle(id, None).await?;
+        self.emit(&s.alerts).await?;
+        Ok(s)
+    }
+
+    async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
+        let now = self.clock.now();
+        let db = &self.db;
+        let what = "release a run's budget reservations";
+        let mut client = db.client(what).await?;
+        let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
+        let rows = tx
+            .c_query(
+                "SELECT id, reservation, expired FROM aios_budget_reservations
+                 WHERE run = $1 ORDER BY id FOR UPDATE",
+                &[&run.to_string()],
+            )
+            .await
+            .map_err(|e| db.err(what, e))?;
+        let held = self.rows(&rows)?;
+        let keys: Vec<BudgetKey> = held.iter().flat_map(|(_, h, _)| h.keys.clone()).collect();
+        let mut accounts = self.lock_accounts(&tx, keys).await?;
+        let ids: Vec<i64> = held.iter().map(|(id, _, _)| *id).collect();
+        tx.c_execute(
+            "DELETE FROM aios_budget_reservations WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| db.err(what, e))?;
+        for (_, h, expired) in &held {
+            if *expired {
+                continue;
+            }
+            for key in &h.keys {
+                if let Some(a) = accounts.get_mut(&key.to_string()) {
+                    a.roll_to(now);
+                    a.unreserve(&h.amount);
+                }
+            }
+        }
+        for a in accounts.values() {
+            self.store(&tx, a).await?;
+        }
+        tx.commit().await.map_err(|e| db.err(what, e))?;
+        Ok(held.len())
+    }
+
+    async fn expire_reservations(&self) -> Result<usize, BudgetError> {
+        self.sweep(self.clock.now()).await
+    }
+
+    async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {
+        let now = self.clock.now();
+        let what = "read a budget";
+        let (due, account) = {
+            let client = self.db.client(what).await?;
+            let due = client
+                .c_query_one(
+                    "SELECT EXISTS (SELECT 1 FROM aios_budget_reservations
+                                    WHERE NOT expired AND expires_at <= $1)",
+                    &[&nanos(now)],
+                )
+                .await
+                .map_err(|e| self.db.err(what, e))?
+                .get::<_, bool>(0);
+            let row = client
+                .c_query_opt(
+                    "SELECT account FROM aios_budget_accounts WHERE key = $1",
+                    &[&key.to_string()],
+                )
+                .await
+                .map_err(|e| self.db.err(what, e))?;
+            let account: Option<Account> = row
+                .map(|r| {
+                    self.db.decode(
+                        "aios_budget_accounts",
+                        &key.to_string(),
+                        r.get::<_, &str>(0),
+                    )
+                })
+                .transpose()?;
+            (due, account)
+        };
+        let account = if due {
+            // expire what is due first, so usage never counts an expired reservation
+            self.sweep(now).await?;
+            let client = self.db.client(what).await?;
+            let row = client
+                .c_query_opt(
+                    "SELECT account FROM aios_budget_accounts WHERE key = $1",
+                    &[&key.to_string()],
+                )
+                .await
+                .map_err(|e| self.db.err(what, e))?;
+            row.map(|r| {
+                self.db.decode(
+                    "aios_budget_accounts",
+                    &key.to_string(),
+                    r.get::<_, &str>(0),
+                )
+            })
+            .transpose()?
+        } else {
+            account
+        };
+        Ok(account.map(|mut a: Account| {
+            a.roll(a.limits.period.window(now));
+            BudgetUsage {
+                key,
+                limits: a.limits,
+                committed: Usage::from_array(a.committed),
+                reserved: Usage::from_array(a.reserved),
+            }
+        }))
+    }
+}

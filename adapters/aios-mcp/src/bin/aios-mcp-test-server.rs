@@ -74,10 +74,16 @@ impl Faulty {
         let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
         Ok(match request.name.as_ref() {
             "echo" => {
-                let meta = serde_json::to_value(&request.meta).unwrap_or(Value::Null);
+                // rmcp hands the request's `_meta` to the handler in the context
+                let key = [
+                    serde_json::to_value(&request.meta).unwrap_or(Value::Null),
+                    serde_json::to_value(&context.meta).unwrap_or(Value::Null),
+                ]
+                .into_iter()
+                .find_map(|m| m.get("aios/idempotency_key").cloned());
                 json!({
                     "content": [{"type": "text", "text": arg("text")}],
-                    "structuredContent": {"echo": arg("text"), "key": meta.get("aios/idempotency_key")},
+                    "structuredContent": {"echo": arg("text"), "key": key},
                 })
             }
             "slow" => {

@@ -28,7 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = std::env::var_os("AIOS_MCP_FS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            crate_dir.join("tests/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js")
+            crate_dir.join(
+                "tests/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js",
+            )
         });
     if !server.exists() {
         return Err(format!(
@@ -41,8 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or(std::env::current_dir()?);
-    let manifest: Manifest =
-        toml::from_str(&std::fs::read_to_string(crate_dir.join("tests/filesystem.toml"))?)?;
+    let manifest: Manifest = toml::from_str(&std::fs::read_to_string(
+        crate_dir.join("tests/filesystem.toml"),
+    )?)?;
     let mut config = McpServerConfig::stdio("fs", "node")
         .arg(server.display().to_string())
         .arg(folder.display().to_string());
@@ -54,9 +57,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for line in report.refusals() {
         println!("refused: {line}");
     }
-    println!("\n# current pins, to copy into the manifest after review:\n{}", fs.current_pins());
+    println!(
+        "\n# current pins, to copy into the manifest after review:\n{}",
+        fs.current_pins()
+    );
     for op in &fs.descriptor().operations {
-        println!("operation fs.{}: {} idempotent={}", op.name, op.effect, op.idempotent);
+        println!(
+            "operation fs.{}: {} idempotent={}",
+            op.name, op.effect, op.idempotent
+        );
     }
     if report.allowed().contains(&"list_directory") {
         let out = fs
@@ -67,7 +76,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 credential: None,
             })
             .await?;
-        println!("\nfs.list_directory {}:\n{}", folder.display(), out.output["text"].as_str().unwrap_or(""));
+        println!(
+            "\nfs.list_directory {}:\n{}",
+            folder.display(),
+            out.output["text"].as_str().unwrap_or("")
+        );
     }
     fs.close().await;
     Ok(())

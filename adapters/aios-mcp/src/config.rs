@@ -220,7 +220,8 @@ impl ToolConfig {
         let idempotent = self
             .idempotent
             .unwrap_or_else(|| hints.and_then(|h| h.idempotent).unwrap_or(false));
-        let mut op = OperationSpec::new(name, effect).default_cost(self.default_cost.unwrap_or_default());
+        let mut op =
+            OperationSpec::new(name, effect).default_cost(self.default_cost.unwrap_or_default());
         if !idempotent {
             op = op.not_idempotent();
         }

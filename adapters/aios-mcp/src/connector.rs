@@ -336,11 +336,7 @@ impl McpConnector {
                         what: previous
                             .get(&t.name)
                             .map(|before| {
-                                before
-                                    .changes_to(t)
-                                    .into_iter()
-                                    .map(String::from)
-                                    .collect()
+                                before.changes_to(t).into_iter().map(String::from).collect()
                             })
                             .unwrap_or_default(),
                     },
@@ -386,7 +382,10 @@ impl McpConnector {
             },
         )
         .at(self.inner.options.clock.now());
-        log.append(record).await.map(|_| ()).map_err(|e| e.to_string())
+        log.append(record)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     async fn relist(&self, peer: &Peer) -> Result<PinReport, ConnectorError> {
@@ -645,7 +644,10 @@ async fn start(
 }
 
 /// Every page of `tools/list`.
-async fn list(config: &McpServerConfig, peer: &Peer) -> Result<Vec<ToolDefinition>, McpConnectError> {
+async fn list(
+    config: &McpServerConfig,
+    peer: &Peer,
+) -> Result<Vec<ToolDefinition>, McpConnectError> {
     let protocol = |detail: String| McpConnectError::Protocol {
         server: config.name.clone(),
         detail,
@@ -688,10 +690,7 @@ impl Connector for McpConnector {
         }
         let validator = {
             let table = self.inner.tools.read();
-            let verdict = table
-                .report
-                .as_ref()
-                .and_then(|r| r.verdict(tool).cloned());
+            let verdict = table.report.as_ref().and_then(|r| r.verdict(tool).cloned());
             match verdict {
                 Some(v) if v.status.is_allowed() => table.validators.get(tool).cloned(),
                 Some(v) => {
@@ -716,13 +715,23 @@ impl Connector for McpConnector {
             .take(5)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{}{e}", if at.is_empty() { String::new() } else { format!("at `{at}`: ") })
+                format!(
+                    "{}{e}",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!("at `{at}`: ")
+                    }
+                )
             })
             .collect();
         if !problems.is_empty() {
             return Err(self.invalid(
                 tool,
-                format!("the arguments do not match the tool's input schema: {}", problems.join("; ")),
+                format!(
+                    "the arguments do not match the tool's input schema: {}",
+                    problems.join("; ")
+                ),
             ));
         }
         let params: CallToolRequestParams = serde_json::from_value(serde_json::json!({
@@ -741,7 +750,10 @@ impl Connector for McpConnector {
                 })
             }
             Ok(Err(e)) => {
-                if matches!(e, ServiceError::TransportClosed | ServiceError::TransportSend(_)) {
+                if matches!(
+                    e,
+                    ServiceError::TransportClosed | ServiceError::TransportSend(_)
+                ) {
                     self.forget(generation).await;
                 }
                 return Err(self.map_service_error(tool, e));

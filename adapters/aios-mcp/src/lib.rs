@@ -47,4 +47,6 @@ mod pin;
 
 pub use config::{McpServerConfig, McpTransport, SecretHeader, ToolConfig};
 pub use connector::{ConnectOptions, McpConnectError, McpConnector, IDEMPOTENCY_META_KEY};
-pub use pin::{canonical_json, pins_toml, PinReport, PinStatus, ToolDefinition, ToolHints, ToolVerdict};
+pub use pin::{
+    canonical_json, pins_toml, PinReport, PinStatus, ToolDefinition, ToolHints, ToolVerdict,
+};

@@ -300,7 +300,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {
         let v = serde_json::json!({"b": [1, {"z": true, "a": null}], "a": "x\"y"});
-        assert_eq!(canonical_json(&v), r#"{"a":"x\"y","b":[1,{"a":null,"z":true}]}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":"x\"y","b":[1,{"a":null,"z":true}]}"#
+        );
     }
 
     #[test]

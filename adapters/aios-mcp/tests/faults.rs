@@ -2,6 +2,7 @@
 //! pagination, pins, `_meta` idempotency key, `isError`, timeouts with cancellation, a crash
 //! and restart, a schema change announced by `tools/list_changed`, secrets.
 #![cfg(feature = "test-server")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,16 @@ use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_aios-mcp-test-server");
 const ALL: [&str; 10] = [
-    "echo", "slow", "cancellations", "crash", "fail", "mutate", "env", "fail_env", "argv", "pid",
+    "echo",
+    "slow",
+    "cancellations",
+    "crash",
+    "fail",
+    "mutate",
+    "env",
+    "fail_env",
+    "argv",
+    "pid",
 ];
 
 fn call(op: &str, input: serde_json::Value) -> ConnectorCall {
@@ -64,9 +74,17 @@ async fn lists_every_page_and_refuses_what_is_not_pinned() {
         PinStatus::Unconfigured { .. }
     ));
     // only configured tools are operations
-    let ops: Vec<_> = k.descriptor().operations.iter().map(|o| o.name.clone()).collect();
+    let ops: Vec<_> = k
+        .descriptor()
+        .operations
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
     assert_eq!(ops, vec!["echo"]);
-    let err = k.invoke(call("echo", json!({"text": "hi"}))).await.unwrap_err();
+    let err = k
+        .invoke(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("tool `echo`"), "{err}");
     assert!(err.to_string().contains("no pin"), "{err}");
     let err = k.invoke(call("crash", json!({}))).await.unwrap_err();
@@ -81,7 +99,10 @@ async fn lists_every_page_and_refuses_what_is_not_pinned() {
 #[tokio::test]
 async fn a_call_carries_the_idempotency_key_and_returns_text_and_structured_content() {
     let k = pinned(config(), ConnectOptions::default()).await;
-    let out = k.invoke(call("echo", json!({"text": "hello"}))).await.unwrap();
+    let out = k
+        .invoke(call("echo", json!({"text": "hello"})))
+        .await
+        .unwrap();
     assert_eq!(out.output["text"], "hello");
     assert_eq!(out.output["structured"]["echo"], "hello");
     assert_eq!(out.output["structured"]["key"], "run-1/task/echo");
@@ -91,7 +112,10 @@ async fn a_call_carries_the_idempotency_key_and_returns_text_and_structured_cont
 #[tokio::test]
 async fn arguments_are_checked_against_the_schema_before_the_call() {
     let k = pinned(config(), ConnectOptions::default()).await;
-    let err = k.invoke(call("echo", json!({"text": 5}))).await.unwrap_err();
+    let err = k
+        .invoke(call("echo", json!({"text": 5})))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ConnectorError::InvalidInput { .. }), "{err}");
     assert!(!err.is_transient());
     assert!(err.to_string().contains("/text"), "{err}");
@@ -117,13 +141,20 @@ async fn a_slow_call_times_out_and_is_cancelled_on_the_server() {
         ConnectOptions::default(),
     )
     .await;
-    let err = k.invoke(call("slow", json!({"ms": 5_000}))).await.unwrap_err();
+    let err = k
+        .invoke(call("slow", json!({"ms": 5_000})))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ConnectorError::Timeout { .. }), "{err}");
     assert!(err.is_transient());
     // the server saw `notifications/cancelled` and stopped
     let mut seen = String::new();
     for _ in 0..50 {
-        seen = k.invoke(call("cancellations", json!({}))).await.unwrap().output["text"]
+        seen = k
+            .invoke(call("cancellations", json!({})))
+            .await
+            .unwrap()
+            .output["text"]
             .as_str()
             .unwrap()
             .to_string();
@@ -141,10 +172,16 @@ async fn a_slow_call_times_out_and_is_cancelled_on_the_server() {
 async fn dropping_a_call_cancels_it_on_the_server() {
     let k = pinned(config(), ConnectOptions::default()).await;
     let slow = k.invoke(call("slow", json!({"ms": 5_000})));
-    assert!(tokio::time::timeout(Duration::from_millis(300), slow).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), slow)
+        .await
+        .is_err());
     let mut seen = String::new();
     for _ in 0..50 {
-        seen = k.invoke(call("cancellations", json!({}))).await.unwrap().output["text"]
+        seen = k
+            .invoke(call("cancellations", json!({})))
+            .await
+            .unwrap()
+            .output["text"]
             .as_str()
             .unwrap()
             .to_string();
@@ -166,14 +203,19 @@ async fn a_crashed_server_is_a_transient_failure_and_is_restarted_on_the_next_ca
     let again = k.invoke(call("pid", json!({}))).await.unwrap().output["text"].clone();
     assert_ne!(pid, again, "a new process");
     assert_eq!(k.starts(), 2);
-    assert!(k.pin_report().listing >= 2, "listed again after the restart");
+    assert!(
+        k.pin_report().listing >= 2,
+        "listed again after the restart"
+    );
 }
 
 #[tokio::test]
 async fn a_schema_changed_after_list_changed_is_refused_naming_the_tool_and_the_change() {
     let log = Arc::new(InMemoryAuditLog::new());
     let k = pinned(config(), ConnectOptions::default().audit(log.clone())).await;
-    k.invoke(call("echo", json!({"text": "before"}))).await.unwrap();
+    k.invoke(call("echo", json!({"text": "before"})))
+        .await
+        .unwrap();
     k.invoke(call("mutate", json!({}))).await.unwrap();
     for _ in 0..100 {
         if k.list_changes() > 0 {
@@ -190,7 +232,10 @@ async fn a_schema_changed_after_list_changed_is_refused_naming_the_tool_and_the_
     assert!(matches!(err, ConnectorError::Failed { .. }), "{text}");
     assert!(text.contains("tool `echo`"), "{text}");
     assert!(text.contains("input schema"), "{text}");
-    assert!(!text.contains("description and"), "only the schema changed: {text}");
+    assert!(
+        !text.contains("description and"),
+        "only the schema changed: {text}"
+    );
     match &k.pin_report().verdict("echo").unwrap().status {
         PinStatus::Changed { what, .. } => assert_eq!(what, &vec!["input schema".to_string()]),
         other => panic!("{other:?}"),
@@ -224,7 +269,10 @@ async fn effects_come_from_the_configuration_and_hints_only_for_a_trusted_server
         .await
         .unwrap();
     let echo = untrusted.descriptor().operation("echo").unwrap();
-    assert_eq!((echo.effect, echo.idempotent), (EffectClass::Irreversible, false));
+    assert_eq!(
+        (echo.effect, echo.idempotent),
+        (EffectClass::Irreversible, false)
+    );
     assert_eq!(
         untrusted.descriptor().operation("pid").unwrap().effect,
         EffectClass::ReadOnly
@@ -233,7 +281,10 @@ async fn effects_come_from_the_configuration_and_hints_only_for_a_trusted_server
         .await
         .unwrap();
     let echo = trusted.descriptor().operation("echo").unwrap();
-    assert_eq!((echo.effect, echo.idempotent), (EffectClass::ReadOnly, true));
+    assert_eq!(
+        (echo.effect, echo.idempotent),
+        (EffectClass::ReadOnly, true)
+    );
 }
 
 #[tokio::test]
@@ -252,14 +303,23 @@ async fn secrets_reach_the_server_only_as_configured_environment_and_never_come_
     assert!(!format!("{cfg:?}").contains(secret));
     let k = pinned(cfg, options).await;
     // it is in the child's environment (the output is scrubbed, so compare lengths)
-    let out = k.invoke(call("env", json!({"name": "FAULTY_TOKEN"}))).await.unwrap();
-    assert_eq!(out.output["text"], "***", "the value reached the child and was scrubbed");
+    let out = k
+        .invoke(call("env", json!({"name": "FAULTY_TOKEN"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output["text"], "***",
+        "the value reached the child and was scrubbed"
+    );
     assert!(!out.output.to_string().contains(secret));
     // not in its arguments
     let argv = k.invoke(call("argv", json!({}))).await.unwrap();
     assert!(!argv.output.to_string().contains(secret));
     // not in errors
-    let err = k.invoke(call("fail_env", json!({"name": "FAULTY_TOKEN"}))).await.unwrap_err();
+    let err = k
+        .invoke(call("fail_env", json!({"name": "FAULTY_TOKEN"})))
+        .await
+        .unwrap_err();
     assert!(!err.to_string().contains(secret), "{err}");
     assert!(!format!("{err:?}").contains(secret));
     assert!(err.to_string().contains("***"), "{err}");
@@ -271,7 +331,10 @@ async fn secrets_reach_the_server_only_as_configured_environment_and_never_come_
     // and the host's own environment does not leak into the child
     std::env::set_var("AIOS_MCP_HOST_ONLY", "host");
     k.close().await;
-    let out = k.invoke(call("env", json!({"name": "AIOS_MCP_HOST_ONLY"}))).await.unwrap();
+    let out = k
+        .invoke(call("env", json!({"name": "AIOS_MCP_HOST_ONLY"})))
+        .await
+        .unwrap();
     assert_eq!(out.output["text"], "");
 }
 

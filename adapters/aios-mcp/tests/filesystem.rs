@@ -1,6 +1,7 @@
 //! Against the real `@modelcontextprotocol/server-filesystem` (pinned at 2026.8.31,
 //! installed by `.ci/run` into `tests/node`), directly and through the orchestrator.
 //! Skipped, saying so, only when `node` is absent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,9 @@ fn server() -> Option<PathBuf> {
     let path = std::env::var_os("AIOS_MCP_FS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(
+                "tests/node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js",
+            )
         });
     assert!(
         path.exists(),
@@ -75,7 +77,12 @@ async fn the_pinned_tools_of_the_real_server_are_allowed_and_the_rest_refused() 
         .unwrap();
     assert_eq!(
         report.allowed(),
-        vec!["create_directory", "list_directory", "read_text_file", "write_file"],
+        vec![
+            "create_directory",
+            "list_directory",
+            "read_text_file",
+            "write_file"
+        ],
         "{:?}",
         report.refusals()
     );
@@ -84,17 +91,36 @@ async fn the_pinned_tools_of_the_real_server_are_allowed_and_the_rest_refused() 
         PinStatus::Unconfigured { .. }
     ));
     let d = fs.descriptor();
-    assert_eq!(d.operation("read_text_file").unwrap().effect, EffectClass::ReadOnly);
+    assert_eq!(
+        d.operation("read_text_file").unwrap().effect,
+        EffectClass::ReadOnly
+    );
     let write = d.operation("write_file").unwrap();
-    assert_eq!((write.effect, write.idempotent), (EffectClass::Irreversible, false));
+    assert_eq!(
+        (write.effect, write.idempotent),
+        (EffectClass::Irreversible, false)
+    );
     // untrusted, no configured effect: fail closed despite the server's hints
     let mkdir = d.operation("create_directory").unwrap();
-    assert_eq!((mkdir.effect, mkdir.idempotent), (EffectClass::Irreversible, false));
+    assert_eq!(
+        (mkdir.effect, mkdir.idempotent),
+        (EffectClass::Irreversible, false)
+    );
     assert!(d.operation("edit_file").is_none());
 
     let path = root.join("hello.txt").display().to_string();
-    let out = fs.invoke(call("read_text_file", json!({ "path": path }))).await.unwrap();
-    assert!(out.output["text"].as_str().unwrap().contains("hello from disk"), "{}", out.output);
+    let out = fs
+        .invoke(call("read_text_file", json!({ "path": path })))
+        .await
+        .unwrap();
+    assert!(
+        out.output["text"]
+            .as_str()
+            .unwrap()
+            .contains("hello from disk"),
+        "{}",
+        out.output
+    );
     // outside the allowed folder the server says isError: a permanent failure
     let err = fs
         .invoke(call("read_text_file", json!({ "path": "/etc/hostname" })))
@@ -102,7 +128,10 @@ async fn the_pinned_tools_of_the_real_server_are_allowed_and_the_rest_refused() 
         .unwrap_err();
     assert!(matches!(err, ConnectorError::Failed { .. }), "{err}");
     // schema checked before the call
-    let err = fs.invoke(call("write_file", json!({ "path": path }))).await.unwrap_err();
+    let err = fs
+        .invoke(call("write_file", json!({ "path": path })))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ConnectorError::InvalidInput { .. }), "{err}");
     let err = fs.invoke(call("edit_file", json!({}))).await.unwrap_err();
     assert!(err.to_string().contains("not configured"), "{err}");
@@ -115,15 +144,24 @@ async fn a_description_changed_since_pinning_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&server, dir.path());
     cfg.tools.get_mut("read_text_file").unwrap().pin = Some("sha256:0000".into());
-    let (fs, report) = McpConnector::connect(cfg, ConnectOptions::default()).await.unwrap();
-    let refusal = report.verdict("read_text_file").unwrap().refusal("fs").unwrap();
+    let (fs, report) = McpConnector::connect(cfg, ConnectOptions::default())
+        .await
+        .unwrap();
+    let refusal = report
+        .verdict("read_text_file")
+        .unwrap()
+        .refusal("fs")
+        .unwrap();
     assert!(refusal.contains("tool `read_text_file`"), "{refusal}");
     assert!(refusal.contains("sha256:0000"), "{refusal}");
     let err = fs
         .invoke(call("read_text_file", json!({ "path": "x" })))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("changed since it was pinned"), "{err}");
+    assert!(
+        err.to_string().contains("changed since it was pinned"),
+        "{err}"
+    );
     fs.close().await;
 }
 
@@ -162,7 +200,10 @@ async fn through_the_orchestrator_reads_run_alone_and_a_write_waits_for_the_foun
                     json!({ "path": format!("{root}/notes.txt") }),
                 ))
                 .await?;
-            let text = notes.output["text"].as_str().unwrap_or_default().to_string();
+            let text = notes.output["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let written = ctx
                 .call(ConnectorRequest::new(
                     "fs",
@@ -174,7 +215,10 @@ async fn through_the_orchestrator_reads_run_alone_and_a_write_waits_for_the_foun
         })
     });
     let timer = ManualTimer::default();
-    let governor = GovernanceModel::from_json(MODEL).unwrap().compile().unwrap();
+    let governor = GovernanceModel::from_json(MODEL)
+        .unwrap()
+        .compile()
+        .unwrap();
     let orch = Orchestrator::builder(governor)
         .connector(Arc::new(fs.clone()))
         .role(Role::new("clerk", "files", Arc::new(clerk)).connector("fs"))
@@ -202,12 +246,20 @@ async fn through_the_orchestrator_reads_run_alone_and_a_write_waits_for_the_foun
         panic!("expected parked, got {:?}", outcome.status)
     };
     assert_eq!(approvals.len(), 1);
-    assert_eq!(files(), vec!["notes.txt"], "nothing written before the approval");
+    assert_eq!(
+        files(),
+        vec!["notes.txt"],
+        "nothing written before the approval"
+    );
     let pending = orch.pending_approvals().await.unwrap();
     assert_eq!(pending[0].action, "fs.write_file");
 
     let done = orch
-        .submit_approval(approvals[0], HumanId::from_name("alice"), ApprovalResponse::Approve)
+        .submit_approval(
+            approvals[0],
+            HumanId::from_name("alice"),
+            ApprovalResponse::Approve,
+        )
         .await
         .unwrap();
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.status);

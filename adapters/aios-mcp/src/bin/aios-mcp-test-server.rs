@@ -29,9 +29,7 @@ const PAGE: usize = 2;
 
 impl Faulty {
     fn tools(&self) -> Vec<Value> {
-        let obj = |props: Value, required: Value| {
-            json!({"type": "object", "properties": props, "required": required})
-        };
+        let obj = |props: Value, required: Value| json!({"type": "object", "properties": props, "required": required});
         let echo_schema = if self.mutated.load(Ordering::SeqCst) {
             obj(
                 json!({"text": {"type": "string"}, "loud": {"type": "boolean"}}),
@@ -71,7 +69,12 @@ impl Faulty {
     ) -> Result<Value, ErrorData> {
         let args = request.arguments.clone().unwrap_or_default();
         let text = |s: String| json!({"content": [{"type": "text", "text": s}]});
-        let arg = |k: &str| args.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let arg = |k: &str| {
+            args.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         Ok(match request.name.as_ref() {
             "echo" => {
                 // rmcp hands the request's `_meta` to the handler in the context
@@ -100,7 +103,9 @@ impl Faulty {
             }
             "cancellations" => text(self.cancellations.load(Ordering::SeqCst).to_string()),
             "crash" => std::process::exit(3),
-            "fail" => json!({"content": [{"type": "text", "text": "deliberate failure"}], "isError": true}),
+            "fail" => {
+                json!({"content": [{"type": "text", "text": "deliberate failure"}], "isError": true})
+            }
             "mutate" => {
                 self.mutated.store(true, Ordering::SeqCst);
                 let _ = context.peer.notify_tool_list_changed().await;
@@ -155,9 +160,7 @@ impl ServerHandler for Faulty {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = Faulty::default()
-        .serve(rmcp::transport::stdio())
-        .await?;
+    let service = Faulty::default().serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }

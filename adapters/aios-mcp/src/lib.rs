@@ -50,3 +50,8 @@ pub use connector::{ConnectOptions, McpConnectError, McpConnector, IDEMPOTENCY_M
 pub use pin::{
     canonical_json, pins_toml, PinReport, PinStatus, ToolDefinition, ToolHints, ToolVerdict,
 };
+
+/// The README, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -16,7 +16,7 @@ use aios_mcp::{ConnectOptions, McpConnector, McpServerConfig, PinStatus, ToolCon
 use serde_json::json;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_aios-mcp-test-server");
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "echo",
     "slow",
     "cancellations",
@@ -27,6 +27,7 @@ const ALL: [&str; 10] = [
     "fail_env",
     "argv",
     "pid",
+    "authorization",
 ];
 
 fn call(op: &str, input: serde_json::Value) -> ConnectorCall {
@@ -62,7 +63,7 @@ async fn lists_every_page_and_refuses_what_is_not_pinned() {
     let (k, report) = McpConnector::connect(cfg, ConnectOptions::default())
         .await
         .unwrap();
-    // ten tools over five pages
+    // eleven tools over six pages
     assert_eq!(k.offered().len(), ALL.len());
     assert!(report.allowed().is_empty());
     assert!(matches!(
@@ -345,4 +346,62 @@ async fn a_named_secret_without_a_vault_fails_the_connect_naming_the_handle() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("faulty/token"), "{err}");
+}
+
+/// The test server over streamable HTTP, on a loopback port; killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_server() -> HttpServer {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(SERVER)
+        .arg("--http")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    HttpServer {
+        child,
+        url: line.trim().to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_streamable_http_a_secret_reaches_the_server_only_as_a_header() {
+    let server = http_server();
+    let vault = InMemoryVault::new();
+    let secret = "http-s3cr3t-0815";
+    vault
+        .put(CredentialHandle::new("faulty/http"), Secret::new(secret))
+        .await
+        .unwrap();
+    let cfg = McpServerConfig::http("faulty", server.url.clone())
+        .secret_header("Authorization", "faulty/http", "Bearer ")
+        .timeout(Duration::from_millis(2_000));
+    assert!(!format!("{cfg:?}").contains(secret));
+    let k = pinned(cfg, ConnectOptions::default().vault(Arc::new(vault))).await;
+    let out = k
+        .invoke(call("echo", json!({"text": "over http"})))
+        .await
+        .unwrap();
+    assert_eq!(out.output["structured"]["echo"], "over http");
+    assert_eq!(out.output["structured"]["key"], "run-1/task/echo");
+    // the header arrived (and is scrubbed on the way back)
+    let auth = k.invoke(call("authorization", json!({}))).await.unwrap();
+    assert_eq!(auth.output["text"], "Bearer ***");
+    let err = k.invoke(call("fail", json!({}))).await.unwrap_err();
+    assert!(matches!(err, ConnectorError::Failed { .. }), "{err}");
+    k.close().await;
 }

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 struct Faulty {
     mutated: Arc<AtomicBool>,
     cancellations: Arc<AtomicU64>,
+    /// The `authorization` header of the latest HTTP request (`--http` only).
+    authorization: Arc<std::sync::Mutex<String>>,
 }
 
 const PAGE: usize = 2;
@@ -58,6 +60,8 @@ impl Faulty {
             json!({"name": "argv", "description": "Report the command line",
                    "inputSchema": obj(json!({}), json!([]))}),
             json!({"name": "pid", "description": "Report the process id",
+                   "inputSchema": obj(json!({}), json!([]))}),
+            json!({"name": "authorization", "description": "Report the authorization header (HTTP)",
                    "inputSchema": obj(json!({}), json!([]))}),
         ]
     }
@@ -116,6 +120,12 @@ impl Faulty {
                 format!("cannot use {}", std::env::var(arg("name")).unwrap_or_default())}], "isError": true}),
             "argv" => text(std::env::args().collect::<Vec<_>>().join(" ")),
             "pid" => text(std::process::id().to_string()),
+            "authorization" => text(
+                self.authorization
+                    .lock()
+                    .map(|a| a.clone())
+                    .unwrap_or_default(),
+            ),
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         })
     }
@@ -158,9 +168,51 @@ impl ServerHandler for Faulty {
     }
 }
 
+/// With `--http`: serves streamable HTTP on a loopback port and prints its URL.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().any(|a| a == "--http") {
+        return http().await;
+    }
     let service = Faulty::default().serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
+}
+
+async fn http() -> Result<(), Box<dyn std::error::Error>> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use std::io::Write as _;
+    let faulty = Faulty::default();
+    let seen = faulty.authorization.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(faulty.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("http://{}/mcp", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let service = service.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    if let Some(v) = req.headers().get("authorization") {
+                        if let Ok(mut s) = seen.lock() {
+                            *s = v.to_str().unwrap_or_default().to_string();
+                        }
+                    }
+                    let mut service = service.clone();
+                    async move { tower_service::Service::call(&mut service, req).await }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }

@@ -177,12 +177,11 @@ impl ToolConfig {
 
     /// Governs the input field at JSON pointer `pointer` under `key`.
     pub fn governs(mut self, key: impl Into<String>, pointer: impl Into<String>) -> Self {
-        self.governed_push(key.into(), pointer.into());
+        self.governs.push(GovernedField {
+            key: key.into(),
+            pointer: pointer.into(),
+        });
         self
-    }
-
-    fn governed_push(&mut self, key: String, pointer: String) {
-        self.governs.push(GovernedField { key, pointer });
     }
 
     /// The operation governance sees for tool `name`, given what the server says of it

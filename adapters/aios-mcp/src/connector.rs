@@ -389,9 +389,14 @@ impl McpConnector {
     }
 
     async fn relist(&self, peer: &Peer) -> Result<PinReport, ConnectorError> {
-        let offered = list(&self.inner.config, peer)
-            .await
-            .map_err(|e| self.unavailable(e.to_string()))?;
+        let offered = match list(&self.inner.config, peer).await {
+            Ok(offered) => offered,
+            Err(e) => {
+                // still stale: the next call lists again before it may proceed
+                self.inner.stale.store(true, Ordering::SeqCst);
+                return Err(self.unavailable(e.to_string()));
+            }
+        };
         let report = self.check(offered);
         if let Err(e) = self.audit(&report).await {
             tracing::warn!(server = %self.inner.config.name, "the pin check could not be audited: {e}");

@@ -123,6 +123,8 @@ impl ConnectorDescriptor {
                 default_cost: self.default_cost,
                 governed: vec![],
                 amount: None,
+                description: String::new(),
+                input_schema: None,
             });
         }
         self.operations
@@ -154,6 +156,13 @@ pub struct OperationSpec {
     /// something that is not an amount, is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<AmountField>,
+    /// What the operation does, for a model choosing tools (an MCP tool's description).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The JSON Schema of its input, offered to a model as the tool's parameters (an MCP
+    /// tool's input schema); any object when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 impl OperationSpec {
@@ -166,7 +175,22 @@ impl OperationSpec {
             default_cost: Money::ZERO,
             governed: vec![],
             amount: None,
+            description: String::new(),
+            input_schema: None,
         }
+    }
+
+    /// Describes the operation for a model choosing tools.
+    pub fn described(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Sets the JSON Schema of the operation's input (offered to a model as the tool's
+    /// parameters).
+    pub fn input_schema(mut self, schema: serde_json::Value) -> Self {
+        self.input_schema = Some(schema);
+        self
     }
 
     /// Declares that the service does not deduplicate calls.

@@ -98,6 +98,9 @@ pub struct LlmAgent {
     /// The field whose text the memory is searched with (see [`LlmAgent::memory_query`]);
     /// the user message when `None`.
     pub memory_query: Option<String>,
+    /// Whether every operation the role's connectors declare is offered as a tool too (see
+    /// [`LlmAgent::offer_role_tools`]).
+    pub role_tools: bool,
 }
 
 impl Default for LlmAgent {
@@ -111,6 +114,7 @@ impl Default for LlmAgent {
             tool_cost: Money::ZERO,
             prompt: None,
             memory_query: None,
+            role_tools: false,
         }
     }
 }
@@ -205,6 +209,15 @@ impl LlmAgent {
         self
     }
 
+    /// Offers, besides the tools named with [`LlmAgent::tool`], every operation declared by
+    /// the connectors the role may use (an MCP server's allowed tools, say), with their
+    /// descriptions and input schemas as the tools' parameters. Only the role's connectors
+    /// are offered; a call is governed like any other.
+    pub fn offer_role_tools(mut self) -> Self {
+        self.role_tools = true;
+        self
+    }
+
     /// Offers the action `connector.operation` as a tool. The model sees it under a provider
     /// function name ([`ToolSpec::function_name`]: `email.send` becomes `email__send`), and
     /// a call is mapped back through the tools offered, so the model can only reach what was
@@ -257,10 +270,31 @@ impl Agent for LlmAgent {
             }
         }
         messages.push(Message::user(task_text));
+        let mut tools = self.tools.clone();
+        if self.role_tools {
+            for (connector, op) in ctx.declared_operations() {
+                let name = ToolSpec::function_name(&format!("{connector}.{}", op.name));
+                if tools.iter().any(|(t, _, _)| t.name == name) {
+                    continue;
+                }
+                tools.push((
+                    ToolSpec {
+                        name,
+                        description: op.description.clone(),
+                        parameters: op
+                            .input_schema
+                            .clone()
+                            .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                    },
+                    connector.to_string(),
+                    op.name.clone(),
+                ));
+            }
+        }
         for _ in 0..self.max_steps {
             let request = ModelRequest {
                 messages: messages.clone(),
-                tools: self.tools.iter().map(|(t, _, _)| t.clone()).collect(),
+                tools: tools.iter().map(|(t, _, _)| t.clone()).collect(),
                 ..ModelRequest::default()
             };
             let response = ctx.complete(request).await?;
@@ -273,7 +307,7 @@ impl Agent for LlmAgent {
             ));
             for call in response.tool_calls {
                 let Some((_, connector, operation)) =
-                    self.tools.iter().find(|(t, _, _)| t.name == call.name)
+                    tools.iter().find(|(t, _, _)| t.name == call.name)
                 else {
                     // not a tool on offer: the model is told, nothing is called
                     messages.push(Message::tool_result(

@@ -287,6 +287,14 @@ impl OrchestratorBuilder {
                 v.join(", ")
             }
         };
+        let mut ids = std::collections::HashSet::new();
+        for c in &self.connectors {
+            if !ids.insert(c.descriptor().id.clone()) {
+                return Err(BuildError::DuplicateConnector {
+                    connector: c.descriptor().id.to_string(),
+                });
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for role in &self.roles {
             if !seen.insert(role.name.as_str()) {

@@ -231,6 +231,23 @@ impl<'r> TaskContext<'r> {
         self.task_id
     }
 
+    /// The operations declared by the connectors this task's role may use, by connector
+    /// (a connector that declares none is left out): what [`LlmAgent::offer_role_tools`]
+    /// offers a model.
+    ///
+    /// [`LlmAgent::offer_role_tools`]: crate::LlmAgent::offer_role_tools
+    pub fn declared_operations(&self) -> Vec<(ConnectorId, aios_core::OperationSpec)> {
+        let mut out = vec![];
+        for id in &self.role.connectors {
+            if let Some(c) = self.driver.connector(id) {
+                for op in &c.descriptor().operations {
+                    out.push((id.clone(), op.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// The role played.
     pub fn role(&self) -> &Role {
         &self.role

@@ -47,6 +47,12 @@ pub enum BuildError {
         /// The role the pathway delegates to.
         delegate: String,
     },
+    /// Two connectors with one id: the second would silently replace the first.
+    #[error("connector `{connector}` is registered twice")]
+    DuplicateConnector {
+        /// The connector.
+        connector: String,
+    },
     /// A role may use a connector that is not registered.
     #[error("role `{role}` may use connector `{connector}`, which is not registered")]
     UnknownConnector {

@@ -793,6 +793,58 @@ fn the_llm_agent_round_trips_tool_calls_by_id_under_provider_safe_names() {
         .any(|m| m.tool_call_id.is_some() && m.content.contains("no tool `payments__transfer`")));
 }
 
+/// With `offer_role_tools` the model is offered every operation the role's connectors
+/// declare, with their descriptions and input schemas, and nothing of a connector the role
+/// may not use (an MCP server's allowed tools become the model's tools this way).
+#[test]
+fn the_llm_agent_offers_the_operations_its_roles_connectors_declare_with_their_schemas() {
+    let world = World::new();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { "entry": { "type": "integer" } },
+        "required": ["entry"]
+    });
+    let ledger = aios_core::RecordingConnector::new("ledger", aios_core::EffectClass::Reversible)
+        .with_operation(
+            aios_core::OperationSpec::new("write", aios_core::EffectClass::Reversible)
+                .described("write one ledger entry")
+                .input_schema(schema.clone()),
+        );
+    let model = ScriptedModel::new("local")
+        .call_tool("ledger__write", serde_json::json!({ "entry": 7 }))
+        .reply("booked");
+    let orch = Orchestrator::builder(governor())
+        .connector(Arc::new(world.email.clone()))
+        .connector(Arc::new(ledger.clone()))
+        .clock(Arc::new(world.timer.clock().clone()))
+        .timer(Arc::new(world.timer.clone()))
+        .models(ModelRouter::single(Arc::new(model.clone())))
+        .role(
+            Role::new(
+                "worker",
+                "work",
+                Arc::new(LlmAgent::default().offer_role_tools()),
+            )
+            .connector("ledger"),
+        )
+        .build()
+        .unwrap();
+    let out = block_on(orch.start(Workflow::new("w").task(TaskSpec::new(
+        "book",
+        "worker",
+        serde_json::json!("book entry 7"),
+    ))))
+    .unwrap();
+    assert_eq!(out.outputs["book"]["text"], "booked", "{:?}", out.status);
+    let offered = &model.requests()[0].tools;
+    assert_eq!(offered.len(), 1, "only the role's connector: {offered:?}");
+    assert_eq!(offered[0].name, "ledger__write");
+    assert_eq!(offered[0].description, "write one ledger entry");
+    assert_eq!(offered[0].parameters, schema);
+    assert_eq!(ledger.effects().len(), 1);
+    assert_eq!(ledger.effects()[0].input["entry"], 7);
+}
+
 #[test]
 fn the_llm_agent_builds_its_prompt_from_a_template_over_the_task() {
     let world = World::new();

@@ -33,6 +33,10 @@ fn a_misconfigured_set_up_is_refused_naming_what_is_wrong() {
         ("the same role twice",
             |b| b.role(noop("writer", "writing")).role(noop("writer", "writing")),
             "role `writer` is registered twice"),
+        ("the same connector twice",
+            |b| b.connector(Arc::new(aios_core::RecordingConnector::new("email", aios_core::EffectClass::Irreversible)))
+                 .connector(Arc::new(aios_core::RecordingConnector::new("email", aios_core::EffectClass::ReadOnly))),
+            "connector `email` is registered twice"),
         ("a role the model does not know",
             |b| b.role(noop("ghost", "writing")),
             "role `ghost` is not in the governance model"),

@@ -227,6 +227,13 @@ impl ToolConfig {
         for f in &self.governs {
             op = op.governs(f.key.clone(), f.pointer.clone());
         }
+        // what a model is offered: the pinned description and schema
+        if let Some(t) = offered {
+            op = op.described(t.description.clone());
+            if t.input_schema.is_object() {
+                op = op.input_schema(t.input_schema.clone());
+            }
+        }
         op
     }
 }

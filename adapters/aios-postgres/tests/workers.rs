@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,10 +38,17 @@ fn governor() -> Governor {
 }
 
 /// A worker on its own pool. Each run writes three ledger entries, yielding between them
-/// so runs interleave and a kill lands between calls.
-async fn worker(url: &str, ledger: &RecordingConnector, name: &str) -> Orchestrator {
+/// so runs interleave; a `doomed` worker stalls after a run's first entry, so when it is
+/// killed it holds runs half done.
+async fn worker(
+    url: &str,
+    ledger: &RecordingConnector,
+    name: &str,
+    doomed: Option<Arc<AtomicUsize>>,
+) -> Orchestrator {
     let store = PgStore::connect(url).await.unwrap();
-    let agent = FnAgent::new(|ctx, input| {
+    let agent = FnAgent::new(move |ctx, input| {
+        let doomed = doomed.clone();
         Box::pin(async move {
             for step in 0..3 {
                 ctx.call(ConnectorRequest::new(
@@ -49,6 +57,10 @@ async fn worker(url: &str, ledger: &RecordingConnector, name: &str) -> Orchestra
                     serde_json::json!({ "run": input.input, "step": step }),
                 ))
                 .await?;
+                if let Some(stalled) = &doomed {
+                    stalled.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
                 tokio::task::yield_now().await;
             }
             Ok(serde_json::json!("booked"))
@@ -74,7 +86,7 @@ async fn four_workers_two_killed_drain_every_run_with_every_effect_once() {
     const RUNS: usize = 200;
     let url = common::fresh_url().await;
     let ledger = RecordingConnector::new("ledger", EffectClass::Reversible);
-    let submitter = worker(&url, &ledger, "submitter").await;
+    let submitter = worker(&url, &ledger, "submitter", None).await;
     for i in 0..RUNS {
         submitter
             .submit(Workflow::new("book").task(TaskSpec::new(
@@ -89,18 +101,32 @@ async fn four_workers_two_killed_drain_every_run_with_every_effect_once() {
     // set up first, so the kills land while the workers work
     let mut workers = vec![];
     for w in 0..4 {
-        workers.push(worker(&url, &ledger, &format!("worker-{w}")).await);
+        let stalled = Arc::new(AtomicUsize::new(0));
+        let doomed = (w < 2).then(|| stalled.clone());
+        workers.push((
+            worker(&url, &ledger, &format!("worker-{w}"), doomed).await,
+            stalled,
+        ));
     }
     let mut handles = vec![];
-    for (w, orch) in workers.into_iter().enumerate() {
+    for (w, (orch, stalled)) in workers.into_iter().enumerate() {
         handles.push(tokio::spawn(async move {
             if w < 2 {
                 // killed: its future is dropped mid-run, its leases left behind
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(300 + 200 * w as u64),
-                    orch.work(options(), futures::future::pending()),
-                )
-                .await;
+                // killed once it holds a run half done: its future is dropped, its leases
+                // left behind
+                let killer = async {
+                    while stalled.load(Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                tokio::select! {
+                    _ = orch.work(options(), futures::future::pending()) => {
+                        panic!("worker {w} finished while its runs stalled")
+                    }
+                    () = killer => {}
+                }
                 None
             } else {
                 Some(
@@ -141,7 +167,7 @@ async fn four_workers_two_killed_drain_every_run_with_every_effect_once() {
                 .count()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let replacement = worker(&url, &ledger, &format!("replacement-{rounds}")).await;
+        let replacement = worker(&url, &ledger, &format!("replacement-{rounds}"), None).await;
         replacement
             .work(options(), futures::future::pending())
             .await
@@ -175,18 +201,34 @@ async fn four_workers_two_killed_drain_every_run_with_every_effect_once() {
     );
     let log = store.audit_log();
     assert!(log.verify(None).await.unwrap().is_intact());
-    // every submitted run is resumed once by the worker that takes it; a run resumed again
-    // was taken over from a killed worker
-    let resumed = log
-        .entries()
-        .await
-        .unwrap()
-        .iter()
-        .filter(|e| matches!(&e.event, aios_core::AuditEvent::Note { text } if text.contains("resumed by worker")))
+    // the killed workers held runs half done: each was resumed again by another worker
+    let mut resumers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for e in log.entries().await.unwrap() {
+        if let aios_core::AuditEvent::Note { text } = &e.event {
+            if let Some((run, rest)) = text
+                .strip_prefix("run ")
+                .and_then(|t| t.split_once(" resumed by worker `"))
+            {
+                let who = rest.split('`').next().unwrap_or("").to_string();
+                resumers.entry(run.to_string()).or_default().push(who);
+            }
+        }
+    }
+    let taken_over = resumers
+        .values()
+        .filter(|w| w.iter().any(|n| n == "worker-0" || n == "worker-1") && w.len() > 1)
         .count();
-    eprintln!("{} runs taken over from killed workers", resumed - RUNS);
+    let by_doomed = resumers
+        .values()
+        .filter(|w| w.iter().any(|n| n == "worker-0" || n == "worker-1"))
+        .count();
+    let multi = resumers.values().filter(|w| w.len() > 1).count();
+    eprintln!(
+        "{taken_over} runs taken over from killed workers ({by_doomed} resumed by them, {multi} resumed twice, {} runs resumed)",
+        resumers.len()
+    );
     assert!(
-        resumed > RUNS,
-        "no run was taken over: the kills landed between runs"
+        taken_over >= 2,
+        "each killed worker held at least one run half done"
     );
 }

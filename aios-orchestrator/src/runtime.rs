@@ -839,6 +839,14 @@ impl Orchestrator {
         Ok(report)
     }
 
+    /// A number fixed for this worker and spread over workers (a hash of its id).
+    pub(crate) fn worker_offset(&self) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        self.inner.config.worker.hash(&mut h);
+        h.finish() as usize
+    }
+
     /// Whether this orchestrator is driving `run` now.
     pub(crate) fn is_active(&self, run: RunId) -> bool {
         self.inner.active.lock().contains(&run)

@@ -173,8 +173,14 @@ impl Orchestrator {
                     .into_iter()
                     .map(|(r, _)| r)
                     .filter(|r| taken.get(r).map_or(true, |n| *n < MAX_TAKES))
-                    .rev()
                     .collect();
+                // workers on one store see the same list: each starts at its own place in
+                // it, so they rarely race for the same run
+                if !queue.is_empty() {
+                    let start = self.worker_offset() % queue.len();
+                    queue.rotate_left(start);
+                }
+                queue.reverse();
             }
             while !stopping
                 && in_flight.len() < concurrency

@@ -12,6 +12,8 @@
 //! - PG-CKPT: ORCH-SEQ3 (3 chained no-op tasks) with a durable PostgreSQL checkpoint after
 //!   every step; median and p99 per run. Beside it, the latency of one durable single-row
 //!   commit on the same server (the floor: a run saves 4 checkpoints, each one commit).
+//! - PG-WORKERS: runs per second drained by 1, 2 and 4 `Orchestrator::work` loops (each its
+//!   own pool, 4 runs in flight each) from one database holding submitted ORCH-SEQ3 runs.
 //! - PG-AUDIT: audit appends per second, 4 writers (each its own pool, as separate
 //!   processes) appending to one chain; the chain is verified afterwards. Also 1 writer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -284,6 +286,52 @@ async fn pg_audit(server: &TestServer, writers: usize, per_writer: usize) -> f64
     (writers * per_writer) as f64 / elapsed.as_secs_f64()
 }
 
+/// PG-WORKERS: `runs` submitted ORCH-SEQ3 runs drained by `workers` work loops; runs/s.
+async fn pg_workers(server: &TestServer, workers: usize, runs: usize) -> f64 {
+    let url = server.fresh_database().await.unwrap();
+    let governor = || {
+        GovernanceModel::from_json(MODEL)
+            .unwrap()
+            .compile()
+            .unwrap()
+    };
+    let mut orchs = vec![];
+    for w in 0..workers {
+        let store = PgStore::connect(&url).await.unwrap();
+        orchs.push(
+            store
+                .orchestrator(governor())
+                .await
+                .unwrap()
+                .role(counter_role())
+                .config(OrchestratorConfig::deterministic(
+                    &format!("w{w}"),
+                    w as u64,
+                ))
+                .build()
+                .unwrap(),
+        );
+    }
+    for _ in 0..runs {
+        orchs[0].submit(chain(3)).await.unwrap();
+    }
+    let started = Instant::now();
+    let drained = futures::future::join_all(orchs.iter().map(|o| {
+        o.work(
+            aios_orchestrator::WorkOptions::until_idle().concurrency(4),
+            futures::future::pending(),
+        )
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let done: usize = drained
+        .iter()
+        .map(|r| r.as_ref().unwrap().driven.len())
+        .sum();
+    assert_eq!(done, runs, "every run driven once");
+    runs as f64 / elapsed.as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -342,6 +390,19 @@ async fn main() {
         "x",
         "",
     );
+    let runs = if quick { 100 } else { 400 };
+    let mut workers = vec![];
+    for n in [1, 2, 4] {
+        let rate = pg_workers(server, n, runs).await;
+        line(
+            "PG-WORKERS",
+            &format!("runs/s, {n} worker(s)"),
+            rate,
+            "1/s",
+            "report",
+        );
+        workers.push((n, rate));
+    }
     let per_writer = if quick { 250 } else { 1000 };
     let four = pg_audit(server, 4, per_writer).await;
     let one = pg_audit(server, 1, per_writer).await;
@@ -372,6 +433,9 @@ async fn main() {
         "| durable single-row commit | {:.0} us (floor {floor:.0} us) |",
         c.commit_p50
     );
+    for (n, rate) in &workers {
+        println!("| PG-WORKERS, {n} worker(s) | {rate:.0} runs/s |");
+    }
     println!("| PG-AUDIT 4 writers | {four:.0} appends/s |");
     println!("| PG-AUDIT 1 writer | {one:.0} appends/s |");
 }

@@ -11,6 +11,11 @@
 //! - `orchestrator` (feature `orchestrator`): governed agents over task graphs.
 //! - `sqlite` (feature `sqlite`): the embedded durable default, every storage port on one
 //!   SQLite file.
+//! - `postgres` (feature `postgres`): every storage port on PostgreSQL, for several workers
+//!   on one database.
+//! - `models` (feature `models`): OpenAI-compatible and Anthropic model backends, and an
+//!   OpenAI-compatible embedder.
+//! - `mcp` (feature `mcp`): an MCP server's tools as governed connector operations.
 //!
 //! ```
 //! use aios::core::{Clock, ManualClock};
@@ -27,6 +32,12 @@ pub use aios_memory as memory;
 pub use aios_orchestrator as orchestrator;
 #[cfg(feature = "sqlite")]
 pub use aios_sqlite as sqlite;
+#[cfg(feature = "postgres")]
+pub use aios_postgres as postgres;
+#[cfg(feature = "models")]
+pub use aios_models as models;
+#[cfg(feature = "mcp")]
+pub use aios_mcp as mcp;
 
 /// The derive-like attribute port implementations use (`#[async_trait]` on `impl Connector
 /// for ..`), re-exported so an application needs no dependency of its own for it.

@@ -26,18 +26,18 @@
 pub use aios_core as core;
 #[cfg(feature = "governance")]
 pub use aios_governance as governance;
-#[cfg(feature = "memory")]
-pub use aios_memory as memory;
-#[cfg(feature = "orchestrator")]
-pub use aios_orchestrator as orchestrator;
-#[cfg(feature = "sqlite")]
-pub use aios_sqlite as sqlite;
-#[cfg(feature = "postgres")]
-pub use aios_postgres as postgres;
-#[cfg(feature = "models")]
-pub use aios_models as models;
 #[cfg(feature = "mcp")]
 pub use aios_mcp as mcp;
+#[cfg(feature = "memory")]
+pub use aios_memory as memory;
+#[cfg(feature = "models")]
+pub use aios_models as models;
+#[cfg(feature = "orchestrator")]
+pub use aios_orchestrator as orchestrator;
+#[cfg(feature = "postgres")]
+pub use aios_postgres as postgres;
+#[cfg(feature = "sqlite")]
+pub use aios_sqlite as sqlite;
 
 /// The derive-like attribute port implementations use (`#[async_trait]` on `impl Connector
 /// for ..`), re-exported so an application needs no dependency of its own for it.

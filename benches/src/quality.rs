@@ -146,13 +146,15 @@ pub async fn load(set: &HardSet, embedder: Arc<dyn Embedder>) -> Result<Loaded, 
     })
 }
 
-/// recall@10 per question kind and over `all`, for one mode.
+/// recall@10 per question kind and over `all`, for one mode; and the questions whose
+/// evidence was not all found.
 pub async fn recall_at_10(
     set: &HardSet,
     loaded: &Loaded,
     mode: RecallMode,
-) -> Result<BTreeMap<String, f64>, String> {
+) -> Result<(BTreeMap<String, f64>, Vec<String>), String> {
     let mut sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let mut missed = Vec::new();
     for q in &set.questions {
         let mut query = RecallQuery::text(q.text.clone())
             .in_scope(loaded.scope.clone())
@@ -181,33 +183,49 @@ pub async fn recall_at_10(
             found += usize::from(ok);
         }
         let r = found as f64 / q.evidence.len().max(1) as f64;
+        if found < q.evidence.len() {
+            missed.push(format!(
+                "{} {found}/{}: {}",
+                q.kind,
+                q.evidence.len(),
+                q.text
+            ));
+        }
         for k in [q.kind.as_str(), "all"] {
             let e = sums.entry(k.to_string()).or_default();
             e.0 += r;
             e.1 += 1;
         }
     }
-    Ok(sums
+    let recall = sums
         .into_iter()
         .map(|(k, (s, n))| (k, s / n as f64))
-        .collect())
+        .collect();
+    Ok((recall, missed))
 }
 
-/// recall@10 for keyword, vector and hybrid with `embedder`: mode name -> kind -> recall.
+/// What [`evaluate`] measured: mode name (keyword, vector, hybrid) -> kind -> recall@10.
+pub type Figures = BTreeMap<&'static str, BTreeMap<String, f64>>;
+
+/// recall@10 for keyword, vector and hybrid with `embedder`, and per mode the questions
+/// not fully answered.
 pub async fn evaluate(
     embedder: Arc<dyn Embedder>,
-) -> Result<BTreeMap<&'static str, BTreeMap<String, f64>>, String> {
+) -> Result<(Figures, BTreeMap<&'static str, Vec<String>>), String> {
     let set = hard_set().map_err(|e| e.to_string())?;
     let loaded = load(&set, embedder).await?;
     let mut out = BTreeMap::new();
+    let mut missed = BTreeMap::new();
     for (name, mode) in [
         ("keyword", RecallMode::Keyword),
         ("vector", RecallMode::Vector),
         ("hybrid", RecallMode::Hybrid),
     ] {
-        out.insert(name, recall_at_10(&set, &loaded, mode).await?);
+        let (recall, m) = recall_at_10(&set, &loaded, mode).await?;
+        out.insert(name, recall);
+        missed.insert(name, m);
     }
-    Ok(out)
+    Ok((out, missed))
 }
 
 /// The folder the all-MiniLM-L6-v2 model is in: `$AIOS_EMBED_MODELS` (the folder
@@ -296,7 +314,7 @@ pub fn run(config: &Config) -> Vec<Measurement> {
     }
     let embedder: Arc<dyn Embedder> = Arc::new(embedder);
     match futures::executor::block_on(evaluate(embedder)) {
-        Ok(figures) => {
+        Ok((figures, _)) => {
             for (mode, kinds) in &figures {
                 for (kind, r) in kinds {
                     out.push(Measurement::new(

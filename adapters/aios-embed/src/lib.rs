@@ -289,9 +289,9 @@ impl LocalEmbedder {
         let mut mask = Vec::with_capacity(batch.len() * longest);
         for (_, tokens) in batch {
             ids.extend_from_slice(tokens);
-            ids.extend(std::iter::repeat_n(self.pad_id, longest - tokens.len()));
-            mask.extend(std::iter::repeat_n(1u32, tokens.len()));
-            mask.extend(std::iter::repeat_n(0u32, longest - tokens.len()));
+            ids.extend(std::iter::repeat(self.pad_id).take(longest - tokens.len()));
+            mask.extend(std::iter::repeat(1u32).take(tokens.len()));
+            mask.extend(std::iter::repeat(0u32).take(longest - tokens.len()));
         }
         let shape = (batch.len(), longest);
         let ids = Tensor::from_vec(ids, shape, &self.device)?;

@@ -44,8 +44,7 @@ fn the_set_is_well_formed() {
             let latest = set
                 .memories
                 .iter()
-                .filter(|m| m.updates.as_deref() == Some(q.evidence[0].as_str()))
-                .next_back()
+                .rfind(|m| m.updates.as_deref() == Some(q.evidence[0].as_str()))
                 .unwrap();
             assert!(latest.text.contains(answer.as_str()), "{q:?}");
         }

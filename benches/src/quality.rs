@@ -288,6 +288,12 @@ pub fn sentence(i: usize) -> String {
 }
 
 /// EMBED-LOCAL and MEM-QUALITY-HARD. Skipped with a note when the model is not installed.
+///
+/// EMBED-LOCAL embeds 2,048 chat-turn-sized sentences (256 with `--quick`) with
+/// all-MiniLM-L6-v2 in batches of 32, after a warm-up batch, and reports sentences per
+/// second. One core: run the report as `RAYON_NUM_THREADS=1 taskset -c 1 target/release/report
+/// --only embed` (candle's matrix products use `RAYON_NUM_THREADS` threads, all cores when
+/// unset; the figure's metric says which).
 pub fn run(config: &Config) -> Vec<Measurement> {
     let mut out = Vec::new();
     let embedder = match minilm(LocalEmbedderOptions::default().batch_size(32)) {
@@ -300,13 +306,18 @@ pub fn run(config: &Config) -> Vec<Measurement> {
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let n = config.pick(256, 2048);
     let texts: Vec<String> = (0..n).map(sentence).collect();
+    let tokens: usize = texts
+        .iter()
+        .map(|t| embedder.token_count(t).unwrap_or(0))
+        .sum();
+    let mean_tokens = tokens as f64 / n.max(1) as f64;
     // warm up, then one timed pass over all texts in batches of 32
     let _ = embedder.embed_texts(&texts[..32]);
     let (d, r) = time(|| embedder.embed_texts(&texts));
     if r.is_ok() {
         out.push(Measurement::new(
             "EMBED-LOCAL",
-            &format!("all-MiniLM-L6-v2, batch 32, {n} sentences of 12-25 words, RAYON_NUM_THREADS={threads}"),
+            &format!("batch 32, {mean_tokens:.1} tokens/text, threads {threads}"),
             n as f64 / d.as_secs_f64(),
             "sentences/s",
             Goal::None,

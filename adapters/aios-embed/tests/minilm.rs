@@ -165,3 +165,44 @@ fn many_texts_come_back_in_order() {
         assert!(cosine(&alone, &all[i]) > 0.99999, "text {i} in order");
     }
 }
+
+/// A folder of links to the real model files, with its own pooling config (or none) and no
+/// `sentence_bert_config.json`.
+fn linked_folder(name: &str, pooling: Option<&str>) -> PathBuf {
+    let src = model_dir();
+    let dir = std::env::temp_dir().join(format!("aios-embed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(src.join(f).canonicalize().unwrap(), dir.join(f)).unwrap();
+    }
+    if let Some(p) = pooling {
+        std::fs::write(dir.join("1_Pooling").join("config.json"), p).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_folder_decides_pooling_and_length() {
+    let cls = linked_folder(
+        "cls",
+        Some(r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#),
+    );
+    let err = LocalEmbedder::load(&cls, LocalEmbedderOptions::default()).unwrap_err();
+    assert!(matches!(err, LoadError::Unsupported(_)), "{err:?}");
+    assert!(err.to_string().contains("pooling"), "{err}");
+
+    // without sentence_bert_config.json: the model's own limit, 512 positions
+    let bare = linked_folder("bare", None);
+    let e = LocalEmbedder::load(&bare, LocalEmbedderOptions::default()).unwrap();
+    assert_eq!(e.max_length(), 512);
+    let e = LocalEmbedder::load(&bare, LocalEmbedderOptions::default().max_length(4096)).unwrap();
+    assert_eq!(e.max_length(), 512, "never past max_position_embeddings");
+
+    let broken = linked_folder("broken", Some("{ not json"));
+    let err = LocalEmbedder::load(&broken, LocalEmbedderOptions::default()).unwrap_err();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{err:?}");
+    for d in [cls, bare, broken] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod governance;
 pub mod memory;
 pub mod orchestrator;
+pub mod quality;
 pub mod sched;
 pub mod sqlite;
 

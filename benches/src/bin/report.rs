@@ -3,7 +3,8 @@
 //! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
 
 use aios_benches::{
-    audit, governance, memory, orchestrator, print_json, print_table, sched, sqlite, Config,
+    audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
+    Config,
 };
 
 /// One area's workloads.
@@ -27,13 +28,14 @@ fn main() {
         print_json(&orchestrator::subprocess(name, &config));
         return;
     }
-    let areas: [(&str, Area); 6] = [
+    let areas: [(&str, Area); 7] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
         ("orchestrator", orchestrator::run),
         ("sqlite", sqlite::run),
         ("sched", sched::run),
+        ("embed", quality::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

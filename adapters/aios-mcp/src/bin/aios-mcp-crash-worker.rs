@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! aios-mcp-crash-worker start  STORE.db NOTICES.jsonl ROOT -- COMMAND [ARGS...]
-//! aios-mcp-crash-worker decide STORE.db HUMAN
+//! aios-mcp-crash-worker decide STORE.db HUMAN [APPROVAL]
 //! aios-mcp-crash-worker resume STORE.db NOTICES.jsonl -- COMMAND [ARGS...]
 //! ```
 //!
@@ -20,8 +20,9 @@
 //!   anchor `founder`, holder `alice`). The run parks; the worker exits with 3.
 //! - `decide`: the operator's process. It opens the store with no connector and no role
 //!   (no MCP server is started), prints each pending approval (`inbox {json}`) and approves
-//!   every one as `HUMAN` through `Orchestrator::answer_approval`, without resuming the run.
-//!   A refusal (not a holder, already decided) exits with 5 and says why on stderr.
+//!   as `HUMAN`, through `Orchestrator::answer_approval` and without resuming the run, the
+//!   request `APPROVAL` or else every pending one. A refusal (not a holder, already decided
+//!   or used) exits with 5 and says why on stderr.
 //! - `resume`: resumes the run from its latest checkpoint (waiting while the lease of a
 //!   killed incarnation is still live), and exits with 0 when it completed, 3 when it is
 //!   still parked, 4 when it failed (the reason on stderr).
@@ -45,8 +46,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorOutput, EffectClass,
-    HumanId, RoleId,
+    ApprovalId, Connector, ConnectorCall, ConnectorDescriptor, ConnectorError, ConnectorOutput,
+    EffectClass, HumanId, RoleId,
 };
 use aios_governance::{
     ApprovalResponse, BudgetKey, BudgetLedger, BudgetLedgerExt, GovernanceModel, Governor,
@@ -327,25 +328,36 @@ async fn resume(orch: &Orchestrator) -> Result<RunOutcome, Error> {
     }
 }
 
-/// The operator: approves every pending request as `human`. Returns how many.
-async fn decide(store: &SqliteStore, human: &str) -> Result<usize, Error> {
+/// The operator: approves as `human` the request `approval`, or every pending one. Returns
+/// how many it approved.
+async fn decide(
+    store: &SqliteStore,
+    human: &str,
+    approval: Option<&String>,
+) -> Result<usize, Error> {
     let orch = builder(store, governor()?).await?.build()?;
     let inbox = orch.inbox().await?;
     for p in &inbox {
         progress(&format!("inbox {}", serde_json::to_string(p)?));
     }
-    for p in &inbox {
+    let ids: Vec<ApprovalId> = match approval {
+        Some(a) => vec![a
+            .parse()
+            .map_err(|e| format!("approval `{a}` is not an approval id: {e}"))?],
+        None => inbox.iter().map(|p| p.id).collect(),
+    };
+    for id in &ids {
         let run = orch
-            .answer_approval(p.id, HumanId::from_name(human), ApprovalResponse::Approve)
+            .answer_approval(*id, HumanId::from_name(human), ApprovalResponse::Approve)
             .await?;
-        progress(&format!("decided {} {run}", p.id));
+        progress(&format!("decided {id} {run}"));
     }
-    Ok(inbox.len())
+    Ok(ids.len())
 }
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: aios-mcp-crash-worker start STORE.db NOTICES.jsonl ROOT -- COMMAND [ARGS...]\n       aios-mcp-crash-worker decide STORE.db HUMAN\n       aios-mcp-crash-worker resume STORE.db NOTICES.jsonl -- COMMAND [ARGS...]"
+        "usage: aios-mcp-crash-worker start STORE.db NOTICES.jsonl ROOT -- COMMAND [ARGS...]\n       aios-mcp-crash-worker decide STORE.db HUMAN [APPROVAL]\n       aios-mcp-crash-worker resume STORE.db NOTICES.jsonl -- COMMAND [ARGS...]"
     );
     ExitCode::from(2)
 }
@@ -368,10 +380,10 @@ fn main() -> ExitCode {
         }
     };
     let outcome: Result<RunOutcome, Error> = match own {
-        [cmd, store, human] if cmd == "decide" => {
+        [cmd, store, human, approval @ ..] if cmd == "decide" && approval.len() <= 1 => {
             return match SqliteStore::open(store)
                 .map_err(Error::from)
-                .and_then(|s| runtime.block_on(decide(&s, human)))
+                .and_then(|s| runtime.block_on(decide(&s, human, approval.first())))
             {
                 Ok(n) => {
                     progress(&format!("decided {n}"));

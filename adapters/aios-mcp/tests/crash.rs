@@ -94,6 +94,9 @@ enum Kill {
     AfterWrite,
     /// After `call write_file`: the write is on its way to the server, or there already.
     AfterCall,
+    /// After `notice KIND`: the founder was told (`outcome_unknown`, `escalation`) and the
+    /// run has not recorded what follows (the worker holds there).
+    AfterNotice(&'static str),
     /// After this long.
     After(Duration),
     /// This long after it printed this many progress lines (without holding after the
@@ -207,7 +210,7 @@ impl World {
     fn resume(&self, kill: Option<Kill>) -> Incarnation {
         let hold = matches!(
             kill,
-            Some(Kill::AfterLines(_) | Kill::AfterWrite | Kill::AfterCall)
+            Some(Kill::AfterLines(_) | Kill::AfterWrite | Kill::AfterCall | Kill::AfterNotice(_))
         );
         let mut child = self.spawn_resume(hold);
         let stdout = child.stdout.take().expect("piped stdout");
@@ -233,6 +236,7 @@ impl World {
                     Kill::AfterLines(n) | Kill::Delayed(n, _) => seen + 1 == n,
                     Kill::AfterWrite => line == "effect write_file",
                     Kill::AfterCall => line == "call write_file",
+                    Kill::AfterNotice(kind) => line.strip_prefix("notice ") == Some(kind),
                     Kill::After(_) => false,
                 };
                 let mut lines = BufReader::new(stdout).lines();
@@ -763,6 +767,25 @@ fn killed_between_the_servers_write_and_its_record_the_run_escalates_and_never_w
         check(&world, &approval, &finished, &kills, "during the write"),
         End::OutcomeUnknown { .. }
     ));
+
+    // killed after the write, then after the founder was told the outcome is unknown (the
+    // journal has not recorded the failure yet), then after the escalation (the run's
+    // failure not checkpointed yet): the write is still not repeated
+    let world = World::new(&server);
+    let approval = world.started_and_approved("after the notices");
+    let mut schedule = [
+        Kill::AfterWrite,
+        Kill::AfterNotice("outcome_unknown"),
+        Kill::AfterNotice("escalation"),
+    ]
+    .into_iter();
+    let (finished, kills) = world.drive(&mut schedule, 3);
+    assert_eq!(kills.len(), 3, "every kill landed: {kills:?}");
+    assert_eq!(
+        check(&world, &approval, &finished, &kills, "after the notices"),
+        End::OutcomeUnknown { writes: 1 },
+        "written once, not repeated, escalated"
+    );
 
     // seeded random kills over several runs
     const SEED: u64 = 0x00AC_B2C0_FFEE;

@@ -32,8 +32,9 @@
 //! or `resume RUN`, `call TOOL` before each call reaches the connector and `effect TOOL`
 //! after the server answered it and before the run recorded the result (with
 //! `AIOS_MCP_CRASH_HOLD_MS` the worker waits there that long, so a kill timed by that line
-//! lands between the server's effect and the run's record of it), and at the end
-//! `completed`, `parked APPROVAL` or `failed`.
+//! lands between the server's effect and the run's record of it), `notice KIND` after each
+//! notification was written (and the same hold), and at the end `completed`,
+//! `parked APPROVAL` or `failed`.
 //!
 //! Notifications for humans (approval needed, outcome unknown, ...) are appended to
 //! `NOTICES.jsonl` as `{"kind", "task", "approval", "message"}`, so a test reads them after
@@ -138,6 +139,9 @@ impl Connector for Announcing {
 #[derive(Debug)]
 struct FileNotifier {
     path: PathBuf,
+    /// How long to wait after each notice (`AIOS_MCP_CRASH_HOLD_MS`), so a kill timed by
+    /// its `notice` line lands before the run recorded what comes next.
+    hold: Duration,
 }
 
 #[async_trait]
@@ -160,6 +164,13 @@ impl Notifier for FileNotifier {
             });
         if let Err(e) = written {
             eprintln!("notification not written to {}: {e}", self.path.display());
+        }
+        progress(&format!(
+            "notice {}",
+            line["kind"].as_str().unwrap_or_default()
+        ));
+        if !self.hold.is_zero() {
+            tokio::time::sleep(self.hold).await;
         }
     }
 }
@@ -283,6 +294,7 @@ async fn worker(
         }))
         .notifier(Arc::new(FileNotifier {
             path: notices.to_path_buf(),
+            hold: hold()?,
         }))
         .build()?;
     Ok((orch, fs))

@@ -291,12 +291,20 @@ impl World {
             "{round}: A parks: {out}{}",
             String::from_utf8_lossy(&a.stderr)
         );
-        // the fail-closed default, as the connector declares it
+        // the fail-closed default, as the connector declares it: the server claims its
+        // `write_file` is idempotent (`idempotentHint: true`), which would let a resume
+        // repeat an interrupted write; from an untrusted server that is only a hint
         assert!(
             out.contains("op read_text_file read_only idempotent=true\n")
                 && out.contains("op write_file irreversible idempotent=false\n"),
             "{round}: {out}"
         );
+        let hints: Value = out
+            .lines()
+            .find_map(|l| l.strip_prefix("hints write_file "))
+            .map(|h| serde_json::from_str(h).unwrap())
+            .unwrap_or_else(|| panic!("{round}: the server's hints: {out}"));
+        assert_eq!(hints["idempotent"], true, "{round}: {hints}");
         assert!(
             out.contains("call read_text_file\neffect read_text_file\n")
                 && !out.contains("call write_file"),
@@ -718,16 +726,17 @@ impl SplitMix {
 }
 
 /// An endless schedule of kills drawn from `seed`: after a number of progress lines (of the
-/// seven a resume prints: connected, two `op`, resume, call, effect, completed), after a
+/// nine a resume prints: connected, two `op` and two `hints`, resume, call, effect,
+/// completed), after a
 /// number of milliseconds (starting the server takes most of an incarnation), or a random
 /// number of microseconds after the `resume` line (around the write and its record).
 fn random_kills(seed: u64) -> impl Iterator<Item = Kill> {
     let mut rng = SplitMix(seed);
     std::iter::from_fn(move || {
         Some(match rng.between(0, 2) {
-            0 => Kill::AfterLines(rng.between(1, 6) as usize),
+            0 => Kill::AfterLines(rng.between(1, 8) as usize),
             1 => Kill::After(Duration::from_millis(rng.between(30, 1500))),
-            _ => Kill::Delayed(4, Duration::from_micros(rng.between(0, 40_000))),
+            _ => Kill::Delayed(6, Duration::from_micros(rng.between(0, 40_000))),
         })
     })
 }

@@ -28,7 +28,8 @@
 //!   still parked, 4 when it failed (the reason on stderr).
 //!
 //! Progress on stdout, one line each, so a test knows when to kill: `connected`, then per
-//! allowed tool `op NAME EFFECT idempotent=BOOL` (what the connector declares), `start RUN`
+//! allowed tool `op NAME EFFECT idempotent=BOOL` (what the connector declares) and
+//! `hints NAME {json}` (what the server's annotations claim, untrusted), `start RUN`
 //! or `resume RUN`, `call TOOL` before each call reaches the connector and `effect TOOL`
 //! after the server answered it and before the run recorded the result (with
 //! `AIOS_MCP_CRASH_HOLD_MS` the worker waits there that long, so a kill timed by that line
@@ -265,6 +266,7 @@ async fn worker(
         return Err(format!("unexpected pin check: {:?}", report.refusals()).into());
     }
     progress("connected");
+    let offered = fs.offered();
     for op in &fs.descriptor().operations {
         let effect = serde_json::to_value(op.effect)?;
         progress(&format!(
@@ -273,6 +275,13 @@ async fn worker(
             effect.as_str().unwrap_or("?"),
             op.idempotent
         ));
+        if let Some(t) = offered.iter().find(|t| t.name == op.name) {
+            progress(&format!(
+                "hints {} {}",
+                op.name,
+                serde_json::to_string(&t.annotations)?
+            ));
+        }
     }
     let retry = RetryPolicy {
         max_attempts: 3,

@@ -161,6 +161,13 @@ impl SqliteStore {
         self.db.integrity_check()
     }
 
+    /// How many transactions this store's writer has committed since it was opened, a group
+    /// commit counting once (so the writes made through the store divided by this is the
+    /// average group size; each is one fsync under [`Durability::Full`]).
+    pub fn commits(&self) -> u64 {
+        self.db.commits()
+    }
+
     /// The audit log. Its appends carry no MAC; see [`SqliteStore::audit_log_keyed`].
     pub fn audit_log(&self) -> SqliteAuditLog {
         SqliteAuditLog::new(self.db.clone(), None)

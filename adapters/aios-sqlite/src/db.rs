@@ -545,6 +545,16 @@ enum Attempt {
     Panicked,
 }
 
+/// How a group commit ended.
+enum Group {
+    /// Every write's answer stands.
+    Committed,
+    /// The transaction could not begin; no write ran.
+    NotBegun(rusqlite::Error),
+    /// The transaction failed as a whole and was rolled back: nothing of it is kept.
+    Broken,
+}
+
 /// A queued write, its closure and the caller's answer behind one object.
 trait WriteJob: Send {
     /// Whether its commit must be fsynced (under [`Durability::Full`]).
@@ -721,13 +731,20 @@ impl Writer {
             return;
         }
         match self.together(&mut group) {
-            Ok(()) => {
+            Group::Committed => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
                 for w in group {
                     w.finish(Ok(()), &self.location);
                 }
             }
-            Err(()) => {
+            Group::NotBegun(e) => {
+                // no write has run (another process holds the lock past the busy timeout,
+                // say): each would meet the same error alone
+                for w in group {
+                    w.finish(Err(&e), &self.location);
+                }
+            }
+            Group::Broken => {
                 // the shared transaction failed as a whole: every write again on its own,
                 // so each answer is that of its own write alone
                 for w in group {
@@ -738,26 +755,36 @@ impl Writer {
     }
 
     /// Runs every write of `group` in one transaction, each in a savepoint, and commits.
-    /// `Err` if the transaction failed as a whole (nothing of it is kept).
-    fn together(&mut self, group: &mut [Box<dyn WriteJob>]) -> Result<(), ()> {
+    fn together(&mut self, group: &mut [Box<dyn WriteJob>]) -> Group {
         let location = self.location.as_str();
-        let tx = self
+        let tx = match self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|_| ())?;
+        {
+            Ok(tx) => tx,
+            Err(e) => return Group::NotBegun(e),
+        };
         for w in group.iter_mut() {
-            tx.execute_batch("SAVEPOINT aios_write").map_err(|_| ())?;
-            match w.attempt(&tx, location) {
-                Attempt::Done => tx.execute_batch("RELEASE aios_write").map_err(|_| ())?,
+            if tx.execute_batch("SAVEPOINT aios_write").is_err() {
+                return Group::Broken;
+            }
+            let kept = match w.attempt(&tx, location) {
+                Attempt::Done => tx.execute_batch("RELEASE aios_write").is_ok(),
                 // SQLite may have rolled the whole transaction back (an I/O error, disk full)
-                Attempt::Failed if tx.is_autocommit() => return Err(()),
+                Attempt::Failed if tx.is_autocommit() => false,
                 Attempt::Failed => tx
                     .execute_batch("ROLLBACK TO aios_write; RELEASE aios_write")
-                    .map_err(|_| ())?,
-                Attempt::Panicked => return Err(()),
+                    .is_ok(),
+                Attempt::Panicked => false,
+            };
+            if !kept {
+                return Group::Broken;
             }
         }
-        tx.commit().map_err(|_| ())
+        match tx.commit() {
+            Ok(()) => Group::Committed,
+            Err(_) => Group::Broken,
+        }
     }
 
     /// Runs one write in its own transaction and answers it.
@@ -1360,6 +1387,27 @@ mod tests {
             block_on(insert(&db, text, false)).unwrap();
             assert_eq!(records(&db).len(), i + 1);
         }
+    }
+
+    #[test]
+    fn writes_that_meet_another_process_lock_fail_as_unavailable_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let options = SqliteOptions::default().busy_timeout(Duration::from_millis(20));
+        let db = Arc::new(Db::open(&path, &options).unwrap());
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let writes: Vec<_> = (0..4).map(|_| insert(&db, "blocked", false)).collect();
+        for w in writes {
+            let err = block_on(w).unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains("insert a test row"), "{text}");
+        }
+        other.execute_batch("ROLLBACK").unwrap();
+        block_on(insert(&db, "after", false)).unwrap();
+        assert_eq!(records(&db), vec!["after"]);
     }
 
     #[test]

@@ -158,3 +158,51 @@ fn reservations_made_at_once_never_exceed_the_limit() {
     assert_eq!(usage.reserved.cost, Money::from_minor(100));
     assert_eq!(ledger.outstanding().unwrap(), 10);
 }
+
+#[test]
+fn group_commits_of_two_handles_on_one_file_keep_one_linear_chain() {
+    // two handles are two writer threads contending through SQLite's lock, like processes
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.db");
+    let stores = [
+        SqliteStore::open(&path).unwrap(),
+        SqliteStore::open(&path).unwrap(),
+    ];
+    let writers: Vec<_> = stores
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(w, store)| {
+            std::thread::spawn(move || {
+                let log = store.audit_log();
+                for round in 0..5 {
+                    let appends = (0..16).map(|i| {
+                        aios_core::AuditLog::append(
+                            &log,
+                            aios_core::AuditRecord::new(
+                                aios_core::Principal::System,
+                                aios_core::AuditEvent::Note {
+                                    text: format!("writer {w} round {round} entry {i}"),
+                                },
+                            ),
+                        )
+                    });
+                    for head in block_on(futures::future::join_all(appends)) {
+                        head.unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let entries = block_on(stores[0].audit_log().entries()).unwrap();
+    assert_eq!(entries.len(), 160, "no append was lost");
+    assert!(entries.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+    assert!(block_on(stores[1].audit_log().verify(None))
+        .unwrap()
+        .is_intact());
+    let commits: u64 = stores.iter().map(SqliteStore::commits).sum();
+    assert!(commits < 160, "{commits} commits for 160 appends");
+}

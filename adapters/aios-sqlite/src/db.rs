@@ -607,16 +607,26 @@ where
         }
     }
 
-    fn finish(mut self: Box<Self>, committed: Result<(), &rusqlite::Error>, location: &str) {
-        let out = match (self.out.take(), committed) {
-            (Some(Ok(_)), Err(e)) => Err(E::from(map_sqlite_ref(location, self.what, e))),
+    fn finish(self: Box<Self>, committed: Result<(), &rusqlite::Error>, location: &str) {
+        let Self {
+            what,
+            f,
+            out,
+            reply,
+            ..
+        } = *self;
+        // the closure may hold a handle on the store: it goes before the caller hears back,
+        // so a caller that then drops its last handle is the one that joins the threads
+        drop(f);
+        let out = match (out, committed) {
+            (Some(Ok(_)), Err(e)) => Err(E::from(map_sqlite_ref(location, what, e))),
             (Some(out), _) => out,
-            (None, Err(e)) => Err(E::from(map_sqlite_ref(location, self.what, e))),
+            (None, Err(e)) => Err(E::from(map_sqlite_ref(location, what, e))),
             (None, Ok(())) => Err(E::from(StoreError::Backend {
-                detail: format!("{} on `{location}` was never run", self.what),
+                detail: format!("{what} on `{location}` was never run"),
             })),
         };
-        if let Some(reply) = self.reply.take() {
+        if let Some(reply) = reply {
             // the caller may have stopped waiting; the write stands either way
             let _ = reply.send(out);
         }

@@ -206,3 +206,30 @@ fn group_commits_of_two_handles_on_one_file_keep_one_linear_chain() {
     let commits: u64 = stores.iter().map(SqliteStore::commits).sum();
     assert!(commits < 160, "{commits} commits for 160 appends");
 }
+
+#[test]
+fn dropping_the_last_handle_after_a_write_closes_the_file_at_once() {
+    // the write closures of the ports hold handles on the store; the caller's drop must
+    // still be the last, so the connections are closed (and the write-ahead log folded into
+    // the file) when it returns
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let wal = dir.path().join("closed.db-wal");
+    for i in 0..30 {
+        let store = SqliteStore::open(&path).unwrap();
+        let log = store.audit_log();
+        block_on(aios_core::AuditLog::append(
+            &log,
+            aios_core::AuditRecord::new(
+                aios_core::Principal::System,
+                aios_core::AuditEvent::Note {
+                    text: format!("entry {i}"),
+                },
+            ),
+        ))
+        .unwrap();
+        drop(log);
+        drop(store);
+        assert!(!wal.exists(), "round {i}: the file is still open");
+    }
+}

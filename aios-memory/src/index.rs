@@ -464,6 +464,9 @@ pub(crate) struct Index {
     scopes: Interner<Scope>,
     kinds: Interner<MemoryKind>,
     bm25: Bm25,
+    /// The approximate vector index, when the memory has one (feature `ann`).
+    #[cfg(feature = "ann")]
+    ann: Option<crate::ann::Ann>,
 }
 
 /// A record prepared for insertion (tokenised and normalised outside the lock).
@@ -529,6 +532,80 @@ impl Index {
         self.hot
             .get(row as usize)
             .is_some_and(|h| h.flags & FLAG_TOMBSTONE != 0)
+    }
+
+    /// Keeps an approximate vector index from now on (call before inserting rows: rows
+    /// already indexed are not added to it).
+    #[cfg(feature = "ann")]
+    pub fn enable_ann(&mut self, options: crate::AnnOptions) {
+        self.ann = Some(crate::ann::Ann::new(options));
+    }
+
+    /// How many vectors the approximate index holds, if there is one.
+    #[cfg(feature = "ann")]
+    pub fn ann_nodes(&self) -> Option<usize> {
+        self.ann.as_ref().map(|a| a.nodes)
+    }
+
+    /// The unit vector of a row, if it has one.
+    fn row_vector(&self, row: u32) -> Option<&[f32]> {
+        let d = self.dims?;
+        let slot = *self.vec_slot.get(row as usize)?;
+        if slot == NONE {
+            return None;
+        }
+        let slot = slot as usize;
+        let chunk = self.matrix.get(slot / MATRIX_ROWS)?;
+        let start = (slot % MATRIX_ROWS) * d;
+        chunk.get(start..start + d)
+    }
+
+    /// The estimated share of vector rows that pass `filter`, from every 64th row, and how
+    /// many rows were sampled.
+    fn pass_share(&self, filter: &Filter) -> (usize, usize) {
+        let sampled = self.slot_row.len().div_ceil(64);
+        let passing = self
+            .slot_row
+            .iter()
+            .step_by(64)
+            .filter(|r| self.passes(filter, **r))
+            .count();
+        (passing, sampled)
+    }
+
+    /// Candidates from the approximate index, best first by exact similarity, all passing
+    /// `filter`, at least `want` of them; `None` when the exact scan must answer instead (no
+    /// graph, a small memory, a filter few rows pass, or too few candidates found).
+    #[cfg(feature = "ann")]
+    fn ann_top(&self, filter: &Filter, query: &[f32], want: usize) -> Option<Vec<Cand>> {
+        let ann = self.ann.as_ref()?;
+        if want == 0
+            || ann.nodes < ann.options.min_vectors
+            || ann.nodes != self.slot_row.len()
+            || Some(query.len()) != self.dims
+            || filter.is_empty()
+        {
+            return None;
+        }
+        let (passing, sampled) = self.pass_share(filter);
+        let share = passing as f32 / sampled.max(1) as f32;
+        if share < ann.options.min_share {
+            return None;
+        }
+        let ef = ann.width(want, share)?;
+        let found = ann.search(
+            query,
+            ef,
+            |row| self.passes(filter, row),
+            |row| self.row_vector(row).map(|v| dot(v, query)),
+        );
+        (found.len() >= want).then_some(found)
+    }
+
+    #[cfg(not(feature = "ann"))]
+    #[inline]
+    fn ann_top(&self, _filter: &Filter, _query: &[f32], _want: usize) -> Option<Vec<Cand>> {
+        None
     }
 
     /// Checks that a vector fits this index's dimension (fixing it on first use).
@@ -597,6 +674,10 @@ impl Index {
                     chunk.extend_from_slice(v);
                     if let Some(stored) = chunk.get_mut(start..) {
                         normalise(stored);
+                        #[cfg(feature = "ann")]
+                        if let Some(ann) = &mut self.ann {
+                            ann.insert(stored, row);
+                        }
                     }
                 }
                 self.slot_row.push(row);
@@ -782,7 +863,13 @@ impl Index {
     }
 
     /// Exact top-`k` rows by cosine similarity to `query` (already unit length).
+    /// With an approximate index in a large memory the candidates come from it (every one
+    /// passes the filter and carries its exact similarity, but a row may be missed).
     pub fn vector_top(&self, filter: &Filter, query: &[f32], k: usize) -> Vec<Cand> {
+        if let Some(mut found) = self.ann_top(filter, query, k) {
+            found.truncate(k);
+            return found;
+        }
         let mut top = TopK::new(k);
         self.scan(filter, query, |row, score| top.push(Cand { score, row }));
         top.into_sorted()
@@ -800,6 +887,17 @@ impl Index {
         max_boost: f32,
         mut total: impl FnMut(u32, f32) -> f32,
     ) -> (Vec<Cand>, Vec<Cand>) {
+        if let Some(found) = self.ann_top(filter, query, k) {
+            // approximate: every candidate the graph found is looked at closely
+            let mut top = TopK::new(k);
+            for c in &found {
+                top.push(Cand {
+                    score: total(c.row, c.score),
+                    row: c.row,
+                });
+            }
+            return (top.into_sorted(), found);
+        }
         let mut top = TopK::new(k);
         let mut seen = Vec::new();
         let mut threshold = f32::NEG_INFINITY;

@@ -68,6 +68,8 @@
 //! # }).unwrap();
 //! ```
 
+#[cfg(feature = "ann")]
+mod ann;
 mod consolidate;
 mod context;
 mod error;
@@ -85,6 +87,8 @@ mod transfer;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "ann")]
+pub use ann::AnnOptions;
 pub use consolidate::{ConsolidationMode, ConsolidationReport, ConsolidationRequest, Summariser};
 pub use context::{
     assemble_context, context_line, AssembledContext, CharTokenizer, ContextBudget, Tokenizer,

@@ -1234,6 +1234,71 @@ mod tests {
         }
     }
 
+    /// With a graph, a large enough memory and a broad filter, candidates come from the
+    /// graph (not the exact scan); every one passes the filter and carries its exact
+    /// similarity. A narrow filter, a small memory or a graph out of step with the matrix
+    /// falls back to the exact scan.
+    #[cfg(feature = "ann")]
+    #[test]
+    fn the_graph_answers_only_when_it_should() {
+        let mut rng = aios_core::SeededRng::new(3);
+        let build = |options: crate::AnnOptions, rng: &mut aios_core::SeededRng| {
+            let mut index = Index::default();
+            index.enable_ann(options);
+            for i in 0..600u64 {
+                let mut r = record(i, format!("doc {i}"));
+                r.scope = Scope::parse(&format!("s/{}", i % 20)).unwrap();
+                r.embedding = Some((0..12).map(|_| rng.next_f64() as f32 - 0.5).collect());
+                index.insert(&r, Prepared::of(&r));
+            }
+            index
+        };
+        let index = build(crate::AnnOptions::default().min_vectors(500), &mut rng);
+        let mut q: Vec<f32> = (0..12).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        normalise(&mut q);
+        let wide = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
+        let found = index.ann_top(&wide, &q, 10).expect("the graph answers");
+        assert!(found.len() >= 10);
+        for c in &found {
+            let v = index.row_vector(c.row).unwrap();
+            assert_eq!(c.score, dot(v, &q));
+        }
+        assert!(found.windows(2).all(|w| w[0] > w[1]), "best first");
+        // half the scopes: still the graph, every candidate in them
+        let half = index.compile(
+            i64::MAX - 1,
+            |s| {
+                if s.to_string().as_str() < "s/5" {
+                    0b111
+                } else {
+                    0
+                }
+            },
+            &[],
+            None,
+            &Metadata::new(),
+        );
+        let found = index.ann_top(&half, &q, 10).expect("the graph answers");
+        assert!(found.iter().all(|c| index.passes(&half, c.row)));
+        // one scope of twenty (5 %) under min_share 0.1: the exact scan
+        let narrow = index.compile(
+            i64::MAX - 1,
+            |s| if s.to_string() == "s/3" { 0b111 } else { 0 },
+            &[],
+            None,
+            &Metadata::new(),
+        );
+        let index = build(
+            crate::AnnOptions::default().min_vectors(500).min_share(0.1),
+            &mut rng,
+        );
+        assert!(index.ann_top(&narrow, &q, 10).is_none());
+        // fewer vectors than min_vectors: the exact scan
+        let index = build(crate::AnnOptions::default().min_vectors(601), &mut rng);
+        assert!(index.ann_top(&wide, &q, 10).is_none());
+        assert_eq!(index.vector_top(&wide, &q, 10).len(), 10);
+    }
+
     #[test]
     fn finiteness_check() {
         assert!(all_finite(&[1.0; 40]));

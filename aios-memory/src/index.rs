@@ -261,10 +261,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Scales `v` to unit length (a zero vector stays zero).
 pub(crate) fn normalise(v: &mut [f32]) {
+    let inv = unit_scale(v);
+    if inv != 1.0 {
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// The factor that scales `v` to unit length (1 for a zero or non-finite norm).
+#[inline]
+fn unit_scale(v: &[f32]) -> f32 {
     let n = dot(v, v).sqrt();
     if n > 0.0 && n.is_finite() {
-        let inv = 1.0 / n;
-        v.iter_mut().for_each(|x| *x *= inv);
+        1.0 / n
+    } else {
+        1.0
     }
 }
 
@@ -670,14 +680,15 @@ impl Index {
                     self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
                 }
                 if let Some(chunk) = self.matrix.last_mut() {
+                    #[cfg(feature = "ann")]
                     let start = chunk.len();
-                    chunk.extend_from_slice(v);
-                    if let Some(stored) = chunk.get_mut(start..) {
-                        normalise(stored);
-                        #[cfg(feature = "ann")]
-                        if let Some(ann) = &mut self.ann {
-                            ann.insert(stored, row);
-                        }
+                    // scaled while copied: one pass over the new row, not a copy and then a
+                    // read and a write to normalise it
+                    let inv = unit_scale(v);
+                    chunk.extend(v.iter().map(|x| x * inv));
+                    #[cfg(feature = "ann")]
+                    if let (Some(ann), Some(stored)) = (&mut self.ann, chunk.get(start..)) {
+                        ann.insert(stored, row);
                     }
                 }
                 self.slot_row.push(row);

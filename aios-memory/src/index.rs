@@ -558,6 +558,7 @@ impl Index {
     }
 
     /// The unit vector of a row, if it has one.
+    #[cfg(feature = "ann")]
     fn row_vector(&self, row: u32) -> Option<&[f32]> {
         let d = self.dims?;
         let slot = *self.vec_slot.get(row as usize)?;
@@ -845,13 +846,7 @@ impl Index {
         // by memory, not arithmetic: when many rows pass, score every row and keep those
         // that pass; when few pass, touch only those. Both give the same result.
         // estimate the share of passing rows from every 64th row
-        let sampled = self.slot_row.len().div_ceil(64);
-        let passing = self
-            .slot_row
-            .iter()
-            .step_by(64)
-            .filter(|r| passes(**r))
-            .count();
+        let (passing, sampled) = self.pass_share(filter);
         let chunks = self.matrix.iter().zip(self.slot_row.chunks(MATRIX_ROWS));
         if passing * 4 >= sampled {
             for (chunk, rows) in chunks {

@@ -35,8 +35,8 @@ use crate::MemoryError;
 ///   up to date so that crossing the threshold costs nothing;
 /// - `connections = 16` (HNSW's `M`, twice that on the ground layer) and
 ///   `ef_construction = 100`: the usual trade-off between build time, memory and recall;
-/// - `ef_search = 96`: the width of a search; on the clustered 1,000,000 x 384 set of the
-///   benchmark it gives recall@10 above 0.95 (see `benches/RESULTS.md`). Raise it for
+/// - `ef_search = 96`: the width of a search, about ten times the usual `k`; what it gives
+///   on the benchmark's data is in `benches/RESULTS.md` (MEM-RECALL-ANN). Raise it for
 ///   recall, lower it for speed;
 /// - `min_share = 0.05`: when the query's filters let through less than 5 % of the rows, the
 ///   graph would have to be searched 20 times wider to find enough of them, so the exact

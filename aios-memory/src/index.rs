@@ -261,10 +261,20 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Scales `v` to unit length (a zero vector stays zero).
 pub(crate) fn normalise(v: &mut [f32]) {
+    let inv = unit_scale(v);
+    if inv != 1.0 {
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// The factor that scales `v` to unit length (1 for a zero or non-finite norm).
+#[inline]
+fn unit_scale(v: &[f32]) -> f32 {
     let n = dot(v, v).sqrt();
     if n > 0.0 && n.is_finite() {
-        let inv = 1.0 / n;
-        v.iter_mut().for_each(|x| *x *= inv);
+        1.0 / n
+    } else {
+        1.0
     }
 }
 
@@ -464,6 +474,9 @@ pub(crate) struct Index {
     scopes: Interner<Scope>,
     kinds: Interner<MemoryKind>,
     bm25: Bm25,
+    /// The approximate vector index, when the memory has one (feature `ann`).
+    #[cfg(feature = "ann")]
+    ann: Option<crate::ann::Ann>,
 }
 
 /// A record prepared for insertion (tokenised and normalised outside the lock).
@@ -531,6 +544,81 @@ impl Index {
             .is_some_and(|h| h.flags & FLAG_TOMBSTONE != 0)
     }
 
+    /// Keeps an approximate vector index from now on (call before inserting rows: rows
+    /// already indexed are not added to it).
+    #[cfg(feature = "ann")]
+    pub fn enable_ann(&mut self, options: crate::AnnOptions) {
+        self.ann = Some(crate::ann::Ann::new(options));
+    }
+
+    /// How many vectors the approximate index holds, if there is one.
+    #[cfg(feature = "ann")]
+    pub fn ann_nodes(&self) -> Option<usize> {
+        self.ann.as_ref().map(|a| a.nodes)
+    }
+
+    /// The unit vector of a row, if it has one.
+    #[cfg(feature = "ann")]
+    fn row_vector(&self, row: u32) -> Option<&[f32]> {
+        let d = self.dims?;
+        let slot = *self.vec_slot.get(row as usize)?;
+        if slot == NONE {
+            return None;
+        }
+        let slot = slot as usize;
+        let chunk = self.matrix.get(slot / MATRIX_ROWS)?;
+        let start = (slot % MATRIX_ROWS) * d;
+        chunk.get(start..start + d)
+    }
+
+    /// The estimated share of vector rows that pass `filter`, from every 64th row, and how
+    /// many rows were sampled.
+    fn pass_share(&self, filter: &Filter) -> (usize, usize) {
+        let sampled = self.slot_row.len().div_ceil(64);
+        let passing = self
+            .slot_row
+            .iter()
+            .step_by(64)
+            .filter(|r| self.passes(filter, **r))
+            .count();
+        (passing, sampled)
+    }
+
+    /// Candidates from the approximate index, best first by exact similarity, all passing
+    /// `filter`, at least `want` of them; `None` when the exact scan must answer instead (no
+    /// graph, a small memory, a filter few rows pass, or too few candidates found).
+    #[cfg(feature = "ann")]
+    fn ann_top(&self, filter: &Filter, query: &[f32], want: usize) -> Option<Vec<Cand>> {
+        let ann = self.ann.as_ref()?;
+        if want == 0
+            || ann.nodes < ann.options.min_vectors
+            || ann.nodes != self.slot_row.len()
+            || Some(query.len()) != self.dims
+            || filter.is_empty()
+        {
+            return None;
+        }
+        let (passing, sampled) = self.pass_share(filter);
+        let share = passing as f32 / sampled.max(1) as f32;
+        if share < ann.options.min_share {
+            return None;
+        }
+        let ef = ann.width(want, share)?;
+        let found = ann.search(
+            query,
+            ef,
+            |row| self.passes(filter, row),
+            |row| self.row_vector(row).map(|v| dot(v, query)),
+        );
+        (found.len() >= want).then_some(found)
+    }
+
+    #[cfg(not(feature = "ann"))]
+    #[inline]
+    fn ann_top(&self, _filter: &Filter, _query: &[f32], _want: usize) -> Option<Vec<Cand>> {
+        None
+    }
+
     /// Checks that a vector fits this index's dimension (fixing it on first use).
     pub fn check_dims(&self, len: usize) -> Result<(), usize> {
         match self.dims {
@@ -593,10 +681,15 @@ impl Index {
                     self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
                 }
                 if let Some(chunk) = self.matrix.last_mut() {
+                    #[cfg(feature = "ann")]
                     let start = chunk.len();
-                    chunk.extend_from_slice(v);
-                    if let Some(stored) = chunk.get_mut(start..) {
-                        normalise(stored);
+                    // scaled while copied: one pass over the new row, not a copy and then a
+                    // read and a write to normalise it
+                    let inv = unit_scale(v);
+                    chunk.extend(v.iter().map(|x| x * inv));
+                    #[cfg(feature = "ann")]
+                    if let (Some(ann), Some(stored)) = (&mut self.ann, chunk.get(start..)) {
+                        ann.insert(stored, row);
                     }
                 }
                 self.slot_row.push(row);
@@ -753,13 +846,7 @@ impl Index {
         // by memory, not arithmetic: when many rows pass, score every row and keep those
         // that pass; when few pass, touch only those. Both give the same result.
         // estimate the share of passing rows from every 64th row
-        let sampled = self.slot_row.len().div_ceil(64);
-        let passing = self
-            .slot_row
-            .iter()
-            .step_by(64)
-            .filter(|r| passes(**r))
-            .count();
+        let (passing, sampled) = self.pass_share(filter);
         let chunks = self.matrix.iter().zip(self.slot_row.chunks(MATRIX_ROWS));
         if passing * 4 >= sampled {
             for (chunk, rows) in chunks {
@@ -782,7 +869,13 @@ impl Index {
     }
 
     /// Exact top-`k` rows by cosine similarity to `query` (already unit length).
+    /// With an approximate index in a large memory the candidates come from it (every one
+    /// passes the filter and carries its exact similarity, but a row may be missed).
     pub fn vector_top(&self, filter: &Filter, query: &[f32], k: usize) -> Vec<Cand> {
+        if let Some(mut found) = self.ann_top(filter, query, k) {
+            found.truncate(k);
+            return found;
+        }
         let mut top = TopK::new(k);
         self.scan(filter, query, |row, score| top.push(Cand { score, row }));
         top.into_sorted()
@@ -800,6 +893,17 @@ impl Index {
         max_boost: f32,
         mut total: impl FnMut(u32, f32) -> f32,
     ) -> (Vec<Cand>, Vec<Cand>) {
+        if let Some(found) = self.ann_top(filter, query, k) {
+            // approximate: every candidate the graph found is looked at closely
+            let mut top = TopK::new(k);
+            for c in &found {
+                top.push(Cand {
+                    score: total(c.row, c.score),
+                    row: c.row,
+                });
+            }
+            return (top.into_sorted(), found);
+        }
         let mut top = TopK::new(k);
         let mut seen = Vec::new();
         let mut threshold = f32::NEG_INFINITY;
@@ -1134,6 +1238,71 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{allowed:?}");
         }
+    }
+
+    /// With a graph, a large enough memory and a broad filter, candidates come from the
+    /// graph (not the exact scan); every one passes the filter and carries its exact
+    /// similarity. A narrow filter, a small memory or a graph out of step with the matrix
+    /// falls back to the exact scan.
+    #[cfg(feature = "ann")]
+    #[test]
+    fn the_graph_answers_only_when_it_should() {
+        let mut rng = aios_core::SeededRng::new(3);
+        let build = |options: crate::AnnOptions, rng: &mut aios_core::SeededRng| {
+            let mut index = Index::default();
+            index.enable_ann(options);
+            for i in 0..600u64 {
+                let mut r = record(i, format!("doc {i}"));
+                r.scope = Scope::parse(&format!("s/{}", i % 20)).unwrap();
+                r.embedding = Some((0..12).map(|_| rng.next_f64() as f32 - 0.5).collect());
+                index.insert(&r, Prepared::of(&r));
+            }
+            index
+        };
+        let index = build(crate::AnnOptions::default().min_vectors(500), &mut rng);
+        let mut q: Vec<f32> = (0..12).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        normalise(&mut q);
+        let wide = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
+        let found = index.ann_top(&wide, &q, 10).expect("the graph answers");
+        assert!(found.len() >= 10);
+        for c in &found {
+            let v = index.row_vector(c.row).unwrap();
+            assert_eq!(c.score, dot(v, &q));
+        }
+        assert!(found.windows(2).all(|w| w[0] > w[1]), "best first");
+        // half the scopes: still the graph, every candidate in them
+        let half = index.compile(
+            i64::MAX - 1,
+            |s| {
+                if s.to_string().as_str() < "s/5" {
+                    0b111
+                } else {
+                    0
+                }
+            },
+            &[],
+            None,
+            &Metadata::new(),
+        );
+        let found = index.ann_top(&half, &q, 10).expect("the graph answers");
+        assert!(found.iter().all(|c| index.passes(&half, c.row)));
+        // one scope of twenty (5 %) under min_share 0.1: the exact scan
+        let narrow = index.compile(
+            i64::MAX - 1,
+            |s| if s.to_string() == "s/3" { 0b111 } else { 0 },
+            &[],
+            None,
+            &Metadata::new(),
+        );
+        let index = build(
+            crate::AnnOptions::default().min_vectors(500).min_share(0.1),
+            &mut rng,
+        );
+        assert!(index.ann_top(&narrow, &q, 10).is_none());
+        // fewer vectors than min_vectors: the exact scan
+        let index = build(crate::AnnOptions::default().min_vectors(601), &mut rng);
+        assert!(index.ann_top(&wide, &q, 10).is_none());
+        assert_eq!(index.vector_top(&wide, &q, 10).len(), 10);
     }
 
     #[test]

@@ -50,6 +50,10 @@
 //! - `testing`: [`testing::memory_store_conformance`] (the contract every store runs),
 //!   [`testing::FaultyMemoryStore`], and [`testing::longmem`], a synthetic long-conversation
 //!   data set shaped like LongMemEval.
+//! - `ann`: [`AnnOptions`] and [`MemoryBuilder::ann`], an approximate (HNSW, from `hnsw_rs`)
+//!   vector index for memories of hundreds of thousands of vectors and more; filters stay
+//!   exact, small memories and narrow filters keep the exact scan. Off by default (it brings
+//!   rayon, rand and an mmap crate, and needs Rust 1.85 for its edition 2024).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -68,6 +72,8 @@
 //! # }).unwrap();
 //! ```
 
+#[cfg(feature = "ann")]
+mod ann;
 mod consolidate;
 mod context;
 mod error;
@@ -85,6 +91,8 @@ mod transfer;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "ann")]
+pub use ann::AnnOptions;
 pub use consolidate::{ConsolidationMode, ConsolidationReport, ConsolidationRequest, Summariser};
 pub use context::{
     assemble_context, context_line, AssembledContext, CharTokenizer, ContextBudget, Tokenizer,

@@ -73,6 +73,8 @@ pub struct MemoryBuilder {
     audit: Option<Arc<dyn AuditLog>>,
     seed: u64,
     keyword: KeywordOptions,
+    #[cfg(feature = "ann")]
+    ann: Option<crate::AnnOptions>,
 }
 
 impl MemoryBuilder {
@@ -127,14 +129,54 @@ impl MemoryBuilder {
         self
     }
 
+    /// Keeps an approximate (HNSW) vector index beside the exact one and answers vector
+    /// recall from it once the memory holds [`crate::AnnOptions::min_vectors`] vectors
+    /// (feature `ann`). Filters stay exact: every hit passes the query's scope, tier, time,
+    /// kind and metadata filters, and a recall whose filters let few rows through, or for
+    /// which the graph finds too few, scans exactly. What becomes approximate is which rows
+    /// are found: a hit is never wrong, but one of the true top `k` may be missed. Every
+    /// vector written is linked into the graph at once, which makes writes slower (see
+    /// `benches/RESULTS.md`), and opening rebuilds the graph from the store.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use aios_core::{HashEmbedder, ManualClock, Principal};
+    /// use aios_memory::{AnnOptions, Memory, NewMemory, RecallQuery, Scope, Tier};
+    /// # futures::executor::block_on(async {
+    /// let memory = Memory::builder(Arc::new(ManualClock::default()))
+    ///     .embedder(Arc::new(HashEmbedder::new(32)))
+    ///     .ann(AnnOptions::default().min_vectors(0))
+    ///     .open()
+    ///     .await?;
+    /// let scope = Scope::parse("org/acme")?;
+    /// for text in ["the invoice is due friday", "the office moves in may"] {
+    ///     memory.remember(NewMemory::new(scope.clone(), Tier::Project, text, Principal::System)).await?;
+    /// }
+    /// let hits = memory.recall(&RecallQuery::text("invoice due friday").k(1)).await?;
+    /// assert_eq!(hits[0].record.content, "the invoice is due friday");
+    /// # Ok::<(), aios_memory::MemoryError>(())
+    /// # }).unwrap();
+    /// ```
+    #[cfg(feature = "ann")]
+    pub fn ann(mut self, options: crate::AnnOptions) -> Self {
+        self.ann = Some(options);
+        self
+    }
+
     /// Opens the memory, rebuilding the indexes from every record in the store. Fails with
-    /// [`MemoryError::InvalidInput`] on invalid [`KeywordOptions`].
+    /// [`MemoryError::InvalidInput`] on invalid [`KeywordOptions`] (or `AnnOptions`, with
+    /// the feature `ann`).
     pub async fn open(self) -> Result<Memory, MemoryError> {
         self.keyword.check()?;
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(InMemoryMemoryStore::new()));
         let mut index = Index::new(self.keyword);
+        #[cfg(feature = "ann")]
+        if let Some(options) = self.ann {
+            options.check()?;
+            index.enable_ann(options);
+        }
         if let Some(e) = &self.embedder {
             index.dims = Some(e.dimensions());
         }
@@ -194,6 +236,8 @@ impl Memory {
             audit: None,
             seed: aios_core::os_seed(),
             keyword: KeywordOptions::default(),
+            #[cfg(feature = "ann")]
+            ann: None,
         }
     }
 
@@ -224,6 +268,14 @@ impl Memory {
     /// How many lineages the index holds (retracted ones included, pruned ones not).
     pub fn len(&self) -> usize {
         self.inner.index.read().lineage_count()
+    }
+
+    /// How many vectors the approximate index holds (every version with an embedding that
+    /// was indexed, pruned ones included until the memory is reopened), or `None` without
+    /// one (feature `ann`).
+    #[cfg(feature = "ann")]
+    pub fn approximate_vectors(&self) -> Option<usize> {
+        self.inner.index.read().ann_nodes()
     }
 
     /// Whether the memory holds no lineage.

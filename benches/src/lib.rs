@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod ann;
 pub mod audit;
 pub mod governance;
 pub mod memory;

@@ -235,7 +235,7 @@ pub fn run(config: &Config) -> Vec<Measurement> {
 /// Runs a memory-sensitive workload in a fresh process (the report binary with
 /// `--subprocess <name>`), so earlier workloads do not distort its memory figures; falls back
 /// to this process if the binary cannot be started.
-fn isolated(name: &str, config: &Config) -> Vec<Measurement> {
+pub fn isolated(name: &str, config: &Config) -> Vec<Measurement> {
     let exe = std::env::current_exe();
     let mut cmd = match exe {
         Ok(exe) => std::process::Command::new(exe),

@@ -3,7 +3,7 @@
 //! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
 
 use aios_benches::{
-    audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
+    ann, audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
     Config,
 };
 
@@ -25,13 +25,18 @@ fn main() {
         .and_then(|i| args.get(i + 1))
     {
         // an isolated workload run by the orchestrator area in a fresh process
-        print_json(&orchestrator::subprocess(name, &config));
+        if name == "ann" {
+            print_json(&ann::subprocess(&config));
+        } else {
+            print_json(&orchestrator::subprocess(name, &config));
+        }
         return;
     }
-    let areas: [(&str, Area); 7] = [
+    let areas: [(&str, Area); 8] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
+        ("ann", ann::run),
         ("orchestrator", orchestrator::run),
         ("sqlite", sqlite::run),
         ("sched", sched::run),

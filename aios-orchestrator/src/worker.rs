@@ -222,6 +222,8 @@ impl Orchestrator {
         let mut stop = std::pin::pin!(stop.fuse());
         let mut stopping = false;
         let mut in_flight = FuturesUnordered::new();
+        // the runs of `in_flight`
+        let mut driving: std::collections::HashSet<RunId> = Default::default();
         let concurrency = options.concurrency.max(1);
         let limit_reached =
             |r: &WorkReport, n: usize| options.max_runs.is_some_and(|m| r.driven.len() + n >= m);
@@ -252,6 +254,15 @@ impl Orchestrator {
                 }
                 for lease in leases {
                     let run = lease.run;
+                    if driving.contains(&run) || self.is_active(run) {
+                        // this process drives the run and its lease lapsed meanwhile (a slow
+                        // step): never drive it twice here. The new token fences the drive
+                        // in progress at its next write; giving the lease back lets the run
+                        // be claimed again at once.
+                        let _ = self.checkpoint_store().release(&lease).await;
+                        report.skipped.push(run);
+                        continue;
+                    }
                     let n = taken.entry(run).or_insert(0);
                     *n += 1;
                     if *n == MAX_TAKES {
@@ -268,6 +279,7 @@ impl Orchestrator {
                         // again, a lease's time later
                         *n = 1;
                     }
+                    driving.insert(run);
                     in_flight.push(async move { (run, self.resume_claimed(lease).await) });
                 }
             }
@@ -310,7 +322,10 @@ impl Orchestrator {
             match next {
                 Either::Left(()) => stopping = true,
                 Either::Right(None) => {}
-                Either::Right(Some((run, result))) => match result {
+                Either::Right(Some((run, result))) => match {
+                    driving.remove(&run);
+                    result
+                } {
                     Ok(outcome) => report.driven.push(outcome),
                     Err(
                         OrchestratorError::LeaseLost { .. }

@@ -322,21 +322,21 @@ impl Orchestrator {
             match next {
                 Either::Left(()) => stopping = true,
                 Either::Right(None) => {}
-                Either::Right(Some((run, result))) => match {
+                Either::Right(Some((run, result))) => {
                     driving.remove(&run);
-                    result
-                } {
-                    Ok(outcome) => report.driven.push(outcome),
-                    Err(
-                        OrchestratorError::LeaseLost { .. }
-                        | OrchestratorError::NotResumable { .. },
-                    ) => report.skipped.push(run),
-                    Err(e) => {
-                        // not retried by this call
-                        taken.insert(run, MAX_TAKES);
-                        report.failed.push((run, e.to_string()))
+                    match result {
+                        Ok(outcome) => report.driven.push(outcome),
+                        Err(
+                            OrchestratorError::LeaseLost { .. }
+                            | OrchestratorError::NotResumable { .. },
+                        ) => report.skipped.push(run),
+                        Err(e) => {
+                            // not retried by this call
+                            taken.insert(run, MAX_TAKES);
+                            report.failed.push((run, e.to_string()))
+                        }
                     }
-                },
+                }
             }
             if limit_reached(&report, 0) {
                 stopping = true;

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use aios_core::RunId;
-use futures::future::{Either, FutureExt};
+use futures::future::{BoxFuture, Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::checkpoint::{lease_available, Lease};
@@ -168,8 +168,13 @@ impl Orchestrator {
     /// Looks through the parked runs for approvals settled without the store being told
     /// (decided by a program that does not go through [`Orchestrator::answer_approval`], or by
     /// a process that died between deciding and telling), and wakes their runs. Returns how
-    /// many runs it woke.
-    async fn rescan_parked(&self) -> Result<usize, OrchestratorError> {
+    /// many runs it woke that `woken_before` (what earlier looks of the same call woke) did
+    /// not hold, so a run woken but still not claimable (leased elsewhere, or given up on)
+    /// does not keep an idle call looking.
+    async fn rescan_parked(
+        &self,
+        woken_before: &mut std::collections::HashSet<(RunId, aios_core::ApprovalId)>,
+    ) -> Result<usize, OrchestratorError> {
         let mut woken = 0;
         for summary in self.checkpoint_store().list(true).await? {
             if self.is_active(summary.run) {
@@ -181,7 +186,9 @@ impl Orchestrator {
             for &a in approvals {
                 if self.approval_settled(a).await {
                     self.checkpoint_store().wake(summary.run, a).await?;
-                    woken += 1;
+                    if woken_before.insert((summary.run, a)) {
+                        woken += 1;
+                    }
                     break;
                 }
             }
@@ -221,67 +228,68 @@ impl Orchestrator {
         let mut taken: std::collections::HashMap<RunId, u32> = Default::default();
         let mut stop = std::pin::pin!(stop.fuse());
         let mut stopping = false;
-        let mut in_flight = FuturesUnordered::new();
-        // the runs of `in_flight`
+        // the runs being driven and the store calls of the loop itself, polled together: a
+        // claim waiting for a pooled connection must not stop the runs holding the others
+        let mut in_flight: FuturesUnordered<BoxFuture<'_, Step>> = FuturesUnordered::new();
+        // the runs of `in_flight`, and whether a claim is among them
         let mut driving: std::collections::HashSet<RunId> = Default::default();
+        let mut claiming = false;
+        // the last claim found nothing: claim again when a run stops, after the `nap` (runs
+        // in flight, not returning idle) or after the idle wait
+        let mut idle = false;
+        let mut nap: Option<aios_core::Sleep> = None;
         let concurrency = options.concurrency.max(1);
         let limit_reached =
             |r: &WorkReport, n: usize| options.max_runs.is_some_and(|m| r.driven.len() + n >= m);
         // the sweep runs before the first claim and then whenever the queue came up short
         let mut sweep_due = true;
         let mut last_rescan: Option<aios_core::Timestamp> = None;
+        let mut rescanned = Default::default();
         loop {
             if !stopping
-                && in_flight.len() < concurrency
-                && !limit_reached(&report, in_flight.len())
+                && !claiming
+                && !idle
+                && driving.len() < concurrency
+                && !limit_reached(&report, driving.len())
             {
-                if sweep_due {
-                    let swept = self.sweep_deadlines().await?;
-                    report.expired += swept.0;
-                    report.escalated += swept.1;
-                    sweep_due = false;
-                }
-                let mut want = concurrency - in_flight.len();
+                let mut want = concurrency - driving.len();
                 if let Some(m) = options.max_runs {
-                    want = want.min(m.saturating_sub(report.driven.len() + in_flight.len()));
+                    want = want.min(m.saturating_sub(report.driven.len() + driving.len()));
                 }
-                let leases = self
-                    .checkpoint_store()
-                    .claim(self.worker(), self.clock().now(), self.lease_ttl(), want)
-                    .await?;
-                if leases.len() < want {
-                    sweep_due = true;
-                }
-                for lease in leases {
-                    let run = lease.run;
-                    if driving.contains(&run) || self.is_active(run) {
-                        // this process drives the run and its lease lapsed meanwhile (a slow
-                        // step): never drive it twice here. The new token fences the drive
-                        // in progress at its next write; giving the lease back lets the run
-                        // be claimed again at once.
-                        let _ = self.checkpoint_store().release(&lease).await;
-                        report.skipped.push(run);
-                        continue;
+                let sweep = std::mem::take(&mut sweep_due);
+                let busy = driving.clone();
+                claiming = true;
+                in_flight.push(Box::pin(async move {
+                    let swept = if sweep {
+                        match self.sweep_deadlines().await {
+                            Ok(s) => Some(s),
+                            Err(e) => return Step::Claimed(Err(e), None, want),
+                        }
+                    } else {
+                        None
+                    };
+                    let claimed = self
+                        .checkpoint_store()
+                        .claim(self.worker(), self.clock().now(), self.lease_ttl(), want)
+                        .await;
+                    let claimed = match claimed {
+                        Ok(c) => c,
+                        Err(e) => return Step::Claimed(Err(e.into()), swept, want),
+                    };
+                    let mut leases = vec![];
+                    for lease in claimed {
+                        if busy.contains(&lease.run) || self.is_active(lease.run) {
+                            // this process drives the run and its lease lapsed meanwhile (a
+                            // slow step): never drive it twice here. The new token fences the
+                            // drive in progress at its next write; giving the lease back lets
+                            // the run be claimed again at once.
+                            let _ = self.checkpoint_store().release(&lease).await;
+                            continue;
+                        }
+                        leases.push(lease);
                     }
-                    let n = taken.entry(run).or_insert(0);
-                    *n += 1;
-                    if *n == MAX_TAKES {
-                        // the lease is kept until it lapses: the store would hand the run
-                        // straight back
-                        report.failed.push((
-                            run,
-                            format!("taken up {MAX_TAKES} times by one worker call without stopping for good; left for the next call"),
-                        ));
-                        continue;
-                    }
-                    if *n > MAX_TAKES {
-                        // given up on earlier in this call and its lease lapsed since: try
-                        // again, a lease's time later
-                        *n = 1;
-                    }
-                    driving.insert(run);
-                    in_flight.push(async move { (run, self.resume_claimed(lease).await) });
-                }
+                    Step::Claimed(Ok(leases), swept, want)
+                }));
             }
             if in_flight.is_empty() {
                 if stopping || limit_reached(&report, 0) {
@@ -296,7 +304,8 @@ impl Orchestrator {
                     });
                 if rescan_due {
                     last_rescan = Some(now);
-                    if self.rescan_parked().await? > 0 {
+                    if self.rescan_parked(&mut rescanned).await? > 0 {
+                        idle = false;
                         continue;
                     }
                 }
@@ -309,21 +318,92 @@ impl Orchestrator {
                     return Ok(report);
                 }
                 sweep_due = true;
+                idle = false;
                 continue;
             }
+            let mut napped = false;
             let next = if stopping {
                 Either::Right(in_flight.next().await)
+            } else if let Some(n) = nap.as_mut() {
+                let either = futures::future::select(in_flight.next(), n);
+                match futures::future::select(&mut stop, either).await {
+                    Either::Left(((), _)) => Either::Left(()),
+                    Either::Right((Either::Left((next, _)), _)) => Either::Right(next),
+                    Either::Right((Either::Right(((), _)), _)) => {
+                        napped = true;
+                        Either::Right(None)
+                    }
+                }
             } else {
                 match futures::future::select(&mut stop, in_flight.next()).await {
                     Either::Left(((), _)) => Either::Left(()),
                     Either::Right((next, _)) => Either::Right(next),
                 }
             };
+            if napped {
+                nap = None;
+                idle = false;
+                continue;
+            }
             match next {
                 Either::Left(()) => stopping = true,
                 Either::Right(None) => {}
-                Either::Right(Some((run, result))) => {
+                Either::Right(Some(Step::Claimed(claimed, swept, want))) => {
+                    claiming = false;
+                    if let Some((expired, escalated)) = swept {
+                        report.expired += expired;
+                        report.escalated += escalated;
+                    }
+                    let leases = claimed?;
+                    if leases.len() < want {
+                        sweep_due = true;
+                    }
+                    let found = !leases.is_empty();
+                    for lease in leases {
+                        let run = lease.run;
+                        if stopping {
+                            // told to stop while claiming: no new run is taken
+                            in_flight.push(Box::pin(async move {
+                                let _ = self.checkpoint_store().release(&lease).await;
+                                Step::Released
+                            }));
+                            continue;
+                        }
+                        let n = taken.entry(run).or_insert(0);
+                        *n += 1;
+                        if *n == MAX_TAKES {
+                            // the lease is kept until it lapses: the store would hand the run
+                            // straight back
+                            report.failed.push((
+                                run,
+                                format!("taken up {MAX_TAKES} times by one worker call without stopping for good; left for the next call"),
+                            ));
+                            continue;
+                        }
+                        if *n > MAX_TAKES {
+                            // given up on earlier in this call and its lease lapsed since: try
+                            // again, a lease's time later
+                            *n = 1;
+                        }
+                        driving.insert(run);
+                        in_flight.push(Box::pin(async move {
+                            Step::Ran(run, self.resume_claimed(lease).await)
+                        }));
+                    }
+                    if !found {
+                        // nothing more to claim now: look again when a run stops (or, when
+                        // not returning idle, after `poll`), not in a busy loop
+                        idle = true;
+                        if !options.until_idle && !driving.is_empty() {
+                            nap = Some(self.timer().sleep(options.poll));
+                        }
+                    }
+                }
+                Either::Right(Some(Step::Released)) => {}
+                Either::Right(Some(Step::Ran(run, result))) => {
                     driving.remove(&run);
+                    idle = false;
+                    nap = None;
                     match result {
                         Ok(outcome) => report.driven.push(outcome),
                         Err(
@@ -343,6 +423,21 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// What finished among the futures [`Orchestrator::work`] polls.
+enum Step {
+    /// A claim (after the deadline sweep, if one was due): the leases, the sweep's counts,
+    /// and how many runs were asked for.
+    Claimed(
+        Result<Vec<Lease>, OrchestratorError>,
+        Option<(usize, usize)>,
+        usize,
+    ),
+    /// A run driven to its next stop.
+    Ran(RunId, Result<RunOutcome, OrchestratorError>),
+    /// A lease claimed while stopping, given back.
+    Released,
 }
 
 /// How often one [`Orchestrator::work`] call takes up the same run at most (a run parks and

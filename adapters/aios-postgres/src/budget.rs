@@ -355,14 +355,22 @@ impl PgBudgetLedger {
         )
         .await
         .map_err(|e| db.err(what, e))?;
+        let mut act = act;
         if let (Some(key), Some(_)) = (&held.key, act) {
-            tx.c_execute(
-                "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
-                 ON CONFLICT (key) DO NOTHING",
-                &[key, &raw],
-            )
-            .await
-            .map_err(|e| db.err("charge a key", e))?;
+            let charged = tx
+                .c_execute(
+                    "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
+                     ON CONFLICT (key) DO NOTHING",
+                    &[key, &raw],
+                )
+                .await
+                .map_err(|e| db.err("charge a key", e))?;
+            if charged == 0 {
+                // another reservation with this key was committed first (two workers drove
+                // the call, one after its lease lapsed): the key is charged once, so this
+                // commit only gives its reservation back
+                act = None;
+            }
         }
         let mut alerts = Vec::new();
         for key in &held.keys {

@@ -48,6 +48,11 @@ pub struct Notification {
 ///
 /// Contract: `notify` must not fail the run; delivery failures are the notifier's to retry or
 /// log. It must be safe to call concurrently.
+///
+/// Delivery is at least once: a process killed after a notification went out and before the
+/// run recorded what followed sends it again when the run is resumed (an outcome-unknown
+/// notice, an escalation). Side effects are never repeated; notices may be. A notifier that
+/// must not repeat itself deduplicates on `(run, task, kind, approval)`.
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
     /// Delivers one notification.

@@ -7,12 +7,22 @@
 //! a power loss) and the fsync latency of the same directory are reported beside it, so the
 //! figure can be read on any machine. SQLITE-RECOVER is the crash test of `aios-sqlite`
 //! (`cargo test -p aios-sqlite --test crash`), not a timing.
+//!
+//! SQLITE-WORKERS: runs per second through `Orchestrator::work` on one SQLite file (default
+//! durability), with 1 and with 16 runs in flight: submitted ORCH-SEQ3 runs (checkpoint every
+//! step) with their checkpoints and audit log in the file, drained by one worker loop awaited
+//! on `futures::executor::block_on` (one thread). Afterwards every run must have completed and
+//! the audit chain must verify.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
-use aios::orchestrator::{CheckpointMode, Orchestrator, OrchestratorConfig, RunStatus};
+use aios::core::AuditLogExt;
+use aios::orchestrator::{
+    CheckpointMode, Orchestrator, OrchestratorConfig, RunStatus, WorkOptions,
+};
 use aios_sqlite::{Durability, SqliteOptions, SqliteStore};
 use futures::executor::block_on;
 
@@ -63,6 +73,63 @@ fn seq3(dir: &Path, durability: Durability, samples: usize) -> Option<(f64, f64,
         percentile_us(&sorted, 99.0),
         per_run,
     ))
+}
+
+/// SQLITE-WORKERS: `runs` submitted seq3 runs drained by one `Orchestrator::work` loop with
+/// `in_flight` runs at once, checkpoints and audit log in one file; runs per second of the
+/// drain, or `None` (with the reason on stderr) if a run did not complete or the chain does not
+/// verify.
+fn workers(dir: &Path, in_flight: usize, runs: usize) -> Option<f64> {
+    let path = dir.join(format!("sqlite-workers-{in_flight}.db"));
+    let fail = |e: &dyn std::fmt::Display| eprintln!("SQLITE-WORKERS: {e}");
+    let store = SqliteStore::open(&path).map_err(|e| fail(&e)).ok()?;
+    let o = Orchestrator::builder(governor())
+        .role(counter_role())
+        .checkpoints(Arc::new(store.checkpoint_store()))
+        .audit(Arc::new(store.audit_log()))
+        .config(OrchestratorConfig {
+            checkpoints: CheckpointMode::EveryStep,
+            ..OrchestratorConfig::default()
+        })
+        .build()
+        .map_err(|e| fail(&e))
+        .ok()?;
+    for _ in 0..runs {
+        block_on(o.submit(chain(3))).map_err(|e| fail(&e)).ok()?;
+    }
+    let started = Instant::now();
+    let report = block_on(o.work(
+        WorkOptions::until_idle().concurrency(in_flight),
+        futures::future::pending(),
+    ))
+    .map_err(|e| fail(&e))
+    .ok()?;
+    let elapsed = started.elapsed();
+    let completed = report
+        .driven
+        .iter()
+        .filter(|r| r.status == RunStatus::Completed)
+        .count();
+    if completed != runs {
+        fail(&format!(
+            "{completed} of {runs} runs completed ({} failed: {:?})",
+            report.failed.len(),
+            report.failed.first()
+        ));
+        return None;
+    }
+    match block_on(o.audit_log().verify(None)) {
+        Ok(v) if v.is_intact() => {}
+        Ok(v) => {
+            fail(&format!("the audit chain does not verify: {v:?}"));
+            return None;
+        }
+        Err(e) => {
+            fail(&e);
+            return None;
+        }
+    }
+    Some(runs as f64 / elapsed.as_secs_f64())
 }
 
 /// Median latency of `write` + `fsync` of 4 KiB in `dir`, in microseconds.
@@ -132,6 +199,19 @@ pub fn run(config: &Config) -> Vec<Measurement> {
             ));
         }
         None => out.push(failed("SQLITE-CKPT-NORMAL")),
+    }
+    let runs = config.pick(200, 1_000);
+    for in_flight in [1, 16] {
+        match workers(&dir, in_flight, runs) {
+            Some(rate) => out.push(Measurement::new(
+                "SQLITE-WORKERS",
+                &format!("runs/s, {in_flight} in flight"),
+                rate,
+                "1/s",
+                Goal::None,
+            )),
+            None => out.push(failed("SQLITE-WORKERS")),
+        }
     }
     if let Some(us) = fsync_us(&dir, samples) {
         out.push(Measurement::new(

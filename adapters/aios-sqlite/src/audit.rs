@@ -12,7 +12,8 @@ use rusqlite::OptionalExtension;
 use crate::db::{to_sql_u64, Db};
 
 /// An [`AuditLog`] in SQLite: one row per entry, keyed by its sequence number, with its
-/// format version and hash in columns beside the entry as JSON. Clones share the connection.
+/// format version and hash in columns beside the entry as JSON. Clones share the store's
+/// connections.
 ///
 /// A row of a newer format version (the `v` column or the entry's own) or whose JSON does not
 /// decode is read as [`StoredEntry::Unreadable`], naming the table, seq and file; the other
@@ -102,15 +103,18 @@ fn head_of(db: &Db, tx: &rusqlite::Transaction<'_>) -> Result<ChainHead, StoreEr
 #[async_trait]
 impl AuditLog for SqliteAuditLog {
     async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
-        let db = &self.db;
-        db.write("append an audit entry", |tx| {
-            let head = head_of(db, tx)?;
-            // the JSON holds the sealed entry; its MAC goes in its own column
-            let entry = AuditEntry::seal(head.len, head.hash, record)?;
-            let text = db.encode("an audit entry", &entry)?;
-            let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
-            let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
-            tx.prepare_cached(
+        let this = self.clone();
+        self.db
+            .write("append an audit entry", move |tx| {
+                let db = &this.db;
+                let head = head_of(db, tx)?;
+                // the JSON holds the sealed entry; its MAC goes in its own column (the record is
+                // cloned: a write may run again if its group commit fails)
+                let entry = AuditEntry::seal(head.len, head.hash, record.clone())?;
+                let text = db.encode("an audit entry", &entry)?;
+                let mac = this.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
+                let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
+                tx.prepare_cached(
                 "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .and_then(|mut s| {
@@ -123,8 +127,9 @@ impl AuditLog for SqliteAuditLog {
                 ])
             })
             .map_err(|e| db.err("append an audit entry", e))?;
-            Ok(entry.head())
-        })
+                Ok(entry.head())
+            })
+            .await
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {
@@ -133,19 +138,23 @@ impl AuditLog for SqliteAuditLog {
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         type Row = (i64, i64, String, Option<String>, String);
-        let rows: Vec<Row> = self.db.read("read the audit log", |tx| {
-            tx.prepare_cached(
-                "SELECT seq, v, hash, mac, entry FROM audit_entries
+        let db = self.db.clone();
+        let rows: Vec<Row> = self
+            .db
+            .read("read the audit log", move |tx| {
+                tx.prepare_cached(
+                    "SELECT seq, v, hash, mac, entry FROM audit_entries
                  WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map([from, limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect()
+                )
+                .and_then(|mut s| {
+                    s.query_map([from, limit], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| db.err("read the audit log", e))
             })
-            .map_err(|e| self.db.err("read the audit log", e))
-        })?;
+            .await?;
         Ok(rows
             .iter()
             .map(|(seq, v, hash, mac, text)| self.decode(*seq, *v, hash, mac.as_deref(), text))
@@ -153,7 +162,9 @@ impl AuditLog for SqliteAuditLog {
     }
 
     async fn head(&self) -> Result<ChainHead, AuditError> {
+        let db = self.db.clone();
         self.db
-            .read("read the audit head", |tx| head_of(&self.db, tx))
+            .read("read the audit head", move |tx| head_of(&db, tx))
+            .await
     }
 }

@@ -22,7 +22,7 @@ use crate::db::Db;
 /// A [`BudgetLedger`] in SQLite, with exactly the semantics of
 /// [`aios_governance::InMemoryBudgetLedger`]: all-or-nothing reservation over the chain,
 /// periods read from the injected [`Clock`], each alert threshold reported once per budget,
-/// dimension and period. Clones share the connection.
+/// dimension and period. Clones share the store's connections.
 ///
 /// One row per budget holds its limits, current window, committed and reserved amounts and
 /// the alerts already reported, as JSON; one row per unsettled reservation holds the budgets
@@ -216,7 +216,11 @@ impl SqliteBudgetLedger {
         Ok(())
     }
 
-    fn settle(&self, id: ReservationId, actual: Option<Usage>) -> Result<Settlement, BudgetError> {
+    async fn settle(
+        &self,
+        id: ReservationId,
+        actual: Option<Usage>,
+    ) -> Result<Settlement, BudgetError> {
         let act = actual.map(Usage::to_array);
         if let Some(a) = act {
             if a[0] < 0 {
@@ -229,44 +233,45 @@ impl SqliteBudgetLedger {
             return Err(BudgetError::UnknownReservation { id });
         };
         let now = self.clock.now();
-        let alerts = self.db.write("settle a budget reservation", |tx| {
+        let this = self.clone();
+        let alerts = self.db.write("settle a budget reservation", move |tx| {
             let row: Option<(String, bool)> = tx
                 .prepare_cached(
                     "SELECT reservation, expired FROM budget_reservations WHERE id = ?1",
                 )
                 .and_then(|mut s| s.query_row([raw], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-                .map_err(|e| self.db.err("read a budget reservation", e))?;
+                .map_err(|e| this.db.err("read a budget reservation", e))?;
             let Some((text, expired)) = row else {
                 let issued: i64 = tx
                     .prepare_cached(
                         "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'budget_reservations'",
                     )
                     .and_then(|mut s| s.query_row([], |r| r.get(0)))
-                    .map_err(|e| self.db.err("read the reservation counter", e))?;
+                    .map_err(|e| this.db.err("read the reservation counter", e))?;
                 return Err(if raw >= 1 && raw <= issued {
                     BudgetError::AlreadySettled { id }
                 } else {
                     BudgetError::UnknownReservation { id }
                 });
             };
-            let held: Held = self.db.decode("budget_reservations", &raw, &text)?;
+            let held: Held = this.db.decode("budget_reservations", &raw, &text)?;
             tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
                 .and_then(|mut s| s.execute([raw]))
-                .map_err(|e| self.db.err("settle a budget reservation", e))?;
+                .map_err(|e| this.db.err("settle a budget reservation", e))?;
             if let (Some(key), Some(_)) = (&held.key, act) {
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO budget_charges (key, reservation) VALUES (?1, ?2)",
                 )
                 .and_then(|mut s| s.execute(rusqlite::params![key, raw]))
-                .map_err(|e| self.db.err("charge a key", e))?;
+                .map_err(|e| this.db.err("charge a key", e))?;
             }
             let mut alerts = Vec::new();
             for key in held.keys {
-                let Some(mut a) = self.load(tx, key)? else {
+                let Some(mut a) = this.load(tx, key)? else {
                     return Err(BudgetError::Store(StoreError::Corrupt {
                         location: format!(
                             "table `budget_reservations` row `{raw}` in `{}`",
-                            self.db.location()
+                            this.db.location()
                         ),
                         detail: format!("the reservation charged budget `{key}`, which is missing"),
                     }));
@@ -283,10 +288,11 @@ impl SqliteBudgetLedger {
                     }
                     a.check_alerts(&mut alerts);
                 }
-                self.store(tx, &a)?;
+                this.store(tx, &a)?;
             }
             Ok::<_, BudgetError>(alerts)
-        })?;
+        })
+        .await?;
         Ok(Settlement { alerts })
     }
 
@@ -375,27 +381,30 @@ impl SqliteBudgetLedger {
 impl BudgetLedger for SqliteBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
         let now = self.clock.now();
-        self.db.write("set budget limits", |tx| {
-            let w = limits.period.window(now);
-            let account = match self.load(tx, key)? {
-                Some(mut a) => {
-                    a.roll(w);
-                    a.alerted = [0; DIMENSIONS];
-                    a.limits = limits;
-                    a
-                }
-                None => Account {
-                    key,
-                    limits,
-                    window: w,
-                    committed: [0; DIMENSIONS],
-                    reserved: [0; DIMENSIONS],
-                    alerted: [0; DIMENSIONS],
-                },
-            };
-            self.store(tx, &account)?;
-            Ok::<_, BudgetError>(())
-        })
+        let this = self.clone();
+        self.db
+            .write("set budget limits", move |tx| {
+                let w = limits.period.window(now);
+                let account = match this.load(tx, key)? {
+                    Some(mut a) => {
+                        a.roll(w);
+                        a.alerted = [0; DIMENSIONS];
+                        a.limits = limits.clone();
+                        a
+                    }
+                    None => Account {
+                        key,
+                        limits: limits.clone(),
+                        window: w,
+                        committed: [0; DIMENSIONS],
+                        reserved: [0; DIMENSIONS],
+                        alerted: [0; DIMENSIONS],
+                    },
+                };
+                this.store(tx, &account)?;
+                Ok::<_, BudgetError>(())
+            })
+            .await
     }
 
     async fn reserve(
@@ -414,83 +423,99 @@ impl BudgetLedger for SqliteBudgetLedger {
         let expires = nanos(now).saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
         // a refusal commits the transaction too: it wrote nothing but the sweep, which
         // stands (as in the in-memory ledger); store errors roll everything back
-        let (id, alerts) = self.db.write("reserve budget", |tx| {
-            self.sweep(tx, now)?;
-            match self.reserve_in(tx, now, chain, amt, options, expires) {
-                Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),
-                refused_or_reserved => Ok(refused_or_reserved),
-            }
-        })??;
+        let (this, chain, options) = (self.clone(), *chain, options.clone());
+        let (id, alerts) = self
+            .db
+            .write("reserve budget", move |tx| {
+                this.sweep(tx, now)?;
+                match this.reserve_in(tx, now, &chain, amt, &options, expires) {
+                    Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),
+                    refused_or_reserved => Ok(refused_or_reserved),
+                }
+            })
+            .await??;
         self.emit(&alerts).await?;
         Ok(Reservation { id, alerts })
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, Some(actual))?;
+        let s = self.settle(id, Some(actual)).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }
 
     async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, None)?;
+        let s = self.settle(id, None).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }
 
     async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
         let now = self.clock.now();
-        self.db.write("release a run's budget reservations", |tx| {
-            let rows: Vec<(i64, String, bool)> = tx
-                .prepare_cached("SELECT id, reservation, expired FROM budget_reservations")
-                .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(|e| self.db.err("read budget reservations", e))?;
-            let mut released = 0;
-            for (raw, text, expired) in rows {
-                let held: Held = self.db.decode("budget_reservations", &raw, &text)?;
-                if held.run != Some(run) {
-                    continue;
-                }
-                tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
-                    .and_then(|mut s| s.execute([raw]))
-                    .map_err(|e| self.db.err("release a budget reservation", e))?;
-                released += 1;
-                if expired {
-                    continue;
-                }
-                for key in held.keys {
-                    if let Some(mut a) = self.load(tx, key)? {
-                        a.roll_to(now);
-                        for d in 0..DIMENSIONS {
-                            a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+        let this = self.clone();
+        self.db
+            .write("release a run's budget reservations", move |tx| {
+                let rows: Vec<(i64, String, bool)> = tx
+                    .prepare_cached("SELECT id, reservation, expired FROM budget_reservations")
+                    .and_then(|mut s| {
+                        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(|e| this.db.err("read budget reservations", e))?;
+                let mut released = 0;
+                for (raw, text, expired) in rows {
+                    let held: Held = this.db.decode("budget_reservations", &raw, &text)?;
+                    if held.run != Some(run) {
+                        continue;
+                    }
+                    tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
+                        .and_then(|mut s| s.execute([raw]))
+                        .map_err(|e| this.db.err("release a budget reservation", e))?;
+                    released += 1;
+                    if expired {
+                        continue;
+                    }
+                    for key in held.keys {
+                        if let Some(mut a) = this.load(tx, key)? {
+                            a.roll_to(now);
+                            for d in 0..DIMENSIONS {
+                                a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
+                            }
+                            this.store(tx, &a)?;
                         }
-                        self.store(tx, &a)?;
                     }
                 }
-            }
-            Ok::<_, BudgetError>(released)
-        })
+                Ok::<_, BudgetError>(released)
+            })
+            .await
     }
 
     async fn expire_reservations(&self) -> Result<usize, BudgetError> {
         let now = self.clock.now();
+        let this = self.clone();
         self.db
-            .write("expire budget reservations", |tx| self.sweep(tx, now))
+            .write("expire budget reservations", move |tx| this.sweep(tx, now))
+            .await
     }
 
     async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {
         let now = self.clock.now();
-        let (due, account) = self.db.read("read a budget", |tx| {
-            Ok::<_, StoreError>((self.due(tx, now)?, self.load(tx, key)?))
-        })?;
+        let this = self.clone();
+        let (due, account) = self
+            .db
+            .read("read a budget", move |tx| {
+                Ok::<_, StoreError>((this.due(tx, now)?, this.load(tx, key)?))
+            })
+            .await?;
         let account = if due {
             // expire what is due first, so usage never counts an expired reservation
-            self.db.write("read a budget", |tx| {
-                self.sweep(tx, now)?;
-                Ok::<_, BudgetError>(self.load(tx, key)?)
-            })?
+            let this = self.clone();
+            self.db
+                .write("read a budget", move |tx| {
+                    this.sweep(tx, now)?;
+                    Ok::<_, BudgetError>(this.load(tx, key)?)
+                })
+                .await?
         } else {
             account
         };
@@ -510,12 +535,14 @@ impl SqliteBudgetLedger {
     /// The number of reservations not yet settled (for example left behind by a crash
     /// between a reservation and its settlement).
     pub fn outstanding(&self) -> Result<usize, StoreError> {
-        self.db.read("count budget reservations", |tx| {
-            tx.query_row("SELECT count(*) FROM budget_reservations", [], |r| {
-                r.get::<_, i64>(0)
+        let db = self.db.clone();
+        self.db
+            .read_blocking("count budget reservations", move |tx| {
+                tx.query_row("SELECT count(*) FROM budget_reservations", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| usize::try_from(n).unwrap_or(0))
+                .map_err(|e| db.err("count budget reservations", e))
             })
-            .map(|n| usize::try_from(n).unwrap_or(0))
-            .map_err(|e| self.db.err("count budget reservations", e))
-        })
     }
 }

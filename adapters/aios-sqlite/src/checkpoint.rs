@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
-use crate::db::{to_sql_u64, Db};
+use crate::db::{map_sqlite, to_sql_u64, Db};
 
-/// A [`CheckpointStore`] in SQLite. Clones share the connection.
+/// A [`CheckpointStore`] in SQLite. Clones share the store's connections.
 ///
 /// Table `runs` holds, per run, the newest fencing token issued, the current lease and a
 /// summary of the latest checkpoint (for `list`); table `checkpoints` keeps every checkpoint
@@ -75,23 +75,24 @@ fn checksum(run: &str, seq: i64, text: &str) -> String {
 
 /// Gives every checkpoint row without a checksum its checksum: part of the migration that
 /// adds the column, in its transaction, so no stored checkpoint is left without one.
-pub(crate) fn backfill_checksums(db: &Db, tx: &Transaction<'_>) -> Result<(), StoreError> {
+pub(crate) fn backfill_checksums(location: &str, tx: &Transaction<'_>) -> Result<(), StoreError> {
     let what = "add checksums to the stored checkpoints";
+    let err = |e| map_sqlite(location, what, e);
     let rows: Vec<(String, i64, String)> = tx
         .prepare("SELECT run, seq, checkpoint FROM checkpoints WHERE checksum IS NULL")
         .and_then(|mut s| {
             s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         })
-        .map_err(|e| db.err(what, e))?;
+        .map_err(err)?;
     let mut update = tx
         .prepare("UPDATE checkpoints SET checksum = ?3 WHERE run = ?1 AND seq = ?2")
-        .map_err(|e| db.err(what, e))?;
+        .map_err(err)?;
     for (run, seq, text) in rows {
         let sum = checksum(&run, seq, &text);
         update
             .execute(rusqlite::params![run, seq, sum])
-            .map_err(|e| db.err(what, e))?;
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -224,10 +225,12 @@ impl CheckpointStore for SqliteCheckpointStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let key = run.to_string();
-        db.write_unsynced("acquire a lease", |tx| {
-            let row = self.run_row(tx, &key)?;
+        let owner = owner.clone();
+        self.db.write_unsynced("acquire a lease", move |tx| {
+            let db = &this.db;
+            let row = this.run_row(tx, &key)?;
             let (last_token, current) = match row {
                 Some(r) => (r.last_token, r.lease),
                 None => (0, None),
@@ -252,6 +255,7 @@ impl CheckpointStore for SqliteCheckpointStore {
             .map_err(|e| db.err("acquire a lease", e))?;
             Ok(lease)
         })
+        .await
     }
 
     async fn renew(
@@ -260,69 +264,77 @@ impl CheckpointStore for SqliteCheckpointStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let key = lease.run.to_string();
-        db.write_unsynced("renew a lease", |tx| {
-            let Some(row) = self.run_row(tx, &key)? else {
-                return Err(renewal_refused(lease, 0));
-            };
-            if !lease_renewable(row.lease.as_ref(), row.last_token, lease) {
-                return Err(renewal_refused(lease, row.last_token));
-            }
-            let renewed = Lease {
-                expires_at: expires(now, ttl),
-                ..lease.clone()
-            };
-            let text = db.encode("a lease", &renewed)?;
-            tx.prepare_cached("UPDATE runs SET lease = ?2 WHERE run = ?1")
-                .and_then(|mut s| s.execute(rusqlite::params![key, text]))
-                .map_err(|e| db.err("renew a lease", e))?;
-            Ok(renewed)
-        })
+        let lease = lease.clone();
+        self.db
+            .write_unsynced("renew a lease", move |tx| {
+                let db = &this.db;
+                let Some(row) = this.run_row(tx, &key)? else {
+                    return Err(renewal_refused(&lease, 0));
+                };
+                if !lease_renewable(row.lease.as_ref(), row.last_token, &lease) {
+                    return Err(renewal_refused(&lease, row.last_token));
+                }
+                let renewed = Lease {
+                    expires_at: expires(now, ttl),
+                    ..lease.clone()
+                };
+                let text = db.encode("a lease", &renewed)?;
+                tx.prepare_cached("UPDATE runs SET lease = ?2 WHERE run = ?1")
+                    .and_then(|mut s| s.execute(rusqlite::params![key, text]))
+                    .map_err(|e| db.err("renew a lease", e))?;
+                Ok(renewed)
+            })
+            .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let key = lease.run.to_string();
-        db.write_unsynced("release a lease", |tx| {
-            let current = self.run_row(tx, &key)?.and_then(|r| r.lease);
-            if current.is_some_and(|l| l.token == lease.token) {
-                tx.prepare_cached("UPDATE runs SET lease = NULL WHERE run = ?1")
-                    .and_then(|mut s| s.execute([&key]))
-                    .map_err(|e| db.err("release a lease", e))?;
-            }
-            Ok(())
-        })
+        let token = lease.token;
+        self.db
+            .write_unsynced("release a lease", move |tx| {
+                let db = &this.db;
+                let current = this.run_row(tx, &key)?.and_then(|r| r.lease);
+                if current.is_some_and(|l| l.token == token) {
+                    tx.prepare_cached("UPDATE runs SET lease = NULL WHERE run = ?1")
+                        .and_then(|mut s| s.execute([&key]))
+                        .map_err(|e| db.err("release a lease", e))?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let run = checkpoint.run;
         let key = run.to_string();
-        let text = db.encode("a checkpoint", checkpoint)?;
-        let status = db.encode("a run status", &checkpoint.state.status)?;
+        let text = self.db.encode("a checkpoint", checkpoint)?;
+        let status = self.db.encode("a run status", &checkpoint.state.status)?;
         let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
-        db.write("save a checkpoint", |tx| {
-            let (last_token, latest_seq, exists) = match self.run_row(tx, &key)? {
+        let (lease_run, token) = (lease.run, lease.token);
+        let (seq, workflow) = (checkpoint.seq, checkpoint.state.workflow.clone());
+        self.db.write("save a checkpoint", move |tx| {
+            let db = &this.db;
+            let (last_token, latest_seq, exists) = match this.run_row(tx, &key)? {
                 Some(r) => (r.last_token, r.latest_seq, true),
                 None => (0, 0, false),
             };
-            if lease.run != run || lease.token < last_token || lease.token == 0 {
+            if lease_run != run || token < last_token || token == 0 {
                 return Err(StoreError::Fenced {
                     what: format!("run {run}"),
-                    presented: lease.token,
+                    presented: token,
                     current: last_token,
                 });
             }
-            if checkpoint.seq <= latest_seq {
+            if seq <= latest_seq {
                 return Err(StoreError::Conflict {
-                    detail: format!(
-                        "checkpoint {} of run {run} is not after {latest_seq}",
-                        checkpoint.seq
-                    ),
+                    detail: format!("checkpoint {seq} of run {run} is not after {latest_seq}"),
                 });
             }
-            let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
+            let seq = to_sql_u64(db.location(), "checkpoint seq", seq)?;
             let sum = checksum(&key, seq, &text);
             let (_, settled) = self.queue_row(tx, &key)?;
             let ready = claimable(&checkpoint.state.status, &settled);
@@ -349,7 +361,7 @@ impl CheckpointStore for SqliteCheckpointStore {
                     s.execute(rusqlite::params![
                         key,
                         seq,
-                        checkpoint.state.workflow,
+                        workflow,
                         status,
                         parked,
                         ready,
@@ -359,22 +371,26 @@ impl CheckpointStore for SqliteCheckpointStore {
                 .map_err(|e| db.err("save a checkpoint", e))?;
             Ok(())
         })
+        .await
     }
 
     async fn latest(&self, run: RunId) -> Result<Option<Checkpoint>, StoreError> {
         let key = run.to_string();
-        let row: Option<(i64, String, Option<String>)> =
-            self.db.read("read the latest checkpoint", |tx| {
+        let (db, k) = (self.db.clone(), key.clone());
+        let row: Option<(i64, String, Option<String>)> = self
+            .db
+            .read("read the latest checkpoint", move |tx| {
                 tx.prepare_cached(
                     "SELECT seq, checkpoint, checksum FROM checkpoints
                      WHERE run = ?1 ORDER BY seq DESC LIMIT 1",
                 )
                 .and_then(|mut s| {
-                    s.query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    s.query_row([&k], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .optional()
                 })
-                .map_err(|e| self.db.err("read the latest checkpoint", e))
-            })?;
+                .map_err(|e| db.err("read the latest checkpoint", e))
+            })
+            .await?;
         row.map(|(seq, text, sum)| self.read_row(&key, seq, &text, sum.as_deref()))
             .transpose()
     }
@@ -384,16 +400,20 @@ impl CheckpointStore for SqliteCheckpointStore {
             return Ok(None);
         };
         let key = run.to_string();
-        let row: Option<(String, Option<String>)> = self.db.read("read a checkpoint", |tx| {
-            tx.prepare_cached(
-                "SELECT checkpoint, checksum FROM checkpoints WHERE run = ?1 AND seq = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(rusqlite::params![key, seq], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+        let (db, k) = (self.db.clone(), key.clone());
+        let row: Option<(String, Option<String>)> = self
+            .db
+            .read("read a checkpoint", move |tx| {
+                tx.prepare_cached(
+                    "SELECT checkpoint, checksum FROM checkpoints WHERE run = ?1 AND seq = ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(rusqlite::params![k, seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(|e| db.err("read a checkpoint", e))
             })
-            .map_err(|e| self.db.err("read a checkpoint", e))
-        })?;
+            .await?;
         row.map(|(text, sum)| self.read_row(&key, seq, &text, sum.as_deref()))
             .transpose()
     }
@@ -403,19 +423,23 @@ impl CheckpointStore for SqliteCheckpointStore {
         // damaged checkpoint does not hide the other runs: it is reported (as `Corrupt`,
         // naming run and seq) when that run's checkpoint is read
         type Row = (String, String, String, i64, Option<String>);
-        let rows: Vec<Row> = self.db.read("list runs", |tx| {
-            tx.prepare_cached(
-                "SELECT run, workflow, status, latest_seq, lease FROM runs
+        let db = self.db.clone();
+        let rows: Vec<Row> = self
+            .db
+            .read("list runs", move |tx| {
+                tx.prepare_cached(
+                    "SELECT run, workflow, status, latest_seq, lease FROM runs
                  WHERE latest_seq > 0 AND (?1 = 0 OR parked = 1) ORDER BY run",
-            )
-            .and_then(|mut s| {
-                s.query_map([parked_only], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect()
+                )
+                .and_then(|mut s| {
+                    s.query_map([parked_only], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })?
+                    .collect()
+                })
+                .map_err(|e| db.err("list runs", e))
             })
-            .map_err(|e| self.db.err("list runs", e))
-        })?;
+            .await?;
         rows.into_iter()
             .map(|(run, workflow, status, seq, lease)| {
                 let lease = match lease {

@@ -7,7 +7,7 @@
 //!
 //! - [`SqliteStore`]: a handle on one database, opened from a path ([`SqliteStore::open`],
 //!   [`SqliteStore::open_with`]) or in memory for tests ([`SqliteStore::in_memory`]). It
-//!   hands out the six port implementations, which share its single connection:
+//!   hands out the six port implementations, which share its connections:
 //!   - [`SqliteAuditLog`] ([`aios_core::AuditLog`]): the hash-chained audit log;
 //!   - [`SqliteMemoryStore`] ([`aios_memory::MemoryStore`]): versioned memory records;
 //!   - [`SqliteCheckpointStore`] ([`aios_orchestrator::CheckpointStore`]): run checkpoints
@@ -59,9 +59,31 @@
 //!
 //! ## Threads and async
 //!
-//! The ports' methods are `async` (the port traits are), but the SQLite calls inside them are
-//! synchronous and short: one connection behind a mutex, no runtime needed. Writes from one
-//! process are serialised by that mutex; writes from several processes by SQLite's lock.
+//! A store owns one writer thread with the only write connection and a few reader threads
+//! ([`SqliteOptions::readers`], default 2), each with its own connection (WAL mode lets them
+//! read while the writer writes). The ports' methods hand their SQL to those threads and await
+//! the answer through a `futures` oneshot channel, so they never block the caller's executor
+//! on SQLite or on an fsync, and need no particular runtime (`futures::executor::block_on`
+//! drives them as well as Tokio). Many runs in flight on one executor are therefore not
+//! serialised by the store:
+//!
+//! - **Group commit.** The writes queued while the writer is busy are committed together in
+//!   one `BEGIN IMMEDIATE` transaction, one fsync for all of them (at most 256 at a time), in
+//!   the order they were queued; each caller's future resolves only once its write is
+//!   committed (and fsynced under [`Durability::Full`]). Each write runs in its own savepoint:
+//!   one that fails or is refused is rolled back alone and the others commit. If the shared
+//!   transaction fails as a whole (the commit fails, SQLite rolls it back after an I/O error,
+//!   a write panics), every write of the group is run again on its own transaction, so each
+//!   caller gets the answer of its own write. [`SqliteStore::commits`] counts the commits.
+//! - **Reads** run in a read transaction on a reader connection and see every write whose
+//!   future resolved before they were called. In memory there is one connection, and reads
+//!   run on the writer thread between its commits.
+//! - A write that was queued completes even if its caller stops waiting for it. Dropping the
+//!   last handle on a store lets the threads finish what is queued, closes the connections
+//!   (folding the write-ahead log into the file) and joins the threads.
+//!
+//! Writes from one process are serialised by the writer thread; writes from several processes
+//! by SQLite's lock, with [`SqliteOptions::busy_timeout`].
 //!
 //! ```
 //! use aios_core::{AuditEvent, AuditLog, AuditLogExt, AuditRecord, Principal};
@@ -109,8 +131,9 @@ pub use controls::SqliteControlStore;
 pub use db::{Durability, SqliteOptions, SCHEMA_VERSION};
 pub use memory::SqliteMemoryStore;
 
-/// A handle on one AIOS database. Cheap to clone; clones and every port handed out share one
-/// connection.
+/// A handle on one AIOS database. Cheap to clone; clones and every port handed out share its
+/// writer thread and reader connections (see the crate docs, "Threads and async"); the
+/// threads stop when the last of them is dropped.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     db: Arc<db::Db>,
@@ -159,6 +182,13 @@ impl SqliteStore {
     /// problem.
     pub fn check_integrity(&self) -> Result<(), StoreError> {
         self.db.integrity_check()
+    }
+
+    /// How many transactions this store's writer has committed since it was opened, a group
+    /// commit counting once (so the writes made through the store divided by this is the
+    /// average group size; each is one fsync under [`Durability::Full`]).
+    pub fn commits(&self) -> u64 {
+        self.db.commits()
     }
 
     /// The audit log. Its appends carry no MAC; see [`SqliteStore::audit_log_keyed`].

@@ -10,7 +10,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use crate::db::Db;
 
 /// A [`MemoryStore`] in SQLite: one row per version, keyed by lineage id and version, the
-/// record as JSON. Clones share the connection.
+/// record as JSON. Clones share the store's connections.
 ///
 /// Lineage ids are stored as hyphenated lowercase UUIDs, whose text order is the ids' order,
 /// so `scan` pages in ascending id order straight from the primary key. A put that supersedes
@@ -71,10 +71,11 @@ impl MemoryStore for SqliteMemoryStore {
         record: MemoryRecord,
         expected_previous: Option<u32>,
     ) -> Result<(), StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let id = record.id.to_string();
-        db.write("put a memory record", |tx| {
-            let latest = self.latest(tx, &id)?;
+        self.db.write("put a memory record", move |tx| {
+            let db = &this.db;
+            let latest = this.latest(tx, &id)?;
             match expected_previous {
                 None => {
                     if latest.is_some() {
@@ -90,7 +91,7 @@ impl MemoryStore for SqliteMemoryStore {
                             ),
                         });
                     }
-                    self.insert(tx, &record)
+                    this.insert(tx, &record)
                 }
                 Some(expected) => {
                     let Some((latest_version, latest_text)) = latest else {
@@ -124,47 +125,50 @@ impl MemoryStore for SqliteMemoryStore {
                         s.execute(rusqlite::params![id, latest_version, prev_text])
                     })
                     .map_err(|e| db.err("retire a memory version", e))?;
-                    self.insert(tx, &record)
+                    this.insert(tx, &record)
                 }
             }
         })
+        .await
     }
 
     async fn get(&self, id: MemoryId, version: Option<u32>) -> Result<MemoryRecord, StoreError> {
         let key = id.to_string();
-        let row: Option<(i64, String)> =
-            self.db.read("read a memory record", |tx| {
-                match version {
-            None => self.latest(tx, &key),
-            Some(v) => tx
-                .prepare_cached(
-                    "SELECT version, record FROM memory_versions WHERE id = ?1 AND version = ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(rusqlite::params![key, i64::from(v)], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
+        let (this, k) = (self.clone(), key.clone());
+        let row: Option<(i64, String)> = self
+            .db
+            .read("read a memory record", move |tx| match version {
+                None => this.latest(tx, &k),
+                Some(v) => tx
+                    .prepare_cached(
+                        "SELECT version, record FROM memory_versions WHERE id = ?1 AND version = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(rusqlite::params![k, i64::from(v)], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
                     })
-                    .optional()
-                })
-                .map_err(|e| self.db.err("read a memory record", e)),
-        }
-            })?;
+                    .map_err(|e| this.db.err("read a memory record", e)),
+            })
+            .await?;
         let (v, text) = row.ok_or_else(|| not_found(id, version))?;
         self.db.decode(TABLE, &Self::row_key(&key, v), &text)
     }
 
     async fn versions(&self, id: MemoryId) -> Result<Vec<MemoryRecord>, StoreError> {
         let key = id.to_string();
-        let rows: Vec<(i64, String)> = self.db.read("read memory versions", |tx| {
-            tx.prepare_cached(
-                "SELECT version, record FROM memory_versions WHERE id = ?1 ORDER BY version",
-            )
-            .and_then(|mut s| {
-                s.query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
+        let (db, k) = (self.db.clone(), key.clone());
+        let rows: Vec<(i64, String)> = self
+            .db
+            .read("read memory versions", move |tx| {
+                tx.prepare_cached(
+                    "SELECT version, record FROM memory_versions WHERE id = ?1 ORDER BY version",
+                )
+                .and_then(|mut s| s.query_map([&k], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(|e| db.err("read memory versions", e))
             })
-            .map_err(|e| self.db.err("read memory versions", e))
-        })?;
+            .await?;
         if rows.is_empty() {
             return Err(not_found(id, None));
         }
@@ -181,7 +185,8 @@ impl MemoryStore for SqliteMemoryStore {
         // the empty string sorts before every id
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(String, i64, String)> = self.db.read("scan memory", |tx| {
+        let db = self.db.clone();
+        let rows: Vec<(String, i64, String)> = self.db.read("scan memory", move |tx| {
             tx.prepare_cached(
                 "SELECT id, version, record FROM memory_versions
                  WHERE id IN (SELECT DISTINCT id FROM memory_versions WHERE id > ?1 ORDER BY id LIMIT ?2)
@@ -193,8 +198,9 @@ impl MemoryStore for SqliteMemoryStore {
                 })?
                 .collect()
             })
-            .map_err(|e| self.db.err("scan memory", e))
-        })?;
+            .map_err(|e| db.err("scan memory", e))
+        })
+        .await?;
         rows.iter()
             .map(|(id, v, text)| self.db.decode(TABLE, &Self::row_key(id, *v), text))
             .collect()
@@ -202,11 +208,15 @@ impl MemoryStore for SqliteMemoryStore {
 
     async fn delete(&self, id: MemoryId) -> Result<(), StoreError> {
         let key = id.to_string();
-        let n = self.db.write("delete a memory lineage", |tx| {
-            tx.prepare_cached("DELETE FROM memory_versions WHERE id = ?1")
-                .and_then(|mut s| s.execute([&key]))
-                .map_err(|e| self.db.err("delete a memory lineage", e))
-        })?;
+        let db = self.db.clone();
+        let n = self
+            .db
+            .write("delete a memory lineage", move |tx| {
+                tx.prepare_cached("DELETE FROM memory_versions WHERE id = ?1")
+                    .and_then(|mut s| s.execute([&key]))
+                    .map_err(|e| db.err("delete a memory lineage", e))
+            })
+            .await?;
         if n == 0 {
             return Err(not_found(id, None));
         }

@@ -316,6 +316,7 @@ impl CheckpointStore for SqliteCheckpointStore {
         let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
         let (lease_run, token) = (lease.run, lease.token);
         let (seq, workflow) = (checkpoint.seq, checkpoint.state.workflow.clone());
+        let new_status = checkpoint.state.status.clone();
         self.db.write("save a checkpoint", move |tx| {
             let db = &this.db;
             let (last_token, latest_seq, exists) = match this.run_row(tx, &key)? {
@@ -336,9 +337,9 @@ impl CheckpointStore for SqliteCheckpointStore {
             }
             let seq = to_sql_u64(db.location(), "checkpoint seq", seq)?;
             let sum = checksum(&key, seq, &text);
-            let (_, settled) = self.queue_row(tx, &key)?;
-            let ready = claimable(&checkpoint.state.status, &settled);
-            let settled = if checkpoint.state.status.is_terminal() || settled.is_empty() {
+            let (_, settled) = this.queue_row(tx, &key)?;
+            let ready = claimable(&new_status, &settled);
+            let settled = if new_status.is_terminal() || settled.is_empty() {
                 None
             } else {
                 Some(db.encode("settled approvals", &settled)?)
@@ -470,63 +471,69 @@ impl CheckpointStore for SqliteCheckpointStore {
         if limit == 0 {
             return Ok(vec![]);
         }
-        let db = &self.db;
+        let this = self.clone();
+        let owner = owner.clone();
         let what = "claim runs";
-        db.write_unsynced(what, |tx| {
-            // the ready runs, oldest first; those with a live lease (in flight) are passed
-            // over, so this reads what is in flight plus what is handed out
-            let mut out = vec![];
-            let mut pick = tx
-                .prepare_cached(
-                    "SELECT run, last_token, lease FROM runs WHERE ready = 1 ORDER BY run",
-                )
-                .map_err(|e| db.err(what, e))?;
-            let mut rows = pick.query([]).map_err(|e| db.err(what, e))?;
-            let mut chosen: Vec<(String, u64)> = vec![];
-            while chosen.len() < limit {
-                let Some(row) = rows.next().map_err(|e| db.err(what, e))? else {
-                    break;
-                };
-                let run: String = row.get(0).map_err(|e| db.err(what, e))?;
-                let token: i64 = row.get(1).map_err(|e| db.err(what, e))?;
-                let lease: Option<String> = row.get(2).map_err(|e| db.err(what, e))?;
-                let lease: Option<Lease> =
-                    lease.map(|l| db.decode("runs", &run, &l)).transpose()?;
-                if lease_available(lease.as_ref(), now) {
-                    chosen.push((run, u64::try_from(token).unwrap_or(0)));
-                }
-            }
-            drop(rows);
-            let mut update = tx
-                .prepare_cached("UPDATE runs SET last_token = ?2, lease = ?3 WHERE run = ?1")
-                .map_err(|e| db.err(what, e))?;
-            for (key, last_token) in chosen {
-                let lease = Lease {
-                    run: key.parse().map_err(|e| StoreError::Corrupt {
-                        location: format!("table `runs` row `{key}` in `{}`", db.location()),
-                        detail: format!("not a run id: {e}"),
-                    })?,
-                    owner: owner.clone(),
-                    token: last_token.saturating_add(1),
-                    expires_at: expires(now, ttl),
-                };
-                let text = db.encode("a lease", &lease)?;
-                let token_sql = to_sql_u64(db.location(), "fencing token", lease.token)?;
-                update
-                    .execute(rusqlite::params![key, token_sql, text])
+        self.db
+            .write_unsynced(what, move |tx| {
+                let db = &this.db;
+                let owner = &owner;
+                // the ready runs, oldest first; those with a live lease (in flight) are passed
+                // over, so this reads what is in flight plus what is handed out
+                let mut out = vec![];
+                let mut pick = tx
+                    .prepare_cached(
+                        "SELECT run, last_token, lease FROM runs WHERE ready = 1 ORDER BY run",
+                    )
                     .map_err(|e| db.err(what, e))?;
-                out.push(lease);
-            }
-            Ok(out)
-        })
+                let mut rows = pick.query([]).map_err(|e| db.err(what, e))?;
+                let mut chosen: Vec<(String, u64)> = vec![];
+                while chosen.len() < limit {
+                    let Some(row) = rows.next().map_err(|e| db.err(what, e))? else {
+                        break;
+                    };
+                    let run: String = row.get(0).map_err(|e| db.err(what, e))?;
+                    let token: i64 = row.get(1).map_err(|e| db.err(what, e))?;
+                    let lease: Option<String> = row.get(2).map_err(|e| db.err(what, e))?;
+                    let lease: Option<Lease> =
+                        lease.map(|l| db.decode("runs", &run, &l)).transpose()?;
+                    if lease_available(lease.as_ref(), now) {
+                        chosen.push((run, u64::try_from(token).unwrap_or(0)));
+                    }
+                }
+                drop(rows);
+                let mut update = tx
+                    .prepare_cached("UPDATE runs SET last_token = ?2, lease = ?3 WHERE run = ?1")
+                    .map_err(|e| db.err(what, e))?;
+                for (key, last_token) in chosen {
+                    let lease = Lease {
+                        run: key.parse().map_err(|e| StoreError::Corrupt {
+                            location: format!("table `runs` row `{key}` in `{}`", db.location()),
+                            detail: format!("not a run id: {e}"),
+                        })?,
+                        owner: owner.clone(),
+                        token: last_token.saturating_add(1),
+                        expires_at: expires(now, ttl),
+                    };
+                    let text = db.encode("a lease", &lease)?;
+                    let token_sql = to_sql_u64(db.location(), "fencing token", lease.token)?;
+                    update
+                        .execute(rusqlite::params![key, token_sql, text])
+                        .map_err(|e| db.err(what, e))?;
+                    out.push(lease);
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError> {
-        let db = &self.db;
+        let this = self.clone();
         let what = "wake a run";
         let key = run.to_string();
-        db.write_unsynced(what, |tx| {
-            let (status, mut settled) = self.queue_row(tx, &key)?;
+        self.db.write_unsynced(what, move |tx| {
+            let db = &this.db;
+            let (status, mut settled) = this.queue_row(tx, &key)?;
             if status.as_ref().is_some_and(RunStatus::is_terminal) || settled.contains(&approval)
             {
                 return Ok(());
@@ -542,5 +549,6 @@ impl CheckpointStore for SqliteCheckpointStore {
             .map_err(|e| db.err(what, e))?;
             Ok(())
         })
+        .await
     }
 }

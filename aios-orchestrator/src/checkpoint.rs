@@ -1,11 +1,11 @@
 //! The checkpoint store port: durable run state, with leases and fencing tokens so only one
 //! worker advances a run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios_core::{RunId, StoreError, Timestamp};
+use aios_core::{ApprovalId, RunId, StoreError, Timestamp};
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,23 @@ pub struct RunSummary {
 ///   latest saved (else `Conflict`). History is kept: earlier checkpoints stay readable.
 /// - `latest` and `get` return what was saved, unchanged; `list` returns the latest state of
 ///   every run (optionally only parked ones).
+/// - `claim` is the work queue: it hands out up to `limit` *claimable* runs, each under a new
+///   lease for `owner`, granted exactly as `acquire` grants one (token greater than every
+///   token issued before for that run). A run is claimable when its lease is free or lapsed
+///   at `now` and its latest checkpoint says it can go on (see [`claimable`]): it is
+///   running (new, forked, or its worker died), or it is parked and at least one approval it
+///   waits for was reported settled through `wake`. Claiming is atomic per run across every
+///   process on the store: while a lease is live, no other claim (or `acquire`) gets that run.
+///   Runs are handed out oldest id first as far as the store can; a run whose row another
+///   claimer is taking at that instant may be passed over rather than waited for.
+/// - `wake` records that approval `approval`, awaited (or about to be awaited) by `run`, is no
+///   longer pending: a parked run waiting for it becomes claimable. It is idempotent, kept
+///   across later saves of the run (a decision may be reported before the checkpoint that
+///   parks on it is saved), and forgotten once the run reaches a terminal status.
+///
+/// There is no default `claim` or `wake`: which parked runs may go on is state that only the
+/// store can keep atomically with its leases, so every store implements both (the conformance
+/// suite, `testing::checkpoint_store_conformance` behind feature `testing`, checks them).
 #[async_trait]
 pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     /// Takes a new lease on `run` for `ttl` from `now`.
@@ -142,6 +159,36 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
 
     /// Runs and their latest status; only parked ones if `parked_only`.
     async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError>;
+
+    /// Leases up to `limit` claimable runs to `owner` for `ttl` from `now` (see the trait's
+    /// contract); an empty list when none is claimable.
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records that `approval`, awaited by `run`, was decided or expired, so that the run is
+    /// claimable once parked on it.
+    async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError>;
+}
+
+/// The queue rule shared by every store: may a run whose latest checkpoint has `status` be
+/// handed out by [`CheckpointStore::claim`] (its lease being free), when the approvals in
+/// `settled` were reported settled for it through [`CheckpointStore::wake`]? A running run
+/// may; a parked one once one of the approvals it waits for is settled; a paused, completed,
+/// failed or cancelled one never.
+pub fn claimable(status: &RunStatus, settled: &[ApprovalId]) -> bool {
+    match status {
+        RunStatus::Running => true,
+        RunStatus::Parked { approvals } => approvals.iter().any(|a| settled.contains(a)),
+        RunStatus::Paused
+        | RunStatus::Completed
+        | RunStatus::Failed { .. }
+        | RunStatus::Cancelled => false,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -149,12 +196,39 @@ struct RunEntry {
     lease: Option<Lease>,
     last_token: u64,
     history: Vec<Arc<Checkpoint>>,
+    settled: Vec<ApprovalId>,
+}
+
+impl RunEntry {
+    fn claimable(&self) -> bool {
+        self.history
+            .last()
+            .is_some_and(|c| claimable(&c.state.status, &self.settled))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Runs {
+    runs: HashMap<RunId, RunEntry>,
+    /// The runs whose latest checkpoint is claimable (leases aside), in id order.
+    ready: BTreeSet<RunId>,
+}
+
+impl Runs {
+    fn index(&mut self, run: RunId) {
+        let ready = self.runs.get(&run).is_some_and(RunEntry::claimable);
+        if ready {
+            self.ready.insert(run);
+        } else {
+            self.ready.remove(&run);
+        }
+    }
 }
 
 /// Checkpoints in process memory, history included. Clones share the store.
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryCheckpointStore {
-    runs: Arc<RwLock<HashMap<RunId, RunEntry>>>,
+    runs: Arc<RwLock<Runs>>,
 }
 
 impl InMemoryCheckpointStore {
@@ -220,7 +294,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let mut runs = self.runs.write();
-        let entry = runs.entry(run).or_default();
+        let entry = runs.runs.entry(run).or_default();
         if !lease_available(entry.lease.as_ref(), now) {
             return Err(leased(run, entry.lease.as_ref()));
         }
@@ -243,7 +317,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
         let mut runs = self.runs.write();
-        let Some(entry) = runs.get_mut(&lease.run) else {
+        let Some(entry) = runs.runs.get_mut(&lease.run) else {
             return Err(renewal_refused(lease, 0));
         };
         if !lease_renewable(entry.lease.as_ref(), entry.last_token, lease) {
@@ -259,7 +333,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut runs = self.runs.write();
-        if let Some(entry) = runs.get_mut(&lease.run) {
+        if let Some(entry) = runs.runs.get_mut(&lease.run) {
             if entry.lease.as_ref().is_some_and(|l| l.token == lease.token) {
                 entry.lease = None;
             }
@@ -269,7 +343,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
 
     async fn save(&self, lease: &Lease, checkpoint: &Checkpoint) -> Result<(), StoreError> {
         let mut runs = self.runs.write();
-        let entry = runs.entry(checkpoint.run).or_default();
+        let entry = runs.runs.entry(checkpoint.run).or_default();
         if lease.run != checkpoint.run || lease.token < entry.last_token || lease.token == 0 {
             return Err(StoreError::Fenced {
                 what: format!("run {}", checkpoint.run),
@@ -286,7 +360,11 @@ impl CheckpointStore for InMemoryCheckpointStore {
                 ),
             });
         }
+        if checkpoint.state.status.is_terminal() {
+            entry.settled.clear();
+        }
         entry.history.push(Arc::new(checkpoint.clone()));
+        runs.index(checkpoint.run);
         Ok(())
     }
 
@@ -294,6 +372,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
         Ok(self
             .runs
             .read()
+            .runs
             .get(&run)
             .and_then(|e| e.history.last())
             .map(|c| (**c).clone()))
@@ -301,7 +380,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
 
     async fn get(&self, run: RunId, seq: u64) -> Result<Option<Checkpoint>, StoreError> {
         let runs = self.runs.read();
-        Ok(runs.get(&run).and_then(|e| {
+        Ok(runs.runs.get(&run).and_then(|e| {
             e.history
                 .binary_search_by_key(&seq, |c| c.seq)
                 .ok()
@@ -312,6 +391,7 @@ impl CheckpointStore for InMemoryCheckpointStore {
     async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {
         let runs = self.runs.read();
         let mut out: Vec<RunSummary> = runs
+            .runs
             .values()
             .filter_map(|e| e.history.last().map(|c| (c, e.lease.clone())))
             .filter(|(c, _)| !parked_only || matches!(c.state.status, RunStatus::Parked { .. }))
@@ -325,5 +405,52 @@ impl CheckpointStore for InMemoryCheckpointStore {
             .collect();
         out.sort_by_key(|s| s.run);
         Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let mut guard = self.runs.write();
+        let Runs { runs, ready } = &mut *guard;
+        let mut out = vec![];
+        for run in ready.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let Some(entry) = runs.get_mut(run) else {
+                continue;
+            };
+            if !lease_available(entry.lease.as_ref(), now) {
+                continue;
+            }
+            entry.last_token += 1;
+            let lease = Lease {
+                run: *run,
+                owner: owner.clone(),
+                token: entry.last_token,
+                expires_at: expires(now, ttl),
+            };
+            entry.lease = Some(lease.clone());
+            out.push(lease);
+        }
+        Ok(out)
+    }
+
+    async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError> {
+        let mut runs = self.runs.write();
+        let entry = runs.runs.entry(run).or_default();
+        let terminal = entry
+            .history
+            .last()
+            .is_some_and(|c| c.state.status.is_terminal());
+        if !terminal && !entry.settled.contains(&approval) {
+            entry.settled.push(approval);
+        }
+        runs.index(run);
+        Ok(())
     }
 }

@@ -62,8 +62,8 @@ pub mod testing;
 pub use agent::{Agent, BoxFut, FnAgent, LlmAgent};
 pub use builder::OrchestratorBuilder;
 pub use checkpoint::{
-    lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore,
-    InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
+    claimable, lease_available, lease_renewable, leased, renewal_refused, Checkpoint,
+    CheckpointStore, InMemoryCheckpointStore, Lease, RunSummary, WorkerId,
 };
 pub use context::{ConnectorRequest, TaskContext};
 pub use error::{

@@ -421,7 +421,7 @@ impl Orchestrator {
         result
     }
 
-    async fn resume_leased(
+    pub(crate) async fn resume_leased(
         &self,
         run: RunId,
         lease: Lease,
@@ -777,12 +777,30 @@ impl Orchestrator {
         by: aios_core::HumanId,
         response: aios_governance::ApprovalResponse,
     ) -> Result<RunId, OrchestratorError> {
-        self.inner
+        let run = self
+            .inner
             .gov
             .submit(approval, by, response)
             .await
             .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?
-            .ok_or(OrchestratorError::UnknownApproval(approval))
+            .ok_or(OrchestratorError::UnknownApproval(approval))?;
+        // the decision is recorded; tell the queue. Should this fail (or this process die
+        // first), a worker's periodic look through the parked runs finds the run anyway
+        self.inner.checkpoints.wake(run, approval).await?;
+        Ok(run)
+    }
+
+    /// Tells the queue about requests a deadline sweep expired, so their runs are claimable.
+    async fn wake_expired(
+        &self,
+        expired: &[aios_governance::Expiry],
+    ) -> Result<(), OrchestratorError> {
+        for e in expired {
+            if let Some(run) = e.request.run {
+                self.inner.checkpoints.wake(run, e.request.id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The deadline sweep, driven by the host (the library starts no thread): every pending
@@ -802,6 +820,7 @@ impl Orchestrator {
             .sweep()
             .await
             .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?;
+        self.wake_expired(&expired).await?;
         let mut report = TickReport::default();
         for e in &expired {
             match e.escalated_to {
@@ -839,12 +858,14 @@ impl Orchestrator {
         Ok(report)
     }
 
-    /// A number fixed for this worker and spread over workers (a hash of its id).
-    pub(crate) fn worker_offset(&self) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = rustc_hash::FxHasher::default();
-        self.inner.config.worker.hash(&mut h);
-        h.finish() as usize
+    /// This worker's id.
+    pub(crate) fn worker(&self) -> &crate::checkpoint::WorkerId {
+        &self.inner.config.worker
+    }
+
+    /// How long a lease this worker takes lasts unless renewed.
+    pub(crate) fn lease_ttl(&self) -> std::time::Duration {
+        self.inner.config.lease_ttl
     }
 
     /// Whether this orchestrator is driving `run` now.
@@ -867,6 +888,7 @@ impl Orchestrator {
             .sweep()
             .await
             .map_err(|e| OrchestratorError::approval(self.inner.gov.current().governor(), e))?;
+        self.wake_expired(&swept).await?;
         let escalated = swept.iter().filter(|e| e.escalated_to.is_some()).count();
         Ok((swept.len() - escalated, escalated))
     }

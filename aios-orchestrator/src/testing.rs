@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use aios_core::testing::Faults;
-use aios_core::{Clock, IdGen, ManualClock, RunId, StoreError, Timestamp};
+use aios_core::{ApprovalId, Clock, IdGen, ManualClock, RunId, StoreError, Timestamp};
 use async_trait::async_trait;
 
 pub use crate::sim::{drive, SimStats, SimulatedBackend};
@@ -218,6 +218,290 @@ pub async fn checkpoint_store_conformance<S: CheckpointStore, F: Fn() -> S>(make
             .is_err(),
         "a lease for another run is refused"
     );
+
+    checkpoint_claim_conformance(&make).await;
+}
+
+/// Puts `run` at checkpoint `seq` with `status` under a new lease at `now`; releases the
+/// lease unless `keep`. Returns the lease.
+async fn put<S: CheckpointStore>(
+    store: &S,
+    run: RunId,
+    seq: u64,
+    status: RunStatus,
+    now: Timestamp,
+    keep: bool,
+) -> Lease {
+    let lease = store
+        .acquire(run, &WorkerId::new("setup"), now, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let checkpoint = Checkpoint {
+        run,
+        seq,
+        at: now,
+        state: state(run, status, now),
+    };
+    store.save(&lease, &checkpoint).await.unwrap();
+    if !keep {
+        store.release(&lease).await.unwrap();
+    }
+    lease
+}
+
+fn runs_of(leases: &[Lease]) -> Vec<RunId> {
+    let mut out: Vec<RunId> = leases.iter().map(|l| l.run).collect();
+    out.sort();
+    out
+}
+
+/// The work queue part of the [`CheckpointStore`] contract: `claim` and `wake`. Part of
+/// [`checkpoint_store_conformance`].
+pub async fn checkpoint_claim_conformance<S: CheckpointStore, F: Fn() -> S>(make: F) {
+    let clock = ManualClock::default();
+    let ids = IdGen::new(clock.clone(), 12);
+    let now = clock.now();
+    let ttl = Duration::from_secs(30);
+    let w = WorkerId::new("claimer");
+
+    let store = make();
+    assert!(
+        store.claim(&w, now, ttl, 10).await.unwrap().is_empty(),
+        "an empty store hands out nothing"
+    );
+    let mut made: Vec<RunId> = (0..6).map(|_| ids.next()).collect();
+    made.sort();
+    let [running, parked, done, paused, held, early] = made[..] else {
+        unreachable!()
+    };
+    let (a1, a2, other): (ApprovalId, ApprovalId, ApprovalId) =
+        (ids.next(), ids.next(), ids.next());
+    put(&store, running, 1, RunStatus::Running, now, false).await;
+    put(
+        &store,
+        parked,
+        1,
+        RunStatus::Parked {
+            approvals: vec![a1],
+        },
+        now,
+        false,
+    )
+    .await;
+    put(&store, done, 1, RunStatus::Completed, now, false).await;
+    put(&store, paused, 1, RunStatus::Paused, now, false).await;
+    let held_lease = put(&store, held, 1, RunStatus::Running, now, true).await;
+    // a run whose approval is reported settled before the checkpoint that parks on it
+    let early_lease = put(&store, early, 1, RunStatus::Running, now, true).await;
+    store.wake(early, a2).await.unwrap();
+
+    assert!(
+        store.claim(&w, now, ttl, 0).await.unwrap().is_empty(),
+        "a limit of 0 hands out nothing"
+    );
+    let first = store.claim(&w, now, ttl, 10).await.unwrap();
+    assert_eq!(
+        runs_of(&first),
+        vec![running],
+        "only the free running run is handed out: not one parked on an undecided approval,          a completed or paused one, or one whose lease is live"
+    );
+    let l_running = first[0].clone();
+    assert_eq!(l_running.owner, w, "the lease is the claimer's");
+    assert!(l_running.token > 0);
+    assert_eq!(l_running.expires_at, now + chrono::Duration::seconds(30));
+    assert!(
+        store.claim(&w, now, ttl, 10).await.unwrap().is_empty(),
+        "a claimed run is not handed out again while its lease is live, not even to the          same worker id"
+    );
+    assert!(
+        matches!(
+            store.acquire(running, &WorkerId::new("x"), now, ttl).await,
+            Err(StoreError::Conflict { .. })
+        ),
+        "a claimed lease excludes `acquire` too"
+    );
+
+    // approvals
+    store.wake(parked, other).await.unwrap();
+    assert!(
+        store.claim(&w, now, ttl, 10).await.unwrap().is_empty(),
+        "settling an approval the run does not wait for does not make it claimable"
+    );
+    store.wake(parked, a1).await.unwrap();
+    store.wake(parked, a1).await.unwrap();
+    let woken = store.claim(&w, now, ttl, 10).await.unwrap();
+    assert_eq!(
+        runs_of(&woken),
+        vec![parked],
+        "a parked run is claimable once an approval it waits for is settled (waking twice          is harmless)"
+    );
+    let l_parked = woken[0].clone();
+    // the worker resumes it, and it parks again on a new request
+    let a3: ApprovalId = ids.next();
+    store
+        .save(
+            &l_parked,
+            &Checkpoint {
+                run: parked,
+                seq: 2,
+                at: now,
+                state: state(
+                    parked,
+                    RunStatus::Parked {
+                        approvals: vec![a3],
+                    },
+                    now,
+                ),
+            },
+        )
+        .await
+        .unwrap();
+    store.release(&l_parked).await.unwrap();
+    assert!(
+        store.claim(&w, now, ttl, 10).await.unwrap().is_empty(),
+        "a run parked again on a new request is not claimable because an earlier one was          settled"
+    );
+    // the early wake holds once the run parks on that approval
+    store
+        .save(
+            &early_lease,
+            &Checkpoint {
+                run: early,
+                seq: 2,
+                at: now,
+                state: state(
+                    early,
+                    RunStatus::Parked {
+                        approvals: vec![a2],
+                    },
+                    now,
+                ),
+            },
+        )
+        .await
+        .unwrap();
+    store.release(&early_lease).await.unwrap();
+    let e = store.claim(&w, now, ttl, 10).await.unwrap();
+    assert_eq!(
+        runs_of(&e),
+        vec![early],
+        "a decision reported before the run parked on it is not lost"
+    );
+    let l_early = e[0].clone();
+
+    // expired leases are reclaimable; the stale holder is fenced
+    let later = now + chrono::Duration::seconds(31);
+    let b = WorkerId::new("second");
+    let mut taken = store.claim(&b, later, ttl, 1).await.unwrap();
+    assert_eq!(taken.len(), 1, "the limit is respected");
+    taken.extend(store.claim(&b, later, ttl, 10).await.unwrap());
+    assert_eq!(
+        runs_of(&taken),
+        vec![running, held, early],
+        "runs whose lease lapsed are handed out again (a parked run not woken is not)"
+    );
+    for (old, new) in [
+        (&l_running, running),
+        (&held_lease, held),
+        (&l_early, early),
+    ] {
+        let new_lease = taken.iter().find(|l| l.run == new).unwrap();
+        assert!(
+            new_lease.token > old.token,
+            "a reclaim issues a newer token"
+        );
+        assert!(
+            matches!(
+                store.renew(old, later, ttl).await,
+                Err(StoreError::Fenced { .. })
+            ),
+            "the stale holder cannot renew"
+        );
+        let latest = store.latest(new).await.unwrap().unwrap();
+        let stale = Checkpoint {
+            seq: latest.seq + 1,
+            ..latest.clone()
+        };
+        assert!(
+            matches!(
+                store.save(old, &stale).await,
+                Err(StoreError::Fenced { .. })
+            ),
+            "the stale holder's save is refused"
+        );
+        assert_eq!(store.latest(new).await.unwrap(), Some(latest));
+        store.save(new_lease, &stale).await.unwrap();
+    }
+    // a released run is claimable at once; a completed one never again
+    let l = taken.iter().find(|l| l.run == running).unwrap();
+    store
+        .save(
+            l,
+            &Checkpoint {
+                run: running,
+                seq: 3,
+                at: later,
+                state: state(running, RunStatus::Completed, later),
+            },
+        )
+        .await
+        .unwrap();
+    store.release(l).await.unwrap();
+    let l = taken.iter().find(|l| l.run == held).unwrap();
+    store.release(l).await.unwrap();
+    assert_eq!(
+        runs_of(&store.claim(&w, later, ttl, 10).await.unwrap()),
+        vec![held],
+        "a released running run is claimable at once, a completed one is not"
+    );
+    let far = later + chrono::Duration::seconds(3600);
+    let rest = store.claim(&w, far, ttl, 10).await.unwrap();
+    assert_eq!(
+        runs_of(&rest),
+        vec![held, early],
+        "much later only the runs that can go on come back"
+    );
+
+    // concurrent claimers never receive the same run
+    let store = make();
+    let n = 48;
+    let mut all: Vec<RunId> = vec![];
+    for _ in 0..n {
+        let run: RunId = ids.next();
+        put(&store, run, 1, RunStatus::Running, now, false).await;
+        all.push(run);
+    }
+    all.sort();
+    let claimers = (0..8).map(|i| {
+        let store = &store;
+        async move {
+            let me = WorkerId::new(format!("c{i}"));
+            let mut got = vec![];
+            loop {
+                let batch = store.claim(&me, now, ttl, 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch);
+            }
+        }
+    });
+    let got: Vec<Lease> = futures::future::join_all(claimers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        runs_of(&got),
+        all,
+        "concurrent claimers hand out every run exactly once"
+    );
+    for l in &got {
+        assert!(
+            store.renew(l, now, ttl).await.is_ok(),
+            "every lease handed out is the run's current one"
+        );
+    }
 }
 
 /// A [`CheckpointStore`] whose operations fail (with `Unavailable`) when its [`Faults`] say
@@ -275,5 +559,19 @@ impl<S: CheckpointStore> CheckpointStore for FaultyCheckpointStore<S> {
     async fn list(&self, parked_only: bool) -> Result<Vec<RunSummary>, StoreError> {
         self.faults.check().await?;
         self.inner.list(parked_only).await
+    }
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.faults.check().await?;
+        self.inner.claim(owner, now, ttl, limit).await
+    }
+    async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        self.inner.wake(run, approval).await
     }
 }

@@ -3,16 +3,18 @@
 //!
 //! A run is runnable when nobody drives it and it can go on: it was submitted (or its worker
 //! died) and its lease is free or lapsed, or it is parked and an approval it waits for is no
-//! longer pending. Workers in other processes on the same store compete through the store's
-//! leases: a run is driven by whoever acquires it, the others skip it.
+//! longer pending. Workers take runs from the store's queue
+//! ([`CheckpointStore::claim`](crate::CheckpointStore::claim)), which hands each run to one
+//! of them under a lease; deciding an approval wakes its run in the queue
+//! ([`CheckpointStore::wake`](crate::CheckpointStore::wake)).
 
 use std::time::Duration;
 
 use aios_core::RunId;
-use futures::future::{Either, FutureExt};
+use futures::future::{BoxFuture, Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::checkpoint::lease_available;
+use crate::checkpoint::{lease_available, Lease};
 use crate::error::OrchestratorError;
 use crate::runtime::{Orchestrator, RunOutcome};
 use crate::state::RunStatus;
@@ -31,6 +33,14 @@ pub struct WorkOptions {
     pub poll: Duration,
     /// Return once this many runs were driven (default: no limit).
     pub max_runs: Option<usize>,
+    /// How often, by the orchestrator's clock, an idle worker also looks through the parked
+    /// runs for approvals settled without the store's queue being told (default 30 s). Every
+    /// decision through [`Orchestrator::answer_approval`] or
+    /// [`Orchestrator::submit_approval`], and every expiry of the deadline sweep, wakes its
+    /// run at once; this look is the fallback for decisions recorded some other way, or by a
+    /// process that died between recording and waking. It costs one listing of the parked
+    /// runs and one approval read per parked run.
+    pub rescan: Duration,
 }
 
 impl Default for WorkOptions {
@@ -40,6 +50,7 @@ impl Default for WorkOptions {
             until_idle: false,
             poll: Duration::from_secs(1),
             max_runs: None,
+            rescan: Duration::from_secs(30),
         }
     }
 }
@@ -65,6 +76,13 @@ impl WorkOptions {
         self
     }
 
+    /// Sets how often an idle worker looks through the parked runs (see
+    /// [`WorkOptions::rescan`]).
+    pub fn rescan(mut self, every: Duration) -> Self {
+        self.rescan = every;
+        self
+    }
+
     /// Sets how many runs to drive before returning.
     pub fn max_runs(mut self, n: usize) -> Self {
         self.max_runs = Some(n);
@@ -79,7 +97,7 @@ pub struct WorkReport {
     /// The runs driven, each until it completed, failed, parked or paused, in the order
     /// they stopped.
     pub driven: Vec<RunOutcome>,
-    /// Runs found runnable but taken by another worker first.
+    /// Runs claimed but found taken over (their lease lost) or finished when driven.
     pub skipped: Vec<RunId>,
     /// Runs that could not be driven, and why (the others went on).
     pub failed: Vec<(RunId, String)>,
@@ -136,11 +154,64 @@ impl Orchestrator {
         Ok(out)
     }
 
-    /// Drains the runnable runs (see [`Orchestrator::runnable`]): claims up to
-    /// `options.concurrency` of them at a time through the store's leases, drives each until
-    /// it stops (completes, fails, parks, pauses), renewing its lease meanwhile, and runs the
-    /// approval deadline sweep of [`Orchestrator::tick`] before each look. Runs taken by
-    /// another worker first are skipped.
+    /// Drives a run claimed from the queue. A run found finished gives its lease back; on
+    /// any other failure the lease is kept until it lapses, so the queue does not hand the
+    /// run straight back to a worker that cannot drive it.
+    async fn resume_claimed(&self, lease: Lease) -> Result<RunOutcome, OrchestratorError> {
+        let result = self.resume_leased(lease.run, lease.clone()).await;
+        if let Err(OrchestratorError::NotResumable { .. }) = &result {
+            let _ = self.checkpoint_store().release(&lease).await;
+        }
+        result
+    }
+
+    /// Looks through the parked runs for approvals settled without the store being told
+    /// (decided by a program that does not go through [`Orchestrator::answer_approval`], or by
+    /// a process that died between deciding and telling), and wakes their runs. Returns how
+    /// many runs it woke that `woken_before` (what earlier looks of the same call woke) did
+    /// not hold, so a run woken but still not claimable (leased elsewhere, or given up on)
+    /// does not keep an idle call looking.
+    async fn rescan_parked(
+        &self,
+        woken_before: &mut std::collections::HashSet<(RunId, aios_core::ApprovalId)>,
+    ) -> Result<usize, OrchestratorError> {
+        let mut woken = 0;
+        for summary in self.checkpoint_store().list(true).await? {
+            if self.is_active(summary.run) {
+                continue;
+            }
+            let RunStatus::Parked { approvals } = &summary.status else {
+                continue;
+            };
+            for &a in approvals {
+                if self.approval_settled(a).await {
+                    self.checkpoint_store().wake(summary.run, a).await?;
+                    if woken_before.insert((summary.run, a)) {
+                        woken += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(woken)
+    }
+
+    /// Drains the runnable runs: claims up to `options.concurrency` of them at a time from
+    /// the store's queue ([`CheckpointStore::claim`](crate::CheckpointStore::claim): new
+    /// runs, runs whose worker died and whose lease lapsed, parked runs an approval of which
+    /// was decided or expired), drives each until it stops (completes, fails, parks, pauses),
+    /// renewing its lease meanwhile, and claims the next one as each stops. Workers in other
+    /// processes on the same store never get a run this one holds, and vice versa.
+    ///
+    /// Before claiming, and whenever it is idle, it runs the approval deadline sweep of
+    /// [`Orchestrator::tick`]. When idle it also looks through the parked runs, at most every
+    /// `options.rescan` by the orchestrator's clock (and always before returning idle), for
+    /// approvals settled without the store being told (see [`WorkOptions::rescan`]).
+    ///
+    /// A run this call could not drive (a store failure, a governance version it lacks, or a
+    /// run taken up too often without stopping for good) is reported in
+    /// [`WorkReport::failed`] and keeps the lease this call took until it lapses, so this
+    /// worker does not spin on it; another worker, or a later call, takes it up after that.
     ///
     /// Returns when `stop` resolves (runs in flight are driven to their next stop first; no
     /// new one is taken), when `options.until_idle` is set and nothing is left to do, or after
@@ -157,49 +228,88 @@ impl Orchestrator {
         let mut taken: std::collections::HashMap<RunId, u32> = Default::default();
         let mut stop = std::pin::pin!(stop.fuse());
         let mut stopping = false;
-        let mut in_flight = FuturesUnordered::new();
-        let mut queue: Vec<RunId> = vec![];
+        // the runs being driven and the store calls of the loop itself, polled together: a
+        // claim waiting for a pooled connection must not stop the runs holding the others
+        let mut in_flight: FuturesUnordered<BoxFuture<'_, Step>> = FuturesUnordered::new();
+        // the runs of `in_flight`, and whether a claim is among them
+        let mut driving: std::collections::HashSet<RunId> = Default::default();
+        let mut claiming = false;
+        // the last claim found nothing: claim again when a run stops, after the `nap` (runs
+        // in flight, not returning idle) or after the idle wait
+        let mut idle = false;
+        let mut nap: Option<aios_core::Sleep> = None;
         let concurrency = options.concurrency.max(1);
         let limit_reached =
             |r: &WorkReport, n: usize| options.max_runs.is_some_and(|m| r.driven.len() + n >= m);
+        // the sweep runs before the first claim and then whenever the queue came up short
+        let mut sweep_due = true;
+        let mut last_rescan: Option<aios_core::Timestamp> = None;
+        let mut rescanned = Default::default();
         loop {
-            if !stopping && queue.is_empty() && in_flight.len() < concurrency {
-                let swept = self.sweep_deadlines().await?;
-                report.expired += swept.0;
-                report.escalated += swept.1;
-                queue = self
-                    .runnable_now()
-                    .await?
-                    .into_iter()
-                    .map(|(r, _)| r)
-                    .filter(|r| taken.get(r).map_or(true, |n| *n < MAX_TAKES))
-                    .collect();
-                // workers on one store see the same list: each starts at its own place in
-                // it, so they rarely race for the same run
-                if !queue.is_empty() {
-                    let start = self.worker_offset() % queue.len();
-                    queue.rotate_left(start);
-                }
-                queue.reverse();
-            }
-            while !stopping
-                && in_flight.len() < concurrency
-                && !limit_reached(&report, in_flight.len())
+            if !stopping
+                && !claiming
+                && !idle
+                && driving.len() < concurrency
+                && !limit_reached(&report, driving.len())
             {
-                let Some(run) = queue.pop() else { break };
-                let n = taken.entry(run).or_insert(0);
-                *n += 1;
-                if *n == MAX_TAKES {
-                    report.failed.push((
-                        run,
-                        format!("taken up {MAX_TAKES} times by one worker call without stopping for good; left for the next call"),
-                    ));
-                    continue;
+                let mut want = concurrency - driving.len();
+                if let Some(m) = options.max_runs {
+                    want = want.min(m.saturating_sub(report.driven.len() + driving.len()));
                 }
-                in_flight.push(async move { (run, self.resume(run).await) });
+                let sweep = std::mem::take(&mut sweep_due);
+                let busy = driving.clone();
+                claiming = true;
+                in_flight.push(Box::pin(async move {
+                    let swept = if sweep {
+                        match self.sweep_deadlines().await {
+                            Ok(s) => Some(s),
+                            Err(e) => return Step::Claimed(Err(e), None, want),
+                        }
+                    } else {
+                        None
+                    };
+                    let claimed = self
+                        .checkpoint_store()
+                        .claim(self.worker(), self.clock().now(), self.lease_ttl(), want)
+                        .await;
+                    let claimed = match claimed {
+                        Ok(c) => c,
+                        Err(e) => return Step::Claimed(Err(e.into()), swept, want),
+                    };
+                    let mut leases = vec![];
+                    for lease in claimed {
+                        if busy.contains(&lease.run) || self.is_active(lease.run) {
+                            // this process drives the run and its lease lapsed meanwhile (a
+                            // slow step): never drive it twice here. The new token fences the
+                            // drive in progress at its next write; giving the lease back lets
+                            // the run be claimed again at once.
+                            let _ = self.checkpoint_store().release(&lease).await;
+                            continue;
+                        }
+                        leases.push(lease);
+                    }
+                    Step::Claimed(Ok(leases), swept, want)
+                }));
             }
             if in_flight.is_empty() {
-                if stopping || options.until_idle || limit_reached(&report, 0) {
+                if stopping || limit_reached(&report, 0) {
+                    return Ok(report);
+                }
+                let now = self.clock().now();
+                let rescan_due = options.until_idle
+                    || last_rescan.map_or(true, |at| {
+                        now.signed_duration_since(at)
+                            >= chrono::Duration::from_std(options.rescan)
+                                .unwrap_or(chrono::Duration::MAX)
+                    });
+                if rescan_due {
+                    last_rescan = Some(now);
+                    if self.rescan_parked(&mut rescanned).await? > 0 {
+                        idle = false;
+                        continue;
+                    }
+                }
+                if options.until_idle {
                     return Ok(report);
                 }
                 // nothing to do: wait for the next look, or the stop
@@ -207,37 +317,127 @@ impl Orchestrator {
                 if let Either::Left(_) = futures::future::select(&mut stop, sleep).await {
                     return Ok(report);
                 }
+                sweep_due = true;
+                idle = false;
                 continue;
             }
+            let mut napped = false;
             let next = if stopping {
                 Either::Right(in_flight.next().await)
+            } else if let Some(n) = nap.as_mut() {
+                let either = futures::future::select(in_flight.next(), n);
+                match futures::future::select(&mut stop, either).await {
+                    Either::Left(((), _)) => Either::Left(()),
+                    Either::Right((Either::Left((next, _)), _)) => Either::Right(next),
+                    Either::Right((Either::Right(((), _)), _)) => {
+                        napped = true;
+                        Either::Right(None)
+                    }
+                }
             } else {
                 match futures::future::select(&mut stop, in_flight.next()).await {
                     Either::Left(((), _)) => Either::Left(()),
                     Either::Right((next, _)) => Either::Right(next),
                 }
             };
+            if napped {
+                nap = None;
+                idle = false;
+                continue;
+            }
             match next {
                 Either::Left(()) => stopping = true,
                 Either::Right(None) => {}
-                Either::Right(Some((run, result))) => match result {
-                    Ok(outcome) => report.driven.push(outcome),
-                    Err(
-                        OrchestratorError::LeaseLost { .. }
-                        | OrchestratorError::NotResumable { .. },
-                    ) => report.skipped.push(run),
-                    Err(e) => {
-                        // not retried by this call
-                        taken.insert(run, MAX_TAKES);
-                        report.failed.push((run, e.to_string()))
+                Either::Right(Some(Step::Claimed(claimed, swept, want))) => {
+                    claiming = false;
+                    if let Some((expired, escalated)) = swept {
+                        report.expired += expired;
+                        report.escalated += escalated;
                     }
-                },
+                    let leases = claimed?;
+                    if leases.len() < want {
+                        sweep_due = true;
+                    }
+                    let found = !leases.is_empty();
+                    for lease in leases {
+                        let run = lease.run;
+                        if stopping {
+                            // told to stop while claiming: no new run is taken
+                            in_flight.push(Box::pin(async move {
+                                let _ = self.checkpoint_store().release(&lease).await;
+                                Step::Released
+                            }));
+                            continue;
+                        }
+                        let n = taken.entry(run).or_insert(0);
+                        *n += 1;
+                        if *n == MAX_TAKES {
+                            // the lease is kept until it lapses: the store would hand the run
+                            // straight back
+                            report.failed.push((
+                                run,
+                                format!("taken up {MAX_TAKES} times by one worker call without stopping for good; left for the next call"),
+                            ));
+                            continue;
+                        }
+                        if *n > MAX_TAKES {
+                            // given up on earlier in this call and its lease lapsed since: try
+                            // again, a lease's time later
+                            *n = 1;
+                        }
+                        driving.insert(run);
+                        in_flight.push(Box::pin(async move {
+                            Step::Ran(run, self.resume_claimed(lease).await)
+                        }));
+                    }
+                    if !found {
+                        // nothing more to claim now: look again when a run stops (or, when
+                        // not returning idle, after `poll`), not in a busy loop
+                        idle = true;
+                        if !options.until_idle && !driving.is_empty() {
+                            nap = Some(self.timer().sleep(options.poll));
+                        }
+                    }
+                }
+                Either::Right(Some(Step::Released)) => {}
+                Either::Right(Some(Step::Ran(run, result))) => {
+                    driving.remove(&run);
+                    idle = false;
+                    nap = None;
+                    match result {
+                        Ok(outcome) => report.driven.push(outcome),
+                        Err(
+                            OrchestratorError::LeaseLost { .. }
+                            | OrchestratorError::NotResumable { .. },
+                        ) => report.skipped.push(run),
+                        Err(e) => {
+                            // not retried by this call
+                            taken.insert(run, MAX_TAKES);
+                            report.failed.push((run, e.to_string()))
+                        }
+                    }
+                }
             }
             if limit_reached(&report, 0) {
                 stopping = true;
             }
         }
     }
+}
+
+/// What finished among the futures [`Orchestrator::work`] polls.
+enum Step {
+    /// A claim (after the deadline sweep, if one was due): the leases, the sweep's counts,
+    /// and how many runs were asked for.
+    Claimed(
+        Result<Vec<Lease>, OrchestratorError>,
+        Option<(usize, usize)>,
+        usize,
+    ),
+    /// A run driven to its next stop.
+    Ran(RunId, Result<RunOutcome, OrchestratorError>),
+    /// A lease claimed while stopping, given back.
+    Released,
 }
 
 /// How often one [`Orchestrator::work`] call takes up the same run at most (a run parks and

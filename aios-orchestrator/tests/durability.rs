@@ -575,9 +575,9 @@ fn an_interrupted_irreversible_call_without_idempotency_escalates_instead_of_rep
     let o = orch(faults.clone());
     let parked = block_on(o.start(newsletter())).unwrap();
     // the save after the send fails: the process "dies" with the send performed but not
-    // journaled. Store calls after the approval: acquire, latest, save (approved marker), then
-    // the send, then save (its result).
-    faults.set_plan(FaultPlan::fail_nth(4));
+    // journaled. Store calls after the approval: wake (the queue learns of the decision),
+    // acquire, latest, save (approved marker), then the send, then save (its result).
+    faults.set_plan(FaultPlan::fail_nth(5));
     let crashed = block_on(o.submit_approval(
         parked.pending_approvals()[0],
         alice(),

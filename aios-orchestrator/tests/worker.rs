@@ -163,6 +163,17 @@ fn a_run_whose_approval_was_decided_elsewhere_is_taken_up() {
         "answering drives nothing"
     );
     assert_eq!(block_on(worker.runnable()).unwrap(), vec![run]);
+    // the decision woke the run in the store's queue: the next claim hands it out
+    let probe = WorkerId::new("probe");
+    let claimed = block_on(shared.checkpoints.claim(
+        &probe,
+        worker.clock().now(),
+        Duration::from_secs(30),
+        10,
+    ))
+    .unwrap();
+    assert_eq!(claimed.iter().map(|l| l.run).collect::<Vec<_>>(), vec![run]);
+    block_on(shared.checkpoints.release(&claimed[0])).unwrap();
     let second =
         block_on(worker.work(WorkOptions::until_idle(), futures::future::pending())).unwrap();
     assert_eq!(second.driven.len(), 1, "{second:?}");

@@ -141,6 +141,28 @@ impl CheckpointStore for Counting {
     ) -> Result<Vec<aios_orchestrator::RunSummary>, aios_core::StoreError> {
         self.inner.list(parked_only).await
     }
+    async fn claim(
+        &self,
+        owner: &aios_orchestrator::WorkerId,
+        now: aios_core::Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<aios_orchestrator::Lease>, aios_core::StoreError> {
+        let t = Instant::now();
+        let out = self.inner.claim(owner, now, ttl, limit).await;
+        self.note("claim", t);
+        out
+    }
+    async fn wake(
+        &self,
+        run: aios_core::RunId,
+        approval: aios_core::ApprovalId,
+    ) -> Result<(), aios_core::StoreError> {
+        let t = Instant::now();
+        let out = self.inner.wake(run, approval).await;
+        self.note("wake", t);
+        out
+    }
 }
 
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {

@@ -105,9 +105,9 @@ impl PgAuditLog {
 /// The newest entry.
 const TAIL: &str = "SELECT seq, hash FROM aios_audit_entries ORDER BY seq DESC LIMIT 1";
 
-#[async_trait]
-impl AuditLog for PgAuditLog {
-    async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
+impl PgAuditLog {
+    /// The append itself, on the caller's task.
+    async fn append_now(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
         let db = &self.db;
         let what = "append an audit entry";
         // the lock travels with BEGIN; the tail is read under it (a statement of its own,
@@ -128,6 +128,26 @@ impl AuditLog for PgAuditLog {
         )
         .await?;
         Ok(entry.head())
+    }
+}
+
+#[async_trait]
+impl AuditLog for PgAuditLog {
+    /// Runs on a Tokio task of its own (`tokio::spawn`): the append holds the chain's
+    /// advisory lock from its first statement to its commit, and every writer on the
+    /// database waits for it, so it must finish even when the future that asked is not
+    /// polled meanwhile (a run's driver awaiting one call while a sibling task's append holds
+    /// the lock would otherwise stall every worker). A caller dropped meanwhile does not
+    /// cancel it: the entry is appended.
+    async fn append(&self, record: AuditRecord) -> Result<ChainHead, AuditError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.append_now(record).await })
+            .await
+            .map_err(|e| {
+                AuditError::from(StoreError::Backend {
+                    detail: format!("an audit append's task ended abnormally: {e}"),
+                })
+            })?
     }
 
     async fn read(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, AuditError> {

@@ -355,14 +355,22 @@ impl PgBudgetLedger {
         )
         .await
         .map_err(|e| db.err(what, e))?;
+        let mut act = act;
         if let (Some(key), Some(_)) = (&held.key, act) {
-            tx.c_execute(
-                "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
-                 ON CONFLICT (key) DO NOTHING",
-                &[key, &raw],
-            )
-            .await
-            .map_err(|e| db.err("charge a key", e))?;
+            let charged = tx
+                .c_execute(
+                    "INSERT INTO aios_budget_charges (key, reservation) VALUES ($1, $2)
+                     ON CONFLICT (key) DO NOTHING",
+                    &[key, &raw],
+                )
+                .await
+                .map_err(|e| db.err("charge a key", e))?;
+            if charged == 0 {
+                // another reservation with this key was committed first (two workers drove
+                // the call, one after its lease lapsed): the key is charged once, so this
+                // commit only gives its reservation back
+                act = None;
+            }
         }
         let mut alerts = Vec::new();
         for key in &held.keys {
@@ -439,8 +447,81 @@ fn check(
     Ok(present)
 }
 
+/// The ledger's operations as they run: inside a task of their own (see [`PgBudgetLedger`]'s
+/// `BudgetLedger` impl), so a transaction holding account row locks always finishes, whether
+/// or not the caller's future is still being polled.
+#[derive(Debug, Clone)]
+struct Direct(PgBudgetLedger);
+
+impl std::ops::Deref for Direct {
+    type Target = PgBudgetLedger;
+    fn deref(&self) -> &PgBudgetLedger {
+        &self.0
+    }
+}
+
+/// Runs `f` on a Tokio task of its own and waits for it.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, BudgetError>> + Send + 'static,
+) -> Result<T, BudgetError> {
+    tokio::spawn(f).await.map_err(|e| {
+        BudgetError::Store(StoreError::Backend {
+            detail: format!("a budget operation's task ended abnormally: {e}"),
+        })
+    })?
+}
+
+/// Every operation that locks rows runs on a Tokio task of its own (`tokio::spawn`): a
+/// transaction holding the locks of accounts every run shares (the organisation's) then
+/// always commits promptly, even when the future that asked for it is not polled meanwhile
+/// (a run's driver awaiting one call while a sibling task's reservation holds the lock would
+/// otherwise stall every worker on the database). A caller dropped meanwhile does not cancel
+/// the operation: it completes, as if the caller had gone away after it.
 #[async_trait]
 impl BudgetLedger for PgBudgetLedger {
+    async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
+        let d = Direct(self.clone());
+        detached(async move { d.set_limits(key, limits).await }).await
+    }
+
+    async fn reserve(
+        &self,
+        chain: &BudgetChain,
+        amount: Usage,
+        options: &ReserveOptions,
+    ) -> Result<Reservation, BudgetError> {
+        let d = Direct(self.clone());
+        let (chain, options) = (*chain, options.clone());
+        detached(async move { d.reserve(&chain, amount, &options).await }).await
+    }
+
+    async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
+        let d = Direct(self.clone());
+        detached(async move { d.commit(id, actual).await }).await
+    }
+
+    async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
+        let d = Direct(self.clone());
+        detached(async move { d.release(id).await }).await
+    }
+
+    async fn release_run(&self, run: RunId) -> Result<usize, BudgetError> {
+        let d = Direct(self.clone());
+        detached(async move { d.release_run(run).await }).await
+    }
+
+    async fn expire_reservations(&self) -> Result<usize, BudgetError> {
+        let d = Direct(self.clone());
+        detached(async move { d.expire_reservations().await }).await
+    }
+
+    async fn usage(&self, key: BudgetKey) -> Result<Option<BudgetUsage>, BudgetError> {
+        Direct(self.clone()).usage(key).await
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for Direct {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
         let now = self.clock.now();
         let what = "set budget limits";

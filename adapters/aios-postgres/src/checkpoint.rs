@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios_core::{RunId, StoreError, Timestamp};
+use aios_core::{ApprovalId, RunId, StoreError, Timestamp};
 use aios_orchestrator::{
-    lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore, Lease,
-    RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
+    claimable, lease_available, lease_renewable, leased, renewal_refused, Checkpoint,
+    CheckpointStore, Lease, RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -25,6 +25,16 @@ use crate::db::{to_sql_u64, Cached, Db, Tx};
 /// other sees it held and gets [`StoreError::Conflict`]), the fencing token only grows, and a
 /// save with an older token than the newest issued is refused as [`StoreError::Fenced`] and
 /// writes nothing, whichever machine it comes from.
+///
+/// The work queue ([`CheckpointStore::claim`]) is one statement: it picks the oldest rows
+/// that are `ready` (their latest checkpoint can go on, see
+/// [`aios_orchestrator::claimable`]) and whose lease is free or lapsed, locks them with
+/// `FOR UPDATE SKIP LOCKED` (a row another worker is claiming or writing is passed over, not
+/// waited for) and gives each a new lease with the next fencing token, in one round trip.
+/// Because the lease check is re-evaluated on the locked row, two workers never get the same
+/// run while its lease is live. `save` and [`CheckpointStore::wake`] keep `ready` in step
+/// under the run's row lock; a partial index on the ready rows keeps the pick proportional
+/// to the runs that can go on (plus those in flight), not to every run ever stored.
 ///
 /// Every stored checkpoint carries a checksum (SHA-256, as hex, over `aios-checkpoint`, the
 /// run id, a zero byte, the seq as i64 big-endian and the stored JSON, as in `aios-sqlite`),
@@ -57,6 +67,15 @@ struct RunRow {
     last_token: u64,
     lease: Option<Lease>,
     latest_seq: u64,
+    /// The latest checkpoint's status (none before the first save).
+    status: Option<RunStatus>,
+    /// The approvals reported settled for the run.
+    settled: Vec<ApprovalId>,
+}
+
+/// A lease's expiry as stored in `lease_expires`: microseconds since the epoch.
+fn micros(at: Timestamp) -> i64 {
+    at.timestamp_micros()
 }
 
 impl PgCheckpointStore {
@@ -77,7 +96,7 @@ impl PgCheckpointStore {
                 what,
                 "INSERT INTO aios_runs (run) VALUES ($1)
                  ON CONFLICT (run) DO UPDATE SET run = excluded.run
-                 RETURNING last_token, lease, latest_seq",
+                 RETURNING last_token, lease, latest_seq, status, settled",
                 &[&run],
             )
             .await?;
@@ -90,12 +109,21 @@ impl PgCheckpointStore {
             });
         };
         let lease: Option<String> = row.get(1);
+        let status: Option<String> = row.get(3);
+        let settled: Option<String> = row.get(4);
         let row = RunRow {
             last_token: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
             lease: lease
                 .map(|l| self.db.decode("aios_runs", &run, &l))
                 .transpose()?,
             latest_seq: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            status: status
+                .map(|s| self.db.decode("aios_runs", &run, &s))
+                .transpose()?,
+            settled: settled
+                .map(|s| self.db.decode("aios_runs", &run, &s))
+                .transpose()?
+                .unwrap_or_default(),
         };
         Ok((tx, row))
     }
@@ -174,8 +202,8 @@ impl CheckpointStore for PgCheckpointStore {
         let text = db.encode("a lease", &lease)?;
         let token_sql = to_sql_u64(db.location(), "fencing token", token)?;
         tx.commit_with(
-            "UPDATE aios_runs SET last_token = $2, lease = $3 WHERE run = $1",
-            &[&key, &token_sql, &text],
+            "UPDATE aios_runs SET last_token = $2, lease = $3, lease_expires = $4 WHERE run = $1",
+            &[&key, &token_sql, &text, &micros(lease.expires_at)],
         )
         .await?;
         Ok(lease)
@@ -201,8 +229,8 @@ impl CheckpointStore for PgCheckpointStore {
         };
         let text = db.encode("a lease", &renewed)?;
         tx.commit_with(
-            "UPDATE aios_runs SET lease = $2 WHERE run = $1",
-            &[&key, &text],
+            "UPDATE aios_runs SET lease = $2, lease_expires = $3 WHERE run = $1",
+            &[&key, &text, &micros(renewed.expires_at)],
         )
         .await?;
         Ok(renewed)
@@ -213,8 +241,11 @@ impl CheckpointStore for PgCheckpointStore {
         let key = lease.run.to_string();
         let (tx, row) = self.lock_run(what, &key).await?;
         if row.lease.is_some_and(|l| l.token == lease.token) {
-            tx.commit_with("UPDATE aios_runs SET lease = NULL WHERE run = $1", &[&key])
-                .await?;
+            tx.commit_with(
+                "UPDATE aios_runs SET lease = NULL, lease_expires = NULL WHERE run = $1",
+                &[&key],
+            )
+            .await?;
             Ok(())
         } else {
             tx.rollback().await
@@ -249,13 +280,21 @@ impl CheckpointStore for PgCheckpointStore {
         }
         let seq = to_sql_u64(db.location(), "checkpoint seq", checkpoint.seq)?;
         let sum = checksum(&key, seq, &text);
+        let terminal = checkpoint.state.status.is_terminal();
+        let ready = claimable(&checkpoint.state.status, &row.settled);
+        let settled = if terminal || row.settled.is_empty() {
+            None
+        } else {
+            Some(db.encode("settled approvals", &row.settled)?)
+        };
         // the checkpoint and the run's summary in one statement, with the commit
         tx.commit_with(
             "WITH saved AS (
                  INSERT INTO aios_checkpoints (run, seq, checkpoint, checksum)
                  VALUES ($1, $2, $3, $4)
              )
-             UPDATE aios_runs SET latest_seq = $2, workflow = $5, status = $6, parked = $7
+             UPDATE aios_runs SET latest_seq = $2, workflow = $5, status = $6, parked = $7,
+                                  ready = $8, settled = $9
              WHERE run = $1",
             &[
                 &key,
@@ -265,6 +304,8 @@ impl CheckpointStore for PgCheckpointStore {
                 &checkpoint.state.workflow,
                 &status,
                 &parked,
+                &ready,
+                &settled,
             ],
         )
         .await?;
@@ -339,5 +380,100 @@ impl CheckpointStore for PgCheckpointStore {
                 })
             })
             .collect()
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let what = "claim runs";
+        let db = &self.db;
+        let expires_at = expires(now, ttl);
+        // the lease as its JSON would be written by `encode`, token and run filled in by the
+        // statement
+        let at_text = match serde_json::to_value(expires_at) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => {
+                return Err(StoreError::Backend {
+                    detail: format!("a lease expiry `{expires_at}` did not encode as text"),
+                })
+            }
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = db.client(what).await?;
+        let rows = client
+            .c_query(
+                "WITH picked AS (
+                     SELECT run FROM aios_runs
+                     WHERE ready AND (lease_expires IS NULL OR lease_expires <= $1)
+                     ORDER BY run
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE aios_runs r
+                    SET last_token = r.last_token + 1,
+                        lease = json_build_object('run', r.run, 'owner', $3::text,
+                                                  'token', r.last_token + 1,
+                                                  'expires_at', $4::text)::text,
+                        lease_expires = $5
+                   FROM picked
+                  WHERE r.run = picked.run
+              RETURNING r.run, r.last_token",
+                &[
+                    &micros(now),
+                    &limit,
+                    &owner.as_str(),
+                    &at_text,
+                    &micros(expires_at),
+                ],
+            )
+            .await
+            .map_err(|e| db.err(what, e))?;
+        let mut out: Vec<Lease> = rows
+            .iter()
+            .map(|r| {
+                let run: &str = r.get(0);
+                Ok(Lease {
+                    run: run.parse().map_err(|e| StoreError::Corrupt {
+                        location: format!("table `aios_runs` row `{run}` in `{}`", db.location()),
+                        detail: format!("not a run id: {e}"),
+                    })?,
+                    owner: owner.clone(),
+                    token: u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    expires_at,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        out.sort_by_key(|l| l.run);
+        Ok(out)
+    }
+
+    async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError> {
+        let db = &self.db;
+        let what = "wake a run";
+        let key = run.to_string();
+        let (tx, mut row) = self.lock_run(what, &key).await?;
+        let terminal = row.status.as_ref().is_some_and(RunStatus::is_terminal);
+        if terminal || row.settled.contains(&approval) {
+            return tx.rollback().await;
+        }
+        row.settled.push(approval);
+        let ready = row
+            .status
+            .as_ref()
+            .is_some_and(|s| claimable(s, &row.settled));
+        let settled = db.encode("settled approvals", &row.settled)?;
+        tx.commit_with(
+            "UPDATE aios_runs SET settled = $2, ready = $3 WHERE run = $1",
+            &[&key, &settled, &ready],
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -98,6 +98,22 @@ const MIGRATIONS: &[&str] = &[
         record TEXT    NOT NULL
     );
     "#,
+    // version 2: the work queue. `ready`: the latest checkpoint can go on (running, or parked
+    // on an approval reported settled); `lease_expires`: the current lease's expiry in
+    // microseconds since the epoch (NULL without a lease); `settled`: the approvals reported
+    // settled for the run, as a JSON list. Parked runs start not ready: a worker's look
+    // through the parked runs wakes those whose approval was decided meanwhile.
+    r#"
+    ALTER TABLE aios_runs ADD COLUMN ready BOOLEAN NOT NULL DEFAULT FALSE;
+    ALTER TABLE aios_runs ADD COLUMN lease_expires BIGINT;
+    ALTER TABLE aios_runs ADD COLUMN settled TEXT;
+    UPDATE aios_runs SET ready = (status::jsonb ->> 'status' = 'running') WHERE status IS NOT NULL;
+    UPDATE aios_runs
+       SET lease_expires = (extract(epoch FROM (lease::jsonb ->> 'expires_at')::timestamptz)
+                            * 1000000)::bigint
+     WHERE lease IS NOT NULL;
+    CREATE INDEX aios_runs_ready ON aios_runs (run) WHERE ready;
+    "#,
 ];
 
 /// Whether and how connections are encrypted.

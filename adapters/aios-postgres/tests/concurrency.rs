@@ -374,3 +374,41 @@ async fn refusals_under_the_lock_leave_the_pooled_connection_clean() {
         Some(1)
     );
 }
+
+/// Two workers drove one call (the second took the run over after the first's lease lapsed,
+/// while the first was still alive): both reserved under the call's charge key before either
+/// committed. The key is charged once: the later commit only gives its reservation back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_commits_under_one_charge_key_charge_it_once() {
+    let url = common::fresh_url().await;
+    let clock = ManualClock::default();
+    let stores = workers(&url, 2).await;
+    let (a, b) = (
+        stores[0].budget_ledger(Arc::new(clock.clone())),
+        stores[1].budget_ledger(Arc::new(clock.clone())),
+    );
+    a.set_limits(BudgetKey::Organisation, cap(1_000))
+        .await
+        .unwrap();
+    let run = aios_core::RunId::from_name("taken-over");
+    let chain = BudgetChain::organisation().run(run);
+    let key = ReserveOptions::keyed("taken-over/task/0");
+    let first = a
+        .reserve(&chain, Usage::cost(Money::from_minor(10)), &key)
+        .await
+        .unwrap();
+    let second = b
+        .reserve(&chain, Usage::cost(Money::from_minor(10)), &key)
+        .await
+        .unwrap();
+    a.commit(first.id, Usage::cost(Money::from_minor(7)))
+        .await
+        .unwrap();
+    b.commit(second.id, Usage::cost(Money::from_minor(7)))
+        .await
+        .unwrap();
+    let org = a.usage(BudgetKey::Organisation).await.unwrap().unwrap();
+    assert_eq!(org.committed.cost, Money::from_minor(7), "charged once");
+    assert_eq!(org.reserved.cost, Money::ZERO, "nothing left reserved");
+    assert_eq!(a.outstanding().await.unwrap(), 0);
+}

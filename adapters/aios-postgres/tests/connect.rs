@@ -62,9 +62,12 @@ async fn a_newer_schema_is_refused_naming_the_version() {
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
     // nothing was written: the version and the data are as they were
-    TestServer::execute_on(&url, "UPDATE aios_schema SET version = 1")
-        .await
-        .unwrap();
+    TestServer::execute_on(
+        &url,
+        &format!("UPDATE aios_schema SET version = {SCHEMA_VERSION}"),
+    )
+    .await
+    .unwrap();
     let store = PgStore::connect(&url).await.unwrap();
     assert_eq!(store.audit_log().head().await.unwrap().len, 1);
 }

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios_core::{RunId, StoreError, Timestamp};
+use aios_core::{ApprovalId, RunId, StoreError, Timestamp};
 use aios_orchestrator::{
-    lease_available, lease_renewable, leased, renewal_refused, Checkpoint, CheckpointStore, Lease,
-    RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
+    claimable, lease_available, lease_renewable, leased, renewal_refused, Checkpoint,
+    CheckpointStore, Lease, RunStatus, RunSummary, WorkerId, RUN_STATE_SCHEMA,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -29,6 +29,14 @@ use crate::db::{map_sqlite, to_sql_u64, Db};
 /// the stored JSON. `latest`, `get` and `list` (for each run's latest checkpoint) check it
 /// before decoding: a changed byte, a row moved to another run or seq, or a missing checksum
 /// is [`StoreError::Corrupt`] naming the run and seq, never a misread state.
+///
+/// The work queue ([`CheckpointStore::claim`]) is one `BEGIN IMMEDIATE` transaction too:
+/// it takes the database's write lock, reads the runs marked `ready` (their latest
+/// checkpoint can go on, see [`aios_orchestrator::claimable`]) oldest id first through a
+/// partial index, skips those whose lease is live, and leases the rest (up to the limit)
+/// with the next fencing token before it commits. Every process on the file claims under
+/// the same lock, so two of them never get the same run while its lease is live. `save` and
+/// [`CheckpointStore::wake`] keep `ready` in step in their transactions.
 ///
 /// Under [`crate::Durability::Full`], `save` is fsynced before it returns; `acquire` and
 /// `release` are not (they survive a killed process, and the next fsynced save makes them
@@ -155,6 +163,35 @@ impl SqliteCheckpointStore {
         .transpose()
     }
 
+    /// The queue fields of a run's row: its latest status (none before the first save) and
+    /// the approvals reported settled for it.
+    fn queue_row(
+        &self,
+        tx: &Transaction<'_>,
+        run: &str,
+    ) -> Result<(Option<RunStatus>, Vec<ApprovalId>), StoreError> {
+        let what = "read a run's queue state";
+        let row: Option<(Option<String>, Option<String>)> = tx
+            .prepare_cached("SELECT status, settled FROM runs WHERE run = ?1")
+            .and_then(|mut s| {
+                s.query_row([run], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.db.err(what, e))?;
+        let Some((status, settled)) = row else {
+            return Ok((None, vec![]));
+        };
+        Ok((
+            status
+                .map(|s| self.db.decode("runs", &run, &s))
+                .transpose()?,
+            settled
+                .map(|s| self.db.decode("runs", &run, &s))
+                .transpose()?
+                .unwrap_or_default(),
+        ))
+    }
+
     fn decode(&self, run: &str, seq: i64, text: &str) -> Result<Checkpoint, StoreError> {
         let key = format!("{run} seq {seq}");
         let newer = |schema: u64| StoreError::UnsupportedVersion {
@@ -279,6 +316,7 @@ impl CheckpointStore for SqliteCheckpointStore {
         let parked = matches!(checkpoint.state.status, RunStatus::Parked { .. });
         let (lease_run, token) = (lease.run, lease.token);
         let (seq, workflow) = (checkpoint.seq, checkpoint.state.workflow.clone());
+        let new_status = checkpoint.state.status.clone();
         self.db.write("save a checkpoint", move |tx| {
             let db = &this.db;
             let (last_token, latest_seq, exists) = match this.run_row(tx, &key)? {
@@ -299,16 +337,25 @@ impl CheckpointStore for SqliteCheckpointStore {
             }
             let seq = to_sql_u64(db.location(), "checkpoint seq", seq)?;
             let sum = checksum(&key, seq, &text);
+            let (_, settled) = this.queue_row(tx, &key)?;
+            let ready = claimable(&new_status, &settled);
+            let settled = if new_status.is_terminal() || settled.is_empty() {
+                None
+            } else {
+                Some(db.encode("settled approvals", &settled)?)
+            };
             tx.prepare_cached(
                 "INSERT INTO checkpoints (run, seq, checkpoint, checksum) VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut s| s.execute(rusqlite::params![key, seq, text, sum]))
             .map_err(|e| db.err("save a checkpoint", e))?;
             let sql = if exists {
-                "UPDATE runs SET latest_seq = ?2, workflow = ?3, status = ?4, parked = ?5 WHERE run = ?1"
+                "UPDATE runs SET latest_seq = ?2, workflow = ?3, status = ?4, parked = ?5,
+                                 ready = ?6, settled = ?7
+                 WHERE run = ?1"
             } else {
-                "INSERT INTO runs (run, last_token, latest_seq, workflow, status, parked)
-                 VALUES (?1, 0, ?2, ?3, ?4, ?5)"
+                "INSERT INTO runs (run, last_token, latest_seq, workflow, status, parked, ready, settled)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7)"
             };
             tx.prepare_cached(sql)
                 .and_then(|mut s| {
@@ -317,7 +364,9 @@ impl CheckpointStore for SqliteCheckpointStore {
                         seq,
                         workflow,
                         status,
-                        parked
+                        parked,
+                        ready,
+                        settled
                     ])
                 })
                 .map_err(|e| db.err("save a checkpoint", e))?;
@@ -410,5 +459,96 @@ impl CheckpointStore for SqliteCheckpointStore {
                 })
             })
             .collect()
+    }
+
+    async fn claim(
+        &self,
+        owner: &WorkerId,
+        now: Timestamp,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if limit == 0 {
+            return Ok(vec![]);
+        }
+        let this = self.clone();
+        let owner = owner.clone();
+        let what = "claim runs";
+        self.db
+            .write_unsynced(what, move |tx| {
+                let db = &this.db;
+                let owner = &owner;
+                // the ready runs, oldest first; those with a live lease (in flight) are passed
+                // over, so this reads what is in flight plus what is handed out
+                let mut out = vec![];
+                let mut pick = tx
+                    .prepare_cached(
+                        "SELECT run, last_token, lease FROM runs WHERE ready = 1 ORDER BY run",
+                    )
+                    .map_err(|e| db.err(what, e))?;
+                let mut rows = pick.query([]).map_err(|e| db.err(what, e))?;
+                let mut chosen: Vec<(String, u64)> = vec![];
+                while chosen.len() < limit {
+                    let Some(row) = rows.next().map_err(|e| db.err(what, e))? else {
+                        break;
+                    };
+                    let run: String = row.get(0).map_err(|e| db.err(what, e))?;
+                    let token: i64 = row.get(1).map_err(|e| db.err(what, e))?;
+                    let lease: Option<String> = row.get(2).map_err(|e| db.err(what, e))?;
+                    let lease: Option<Lease> =
+                        lease.map(|l| db.decode("runs", &run, &l)).transpose()?;
+                    if lease_available(lease.as_ref(), now) {
+                        chosen.push((run, u64::try_from(token).unwrap_or(0)));
+                    }
+                }
+                drop(rows);
+                let mut update = tx
+                    .prepare_cached("UPDATE runs SET last_token = ?2, lease = ?3 WHERE run = ?1")
+                    .map_err(|e| db.err(what, e))?;
+                for (key, last_token) in chosen {
+                    let lease = Lease {
+                        run: key.parse().map_err(|e| StoreError::Corrupt {
+                            location: format!("table `runs` row `{key}` in `{}`", db.location()),
+                            detail: format!("not a run id: {e}"),
+                        })?,
+                        owner: owner.clone(),
+                        token: last_token.saturating_add(1),
+                        expires_at: expires(now, ttl),
+                    };
+                    let text = db.encode("a lease", &lease)?;
+                    let token_sql = to_sql_u64(db.location(), "fencing token", lease.token)?;
+                    update
+                        .execute(rusqlite::params![key, token_sql, text])
+                        .map_err(|e| db.err(what, e))?;
+                    out.push(lease);
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn wake(&self, run: RunId, approval: ApprovalId) -> Result<(), StoreError> {
+        let this = self.clone();
+        let what = "wake a run";
+        let key = run.to_string();
+        self.db.write_unsynced(what, move |tx| {
+            let db = &this.db;
+            let (status, mut settled) = this.queue_row(tx, &key)?;
+            if status.as_ref().is_some_and(RunStatus::is_terminal) || settled.contains(&approval)
+            {
+                return Ok(());
+            }
+            settled.push(approval);
+            let ready = status.as_ref().is_some_and(|s| claimable(s, &settled));
+            let text = db.encode("settled approvals", &settled)?;
+            tx.prepare_cached(
+                "INSERT INTO runs (run, last_token, settled, ready) VALUES (?1, 0, ?2, ?3)
+                 ON CONFLICT (run) DO UPDATE SET settled = excluded.settled, ready = excluded.ready",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![key, text, ready]))
+            .map_err(|e| db.err(what, e))?;
+            Ok(())
+        })
+        .await
     }
 }

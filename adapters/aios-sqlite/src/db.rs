@@ -113,6 +113,16 @@ const MIGRATIONS: &[&str] = &[
             json_extract(reservation, '$.amount[1]'), json_extract(reservation, '$.amount[2]'),
             json_extract(reservation, '$.amount[3]')));
     ",
+    // version 6: the work queue. `ready`: the run's latest checkpoint can go on (running, or
+    // parked on an approval reported settled); `settled`: the approvals reported settled for
+    // the run, as a JSON list. Parked runs start not ready: a worker's look through the
+    // parked runs wakes those whose approval was decided meanwhile.
+    r#"
+    ALTER TABLE runs ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN settled TEXT;
+    UPDATE runs SET ready = 1 WHERE json_extract(status, '$.status') = 'running';
+    CREATE INDEX runs_ready ON runs (run) WHERE ready = 1;
+    "#,
 ];
 
 /// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so

@@ -648,6 +648,9 @@ fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
                '$.alerted', json_remove(json_extract(account, '$.alerted'), '$[1]'));
              UPDATE budget_reservations SET reservation = json_set(reservation,
                '$.amount', json_remove(json_extract(reservation, '$.amount'), '$[1]'));
+             DROP INDEX runs_ready;
+             ALTER TABLE runs DROP COLUMN ready;
+             ALTER TABLE runs DROP COLUMN settled;
              PRAGMA user_version = 1;",
         )
         .unwrap();
@@ -656,4 +659,16 @@ fn a_file_of_schema_version_1_is_upgraded_and_keeps_everything() {
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     // existing checkpoints were given their checksums on the way
     check_filled_with(&store, &clock, &written, 0);
+    // and the runs entered the work queue: a running run is claimable once its lease lapses
+    let checkpoints = store.checkpoint_store();
+    let latest = block_on(checkpoints.latest(written.run)).unwrap().unwrap();
+    let far = clock.now() + chrono::Duration::days(1);
+    let claimed =
+        block_on(checkpoints.claim(&WorkerId::new("q"), far, Duration::from_secs(5), 9)).unwrap();
+    let expected = if latest.state.status == aios_orchestrator::RunStatus::Running {
+        vec![written.run]
+    } else {
+        vec![]
+    };
+    assert_eq!(claimed.iter().map(|l| l.run).collect::<Vec<_>>(), expected);
 }

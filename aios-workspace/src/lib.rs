@@ -1,0 +1,25 @@
+//! The AIOS operating model: one workspace manifest over the five levels of the model
+//! (Foundation, Architecture, Governance, Implementation, Operations), validated with the
+//! file and TOML path of every finding.
+//!
+//! ```
+//! let loaded = aios_workspace::parse("workspace.toml", aios_workspace::SOLO_CONSULTANCY_TOML)?;
+//! let report = aios_workspace::validate(&loaded, &Default::default());
+//! assert!(report.is_ok(), "{report}");
+//! # Ok::<(), aios_workspace::LoadError>(())
+//! ```
+
+mod load;
+mod manifest;
+mod templates;
+mod validate;
+
+pub use load::{content_hash, load, parse, parse_with, ContentHash, LoadError, Loaded, SourceMap};
+pub use manifest::*;
+pub use templates::{
+    resolve_role, role_template, role_templates, RoleSpec, NEWSLETTER_TOML, ROLE_TEMPLATES_TOML,
+    SOLO_CONSULTANCY_TOML,
+};
+pub use validate::{
+    compose, validate, Composed, Finding, FindingKind, Level, Report, ValidateOptions,
+};

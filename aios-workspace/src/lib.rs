@@ -9,11 +9,16 @@
 //! # Ok::<(), aios_workspace::LoadError>(())
 //! ```
 
+mod bootstrap;
 mod load;
 mod manifest;
 mod templates;
 mod validate;
 
+pub use bootstrap::{
+    plan, seed_id, update, BootstrapError, BootstrapRecord, Ids, PhaseGate, Plan, SeedPlan,
+    SeedReport, Update, BOOTSTRAP_EVENT,
+};
 pub use load::{content_hash, load, parse, parse_with, ContentHash, LoadError, Loaded, SourceMap};
 pub use manifest::*;
 pub use templates::{

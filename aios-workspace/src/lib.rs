@@ -12,6 +12,7 @@
 mod bootstrap;
 mod load;
 mod manifest;
+mod report;
 mod templates;
 mod validate;
 
@@ -21,6 +22,9 @@ pub use bootstrap::{
 };
 pub use load::{content_hash, load, parse, parse_with, ContentHash, LoadError, Loaded, SourceMap};
 pub use manifest::*;
+pub use report::{
+    report_from_log, Check, Evidence, Names, OpsReport, ReportBuilder, Stats, Window, EVIDENCE_CAP,
+};
 pub use templates::{
     resolve_role, role_template, role_templates, RoleSpec, NEWSLETTER_TOML, ROLE_TEMPLATES_TOML,
     SOLO_CONSULTANCY_TOML,

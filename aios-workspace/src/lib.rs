@@ -9,6 +9,7 @@
 //! # Ok::<(), aios_workspace::LoadError>(())
 //! ```
 
+mod assess;
 mod bootstrap;
 mod load;
 mod manifest;
@@ -16,6 +17,7 @@ mod report;
 mod templates;
 mod validate;
 
+pub use assess::{assess, criterion_met, Assessment, Bottleneck, LevelAssessment, Status};
 pub use bootstrap::{
     plan, seed_id, update, BootstrapError, BootstrapRecord, Ids, PhaseGate, Plan, SeedPlan,
     SeedReport, Update, BOOTSTRAP_EVENT,

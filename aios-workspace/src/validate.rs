@@ -670,6 +670,11 @@ pub fn validate(loaded: &Loaded, options: &ValidateOptions) -> Report {
         for f in composed.model.validate().findings {
             let path = composed.place(&f.path);
             out.push(f.severity, FindingKind::Governance(f.kind), path, f.message);
+            // a governance finding belongs to the governance level wherever it is placed
+            // (a made pathway's limits are written on its role)
+            if let Some(last) = out.findings.last_mut() {
+                last.level = Level::Governance;
+            }
         }
     }
 

@@ -13,6 +13,7 @@ mod assess;
 mod bootstrap;
 mod load;
 mod manifest;
+mod recalibrate;
 mod report;
 mod templates;
 mod validate;
@@ -24,6 +25,9 @@ pub use bootstrap::{
 };
 pub use load::{content_hash, load, parse, parse_with, ContentHash, LoadError, Loaded, SourceMap};
 pub use manifest::*;
+pub use recalibrate::{
+    accept, answer_record, suggest, AcceptError, Direction, ProposedChange, Suggestion, Threshold,
+};
 pub use report::{
     report_from_log, Check, Evidence, Names, OpsReport, ReportBuilder, Stats, Window, EVIDENCE_CAP,
 };

@@ -5,7 +5,7 @@
 //!
 //! | level | missing | partial | defined | operating (needs an operations report) |
 //! |---|---|---|---|---|
-//! | Foundation | no `[foundation]` | errors, no outcome, or no final authority | intent, outcomes each with metric and target, final authority | every outcome whose metric is a report figure (`autonomy_rate`, `escalation_rate`, `rejection_rate`, `failure_rate`, `cost_per_completed_run`, `budget_burn`) meets its target |
+//! | Foundation | no `[foundation]` | errors, no outcome, or no final authority | intent, outcomes each with metric and target, final authority | at least one outcome's metric is a report figure with evidence (`autonomy_rate`, `escalation_rate`, `rejection_rate`, `failure_rate`, `cost_per_completed_run`, `budget_burn`), and every such outcome meets its target |
 //! | Architecture | no role | errors, or no workflow | roles and workflows, no errors | a workflow completed a run |
 //! | Governance | no anchor | errors, or no budget | anchors, pathways, budgets, no errors | actions were decided under it |
 //! | Implementation | no phase | errors, or no phase entered, or a planned phase without entry criteria | phases with owners, one entered, the rest gated by criteria | every pathway of an entered phase decided actions, and every entered phase's criteria are met by the evidence |
@@ -212,11 +212,13 @@ pub fn assess(
                     ),
                     Some(r) => {
                         let mut missed = Vec::new();
+                        let mut measured = 0;
                         for o in &f.outcomes {
                             let (Some(metric), Some(target)) = (&o.metric, o.target) else {
                                 continue;
                             };
                             if let Some(v) = figure(r, metric) {
+                                measured += 1;
                                 if !target.holds(v) {
                                     missed.push(format!(
                                         "outcome `{}`: `{metric}` is {v:.3}, off its target",
@@ -225,7 +227,12 @@ pub fn assess(
                                 }
                             }
                         }
-                        if missed.is_empty() {
+                        if measured == 0 {
+                            (
+                                Status::Defined,
+                                vec!["no outcome can be measured from the log yet".into()],
+                            )
+                        } else if missed.is_empty() {
                             (
                                 Status::Operating,
                                 vec!["every outcome measured from the log meets its target".into()],

@@ -520,8 +520,11 @@ impl Plan {
 /// A new governance version from a changed manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
-    /// What changed.
+    /// What changed in the governance model.
     pub diff: ModelDiff,
+    /// Pathways the implementation level opened or closed (`pathway `x`: opened (phase `y`
+    /// entered)`): the phase gate is a policy beside the model, so its changes are listed here.
+    pub gate_changes: Vec<String>,
     /// The new model: the manifest's, at the previous version plus one, with the previous
     /// change log and an entry for this version.
     pub model: GovernanceModel,
@@ -538,27 +541,58 @@ impl Update {
     }
 }
 
-/// Compares the model of a changed manifest with the one running (`previous`). `None` when
-/// nothing but the version and change log differs; otherwise version `previous.version + 1`
-/// with a change-log entry by `by` saying `summary`.
-pub fn update(previous: &GovernanceModel, next: &Plan, by: &str, summary: &str) -> Option<Update> {
+/// Compares the model and phase gate of a changed manifest (`next`) with those running
+/// (`previous`, `previous_gate`). `None` when neither changed (besides version and change
+/// log); otherwise version `previous.version + 1` with a change-log entry by `by` saying
+/// `summary`.
+pub fn update(
+    previous: &GovernanceModel,
+    previous_gate: &PhaseGate,
+    next: &Plan,
+    by: &str,
+    summary: &str,
+) -> Option<Update> {
     let mut model = next.model.clone();
     model.version = previous.version + 1;
     model.changelog = previous.changelog.clone();
+    let d = diff(previous, &model);
+    let mut gate_changes = Vec::new();
+    for (id, (p, phase, status)) in &previous_gate.closed {
+        if !next.gate.closed.contains_key(id) {
+            gate_changes.push(format!(
+                "pathway `{p}`: opened (phase `{phase}` no longer {status})"
+            ));
+        }
+    }
+    for (id, (p, phase, status)) in &next.gate.closed {
+        if !previous_gate.closed.contains_key(id) {
+            gate_changes.push(format!(
+                "pathway `{p}`: closed (phase `{phase}` is {status})"
+            ));
+        }
+    }
+    if d.is_empty() && gate_changes.is_empty() {
+        return None;
+    }
+    let mut text = format!(
+        "{summary} (workspace `{}` v{}, {})",
+        next.workspace,
+        next.manifest_version,
+        next.hash.short()
+    );
+    if !gate_changes.is_empty() {
+        text.push_str(&format!("; {}", gate_changes.join("; ")));
+    }
     model.changelog.push(ChangeLogEntry {
         version: model.version,
-        summary: format!(
-            "{summary} (workspace `{}` v{}, {})",
-            next.workspace,
-            next.manifest_version,
-            next.hash.short()
-        ),
+        summary: text,
         author: Some(by.to_string()),
         date: None,
     });
     let d = diff(previous, &model);
-    if d.is_empty() {
-        return None;
-    }
-    Some(Update { diff: d, model })
+    Some(Update {
+        diff: d,
+        gate_changes,
+        model,
+    })
 }

@@ -409,6 +409,7 @@ pub fn accept(
     let d = diff(model, &next);
     Ok(Update {
         diff: d,
+        gate_changes: vec![],
         model: next,
     })
 }

@@ -288,18 +288,29 @@ fn a_pathway_of_a_phase_not_entered_is_denied_with_that_reason() {
     let open = plan(&loaded, &ValidateOptions::default()).unwrap_or_else(|e| unreachable!("{e}"));
     let g = open.governor().unwrap_or_else(|e| unreachable!("{e}"));
     assert_eq!(g.decide(&pay).kind(), DecisionKind::Allow);
+    // only the phase changed: still a new version, the opened pathway named
+    let up = update(&p.model, &p.gate, &open, "alice", "money phase entered")
+        .unwrap_or_else(|| unreachable!());
+    assert!(up.diff.is_empty());
+    assert_eq!(up.model.version, 2);
+    assert_eq!(up.gate_changes.len(), 1);
+    assert!(
+        up.gate_changes[0].contains("`bookkeeper`: opened"),
+        "{:?}",
+        up.gate_changes
+    );
 }
 
 #[test]
 fn a_changed_manifest_publishes_the_next_version_with_its_diff() {
     let v1 = solo();
-    assert!(update(&v1.model, &v1, "alice", "nothing").is_none());
+    assert!(update(&v1.model, &v1.gate, &v1, "alice", "nothing").is_none());
     let text = aios_workspace::SOLO_CONSULTANCY_TOML
         .replace("amount_above = \"200.00\"", "amount_above = \"300.00\"");
     let loaded = parse("workspace.toml", &text).unwrap_or_else(|e| unreachable!("{e}"));
     let v2 = plan(&loaded, &ValidateOptions::default()).unwrap_or_else(|e| unreachable!("{e}"));
-    let up =
-        update(&v1.model, &v2, "alice", "larger payments alone").unwrap_or_else(|| unreachable!());
+    let up = update(&v1.model, &v1.gate, &v2, "alice", "larger payments alone")
+        .unwrap_or_else(|| unreachable!());
     assert_eq!(up.model.version, 2);
     assert_eq!(up.diff.from_version, 1);
     assert_eq!(up.diff.to_version, 2);

@@ -4,7 +4,7 @@
 
 use aios_benches::{
     audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
-    Config,
+    workspace, Config,
 };
 
 /// One area's workloads.
@@ -28,7 +28,7 @@ fn main() {
         print_json(&orchestrator::subprocess(name, &config));
         return;
     }
-    let areas: [(&str, Area); 7] = [
+    let areas: [(&str, Area); 8] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
@@ -36,6 +36,7 @@ fn main() {
         ("sqlite", sqlite::run),
         ("sched", sched::run),
         ("embed", quality::run),
+        ("workspace", workspace::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

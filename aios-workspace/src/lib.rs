@@ -1,12 +1,40 @@
 //! The AIOS operating model: one workspace manifest over the five levels of the model
-//! (Foundation, Architecture, Governance, Implementation, Operations), validated with the
-//! file and TOML path of every finding.
+//! (Foundation, Architecture, Governance, Implementation, Operations), and what is done with
+//! it:
+//!
+//! 1. **Load and validate** ([`load`], [`parse`], [`validate`]): one TOML file plus
+//!    `workspace.include = [..]` of further files in its folder; every finding of every level
+//!    with its file and TOML path (`workflows.toml: architecture.workflows.weekly.tasks[2].role`).
+//! 2. **Role and workspace templates** ([`role_templates`], [`SOLO_CONSULTANCY_TOML`],
+//!    [`NEWSLETTER_TOML`]): researcher, scheduler, editor, sales outreach and bookkeeper, each
+//!    overridable field by field.
+//! 3. **Bootstrap** ([`plan`], [`Plan`]): deterministic ids and content hash, the governor with
+//!    the implementation level's [`PhaseGate`], a configured orchestrator builder, idempotent
+//!    memory seeds, the audit record; [`update`] for a changed manifest.
+//! 4. **Assess** ([`assess`]): per level missing, partial, defined or operating, and the
+//!    bottleneck (the rules are a table in [`assess`]'s module docs, `src/assess.rs`).
+//! 5. **Operations report** ([`ReportBuilder`], [`report_from_log`]): one streaming pass over any
+//!    audit log for a window, per pathway, role, agent and workflow, against the targets.
+//! 6. **Recalibrate** ([`suggest`], [`accept`]): suggestions citing audit sequence numbers,
+//!    never beyond the charter; accepting publishes the next governance version.
+//!
+//! The crate does no I/O besides [`load`] reading the manifest and its includes.
 //!
 //! ```
-//! let loaded = aios_workspace::parse("workspace.toml", aios_workspace::SOLO_CONSULTANCY_TOML)?;
-//! let report = aios_workspace::validate(&loaded, &Default::default());
+//! use aios_workspace::{assess, parse, plan, Level, ValidateOptions};
+//! let loaded = parse("workspace.toml", aios_workspace::SOLO_CONSULTANCY_TOML)?;
+//! let report = aios_workspace::validate(&loaded, &ValidateOptions::default());
 //! assert!(report.is_ok(), "{report}");
-//! # Ok::<(), aios_workspace::LoadError>(())
+//!
+//! let plan = plan(&loaded, &ValidateOptions::default()).map_err(|e| e.to_string())?;
+//! assert_eq!(plan.roles.len(), 4);
+//! // the same manifest gives the same ids and hash everywhere
+//! assert_eq!(plan.ids.roles["editor"], aios_core::RoleId::from_name("editor"));
+//! assert_eq!(plan.hash, aios_workspace::content_hash(&loaded.manifest));
+//!
+//! let assessment = assess(&loaded, &ValidateOptions::default(), None);
+//! assert!(assessment.bottleneck.is_none()); // on paper every level is defined
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod assess;

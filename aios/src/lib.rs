@@ -38,6 +38,8 @@ pub use aios_orchestrator as orchestrator;
 pub use aios_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use aios_sqlite as sqlite;
+#[cfg(feature = "workspace")]
+pub use aios_workspace as workspace;
 
 /// The derive-like attribute port implementations use (`#[async_trait]` on `impl Connector
 /// for ..`), re-exported so an application needs no dependency of its own for it.

@@ -16,6 +16,7 @@ pub mod orchestrator;
 pub mod quality;
 pub mod sched;
 pub mod sqlite;
+pub mod workspace;
 
 /// How long to measure.
 #[derive(Debug, Clone, Copy)]

@@ -4,7 +4,7 @@
 
 use aios_benches::{
     ann, audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
-    Config,
+    workspace, Config,
 };
 
 /// One area's workloads.
@@ -32,7 +32,7 @@ fn main() {
         }
         return;
     }
-    let areas: [(&str, Area); 8] = [
+    let areas: [(&str, Area); 9] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
@@ -41,6 +41,7 @@ fn main() {
         ("sqlite", sqlite::run),
         ("sched", sched::run),
         ("embed", quality::run),
+        ("workspace", workspace::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

@@ -1056,7 +1056,33 @@ async fn verify_log<L: AuditLog + ?Sized>(
     anchor: Option<ChainHead>,
     key: Option<AuditKey>,
 ) -> Result<ChainReport, AuditError> {
-    let mut v = ChainVerifier::new(anchor, key);
+    verify_with_progress(log, anchor, key.as_ref(), |_| {}).await
+}
+
+/// Verifies `log` as [`AuditLogExt::verify`] does (and its MACs under `key`, when given, as
+/// [`AuditLogExt::verify_keyed`] does), calling `progress` with the number of entries checked
+/// so far after each page: for an operator's progress bar over a long log.
+///
+/// ```
+/// use aios_core::{verify_with_progress, AuditEvent, AuditLog, AuditRecord, InMemoryAuditLog, Principal};
+/// # futures::executor::block_on(async {
+/// let log = InMemoryAuditLog::new();
+/// log.append(AuditRecord::new(Principal::System, AuditEvent::Custom {
+///     kind: "note".into(), data: serde_json::json!({}) })).await?;
+/// let mut seen = 0;
+/// let report = verify_with_progress(&log, None, None, |checked| seen = checked).await?;
+/// assert!(report.is_intact());
+/// assert_eq!(seen, 1);
+/// # Ok::<(), aios_core::AuditError>(())
+/// # }).unwrap();
+/// ```
+pub async fn verify_with_progress<L: AuditLog + ?Sized>(
+    log: &L,
+    anchor: Option<ChainHead>,
+    key: Option<&AuditKey>,
+    mut progress: impl FnMut(u64),
+) -> Result<ChainReport, AuditError> {
+    let mut v = ChainVerifier::new(anchor, key.cloned());
     let mut from = 0u64;
     loop {
         let page = log.read(from, 4096).await?;
@@ -1067,6 +1093,7 @@ async fn verify_log<L: AuditLog + ?Sized>(
         for e in &page {
             v.push_stored(e);
         }
+        progress(from);
     }
 }
 

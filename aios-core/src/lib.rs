@@ -54,10 +54,10 @@ mod vault;
 pub mod testing;
 
 pub use audit::{
-    verify_chain, verify_chain_keyed, ApprovalOutcome, AuditEntry, AuditError, AuditEvent,
-    AuditKey, AuditKeyError, AuditLog, AuditLogExt, AuditRecord, ChainHead, ChainProblem,
-    ChainReport, DecisionKind, EntryHash, EntryMac, InMemoryAuditLog, Outcome, StoredEntry,
-    UnreadableEntry, AUDIT_SCHEMA_VERSION,
+    verify_chain, verify_chain_keyed, verify_with_progress, ApprovalOutcome, AuditEntry,
+    AuditError, AuditEvent, AuditKey, AuditKeyError, AuditLog, AuditLogExt, AuditRecord, ChainHead,
+    ChainProblem, ChainReport, DecisionKind, EntryHash, EntryMac, InMemoryAuditLog, Outcome,
+    StoredEntry, UnreadableEntry, AUDIT_SCHEMA_VERSION,
 };
 pub use clock::{to_nanos, Clock, ManualClock, SystemClock, Timestamp};
 pub use connector::{

@@ -123,7 +123,14 @@ impl Assessment {
                     b.level, b.reason, b.next_step
                 );
             }
-            None => md.push_str("\nNo bottleneck: every level is operating.\n"),
+            None if self.levels.iter().all(|l| l.status == Status::Operating) => {
+                md.push_str("\nNo bottleneck: every level is operating.\n")
+            }
+            None => md.push_str(
+                "\nNo bottleneck in what is written: every level is defined. Whether it \
+                 operates is judged from evidence: assess with an operations report (the \
+                 command line uses the store's audit record when there is one).\n",
+            ),
         }
         md
     }

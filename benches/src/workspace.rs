@@ -139,7 +139,7 @@ pub fn ops_log(n: usize) -> InMemoryAuditLog {
                     },
                 );
             }
-            let outcome = if run_i % 25 == 0 {
+            let outcome = if run_i.is_multiple_of(25) {
                 Outcome::Failed
             } else {
                 Outcome::Succeeded

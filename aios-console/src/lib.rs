@@ -61,7 +61,8 @@ pub trait Authenticator: Send + Sync {
 pub type DecidedHook = Arc<dyn Fn(RunId) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Builds the operations report when the report page is opened.
-pub type ReportSource = Arc<dyn Fn() -> BoxFuture<'static, Result<OpsReport, String>> + Send + Sync>;
+pub type ReportSource =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<OpsReport, String>> + Send + Sync>;
 
 /// How the console behaves.
 #[derive(Debug, Clone)]
@@ -239,7 +240,12 @@ impl ConsoleBuilder {
         if self.console.config.page_size == 0 {
             self.console.config.page_size = ConsoleConfig::default().page_size;
         }
-        let base = self.console.config.base_path.trim_end_matches('/').to_string();
+        let base = self
+            .console
+            .config
+            .base_path
+            .trim_end_matches('/')
+            .to_string();
         self.console.config.base_path = base;
         self.console
     }

@@ -42,9 +42,17 @@ impl Console {
 
     /// The session of a POST whose form carries `csrf`, or 403 with nothing done.
     #[allow(clippy::result_large_err)]
-    fn poster(&self, headers: &HeaderMap, csrf: Option<&str>) -> Result<(String, Session), Response> {
+    fn poster(
+        &self,
+        headers: &HeaderMap,
+        csrf: Option<&str>,
+    ) -> Result<(String, Session), Response> {
         let Some((id, s)) = self.session(headers) else {
-            return Err(forbidden(self, None, "you are not logged in (or the session ended)"));
+            return Err(forbidden(
+                self,
+                None,
+                "you are not logged in (or the session ended)",
+            ));
         };
         match csrf {
             Some(token) if same_secret(token, &s.csrf) => Ok((id, s)),
@@ -103,7 +111,13 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
-fn message(c: &Console, status: StatusCode, session: Option<&Session>, title: &str, text: &str) -> Response {
+fn message(
+    c: &Console,
+    status: StatusCode,
+    session: Option<&Session>,
+    title: &str,
+    text: &str,
+) -> Response {
     html_response(
         status,
         c.page(title, session, html! { p.error role="alert" { (text) } }),
@@ -142,7 +156,11 @@ fn status_class(status: &RunStatus) -> &'static str {
 
 fn status_text(status: &RunStatus) -> String {
     match status {
-        RunStatus::Parked { approvals } => format!("parked ({} approval{})", approvals.len(), plural(approvals.len())),
+        RunStatus::Parked { approvals } => format!(
+            "parked ({} approval{})",
+            approvals.len(),
+            plural(approvals.len())
+        ),
         RunStatus::Failed { reason } => format!("failed: {reason}"),
         other => status_class(other).to_string(),
     }
@@ -201,7 +219,13 @@ pub(crate) async fn stylesheet() -> Response {
 
 pub(crate) async fn not_found(State(c): S, headers: HeaderMap) -> Response {
     let s = c.session(&headers).map(|(_, s)| s);
-    message(&c, StatusCode::NOT_FOUND, s.as_ref(), "Not found", "there is no such page")
+    message(
+        &c,
+        StatusCode::NOT_FOUND,
+        s.as_ref(),
+        "Not found",
+        "there is no such page",
+    )
 }
 
 fn login_form(c: &Console, status: StatusCode, error: Option<&str>) -> Response {
@@ -218,7 +242,13 @@ fn login_form(c: &Console, status: StatusCode, error: Option<&str>) -> Response 
             button type="submit" { "Log in" }
         }
     };
-    let cookie = set_cookie(LOGIN_COOKIE, &csrf, &c.url("/login"), Some(3600), c.config.secure_cookies);
+    let cookie = set_cookie(
+        LOGIN_COOKIE,
+        &csrf,
+        &c.url("/login"),
+        Some(3600),
+        c.config.secure_cookies,
+    );
     (
         status,
         [(header::SET_COOKIE, cookie)],
@@ -238,11 +268,21 @@ pub(crate) struct LoginForm {
     token: Option<String>,
 }
 
-pub(crate) async fn login(State(c): S, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(c): S,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let bound = cookie(&headers, LOGIN_COOKIE);
     match (&bound, &form.csrf) {
         (Some(b), Some(f)) if !b.is_empty() && same_secret(b, f) => {}
-        _ => return forbidden(&c, None, "the login form's CSRF token is missing or wrong: reload the page"),
+        _ => {
+            return forbidden(
+                &c,
+                None,
+                "the login form's CSRF token is missing or wrong: reload the page",
+            )
+        }
     }
     let token = form.token.unwrap_or_default();
     let human = if token.trim().is_empty() {
@@ -252,14 +292,33 @@ pub(crate) async fn login(State(c): S, headers: HeaderMap, Form(form): Form<Logi
     };
     match human {
         Ok(Some(human)) => {
-            let id = match c.sessions.create(human.clone(), c.clock.now(), c.config.session_ttl) {
+            let id = match c
+                .sessions
+                .create(human.clone(), c.clock.now(), c.config.session_ttl)
+            {
                 Ok(id) => id,
                 Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
             };
             tracing::info!("console: {human} logged in");
-            let path = if c.config.base_path.is_empty() { "/".to_string() } else { c.config.base_path.clone() };
-            let session = set_cookie(SESSION_COOKIE, &id, &path, Some(c.config.session_ttl.as_secs()), c.config.secure_cookies);
-            let gone = set_cookie(LOGIN_COOKIE, "", &c.url("/login"), Some(0), c.config.secure_cookies);
+            let path = if c.config.base_path.is_empty() {
+                "/".to_string()
+            } else {
+                c.config.base_path.clone()
+            };
+            let session = set_cookie(
+                SESSION_COOKIE,
+                &id,
+                &path,
+                Some(c.config.session_ttl.as_secs()),
+                c.config.secure_cookies,
+            );
+            let gone = set_cookie(
+                LOGIN_COOKIE,
+                "",
+                &c.url("/login"),
+                Some(0),
+                c.config.secure_cookies,
+            );
             let mut r = redirect(&c.url("/approvals"));
             if let (Ok(a), Ok(b)) = (session.parse(), gone.parse()) {
                 r.headers_mut().append(header::SET_COOKIE, a);
@@ -272,11 +331,21 @@ pub(crate) async fn login(State(c): S, headers: HeaderMap, Form(form): Form<Logi
             let _turn = c.failures.lock().await;
             tokio::time::sleep(c.config.login_delay).await;
             tracing::warn!("console: a failed login");
-            login_form(&c, StatusCode::UNAUTHORIZED, Some("that token is not valid (unknown, or its human was removed)"))
+            login_form(
+                &c,
+                StatusCode::UNAUTHORIZED,
+                Some("that token is not valid (unknown, or its human was removed)"),
+            )
         }
         Err(e) => {
             tracing::warn!("console: credentials could not be checked: {e}");
-            login_form(&c, StatusCode::INTERNAL_SERVER_ERROR, Some("the credentials could not be checked: the store failed (see the server's log)"))
+            login_form(
+                &c,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Some(
+                    "the credentials could not be checked: the store failed (see the server's log)",
+                ),
+            )
         }
     }
 }
@@ -287,14 +356,22 @@ pub(crate) struct CsrfForm {
     csrf: Option<String>,
 }
 
-pub(crate) async fn logout(State(c): S, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+pub(crate) async fn logout(
+    State(c): S,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
     let (id, s) = match c.poster(&headers, form.csrf.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
     c.sessions.remove(&id);
     tracing::info!("console: {} logged out", s.human);
-    let path = if c.config.base_path.is_empty() { "/".to_string() } else { c.config.base_path.clone() };
+    let path = if c.config.base_path.is_empty() {
+        "/".to_string()
+    } else {
+        c.config.base_path.clone()
+    };
     let gone = set_cookie(SESSION_COOKIE, "", &path, Some(0), c.config.secure_cookies);
     let mut r = redirect(&c.url("/login"));
     if let Ok(v) = gone.parse() {
@@ -322,7 +399,7 @@ fn kind_name(k: &ResponseKind) -> &'static str {
 
 fn approval_card(c: &Console, s: &Session, p: &PendingApproval) -> Markup {
     let id = p.id.to_string();
-    let may = p.may_answer.iter().any(|h| *h == s.human);
+    let may = p.may_answer.contains(&s.human);
     let proposed = serde_json::to_string_pretty(&p.proposed).unwrap_or_default();
     let input = p
         .proposed
@@ -430,9 +507,23 @@ pub(crate) async fn decide(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let bad = |text: String| message(&c, StatusCode::UNPROCESSABLE_ENTITY, Some(&s), "Not decided", &text);
+    let bad = |text: String| {
+        message(
+            &c,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&s),
+            "Not decided",
+            &text,
+        )
+    };
     let Ok(approval) = id.parse::<ApprovalId>() else {
-        return message(&c, StatusCode::NOT_FOUND, Some(&s), "Not decided", &format!("`{id}` is not an approval id"));
+        return message(
+            &c,
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "Not decided",
+            &format!("`{id}` is not an approval id"),
+        );
     };
     let response = match form.answer.as_deref() {
         Some("approve") => ApprovalResponse::Approve,
@@ -441,7 +532,9 @@ pub(crate) async fn decide(
             if reason.trim().is_empty() {
                 return bad("a rejection needs a reason: say why in the reason field".into());
             }
-            ApprovalResponse::Reject { reason: reason.trim().to_string() }
+            ApprovalResponse::Reject {
+                reason: reason.trim().to_string(),
+            }
         }
         Some("edit") => {
             let text = form.input.unwrap_or_default();
@@ -465,6 +558,19 @@ pub(crate) async fn decide(
         }
     };
     let kind = kind_name(&response.kind());
+    match c.orchestrator.pending_approvals().await {
+        Ok(pending) if pending.iter().any(|r| r.id == approval) => {}
+        Ok(_) => {
+            return message(
+                &c,
+                StatusCode::NOT_FOUND,
+                Some(&s),
+                "Not decided",
+                &format!("no pending approval {approval} (it may have been answered or expired)"),
+            )
+        }
+        Err(e) => return failed(&c, &s, "the pending approvals could not be read", e),
+    }
     match c
         .orchestrator
         .answer_approval(approval, HumanId::from_name(&s.human), response)
@@ -484,7 +590,11 @@ pub(crate) async fn decide(
             "Not decided",
             &format!("no pending approval {approval} (it may have been answered or expired)"),
         ),
-        Err(e) => forbidden(&c, Some(&s), &format!("{} may not answer {approval}: {e}", s.human)),
+        Err(e) => forbidden(
+            &c,
+            Some(&s),
+            &format!("{} may not answer {approval}: {e}", s.human),
+        ),
     }
 }
 
@@ -498,7 +608,14 @@ pub(crate) struct RunsQuery {
     page: Option<usize>,
 }
 
-const STATUSES: [&str; 6] = ["running", "parked", "paused", "completed", "failed", "cancelled"];
+const STATUSES: [&str; 6] = [
+    "running",
+    "parked",
+    "paused",
+    "completed",
+    "failed",
+    "cancelled",
+];
 
 pub(crate) async fn runs(State(c): S, headers: HeaderMap, Query(q): Query<RunsQuery>) -> Response {
     let s = match c.viewer(&headers) {
@@ -508,8 +625,13 @@ pub(crate) async fn runs(State(c): S, headers: HeaderMap, Query(q): Query<RunsQu
     let filter = q.status.filter(|f| !f.is_empty() && f != "all");
     if let Some(f) = &filter {
         if !STATUSES.contains(&f.as_str()) {
-            return message(&c, StatusCode::BAD_REQUEST, Some(&s), "Runs",
-                &format!("unknown status `{f}`: one of {}", STATUSES.join(", ")));
+            return message(
+                &c,
+                StatusCode::BAD_REQUEST,
+                Some(&s),
+                "Runs",
+                &format!("unknown status `{f}`: one of {}", STATUSES.join(", ")),
+            );
         }
     }
     let mut all = match c.orchestrator.checkpoint_store().list(false).await {
@@ -522,7 +644,10 @@ pub(crate) async fn runs(State(c): S, headers: HeaderMap, Query(q): Query<RunsQu
     // ids are time-ordered: newest first
     all.sort_unstable_by_key(|r| std::cmp::Reverse(r.run));
     let (shown, page, pages) = paginate(&all, q.page.unwrap_or(1), c.config.page_size);
-    let extra = filter.as_ref().map(|f| format!("status={f}&")).unwrap_or_default();
+    let extra = filter
+        .as_ref()
+        .map(|f| format!("status={f}&"))
+        .unwrap_or_default();
     let body = html! {
         form.filter method="get" action=(c.url("/runs")) {
             label for="status" { "Status " }
@@ -563,24 +688,45 @@ pub(crate) struct RunQuery {
     decided: Option<String>,
 }
 
-pub(crate) async fn run(State(c): S, headers: HeaderMap, Path(id): Path<String>, Query(q): Query<RunQuery>) -> Response {
+pub(crate) async fn run(
+    State(c): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Response {
     let s = match c.viewer(&headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
     let Ok(run) = id.parse::<RunId>() else {
-        return message(&c, StatusCode::NOT_FOUND, Some(&s), "Run", &format!("`{id}` is not a run id"));
+        return message(
+            &c,
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "Run",
+            &format!("`{id}` is not a run id"),
+        );
     };
     let state = match c.orchestrator.state(run).await {
         Ok(Some(st)) => st,
-        Ok(None) => return message(&c, StatusCode::NOT_FOUND, Some(&s), "Run", &format!("no run {run}")),
+        Ok(None) => {
+            return message(
+                &c,
+                StatusCode::NOT_FOUND,
+                Some(&s),
+                "Run",
+                &format!("no run {run}"),
+            )
+        }
         Err(e) => return failed(&c, &s, "the run could not be read", e),
     };
     let transcript = match c.orchestrator.transcript(run).await {
         Ok(t) => t,
         Err(e) => format!("(the transcript could not be read: {e})"),
     };
-    let decided = q.decided.filter(|d| ["approve", "edit", "reject"].contains(&d.as_str()));
+    let decided = q
+        .decided
+        .filter(|d| ["approve", "edit", "reject"].contains(&d.as_str()));
     let body = html! {
         @if let Some(d) = decided {
             p.notice role="status" { "Your answer (" (d) ") is recorded; the run goes on when its worker picks it up." }
@@ -612,7 +758,10 @@ pub(crate) async fn run(State(c): S, headers: HeaderMap, Path(id): Path<String>,
         h2 { "Transcript" }
         pre #transcript .transcript { (transcript) }
     };
-    html_response(StatusCode::OK, c.page(&format!("Run {}", short(&run.to_string())), Some(&s), body))
+    html_response(
+        StatusCode::OK,
+        c.page(&format!("Run {}", short(&run.to_string())), Some(&s), body),
+    )
 }
 
 fn short(id: &str) -> String {
@@ -628,7 +777,11 @@ pub(crate) struct AuditQuery {
     verify: Option<String>,
 }
 
-pub(crate) async fn audit(State(c): S, headers: HeaderMap, Query(q): Query<AuditQuery>) -> Response {
+pub(crate) async fn audit(
+    State(c): S,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Response {
     let s = match c.viewer(&headers) {
         Ok(s) => s,
         Err(r) => return r,
@@ -679,11 +832,20 @@ pub(crate) async fn controls(State(c): S, headers: HeaderMap) -> Response {
 
 fn controls_page(c: &Console, s: &Session, status: StatusCode, error: Option<&str>) -> Response {
     let Some(controls) = &c.controls else {
-        return message(c, StatusCode::NOT_FOUND, Some(s), "Controls", "this console was mounted without operator controls");
+        return message(
+            c,
+            StatusCode::NOT_FOUND,
+            Some(s),
+            "Controls",
+            "this console was mounted without operator controls",
+        );
     };
     let snapshot = controls.snapshot();
     let name = |t: &aios_governance::ControlTarget| {
-        c.targets.get(&t.to_string()).map(|(n, _)| n.clone()).unwrap_or_else(|| t.to_string())
+        c.targets
+            .get(&t.to_string())
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| t.to_string())
     };
     let mut history = controls.history();
     history.reverse();
@@ -741,28 +903,57 @@ pub(crate) struct ControlForm {
     reason: Option<String>,
 }
 
-pub(crate) async fn apply_control(State(c): S, headers: HeaderMap, Form(form): Form<ControlForm>) -> Response {
+pub(crate) async fn apply_control(
+    State(c): S,
+    headers: HeaderMap,
+    Form(form): Form<ControlForm>,
+) -> Response {
     let (_, s) = match c.poster(&headers, form.csrf.as_deref()) {
         Ok(v) => v,
         Err(r) => return r,
     };
     let Some(controls) = &c.controls else {
-        return message(&c, StatusCode::NOT_FOUND, Some(&s), "Controls", "this console was mounted without operator controls");
+        return message(
+            &c,
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "Controls",
+            "this console was mounted without operator controls",
+        );
     };
     let given = form.target.unwrap_or_default();
     let Some((target_name, target)) = c.targets.get(&given).cloned() else {
-        return controls_page(&c, &s, StatusCode::UNPROCESSABLE_ENTITY, Some(&format!("unknown target `{given}`")));
+        return controls_page(
+            &c,
+            &s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(&format!("unknown target `{given}`")),
+        );
     };
     let action = match form.action.as_deref() {
         Some("pause") => ControlAction::Pause,
         Some("resume") => ControlAction::Resume,
         Some("stop") => ControlAction::Stop,
-        other => return controls_page(&c, &s, StatusCode::UNPROCESSABLE_ENTITY,
-            Some(&format!("unknown action `{}`: pause, resume or stop", other.unwrap_or("")))),
+        other => {
+            return controls_page(
+                &c,
+                &s,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&format!(
+                    "unknown action `{}`: pause, resume or stop",
+                    other.unwrap_or("")
+                )),
+            )
+        }
     };
     let reason = form.reason.unwrap_or_default();
     if reason.trim().is_empty() {
-        return controls_page(&c, &s, StatusCode::UNPROCESSABLE_ENTITY, Some("a control needs a reason: say why"));
+        return controls_page(
+            &c,
+            &s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("a control needs a reason: say why"),
+        );
     }
     let command = ControlCommand {
         target,
@@ -773,10 +964,19 @@ pub(crate) async fn apply_control(State(c): S, headers: HeaderMap, Form(form): F
     };
     match controls.apply(command).await {
         Ok(_) => {
-            tracing::info!("console: {} applied {} to {target_name}", s.human, action.name());
+            tracing::info!(
+                "console: {} applied {} to {target_name}",
+                s.human,
+                action.name()
+            );
             redirect(&c.url("/controls"))
         }
-        Err(e) => controls_page(&c, &s, StatusCode::FORBIDDEN, Some(&format!("refused: {e}"))),
+        Err(e) => controls_page(
+            &c,
+            &s,
+            StatusCode::FORBIDDEN,
+            Some(&format!("refused: {e}")),
+        ),
     }
 }
 
@@ -789,19 +989,36 @@ pub(crate) struct MemoryQuery {
     q: Option<String>,
 }
 
-pub(crate) async fn memory(State(c): S, headers: HeaderMap, Query(q): Query<MemoryQuery>) -> Response {
+pub(crate) async fn memory(
+    State(c): S,
+    headers: HeaderMap,
+    Query(q): Query<MemoryQuery>,
+) -> Response {
     let s = match c.viewer(&headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
     let Some(memory) = &c.memory else {
-        return message(&c, StatusCode::NOT_FOUND, Some(&s), "Memory", "this console was mounted without memory");
+        return message(
+            &c,
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "Memory",
+            "this console was mounted without memory",
+        );
     };
     let query = q.q.unwrap_or_default();
     let hits = if query.trim().is_empty() {
         None
     } else {
-        match memory.recall(&RecallQuery::text(query.trim()).k(25).mode(RecallMode::Keyword)).await {
+        match memory
+            .recall(
+                &RecallQuery::text(query.trim())
+                    .k(25)
+                    .mode(RecallMode::Keyword),
+            )
+            .await
+        {
             Ok(h) => Some(h),
             Err(e) => return failed(&c, &s, "memory could not be searched", e),
         }
@@ -829,7 +1046,8 @@ pub(crate) async fn memory(State(c): S, headers: HeaderMap, Query(q): Query<Memo
 // the operations report
 
 fn pct(r: Option<f64>) -> String {
-    r.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_else(|| "-".into())
+    r.map(|r| format!("{:.0}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn ms(v: Option<u64>) -> String {
@@ -846,24 +1064,47 @@ fn ms(v: Option<u64>) -> String {
 pub(crate) fn report_body(report: &aios_workspace::OpsReport) -> Markup {
     let t = &report.total;
     let mut groups: Vec<(String, &aios_workspace::Stats)> = vec![("everything".into(), t)];
-    groups.extend(report.pathways.iter().map(|(k, v)| (format!("pathway {k}"), v)));
+    groups.extend(
+        report
+            .pathways
+            .iter()
+            .map(|(k, v)| (format!("pathway {k}"), v)),
+    );
     let autonomy: Vec<Bar> = groups
         .iter()
-        .filter_map(|(n, st)| st.autonomy_rate.map(|r| Bar { label: n.clone(), value: r * 100.0, text: pct(Some(r)) }))
+        .filter_map(|(n, st)| {
+            st.autonomy_rate.map(|r| Bar {
+                label: n.clone(),
+                value: r * 100.0,
+                text: pct(Some(r)),
+            })
+        })
         .collect();
     let mut latency = Vec::new();
     for (n, st) in &groups {
         if let Some(v) = st.approval_latency_p50_ms {
-            latency.push(Bar { label: format!("{n} p50"), value: v as f64, text: ms(Some(v)) });
+            latency.push(Bar {
+                label: format!("{n} p50"),
+                value: v as f64,
+                text: ms(Some(v)),
+            });
         }
         if let Some(v) = st.approval_latency_p95_ms {
-            latency.push(Bar { label: format!("{n} p95"), value: v as f64, text: ms(Some(v)) });
+            latency.push(Bar {
+                label: format!("{n} p95"),
+                value: v as f64,
+                text: ms(Some(v)),
+            });
         }
     }
     let cost: Vec<Bar> = report
         .pathways
         .iter()
-        .map(|(k, st)| Bar { label: format!("pathway {k}"), value: st.cost.minor().max(0) as f64, text: st.cost.to_string() })
+        .map(|(k, st)| Bar {
+            label: format!("pathway {k}"),
+            value: st.cost.minor().max(0) as f64,
+            text: st.cost.to_string(),
+        })
         .collect();
     html! {
         section.figures {
@@ -896,10 +1137,19 @@ pub(crate) async fn report(State(c): S, headers: HeaderMap) -> Response {
         Err(r) => return r,
     };
     let Some(source) = &c.report else {
-        return message(&c, StatusCode::NOT_FOUND, Some(&s), "Report", "this console was mounted without the operations report");
+        return message(
+            &c,
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "Report",
+            "this console was mounted without the operations report",
+        );
     };
     match source().await {
-        Ok(r) => html_response(StatusCode::OK, c.page("Operations report", Some(&s), report_body(&r))),
+        Ok(r) => html_response(
+            StatusCode::OK,
+            c.page("Operations report", Some(&s), report_body(&r)),
+        ),
         Err(e) => failed(&c, &s, "the report could not be built", e),
     }
 }

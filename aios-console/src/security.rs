@@ -157,7 +157,10 @@ mod tests {
     #[test]
     fn cookies_are_found_among_others_and_secrets_compare_whole() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; aios_session=xyz"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; aios_session=xyz"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("b=2"));
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("xyz"));
         assert_eq!(cookie(&h, "b").as_deref(), Some("2"));
@@ -179,7 +182,9 @@ mod tests {
         let s = sessions.get(&id, t0).unwrap();
         assert_eq!(s.human, "alice");
         assert_ne!(s.csrf, id);
-        assert!(sessions.get(&id, t0 + chrono::Duration::seconds(61)).is_none());
+        assert!(sessions
+            .get(&id, t0 + chrono::Duration::seconds(61))
+            .is_none());
         let id = sessions
             .create("alice".into(), t0, Duration::from_secs(60))
             .unwrap();

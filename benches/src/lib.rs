@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub mod audit;
+pub mod console;
 pub mod governance;
 pub mod memory;
 pub mod orchestrator;

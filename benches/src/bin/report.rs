@@ -3,8 +3,8 @@
 //! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
 
 use aios_benches::{
-    audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
-    Config,
+    audit, console, governance, memory, orchestrator, print_json, print_table, quality, sched,
+    sqlite, Config,
 };
 
 /// One area's workloads.
@@ -28,7 +28,7 @@ fn main() {
         print_json(&orchestrator::subprocess(name, &config));
         return;
     }
-    let areas: [(&str, Area); 7] = [
+    let areas: [(&str, Area); 8] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
@@ -36,6 +36,7 @@ fn main() {
         ("sqlite", sqlite::run),
         ("sched", sched::run),
         ("embed", quality::run),
+        ("console", console::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

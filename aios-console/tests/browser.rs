@@ -97,13 +97,20 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
 }
 
-async fn body_text(c: &Client) -> String {
-    c.find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+/// The page's text once it contains `needle` (a click's navigation may still be under way),
+/// or whatever it is after 15 s.
+async fn text_with(c: &Client, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = match c.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn log_in(c: &Client, base: &str, token: &str) {
@@ -183,7 +190,7 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
     c.goto(&format!("{base}/login")).await.unwrap();
     shot(&c, "01-login").await;
     log_in(&c, &base, "aios_not_a_token").await;
-    let text = body_text(&c).await;
+    let text = text_with(&c, "not valid").await;
     assert!(text.contains("not valid"), "{text}");
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
     let cookies = c.get_all_cookies().await.unwrap();
@@ -195,8 +202,8 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
 
     // alice logs in and sees the parked run's approval, the script shown as text, not run
     log_in(&c, &base, ALICE).await;
+    let text = text_with(&c, "1 pending").await;
     assert_eq!(c.current_url().await.unwrap().path(), "/approvals");
-    let text = body_text(&c).await;
     assert!(
         text.contains("mail.send") && text.contains("1 pending"),
         "{text}"
@@ -245,7 +252,7 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
         .click()
         .await
         .unwrap();
-    let text = body_text(&c).await;
+    let text = text_with(&c, "CSRF").await;
     assert!(text.contains("CSRF"), "{text}");
     assert!(controls.history().is_empty());
 
@@ -257,6 +264,7 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
         .click()
         .await
         .unwrap();
+    text_with(&c, "is recorded").await;
     assert_eq!(
         c.current_url().await.unwrap().path(),
         format!("/runs/{run}")
@@ -301,10 +309,10 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
     shot(&c, "05-run").await;
 
     c.goto(&format!("{base}/runs")).await.unwrap();
-    assert!(body_text(&c).await.contains("completed"));
+    assert!(text_with(&c, "completed").await.contains("completed"));
     shot(&c, "06-runs").await;
     c.goto(&format!("{base}/audit?verify=1")).await.unwrap();
-    assert!(body_text(&c).await.contains("Intact"));
+    assert!(text_with(&c, "Intact").await.contains("Intact"));
     shot(&c, "07-audit").await;
     c.goto(&format!("{base}/report")).await.unwrap();
     let charts = c.find_all(Locator::Css("svg.chart")).await.unwrap();
@@ -320,6 +328,7 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
         .click()
         .await
         .unwrap();
+    text_with(&c, "Your token").await;
     c.goto(&format!("{base}/runs")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
 

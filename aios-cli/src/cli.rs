@@ -126,6 +126,14 @@ pub enum Command {
         #[command(subcommand)]
         what: HumansCommand,
     },
+    /// Serve the web console (approvals, runs, controls, the audit chain, memory, the
+    /// report). Decisions are recorded; the host's worker resumes the runs.
+    Serve {
+        /// The address to listen on: loopback unless you mean otherwise (put TLS in front of
+        /// anything else).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// A run status to filter by.

@@ -91,6 +91,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
             HumansCommand::List => humans_list(&ctx),
             HumansCommand::Remove { name } => humans_remove(&ctx, &name).await,
         },
+        Command::Serve { listen } => serve(&ctx, listen).await,
     }
 }
 
@@ -379,6 +380,21 @@ async fn ops_report(
 ) -> Result<aios_workspace::OpsReport, CliError> {
     let store = ctx.open_store(false)?;
     let log = store.audit_log();
+    let builder = report_builder(ctx, plan, since)?;
+    let head = log.head().await.map_err(CliError::failed)?;
+    let bar = crate::output::progress(head.len, "reading the audit record");
+    let report = read_report(&log, builder, &bar).await;
+    bar.finish_and_clear();
+    report
+}
+
+/// A report builder for the workspace's targets and organisation budget, over the last
+/// `since` (or everything).
+fn report_builder(
+    ctx: &Ctx,
+    plan: &Plan,
+    since: Option<Duration>,
+) -> Result<aios_workspace::ReportBuilder, CliError> {
     let mut window = aios_workspace::Window::all();
     if let Some(since) = since {
         let now = SystemClock.now();
@@ -399,17 +415,12 @@ async fn ops_report(
         .iter()
         .find(|b| matches!(b.scope, aios_governance::BudgetScope::Organisation))
         .and_then(|b| b.limits.cost);
-    let builder = aios_workspace::ReportBuilder::new(
+    Ok(aios_workspace::ReportBuilder::new(
         window,
         targets,
         budget,
         aios_workspace::Names::from_ids(&plan.ids),
-    );
-    let head = log.head().await.map_err(CliError::failed)?;
-    let bar = crate::output::progress(head.len, "reading the audit record");
-    let report = read_report(&log, builder, &bar).await;
-    bar.finish_and_clear();
-    report
+    ))
 }
 
 async fn read_report(
@@ -1347,4 +1358,76 @@ async fn humans_remove(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         println!("{name}'s credential is removed (by {by})");
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// the web console
+
+/// Logs the console's humans in with the store's credentials.
+struct StoreHumans(std::sync::Mutex<Humans>);
+
+impl aios_console::Authenticator for StoreHumans {
+    fn authenticate(&self, token: &str) -> Result<Option<String>, String> {
+        let humans = self
+            .0
+            .lock()
+            .map_err(|_| "the credentials' lock is poisoned".to_string())?;
+        humans.authenticate(token).map_err(|e| e.to_string())
+    }
+}
+
+async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> {
+    let store = ctx.open_store(false)?;
+    let plan = ctx.plan()?;
+    let orchestrator = ctx.orchestrator(&store, &plan).await?;
+    let controls = Arc::new(open_controls(&store).await?);
+    let memory = store.memory().await.map_err(CliError::failed)?;
+    let auth = Arc::new(StoreHumans(std::sync::Mutex::new(ctx.humans()?)));
+    let mut b = aios_console::Console::builder(orchestrator, auth)
+        .controls(controls)
+        .memory(memory);
+    for (n, id) in &plan.ids.pathways {
+        b = b.control_target(format!("pathway {n}"), ControlTarget::Pathway(*id));
+    }
+    for (n, id) in &plan.ids.roles {
+        b = b.control_target(format!("role {n}"), ControlTarget::Role(*id));
+    }
+    for (n, id) in &plan.ids.agents {
+        b = b.control_target(format!("agent {n}"), ControlTarget::Agent(*id));
+    }
+    for a in &plan.model.anchors {
+        for h in a.holders.iter().chain(a.deputy.iter()) {
+            b = b.human(h.clone());
+        }
+    }
+    let builder = report_builder(ctx, &plan, None)?;
+    let log: Arc<dyn AuditLog> = Arc::new(store.audit_log());
+    let source: aios_console::ReportSource = Arc::new(move || {
+        let (log, builder) = (log.clone(), builder.clone());
+        Box::pin(async move {
+            aios_workspace::report_from_log(log.as_ref(), builder)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    let router = b.report(source).build().router();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen on {listen}: {e}")))?;
+    let bound = listener.local_addr().map_err(CliError::failed)?;
+    if !bound.ip().is_loopback() {
+        eprintln!(
+            "aios: the console listens on {bound}, beyond this machine: its cookies and tokens \
+             travel in clear unless TLS is in front of it"
+        );
+    }
+    eprintln!(
+        "the console is at http://{bound}/ (log in with a token from `aios humans add NAME`)"
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| CliError::Failed(format!("the console stopped: {e}")))
 }

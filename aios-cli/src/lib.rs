@@ -18,6 +18,7 @@
 //! aios stop --all --reason "incident 42" ; aios resume --all --reason "closed"
 //! aios audit verify ; aios audit head ; aios audit export > audit.jsonl
 //! aios memory search "invoice" ; aios report --since 30d
+//! aios serve --listen 127.0.0.1:8080         # the web console (aios-console)
 //! ```
 //!
 //! Every listing takes `--json`. Exit codes: 0 success; 1 a check found problems
@@ -91,7 +92,7 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command line (on a runtime of its own).
 pub fn run(cli: Cli) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(commands::run(cli))

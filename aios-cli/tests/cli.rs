@@ -599,3 +599,119 @@ fn no_store_is_a_clear_error_and_listings_are_empty_json() {
     assert_eq!(versions["current"], 1);
     let _ = BTreeMap::<u8, u8>::new();
 }
+
+/// One HTTP/1.1 request over a plain socket: the status line and headers, and the body.
+fn http(addr: &str, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_string(), body.to_string())
+}
+
+#[test]
+fn serve_runs_the_console_on_loopback_over_the_store() {
+    use std::io::BufRead;
+    let dir = Dir::new("serve");
+    init(&dir);
+    let (_run, _mail) = start_proposal(&dir);
+    let alice = stdout(&dir.aios(None, &["humans", "add", "alice"]))
+        .trim()
+        .to_string();
+    // the default address is loopback
+    let help = stdout(&dir.aios(None, &["serve", "--help"]));
+    assert!(help.contains("127.0.0.1:8080"), "{help}");
+    let bad = dir.aios(None, &["serve", "--listen", "localhost"]);
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+
+    let mut child = Command::new(AIOS)
+        .current_dir(&dir.path)
+        .env_remove("AIOS_TOKEN")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let (head, body) = http(
+        &addr,
+        &format!("GET /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-security-policy: default-src 'none'"));
+    let csrf_at = body.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &body[csrf_at..csrf_at + 64];
+    let cookie = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: aios_login=")
+        })
+        .unwrap()
+        .split_once(": ")
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    // alice's token from the store logs in; the inbox shows the parked mail, escaped
+    let form = format!("csrf={csrf}&token={alice}");
+    let (head, _) = http(
+        &addr,
+        &format!(
+            "POST /login HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    );
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let session = head
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie: aios_session=")
+        })
+        .unwrap()
+        .split_once(": ")
+        .unwrap()
+        .1
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (head, body) = http(
+        &addr,
+        &format!("GET /approvals HTTP/1.1\r\nHost: {addr}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("mail.send") && body.contains("&lt;script&gt;"),
+        "{body}"
+    );
+    assert!(!body.contains(&alice));
+    let (head, body) = http(
+        &addr,
+        &format!("GET /report HTTP/1.1\r\nHost: {addr}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("<svg") && body.contains("Autonomy rate"),
+        "{body}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

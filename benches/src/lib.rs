@@ -10,6 +10,7 @@ use serde::Serialize;
 
 pub mod ann;
 pub mod audit;
+pub mod console;
 pub mod governance;
 pub mod memory;
 pub mod orchestrator;

@@ -3,8 +3,8 @@
 //! `cargo run --release -p aios-benches --bin report [-- --quick] [-- --only AUD]`
 
 use aios_benches::{
-    ann, audit, governance, memory, orchestrator, print_json, print_table, quality, sched, sqlite,
-    workspace, Config,
+    ann, audit, console, governance, memory, orchestrator, print_json, print_table, quality, sched,
+    sqlite, workspace, Config,
 };
 
 /// One area's workloads.
@@ -32,7 +32,7 @@ fn main() {
         }
         return;
     }
-    let areas: [(&str, Area); 9] = [
+    let areas: [(&str, Area); 10] = [
         ("audit", audit::run),
         ("governance", governance::run),
         ("memory", memory::run),
@@ -42,6 +42,7 @@ fn main() {
         ("sched", sched::run),
         ("embed", quality::run),
         ("workspace", workspace::run),
+        ("console", console::run),
     ];
     let mut all = Vec::new();
     for (name, run) in areas {

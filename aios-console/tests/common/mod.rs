@@ -1,0 +1,139 @@
+//! A host for the console's tests: the `solo_consultancy` workspace on a SQLite file, fake
+//! connectors, and an outreach agent whose mail (with markup in it) needs approval.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aios_console::Authenticator;
+use aios_core::{
+    Connector, CredentialHandle, CredentialVault, EffectClass, InMemoryVault, OperationSpec,
+    RecordingConnector, RunId, Secret,
+};
+use aios_orchestrator::{Agent, ConnectorRequest, FnAgent, Orchestrator, RunStatus};
+use aios_sqlite::SqliteStore;
+use aios_workspace::{Plan, ValidateOptions};
+
+/// What the outreach agent proposes to send: a script that must never run.
+pub const HOSTILE: &str =
+    "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss=2\"> Dear client";
+
+/// alice's token (alice holds the anchor the mail asks).
+pub const ALICE: &str = "aios_alice_token_0123456789";
+
+/// A temporary folder with the store file.
+pub struct Dir {
+    pub path: PathBuf,
+}
+
+impl Dir {
+    pub fn new(name: &str) -> Dir {
+        let path = std::env::temp_dir().join(format!("aios-console-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Dir { path }
+    }
+    pub fn store(&self) -> PathBuf {
+        self.path.join("aios.sqlite")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn plan() -> Plan {
+    let loaded = aios_workspace::parse("aios.toml", aios_workspace::SOLO_CONSULTANCY_TOML).unwrap();
+    aios_workspace::plan(&loaded, &ValidateOptions::default()).unwrap()
+}
+
+/// Tokens to names.
+pub struct Tokens(pub HashMap<String, String>);
+
+impl Authenticator for Tokens {
+    fn authenticate(&self, token: &str) -> Result<Option<String>, String> {
+        Ok(self.0.get(token).cloned())
+    }
+}
+
+pub fn tokens() -> Arc<dyn Authenticator> {
+    Arc::new(Tokens(HashMap::from([(
+        ALICE.to_string(),
+        "alice".to_string(),
+    )])))
+}
+
+fn agent_for(role: &str) -> Arc<dyn Agent> {
+    if role == "outreach" {
+        Arc::new(FnAgent::new(|ctx, _input| {
+            Box::pin(async move {
+                let out = ctx
+                    .call(ConnectorRequest::new(
+                        "mail",
+                        "send",
+                        serde_json::json!({ "to": "client@example.com", "body": HOSTILE }),
+                    ))
+                    .await?;
+                Ok(out.output)
+            })
+        }))
+    } else {
+        Arc::new(FnAgent::new(|_, _| {
+            Box::pin(async { Ok(serde_json::json!({ "text": "done" })) })
+        }))
+    }
+}
+
+pub fn mail_connector(plan: &Plan) -> RecordingConnector {
+    let decl = plan.connectors.iter().find(|c| c.key == "mail").unwrap();
+    let mut k = RecordingConnector::new("mail", EffectClass::Irreversible).not_idempotent();
+    for (op, effect) in &decl.operations {
+        k = k.with_operation(OperationSpec::new(op.clone(), *effect));
+    }
+    k
+}
+
+/// The host application: the workspace's roles and connectors on the store.
+pub async fn host(store: &SqliteStore, mail: &RecordingConnector) -> Orchestrator {
+    let plan = plan();
+    let mut b = store.orchestrator(plan.governor().unwrap()).await.unwrap();
+    let vault = InMemoryVault::new();
+    for c in &plan.connectors {
+        let connector: Arc<dyn Connector> = if c.key == "mail" {
+            Arc::new(mail.clone())
+        } else {
+            let mut k = RecordingConnector::new(c.key.clone(), EffectClass::Irreversible);
+            for (op, effect) in &c.operations {
+                k = k.with_operation(OperationSpec::new(op.clone(), *effect));
+            }
+            Arc::new(k)
+        };
+        b = b.connector(connector);
+        if let Some(name) = c.credentials.first() {
+            vault
+                .put(CredentialHandle::new(name.clone()), Secret::new("s3cret"))
+                .await
+                .unwrap();
+            b = b.credential(&c.key, CredentialHandle::new(name.clone()));
+        }
+    }
+    for role in plan.roles(&mut |r| agent_for(&r.key)) {
+        b = b.role(role);
+    }
+    b.vault(Arc::new(vault)).build().unwrap()
+}
+
+/// Starts the proposal workflow; it parks on the mail to the client.
+pub async fn start_proposal(o: &Orchestrator) -> RunId {
+    let workflow = plan().workflows["proposal"].clone();
+    let outcome = o.start(workflow).await.unwrap();
+    assert!(
+        matches!(outcome.status, RunStatus::Parked { .. }),
+        "{:?}",
+        outcome.status
+    );
+    outcome.run
+}

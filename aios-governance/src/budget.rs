@@ -540,9 +540,12 @@ pub fn refuses(used: i64, amount: i64, limit: i64) -> bool {
 ///   charged key is refused with [`BudgetError::AlreadyCharged`] (checked before the
 ///   budgets, so it is reported even when a budget is exhausted) and changes nothing. A
 ///   release, or [`BudgetLedger::release_run`], charges nothing. Several unsettled
-///   reservations may carry one key (a retry after a crash before the commit); committing
-///   any of them charges it, and each commit records its amount. Keys are global to the
-///   ledger and are kept for its lifetime.
+///   reservations may carry one key (a retry after a crash before the commit, or a run
+///   taken over from a worker whose lease lapsed while it was still working); the first of
+///   them committed charges the key and records its amount, and committing another one
+///   afterwards only gives that reservation back (`Ok`, nothing recorded): the call is
+///   charged once, however many workers drove it. Keys are global to the ledger and are
+///   kept for its lifetime.
 /// - No reservation is held forever: each expires `ttl` after it was made
 ///   ([`ReserveOptions::ttl`], else the ledger's default, one hour unless set with the
 ///   implementation's `with_reservation_ttl`), by the ledger's clock: it is due when the
@@ -1043,9 +1046,14 @@ impl InMemoryBudgetLedger {
             _ => return Err(BudgetError::UnknownReservation { id }),
         };
         st.free.push(index as u32);
+        let mut act = act;
         if act.is_some() {
             if let Some(key) = live.key {
-                st.charged.insert(key);
+                if !st.charged.insert(key) {
+                    // another reservation under this key was committed first: the key is
+                    // charged once, so this commit only gives its reservation back
+                    act = None;
+                }
             }
         }
         let mut alerts = Vec::new();

@@ -528,7 +528,8 @@ async fn org_usage<L: BudgetLedger>(ledger: &L) -> (i64, i64) {
 
 /// Part of the [`BudgetLedger`] contract: a reservation with a charge key that was committed
 /// charges the key; a later reservation with that key is refused with
-/// [`BudgetError::AlreadyCharged`] and changes nothing; a release charges nothing.
+/// [`BudgetError::AlreadyCharged`] and changes nothing; a release charges nothing; of two
+/// reservations under one key, only the first committed is charged.
 pub async fn budget_charged_once_per_key<L: BudgetLedger, F: Fn(ManualClock) -> L>(make: &F) {
     let run = RunId::from_name("run-1");
     let chain = BudgetChain::organisation().run(run);
@@ -591,6 +592,28 @@ pub async fn budget_charged_once_per_key<L: BudgetLedger, F: Fn(ManualClock) -> 
     assert!(matches!(
         ledger.reserve(&chain, cost(1), &call).await,
         Err(BudgetError::AlreadyCharged { .. })
+    ));
+
+    // two reservations under one key both committed (a run taken over from a worker whose
+    // lease lapsed while it still worked): the first charges, the second only gives back
+    let ledger = make(ManualClock::default());
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let taken = ReserveOptions::keyed("run-1/task-c/1");
+    let first = ledger.reserve(&chain, cost(10), &taken).await.unwrap();
+    let second = ledger.reserve(&chain, cost(10), &taken).await.unwrap();
+    ledger.commit(first.id, cost(7)).await.unwrap();
+    ledger.commit(second.id, cost(7)).await.unwrap();
+    assert_eq!(
+        org_usage(&ledger).await,
+        (7, 0),
+        "one key is charged once, and nothing stays reserved"
+    );
+    assert!(matches!(
+        ledger.commit(second.id, cost(7)).await,
+        Err(BudgetError::AlreadySettled { .. })
     ));
 }
 
@@ -994,7 +1017,10 @@ impl BudgetModel {
         r.settled = true;
         if let Some(actual) = actual {
             if let Some(k) = &r.key {
-                self.charged.insert(k.clone());
+                if !self.charged.insert(k.clone()) {
+                    // the key was charged by an earlier commit: this one only gives back
+                    return "ok".into();
+                }
             }
             self.org_committed += actual;
             if r.on_run {

@@ -258,12 +258,19 @@ impl SqliteBudgetLedger {
             tx.prepare_cached("DELETE FROM budget_reservations WHERE id = ?1")
                 .and_then(|mut s| s.execute([raw]))
                 .map_err(|e| this.db.err("settle a budget reservation", e))?;
+            let mut act = act;
             if let (Some(key), Some(_)) = (&held.key, act) {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO budget_charges (key, reservation) VALUES (?1, ?2)",
-                )
-                .and_then(|mut s| s.execute(rusqlite::params![key, raw]))
-                .map_err(|e| this.db.err("charge a key", e))?;
+                let charged = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO budget_charges (key, reservation) VALUES (?1, ?2)",
+                    )
+                    .and_then(|mut s| s.execute(rusqlite::params![key, raw]))
+                    .map_err(|e| this.db.err("charge a key", e))?;
+                if charged == 0 {
+                    // another reservation under this key was committed first: the key is
+                    // charged once, so this commit only gives its reservation back
+                    act = None;
+                }
             }
             let mut alerts = Vec::new();
             for key in held.keys {

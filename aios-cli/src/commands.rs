@@ -141,13 +141,19 @@ impl Ctx {
     }
 
     fn plan(&self) -> Result<Plan, CliError> {
+        Ok(self.load_and_plan()?.1)
+    }
+
+    /// The manifest and its plan, from one read of the workspace.
+    fn load_and_plan(&self) -> Result<(Loaded, Plan), CliError> {
         let loaded = self.load()?;
-        aios_workspace::plan(&loaded, &ValidateOptions::default()).map_err(|e| {
+        let plan = aios_workspace::plan(&loaded, &ValidateOptions::default()).map_err(|e| {
             CliError::Failed(format!(
                 "workspace `{}`: {e} (`aios check` lists the findings)",
                 self.workspace.display()
             ))
-        })
+        })?;
+        Ok((loaded, plan))
     }
 
     async fn orchestrator(
@@ -159,7 +165,7 @@ impl Ctx {
             CliError::Failed(format!(
                 "workspace `{}`: the governance model does not compile:\n{}",
                 self.workspace.display(),
-                report_text(&report)
+                report
             ))
         })?;
         store
@@ -202,10 +208,6 @@ impl Ctx {
             }
         }
     }
-}
-
-fn report_text(report: &aios_governance::ValidationReport) -> String {
-    report.to_string()
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, CliError> {
@@ -361,7 +363,7 @@ async fn assess(ctx: &Ctx) -> Result<(), CliError> {
         ctx.store_path()?.exists(),
         aios_workspace::plan(&loaded, &options),
     ) {
-        (true, Ok(plan)) => Some(ops_report(ctx, &plan, None).await?),
+        (true, Ok(plan)) => Some(ops_report(ctx, &loaded, &plan, None).await?),
         _ => None,
     };
     let assessment = aios_workspace::assess(&loaded, &options, evidence.as_ref());
@@ -375,15 +377,18 @@ async fn assess(ctx: &Ctx) -> Result<(), CliError> {
 
 async fn ops_report(
     ctx: &Ctx,
+    loaded: &Loaded,
     plan: &Plan,
     since: Option<Duration>,
 ) -> Result<aios_workspace::OpsReport, CliError> {
     let store = ctx.open_store(false)?;
     let log = store.audit_log();
-    let builder = report_builder(ctx, plan, since)?;
+    let builder = report_builder(loaded, plan, since)?;
     let head = log.head().await.map_err(CliError::failed)?;
     let bar = crate::output::progress(head.len, "reading the audit record");
-    let report = read_report(&log, builder, &bar).await;
+    let report = aios_workspace::report_with_progress(&log, builder, |n| bar.set_position(n))
+        .await
+        .map_err(CliError::failed);
     bar.finish_and_clear();
     report
 }
@@ -391,7 +396,7 @@ async fn ops_report(
 /// A report builder for the workspace's targets and organisation budget, over the last
 /// `since` (or everything).
 fn report_builder(
-    ctx: &Ctx,
+    loaded: &Loaded,
     plan: &Plan,
     since: Option<Duration>,
 ) -> Result<aios_workspace::ReportBuilder, CliError> {
@@ -402,7 +407,6 @@ fn report_builder(
             .map_err(|_| CliError::Failed("--since is too long".into()))?;
         window.from = now - back;
     }
-    let loaded = ctx.load()?;
     let targets = loaded
         .manifest
         .operations
@@ -421,27 +425,6 @@ fn report_builder(
         budget,
         aios_workspace::Names::from_ids(&plan.ids),
     ))
-}
-
-async fn read_report(
-    log: &dyn AuditLog,
-    mut builder: aios_workspace::ReportBuilder,
-    bar: &indicatif::ProgressBar,
-) -> Result<aios_workspace::OpsReport, CliError> {
-    let mut from = 0u64;
-    loop {
-        let page = log.read(from, 4096).await.map_err(CliError::failed)?;
-        if page.is_empty() {
-            return Ok(builder.finish());
-        }
-        from += page.len() as u64;
-        for stored in &page {
-            if let Some(e) = stored.entry() {
-                builder.push(e);
-            }
-        }
-        bar.set_position(from);
-    }
 }
 
 /// `30d`, `12h`, `2w`, `90m`.
@@ -466,8 +449,8 @@ fn parse_since(text: &str) -> Result<Duration, CliError> {
 
 async fn report(ctx: &Ctx, since: Option<&str>) -> Result<(), CliError> {
     let since = since.map(parse_since).transpose()?;
-    let plan = ctx.plan()?;
-    let report = ops_report(ctx, &plan, since).await?;
+    let (loaded, plan) = ctx.load_and_plan()?;
+    let report = ops_report(ctx, &loaded, &plan, since).await?;
     if ctx.json {
         println!("{}", report.to_json());
     } else {
@@ -836,26 +819,21 @@ async fn controls(ctx: &Ctx) -> Result<(), CliError> {
     };
     let history = controls.history();
     let snapshot = controls.snapshot();
-    let targets: BTreeSet<String> = history
+    // each target once, in the order it was first controlled, if a halt is in force on it
+    let mut seen = BTreeSet::new();
+    let in_force: Vec<(String, String)> = history
         .iter()
-        .map(|r| r.command.target.to_string())
+        .map(|r| r.command.target)
+        .filter(|t| seen.insert(t.to_string()))
+        .filter_map(|t| {
+            snapshot
+                .halt(t)
+                .map(|halt| (name(&t), format!("{halt:?}").to_lowercase()))
+        })
         .collect();
-    let mut in_force = Vec::new();
-    for r in &history {
-        let key = r.command.target.to_string();
-        if targets.contains(&key) && !in_force.iter().any(|(k, _, _): &(String, _, _)| *k == key) {
-            if let Some(halt) = snapshot.halt(r.command.target) {
-                in_force.push((
-                    key,
-                    name(&r.command.target),
-                    format!("{halt:?}").to_lowercase(),
-                ));
-            }
-        }
-    }
     if ctx.json {
         print_json(&json!({
-            "in_force": in_force.iter().map(|(_, n, h)| json!({ "target": n, "halt": h })).collect::<Vec<_>>(),
+            "in_force": in_force.iter().map(|(n, h)| json!({ "target": n, "halt": h })).collect::<Vec<_>>(),
             "history": history,
         }));
         return Ok(());
@@ -863,7 +841,7 @@ async fn controls(ctx: &Ctx) -> Result<(), CliError> {
     if in_force.is_empty() {
         println!("nothing is paused or stopped");
     } else {
-        for (_, n, h) in &in_force {
+        for (n, h) in &in_force {
             println!("{h}: {n}");
         }
     }
@@ -1378,7 +1356,7 @@ impl aios_console::Authenticator for StoreHumans {
 
 async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> {
     let store = ctx.open_store(false)?;
-    let plan = ctx.plan()?;
+    let (loaded, plan) = ctx.load_and_plan()?;
     let orchestrator = ctx.orchestrator(&store, &plan).await?;
     let controls = Arc::new(open_controls(&store).await?);
     let memory = store.memory().await.map_err(CliError::failed)?;
@@ -1400,7 +1378,7 @@ async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> 
             b = b.human(h.clone());
         }
     }
-    let builder = report_builder(ctx, &plan, None)?;
+    let builder = report_builder(&loaded, &plan, None)?;
     let log: Arc<dyn AuditLog> = Arc::new(store.audit_log());
     let source: aios_console::ReportSource = Arc::new(move || {
         let (log, builder) = (log.clone(), builder.clone());

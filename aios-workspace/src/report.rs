@@ -722,7 +722,17 @@ fn mentions_breaker(detail: &str) -> bool {
 /// read) and builds the report.
 pub async fn report_from_log(
     log: &dyn AuditLog,
+    builder: ReportBuilder,
+) -> Result<OpsReport, StoreError> {
+    report_with_progress(log, builder, |_| {}).await
+}
+
+/// [`report_from_log`], calling `progress` with the number of entries read so far after each
+/// page: for an operator's progress bar over a long log.
+pub async fn report_with_progress(
+    log: &dyn AuditLog,
     mut builder: ReportBuilder,
+    mut progress: impl FnMut(u64),
 ) -> Result<OpsReport, StoreError> {
     let mut from = 0u64;
     loop {
@@ -737,6 +747,7 @@ pub async fn report_from_log(
                 None => builder.read += 1,
             }
         }
+        progress(from);
     }
 }
 

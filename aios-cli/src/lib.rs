@@ -38,6 +38,7 @@ mod cli;
 mod commands;
 pub mod humans;
 mod output;
+mod store;
 
 use std::process::ExitCode;
 
@@ -91,7 +92,15 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command line (on a runtime of its own).
 pub fn run(cli: Cli) -> Result<(), CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // the console serves many requests, and its login checks credentials synchronously
+    // (`block_in_place` on PostgreSQL): a multi-threaded runtime; every other command one
+    // thread
+    let mut builder = if matches!(cli.command, cli::Command::Serve { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;

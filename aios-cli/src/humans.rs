@@ -2,8 +2,9 @@
 //!
 //! A token is 32 random bytes from the operating system, written as `aios_` and 64 hex
 //! digits. It is shown once; the store keeps only its SHA-256, in the table `aios_humans` of
-//! the same SQLite file. Whoever holds the token acts as that human; removing the human
-//! revokes it.
+//! the same SQLite file, or of the PostgreSQL database (there part of the versioned schema of
+//! `aios-postgres`, which the SQLite file's table is not: `aios-sqlite` knows nothing of it).
+//! Whoever holds the token acts as that human; removing the human revokes it.
 
 use std::path::Path;
 

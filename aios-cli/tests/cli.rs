@@ -208,6 +208,7 @@ on_both_stores!(
     serve_runs_the_console_on_loopback_over_the_store,
     two_answers_to_one_approval_race_and_one_wins,
     memory_search_finds_what_the_host_remembered,
+    two_first_humans_race_and_one_is_added,
 );
 
 impl Drop for Dir {
@@ -416,11 +417,24 @@ fn a_parked_run_is_approved_by_an_authenticated_human_and_finishes(dir: &Dir) {
     let mallory = dir.aios(Some(&alice), &["humans", "add", "mallory"]);
     assert_eq!(code(&mallory), 3, "{}", stderr(&mallory));
     assert!(stderr(&mallory).contains("holds no anchor"));
+    // alice adds her deputy; the list says who added whom
+    let bob = dir.aios(Some(&alice), &["humans", "add", "bob", "--json"]);
+    assert_eq!(code(&bob), 0, "{}", stderr(&bob));
+    let bob = json(&bob)["token"].as_str().unwrap().to_string();
+    assert_ne!(bob, alice);
+    let again = dir.aios(Some(&alice), &["humans", "add", "bob"]);
+    assert_eq!(code(&again), 5, "{}", stderr(&again));
+    assert!(stderr(&again).contains("has a credential already"));
     let list = json(&dir.aios(None, &["humans", "list", "--json"]));
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    // only the hash is stored
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["name"], "alice");
+    assert_eq!(list[0]["added_by"], Value::Null);
+    assert_eq!(list[1]["name"], "bob");
+    assert_eq!(list[1]["added_by"], "alice");
+    // only the hashes are stored
     let hashes = dir.stored_hashes();
-    assert_eq!(hashes.len(), 1);
+    assert_eq!(hashes.len(), 2);
+    assert!(hashes.iter().all(|h| !bob.contains(h.as_str())));
     assert!(hashes
         .iter()
         .all(|h| h.len() == 64 && !alice.contains(h.as_str())));
@@ -528,7 +542,21 @@ fn a_parked_run_is_approved_by_an_authenticated_human_and_finishes(dir: &Dir) {
         .collect();
     let len: u64 = head.split(':').next().unwrap().parse().unwrap();
     assert_eq!(lines.len() as u64, len);
-    assert!(export.contains("human_credential"));
+    // who added whom: the first human by the system, bob by alice
+    let added: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.to_string().contains("human_credential"))
+        .collect();
+    assert_eq!(added.len(), 2, "{added:?}");
+    assert_eq!(added[0]["actor"]["type"], "system", "{}", added[0]);
+    assert_eq!(added[0]["event"]["data"]["human"], "alice");
+    assert_eq!(added[1]["event"]["data"]["human"], "bob");
+    assert_eq!(
+        added[1]["actor"]["id"],
+        aios_core::HumanId::from_name("alice").to_string(),
+        "{}",
+        added[1]
+    );
     assert!(!export.contains(&alice), "a token never reaches the record");
 
     // the operations report counts the approval
@@ -1131,6 +1159,63 @@ fn serve_runs_the_console_on_loopback_over_the_store(dir: &Dir) {
         body.contains("<svg") && body.contains("Autonomy rate"),
         "{body}"
     );
+    // a wrong token does not log in; alice's no longer does once she is removed
+    let login = |token: &str| {
+        let form = format!("csrf={csrf}&token={token}");
+        http(
+            &addr,
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                form.len()
+            ),
+        )
+        .0
+    };
+    let head = login("aios_0000");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let head = login(&alice);
+    assert!(head.starts_with("HTTP/1.1 303"), "{head}");
+    let out = dir.aios(Some(&alice), &["humans", "remove", "alice"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let head = login(&alice);
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Two `aios humans add` at once on a store with no human: exactly one becomes the first
+/// human; the other is refused (exit 4) and nothing of it is written.
+fn two_first_humans_race_and_one_is_added(dir: &Dir) {
+    init(dir);
+    let children: Vec<_> = ["alice", "bob"]
+        .iter()
+        .map(|name| {
+            dir.command(None, &["humans", "add", name])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for out in &outs {
+        dir.no_password_in(out, &["humans", "add"]);
+    }
+    let mut codes: Vec<i32> = outs.iter().map(code).collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [0, 4],
+        "{:?}",
+        outs.iter().map(stderr).collect::<Vec<_>>()
+    );
+    let loser = outs.iter().find(|o| code(o) == 4).unwrap();
+    assert!(stdout(loser).is_empty(), "no token for the loser");
+    let list = json(&dir.aios(None, &["humans", "list", "--json"]));
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let export = stdout(&dir.aios(None, &["audit", "export"]));
+    assert_eq!(export.matches("human_credential").count(), 1, "{export}");
 }

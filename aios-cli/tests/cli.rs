@@ -567,6 +567,12 @@ fn a_parked_run_is_approved_by_an_authenticated_human_and_finishes(dir: &Dir) {
     let bad = dir.aios(None, &["report", "--since", "soon"]);
     assert_eq!(code(&bad), 5);
     assert!(stderr(&bad).contains("--since"), "{}", stderr(&bad));
+    // the store's record as the assessment's evidence; runs per governance version
+    let assess = dir.aios(None, &["assess", "--json"]);
+    assert_eq!(code(&assess), 0, "{}", stderr(&assess));
+    assert!(json(&assess).to_string().contains("operations"));
+    let versions = json(&dir.aios(None, &["governance", "versions", "--json"]));
+    assert_eq!(versions["runs_per_version"]["1"], 1, "{versions}");
 
     // a removed human's token no longer works
     let out = dir.aios(Some(&alice), &["humans", "remove", "alice"]);
@@ -1049,6 +1055,22 @@ fn memory_search_finds_what_the_host_remembered(dir: &Dir) {
     let verify = dir.aios(None, &["memory", "verify"]);
     assert_eq!(code(&verify), 0, "{}", stdout(&verify));
     assert!(stdout(&verify).contains("intact"), "{}", stdout(&verify));
+    // nothing has expired: a dry run and a real prune remove nothing
+    for args in [
+        &["memory", "prune", "--json"][..],
+        &["memory", "prune", "--apply", "--json"],
+    ] {
+        let out = dir.aios(None, args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(
+            json(&out)["pruned"],
+            serde_json::json!([]),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let hits = json(&dir.aios(None, &["memory", "search", "acme", "--json"]));
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
 }
 
 /// One HTTP/1.1 request over a plain socket: the status line and headers, and the body.

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    AuditEvent, AuditLog, AuditRecord, ChainHead, Clock, EntryHash, HumanId, MemoryId, Principal,
-    RunId, SystemClock,
+    AuditLog, ChainHead, Clock, EntryHash, HumanId, MemoryId, Principal, RunId, SystemClock,
 };
 use aios_governance::{ApprovalResponse, ControlAction, ControlCommand, ControlTarget, Controls};
 use aios_memory::{PrunePolicy, RecallQuery};
@@ -24,9 +23,6 @@ use crate::humans::{self, Humans};
 use crate::output::{print_json, short, Table};
 use crate::store::{Location, Store};
 use crate::CliError;
-
-/// The audit event kind recorded when a human is given or loses a credential.
-const HUMAN_EVENT: &str = "human_credential";
 
 struct Ctx {
     store: String,
@@ -1272,12 +1268,7 @@ async fn humans_add(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         humans::HumansError::NotAllowed(_) => CliError::Refused(e.to_string()),
         other => CliError::failed(other),
     })?;
-    // no credential without its audit record: if the record cannot be written, the
-    // credential is taken back
-    if let Err(e) = record_human(&store, name, "added", by.as_deref()).await {
-        let _ = humans.remove(name).await;
-        return Err(e);
-    }
+
     if ctx.json {
         print_json(&json!({ "human": name, "token": token }));
     } else {
@@ -1287,33 +1278,6 @@ async fn humans_add(ctx: &Ctx, name: &str) -> Result<(), CliError> {
              who sets AIOS_TOKEN or keeps it in a file only they can read (--token-file)"
         );
     }
-    Ok(())
-}
-
-async fn record_human(
-    store: &Store,
-    name: &str,
-    what: &str,
-    by: Option<&str>,
-) -> Result<(), CliError> {
-    let actor = match by {
-        Some(b) => Principal::Human(HumanId::from_name(b)),
-        None => Principal::System,
-    };
-    store
-        .audit_log()
-        .append(
-            AuditRecord::new(
-                actor,
-                AuditEvent::Custom {
-                    kind: HUMAN_EVENT.into(),
-                    data: json!({ "human": name, "credential": what }),
-                },
-            )
-            .at(SystemClock.now()),
-        )
-        .await
-        .map_err(CliError::failed)?;
     Ok(())
 }
 
@@ -1345,13 +1309,12 @@ async fn humans_remove(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     let by = ctx.human(&store).await?;
     let removed = store
         .humans()?
-        .remove(name)
+        .remove(name, &by)
         .await
         .map_err(CliError::failed)?;
     if !removed {
         return Err(CliError::NotFound(format!("`{name}` has no credential")));
     }
-    record_human(&store, name, "removed", Some(&by)).await?;
     if ctx.json {
         print_json(&json!({ "removed": name, "by": by }));
     } else {

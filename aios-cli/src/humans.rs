@@ -7,6 +7,11 @@
 //! Whoever holds the token acts as that human; removing the human revokes it.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use aios_core::{
+    AuditEvent, AuditLog, AuditRecord, Clock, HumanId, Principal, StoreError, SystemClock,
+};
 
 use sha2::{Digest, Sha256};
 
@@ -17,9 +22,21 @@ pub enum HumansError {
     /// The SQLite database failed.
     #[error("human credentials: {0}")]
     Db(#[from] rusqlite::Error),
-    /// The PostgreSQL store failed.
+    /// The PostgreSQL store failed (nothing was written: a change and its audit record are
+    /// one transaction there).
     #[error("human credentials: {0}")]
-    Store(aios_core::StoreError),
+    Store(StoreError),
+    /// The audit record of a change could not be written. On SQLite, an addition is then
+    /// taken back; a removal stays done (a revoked token is not given back).
+    #[error("the audit record of `{human}`'s credential could not be written ({done}): {error}")]
+    Audit {
+        /// Whose credential.
+        human: String,
+        /// What became of the change.
+        done: &'static str,
+        /// Why the record failed.
+        error: StoreError,
+    },
     /// The human has a credential already.
     #[error("`{0}` has a credential already: `aios humans remove {0}` first to give a new one")]
     Exists(String),
@@ -62,11 +79,42 @@ pub struct Humans {
     backend: Backend,
 }
 
-#[derive(Debug)]
 enum Backend {
-    Sqlite(std::sync::Mutex<rusqlite::Connection>),
+    /// The credentials' own connection to the file, and the file's audit log.
+    Sqlite(std::sync::Mutex<rusqlite::Connection>, Arc<dyn AuditLog>),
+    /// The database's credentials and audit log (written in one transaction).
     #[cfg(feature = "postgres")]
-    Postgres(aios_postgres::PgHumanCredentials),
+    Postgres(aios_postgres::PgHumanCredentials, aios_postgres::PgAuditLog),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(..) => f.write_str("Sqlite"),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c, _) => f.debug_tuple("Postgres").field(c).finish(),
+        }
+    }
+}
+
+/// The audit event kind recorded when a human is given or loses a credential.
+pub const HUMAN_EVENT: &str = "human_credential";
+
+/// The audit record of `name`'s credential being `what` (`added`, `removed`) by `by` (the
+/// system for the first human).
+fn credential_record(name: &str, what: &str, by: Option<&str>) -> AuditRecord {
+    let actor = match by {
+        Some(b) => Principal::Human(HumanId::from_name(b)),
+        None => Principal::System,
+    };
+    AuditRecord::new(
+        actor,
+        AuditEvent::Custom {
+            kind: HUMAN_EVENT.into(),
+            data: serde_json::json!({ "human": name, "credential": what }),
+        },
+    )
+    .at(SystemClock.now())
 }
 
 /// The SHA-256 of a token, in hex: what the store keeps.
@@ -114,8 +162,9 @@ fn now_text() -> String {
 }
 
 impl Humans {
-    /// The credentials of the SQLite store at `path` (the table is made if missing).
-    pub fn open(path: &Path) -> Result<Self, HumansError> {
+    /// The credentials of the SQLite store at `path` (the table is made if missing), whose
+    /// changes are recorded in `audit` (the file's audit log).
+    pub fn open(path: &Path, audit: Arc<dyn AuditLog>) -> Result<Self, HumansError> {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(
@@ -127,15 +176,16 @@ impl Humans {
              );",
         )?;
         Ok(Humans {
-            backend: Backend::Sqlite(std::sync::Mutex::new(conn)),
+            backend: Backend::Sqlite(std::sync::Mutex::new(conn), audit),
         })
     }
 
-    /// The credentials of a PostgreSQL store.
+    /// The credentials of a PostgreSQL store, whose changes are recorded in its audit log
+    /// in the same transaction.
     #[cfg(feature = "postgres")]
-    pub fn postgres(credentials: aios_postgres::PgHumanCredentials) -> Self {
+    pub fn postgres(store: &aios_postgres::PgStore) -> Self {
         Humans {
-            backend: Backend::Postgres(credentials),
+            backend: Backend::Postgres(store.human_credentials(), store.audit_log()),
         }
     }
 
@@ -151,75 +201,100 @@ impl Humans {
     /// Whether no human has a credential yet.
     pub async fn is_empty(&self) -> Result<bool, HumansError> {
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
                 let n: i64 =
                     conn.query_row("SELECT COUNT(*) FROM aios_humans", [], |r| r.get(0))?;
                 Ok(n == 0)
             }),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => p.is_empty().await.map_err(HumansError::Store),
+            Backend::Postgres(p, _) => p.is_empty().await.map_err(HumansError::Store),
         }
     }
 
-    /// Gives `name` a credential and returns its token (the only time it is seen).
+    /// Gives `name` a credential and returns its token (the only time it is seen), and
+    /// records who gave it in the store's audit log (event [`HUMAN_EVENT`]).
     ///
     /// `by: None` adds the first human, only to a store that has none; `Some(adder)` needs
     /// the adder to hold a credential. Both are checked in the write itself, so of two
     /// processes adding a first human at once one is refused with
-    /// [`HumansError::NotAllowed`].
+    /// [`HumansError::NotAllowed`]. On PostgreSQL the credential and its record are one
+    /// transaction; on SQLite the record follows, and a record that fails takes the
+    /// credential back ([`HumansError::Audit`]; a process killed between the two leaves the
+    /// credential without its record).
     pub async fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
         let token = new_token()?;
         let hash = token_hash(&token);
+        let record = credential_record(name, "added", by);
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| {
-                // one statement: its checks and its insert are one atomic write
-                let inserted = conn.execute(
-                    "INSERT INTO aios_humans (name, token_sha256, added_at, added_by)
+            Backend::Sqlite(c, audit) => {
+                Self::add_sqlite(c, name, &hash, by)?;
+                if let Err(error) = audit.append(record).await {
+                    let undone = Self::sqlite(c, |conn| {
+                        Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])?)
+                    });
+                    return Err(HumansError::Audit {
+                        human: name.to_string(),
+                        done: if undone.is_ok() {
+                            "the credential is taken back"
+                        } else {
+                            "the credential could not be taken back: remove it"
+                        },
+                        error,
+                    });
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, log) => p
+                .add_audited(name, &hash, by, SystemClock.now(), log, record)
+                .await
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists { .. } => HumansError::Exists(name.to_string()),
+                    StoreError::Conflict { detail } => HumansError::NotAllowed(detail),
+                    other => HumansError::Store(other),
+                })?,
+        }
+        Ok(token)
+    }
+
+    fn add_sqlite(
+        c: &std::sync::Mutex<rusqlite::Connection>,
+        name: &str,
+        hash: &str,
+        by: Option<&str>,
+    ) -> Result<(), HumansError> {
+        Self::sqlite(c, |conn| {
+            // one statement: its checks and its insert are one atomic write
+            let inserted = conn.execute(
+                "INSERT INTO aios_humans (name, token_sha256, added_at, added_by)
                      SELECT ?1, ?2, ?3, ?4
                      WHERE CASE WHEN ?4 IS NULL
                                 THEN NOT EXISTS (SELECT 1 FROM aios_humans)
                                 ELSE EXISTS (SELECT 1 FROM aios_humans WHERE name = ?4) END",
-                    rusqlite::params![name, hash, now_text(), by],
-                );
-                match inserted {
-                    Ok(0) => Err(HumansError::NotAllowed(match by {
-                        None => format!(
-                            "`{name}` cannot be the first human: the store has one already, \
+                rusqlite::params![name, hash, now_text(), by],
+            );
+            match inserted {
+                Ok(0) => Err(HumansError::NotAllowed(match by {
+                    None => format!(
+                        "`{name}` cannot be the first human: the store has one already, \
                              so an existing human must add `{name}` (with their token)"
-                        ),
-                        Some(b) => format!("`{b}` has no credential and cannot add `{name}`"),
-                    })),
-                    Ok(_) => Ok(()),
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        Err(HumansError::Exists(name.to_string()))
-                    }
-                    Err(e) => Err(e.into()),
+                    ),
+                    Some(b) => format!("`{b}` has no credential and cannot add `{name}`"),
+                })),
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(HumansError::Exists(name.to_string()))
                 }
-            })?,
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => {
-                p.add(name, &hash, by, chrono::Utc::now())
-                    .await
-                    .map_err(|e| match e {
-                        aios_core::StoreError::AlreadyExists { .. } => {
-                            HumansError::Exists(name.to_string())
-                        }
-                        aios_core::StoreError::Conflict { detail } => {
-                            HumansError::NotAllowed(detail)
-                        }
-                        other => HumansError::Store(other),
-                    })?
+                Err(e) => Err(e.into()),
             }
-        }
-        Ok(token)
+        })
     }
 
     /// The humans with a credential, by name.
     pub async fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
                 let mut stmt =
                     conn.prepare("SELECT name, added_at, added_by FROM aios_humans ORDER BY name")?;
                 let rows = stmt.query_map([], |r| {
@@ -232,7 +307,7 @@ impl Humans {
                 Ok(rows.collect::<Result<_, _>>()?)
             }),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => Ok(p
+            Backend::Postgres(p, _) => Ok(p
                 .list()
                 .await
                 .map_err(HumansError::Store)?
@@ -248,14 +323,34 @@ impl Humans {
         }
     }
 
-    /// Removes `name`'s credential; `false` if there was none.
-    pub async fn remove(&self, name: &str) -> Result<bool, HumansError> {
+    /// Removes `name`'s credential, which revokes its token, and records that `by` did;
+    /// `false` (and nothing recorded) if there was none. On PostgreSQL the removal and its
+    /// record are one transaction; on SQLite a record that fails leaves the credential
+    /// removed and is [`HumansError::Audit`].
+    pub async fn remove(&self, name: &str, by: &str) -> Result<bool, HumansError> {
+        let record = credential_record(name, "removed", Some(by));
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| {
-                Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])? > 0)
-            }),
+            Backend::Sqlite(c, audit) => {
+                let removed = Self::sqlite(c, |conn| {
+                    Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])? > 0)
+                })?;
+                if removed {
+                    audit
+                        .append(record)
+                        .await
+                        .map_err(|error| HumansError::Audit {
+                            human: name.to_string(),
+                            done: "the credential is removed",
+                            error,
+                        })?;
+                }
+                Ok(removed)
+            }
             #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => p.remove(name).await.map_err(HumansError::Store),
+            Backend::Postgres(p, log) => p
+                .remove_audited(name, log, record)
+                .await
+                .map_err(HumansError::Store),
         }
     }
 
@@ -263,9 +358,9 @@ impl Humans {
     pub async fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => p.find(&hash).await.map_err(HumansError::Store),
+            Backend::Postgres(p, _) => p.find(&hash).await.map_err(HumansError::Store),
         }
     }
 
@@ -275,16 +370,16 @@ impl Humans {
     pub fn authenticate_blocking(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
         match &self.backend {
-            Backend::Sqlite(c) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
             #[cfg(feature = "postgres")]
-            Backend::Postgres(p) => {
+            Backend::Postgres(p, _) => {
                 let handle = tokio::runtime::Handle::try_current().map_err(|e| {
-                    HumansError::Store(aios_core::StoreError::Backend {
+                    HumansError::Store(StoreError::Backend {
                         detail: format!("checking a credential needs a Tokio runtime: {e}"),
                     })
                 })?;
                 if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-                    return Err(HumansError::Store(aios_core::StoreError::Backend {
+                    return Err(HumansError::Store(StoreError::Backend {
                         detail: "checking a credential on PostgreSQL from synchronous code \
                                  needs a multi-threaded Tokio runtime"
                             .into(),
@@ -317,7 +412,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.sqlite");
         let _ = std::fs::remove_file(&path);
-        let humans = Humans::open(&path).unwrap();
+        let audit = Arc::new(aios_sqlite::SqliteStore::open(&path).unwrap().audit_log());
+        let humans = Humans::open(&path, audit.clone()).unwrap();
         assert!(humans.is_empty().await.unwrap());
         let alice = humans.add("alice", None).await.unwrap();
         // a second first human, and an adder without a credential: refused
@@ -347,7 +443,7 @@ mod tests {
         ));
         // the token is not stored, only its hash
         #[allow(irrefutable_let_patterns)]
-        let Backend::Sqlite(conn) = &humans.backend
+        let Backend::Sqlite(conn, _) = &humans.backend
         else {
             panic!("a SQLite store")
         };
@@ -361,9 +457,11 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(stored.iter().all(|h| *h != alice && *h != bob));
-        assert!(humans.remove("alice").await.unwrap());
+        assert!(humans.remove("alice", "bob").await.unwrap());
         assert_eq!(humans.authenticate(&alice).await.unwrap(), None);
-        assert!(!humans.remove("alice").await.unwrap());
+        assert!(!humans.remove("alice", "bob").await.unwrap());
+        // alice and bob added, alice removed: three records
+        assert_eq!(audit.head().await.unwrap().len, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -235,10 +235,10 @@ impl Store {
     /// The humans' credentials in this store.
     pub(crate) fn humans(&self) -> Result<Humans, CliError> {
         match self {
-            Store::Sqlite(_, path) => Humans::open(path)
+            Store::Sqlite(_, path) => Humans::open(path, self.audit_log())
                 .map_err(|e| CliError::failed(format!("store `{}`: {e}", path.display()))),
             #[cfg(feature = "postgres")]
-            Store::Postgres(s) => Ok(Humans::postgres(s.human_credentials())),
+            Store::Postgres(s) => Ok(Humans::postgres(s)),
         }
     }
 }

@@ -209,6 +209,7 @@ on_both_stores!(
     two_answers_to_one_approval_race_and_one_wins,
     memory_search_finds_what_the_host_remembered,
     two_first_humans_race_and_one_is_added,
+    an_audit_record_that_cannot_be_written_leaves_no_credential,
 );
 
 impl Drop for Dir {
@@ -1203,6 +1204,80 @@ fn serve_runs_the_console_on_loopback_over_the_store(dir: &Dir) {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Makes the store refuse (`refuse`) or accept again every audit append, with a trigger.
+fn refuse_audit_appends(dir: &Dir, refuse: bool) {
+    match &dir.kind {
+        Kind::Postgres { url, .. } => {
+            let sql = if refuse {
+                "CREATE OR REPLACE FUNCTION aios_t_refuse() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'the audit log is read-only'; END $$;
+                 CREATE TRIGGER aios_t_refuse BEFORE INSERT ON aios_audit_entries
+                   FOR EACH ROW EXECUTE FUNCTION aios_t_refuse();"
+            } else {
+                "DROP TRIGGER aios_t_refuse ON aios_audit_entries"
+            };
+            rt().block_on(TestServer::execute_on(url, sql)).unwrap();
+        }
+        Kind::Sqlite => {
+            let conn = rusqlite::Connection::open(dir.store()).unwrap();
+            let table: String = conn
+                .query_row(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%audit%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let sql = if refuse {
+                format!(
+                    "CREATE TRIGGER aios_t_refuse BEFORE INSERT ON {table}
+                     BEGIN SELECT RAISE(ABORT, 'the audit log is read-only'); END;"
+                )
+            } else {
+                "DROP TRIGGER aios_t_refuse".to_string()
+            };
+            conn.execute_batch(&sql).unwrap();
+        }
+    }
+}
+
+/// No credential without its audit record: a record the store refuses takes the addition
+/// back (and prints no token); on PostgreSQL a refused record also leaves a removal undone
+/// (one transaction), on SQLite the removal stands (a revocation is never undone).
+fn an_audit_record_that_cannot_be_written_leaves_no_credential(dir: &Dir) {
+    init(dir);
+    rt().block_on(dir.open());
+    refuse_audit_appends(dir, true);
+    let out = dir.aios(None, &["humans", "add", "alice"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "no token: {}", stdout(&out));
+    let list = json(&dir.aios(None, &["humans", "list", "--json"]));
+    assert_eq!(list, serde_json::json!([]));
+    assert!(dir.stored_hashes().is_empty());
+
+    refuse_audit_appends(dir, false);
+    let alice = dir.aios(None, &["humans", "add", "alice"]);
+    assert_eq!(code(&alice), 0, "{}", stderr(&alice));
+    let alice = stdout(&alice).trim().to_string();
+    refuse_audit_appends(dir, true);
+    let out = dir.aios(Some(&alice), &["humans", "remove", "alice"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    let left = json(&dir.aios(None, &["humans", "list", "--json"]));
+    let left = left.as_array().unwrap().len();
+    assert_eq!(
+        left,
+        if matches!(dir.kind, Kind::Postgres { .. }) {
+            1
+        } else {
+            0
+        }
+    );
+    refuse_audit_appends(dir, false);
+    let verify = dir.aios(None, &["audit", "verify", "--json"]);
+    assert_eq!(json(&verify)["intact"], true, "{}", stdout(&verify));
 }
 
 /// Two `aios humans add` at once on a store with no human: exactly one becomes the first

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use aios_core::{StoreError, Timestamp};
+use aios_core::{AuditRecord, StoreError, Timestamp};
 
+use crate::audit::PgAuditLog;
 use crate::db::{Cached, Db, HUMANS_LOCK};
 
 /// A human's credential as stored: who, since when and given by whom. The token itself is
@@ -29,6 +30,10 @@ pub struct StoredCredential {
 /// under concurrency: the first human is added only into an empty table (two first
 /// additions racing: one wins, the other is [`StoreError::Conflict`]), and every later
 /// one names an adder who has a credential when the addition commits.
+///
+/// [`PgHumanCredentials::add_audited`] and [`PgHumanCredentials::remove_audited`] write the
+/// change and its audit record in one transaction: both are written or neither, also when
+/// the process is killed half-way.
 #[derive(Debug, Clone)]
 pub struct PgHumanCredentials {
     db: Arc<Db>,
@@ -76,6 +81,57 @@ impl PgHumanCredentials {
         token_sha256: &str,
         added_by: Option<&str>,
         at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.add_with(name, token_sha256, added_by, at, None).await
+    }
+
+    /// [`PgHumanCredentials::add`], appending `record` to `log` in the same transaction:
+    /// the credential and its audit record are committed together or not at all.
+    pub async fn add_audited(
+        &self,
+        name: &str,
+        token_sha256: &str,
+        added_by: Option<&str>,
+        at: Timestamp,
+        log: &PgAuditLog,
+        record: AuditRecord,
+    ) -> Result<(), StoreError> {
+        self.add_with(
+            name,
+            token_sha256,
+            added_by,
+            at,
+            Some((log.clone(), record)),
+        )
+        .await
+    }
+
+    /// The addition on a task of its own: it holds advisory locks from its first statement
+    /// to its commit, so it must run to its end even if its caller stops polling.
+    async fn add_with(
+        &self,
+        name: &str,
+        token_sha256: &str,
+        added_by: Option<&str>,
+        at: Timestamp,
+        audit: Option<(PgAuditLog, AuditRecord)>,
+    ) -> Result<(), StoreError> {
+        let (this, name, hash) = (self.clone(), name.to_string(), token_sha256.to_string());
+        let by = added_by.map(str::to_string);
+        tokio::spawn(async move { this.add_now(&name, &hash, by.as_deref(), at, audit).await })
+            .await
+            .map_err(|e| StoreError::Backend {
+                detail: format!("adding a human credential ended abnormally: {e}"),
+            })?
+    }
+
+    async fn add_now(
+        &self,
+        name: &str,
+        token_sha256: &str,
+        added_by: Option<&str>,
+        at: Timestamp,
+        audit: Option<(PgAuditLog, AuditRecord)>,
     ) -> Result<(), StoreError> {
         let db = &self.db;
         if name.trim().is_empty() {
@@ -139,6 +195,9 @@ impl PgHumanCredentials {
                 what: format!("a credential of `{name}` in `{}`", db.location()),
             });
         }
+        if let Some((log, record)) = audit {
+            log.append_in(&tx, record).await?;
+        }
         tx.commit().await.map_err(|e| db.err(what, e))
     }
 
@@ -200,6 +259,37 @@ impl PgHumanCredentials {
             .await
             .map_err(|e| db.err(what, e))?;
         Ok(n > 0)
+    }
+
+    /// [`PgHumanCredentials::remove`], appending `record` to `log` in the same transaction
+    /// if there was a credential to remove (nothing is written otherwise).
+    pub async fn remove_audited(
+        &self,
+        name: &str,
+        log: &PgAuditLog,
+        record: AuditRecord,
+    ) -> Result<bool, StoreError> {
+        let (this, name, log) = (self.clone(), name.to_string(), log.clone());
+        tokio::spawn(async move {
+            let db = &this.db;
+            let what = "remove a human credential";
+            let mut client = db.client(what).await?;
+            let tx = client.transaction().await.map_err(|e| db.err(what, e))?;
+            let n = tx
+                .c_execute("DELETE FROM aios_humans WHERE name = $1", &[&name])
+                .await
+                .map_err(|e| db.err(what, e))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            log.append_in(&tx, record).await?;
+            tx.commit().await.map_err(|e| db.err(what, e))?;
+            Ok(true)
+        })
+        .await
+        .map_err(|e| StoreError::Backend {
+            detail: format!("removing a human credential ended abnormally: {e}"),
+        })?
     }
 
     /// The human whose token hashes to `token_sha256`, if any (`None` also for a value that

@@ -110,3 +110,84 @@ async fn of_many_first_humans_racing_exactly_one_is_added() {
     assert_eq!(won, 1);
     assert_eq!(store.human_credentials().list().await.unwrap().len(), 1);
 }
+
+fn record(text: &str) -> aios_core::AuditRecord {
+    aios_core::AuditRecord::new(
+        aios_core::Principal::System,
+        aios_core::AuditEvent::Note {
+            text: text.to_string(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_and_its_audit_record_are_written_together_or_not_at_all() {
+    use aios_core::{AuditLog, AuditLogExt};
+    let url = common::fresh_url().await;
+    let store = aios_postgres::PgStore::connect(&url).await.unwrap();
+    let (humans, log) = (store.human_credentials(), store.audit_log());
+    humans
+        .add_audited(
+            "alice",
+            &hash("t-alice"),
+            None,
+            now(),
+            &log,
+            record("alice added"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(log.head().await.unwrap().len, 1);
+
+    // the audit log refuses every append: neither the credential nor the removal is written
+    aios_postgres::testing::TestServer::execute_on(
+        &url,
+        "CREATE FUNCTION aios_t_refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'the audit log is read-only'; END $$;
+         CREATE TRIGGER aios_t_refuse BEFORE INSERT ON aios_audit_entries
+           FOR EACH ROW EXECUTE FUNCTION aios_t_refuse();",
+    )
+    .await
+    .unwrap();
+    let e = humans
+        .add_audited(
+            "bob",
+            &hash("t-bob"),
+            Some("alice"),
+            now(),
+            &log,
+            record("bob"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+    assert_eq!(humans.find(&hash("t-bob")).await.unwrap(), None);
+    let e = humans
+        .remove_audited("alice", &log, record("alice removed"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+    assert_eq!(
+        humans.find(&hash("t-alice")).await.unwrap().as_deref(),
+        Some("alice")
+    );
+
+    aios_postgres::testing::TestServer::execute_on(
+        &url,
+        "DROP TRIGGER aios_t_refuse ON aios_audit_entries",
+    )
+    .await
+    .unwrap();
+    // removing nobody writes nothing; removing alice writes her removal once
+    assert!(!humans
+        .remove_audited("nobody", &log, record("nobody"))
+        .await
+        .unwrap());
+    assert!(humans
+        .remove_audited("alice", &log, record("alice removed"))
+        .await
+        .unwrap());
+    assert_eq!(humans.find(&hash("t-alice")).await.unwrap(), None);
+    assert_eq!(log.head().await.unwrap().len, 2);
+    assert!(log.verify(None).await.unwrap().is_intact());
+}

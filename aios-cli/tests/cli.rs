@@ -1280,6 +1280,92 @@ fn an_audit_record_that_cannot_be_written_leaves_no_credential(dir: &Dir) {
     assert_eq!(json(&verify)["intact"], true, "{}", stdout(&verify));
 }
 
+/// How many server processes of the database at `url` wait in `pg_sleep`.
+async fn sleeping(url: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event = 'PgSleep'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let _ = conn.await;
+    n
+}
+
+/// `aios humans add` killed with SIGKILL while its audit record is being written (held in
+/// a trigger that sleeps): the server rolls the transaction back, so there is neither the
+/// credential nor its record, and the next first human can be added.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_credential_added_by_a_process_killed_mid_way_is_not_there() {
+    let dir = Dir::postgres("killed");
+    let Kind::Postgres { url, .. } = &dir.kind else {
+        unreachable!()
+    };
+    init(&dir);
+    let rt = rt();
+    rt.block_on(dir.open());
+    rt.block_on(TestServer::execute_on(
+        url,
+        "CREATE FUNCTION aios_t_slow() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$;
+         CREATE TRIGGER aios_t_slow BEFORE INSERT ON aios_audit_entries
+           FOR EACH ROW EXECUTE FUNCTION aios_t_slow();",
+    ))
+    .unwrap();
+    let mut child = dir
+        .command(None, &["humans", "add", "alice"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait (bounded) until its audit insert is inside the trigger, then kill it
+    let mut inside = false;
+    for _ in 0..400 {
+        if rt.block_on(sleeping(url)) > 0 {
+            inside = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(inside, "the addition never reached its audit record");
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).is_empty(), "no token was printed");
+    // the server finishes the statement, finds the client gone and rolls back
+    for _ in 0..1000 {
+        if rt.block_on(sleeping(url)) == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    rt.block_on(TestServer::execute_on(
+        url,
+        "DROP TRIGGER aios_t_slow ON aios_audit_entries",
+    ))
+    .unwrap();
+    assert!(
+        dir.stored_hashes().is_empty(),
+        "the credential was rolled back"
+    );
+    let head = json(&dir.aios(None, &["audit", "head", "--json"]));
+    assert_eq!(head["len"], 0, "and its record: {head}");
+    let alice = dir.aios(None, &["humans", "add", "alice"]);
+    assert_eq!(code(&alice), 0, "{}", stderr(&alice));
+    assert_eq!(
+        json(&dir.aios(None, &["audit", "verify", "--json"]))["intact"],
+        true
+    );
+}
+
 /// Two `aios humans add` at once on a store with no human: exactly one becomes the first
 /// human; the other is refused (exit 4) and nothing of it is written.
 fn two_first_humans_race_and_one_is_added(dir: &Dir) {

@@ -28,8 +28,12 @@ pub(crate) enum Location {
 pub(crate) fn redact(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let Some((scheme, _)) = lower.split_once("://") else {
-        // a path; or a key-value string, whose `password=` values are hidden
-        return redact_pairs(text, ' ');
+        // a path; or a key-value string: nothing from its `password=` on is shown (a quoted
+        // password may hold spaces)
+        return match lower.find("password=") {
+            Some(at) => format!("{}password=***", &text[..at]),
+            None => text.to_string(),
+        };
     };
     match url::Url::parse(text) {
         Ok(mut url) => {
@@ -58,17 +62,6 @@ pub(crate) fn redact(text: &str) -> String {
         }
         Err(_) => format!("{scheme}://*** (not shown: it does not parse as a URL)"),
     }
-}
-
-/// `text` with the value of every `password=` pair separated by `sep` hidden.
-fn redact_pairs(text: &str, sep: char) -> String {
-    text.split(sep)
-        .map(|part| match part.split_once('=') {
-            Some((k, _)) if k.trim().eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => part.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(&sep.to_string())
 }
 
 /// What a `--store` value should look like, for errors.
@@ -262,7 +255,11 @@ mod tests {
             ("postgres://ann@db/aios", "postgres://ann@db/aios"),
             (
                 "host=db user=ann password=s3cret dbname=x",
-                "host=db user=ann password=*** dbname=x",
+                "host=db user=ann password=***",
+            ),
+            (
+                "host=db PASSWORD='s3c ret' dbname=x",
+                "host=db password=***",
             ),
             ("aios.sqlite", "aios.sqlite"),
         ] {

@@ -1204,6 +1204,13 @@ fn serve_runs_the_console_on_loopback_over_the_store(dir: &Dir) {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     child.kill().unwrap();
     child.wait().unwrap();
+    // nothing the console wrote shows the store's password
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    if let Kind::Postgres { password, .. } = &dir.kind {
+        for l in std::iter::once(&line).chain(&rest) {
+            assert!(!l.contains(password.as_str()), "{l}");
+        }
+    }
 }
 
 /// Makes the store refuse (`refuse`) or accept again every audit append, with a trigger.

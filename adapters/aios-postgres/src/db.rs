@@ -355,7 +355,8 @@ impl Db {
     /// the migration advisory lock; a newer schema is refused and nothing is written.
     async fn migrate(&self) -> Result<(), StoreError> {
         let what = "migrate the schema";
-        let mut client = self.client(what).await?;
+        // the first connection of the pool: its failures are failures to connect
+        let mut client = self.client("connect").await?;
         let tx = client.transaction().await.map_err(|e| self.err(what, e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await

@@ -2,10 +2,16 @@
 //!
 //! A token is 32 random bytes from the operating system, written as `aios_` and 64 hex
 //! digits. It is shown once; the store keeps only its SHA-256, in the table `aios_humans` of
-//! the same SQLite file. Whoever holds the token acts as that human; removing the human
-//! revokes it.
+//! the same SQLite file, or of the PostgreSQL database (there part of the versioned schema of
+//! `aios-postgres`, which the SQLite file's table is not: `aios-sqlite` knows nothing of it).
+//! Whoever holds the token acts as that human; removing the human revokes it.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use aios_core::{
+    AuditEvent, AuditLog, AuditRecord, Clock, HumanId, Principal, StoreError, SystemClock,
+};
 
 use sha2::{Digest, Sha256};
 
@@ -13,12 +19,31 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HumansError {
-    /// The database failed.
+    /// The SQLite database failed.
     #[error("human credentials: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL store failed (nothing was written: a change and its audit record are
+    /// one transaction there).
+    #[error("human credentials: {0}")]
+    Store(StoreError),
+    /// The audit record of a change could not be written. On SQLite, an addition is then
+    /// taken back; a removal stays done (a revoked token is not given back).
+    #[error("the audit record of `{human}`'s credential could not be written ({done}): {error}")]
+    Audit {
+        /// Whose credential.
+        human: String,
+        /// What became of the change.
+        done: &'static str,
+        /// Why the record failed.
+        error: StoreError,
+    },
     /// The human has a credential already.
     #[error("`{0}` has a credential already: `aios humans remove {0}` first to give a new one")]
     Exists(String),
+    /// Who adds is not allowed to: a first human into a store that has one, or an adder
+    /// whose own credential is gone. Nothing was written.
+    #[error("{0}")]
+    NotAllowed(String),
     /// No randomness from the operating system.
     #[error("no randomness for a token: {0}")]
     Random(String),
@@ -43,10 +68,53 @@ pub struct HumanCredential {
     pub added_by: Option<String>,
 }
 
-/// The credentials in one store file.
+/// The credentials in one store: the table `aios_humans` of a SQLite file, or of a
+/// PostgreSQL database (feature `postgres`; there the table belongs to the versioned schema
+/// of `aios-postgres`). The contract is the same on both: only the SHA-256 of a token is
+/// kept; the first human is added only to a store that has none, however many try at once;
+/// a later one only by a human who holds a credential when the addition is written;
+/// removing a human revokes the token at once.
 #[derive(Debug)]
 pub struct Humans {
-    conn: rusqlite::Connection,
+    backend: Backend,
+}
+
+enum Backend {
+    /// The credentials' own connection to the file, and the file's audit log.
+    Sqlite(std::sync::Mutex<rusqlite::Connection>, Arc<dyn AuditLog>),
+    /// The database's credentials and audit log (written in one transaction).
+    #[cfg(feature = "postgres")]
+    Postgres(aios_postgres::PgHumanCredentials, aios_postgres::PgAuditLog),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(..) => f.write_str("Sqlite"),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c, _) => f.debug_tuple("Postgres").field(c).finish(),
+        }
+    }
+}
+
+/// The audit event kind recorded when a human is given or loses a credential.
+pub const HUMAN_EVENT: &str = "human_credential";
+
+/// The audit record of `name`'s credential being `what` (`added`, `removed`) by `by` (the
+/// system for the first human).
+fn credential_record(name: &str, what: &str, by: Option<&str>) -> AuditRecord {
+    let actor = match by {
+        Some(b) => Principal::Human(HumanId::from_name(b)),
+        None => Principal::System,
+    };
+    AuditRecord::new(
+        actor,
+        AuditEvent::Custom {
+            kind: HUMAN_EVENT.into(),
+            data: serde_json::json!({ "human": name, "credential": what }),
+        },
+    )
+    .at(SystemClock.now())
 }
 
 /// The SHA-256 of a token, in hex: what the store keeps.
@@ -89,9 +157,14 @@ pub fn read_token_file(path: &Path) -> Result<String, HumansError> {
     Ok(token.to_string())
 }
 
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 impl Humans {
-    /// The credentials of the store at `path` (the table is made if missing).
-    pub fn open(path: &Path) -> Result<Self, HumansError> {
+    /// The credentials of the SQLite store at `path` (the table is made if missing), whose
+    /// changes are recorded in `audit` (the file's audit log).
+    pub fn open(path: &Path, audit: Arc<dyn AuditLog>) -> Result<Self, HumansError> {
         let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(
@@ -102,64 +175,224 @@ impl Humans {
                  added_by TEXT
              );",
         )?;
-        Ok(Humans { conn })
+        Ok(Humans {
+            backend: Backend::Sqlite(std::sync::Mutex::new(conn), audit),
+        })
     }
 
-    /// Whether no human has a credential yet.
-    pub fn is_empty(&self) -> Result<bool, HumansError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM aios_humans", [], |r| r.get(0))?;
-        Ok(n == 0)
-    }
-
-    /// Gives `name` a credential and returns its token (the only time it is seen).
-    pub fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
-        let token = new_token()?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        match self.conn.execute(
-            "INSERT INTO aios_humans (name, token_sha256, added_at, added_by) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![name, token_hash(&token), now, by],
-        ) {
-            Ok(_) => Ok(token),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(HumansError::Exists(name.to_string()))
-            }
-            Err(e) => Err(e.into()),
+    /// The credentials of a PostgreSQL store, whose changes are recorded in its audit log
+    /// in the same transaction.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(store: &aios_postgres::PgStore) -> Self {
+        Humans {
+            backend: Backend::Postgres(store.human_credentials(), store.audit_log()),
         }
     }
 
-    /// The humans with a credential, by name.
-    pub fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, added_at, added_by FROM aios_humans ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(HumanCredential {
-                name: r.get(0)?,
-                added_at: r.get(1)?,
-                added_by: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn sqlite<T>(
+        conn: &std::sync::Mutex<rusqlite::Connection>,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, HumansError>,
+    ) -> Result<T, HumansError> {
+        // a panic while holding the lock leaves the connection as usable as before
+        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
     }
 
-    /// Removes `name`'s credential; `false` if there was none.
-    pub fn remove(&self, name: &str) -> Result<bool, HumansError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM aios_humans WHERE name = ?1", [name])?
-            > 0)
+    /// Whether no human has a credential yet.
+    pub async fn is_empty(&self) -> Result<bool, HumansError> {
+        match &self.backend {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
+                let n: i64 =
+                    conn.query_row("SELECT COUNT(*) FROM aios_humans", [], |r| r.get(0))?;
+                Ok(n == 0)
+            }),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => p.is_empty().await.map_err(HumansError::Store),
+        }
+    }
+
+    /// Gives `name` a credential and returns its token (the only time it is seen), and
+    /// records who gave it in the store's audit log (event [`HUMAN_EVENT`]).
+    ///
+    /// `by: None` adds the first human, only to a store that has none; `Some(adder)` needs
+    /// the adder to hold a credential. Both are checked in the write itself, so of two
+    /// processes adding a first human at once one is refused with
+    /// [`HumansError::NotAllowed`]. On PostgreSQL the credential and its record are one
+    /// transaction; on SQLite the record follows, and a record that fails takes the
+    /// credential back ([`HumansError::Audit`]; a process killed between the two leaves the
+    /// credential without its record).
+    pub async fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
+        let token = new_token()?;
+        let hash = token_hash(&token);
+        let record = credential_record(name, "added", by);
+        match &self.backend {
+            Backend::Sqlite(c, audit) => {
+                Self::add_sqlite(c, name, &hash, by)?;
+                if let Err(error) = audit.append(record).await {
+                    let undone = Self::sqlite(c, |conn| {
+                        Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])?)
+                    });
+                    return Err(HumansError::Audit {
+                        human: name.to_string(),
+                        done: if undone.is_ok() {
+                            "the credential is taken back"
+                        } else {
+                            "the credential could not be taken back: remove it"
+                        },
+                        error,
+                    });
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, log) => p
+                .add_audited(name, &hash, by, SystemClock.now(), log, record)
+                .await
+                .map_err(|e| match e {
+                    StoreError::AlreadyExists { .. } => HumansError::Exists(name.to_string()),
+                    StoreError::Conflict { detail } => HumansError::NotAllowed(detail),
+                    other => HumansError::Store(other),
+                })?,
+        }
+        Ok(token)
+    }
+
+    fn add_sqlite(
+        c: &std::sync::Mutex<rusqlite::Connection>,
+        name: &str,
+        hash: &str,
+        by: Option<&str>,
+    ) -> Result<(), HumansError> {
+        Self::sqlite(c, |conn| {
+            // one statement: its checks and its insert are one atomic write
+            let inserted = conn.execute(
+                "INSERT INTO aios_humans (name, token_sha256, added_at, added_by)
+                     SELECT ?1, ?2, ?3, ?4
+                     WHERE CASE WHEN ?4 IS NULL
+                                THEN NOT EXISTS (SELECT 1 FROM aios_humans)
+                                ELSE EXISTS (SELECT 1 FROM aios_humans WHERE name = ?4) END",
+                rusqlite::params![name, hash, now_text(), by],
+            );
+            match inserted {
+                Ok(0) => Err(HumansError::NotAllowed(match by {
+                    None => format!(
+                        "`{name}` cannot be the first human: the store has one already, \
+                             so an existing human must add `{name}` (with their token)"
+                    ),
+                    Some(b) => format!("`{b}` has no credential and cannot add `{name}`"),
+                })),
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(HumansError::Exists(name.to_string()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// The humans with a credential, by name.
+    pub async fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
+        match &self.backend {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
+                let mut stmt =
+                    conn.prepare("SELECT name, added_at, added_by FROM aios_humans ORDER BY name")?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(HumanCredential {
+                        name: r.get(0)?,
+                        added_at: r.get(1)?,
+                        added_by: r.get(2)?,
+                    })
+                })?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            }),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => Ok(p
+                .list()
+                .await
+                .map_err(HumansError::Store)?
+                .into_iter()
+                .map(|c| HumanCredential {
+                    name: c.name,
+                    added_at: c
+                        .added_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    added_by: c.added_by,
+                })
+                .collect()),
+        }
+    }
+
+    /// Removes `name`'s credential, which revokes its token, and records that `by` did;
+    /// `false` (and nothing recorded) if there was none. On PostgreSQL the removal and its
+    /// record are one transaction; on SQLite a record that fails leaves the credential
+    /// removed and is [`HumansError::Audit`].
+    pub async fn remove(&self, name: &str, by: &str) -> Result<bool, HumansError> {
+        let record = credential_record(name, "removed", Some(by));
+        match &self.backend {
+            Backend::Sqlite(c, audit) => {
+                let removed = Self::sqlite(c, |conn| {
+                    Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])? > 0)
+                })?;
+                if removed {
+                    audit
+                        .append(record)
+                        .await
+                        .map_err(|error| HumansError::Audit {
+                            human: name.to_string(),
+                            done: "the credential is removed",
+                            error,
+                        })?;
+                }
+                Ok(removed)
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, log) => p
+                .remove_audited(name, log, record)
+                .await
+                .map_err(HumansError::Store),
+        }
     }
 
     /// The human whose token this is, if any.
-    pub fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM aios_humans WHERE token_sha256 = ?1")?;
+        match &self.backend {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => p.find(&hash).await.map_err(HumansError::Store),
+        }
+    }
+
+    /// [`Humans::authenticate`] for a synchronous caller on a Tokio runtime (the console's
+    /// login). On PostgreSQL the runtime must be multi-threaded (the query runs with
+    /// `block_in_place`); on a current-thread runtime this is an error, never a panic.
+    pub fn authenticate_blocking(&self, token: &str) -> Result<Option<String>, HumansError> {
+        let hash = token_hash(token);
+        match &self.backend {
+            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+                    HumansError::Store(StoreError::Backend {
+                        detail: format!("checking a credential needs a Tokio runtime: {e}"),
+                    })
+                })?;
+                if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                    return Err(HumansError::Store(StoreError::Backend {
+                        detail: "checking a credential on PostgreSQL from synchronous code \
+                                 needs a multi-threaded Tokio runtime"
+                            .into(),
+                    }));
+                }
+                tokio::task::block_in_place(|| handle.block_on(p.find(&hash)))
+                    .map_err(HumansError::Store)
+            }
+        }
+    }
+
+    fn find_sqlite(conn: &rusqlite::Connection, hash: &str) -> Result<Option<String>, HumansError> {
+        let mut stmt = conn.prepare("SELECT name FROM aios_humans WHERE token_sha256 = ?1")?;
         let mut rows = stmt.query([hash])?;
         match rows.next()? {
             Some(row) => Ok(Some(row.get(0)?)),
@@ -170,34 +403,53 @@ impl Humans {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
-    #[test]
-    fn a_token_authenticates_its_human_only_until_removed() {
+    #[tokio::test]
+    async fn a_token_authenticates_its_human_only_until_removed() {
         let dir = std::env::temp_dir().join(format!("aios-humans-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.sqlite");
         let _ = std::fs::remove_file(&path);
-        let humans = Humans::open(&path).unwrap();
-        assert!(humans.is_empty().unwrap());
-        let alice = humans.add("alice", None).unwrap();
-        let bob = humans.add("bob", Some("alice")).unwrap();
+        let audit = Arc::new(aios_sqlite::SqliteStore::open(&path).unwrap().audit_log());
+        let humans = Humans::open(&path, audit.clone()).unwrap();
+        assert!(humans.is_empty().await.unwrap());
+        let alice = humans.add("alice", None).await.unwrap();
+        // a second first human, and an adder without a credential: refused
+        assert!(matches!(
+            humans.add("bob", None).await,
+            Err(HumansError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            humans.add("bob", Some("mallory")).await,
+            Err(HumansError::NotAllowed(_))
+        ));
+        let bob = humans.add("bob", Some("alice")).await.unwrap();
         assert_ne!(alice, bob);
         assert!(alice.starts_with("aios_") && alice.len() == 5 + 64);
         assert_eq!(
-            humans.authenticate(&alice).unwrap().as_deref(),
+            humans.authenticate(&alice).await.unwrap().as_deref(),
             Some("alice")
         );
-        assert_eq!(humans.authenticate(&bob).unwrap().as_deref(), Some("bob"));
-        assert_eq!(humans.authenticate("aios_guess").unwrap(), None);
+        assert_eq!(
+            humans.authenticate_blocking(&bob).unwrap().as_deref(),
+            Some("bob")
+        );
+        assert_eq!(humans.authenticate("aios_guess").await.unwrap(), None);
         assert!(matches!(
-            humans.add("alice", None),
+            humans.add("alice", Some("bob")).await,
             Err(HumansError::Exists(_))
         ));
         // the token is not stored, only its hash
-        let stored: Vec<String> = humans
-            .conn
+        #[allow(irrefutable_let_patterns)]
+        let Backend::Sqlite(conn, _) = &humans.backend
+        else {
+            panic!("a SQLite store")
+        };
+        let stored: Vec<String> = conn
+            .lock()
+            .unwrap()
             .prepare("SELECT token_sha256 FROM aios_humans")
             .unwrap()
             .query_map([], |r| r.get(0))
@@ -205,9 +457,11 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(stored.iter().all(|h| *h != alice && *h != bob));
-        assert!(humans.remove("alice").unwrap());
-        assert_eq!(humans.authenticate(&alice).unwrap(), None);
-        assert!(!humans.remove("alice").unwrap());
+        assert!(humans.remove("alice", "bob").await.unwrap());
+        assert_eq!(humans.authenticate(&alice).await.unwrap(), None);
+        assert!(!humans.remove("alice", "bob").await.unwrap());
+        // alice and bob added, alice removed: three records
+        assert_eq!(audit.head().await.unwrap().len, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

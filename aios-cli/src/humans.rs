@@ -7,11 +7,8 @@
 //! Whoever holds the token acts as that human; removing the human revokes it.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use aios_core::{
-    AuditEvent, AuditLog, AuditRecord, Clock, HumanId, Principal, StoreError, SystemClock,
-};
+use aios_core::{AuditEvent, AuditRecord, Clock, HumanId, Principal, StoreError, SystemClock};
 
 use sha2::{Digest, Sha256};
 
@@ -19,24 +16,10 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HumansError {
-    /// The SQLite database failed.
-    #[error("human credentials: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// The PostgreSQL store failed (nothing was written: a change and its audit record are
-    /// one transaction there).
+    /// The store failed, or refused the change's audit record: nothing was written (a
+    /// change and its audit record are one transaction).
     #[error("human credentials: {0}")]
     Store(StoreError),
-    /// The audit record of a change could not be written. On SQLite, an addition is then
-    /// taken back; a removal stays done (a revoked token is not given back).
-    #[error("the audit record of `{human}`'s credential could not be written ({done}): {error}")]
-    Audit {
-        /// Whose credential.
-        human: String,
-        /// What became of the change.
-        done: &'static str,
-        /// Why the record failed.
-        error: StoreError,
-    },
     /// The human has a credential already.
     #[error("`{0}` has a credential already: `aios humans remove {0}` first to give a new one")]
     Exists(String),
@@ -80,8 +63,11 @@ pub struct Humans {
 }
 
 enum Backend {
-    /// The credentials' own connection to the file, and the file's audit log.
-    Sqlite(std::sync::Mutex<rusqlite::Connection>, Arc<dyn AuditLog>),
+    /// The file's credentials and audit log (written in one transaction).
+    Sqlite(
+        aios_sqlite::SqliteHumanCredentials,
+        aios_sqlite::SqliteAuditLog,
+    ),
     /// The database's credentials and audit log (written in one transaction).
     #[cfg(feature = "postgres")]
     Postgres(aios_postgres::PgHumanCredentials, aios_postgres::PgAuditLog),
@@ -90,7 +76,7 @@ enum Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Backend::Sqlite(..) => f.write_str("Sqlite"),
+            Backend::Sqlite(c, _) => f.debug_tuple("Sqlite").field(c).finish(),
             #[cfg(feature = "postgres")]
             Backend::Postgres(c, _) => f.debug_tuple("Postgres").field(c).finish(),
         }
@@ -157,27 +143,13 @@ pub fn read_token_file(path: &Path) -> Result<String, HumansError> {
     Ok(token.to_string())
 }
 
-fn now_text() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
 impl Humans {
-    /// The credentials of the SQLite store at `path` (the table is made if missing), whose
-    /// changes are recorded in `audit` (the file's audit log).
-    pub fn open(path: &Path, audit: Arc<dyn AuditLog>) -> Result<Self, HumansError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS aios_humans (
-                 name TEXT PRIMARY KEY,
-                 token_sha256 TEXT NOT NULL UNIQUE,
-                 added_at TEXT NOT NULL,
-                 added_by TEXT
-             );",
-        )?;
-        Ok(Humans {
-            backend: Backend::Sqlite(std::sync::Mutex::new(conn), audit),
-        })
+    /// The credentials of a SQLite store, whose changes are recorded in its audit log in
+    /// the same transaction.
+    pub fn sqlite(store: &aios_sqlite::SqliteStore) -> Self {
+        Humans {
+            backend: Backend::Sqlite(store.human_credentials(), store.audit_log()),
+        }
     }
 
     /// The credentials of a PostgreSQL store, whose changes are recorded in its audit log
@@ -189,23 +161,10 @@ impl Humans {
         }
     }
 
-    fn sqlite<T>(
-        conn: &std::sync::Mutex<rusqlite::Connection>,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T, HumansError>,
-    ) -> Result<T, HumansError> {
-        // a panic while holding the lock leaves the connection as usable as before
-        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
-    }
-
     /// Whether no human has a credential yet.
     pub async fn is_empty(&self) -> Result<bool, HumansError> {
         match &self.backend {
-            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
-                let n: i64 =
-                    conn.query_row("SELECT COUNT(*) FROM aios_humans", [], |r| r.get(0))?;
-                Ok(n == 0)
-            }),
+            Backend::Sqlite(c, _) => c.is_empty().await.map_err(HumansError::Store),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, _) => p.is_empty().await.map_err(HumansError::Store),
         }
@@ -217,95 +176,51 @@ impl Humans {
     /// `by: None` adds the first human, only to a store that has none; `Some(adder)` needs
     /// the adder to hold a credential. Both are checked in the write itself, so of two
     /// processes adding a first human at once one is refused with
-    /// [`HumansError::NotAllowed`]. On PostgreSQL the credential and its record are one
-    /// transaction; on SQLite the record follows, and a record that fails takes the
-    /// credential back ([`HumansError::Audit`]; a process killed between the two leaves the
-    /// credential without its record).
+    /// [`HumansError::NotAllowed`]. The credential and its record are one transaction:
+    /// both are written or neither, also when the process is killed half-way.
     pub async fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
         let token = new_token()?;
         let hash = token_hash(&token);
         let record = credential_record(name, "added", by);
         match &self.backend {
-            Backend::Sqlite(c, audit) => {
-                Self::add_sqlite(c, name, &hash, by)?;
-                if let Err(error) = audit.append(record).await {
-                    let undone = Self::sqlite(c, |conn| {
-                        Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])?)
-                    });
-                    return Err(HumansError::Audit {
-                        human: name.to_string(),
-                        done: if undone.is_ok() {
-                            "the credential is taken back"
-                        } else {
-                            "the credential could not be taken back: remove it"
-                        },
-                        error,
-                    });
-                }
-            }
+            Backend::Sqlite(c, log) => c
+                .add_audited(name, &hash, by, SystemClock.now(), log, record)
+                .await
+                .map_err(|e| Self::refused(name, e))?,
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, log) => p
                 .add_audited(name, &hash, by, SystemClock.now(), log, record)
                 .await
-                .map_err(|e| match e {
-                    StoreError::AlreadyExists { .. } => HumansError::Exists(name.to_string()),
-                    StoreError::Conflict { detail } => HumansError::NotAllowed(detail),
-                    other => HumansError::Store(other),
-                })?,
+                .map_err(|e| Self::refused(name, e))?,
         }
         Ok(token)
     }
 
-    fn add_sqlite(
-        c: &std::sync::Mutex<rusqlite::Connection>,
-        name: &str,
-        hash: &str,
-        by: Option<&str>,
-    ) -> Result<(), HumansError> {
-        Self::sqlite(c, |conn| {
-            // one statement: its checks and its insert are one atomic write
-            let inserted = conn.execute(
-                "INSERT INTO aios_humans (name, token_sha256, added_at, added_by)
-                     SELECT ?1, ?2, ?3, ?4
-                     WHERE CASE WHEN ?4 IS NULL
-                                THEN NOT EXISTS (SELECT 1 FROM aios_humans)
-                                ELSE EXISTS (SELECT 1 FROM aios_humans WHERE name = ?4) END",
-                rusqlite::params![name, hash, now_text(), by],
-            );
-            match inserted {
-                Ok(0) => Err(HumansError::NotAllowed(match by {
-                    None => format!(
-                        "`{name}` cannot be the first human: the store has one already, \
-                             so an existing human must add `{name}` (with their token)"
-                    ),
-                    Some(b) => format!("`{b}` has no credential and cannot add `{name}`"),
-                })),
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(HumansError::Exists(name.to_string()))
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
+    /// A store's refusal of an addition as the command line says it.
+    fn refused(name: &str, e: StoreError) -> HumansError {
+        match e {
+            StoreError::AlreadyExists { .. } => HumansError::Exists(name.to_string()),
+            StoreError::Conflict { detail } => HumansError::NotAllowed(detail),
+            other => HumansError::Store(other),
+        }
     }
 
     /// The humans with a credential, by name.
     pub async fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
         match &self.backend {
-            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| {
-                let mut stmt =
-                    conn.prepare("SELECT name, added_at, added_by FROM aios_humans ORDER BY name")?;
-                let rows = stmt.query_map([], |r| {
-                    Ok(HumanCredential {
-                        name: r.get(0)?,
-                        added_at: r.get(1)?,
-                        added_by: r.get(2)?,
-                    })
-                })?;
-                Ok(rows.collect::<Result<_, _>>()?)
-            }),
+            Backend::Sqlite(c, _) => Ok(c
+                .list()
+                .await
+                .map_err(HumansError::Store)?
+                .into_iter()
+                .map(|c| HumanCredential {
+                    name: c.name,
+                    added_at: c
+                        .added_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    added_by: c.added_by,
+                })
+                .collect()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, _) => Ok(p
                 .list()
@@ -324,28 +239,15 @@ impl Humans {
     }
 
     /// Removes `name`'s credential, which revokes its token, and records that `by` did;
-    /// `false` (and nothing recorded) if there was none. On PostgreSQL the removal and its
-    /// record are one transaction; on SQLite a record that fails leaves the credential
-    /// removed and is [`HumansError::Audit`].
+    /// `false` (and nothing recorded) if there was none. The removal and its record are one
+    /// transaction.
     pub async fn remove(&self, name: &str, by: &str) -> Result<bool, HumansError> {
         let record = credential_record(name, "removed", Some(by));
         match &self.backend {
-            Backend::Sqlite(c, audit) => {
-                let removed = Self::sqlite(c, |conn| {
-                    Ok(conn.execute("DELETE FROM aios_humans WHERE name = ?1", [name])? > 0)
-                })?;
-                if removed {
-                    audit
-                        .append(record)
-                        .await
-                        .map_err(|error| HumansError::Audit {
-                            human: name.to_string(),
-                            done: "the credential is removed",
-                            error,
-                        })?;
-                }
-                Ok(removed)
-            }
+            Backend::Sqlite(c, log) => c
+                .remove_audited(name, log, record)
+                .await
+                .map_err(HumansError::Store),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, log) => p
                 .remove_audited(name, log, record)
@@ -358,7 +260,7 @@ impl Humans {
     pub async fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
         match &self.backend {
-            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            Backend::Sqlite(c, _) => c.find(&hash).await.map_err(HumansError::Store),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, _) => p.find(&hash).await.map_err(HumansError::Store),
         }
@@ -370,7 +272,7 @@ impl Humans {
     pub fn authenticate_blocking(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
         match &self.backend {
-            Backend::Sqlite(c, _) => Self::sqlite(c, |conn| Self::find_sqlite(conn, &hash)),
+            Backend::Sqlite(c, _) => c.find_blocking(&hash).map_err(HumansError::Store),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, _) => {
                 let handle = tokio::runtime::Handle::try_current().map_err(|e| {
@@ -390,21 +292,13 @@ impl Humans {
             }
         }
     }
-
-    fn find_sqlite(conn: &rusqlite::Connection, hash: &str) -> Result<Option<String>, HumansError> {
-        let mut stmt = conn.prepare("SELECT name FROM aios_humans WHERE token_sha256 = ?1")?;
-        let mut rows = stmt.query([hash])?;
-        match rows.next()? {
-            Some(row) => Ok(Some(row.get(0)?)),
-            None => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use aios_core::AuditLog;
 
     #[tokio::test]
     async fn a_token_authenticates_its_human_only_until_removed() {
@@ -412,8 +306,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.sqlite");
         let _ = std::fs::remove_file(&path);
-        let audit = Arc::new(aios_sqlite::SqliteStore::open(&path).unwrap().audit_log());
-        let humans = Humans::open(&path, audit.clone()).unwrap();
+        let store = aios_sqlite::SqliteStore::open(&path).unwrap();
+        let audit = store.audit_log();
+        let humans = Humans::sqlite(&store);
         assert!(humans.is_empty().await.unwrap());
         let alice = humans.add("alice", None).await.unwrap();
         // a second first human, and an adder without a credential: refused
@@ -442,14 +337,8 @@ mod tests {
             Err(HumansError::Exists(_))
         ));
         // the token is not stored, only its hash
-        #[allow(irrefutable_let_patterns)]
-        let Backend::Sqlite(conn, _) = &humans.backend
-        else {
-            panic!("a SQLite store")
-        };
-        let stored: Vec<String> = conn
-            .lock()
-            .unwrap()
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let stored: Vec<String> = raw
             .prepare("SELECT token_sha256 FROM aios_humans")
             .unwrap()
             .query_map([], |r| r.get(0))

@@ -131,7 +131,7 @@ impl Location {
                     )));
                 }
                 SqliteStore::open(path)
-                    .map(|s| Store::Sqlite(s, path.clone()))
+                    .map(Store::Sqlite)
                     .map_err(|e| CliError::failed(format!("store `{}`: {e}", path.display())))
             }
             #[cfg(feature = "postgres")]
@@ -160,8 +160,8 @@ impl Location {
 
 /// An open store: every port the commands use, on either backend.
 pub(crate) enum Store {
-    /// The embedded SQLite file (and its path, for the credentials table in it).
-    Sqlite(SqliteStore, PathBuf),
+    /// The embedded SQLite file.
+    Sqlite(SqliteStore),
     /// A PostgreSQL database.
     #[cfg(feature = "postgres")]
     Postgres(aios_postgres::PgStore),
@@ -171,7 +171,7 @@ impl Store {
     /// The hash-chained audit log.
     pub(crate) fn audit_log(&self) -> Arc<dyn AuditLog> {
         match self {
-            Store::Sqlite(s, _) => Arc::new(s.audit_log()),
+            Store::Sqlite(s) => Arc::new(s.audit_log()),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Arc::new(s.audit_log()),
         }
@@ -180,7 +180,7 @@ impl Store {
     /// Run checkpoints.
     pub(crate) fn checkpoints(&self) -> Arc<dyn CheckpointStore> {
         match self {
-            Store::Sqlite(s, _) => Arc::new(s.checkpoint_store()),
+            Store::Sqlite(s) => Arc::new(s.checkpoint_store()),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Arc::new(s.checkpoint_store()),
         }
@@ -189,7 +189,7 @@ impl Store {
     /// Operator controls.
     pub(crate) fn control_store(&self) -> Arc<dyn ControlStore> {
         match self {
-            Store::Sqlite(s, _) => Arc::new(s.control_store()),
+            Store::Sqlite(s) => Arc::new(s.control_store()),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Arc::new(s.control_store()),
         }
@@ -198,7 +198,7 @@ impl Store {
     /// Approval requests.
     pub(crate) fn approvals(&self) -> Arc<dyn ApprovalStore> {
         match self {
-            Store::Sqlite(s, _) => Arc::new(s.approval_store()),
+            Store::Sqlite(s) => Arc::new(s.approval_store()),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Arc::new(s.approval_store()),
         }
@@ -210,7 +210,7 @@ impl Store {
         governor: aios_governance::Governor,
     ) -> Result<aios_orchestrator::OrchestratorBuilder, StoreError> {
         match self {
-            Store::Sqlite(s, _) => s.orchestrator(governor).await,
+            Store::Sqlite(s) => s.orchestrator(governor).await,
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => s.orchestrator(governor).await,
         }
@@ -219,7 +219,7 @@ impl Store {
     /// The memory on this store.
     pub(crate) async fn memory(&self) -> Result<aios_memory::Memory, aios_memory::MemoryError> {
         match self {
-            Store::Sqlite(s, _) => s.memory().await,
+            Store::Sqlite(s) => s.memory().await,
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => s.memory().await,
         }
@@ -228,8 +228,7 @@ impl Store {
     /// The humans' credentials in this store.
     pub(crate) fn humans(&self) -> Result<Humans, CliError> {
         match self {
-            Store::Sqlite(_, path) => Humans::open(path, self.audit_log())
-                .map_err(|e| CliError::failed(format!("store `{}`: {e}", path.display()))),
+            Store::Sqlite(s) => Ok(Humans::sqlite(s)),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Ok(Humans::postgres(s)),
         }

@@ -243,7 +243,8 @@ pub fn run(config: &Config) -> Vec<Measurement> {
 /// The body of the isolated workload.
 pub fn subprocess(config: &Config) -> Vec<Measurement> {
     let mut out = Vec::new();
-    let options = AnnOptions::default();
+    // the batches are linked into the graph by two threads (the machine has two cores)
+    let options = AnnOptions::default().threads(2);
     let n = config.pick(50_000, 1_000_000);
     measure(
         &format!("{}k clustered", n / 1000),

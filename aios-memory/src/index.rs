@@ -467,9 +467,14 @@ impl Bm25 {
     }
 }
 
-/// The indexes of one [`crate::Memory`].
 /// Rows per chunk of the vector matrix.
 const MATRIX_ROWS: usize = 16_384;
+
+/// Rows inserted together by [`Index::insert_many`] before their postings are appended: a
+/// run's postings (about 25 per record) stay in cache while they are grouped per term.
+const INSERT_RUN: usize = 1024;
+
+/// The indexes of one [`crate::Memory`].
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -660,16 +665,28 @@ impl Index {
         batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
     ) {
         let mut texts: Vec<(u32, &'a str)> = Vec::new();
-        #[cfg(feature = "ann")]
-        let first_slot = self.slot_row.len();
+        let mut first_slot = self.slot_row.len();
+        let mut rows = 0usize;
         for (record, prepared) in batch {
             let row = self.insert_row(record);
             if let Some(text) = prepared.text {
                 texts.push((row, text));
             }
+            rows += 1;
+            // in runs of a bounded size, so that one run's postings stay in cache
+            if rows % INSERT_RUN == 0 {
+                self.finish_run(&texts, first_slot);
+                texts.clear();
+                first_slot = self.slot_row.len();
+            }
         }
-        self.index_texts(&texts);
-        // the batch's new vectors into the graph, together (in parallel when configured)
+        self.finish_run(&texts, first_slot);
+    }
+
+    /// The keyword postings of a run of new rows, and its new vectors (from `first_slot`)
+    /// into the graph, together (in parallel when configured).
+    fn finish_run(&mut self, texts: &[(u32, &str)], first_slot: usize) {
+        self.index_texts(texts);
         #[cfg(feature = "ann")]
         if let (Some(ann), Some(d)) = (&mut self.ann, self.dims) {
             let rows: Vec<(&[f32], u32)> = self
@@ -687,6 +704,8 @@ impl Index {
                 .collect();
             ann.insert_many(&rows);
         }
+        #[cfg(not(feature = "ann"))]
+        let _ = first_slot;
     }
 
     /// Adds everything of one version but its keyword postings; returns its row.

@@ -185,8 +185,13 @@ impl MemoryBuilder {
             let page = store.scan(after, SCAN_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
+            // every vector of the page checked against the index's dimension (fixed by the
+            // first vector seen), then the page indexed together
             for record in &page {
                 if let Some(e) = &record.embedding {
+                    if index.dims.is_none() && record.tombstone.is_none() {
+                        index.dims = Some(e.len());
+                    }
                     if index.check_dims(e.len()).is_err() {
                         return Err(StoreError::Corrupt {
                             location: format!("memory {} version {}", record.id, record.version),
@@ -199,8 +204,8 @@ impl MemoryBuilder {
                         .into());
                     }
                 }
-                index.insert(record, Prepared::of(record));
             }
+            index.insert_many(page.iter().map(|r| (r, Prepared::of(r))));
         }
         Ok(Memory {
             inner: Arc::new(Inner {

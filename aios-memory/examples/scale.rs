@@ -289,28 +289,48 @@ fn measure(approx: &Memory, qs: &[Vec<f32>]) {
     for (name, scope) in [("all", None), ("scope half", Some(&half))] {
         let (mut found, mut wanted) = (0usize, 0usize);
         let (mut ann_t, mut exact_t) = (Vec::new(), Vec::new());
-        for v in qs {
-            let mut q = RecallQuery::vector(v.clone())
+        let query = |v: &[f32]| {
+            let q = RecallQuery::vector(v.to_vec())
                 .mode(RecallMode::Vector)
                 .weights(weights)
                 .k(10);
-            if let Some(s) = scope {
-                q = q.in_scope(s.clone());
+            match scope {
+                Some(s) => q.in_scope(s.clone()),
+                None => q,
             }
-            let ids = |m: &Memory| -> Vec<aios_core::MemoryId> {
-                futures::executor::block_on(m.recall(&q))
-                    .map(|h| h.into_iter().map(|h| h.record.id).collect())
-                    .unwrap_or_default()
-            };
+        };
+        let ids = |m: &Memory, q: &RecallQuery| -> Vec<aios_core::MemoryId> {
+            futures::executor::block_on(m.recall(q))
+                .map(|h| h.into_iter().map(|h| h.record.id).collect())
+                .unwrap_or_default()
+        };
+        // the approximate queries in one pass and the exact ones in another, so that the
+        // thread's CPU time over each pass gives a mean CPU time per query that the
+        // machine's load does not inflate
+        let cpu = thread_cpu();
+        let mut gots = Vec::new();
+        for v in qs {
+            let q = query(v);
             let t = Instant::now();
-            let got = ids(approx);
+            gots.push(ids(approx, &q));
             ann_t.push(t.elapsed());
+        }
+        let ann_cpu = thread_cpu().saturating_sub(cpu);
+        let cpu = thread_cpu();
+        for (v, got) in qs.iter().zip(&gots) {
+            let q = query(v);
             let t = Instant::now();
-            let want = ids(&exact);
+            let want = ids(&exact, &q);
             exact_t.push(t.elapsed());
             wanted += want.len();
             found += want.iter().filter(|id| got.contains(id)).count();
         }
+        let exact_cpu = thread_cpu().saturating_sub(cpu);
+        println!(
+            "  {name}: mean CPU per query: ann {:.3}ms, exact {:.3}ms",
+            ann_cpu.as_secs_f64() * 1e3 / qs.len().max(1) as f64,
+            exact_cpu.as_secs_f64() * 1e3 / qs.len().max(1) as f64
+        );
         ann_t.sort();
         exact_t.sort();
         let p = |v: &[Duration], q: f64| {

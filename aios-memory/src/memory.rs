@@ -369,10 +369,16 @@ impl Memory {
     }
 
     /// Remembers many records, in order, each exactly as [`Memory::remember`] would: each is
-    /// validated, written, indexed and audited on its own, and one with [`NewMemory::id`]
-    /// set is idempotent (a repeat returns the record already written). Records without an
+    /// validated, written and audited on its own, and one with [`NewMemory::id`] set is
+    /// idempotent (a repeat returns the record already written). Records without an
     /// embedding are embedded in one call to the embedder. Returns the records in input
     /// order.
+    ///
+    /// The batch is indexed together once it is written (recall sees it when the call
+    /// returns, or, after a failure, before the error returns): the keyword postings are
+    /// appended per term rather than per record, and with an approximate index the new
+    /// vectors are linked as one batch (by several threads with `AnnOptions::threads`). The
+    /// result is the index single writes build.
     ///
     /// Every record is validated before anything is written, so an invalid one fails the
     /// call with nothing written. A failure while writing (the store, the audit log) stops

@@ -347,6 +347,76 @@ fn measure(approx: &Memory, qs: &[Vec<f32>]) {
     }
 }
 
+/// Builds `n` vectors around `centres` centres and measures recall@10 of wider searches:
+/// a query asking for `k = width` hits searches at least that wide, and its first ten hits
+/// (re-scored exactly, best first) are the best ten of what that search found.
+fn ann_width(n: usize, centres: usize, options: AnnOptions) {
+    let approx = open(Some(options), None);
+    let mut gen = Gen::new(11, centres);
+    let mut qgen = Gen {
+        rng: SeededRng::new(99),
+        centres: gen.centres.clone(),
+    };
+    let qs: Vec<Vec<f32>> = (0..100).map(|_| qgen.draw()).collect();
+    let t0 = Instant::now();
+    let mut i = 0usize;
+    while i < n {
+        let batch: Vec<NewMemory> = (i..(i + 1000).min(n))
+            .map(|j| {
+                NewMemory::new(
+                    Scope::parse(SCOPES[j % SCOPES.len()]).unwrap_or_default(),
+                    Tier::Project,
+                    format!("vector {j}"),
+                    Principal::System,
+                )
+                .embedding(gen.draw())
+            })
+            .collect();
+        i += batch.len();
+        let _ = futures::executor::block_on(approx.remember_many(batch));
+    }
+    println!(
+        "ANN-WIDTH n={n} centres={centres} ({} per centre) built in {:.0}s, {options:?}",
+        n / centres.max(1),
+        t0.elapsed().as_secs_f64()
+    );
+    let exact = open(None, Some(approx.store().clone()));
+    let weights = RecallWeights {
+        recency: 0.0,
+        importance: 0.0,
+        ..RecallWeights::default()
+    };
+    let top = |m: &Memory, v: &[f32], k: usize| -> Vec<aios_core::MemoryId> {
+        let q = RecallQuery::vector(v.to_vec())
+            .mode(RecallMode::Vector)
+            .weights(weights)
+            .k(k);
+        futures::executor::block_on(m.recall(&q))
+            .map(|h| h.into_iter().take(10).map(|h| h.record.id).collect())
+            .unwrap_or_default()
+    };
+    let wants: Vec<Vec<aios_core::MemoryId>> = qs.iter().map(|v| top(&exact, v, 10)).collect();
+    for width in [10, 96, 192, 384, 768] {
+        let (mut found, mut wanted) = (0usize, 0usize);
+        let mut times = Vec::new();
+        for (v, want) in qs.iter().zip(&wants) {
+            let t = Instant::now();
+            let got = top(&approx, v, width);
+            times.push(t.elapsed());
+            wanted += want.len();
+            found += want.iter().filter(|id| got.contains(id)).count();
+        }
+        times.sort();
+        println!(
+            "  width {width}: recall@10={:.3} p50={:.3}ms (fetching {width} hits)",
+            found as f64 / wanted.max(1) as f64,
+            times
+                .get(times.len() / 2)
+                .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<usize>().ok());
@@ -373,6 +443,11 @@ fn main() {
                 .filter(|c| *c < n)
                 .collect();
             ann(n, num(2).unwrap_or(200), o, &checkpoints)
+        }
+        Some("ann-width") => {
+            // scale ann-width N centres [threads]
+            let o = AnnOptions::default().threads(num(3).unwrap_or(1));
+            ann_width(num(1).unwrap_or(100_000), num(2).unwrap_or(200), o)
         }
         _ => eprintln!(
             "usage: scale write N [batch] | scale ann N [queries] [ef_search] [threads] [ef_construction] [connections]"

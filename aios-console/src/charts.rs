@@ -1,4 +1,5 @@
-//! Charts as SVG, drawn on the server: horizontal bars and a gauge. Every label is escaped
+//! Charts as SVG, drawn on the server: horizontal bars, a gauge, budget burn and lines over
+//! time. Every label is escaped
 //! by the template; every number is clamped so a bad figure cannot draw outside the chart.
 
 use maud::{html, Markup};
@@ -72,6 +73,166 @@ pub fn gauge(title: &str, ratio: Option<f64>) -> Markup {
     }
 }
 
+/// One dimension of a budget in a [`burn_chart`]: what is used (committed) and reserved
+/// (held by calls in flight) against the limit, in one unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurnRow {
+    /// What is limited (`cost`).
+    pub label: String,
+    /// Committed in the current period.
+    pub used: f64,
+    /// Reserved and not yet settled.
+    pub reserved: f64,
+    /// The limit (`None`: unlimited; the row then shows the figures without a bar).
+    pub limit: Option<f64>,
+    /// The figures as shown (`12.00 used + 3.00 reserved of 50.00`).
+    pub text: String,
+}
+
+const BURN_ROW: f64 = 34.0;
+
+/// A budget's burn: per dimension a track for the limit, the used part, the reserved part
+/// after it (together past the limit: drawn to the limit in the warning colour), and, when
+/// the budget resets by period, a marker at `elapsed`, the share of the period gone, so
+/// spending ahead of time shows at a glance.
+pub fn burn_chart(title: &str, rows: &[BurnRow], elapsed: Option<f64>) -> Markup {
+    let top = if elapsed.is_some() { 16.0 } else { 4.0 };
+    let height = (rows.len().max(1) as f64) * BURN_ROW + top + 4.0;
+    let elapsed = elapsed.filter(|e| e.is_finite()).map(|e| e.clamp(0.0, 1.0));
+    html! {
+        svg class="chart burn" xmlns="http://www.w3.org/2000/svg" role="img"
+            width=(WIDTH) height=(height) viewBox={ "0 0 " (WIDTH) " " (height) } {
+            title { (title) }
+            @if rows.is_empty() {
+                text x="4" y=(top + 14.0) class="chart-empty" { "no limits set" }
+            }
+            @for (i, r) in rows.iter().enumerate() {
+                @let y = i as f64 * BURN_ROW + top;
+                text x=(LABEL - 6.0) y=(y + 13.0) text-anchor="end" class="chart-label" { (r.label) }
+                @match r.limit.filter(|l| l.is_finite() && *l > 0.0) {
+                    Some(limit) => {
+                        @let used = scaled(r.used, limit);
+                        @let reserved = scaled(r.used + r.reserved.max(0.0), limit) - used;
+                        @let over = r.used + r.reserved.max(0.0) > limit;
+                        rect x=(LABEL) y=(y) width=(PLOT) height="18" class="chart-track" {}
+                        rect x=(LABEL) y=(y) width=(used) height="18"
+                            class=(if over { "chart-bar over" } else { "chart-bar" }) {}
+                        rect x=(LABEL + used) y=(y) width=(reserved) height="18" class="chart-reserved" {}
+                    }
+                    None => {
+                        @if r.limit == Some(0.0) {
+                            rect x=(LABEL) y=(y) width=(PLOT) height="18" class="chart-bar over" {}
+                        }
+                    }
+                }
+                text x=(LABEL) y=(y + 30.0) class="chart-value" { (r.text) }
+            }
+            @if let Some(e) = elapsed {
+                @let x = LABEL + e * PLOT;
+                line x1=(x) y1=(top - 4.0) x2=(x) y2=(height - 2.0) class="chart-now" {}
+                text x=(x) y="10" text-anchor="middle" class="chart-value" {
+                    (format!("{:.0}% of the period gone", e * 100.0))
+                }
+            }
+        }
+    }
+}
+
+/// One point of a [`line_chart`]: a label on the time axis (`2026-11-30`) and the value
+/// (`None`: nothing to measure that bucket, drawn as a gap).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The bucket's label.
+    pub label: String,
+    /// The value, in the chart's unit.
+    pub value: Option<f64>,
+}
+
+const LINE_HEIGHT: f64 = 180.0;
+const LINE_LEFT: f64 = 70.0;
+const LINE_BOTTOM: f64 = 34.0;
+
+/// A value over time: one point per bucket, joined where consecutive buckets have values,
+/// on an axis from 0 to `max` (or to the largest value), with `unit` formatting the axis and
+/// the points' labels. An empty series draws a chart that says there is nothing to show.
+pub fn line_chart(
+    title: &str,
+    points: &[Point],
+    max: Option<f64>,
+    unit: &dyn Fn(f64) -> String,
+) -> Markup {
+    let values = || {
+        points
+            .iter()
+            .filter_map(|p| p.value)
+            .filter(|v| v.is_finite())
+    };
+    let largest = values().fold(0.0_f64, f64::max);
+    let max = max
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .unwrap_or(largest)
+        .max(f64::MIN_POSITIVE);
+    let plot_w = WIDTH - LINE_LEFT - 20.0;
+    let plot_h = LINE_HEIGHT - LINE_BOTTOM - 14.0;
+    let step = if points.len() > 1 {
+        plot_w / (points.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let x = |i: usize| {
+        if points.len() > 1 {
+            LINE_LEFT + i as f64 * step
+        } else {
+            LINE_LEFT + plot_w / 2.0
+        }
+    };
+    let y = |v: f64| 14.0 + plot_h - (v.clamp(0.0, max) / max) * plot_h;
+    // the runs of consecutive points with values, each a polyline
+    let mut segments: Vec<String> = vec![];
+    let mut current = String::new();
+    for (i, p) in points.iter().enumerate() {
+        match p.value.filter(|v| v.is_finite()) {
+            Some(v) => current.push_str(&format!("{:.1},{:.1} ", x(i), y(v))),
+            None if !current.is_empty() => segments.push(std::mem::take(&mut current)),
+            None => {}
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    // at most about eight labels on the time axis
+    let every = points.len().div_ceil(8).max(1);
+    html! {
+        svg class="chart line" xmlns="http://www.w3.org/2000/svg" role="img"
+            width=(WIDTH) height=(LINE_HEIGHT) viewBox={ "0 0 " (WIDTH) " " (LINE_HEIGHT) } {
+            title { (title) }
+            @if values().next().is_none() {
+                text x=(LINE_LEFT) y="40" class="chart-empty" { "nothing to show yet" }
+            } @else {
+                @for f in [0.0, 0.5, 1.0] {
+                    line x1=(LINE_LEFT) x2=(LINE_LEFT + plot_w) y1=(y(max * f)) y2=(y(max * f)) class="chart-grid" {}
+                    text x=(LINE_LEFT - 6.0) y=(y(max * f) + 4.0) text-anchor="end" class="chart-value" { (unit(max * f)) }
+                }
+                @for s in &segments {
+                    polyline points=(s.trim_end()) class="chart-line" {}
+                }
+                @for (i, p) in points.iter().enumerate() {
+                    @if let Some(v) = p.value.filter(|v| v.is_finite()) {
+                        circle cx=(x(i)) cy=(y(v)) r="3" class="chart-point" {
+                            title { (p.label) ": " (unit(v)) }
+                        }
+                    }
+                }
+            }
+            @for (i, p) in points.iter().enumerate() {
+                @if i % every == 0 || i + 1 == points.len() {
+                    text x=(x(i)) y=(LINE_HEIGHT - 12.0) text-anchor="middle" class="chart-label" { (p.label) }
+                }
+            }
+        }
+    }
+}
+
 fn scaled(value: f64, max: f64) -> f64 {
     if !value.is_finite() || value <= 0.0 || max <= 0.0 {
         return 0.0;
@@ -120,5 +281,102 @@ mod tests {
         let over = gauge("b", Some(1.5)).into_string();
         assert!(over.contains("over") && over.contains("150%"), "{over}");
         assert!(gauge("b", None).into_string().contains("no limit"));
+    }
+    #[test]
+    fn burn_rows_stack_used_and_reserved_within_the_limit() {
+        let row = |used: f64, reserved: f64, limit: Option<f64>| BurnRow {
+            label: "cost".into(),
+            used,
+            reserved,
+            limit,
+            text: "t".into(),
+        };
+        let svg = burn_chart("b", &[row(25.0, 25.0, Some(100.0))], Some(0.5)).into_string();
+        assert!(svg.contains(&format!("width=\"{}\"", PLOT / 4.0)), "{svg}");
+        assert!(svg.contains("chart-reserved"), "{svg}");
+        assert!(svg.contains("50% of the period gone"), "{svg}");
+        // over the limit: drawn to the limit, in the warning colour, never past it
+        let over = burn_chart("b", &[row(80.0, 60.0, Some(100.0))], None).into_string();
+        assert!(over.contains("chart-bar over"), "{over}");
+        assert!(
+            over.contains(&format!("width=\"{}\"", PLOT * 0.8)),
+            "{over}"
+        );
+        assert!(!over.contains("period gone"), "{over}");
+        let r = (PLOT - PLOT * 0.8).to_string();
+        assert!(over.contains(&format!("width=\"{r}\"")), "{over}");
+        // bad figures draw nothing outside; unlimited rows draw no bar
+        let bad = burn_chart(
+            "b",
+            &[row(f64::NAN, -5.0, Some(100.0)), row(3.0, 0.0, None)],
+            Some(7.0),
+        )
+        .into_string();
+        assert!(!bad.contains("NaN") && !bad.contains("width=\"-"), "{bad}");
+        assert!(bad.contains("100% of the period gone"), "{bad}");
+        assert!(burn_chart("b", &[], None)
+            .into_string()
+            .contains("no limits set"));
+        let hostile = burn_chart(
+            "<b>",
+            &[BurnRow {
+                label: "<script>".into(),
+                ..row(1.0, 0.0, None)
+            }],
+            None,
+        )
+        .into_string();
+        assert!(
+            !hostile.contains("<script>") && hostile.contains("&lt;script&gt;"),
+            "{hostile}"
+        );
+    }
+
+    #[test]
+    fn lines_break_at_gaps_and_stay_on_the_axis() {
+        let p = |label: &str, value: Option<f64>| Point {
+            label: label.into(),
+            value,
+        };
+        let unit = |v: f64| format!("{v:.0}%");
+        let svg = line_chart(
+            "autonomy",
+            &[
+                p("d1", Some(50.0)),
+                p("d2", Some(100.0)),
+                p("d3", None),
+                p("d4", Some(250.0)),
+            ],
+            Some(100.0),
+            &unit,
+        )
+        .into_string();
+        assert_eq!(
+            svg.matches("<polyline").count(),
+            2,
+            "a gap splits the line: {svg}"
+        );
+        assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+        // 250 on an axis to 100 is drawn at the top, not above the chart
+        assert!(!svg.contains(",-"), "{svg}");
+        assert!(
+            svg.contains("d1") && svg.contains("d4") && svg.contains("100%"),
+            "{svg}"
+        );
+        let empty = line_chart("t", &[p("d1", None)], None, &unit).into_string();
+        assert!(empty.contains("nothing to show"), "{empty}");
+        let hostile = line_chart("t", &[p("<i>x</i>", Some(1.0))], None, &unit).into_string();
+        assert!(
+            !hostile.contains("<i>") && hostile.contains("&lt;i&gt;"),
+            "{hostile}"
+        );
+        let one = line_chart(
+            "t",
+            &[p("only", Some(f64::INFINITY)), p("b", Some(0.0))],
+            None,
+            &unit,
+        )
+        .into_string();
+        assert!(!one.contains("inf") && !one.contains("NaN"), "{one}");
     }
 }

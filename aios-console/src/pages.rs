@@ -17,12 +17,12 @@ use crate::charts::{bar_chart, gauge, Bar};
 use crate::security::{self, cookie, same_secret, set_cookie, Session, LOGIN_COOKIE};
 use crate::{Console, SESSION_COOKIE};
 
-type S = State<Arc<Console>>;
+pub(crate) type S = State<Arc<Console>>;
 
 const CSS: &str = include_str!("console.css");
 
 impl Console {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.base_path)
     }
 
@@ -34,7 +34,7 @@ impl Console {
 
     /// The session of a page view, or a redirect to the login page.
     #[allow(clippy::result_large_err)]
-    fn viewer(&self, headers: &HeaderMap) -> Result<Session, Response> {
+    pub(crate) fn viewer(&self, headers: &HeaderMap) -> Result<Session, Response> {
         self.session(headers)
             .map(|(_, s)| s)
             .ok_or_else(|| redirect(&self.url("/login")))
@@ -42,7 +42,7 @@ impl Console {
 
     /// The session of a POST whose form carries `csrf`, or 403 with nothing done.
     #[allow(clippy::result_large_err)]
-    fn poster(
+    pub(crate) fn poster(
         &self,
         headers: &HeaderMap,
         csrf: Option<&str>,
@@ -64,7 +64,7 @@ impl Console {
         }
     }
 
-    fn page(&self, title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    pub(crate) fn page(&self, title: &str, session: Option<&Session>, body: Markup) -> Markup {
         html! {
             (DOCTYPE)
             html lang="en" {
@@ -81,6 +81,7 @@ impl Console {
                             nav {
                                 a href=(self.url("/approvals")) { "Approvals" }
                                 a href=(self.url("/runs")) { "Runs" }
+                                a href=(self.url("/budgets")) { "Budgets" }
                                 a href=(self.url("/controls")) { "Controls" }
                                 a href=(self.url("/audit")) { "Audit" }
                                 a href=(self.url("/memory")) { "Memory" }
@@ -103,15 +104,15 @@ impl Console {
     }
 }
 
-fn redirect(to: &str) -> Response {
+pub(crate) fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
-fn html_response(status: StatusCode, markup: Markup) -> Response {
+pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
-fn message(
+pub(crate) fn message(
     c: &Console,
     status: StatusCode,
     session: Option<&Session>,
@@ -128,7 +129,12 @@ fn forbidden(c: &Console, session: Option<&Session>, text: &str) -> Response {
     message(c, StatusCode::FORBIDDEN, session, "Refused", text)
 }
 
-fn failed(c: &Console, session: &Session, what: &str, e: impl std::fmt::Display) -> Response {
+pub(crate) fn failed(
+    c: &Console,
+    session: &Session,
+    what: &str,
+    e: impl std::fmt::Display,
+) -> Response {
     tracing::warn!("console: {what}: {e}");
     message(
         c,
@@ -139,7 +145,7 @@ fn failed(c: &Console, session: &Session, what: &str, e: impl std::fmt::Display)
     )
 }
 
-fn time(t: &aios_core::Timestamp) -> String {
+pub(crate) fn time(t: &aios_core::Timestamp) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -166,7 +172,7 @@ fn status_text(status: &RunStatus) -> String {
     }
 }
 
-fn plural(n: usize) -> &'static str {
+pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
     } else {
@@ -461,19 +467,33 @@ fn approval_card(c: &Console, s: &Session, p: &PendingApproval) -> Markup {
     }
 }
 
-/// Renders the inbox page for `s` (public to the crate for the benchmark's sake).
+/// Renders the inbox page for `s`: only the requests on the page have their runs read.
 pub(crate) async fn inbox_page(c: &Console, s: &Session, page: usize) -> Response {
-    let inbox = match c.orchestrator.inbox().await {
+    let size = c.config.page_size;
+    let read = |page: usize| {
+        let offset = page.saturating_sub(1).saturating_mul(size);
+        c.orchestrator.inbox_page(offset, size)
+    };
+    let mut page = page.max(1);
+    let mut inbox = match read(page).await {
         Ok(i) => i,
         Err(e) => return failed(c, s, "the inbox could not be read", e),
     };
-    let (shown, page, pages) = paginate(&inbox, page, c.config.page_size);
+    let pages = inbox.total.div_ceil(size).max(1);
+    if page > pages {
+        // past the end (the inbox shrank, or a hand-made link): show the last page
+        page = pages;
+        inbox = match read(page).await {
+            Ok(i) => i,
+            Err(e) => return failed(c, s, "the inbox could not be read", e),
+        };
+    }
     let body = html! {
-        @if inbox.is_empty() {
+        @if inbox.total == 0 {
             p.empty { "Nothing waits for a human." }
         } @else {
-            p { (inbox.len()) " pending, oldest first." }
-            @for p in shown { (approval_card(c, s, p)) }
+            p { (inbox.total) " pending, oldest first." }
+            @for p in &inbox.approvals { (approval_card(c, s, p)) }
             (pager(c, "/approvals", "", page, pages))
         }
     };

@@ -1363,6 +1363,7 @@ async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> 
     let auth = Arc::new(StoreHumans(std::sync::Mutex::new(ctx.humans()?)));
     let mut b = aios_console::Console::builder(orchestrator, auth)
         .controls(controls)
+        .budgets(Arc::new(store.budget_ledger(Arc::new(SystemClock))))
         .memory(memory);
     for (n, id) in &plan.ids.pathways {
         b = b.control_target(format!("pathway {n}"), ControlTarget::Pathway(*id));

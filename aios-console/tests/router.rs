@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_console::{Console, ConsoleConfig, CONTENT_SECURITY_POLICY};
-use aios_core::{Clock, ManualClock, RunId};
+use aios_core::{Clock, ManualClock, RunId, SystemClock};
 use aios_governance::{ControlTarget, Controls};
 use aios_orchestrator::Orchestrator;
 use aios_sqlite::SqliteStore;
@@ -52,6 +52,7 @@ async fn app(name: &str, config: ConsoleConfig) -> App {
         .clock(clock.clone())
         .controls(controls.clone())
         .memory(store.memory().await.unwrap())
+        .budgets(Arc::new(store.budget_ledger(Arc::new(SystemClock))))
         .human("alice")
         .on_decided(Arc::new(move |run| {
             let tx = tx.clone();
@@ -763,4 +764,125 @@ async fn the_audit_page_shows_the_head_and_verifies_the_chain() {
     );
     let (_, _, body) = send(&a.router, get("/audit?verify=1", Some(&session))).await;
     assert!(body.contains("Intact"), "{body}");
+}
+
+/// The workspace with a role budget whose key and parent are markup.
+const HOSTILE_BUDGET: &str = r#"
+[[governance.budgets]]
+key = "<script>window.__xss=3</script>"
+scope = { role = "outreach" }
+period = "day"
+limits = { tool_calls = 10 }
+alerts = [80]
+
+[[governance.budgets]]
+key = "per-run"
+scope = "run"
+limits = { tool_calls = 20, spend = "5.00" }
+"#;
+
+#[tokio::test]
+async fn the_budgets_page_shows_each_budget_with_its_burn_and_hostile_names_as_text() {
+    let dir = Dir::new("budgets");
+    let store = SqliteStore::open(dir.store()).unwrap();
+    let toml = aios_workspace::SOLO_CONSULTANCY_TOML.replacen(
+        "[[implementation.phases]]",
+        &format!("{HOSTILE_BUDGET}\n[[implementation.phases]]"),
+        1,
+    );
+    let plan = plan_of(&toml);
+    let mail = mail_connector(&plan);
+    let orchestrator = host_with(&store, &mail, &plan).await;
+    // one run parks on the mail, is approved and sends it; another stays parked
+    let first = start_proposal(&orchestrator).await;
+    start_proposal(&orchestrator).await;
+    let request = orchestrator.inbox().await.unwrap()[0].id;
+    let done = orchestrator
+        .submit_approval(
+            request,
+            aios_core::HumanId::from_name("alice"),
+            aios_governance::ApprovalResponse::Approve,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.run, first);
+    assert_eq!(done.status, aios_orchestrator::RunStatus::Completed);
+    let ledger: Arc<dyn aios_governance::BudgetLedger> =
+        Arc::new(store.budget_ledger(Arc::new(SystemClock)));
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-12-16T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    ));
+    let router = Console::builder(orchestrator.clone(), tokens())
+        .config(config())
+        .clock(clock.clone())
+        .budgets(ledger.clone())
+        .build()
+        .router();
+    let (_, session, _) = login(&router, ALICE).await;
+    let session = session.unwrap();
+    let (status, _, body) = send(&router, get("/budgets", Some(&session))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // the hostile key is text, never markup
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(
+        body.contains("&lt;script&gt;window.__xss=3&lt;/script&gt;"),
+        "{body}"
+    );
+    // the organisation's monthly budget: limits from the ledger, the month's window
+    assert!(
+        body.contains("company") && body.contains("monthly"),
+        "{body}"
+    );
+    assert!(
+        body.contains("2026-12-01 00:00:00 UTC") && body.contains("2027-01-01 00:00:00 UTC"),
+        "{body}"
+    );
+    assert!(
+        body.contains("50% of the period gone"),
+        "the 16th at noon of 31 days: {body}"
+    );
+    assert!(
+        body.contains("of 50.00") && body.contains("of 8000.00"),
+        "{body}"
+    );
+    // the role budget: the tool calls its agent made, as the ledger counts them
+    let role = aios_governance::BudgetKey::Role(aios_core::RoleId::from_name("outreach"));
+    let used = ledger
+        .usage(role)
+        .await
+        .unwrap()
+        .unwrap()
+        .committed
+        .tool_calls;
+    assert_eq!(used, 1, "the mail sent");
+    assert!(body.contains("1 used + 0 reserved of 10 (10%)"), "{body}");
+    assert!(
+        body.contains("daily") && body.contains("2026-12-16 00:00:00 UTC"),
+        "{body}"
+    );
+    // the per-run limits, without usage
+    assert!(
+        body.contains("Limit per run") && body.contains("5.00"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("<svg").count(),
+        2,
+        "one burn chart per budget in force: {body}"
+    );
+
+    // without a ledger the page says so; without a session it asks for one
+    let bare = Console::builder(orchestrator, tokens())
+        .config(config())
+        .build()
+        .router();
+    let (_, session2, _) = login(&bare, ALICE).await;
+    let (status, _, body) = send(&bare, get("/budgets", session2.as_deref())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("without the budget ledger"), "{body}");
+    let (status, h, _) = send(&router, get("/budgets", None)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/login");
 }

@@ -138,95 +138,108 @@ pub fn burn_chart(title: &str, rows: &[BurnRow], elapsed: Option<f64>) -> Markup
     }
 }
 
-/// One point of a [`line_chart`]: a label on the time axis (`2026-11-30`) and the value
-/// (`None`: nothing to measure that bucket, drawn as a gap).
+/// One line of a [`line_chart`]: its name (for the legend) and one value per label of the
+/// time axis (`None`: nothing to measure in that bucket, drawn as a gap).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Point {
-    /// The bucket's label.
-    pub label: String,
-    /// The value, in the chart's unit.
-    pub value: Option<f64>,
+pub struct Series {
+    /// What the line is (`median`).
+    pub name: String,
+    /// The values, one per label.
+    pub values: Vec<Option<f64>>,
 }
 
-const LINE_HEIGHT: f64 = 180.0;
+const LINE_HEIGHT: f64 = 190.0;
 const LINE_LEFT: f64 = 70.0;
 const LINE_BOTTOM: f64 = 34.0;
+const LINE_TOP: f64 = 24.0;
 
-/// A value over time: one point per bucket, joined where consecutive buckets have values,
-/// on an axis from 0 to `max` (or to the largest value), with `unit` formatting the axis and
-/// the points' labels. An empty series draws a chart that says there is nothing to show.
+/// Values over time: one point per label of the time axis (`2026-11-30`), joined where
+/// consecutive buckets have values, one line per series (at most four are drawn), on an
+/// axis from 0 to `max` (or to the largest value), `unit` formatting the axis and the
+/// points' tooltips. Without any value it draws a chart that says there is nothing to show.
 pub fn line_chart(
     title: &str,
-    points: &[Point],
+    labels: &[String],
+    series: &[Series],
     max: Option<f64>,
     unit: &dyn Fn(f64) -> String,
 ) -> Markup {
+    let series = &series[..series.len().min(4)];
+    let finite = |v: &Option<f64>| v.filter(|v| v.is_finite());
     let values = || {
-        points
+        series
             .iter()
-            .filter_map(|p| p.value)
-            .filter(|v| v.is_finite())
+            .flat_map(|s| s.values.iter().filter_map(finite))
     };
     let largest = values().fold(0.0_f64, f64::max);
     let max = max
         .filter(|m| m.is_finite() && *m > 0.0)
         .unwrap_or(largest)
         .max(f64::MIN_POSITIVE);
+    let n = labels.len();
     let plot_w = WIDTH - LINE_LEFT - 20.0;
-    let plot_h = LINE_HEIGHT - LINE_BOTTOM - 14.0;
-    let step = if points.len() > 1 {
-        plot_w / (points.len() - 1) as f64
-    } else {
-        0.0
-    };
+    let plot_h = LINE_HEIGHT - LINE_BOTTOM - LINE_TOP;
     let x = |i: usize| {
-        if points.len() > 1 {
-            LINE_LEFT + i as f64 * step
+        if n > 1 {
+            LINE_LEFT + i as f64 * plot_w / (n - 1) as f64
         } else {
             LINE_LEFT + plot_w / 2.0
         }
     };
-    let y = |v: f64| 14.0 + plot_h - (v.clamp(0.0, max) / max) * plot_h;
-    // the runs of consecutive points with values, each a polyline
-    let mut segments: Vec<String> = vec![];
-    let mut current = String::new();
-    for (i, p) in points.iter().enumerate() {
-        match p.value.filter(|v| v.is_finite()) {
-            Some(v) => current.push_str(&format!("{:.1},{:.1} ", x(i), y(v))),
-            None if !current.is_empty() => segments.push(std::mem::take(&mut current)),
-            None => {}
-        }
-    }
-    if !current.is_empty() {
-        segments.push(current);
-    }
+    let y = |v: f64| LINE_TOP + plot_h - (v.clamp(0.0, max) / max) * plot_h;
+    // per series, the runs of consecutive points with values, each a polyline
+    let lines: Vec<Vec<String>> = series
+        .iter()
+        .map(|s| {
+            let mut segments = vec![];
+            let mut current = String::new();
+            for (i, v) in s.values.iter().take(n).enumerate() {
+                match finite(v) {
+                    Some(v) => current.push_str(&format!("{:.1},{:.1} ", x(i), y(v))),
+                    None if !current.is_empty() => segments.push(std::mem::take(&mut current)),
+                    None => {}
+                }
+            }
+            if !current.is_empty() {
+                segments.push(current);
+            }
+            segments
+        })
+        .collect();
     // at most about eight labels on the time axis
-    let every = points.len().div_ceil(8).max(1);
+    let every = n.div_ceil(8).max(1);
     html! {
         svg class="chart line" xmlns="http://www.w3.org/2000/svg" role="img"
             width=(WIDTH) height=(LINE_HEIGHT) viewBox={ "0 0 " (WIDTH) " " (LINE_HEIGHT) } {
             title { (title) }
             @if values().next().is_none() {
-                text x=(LINE_LEFT) y="40" class="chart-empty" { "nothing to show yet" }
+                text x=(LINE_LEFT) y="50" class="chart-empty" { "nothing to show yet" }
             } @else {
                 @for f in [0.0, 0.5, 1.0] {
                     line x1=(LINE_LEFT) x2=(LINE_LEFT + plot_w) y1=(y(max * f)) y2=(y(max * f)) class="chart-grid" {}
                     text x=(LINE_LEFT - 6.0) y=(y(max * f) + 4.0) text-anchor="end" class="chart-value" { (unit(max * f)) }
                 }
-                @for s in &segments {
-                    polyline points=(s.trim_end()) class="chart-line" {}
-                }
-                @for (i, p) in points.iter().enumerate() {
-                    @if let Some(v) = p.value.filter(|v| v.is_finite()) {
-                        circle cx=(x(i)) cy=(y(v)) r="3" class="chart-point" {
-                            title { (p.label) ": " (unit(v)) }
+                @for (k, (s, segments)) in series.iter().zip(&lines).enumerate() {
+                    @let class = format!("chart-line s{k}");
+                    @for seg in segments {
+                        polyline points=(seg.trim_end()) class=(class) {}
+                    }
+                    @for (i, v) in s.values.iter().take(n).enumerate() {
+                        @if let Some(v) = finite(v) {
+                            circle cx=(x(i)) cy=(y(v)) r="3" class={ "chart-point s" (k) } {
+                                title { (labels[i]) " " (s.name) ": " (unit(v)) }
+                            }
                         }
+                    }
+                    @if series.len() > 1 {
+                        rect x=(LINE_LEFT + k as f64 * 130.0) y="6" width="10" height="10" class={ "chart-key s" (k) } {}
+                        text x=(LINE_LEFT + k as f64 * 130.0 + 14.0) y="15" class="chart-label" { (s.name) }
                     }
                 }
             }
-            @for (i, p) in points.iter().enumerate() {
-                @if i % every == 0 || i + 1 == points.len() {
-                    text x=(x(i)) y=(LINE_HEIGHT - 12.0) text-anchor="middle" class="chart-label" { (p.label) }
+            @for (i, l) in labels.iter().enumerate() {
+                @if i % every == 0 || i + 1 == n {
+                    text x=(x(i)) y=(LINE_HEIGHT - 12.0) text-anchor="middle" class="chart-label" { (l) }
                 }
             }
         }
@@ -334,49 +347,76 @@ mod tests {
 
     #[test]
     fn lines_break_at_gaps_and_stay_on_the_axis() {
-        let p = |label: &str, value: Option<f64>| Point {
-            label: label.into(),
-            value,
+        let labels: Vec<String> = ["d1", "d2", "d3", "d4"].map(String::from).to_vec();
+        let line = |name: &str, values: Vec<Option<f64>>| Series {
+            name: name.into(),
+            values,
         };
         let unit = |v: f64| format!("{v:.0}%");
-        let svg = line_chart(
+        let one = [line(
             "autonomy",
-            &[
-                p("d1", Some(50.0)),
-                p("d2", Some(100.0)),
-                p("d3", None),
-                p("d4", Some(250.0)),
-            ],
-            Some(100.0),
-            &unit,
-        )
-        .into_string();
+            vec![Some(50.0), Some(100.0), None, Some(250.0)],
+        )];
+        let svg = line_chart("autonomy", &labels, &one, Some(100.0), &unit).into_string();
         assert_eq!(
             svg.matches("<polyline").count(),
             2,
             "a gap splits the line: {svg}"
         );
         assert_eq!(svg.matches("<circle").count(), 3, "{svg}");
+        assert!(!svg.contains("chart-key"), "no legend for one line: {svg}");
         // 250 on an axis to 100 is drawn at the top, not above the chart
+        assert!(svg.contains(&format!(",{LINE_TOP:.1}")), "{svg}");
         assert!(!svg.contains(",-"), "{svg}");
         assert!(
             svg.contains("d1") && svg.contains("d4") && svg.contains("100%"),
             "{svg}"
         );
-        let empty = line_chart("t", &[p("d1", None)], None, &unit).into_string();
-        assert!(empty.contains("nothing to show"), "{empty}");
-        let hostile = line_chart("t", &[p("<i>x</i>", Some(1.0))], None, &unit).into_string();
+        // two lines, a legend; values beyond the labels are not drawn
+        let two = [
+            line(
+                "median",
+                vec![Some(1.0), Some(2.0), Some(3.0), Some(4.0), Some(99.0)],
+            ),
+            line("p95", vec![Some(2.0), None, None, None]),
+        ];
+        let svg = line_chart("latency", &labels, &two, None, &unit).into_string();
+        assert_eq!(svg.matches("<polyline").count(), 2, "{svg}");
+        assert_eq!(svg.matches("chart-key").count(), 2, "{svg}");
         assert!(
-            !hostile.contains("<i>") && hostile.contains("&lt;i&gt;"),
-            "{hostile}"
+            svg.contains("4%") && !svg.contains("99%"),
+            "the axis ends at 4: {svg}"
         );
-        let one = line_chart(
+        let empty =
+            line_chart("t", &labels[..1], &[line("x", vec![None])], None, &unit).into_string();
+        assert!(empty.contains("nothing to show"), "{empty}");
+        let hostile = line_chart(
             "t",
-            &[p("only", Some(f64::INFINITY)), p("b", Some(0.0))],
+            &["<i>x</i>".to_string()],
+            &[line("<b>", vec![Some(1.0)])],
             None,
             &unit,
         )
         .into_string();
-        assert!(!one.contains("inf") && !one.contains("NaN"), "{one}");
+        assert!(
+            !hostile.contains("<i>") && hostile.contains("&lt;i&gt;"),
+            "{hostile}"
+        );
+        assert!(
+            !hostile.contains("<b>") && hostile.contains("&lt;b&gt;"),
+            "{hostile}"
+        );
+        let odd = line_chart(
+            "t",
+            &labels[..2],
+            &[line("x", vec![Some(f64::INFINITY), Some(f64::NAN)])],
+            None,
+            &unit,
+        )
+        .into_string();
+        assert!(
+            odd.contains("nothing to show") && !odd.contains("NaN") && !odd.contains("inf"),
+            "{odd}"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Server-rendered pages, no JavaScript: login with a human's token, the approvals inbox
 //! (approve, edit the proposed input as JSON, reject with a reason), the runs list with a
-//! status filter and pagination, a run's page (tasks, status, the transcript), the audit
+//! status filter and pagination, a run's page (tasks, status, the transcript, pause,
+//! resume and stop of that run), the audit
 //! chain's status and head (to anchor elsewhere), the budgets with their burn, operator controls (pause, resume, stop a
 //! pathway, a role, an agent or everything, with a reason), memory search, and the
 //! operations report with charts drawn as SVG on the server.
@@ -47,7 +48,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::future::BoxFuture;
 
-pub use charts::{bar_chart, burn_chart, gauge, line_chart, Bar, BurnRow, Point};
+pub use charts::{bar_chart, burn_chart, gauge, line_chart, Bar, BurnRow, Series};
 pub use security::{CONTENT_SECURITY_POLICY, SESSION_COOKIE};
 
 /// Checks a human's credential: the human's key in the governance model, or `None` when the
@@ -57,8 +58,8 @@ pub trait Authenticator: Send + Sync {
     fn authenticate(&self, token: &str) -> Result<Option<String>, String>;
 }
 
-/// Called, on a task of its own, after an approval of `run` is decided in the console: a
-/// host that embeds the console resumes the run here.
+/// Called, on a task of its own, after an approval of `run` is decided in the console, or
+/// an operator lifted a pause on it: a host that embeds the console resumes the run here.
 pub type DecidedHook = Arc<dyn Fn(RunId) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Builds the operations report when the report page is opened.
@@ -168,6 +169,7 @@ impl Console {
             .route("/approvals/{id}", post(pages::decide))
             .route("/runs", get(pages::runs))
             .route("/runs/{id}", get(pages::run))
+            .route("/runs/{id}/control", post(pages::control_run))
             .route("/audit", get(pages::audit))
             .route("/budgets", get(budgets::budgets))
             .route("/controls", get(pages::controls).post(pages::apply_control))

@@ -431,10 +431,10 @@ fn the_current_governance_model_is_the_one_new_runs_start_under() {
     let world = World::new();
     let orch = newsletter_orchestrator(&world);
     assert_eq!(orch.governor().version(), 1);
-    let next = governor_from(&MODEL.replace(r#""version": 1"#, r#""version": 2"#));
-    orch.load_governance(next.clone(), false);
+    let next = || governor_from(&MODEL.replace(r#""version": 1"#, r#""version": 2"#));
+    orch.load_governance(next(), false);
     assert_eq!(orch.governor().version(), 1, "loaded, not current");
-    orch.load_governance(next, true);
+    orch.load_governance(next(), true);
     assert_eq!(orch.governor().version(), 2);
     let run = block_on(orch.start(newsletter())).unwrap().run;
     let state = block_on(orch.state(run)).unwrap().unwrap();

@@ -126,11 +126,13 @@ pub fn burn_chart(title: &str, rows: &[BurnRow], elapsed: Option<f64>) -> Markup
                     }
                 }
                 text x=(LABEL) y=(y + 30.0) class="chart-value" { (r.text) }
+                @if let (Some(e), true) = (elapsed, r.limit.is_some()) {
+                    // over the bar only, so the figures below stay readable
+                    line x1=(LABEL + e * PLOT) y1=(y - 2.0) x2=(LABEL + e * PLOT) y2=(y + 20.0) class="chart-now" {}
+                }
             }
             @if let Some(e) = elapsed {
-                @let x = LABEL + e * PLOT;
-                line x1=(x) y1=(top - 4.0) x2=(x) y2=(height - 2.0) class="chart-now" {}
-                text x=(x) y="10" text-anchor="middle" class="chart-value" {
+                text x=(LABEL + e * PLOT) y="10" text-anchor=(if e < 0.25 { "start" } else if e > 0.75 { "end" } else { "middle" }) class="chart-value" {
                     (format!("{:.0}% of the period gone", e * 100.0))
                 }
             }
@@ -166,17 +168,17 @@ pub fn line_chart(
 ) -> Markup {
     let series = &series[..series.len().min(4)];
     let finite = |v: &Option<f64>| v.filter(|v| v.is_finite());
+    let n = labels.len();
     let values = || {
         series
             .iter()
-            .flat_map(|s| s.values.iter().filter_map(finite))
+            .flat_map(|s| s.values.iter().take(n).filter_map(finite))
     };
     let largest = values().fold(0.0_f64, f64::max);
     let max = max
         .filter(|m| m.is_finite() && *m > 0.0)
         .unwrap_or(largest)
         .max(f64::MIN_POSITIVE);
-    let n = labels.len();
     let plot_w = WIDTH - LINE_LEFT - 20.0;
     let plot_h = LINE_HEIGHT - LINE_BOTTOM - LINE_TOP;
     let x = |i: usize| {
@@ -206,6 +208,14 @@ pub fn line_chart(
             segments
         })
         .collect();
+    // the axis at 0, half and the top, each label once (all zeros: only 0)
+    let mut ticks: Vec<(f64, String)> = vec![];
+    for f in [0.0, 0.5, 1.0] {
+        let label = unit(max * f);
+        if !matches!(ticks.last(), Some((_, l)) if *l == label) {
+            ticks.push((f, label));
+        }
+    }
     // at most about eight labels on the time axis
     let every = n.div_ceil(8).max(1);
     html! {
@@ -215,9 +225,9 @@ pub fn line_chart(
             @if values().next().is_none() {
                 text x=(LINE_LEFT) y="50" class="chart-empty" { "nothing to show yet" }
             } @else {
-                @for f in [0.0, 0.5, 1.0] {
+                @for (f, label) in &ticks {
                     line x1=(LINE_LEFT) x2=(LINE_LEFT + plot_w) y1=(y(max * f)) y2=(y(max * f)) class="chart-grid" {}
-                    text x=(LINE_LEFT - 6.0) y=(y(max * f) + 4.0) text-anchor="end" class="chart-value" { (unit(max * f)) }
+                    text x=(LINE_LEFT - 6.0) y=(y(max * f) + 4.0) text-anchor="end" class="chart-value" { (label) }
                 }
                 @for (k, (s, segments)) in series.iter().zip(&lines).enumerate() {
                     @let class = format!("chart-line s{k}");

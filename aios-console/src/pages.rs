@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use aios_core::{ApprovalId, HumanId, Money, Principal, RunId};
-use aios_governance::{ApprovalResponse, ControlAction, ControlCommand, ResponseKind};
+use aios_governance::{
+    ApprovalError, ApprovalResponse, ControlAction, ControlCommand, ResponseKind,
+};
 use aios_memory::{RecallMode, RecallQuery};
 use aios_orchestrator::{PendingApproval, RunControl, RunStatus};
 use axum::extract::{Path, Query, State};
@@ -590,19 +592,6 @@ pub(crate) async fn decide(
         }
     };
     let kind = kind_name(&response.kind());
-    match c.orchestrator.pending_approvals().await {
-        Ok(pending) if pending.iter().any(|r| r.id == approval) => {}
-        Ok(_) => {
-            return message(
-                &c,
-                StatusCode::NOT_FOUND,
-                Some(&s),
-                "Not decided",
-                &format!("no pending approval {approval} (it may have been answered or expired)"),
-            )
-        }
-        Err(e) => return failed(&c, &s, "the pending approvals could not be read", e),
-    }
     match c
         .orchestrator
         .answer_approval(approval, HumanId::from_name(&s.human), response)
@@ -615,7 +604,19 @@ pub(crate) async fn decide(
             }
             redirect(&c.url(&format!("/runs/{run}?decided={kind}")))
         }
-        Err(aios_orchestrator::OrchestratorError::UnknownApproval(_)) => message(
+        // the request is not pending (any more): unknown, answered, used or expired. Asked
+        // of the store itself, so a console does not list every pending request to check
+        Err(
+            aios_orchestrator::OrchestratorError::UnknownApproval(_)
+            | aios_orchestrator::OrchestratorError::Approval {
+                error:
+                    ApprovalError::UnknownRequest { .. }
+                    | ApprovalError::AlreadyDecided { .. }
+                    | ApprovalError::AlreadyRedeemed { .. }
+                    | ApprovalError::Expired { .. },
+                ..
+            },
+        ) => message(
             &c,
             StatusCode::NOT_FOUND,
             Some(&s),

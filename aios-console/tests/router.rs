@@ -488,6 +488,18 @@ async fn approving_records_the_decision_and_calls_the_hook() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let unknown = aios_core::ApprovalId::from_name("never asked");
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &format!("/approvals/{unknown}"),
+            Some(&session),
+            &[("csrf", &token), ("answer", "approve")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no pending approval"), "{body}");
     assert_eq!(pending(&a.orchestrator).await, 1);
     assert!(a.decided.try_recv().is_err());
 

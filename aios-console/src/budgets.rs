@@ -206,6 +206,29 @@ fn budget_card(b: &Budget, usage: Option<&BudgetUsage>, now: Timestamp) -> Marku
     }
 }
 
+/// The budget of one run as its page shows it: the limits the run got, what it used and
+/// holds, and the burn chart; nothing when the console has no ledger or the run none.
+pub(crate) async fn run_budget(
+    c: &crate::Console,
+    run: aios_core::RunId,
+) -> Result<Markup, String> {
+    let Some(ledger) = &c.budgets else {
+        return Ok(html! {});
+    };
+    let usage = ledger
+        .usage(BudgetKey::Run(run))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(u) = usage else {
+        return Ok(html! {});
+    };
+    let rows = figures(&u.limits, &u.committed, &u.reserved);
+    Ok(html! {
+        h2 { "Budget of this run" }
+        (burn_chart(&format!("burn of the budget of run {run}"), &burn_rows(&rows), None))
+    })
+}
+
 pub(crate) async fn budgets(State(c): S, headers: HeaderMap) -> Response {
     let s = match c.viewer(&headers) {
         Ok(s) => s,

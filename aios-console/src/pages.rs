@@ -867,6 +867,10 @@ pub(crate) async fn run(
         }
         Err(e) => return failed(&c, &s, "the run could not be read", e),
     };
+    let budget = match crate::budgets::run_budget(&c, run).await {
+        Ok(b) => b,
+        Err(e) => return failed(&c, &s, "the run's budget could not be read", e),
+    };
     let transcript = match c.orchestrator.transcript(run).await {
         Ok(t) => t,
         Err(e) => format!("(the transcript could not be read: {e})"),
@@ -897,6 +901,7 @@ pub(crate) async fn run(
         @if matches!(state.status, RunStatus::Parked { .. }) {
             p { a href=(c.url("/approvals")) { "Answer its approvals in the inbox" } }
         }
+        (budget)
         (run_control_form(&c, &s, run, &state.status))
         h2 { "Tasks" }
         table.tasks {

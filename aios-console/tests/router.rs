@@ -885,6 +885,18 @@ async fn the_budgets_page_shows_each_budget_with_its_burn_and_hostile_names_as_t
         "one burn chart per budget in force: {body}"
     );
 
+    // a run's page shows the budget the run got and what it used
+    let (_, _, page) = send(&router, get(&format!("/runs/{first}"), Some(&session))).await;
+    assert!(page.contains("Budget of this run"), "{page}");
+    assert!(
+        page.contains("1 used + 0 reserved of 20 (5%)"),
+        "the mail, of 20 tool calls: {page}"
+    );
+    assert!(
+        page.contains("0.00 used + 0.00 reserved of 5.00 (0%)"),
+        "{page}"
+    );
+
     // without a ledger the page says so; without a session it asks for one
     let bare = Console::builder(orchestrator, tokens())
         .config(config())

@@ -210,6 +210,20 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
             deep.push(t.elapsed());
         }
         deep.sort();
+        // where the time goes: listing the pending requests, then a page of them with the
+        // task names (one run state read per row), then rendering
+        let mut listing = Vec::with_capacity(samples);
+        let mut paging = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            o.pending_approvals().await.ok()?;
+            listing.push(t.elapsed());
+            let t = Instant::now();
+            o.inbox_page(0, 50).await.ok()?;
+            paging.push(t.elapsed());
+        }
+        listing.sort();
+        paging.sort();
         let mut runs = Vec::with_capacity(samples);
         for _ in 0..samples {
             let t = Instant::now();
@@ -250,6 +264,20 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
                 percentile_us(&deep, 50.0) / 1000.0,
                 "ms",
                 Goal::AtMost(50.0),
+            ),
+            Measurement::new(
+                "CONSOLE-INBOX",
+                "of which: listing 1,000 pending requests",
+                percentile_us(&listing, 50.0) / 1000.0,
+                "ms",
+                Goal::None,
+            ),
+            Measurement::new(
+                "CONSOLE-INBOX",
+                "of which: inbox_page(0, 50)",
+                percentile_us(&paging, 50.0) / 1000.0,
+                "ms",
+                Goal::None,
             ),
             Measurement::new(
                 "CONSOLE-INBOX",

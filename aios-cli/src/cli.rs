@@ -13,8 +13,17 @@ could not be used.";
 #[derive(Debug, Parser)]
 #[command(name = "aios", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The store: a SQLite file (`sqlite:` prefix optional).
-    #[arg(long, global = true, env = "AIOS_STORE", default_value = "aios.sqlite")]
+    /// The store: a SQLite file (`sqlite:` prefix optional) or a PostgreSQL database,
+    /// `postgres://user:password@host:port/db` (or `postgresql://`). Prefer `$AIOS_STORE`
+    /// for a URL with a password: arguments are visible to other users of the machine.
+    /// The password is never shown.
+    #[arg(
+        long,
+        global = true,
+        env = "AIOS_STORE",
+        hide_env_values = true,
+        default_value = "aios.sqlite"
+    )]
     pub store: String,
     /// The workspace manifest.
     #[arg(

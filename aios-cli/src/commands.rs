@@ -7,13 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{
-    AuditEvent, AuditLog, AuditRecord, ChainHead, Clock, EntryHash, HumanId, MemoryId, Principal,
-    RunId, SystemClock,
+    AuditLog, ChainHead, Clock, EntryHash, HumanId, MemoryId, Principal, RunId, SystemClock,
 };
 use aios_governance::{ApprovalResponse, ControlAction, ControlCommand, ControlTarget, Controls};
 use aios_memory::{PrunePolicy, RecallQuery};
-use aios_orchestrator::{CallRecord, Orchestrator, RunControl, RunStatus};
-use aios_sqlite::SqliteStore;
+use aios_orchestrator::{CallRecord, Orchestrator, OrchestratorError, RunControl, RunStatus};
 use aios_workspace::{Loaded, Plan, ValidateOptions};
 use serde_json::json;
 
@@ -23,10 +21,8 @@ use crate::cli::{
 };
 use crate::humans::{self, Humans};
 use crate::output::{print_json, short, Table};
+use crate::store::{Location, Store};
 use crate::CliError;
-
-/// The audit event kind recorded when a human is given or loses a credential.
-const HUMAN_EVENT: &str = "human_credential";
 
 struct Ctx {
     store: String,
@@ -88,7 +84,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
         },
         Command::Humans { what } => match what {
             HumansCommand::Add { name } => humans_add(&ctx, &name).await,
-            HumansCommand::List => humans_list(&ctx),
+            HumansCommand::List => humans_list(&ctx).await,
             HumansCommand::Remove { name } => humans_remove(&ctx, &name).await,
         },
         Command::Serve { listen } => serve(&ctx, listen).await,
@@ -99,36 +95,15 @@ pub(crate) async fn run(cli: Cli) -> Result<(), CliError> {
 // opening things
 
 impl Ctx {
-    /// The store file's path.
-    fn store_path(&self) -> Result<PathBuf, CliError> {
-        let s = self.store.as_str();
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            return Err(CliError::Failed(
-                "a PostgreSQL store is not supported by the command line yet: pass a SQLite \
-                 file with --store"
-                    .into(),
-            ));
-        }
-        Ok(PathBuf::from(s.strip_prefix("sqlite:").unwrap_or(s)))
+    /// What `--store` names.
+    fn location(&self) -> Result<Location, CliError> {
+        Location::parse(&self.store)
     }
 
-    /// The store, which must exist unless `create`.
-    fn open_store(&self, create: bool) -> Result<SqliteStore, CliError> {
-        let path = self.store_path()?;
-        if !create && !path.exists() {
-            return Err(CliError::Failed(format!(
-                "no store at `{}`: pass --store FILE or set AIOS_STORE",
-                path.display()
-            )));
-        }
-        SqliteStore::open(&path)
-            .map_err(|e| CliError::failed(format!("store `{}`: {e}", path.display())))
-    }
-
-    fn humans(&self) -> Result<Humans, CliError> {
-        let path = self.store_path()?;
-        Humans::open(&path)
-            .map_err(|e| CliError::failed(format!("store `{}`: {e}", path.display())))
+    /// The store, which must exist unless `create` (a SQLite file; a PostgreSQL database
+    /// must always exist).
+    async fn open_store(&self, create: bool) -> Result<Store, CliError> {
+        self.location()?.open(create).await
     }
 
     fn load(&self) -> Result<Loaded, CliError> {
@@ -156,11 +131,7 @@ impl Ctx {
         Ok((loaded, plan))
     }
 
-    async fn orchestrator(
-        &self,
-        store: &SqliteStore,
-        plan: &Plan,
-    ) -> Result<Orchestrator, CliError> {
+    async fn orchestrator(&self, store: &Store, plan: &Plan) -> Result<Orchestrator, CliError> {
         let governor = plan.governor().map_err(|report| {
             CliError::Failed(format!(
                 "workspace `{}`: the governance model does not compile:\n{}",
@@ -177,7 +148,7 @@ impl Ctx {
     }
 
     /// The authenticated human: from `--token-file` or `$AIOS_TOKEN`.
-    async fn human(&self) -> Result<String, CliError> {
+    async fn human(&self, store: &Store) -> Result<String, CliError> {
         let token = match &self.token_file {
             Some(path) => {
                 humans::read_token_file(path).map_err(|e| CliError::Refused(e.to_string()))?
@@ -193,9 +164,10 @@ impl Ctx {
                 }
             },
         };
-        match self
+        match store
             .humans()?
             .authenticate(&token)
+            .await
             .map_err(CliError::failed)?
         {
             Some(name) => Ok(name),
@@ -360,7 +332,7 @@ async fn assess(ctx: &Ctx) -> Result<(), CliError> {
     let options = ValidateOptions::default();
     // the store's record is the evidence, when there is a store and the manifest plans
     let evidence = match (
-        ctx.store_path()?.exists(),
+        ctx.location()?.exists(),
         aios_workspace::plan(&loaded, &options),
     ) {
         (true, Ok(plan)) => Some(ops_report(ctx, &loaded, &plan, None).await?),
@@ -381,14 +353,15 @@ async fn ops_report(
     plan: &Plan,
     since: Option<Duration>,
 ) -> Result<aios_workspace::OpsReport, CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let log = store.audit_log();
     let builder = report_builder(loaded, plan, since)?;
     let head = log.head().await.map_err(CliError::failed)?;
     let bar = crate::output::progress(head.len, "reading the audit record");
-    let report = aios_workspace::report_with_progress(&log, builder, |n| bar.set_position(n))
-        .await
-        .map_err(CliError::failed);
+    let report =
+        aios_workspace::report_with_progress(log.as_ref(), builder, |n| bar.set_position(n))
+            .await
+            .map_err(CliError::failed);
     bar.finish_and_clear();
     report
 }
@@ -463,9 +436,10 @@ async fn report(ctx: &Ctx, since: Option<&str>) -> Result<(), CliError> {
 // runs
 
 async fn runs(ctx: &Ctx, status: Option<StatusFilter>) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
-    let checkpoints = store.checkpoint_store();
-    let mut all = aios_orchestrator::CheckpointStore::list(&checkpoints, false)
+    let store = ctx.open_store(false).await?;
+    let mut all = store
+        .checkpoints()
+        .list(false)
         .await
         .map_err(CliError::failed)?;
     if let Some(filter) = status {
@@ -501,19 +475,21 @@ async fn runs(ctx: &Ctx, status: Option<StatusFilter>) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn find_run(store: &SqliteStore, given: &str) -> Result<RunId, CliError> {
-    let checkpoints = store.checkpoint_store();
-    let all = aios_orchestrator::CheckpointStore::list(&checkpoints, false)
+async fn find_run(store: &Store, given: &str) -> Result<RunId, CliError> {
+    let all = store
+        .checkpoints()
+        .list(false)
         .await
         .map_err(CliError::failed)?;
     resolve("run", given, all.iter().map(|r| r.run))
 }
 
 async fn run_show(ctx: &Ctx, given: &str) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let run = find_run(&store, given).await?;
-    let checkpoints = store.checkpoint_store();
-    let state = aios_orchestrator::CheckpointStore::latest(&checkpoints, run)
+    let state = store
+        .checkpoints()
+        .latest(run)
         .await
         .map_err(CliError::failed)?
         .map(|c| c.state)
@@ -592,7 +568,7 @@ fn awaiting(record: &CallRecord) -> Option<aios_core::ApprovalId> {
 }
 
 async fn run_transcript(ctx: &Ctx, given: &str) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let run = find_run(&store, given).await?;
     let plan = ctx.plan()?;
     let orchestrator = ctx.orchestrator(&store, &plan).await?;
@@ -612,7 +588,7 @@ async fn run_transcript(ctx: &Ctx, given: &str) -> Result<(), CliError> {
 // approvals
 
 async fn approvals(ctx: &Ctx) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let plan = ctx.plan()?;
     let orchestrator = ctx.orchestrator(&store, &plan).await?;
     let inbox = orchestrator.inbox().await.map_err(CliError::failed)?;
@@ -665,20 +641,36 @@ async fn approvals(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 async fn decide(ctx: &Ctx, given: &str, response: ApprovalResponse) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
-    let human = ctx.human().await?;
+    let store = ctx.open_store(false).await?;
+    let human = ctx.human(&store).await?;
     let plan = ctx.plan()?;
     let orchestrator = ctx.orchestrator(&store, &plan).await?;
     let pending = orchestrator
         .pending_approvals()
         .await
         .map_err(CliError::failed)?;
-    let id = resolve("pending approval", given, pending.iter().map(|r| r.id))?;
+    let id = match resolve("pending approval", given, pending.iter().map(|r| r.id)) {
+        Ok(id) => id,
+        Err(not_pending) => {
+            // a whole id of a request that is no longer pending: say so, as when two
+            // answers race and this one lost
+            if let Some(done) = decided_already(&store, given).await? {
+                return Err(done);
+            }
+            return Err(not_pending);
+        }
+    };
     let kind = format!("{:?}", response.kind()).to_lowercase();
     let run = orchestrator
         .answer_approval(id, HumanId::from_name(&human), response)
         .await
-        .map_err(|e| CliError::Refused(format!("{human} may not answer {id}: {e}")))?;
+        .map_err(|e| match e {
+            OrchestratorError::Approval {
+                error: aios_governance::ApprovalError::AlreadyDecided { .. },
+                ..
+            } => already_decided(id),
+            e => CliError::Refused(format!("{human} may not answer {id}: {e}")),
+        })?;
     if ctx.json {
         print_json(&json!({ "approval": id, "run": run, "by": human, "answer": kind }));
     } else {
@@ -691,20 +683,42 @@ async fn decide(ctx: &Ctx, given: &str, response: ApprovalResponse) -> Result<()
     Ok(())
 }
 
+/// The refusal of an answer to a request answered before.
+fn already_decided(id: aios_core::ApprovalId) -> CliError {
+    CliError::Refused(format!(
+        "approval {id} was answered already (an approval is answered once): nothing changed"
+    ))
+}
+
+/// The refusal for `given` if it is the whole id of a request that is no longer pending.
+async fn decided_already(store: &Store, given: &str) -> Result<Option<CliError>, CliError> {
+    let Ok(id) = given.trim().parse::<aios_core::ApprovalId>() else {
+        return Ok(None);
+    };
+    let request = store.approvals().get(id).await.map_err(CliError::failed)?;
+    Ok(match request.map(|r| r.state) {
+        Some(aios_governance::ApprovalState::Decided { .. })
+        | Some(aios_governance::ApprovalState::Redeemed { .. }) => Some(already_decided(id)),
+        Some(aios_governance::ApprovalState::Expired { .. }) => Some(CliError::Refused(format!(
+            "approval {id} expired before it was answered: nothing changed"
+        ))),
+        _ => None,
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // operator controls
 
-async fn open_controls(store: &SqliteStore) -> Result<Controls, CliError> {
+async fn open_controls(store: &Store) -> Result<Controls, CliError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let audit: Arc<dyn AuditLog> = Arc::new(store.audit_log());
-    Controls::open(Arc::new(store.control_store()), clock, audit)
+    Controls::open(store.control_store(), clock, store.audit_log())
         .await
         .map_err(CliError::failed)
 }
 
 async fn control(ctx: &Ctx, action: ControlAction, args: ControlArgs) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
-    let human = ctx.human().await?;
+    let store = ctx.open_store(false).await?;
+    let human = ctx.human(&store).await?;
     let by = Principal::Human(HumanId::from_name(&human));
     let t = &args.target;
     if let Some(given) = &t.run {
@@ -804,7 +818,7 @@ fn done_control(ctx: &Ctx, done: serde_json::Value) -> Result<(), CliError> {
 }
 
 async fn controls(ctx: &Ctx) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let controls = open_controls(&store).await?;
     let names = ctx
         .plan()
@@ -917,13 +931,14 @@ fn parse_anchor(text: &str) -> Result<ChainHead, CliError> {
 
 async fn audit_verify(ctx: &Ctx, anchor: Option<&str>) -> Result<(), CliError> {
     let anchor = anchor.map(parse_anchor).transpose()?;
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let log = store.audit_log();
     let head = log.head().await.map_err(CliError::failed)?;
     let bar = crate::output::progress(head.len, "verifying the audit chain");
-    let report = aios_core::verify_with_progress(&log, anchor, None, |n| bar.set_position(n))
-        .await
-        .map_err(CliError::failed)?;
+    let report =
+        aios_core::verify_with_progress(log.as_ref(), anchor, None, |n| bar.set_position(n))
+            .await
+            .map_err(CliError::failed)?;
     bar.finish_and_clear();
     if ctx.json {
         print_json(&json!({
@@ -961,7 +976,7 @@ fn head_text(head: &ChainHead) -> String {
 }
 
 async fn audit_head(ctx: &Ctx) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let head = store.audit_log().head().await.map_err(CliError::failed)?;
     if ctx.json {
         print_json(&json!({ "len": head.len, "hash": head.hash, "anchor": head_text(&head) }));
@@ -972,7 +987,7 @@ async fn audit_head(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 async fn audit_export(ctx: &Ctx) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let log = store.audit_log();
     let head = log.head().await.map_err(CliError::failed)?;
     let bar = crate::output::progress(head.len, "exporting the audit record");
@@ -1012,7 +1027,7 @@ async fn audit_export(ctx: &Ctx) -> Result<(), CliError> {
 // memory
 
 async fn memory(ctx: &Ctx) -> Result<aios_memory::Memory, CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     store.memory().await.map_err(CliError::failed)
 }
 
@@ -1149,17 +1164,11 @@ async fn governance_versions(ctx: &Ctx) -> Result<(), CliError> {
     let plan = ctx.plan()?;
     // runs per governance version, from the store when there is one
     let mut runs: BTreeMap<u64, usize> = BTreeMap::new();
-    if ctx.store_path()?.exists() {
-        let store = ctx.open_store(false)?;
-        let checkpoints = store.checkpoint_store();
-        for r in aios_orchestrator::CheckpointStore::list(&checkpoints, false)
-            .await
-            .map_err(CliError::failed)?
-        {
-            if let Some(c) = aios_orchestrator::CheckpointStore::latest(&checkpoints, r.run)
-                .await
-                .map_err(CliError::failed)?
-            {
+    if ctx.location()?.exists() {
+        let store = ctx.open_store(false).await?;
+        let checkpoints = store.checkpoints();
+        for r in checkpoints.list(false).await.map_err(CliError::failed)? {
+            if let Some(c) = checkpoints.latest(r.run).await.map_err(CliError::failed)? {
                 *runs.entry(c.state.governance_version).or_default() += 1;
             }
         }
@@ -1245,19 +1254,21 @@ async fn humans_add(ctx: &Ctx, name: &str) -> Result<(), CliError> {
             known.into_iter().collect::<Vec<_>>().join(", ")
         )));
     }
-    // the first human needs write access to the store file; every later one a human's token
-    let store = ctx.open_store(true)?;
-    let humans = ctx.humans()?;
-    let by = if humans.is_empty().map_err(CliError::failed)? {
+    // the first human needs write access to the store (the file, or the database's
+    // credentials); every later one a human's token
+    let store = ctx.open_store(true).await?;
+    let humans = store.humans()?;
+    let by = if humans.is_empty().await.map_err(CliError::failed)? {
         None
     } else {
-        Some(ctx.human().await?)
+        Some(ctx.human(&store).await?)
     };
-    let token = humans.add(name, by.as_deref()).map_err(|e| match e {
+    let token = humans.add(name, by.as_deref()).await.map_err(|e| match e {
         humans::HumansError::Exists(_) => CliError::Failed(e.to_string()),
+        humans::HumansError::NotAllowed(_) => CliError::Refused(e.to_string()),
         other => CliError::failed(other),
     })?;
-    record_human(&store, name, "added", by.as_deref()).await?;
+
     if ctx.json {
         print_json(&json!({ "human": name, "token": token }));
     } else {
@@ -1270,38 +1281,9 @@ async fn humans_add(ctx: &Ctx, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn record_human(
-    store: &SqliteStore,
-    name: &str,
-    what: &str,
-    by: Option<&str>,
-) -> Result<(), CliError> {
-    let actor = match by {
-        Some(b) => Principal::Human(HumanId::from_name(b)),
-        None => Principal::System,
-    };
-    store
-        .audit_log()
-        .append(
-            AuditRecord::new(
-                actor,
-                AuditEvent::Custom {
-                    kind: HUMAN_EVENT.into(),
-                    data: json!({ "human": name, "credential": what }),
-                },
-            )
-            .at(SystemClock.now()),
-        )
-        .await
-        .map_err(CliError::failed)?;
-    Ok(())
-}
-
-fn humans_list(ctx: &Ctx) -> Result<(), CliError> {
-    if !ctx.store_path()?.exists() {
-        return Err(CliError::Failed(format!("no store at `{}`", ctx.store)));
-    }
-    let list = ctx.humans()?.list().map_err(CliError::failed)?;
+async fn humans_list(ctx: &Ctx) -> Result<(), CliError> {
+    let store = ctx.open_store(false).await?;
+    let list = store.humans()?.list().await.map_err(CliError::failed)?;
     if ctx.json {
         print_json(&list);
         return Ok(());
@@ -1323,13 +1305,16 @@ fn humans_list(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 async fn humans_remove(ctx: &Ctx, name: &str) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
-    let by = ctx.human().await?;
-    let removed = ctx.humans()?.remove(name).map_err(CliError::failed)?;
+    let store = ctx.open_store(false).await?;
+    let by = ctx.human(&store).await?;
+    let removed = store
+        .humans()?
+        .remove(name, &by)
+        .await
+        .map_err(CliError::failed)?;
     if !removed {
         return Err(CliError::NotFound(format!("`{name}` has no credential")));
     }
-    record_human(&store, name, "removed", Some(&by)).await?;
     if ctx.json {
         print_json(&json!({ "removed": name, "by": by }));
     } else {
@@ -1341,29 +1326,28 @@ async fn humans_remove(ctx: &Ctx, name: &str) -> Result<(), CliError> {
 // ---------------------------------------------------------------------------------------
 // the web console
 
-/// Logs the console's humans in with the store's credentials.
-struct StoreHumans(std::sync::Mutex<Humans>);
+/// Logs the console's humans in with the store's credentials (on PostgreSQL through
+/// `block_in_place`: `aios serve` runs on a multi-threaded runtime).
+struct StoreHumans(Humans);
 
 impl aios_console::Authenticator for StoreHumans {
     fn authenticate(&self, token: &str) -> Result<Option<String>, String> {
-        let humans = self
-            .0
-            .lock()
-            .map_err(|_| "the credentials' lock is poisoned".to_string())?;
-        humans.authenticate(token).map_err(|e| e.to_string())
+        self.0
+            .authenticate_blocking(token)
+            .map_err(|e| e.to_string())
     }
 }
 
 async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> {
-    let store = ctx.open_store(false)?;
+    let store = ctx.open_store(false).await?;
     let (loaded, plan) = ctx.load_and_plan()?;
     let orchestrator = ctx.orchestrator(&store, &plan).await?;
     let controls = Arc::new(open_controls(&store).await?);
     let memory = store.memory().await.map_err(CliError::failed)?;
-    let auth = Arc::new(StoreHumans(std::sync::Mutex::new(ctx.humans()?)));
+    let auth = Arc::new(StoreHumans(store.humans()?));
     let mut b = aios_console::Console::builder(orchestrator, auth)
         .controls(controls)
-        .budgets(Arc::new(store.budget_ledger(Arc::new(SystemClock))))
+        .budgets(store.budget_ledger(Arc::new(SystemClock)))
         .memory(memory);
     for (n, id) in &plan.ids.pathways {
         b = b.control_target(format!("pathway {n}"), ControlTarget::Pathway(*id));
@@ -1380,7 +1364,7 @@ async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> 
         }
     }
     let builder = report_builder(&loaded, &plan, None)?;
-    let log: Arc<dyn AuditLog> = Arc::new(store.audit_log());
+    let log: Arc<dyn AuditLog> = store.audit_log();
     let source: aios_console::ReportSource = Arc::new(move || {
         let (log, builder) = (log.clone(), builder.clone());
         Box::pin(async move {

@@ -2,10 +2,13 @@
 //!
 //! A token is 32 random bytes from the operating system, written as `aios_` and 64 hex
 //! digits. It is shown once; the store keeps only its SHA-256, in the table `aios_humans` of
-//! the same SQLite file. Whoever holds the token acts as that human; removing the human
-//! revokes it.
+//! the same SQLite file, or of the PostgreSQL database (there part of the versioned schema of
+//! `aios-postgres`, which the SQLite file's table is not: `aios-sqlite` knows nothing of it).
+//! Whoever holds the token acts as that human; removing the human revokes it.
 
 use std::path::Path;
+
+use aios_core::{AuditEvent, AuditRecord, Clock, HumanId, Principal, StoreError, SystemClock};
 
 use sha2::{Digest, Sha256};
 
@@ -13,12 +16,17 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HumansError {
-    /// The database failed.
+    /// The store failed, or refused the change's audit record: nothing was written (a
+    /// change and its audit record are one transaction).
     #[error("human credentials: {0}")]
-    Db(#[from] rusqlite::Error),
+    Store(StoreError),
     /// The human has a credential already.
     #[error("`{0}` has a credential already: `aios humans remove {0}` first to give a new one")]
     Exists(String),
+    /// Who adds is not allowed to: a first human into a store that has one, or an adder
+    /// whose own credential is gone. Nothing was written.
+    #[error("{0}")]
+    NotAllowed(String),
     /// No randomness from the operating system.
     #[error("no randomness for a token: {0}")]
     Random(String),
@@ -43,10 +51,56 @@ pub struct HumanCredential {
     pub added_by: Option<String>,
 }
 
-/// The credentials in one store file.
+/// The credentials in one store: the table `aios_humans` of a SQLite file, or of a
+/// PostgreSQL database (feature `postgres`; there the table belongs to the versioned schema
+/// of `aios-postgres`). The contract is the same on both: only the SHA-256 of a token is
+/// kept; the first human is added only to a store that has none, however many try at once;
+/// a later one only by a human who holds a credential when the addition is written;
+/// removing a human revokes the token at once.
 #[derive(Debug)]
 pub struct Humans {
-    conn: rusqlite::Connection,
+    backend: Backend,
+}
+
+enum Backend {
+    /// The file's credentials and audit log (written in one transaction).
+    Sqlite(
+        aios_sqlite::SqliteHumanCredentials,
+        aios_sqlite::SqliteAuditLog,
+    ),
+    /// The database's credentials and audit log (written in one transaction).
+    #[cfg(feature = "postgres")]
+    Postgres(aios_postgres::PgHumanCredentials, aios_postgres::PgAuditLog),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(c, _) => f.debug_tuple("Sqlite").field(c).finish(),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(c, _) => f.debug_tuple("Postgres").field(c).finish(),
+        }
+    }
+}
+
+/// The audit event kind recorded when a human is given or loses a credential.
+pub const HUMAN_EVENT: &str = "human_credential";
+
+/// The audit record of `name`'s credential being `what` (`added`, `removed`) by `by` (the
+/// system for the first human).
+fn credential_record(name: &str, what: &str, by: Option<&str>) -> AuditRecord {
+    let actor = match by {
+        Some(b) => Principal::Human(HumanId::from_name(b)),
+        None => Principal::System,
+    };
+    AuditRecord::new(
+        actor,
+        AuditEvent::Custom {
+            kind: HUMAN_EVENT.into(),
+            data: serde_json::json!({ "human": name, "credential": what }),
+        },
+    )
+    .at(SystemClock.now())
 }
 
 /// The SHA-256 of a token, in hex: what the store keeps.
@@ -90,114 +144,201 @@ pub fn read_token_file(path: &Path) -> Result<String, HumansError> {
 }
 
 impl Humans {
-    /// The credentials of the store at `path` (the table is made if missing).
-    pub fn open(path: &Path) -> Result<Self, HumansError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS aios_humans (
-                 name TEXT PRIMARY KEY,
-                 token_sha256 TEXT NOT NULL UNIQUE,
-                 added_at TEXT NOT NULL,
-                 added_by TEXT
-             );",
-        )?;
-        Ok(Humans { conn })
+    /// The credentials of a SQLite store, whose changes are recorded in its audit log in
+    /// the same transaction.
+    pub fn sqlite(store: &aios_sqlite::SqliteStore) -> Self {
+        Humans {
+            backend: Backend::Sqlite(store.human_credentials(), store.audit_log()),
+        }
+    }
+
+    /// The credentials of a PostgreSQL store, whose changes are recorded in its audit log
+    /// in the same transaction.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(store: &aios_postgres::PgStore) -> Self {
+        Humans {
+            backend: Backend::Postgres(store.human_credentials(), store.audit_log()),
+        }
     }
 
     /// Whether no human has a credential yet.
-    pub fn is_empty(&self) -> Result<bool, HumansError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM aios_humans", [], |r| r.get(0))?;
-        Ok(n == 0)
+    pub async fn is_empty(&self) -> Result<bool, HumansError> {
+        match &self.backend {
+            Backend::Sqlite(c, _) => c.is_empty().await.map_err(HumansError::Store),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => p.is_empty().await.map_err(HumansError::Store),
+        }
     }
 
-    /// Gives `name` a credential and returns its token (the only time it is seen).
-    pub fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
+    /// Gives `name` a credential and returns its token (the only time it is seen), and
+    /// records who gave it in the store's audit log (event [`HUMAN_EVENT`]).
+    ///
+    /// `by: None` adds the first human, only to a store that has none; `Some(adder)` needs
+    /// the adder to hold a credential. Both are checked in the write itself, so of two
+    /// processes adding a first human at once one is refused with
+    /// [`HumansError::NotAllowed`]. The credential and its record are one transaction:
+    /// both are written or neither, also when the process is killed half-way.
+    pub async fn add(&self, name: &str, by: Option<&str>) -> Result<String, HumansError> {
         let token = new_token()?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        match self.conn.execute(
-            "INSERT INTO aios_humans (name, token_sha256, added_at, added_by) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![name, token_hash(&token), now, by],
-        ) {
-            Ok(_) => Ok(token),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(HumansError::Exists(name.to_string()))
-            }
-            Err(e) => Err(e.into()),
+        let hash = token_hash(&token);
+        let record = credential_record(name, "added", by);
+        match &self.backend {
+            Backend::Sqlite(c, log) => c
+                .add_audited(name, &hash, by, SystemClock.now(), log, record)
+                .await
+                .map_err(|e| Self::refused(name, e))?,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, log) => p
+                .add_audited(name, &hash, by, SystemClock.now(), log, record)
+                .await
+                .map_err(|e| Self::refused(name, e))?,
+        }
+        Ok(token)
+    }
+
+    /// A store's refusal of an addition as the command line says it.
+    fn refused(name: &str, e: StoreError) -> HumansError {
+        match e {
+            StoreError::AlreadyExists { .. } => HumansError::Exists(name.to_string()),
+            StoreError::Conflict { detail } => HumansError::NotAllowed(detail),
+            other => HumansError::Store(other),
         }
     }
 
     /// The humans with a credential, by name.
-    pub fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, added_at, added_by FROM aios_humans ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(HumanCredential {
-                name: r.get(0)?,
-                added_at: r.get(1)?,
-                added_by: r.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub async fn list(&self) -> Result<Vec<HumanCredential>, HumansError> {
+        match &self.backend {
+            Backend::Sqlite(c, _) => Ok(c
+                .list()
+                .await
+                .map_err(HumansError::Store)?
+                .into_iter()
+                .map(|c| HumanCredential {
+                    name: c.name,
+                    added_at: c
+                        .added_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    added_by: c.added_by,
+                })
+                .collect()),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => Ok(p
+                .list()
+                .await
+                .map_err(HumansError::Store)?
+                .into_iter()
+                .map(|c| HumanCredential {
+                    name: c.name,
+                    added_at: c
+                        .added_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    added_by: c.added_by,
+                })
+                .collect()),
+        }
     }
 
-    /// Removes `name`'s credential; `false` if there was none.
-    pub fn remove(&self, name: &str) -> Result<bool, HumansError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM aios_humans WHERE name = ?1", [name])?
-            > 0)
+    /// Removes `name`'s credential, which revokes its token, and records that `by` did;
+    /// `false` (and nothing recorded) if there was none. The removal and its record are one
+    /// transaction.
+    pub async fn remove(&self, name: &str, by: &str) -> Result<bool, HumansError> {
+        let record = credential_record(name, "removed", Some(by));
+        match &self.backend {
+            Backend::Sqlite(c, log) => c
+                .remove_audited(name, log, record)
+                .await
+                .map_err(HumansError::Store),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, log) => p
+                .remove_audited(name, log, record)
+                .await
+                .map_err(HumansError::Store),
+        }
     }
 
     /// The human whose token this is, if any.
-    pub fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Option<String>, HumansError> {
         let hash = token_hash(token);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM aios_humans WHERE token_sha256 = ?1")?;
-        let mut rows = stmt.query([hash])?;
-        match rows.next()? {
-            Some(row) => Ok(Some(row.get(0)?)),
-            None => Ok(None),
+        match &self.backend {
+            Backend::Sqlite(c, _) => c.find(&hash).await.map_err(HumansError::Store),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => p.find(&hash).await.map_err(HumansError::Store),
+        }
+    }
+
+    /// [`Humans::authenticate`] for a synchronous caller on a Tokio runtime (the console's
+    /// login). On PostgreSQL the runtime must be multi-threaded (the query runs with
+    /// `block_in_place`); on a current-thread runtime this is an error, never a panic.
+    pub fn authenticate_blocking(&self, token: &str) -> Result<Option<String>, HumansError> {
+        let hash = token_hash(token);
+        match &self.backend {
+            Backend::Sqlite(c, _) => c.find_blocking(&hash).map_err(HumansError::Store),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(p, _) => {
+                let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+                    HumansError::Store(StoreError::Backend {
+                        detail: format!("checking a credential needs a Tokio runtime: {e}"),
+                    })
+                })?;
+                if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                    return Err(HumansError::Store(StoreError::Backend {
+                        detail: "checking a credential on PostgreSQL from synchronous code \
+                                 needs a multi-threaded Tokio runtime"
+                            .into(),
+                    }));
+                }
+                tokio::task::block_in_place(|| handle.block_on(p.find(&hash)))
+                    .map_err(HumansError::Store)
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use aios_core::AuditLog;
 
-    #[test]
-    fn a_token_authenticates_its_human_only_until_removed() {
+    #[tokio::test]
+    async fn a_token_authenticates_its_human_only_until_removed() {
         let dir = std::env::temp_dir().join(format!("aios-humans-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("store.sqlite");
         let _ = std::fs::remove_file(&path);
-        let humans = Humans::open(&path).unwrap();
-        assert!(humans.is_empty().unwrap());
-        let alice = humans.add("alice", None).unwrap();
-        let bob = humans.add("bob", Some("alice")).unwrap();
+        let store = aios_sqlite::SqliteStore::open(&path).unwrap();
+        let audit = store.audit_log();
+        let humans = Humans::sqlite(&store);
+        assert!(humans.is_empty().await.unwrap());
+        let alice = humans.add("alice", None).await.unwrap();
+        // a second first human, and an adder without a credential: refused
+        assert!(matches!(
+            humans.add("bob", None).await,
+            Err(HumansError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            humans.add("bob", Some("mallory")).await,
+            Err(HumansError::NotAllowed(_))
+        ));
+        let bob = humans.add("bob", Some("alice")).await.unwrap();
         assert_ne!(alice, bob);
         assert!(alice.starts_with("aios_") && alice.len() == 5 + 64);
         assert_eq!(
-            humans.authenticate(&alice).unwrap().as_deref(),
+            humans.authenticate(&alice).await.unwrap().as_deref(),
             Some("alice")
         );
-        assert_eq!(humans.authenticate(&bob).unwrap().as_deref(), Some("bob"));
-        assert_eq!(humans.authenticate("aios_guess").unwrap(), None);
+        assert_eq!(
+            humans.authenticate_blocking(&bob).unwrap().as_deref(),
+            Some("bob")
+        );
+        assert_eq!(humans.authenticate("aios_guess").await.unwrap(), None);
         assert!(matches!(
-            humans.add("alice", None),
+            humans.add("alice", Some("bob")).await,
             Err(HumansError::Exists(_))
         ));
         // the token is not stored, only its hash
-        let stored: Vec<String> = humans
-            .conn
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        let stored: Vec<String> = raw
             .prepare("SELECT token_sha256 FROM aios_humans")
             .unwrap()
             .query_map([], |r| r.get(0))
@@ -205,9 +346,11 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(stored.iter().all(|h| *h != alice && *h != bob));
-        assert!(humans.remove("alice").unwrap());
-        assert_eq!(humans.authenticate(&alice).unwrap(), None);
-        assert!(!humans.remove("alice").unwrap());
+        assert!(humans.remove("alice", "bob").await.unwrap());
+        assert_eq!(humans.authenticate(&alice).await.unwrap(), None);
+        assert!(!humans.remove("alice", "bob").await.unwrap());
+        // alice and bob added, alice removed: three records
+        assert_eq!(audit.head().await.unwrap().len, 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

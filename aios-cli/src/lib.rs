@@ -2,8 +2,11 @@
 //!
 //! One person runs the organisation's agents; this is how they see what the agents did,
 //! answer approvals, pause and stop, and check the record, on the embedded SQLite store
-//! (`--store FILE`, default `aios.sqlite`, or `$AIOS_STORE`) and the workspace manifest
-//! (`--workspace FILE`, default `aios.toml`, or `$AIOS_WORKSPACE`).
+//! (`--store FILE`, default `aios.sqlite`) or on PostgreSQL (`--store
+//! postgres://user:password@host:port/db`, or `postgresql://`; feature `postgres`, on by
+//! default), either also from `$AIOS_STORE`, and the workspace manifest (`--workspace FILE`,
+//! default `aios.toml`, or `$AIOS_WORKSPACE`). Every command works on both stores; a
+//! password in a URL is never printed (messages show `postgres://user:***@host:port/db`).
 //!
 //! ```text
 //! aios init --template solo_consultancy     # writes aios.toml
@@ -30,7 +33,10 @@
 //! command line. `aios humans add NAME` prints a token once and stores only its SHA-256 in the
 //! store; the command line reads it from `$AIOS_TOKEN` or from `--token-file` (a file only its
 //! owner may read). The first human of a store may be added by whoever can write the store
-//! file (that file is the root of trust); every later one needs an existing human's token.
+//! (the file, or the database: that is the root of trust); every later one needs an
+//! existing human's token, both checked in the write itself. On PostgreSQL the credentials
+//! are in the table `aios_humans` of the database's versioned schema
+//! (`aios_postgres::PgHumanCredentials`).
 //! The name must be a holder or deputy of an anchor in the workspace's governance model, and
 //! the governance still decides whether that human may answer a given approval.
 
@@ -38,6 +44,7 @@ mod cli;
 mod commands;
 pub mod humans;
 mod output;
+mod store;
 
 use std::process::ExitCode;
 
@@ -91,7 +98,15 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command line (on a runtime of its own).
 pub fn run(cli: Cli) -> Result<(), CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // the console serves many requests, and its login checks credentials synchronously
+    // (`block_in_place` on PostgreSQL): a multi-threaded runtime; every other command one
+    // thread
+    let mut builder = if matches!(cli.command, cli::Command::Serve { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;

@@ -378,6 +378,19 @@ struct Bm25 {
     stemmer: Option<Arc<Stem>>,
     /// The `(term, frequency)` pairs of the record being inserted (kept to reuse its buffer).
     scratch: Vec<(u32, u32)>,
+    /// The postings of the batch being inserted, each chained to the next of its term (kept
+    /// to reuse its buffer when it is small).
+    batch: Vec<Chained>,
+    /// Per term: the first and last of its postings in `batch` (`NONE` outside a batch).
+    chains: Vec<(u32, u32)>,
+}
+
+/// A posting of the batch being inserted, and the index of its term's next one.
+#[derive(Debug, Clone, Copy)]
+struct Chained {
+    row: u32,
+    tf: u32,
+    next: u32,
 }
 
 /// The English Snowball stemmer, shared by indexing and querying.
@@ -430,6 +443,7 @@ impl Bm25 {
         }
         let id = self.postings.len() as u32;
         self.postings.push(Vec::new());
+        self.chains.push((NONE, NONE));
         match short_key(&word) {
             Some(k) => self.short_terms.insert(k, id),
             None => self
@@ -453,9 +467,14 @@ impl Bm25 {
     }
 }
 
-/// The indexes of one [`crate::Memory`].
 /// Rows per chunk of the vector matrix.
 const MATRIX_ROWS: usize = 16_384;
+
+/// Rows inserted together by [`Index::insert_many`] before their postings are appended: a
+/// run's postings (about 25 per record) stay in cache while they are grouped per term.
+const INSERT_RUN: usize = 1024;
+
+/// The indexes of one [`crate::Memory`].
 
 #[derive(Debug, Default)]
 pub(crate) struct Index {
@@ -627,17 +646,108 @@ impl Index {
         }
     }
 
-    /// Adds one version. When the lineage has rows, the previous latest row is retired at this
-    /// version's `recorded_at` (unless the record says otherwise, as when loading).
+    /// Adds one version; see [`Index::insert_many`].
     pub fn insert(&mut self, record: &MemoryRecord, prepared: Prepared<'_>) {
-        let row = self.hot.len() as u32;
-        let recorded = micros(record.recorded_at);
-        let prev = self.latest.insert(record.id, row).unwrap_or(NONE);
-        if let Some(h) = self.hot.get_mut(prev as usize) {
-            if h.retired == i64::MAX {
-                h.retired = recorded;
+        self.insert_many(std::iter::once((record, prepared)));
+    }
+
+    /// Adds versions in order. When a lineage has rows, its previous latest row is retired at
+    /// the new version's `recorded_at` (unless the record says otherwise, as when loading).
+    /// A version older than the lineage's latest indexed one (its writer indexed it after a
+    /// concurrent revision had indexed the next) is linked in before its successor instead.
+    ///
+    /// The keyword postings of the whole batch are appended after every row is in place,
+    /// grouped by term: each term's list is touched once per batch instead of once per
+    /// record, and the term dictionary stays in cache while the batch's words are looked up
+    /// (the vectors copied in the first pass would otherwise evict it between records).
+    pub fn insert_many<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
+    ) {
+        let mut texts: Vec<(u32, &'a str)> = Vec::new();
+        let mut first_slot = self.slot_row.len();
+        let mut rows = 0usize;
+        for (record, prepared) in batch {
+            let row = self.insert_row(record);
+            if let Some(text) = prepared.text {
+                texts.push((row, text));
+            }
+            rows += 1;
+            // in runs of a bounded size, so that one run's postings stay in cache
+            if rows % INSERT_RUN == 0 {
+                self.finish_run(&texts, first_slot);
+                texts.clear();
+                first_slot = self.slot_row.len();
             }
         }
+        self.finish_run(&texts, first_slot);
+    }
+
+    /// The keyword postings of a run of new rows, and its new vectors (from `first_slot`)
+    /// into the graph, together (in parallel when configured).
+    fn finish_run(&mut self, texts: &[(u32, &str)], first_slot: usize) {
+        self.index_texts(texts);
+        #[cfg(feature = "ann")]
+        if let (Some(ann), Some(d)) = (&mut self.ann, self.dims) {
+            let rows: Vec<(&[f32], u32)> = self
+                .slot_row
+                .get(first_slot..)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &row)| {
+                    let slot = first_slot + i;
+                    let chunk = self.matrix.get(slot / MATRIX_ROWS)?;
+                    let start = (slot % MATRIX_ROWS) * d;
+                    Some((chunk.get(start..start + d)?, row))
+                })
+                .collect();
+            ann.insert_many(&rows);
+        }
+        #[cfg(not(feature = "ann"))]
+        let _ = first_slot;
+    }
+
+    /// Adds everything of one version but its keyword postings; returns its row.
+    fn insert_row(&mut self, record: &MemoryRecord) -> u32 {
+        let row = self.hot.len() as u32;
+        let recorded = micros(record.recorded_at);
+        let mut retired = record.retired_at.map_or(i64::MAX, micros);
+        let prev = match self.latest.get(&record.id).copied() {
+            Some(latest)
+                if self
+                    .cold
+                    .get(latest as usize)
+                    .is_some_and(|c| c.version > record.version) =>
+            {
+                // an older version arriving late: link it in before its successor, which
+                // stays the latest
+                let mut next = latest;
+                while let Some(&p) = self.prev_row.get(next as usize) {
+                    match self.cold.get(p as usize) {
+                        Some(c) if c.version > record.version => next = p,
+                        _ => break,
+                    }
+                }
+                let before = self.prev_row.get(next as usize).copied().unwrap_or(NONE);
+                if let Some(p) = self.prev_row.get_mut(next as usize) {
+                    *p = row;
+                }
+                if retired == i64::MAX {
+                    retired = self.hot.get(next as usize).map_or(i64::MAX, |h| h.recorded);
+                }
+                before
+            }
+            _ => {
+                let prev = self.latest.insert(record.id, row).unwrap_or(NONE);
+                if let Some(h) = self.hot.get_mut(prev as usize) {
+                    if h.retired == i64::MAX {
+                        h.retired = recorded;
+                    }
+                }
+                prev
+            }
+        };
         self.prev_row.push(prev);
         let scope = self.scopes.intern(&record.scope);
         let kind = self.kinds.intern(&record.kind);
@@ -650,7 +760,7 @@ impl Index {
         }
         self.hot.push(Hot {
             recorded,
-            retired: record.retired_at.map_or(i64::MAX, micros),
+            retired,
             scope,
             tier: record.tier.index() as u8,
             flags,
@@ -681,58 +791,91 @@ impl Index {
                     self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
                 }
                 if let Some(chunk) = self.matrix.last_mut() {
-                    #[cfg(feature = "ann")]
-                    let start = chunk.len();
                     // scaled while copied: one pass over the new row, not a copy and then a
                     // read and a write to normalise it
                     let inv = unit_scale(v);
                     chunk.extend(v.iter().map(|x| x * inv));
-                    #[cfg(feature = "ann")]
-                    if let (Some(ann), Some(stored)) = (&mut self.ann, chunk.get(start..)) {
-                        ann.insert(stored, row);
-                    }
                 }
                 self.slot_row.push(row);
             }
         }
         self.vec_slot.push(slot);
-        let mut len = 0u32;
-        if let Some(text) = prepared.text {
-            // this record's terms and frequencies first (a record has a few dozen words),
-            // then one append per term: reading each list's tail to merge a repeated term
-            // would miss the cache once per word
-            let mut terms = std::mem::take(&mut self.bm25.scratch);
-            terms.clear();
-            let mut add = |id: u32| match terms.iter_mut().find(|p| p.0 == id) {
-                Some(p) => p.1 += 1,
-                None => terms.push((id, 1)),
-            };
-            match self.bm25.stemmer.clone() {
-                None => {
-                    for term in tokens(text) {
-                        len += 1;
-                        add(self.bm25.term_or_insert(term));
-                    }
-                }
-                Some(stemmer) => {
-                    for term in tokens(text) {
-                        len += 1;
-                        add(self.bm25.term_or_insert(stem(Some(&stemmer), term)));
-                    }
-                }
-            }
-            // rows only grow, so each postings list stays in row order
-            for &(id, tf) in &terms {
-                if let Some(list) = self.bm25.postings.get_mut(id as usize) {
-                    list.push((row, tf));
-                }
-            }
-            self.bm25.scratch = terms;
+        // set by `index_texts`
+        self.bm25.doc_len.push(0);
+        row
+    }
+
+    /// Tokenises the texts of freshly inserted rows (in ascending row order) and appends
+    /// their postings, grouped by term.
+    fn index_texts(&mut self, texts: &[(u32, &str)]) {
+        if texts.is_empty() {
+            return;
         }
-        self.bm25.doc_len.push(len);
-        if len > 0 {
-            self.bm25.docs += 1;
-            self.bm25.total_len += u64::from(len);
+        let bm25 = &mut self.bm25;
+        // per record: its terms and frequencies first (a record has a few dozen words),
+        // merged locally; then per batch: each posting chained behind the batch's previous
+        // one of the same term, so that each term's list is appended to in one run, in row
+        // order, without sorting
+        let mut terms = std::mem::take(&mut bm25.scratch);
+        let mut batch = std::mem::take(&mut bm25.batch);
+        batch.clear();
+        let mut touched: Vec<u32> = Vec::new();
+        let stemmer = bm25.stemmer.clone();
+        for &(row, text) in texts {
+            terms.clear();
+            let mut len = 0u32;
+            for term in tokens(text) {
+                len += 1;
+                let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
+                match terms.iter_mut().find(|p| p.0 == id) {
+                    Some(p) => p.1 += 1,
+                    None => terms.push((id, 1)),
+                }
+            }
+            for &(id, tf) in &terms {
+                let at = batch.len() as u32;
+                batch.push(Chained {
+                    row,
+                    tf,
+                    next: NONE,
+                });
+                let Some(chain) = bm25.chains.get_mut(id as usize) else {
+                    continue;
+                };
+                if chain.0 == NONE {
+                    touched.push(id);
+                    chain.0 = at;
+                } else if let Some(tail) = batch.get_mut(chain.1 as usize) {
+                    tail.next = at;
+                }
+                chain.1 = at;
+            }
+            if let Some(d) = bm25.doc_len.get_mut(row as usize) {
+                *d = len;
+            }
+            if len > 0 {
+                bm25.docs += 1;
+                bm25.total_len += u64::from(len);
+            }
+        }
+        // the batch's rows are above every row already indexed, and each chain is in row
+        // order, so each postings list stays in row order
+        for id in touched {
+            let Some(chain) = bm25.chains.get_mut(id as usize) else {
+                continue;
+            };
+            let mut at = chain.0;
+            *chain = (NONE, NONE);
+            if let Some(list) = bm25.postings.get_mut(id as usize) {
+                while let Some(p) = batch.get(at as usize) {
+                    list.push((p.row, p.tf));
+                    at = p.next;
+                }
+            }
+        }
+        bm25.scratch = terms;
+        if batch.capacity() <= 1 << 16 {
+            bm25.batch = batch;
         }
     }
 
@@ -1146,6 +1289,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A version indexed after its successor (two writers racing: a batch indexing version 1
+    /// after a concurrent revision indexed version 2) is linked in before it: the successor
+    /// stays the latest, each version is visible in its own time span, and a delete removes
+    /// both.
+    #[test]
+    fn a_late_older_version_is_linked_before_its_successor() {
+        let mut index = Index::default();
+        let t = |ms: i64| Timestamp::from_timestamp_millis(1_700_000_000_000 + ms).unwrap();
+        let mut v1 = record(1, "first words".into());
+        v1.recorded_at = t(0);
+        let mut v2 = record(1, "second words".into());
+        v2.version = 2;
+        v2.recorded_at = t(10);
+        let other = record(2, "other words".into());
+        index.insert(&other, Prepared::of(&other));
+        index.insert(&v2, Prepared::of(&v2));
+        index.insert(&v1, Prepared::of(&v1));
+        let id = v1.id;
+        assert_eq!(index.latest(&id), Some(1));
+        assert_eq!(index.lineage_count(), 2);
+        assert_eq!(index.visible_row(&id, micros(t(5))), Some(2));
+        assert_eq!(index.visible_row(&id, micros(t(10))), Some(1));
+        assert_eq!(index.visible_row(&id, micros(t(-1))), None);
+        let now = index.compile(micros(t(20)), |_| 0b111, &[], None, &Metadata::new());
+        let then = index.compile(micros(t(5)), |_| 0b111, &[], None, &Metadata::new());
+        let rows = |index: &Index, f: &Filter, q: &str| -> Vec<u32> {
+            index.keyword_top(f, q, 10).iter().map(|c| c.row).collect()
+        };
+        assert_eq!(rows(&index, &now, "first"), Vec::<u32>::new());
+        assert_eq!(rows(&index, &then, "first"), [2]);
+        assert_eq!(rows(&index, &now, "second"), [1]);
+        assert!(index.delete(&id));
+        assert_eq!(rows(&index, &then, "first"), Vec::<u32>::new());
+        assert_eq!(rows(&index, &now, "words"), [0]);
     }
 
     #[test]

@@ -185,8 +185,13 @@ impl MemoryBuilder {
             let page = store.scan(after, SCAN_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id);
+            // every vector of the page checked against the index's dimension (fixed by the
+            // first vector seen), then the page indexed together
             for record in &page {
                 if let Some(e) = &record.embedding {
+                    if index.dims.is_none() && record.tombstone.is_none() {
+                        index.dims = Some(e.len());
+                    }
                     if index.check_dims(e.len()).is_err() {
                         return Err(StoreError::Corrupt {
                             location: format!("memory {} version {}", record.id, record.version),
@@ -199,8 +204,8 @@ impl MemoryBuilder {
                         .into());
                     }
                 }
-                index.insert(record, Prepared::of(record));
             }
+            index.insert_many(page.iter().map(|r| (r, Prepared::of(r))));
         }
         Ok(Memory {
             inner: Arc::new(Inner {
@@ -364,10 +369,16 @@ impl Memory {
     }
 
     /// Remembers many records, in order, each exactly as [`Memory::remember`] would: each is
-    /// validated, written, indexed and audited on its own, and one with [`NewMemory::id`]
-    /// set is idempotent (a repeat returns the record already written). Records without an
+    /// validated, written and audited on its own, and one with [`NewMemory::id`] set is
+    /// idempotent (a repeat returns the record already written). Records without an
     /// embedding are embedded in one call to the embedder. Returns the records in input
     /// order.
+    ///
+    /// The batch is indexed together once it is written (recall sees it when the call
+    /// returns, or, after a failure, before the error returns): the keyword postings are
+    /// appended per term rather than per record, and with an approximate index the new
+    /// vectors are linked as one batch (by several threads with `AnnOptions::threads`). The
+    /// result is the index single writes build.
     ///
     /// Every record is validated before anything is written, so an invalid one fails the
     /// call with nothing written. A failure while writing (the store, the audit log) stops
@@ -445,31 +456,64 @@ impl Memory {
                 planned.push(Ok(self.build(new, vector).map_err(|e| tag(i, e))?));
             }
         }
+        // Each record is stored and audited in turn, as `remember` would; the fresh ones are
+        // indexed together (one lock, the keyword postings grouped per term) once the batch
+        // is done or, on a failure, before the error returns, so the index always ends up
+        // with exactly what the store holds.
         let mut out = Vec::with_capacity(planned.len());
+        let mut fresh: Vec<usize> = Vec::with_capacity(planned.len());
+        let mut failed = None;
         for (i, p) in planned.into_iter().enumerate() {
-            let written = match p {
-                Ok(record) => self.commit(record, None, "remember").await,
+            let record = match p {
+                Ok(record) => record,
                 Err(new) => match self.existing(&new).await {
-                    Ok(Some(existing)) => Ok(existing),
+                    Ok(Some(existing)) => {
+                        out.push(existing);
+                        continue;
+                    }
                     Ok(None) => match self.build(new, None) {
-                        Ok(record) => self.commit(record, None, "remember").await,
-                        Err(e) => Err(e),
+                        Ok(record) => record,
+                        Err(e) => {
+                            failed = Some((i, e));
+                            break;
+                        }
                     },
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
                 },
             };
-            match written {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    return Err(MemoryError::Batch {
-                        index: i,
-                        written: out.len(),
-                        source: Box::new(e),
-                    })
-                }
+            if let Err(e) = self.inner.store.put(record.clone(), None).await {
+                failed = Some((i, e.into()));
+                break;
+            }
+            fresh.push(out.len());
+            out.push(record);
+            let audited = match out.last() {
+                Some(r) => self.audit(r.provenance.author, r, "remember").await,
+                None => Ok(()),
+            };
+            if let Err(e) = audited {
+                failed = Some((i, e));
+                break;
             }
         }
-        Ok(out)
+        self.inner.index.write().insert_many(
+            fresh
+                .iter()
+                .filter_map(|i| out.get(*i))
+                .map(|r| (r, Prepared::of(r))),
+        );
+        match failed {
+            None => Ok(out),
+            Some((index, e)) => Err(MemoryError::Batch {
+                index,
+                // a record stored but not audited is not counted as written
+                written: index,
+                source: Box::new(e),
+            }),
+        }
     }
 
     /// For a write with an id: the version already written under it if it is the same

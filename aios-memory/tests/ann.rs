@@ -284,6 +284,64 @@ fn an_import_with_migration_fills_the_graph() {
     }
 }
 
+/// Batches linked by several threads at once (`AnnOptions::threads`): every vector is in the
+/// graph, recall against the exact scan holds, and hits carry exact scores; reopening with
+/// threads links the whole store again.
+#[test]
+fn batches_linked_in_parallel_recall_like_the_exact_scan() {
+    let vectors = clustered(2500, 13);
+    let clock = Arc::new(ManualClock::default());
+    let approx = open(Some(options().threads(3)), clock.clone());
+    let exact = open(None, clock);
+    block_on(async {
+        for (c, chunk) in vectors.chunks(700).enumerate() {
+            let start = c * 700;
+            let batch = || -> Vec<NewMemory> {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| new_memory(start + i, v))
+                    .collect()
+            };
+            assert_eq!(
+                approx.remember_many(batch()).await.unwrap().len(),
+                chunk.len()
+            );
+            exact.remember_many(batch()).await.unwrap();
+        }
+    });
+    assert_eq!(approx.approximate_vectors(), Some(2500));
+    let reopened = block_on(
+        Memory::builder(approx.clock().clone())
+            .store(approx.store().clone())
+            .ann(options().threads(2))
+            .open(),
+    )
+    .unwrap();
+    assert_eq!(reopened.approximate_vectors(), Some(2500));
+    for m in [&approx, &reopened] {
+        let (mut found, mut wanted) = (0, 0);
+        for q in clustered(40, 14) {
+            let query = RecallQuery::vector(q).mode(RecallMode::Vector).k(10);
+            let want = block_on(exact.recall(&query)).unwrap();
+            let got = block_on(m.recall(&query)).unwrap();
+            assert_eq!(got.len(), 10);
+            for h in &got {
+                let v = hit_vector(&vectors, &h.record.content);
+                let q = query.vector.as_deref().unwrap();
+                let cos: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                assert!((h.score.vector.unwrap() - cos).abs() < 1e-4);
+            }
+            let w: Vec<String> = want.iter().map(|h| h.record.content.clone()).collect();
+            let g: Vec<String> = got.iter().map(|h| h.record.content.clone()).collect();
+            found += overlap(&w, &g);
+            wanted += w.len();
+        }
+        let recall = found as f64 / wanted as f64;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+}
+
 #[test]
 fn reopening_rebuilds_the_same_graph() {
     let vectors = clustered(1000, 7);
@@ -353,6 +411,8 @@ fn invalid_options_are_refused_by_name() {
         ),
         (AnnOptions::default().min_share(1.5), "ann.min_share"),
         (AnnOptions::default().min_share(f32::NAN), "ann.min_share"),
+        (AnnOptions::default().threads(0), "ann.threads"),
+        (AnnOptions::default().threads(257), "ann.threads"),
     ] {
         let err = block_on(Memory::builder(clock.clone()).ann(options).open()).unwrap_err();
         match &err {

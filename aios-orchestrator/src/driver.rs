@@ -2,8 +2,10 @@
 //! one future, checkpoints, leases, the governed calls' plumbing).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use aios_core::{
     AgentId, AnchorId, ApprovalId, AuditEvent, AuditRecord, Connector, ConnectorId, Outcome,
@@ -626,6 +628,13 @@ impl<'o> Driver<'o> {
         (index, task_id, result)
     }
 
+    /// Drives the run: its ready tasks, up to the configured concurrency, until it ends,
+    /// parks or is stopped.
+    ///
+    /// The tasks in flight are polled whenever the driver awaits anything of its own (the
+    /// audit record of a finished task, a checkpoint, an escalation; see [`alongside`]): a
+    /// task may hold the run's save lock, or a store's pooled connection, that the driver's
+    /// own call waits for.
     pub(crate) async fn drive(&self, resumed: bool) -> Result<RunOutcome, OrchestratorError> {
         self.o.active.lock().insert(self.run);
         let _active = Active {
@@ -656,6 +665,8 @@ impl<'o> Driver<'o> {
         };
         let concurrency = self.o.config.concurrency.max(1);
         let mut running = FuturesUnordered::new();
+        // tasks that finished while the driver awaited something of its own
+        let mut finished = VecDeque::new();
         let mut parked: Vec<ApprovalId> = vec![];
         let mut failure: Option<String> = None;
         let mut stopped: Option<RunStatus> = None;
@@ -677,7 +688,12 @@ impl<'o> Driver<'o> {
                 self.state.lock().tasks[i].status = TaskStatus::Running;
                 running.push(self.run_task(i));
             }
-            let Some((i, task, result)) = running.next().await else {
+            // what finished while the driver was busy with an earlier result comes first
+            let next = match finished.pop_front() {
+                Some(done) => Some(done),
+                None => running.next().await,
+            };
+            let Some((i, task, result)) = next else {
                 break;
             };
             let result = match result {
@@ -704,7 +720,13 @@ impl<'o> Driver<'o> {
                                 (name, anchor)
                             };
                             if let Some(anchor) = anchor {
-                                if self.escalate(anchor, &name, &reason).await.is_err() {
+                                let escalated = alongside(
+                                    &mut running,
+                                    &mut finished,
+                                    self.escalate(anchor, &name, &reason),
+                                )
+                                .await;
+                                if escalated.is_err() {
                                     return Err(self.take_fatal());
                                 }
                             }
@@ -805,7 +827,13 @@ impl<'o> Driver<'o> {
                 outcome,
                 detail: detail.clone(),
             };
-            if self.audit(Principal::System, event).await.is_err() {
+            let audited = alongside(
+                &mut running,
+                &mut finished,
+                self.audit(Principal::System, event),
+            )
+            .await;
+            if audited.is_err() {
                 return Err(self.take_fatal());
             }
             self.emit(match (&result, detail) {
@@ -831,8 +859,14 @@ impl<'o> Driver<'o> {
             }
             // when nothing is left to run, the run's final checkpoint follows at once and
             // records this step too
-            let last = running.is_empty() && (ready.is_empty() || failure.is_some());
-            if !last && self.step(false).await.is_err() {
+            let last = running.is_empty()
+                && finished.is_empty()
+                && (ready.is_empty() || failure.is_some());
+            if !last
+                && alongside(&mut running, &mut finished, self.step(false))
+                    .await
+                    .is_err()
+            {
                 return Err(self.take_fatal());
             }
         }
@@ -915,4 +949,33 @@ impl<'o> Driver<'o> {
                 detail: "the run stopped without a recorded cause".to_string(),
             })
     }
+}
+
+/// Awaits `work` while polling `running`, keeping the results of tasks that finish meanwhile
+/// in `finished`, in the order they finished.
+///
+/// A task in flight can hold what `work` waits for: the run's save lock (its checkpoint
+/// being written when another task finished), a pooled connection, a slot of the model
+/// scheduler. A task that is never polled never lets go, however soon its own store call
+/// is answered: awaiting `work` alone would wait forever with every thread idle.
+async fn alongside<F, T>(
+    running: &mut FuturesUnordered<F>,
+    finished: &mut VecDeque<F::Output>,
+    work: impl Future<Output = T>,
+) -> T
+where
+    F: Future,
+{
+    let mut work = std::pin::pin!(work);
+    futures::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        // polling the tasks may release what `work` waits for; it is woken then
+        while let Poll::Ready(Some(done)) = running.poll_next_unpin(cx) {
+            finished.push_back(done);
+        }
+        Poll::Pending
+    })
+    .await
 }

@@ -3,7 +3,7 @@
 
 use aios::core::SeededRng;
 use aios::memory::{RecallMode, RecallQuery, Scope};
-use aios_benches::memory::{open, records, stream_sum, vector, write_all, DIMS};
+use aios_benches::memory::{open, records, stream_sum, vector, write_all, write_batched, DIMS};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn bench(c: &mut Criterion) {
@@ -14,6 +14,13 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || (open(), records(10_000, 1)),
             |(m, r)| write_all(&m, r),
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("MEM-WRITE x10k, remember_many of 1,000", |b| {
+        b.iter_batched(
+            || (open(), records(10_000, 1)),
+            |(m, r)| write_batched(&m, r, 1000),
             BatchSize::LargeInput,
         )
     });

@@ -131,6 +131,39 @@ impl PgAuditLog {
     }
 }
 
+impl PgAuditLog {
+    /// Appends `record` inside the caller's open transaction `tx`: the chain's advisory lock
+    /// is taken there and held until that transaction ends, and the entry commits or rolls
+    /// back with the caller's other writes (for a change and its audit record that must be
+    /// written together). Callers take any lock of their own before this one, never after,
+    /// and see the transaction through on a task of its own (see [`AuditLog::append`]).
+    pub(crate) async fn append_in(
+        &self,
+        tx: &impl GenericClient,
+        record: AuditRecord,
+    ) -> Result<ChainHead, AuditError> {
+        let db = &self.db;
+        let what = "append an audit entry";
+        tx.c_execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await
+            .map_err(|e| db.err(what, e))?;
+        let tail = tx.c_query(TAIL, &[]).await.map_err(|e| db.err(what, e))?;
+        let head = self.head_from(tail.first())?;
+        let entry = AuditEntry::seal(head.len, head.hash, record)?;
+        let text = db.encode("an audit entry", &entry)?;
+        let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
+        let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
+        let v = i32::from(entry.v);
+        tx.c_execute(
+            "INSERT INTO aios_audit_entries (seq, v, hash, entry, mac) VALUES ($1, $2, $3, $4, $5)",
+            &[&seq, &v, &entry.hash.to_string(), &text, &mac],
+        )
+        .await
+        .map_err(|e| db.err(what, e))?;
+        Ok(entry.head())
+    }
+}
+
 #[async_trait]
 impl AuditLog for PgAuditLog {
     /// Runs on a Tokio task of its own (`tokio::spawn`): the append holds the chain's

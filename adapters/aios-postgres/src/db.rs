@@ -29,6 +29,11 @@ pub(crate) const AUDIT_LOCK: i64 = 0x4149_4F53_0000_0002;
 /// The advisory lock key that orders operator control appends.
 pub(crate) const CONTROL_LOCK: i64 = 0x4149_4F53_0000_0003;
 
+/// The advisory lock key that serialises additions of human credentials: the check that
+/// the table is empty (the first human) or that the adder has a credential holds until the
+/// addition commits.
+pub(crate) const HUMANS_LOCK: i64 = 0x4149_4F53_0000_0004;
+
 /// The channel on which approval changes are notified (payload: the approval id).
 pub(crate) const APPROVAL_CHANNEL: &str = "aios_approvals";
 
@@ -113,6 +118,17 @@ const MIGRATIONS: &[&str] = &[
                             * 1000000)::bigint
      WHERE lease IS NOT NULL;
     CREATE INDEX aios_runs_ready ON aios_runs (run) WHERE ready;
+    "#,
+    // version 3: the credentials of the humans who act through the operator's command line
+    // and console: only the SHA-256 of each token, never the token; `added_by` is the human
+    // who gave it (NULL for the first human of the database).
+    r#"
+    CREATE TABLE aios_humans (
+        name         TEXT COLLATE "C" PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        added_at     TEXT NOT NULL,
+        added_by     TEXT
+    );
     "#,
 ];
 
@@ -339,7 +355,8 @@ impl Db {
     /// the migration advisory lock; a newer schema is refused and nothing is written.
     async fn migrate(&self) -> Result<(), StoreError> {
         let what = "migrate the schema";
-        let mut client = self.client(what).await?;
+        // the first connection of the pool: its failures are failures to connect
+        let mut client = self.client("connect").await?;
         let tx = client.transaction().await.map_err(|e| self.err(what, e))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await

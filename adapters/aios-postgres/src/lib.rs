@@ -19,6 +19,8 @@
 //!     compare-and-set transitions, and [`PgApprovalStore::wait_for_change`] to wait for a
 //!     decision made elsewhere (`LISTEN`/`NOTIFY`, with polling as the fallback);
 //!   - [`PgControlStore`] ([`aios_governance::ControlStore`]): durable operator controls.
+//! - [`PgStore::human_credentials`]: [`PgHumanCredentials`], the SHA-256 of each token of
+//!   the humans who act through the `aios` command line and the web console.
 //! - [`PgStore::orchestrator`] and [`PgStore::memory`]: the production set-up of one worker
 //!   on the database, with the system clock and a Tokio timer.
 //! - [`SCHEMA_VERSION`]: the schema this build reads and writes.
@@ -89,6 +91,7 @@ mod budget;
 mod checkpoint;
 mod controls;
 mod db;
+mod humans;
 mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -110,6 +113,7 @@ pub use budget::PgBudgetLedger;
 pub use checkpoint::PgCheckpointStore;
 pub use controls::PgControlStore;
 pub use db::{PgOptions, TlsMode, SCHEMA_VERSION};
+pub use humans::{PgHumanCredentials, StoredCredential};
 pub use memory::PgMemoryStore;
 
 /// A pool on one AIOS database. Cheap to clone; clones and every port handed out share the
@@ -187,6 +191,12 @@ impl PgStore {
     /// restart.
     pub fn control_store(&self) -> PgControlStore {
         PgControlStore::new(self.db.clone())
+    }
+
+    /// The credentials of the humans who act through the operator's command line and
+    /// console (table `aios_humans`: only the SHA-256 of each token).
+    pub fn human_credentials(&self) -> PgHumanCredentials {
+        PgHumanCredentials::new(self.db.clone())
     }
 
     /// The production set-up of one worker on this database, ready for roles and

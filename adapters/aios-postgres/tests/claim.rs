@@ -119,10 +119,11 @@ async fn a_version_1_database_is_upgraded_into_the_queue() {
             }
         }
     }
-    // back to what version 1 stored: no queue columns
+    // back to what version 1 stored: no queue columns (and no credentials of version 3)
     TestServer::execute_on(
         &url,
-        "DROP INDEX aios_runs_ready;
+        "DROP TABLE aios_humans;
+         DROP INDEX aios_runs_ready;
          ALTER TABLE aios_runs DROP COLUMN ready, DROP COLUMN lease_expires, DROP COLUMN settled;
          UPDATE aios_schema SET version = 1",
     )

@@ -38,6 +38,37 @@ impl SqliteAuditLog {
         Self { db, key }
     }
 
+    /// Seals `record` onto the chain's head and inserts it, inside the caller's write
+    /// transaction: for a change of another table that must be committed together with its
+    /// audit record (the humans' credentials).
+    pub(crate) fn append_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        record: AuditRecord,
+    ) -> Result<ChainHead, AuditError> {
+        let db = &self.db;
+        let head = head_of(db, tx)?;
+        // the JSON holds the sealed entry; its MAC goes in its own column
+        let entry = AuditEntry::seal(head.len, head.hash, record)?;
+        let text = db.encode("an audit entry", &entry)?;
+        let mac = self.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
+        let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
+        tx.prepare_cached(
+            "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(rusqlite::params![
+                seq,
+                entry.v,
+                entry.hash.to_string(),
+                text,
+                mac
+            ])
+        })
+        .map_err(|e| db.err("append an audit entry", e))?;
+        Ok(entry.head())
+    }
+
     /// One row as a stored position: an entry of a supported version that decodes, or the
     /// finding that this build cannot read it, naming the row and keeping the stored hashes
     /// that can still be told (the `hash` column, and `prev` if the JSON still parses), so
@@ -106,28 +137,8 @@ impl AuditLog for SqliteAuditLog {
         let this = self.clone();
         self.db
             .write("append an audit entry", move |tx| {
-                let db = &this.db;
-                let head = head_of(db, tx)?;
-                // the JSON holds the sealed entry; its MAC goes in its own column (the record is
-                // cloned: a write may run again if its group commit fails)
-                let entry = AuditEntry::seal(head.len, head.hash, record.clone())?;
-                let text = db.encode("an audit entry", &entry)?;
-                let mac = this.key.as_ref().map(|k| k.mac(&entry.hash).to_string());
-                let seq = to_sql_u64(db.location(), "audit seq", entry.seq)?;
-                tx.prepare_cached(
-                "INSERT INTO audit_entries (seq, v, hash, entry, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(rusqlite::params![
-                    seq,
-                    entry.v,
-                    entry.hash.to_string(),
-                    text,
-                    mac
-                ])
-            })
-            .map_err(|e| db.err("append an audit entry", e))?;
-                Ok(entry.head())
+                // the record is cloned: a write may run again if its group commit fails
+                this.append_in(tx, record.clone())
             })
             .await
     }

@@ -123,6 +123,17 @@ const MIGRATIONS: &[&str] = &[
     UPDATE runs SET ready = 1 WHERE json_extract(status, '$.status') = 'running';
     CREATE INDEX runs_ready ON runs (run) WHERE ready = 1;
     "#,
+    // version 7: the credentials of the humans who act through the operator's surfaces
+    // (only SHA-256 hashes of their tokens). `IF NOT EXISTS`: the command line made this
+    // table itself before, with these columns
+    "
+    CREATE TABLE IF NOT EXISTS aios_humans (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        added_at TEXT NOT NULL,
+        added_by TEXT
+    );
+    ",
 ];
 
 /// The migration step that adds checkpoint checksums. Found in [`MIGRATIONS`] by value, so

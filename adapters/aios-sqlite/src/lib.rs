@@ -116,6 +116,7 @@ mod budget;
 mod checkpoint;
 mod controls;
 mod db;
+mod humans;
 mod memory;
 
 use std::path::Path;
@@ -129,6 +130,7 @@ pub use budget::SqliteBudgetLedger;
 pub use checkpoint::SqliteCheckpointStore;
 pub use controls::SqliteControlStore;
 pub use db::{Durability, SqliteOptions, SCHEMA_VERSION};
+pub use humans::{SqliteHumanCredentials, StoredCredential};
 pub use memory::SqliteMemoryStore;
 
 /// A handle on one AIOS database. Cheap to clone; clones and every port handed out share its
@@ -230,6 +232,12 @@ impl SqliteStore {
     /// [`aios_governance::Controls::open`] so controls survive a restart.
     pub fn control_store(&self) -> SqliteControlStore {
         SqliteControlStore::new(self.db.clone())
+    }
+
+    /// The credentials of the humans who act through the operator's surfaces (table
+    /// `aios_humans`: only SHA-256 hashes of their tokens).
+    pub fn human_credentials(&self) -> SqliteHumanCredentials {
+        SqliteHumanCredentials::new(self.db.clone())
     }
 }
 

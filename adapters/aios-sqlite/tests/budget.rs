@@ -96,3 +96,101 @@ proptest! {
         prop_assert!(done >= 1);
     }
 }
+
+/// The file, keys and round count a child of [`charged_once_per_key_across_processes`] uses.
+const CHILD_STORE: &str = "AIOS_BUDGET_CHILD_STORE";
+const CHARGE_KEYS: usize = 25;
+
+/// The child's side: reserve 10 under every key, wait until every child has (marker files
+/// beside the store), then commit them all: four commits race for each key. Does nothing
+/// unless started by the parent test.
+#[test]
+fn budget_child_process() {
+    let Ok(path) = std::env::var(CHILD_STORE) else {
+        return;
+    };
+    let me: usize = std::env::var("AIOS_BUDGET_CHILD").unwrap().parse().unwrap();
+    let dir = std::path::Path::new(&path).parent().unwrap().to_path_buf();
+    let store = SqliteStore::open(&path).unwrap();
+    let ledger = store.budget_ledger(Arc::new(aios_core::SystemClock));
+    let run = aios_core::RunId::from_name("shared run");
+    let chain = BudgetChain::organisation().run(run);
+    block_on(async {
+        let mut held = Vec::new();
+        for i in 0..CHARGE_KEYS {
+            let key = ReserveOptions::keyed(format!("shared run/task/{i}"));
+            let r = ledger
+                .reserve(&chain, Usage::cost(Money::from_minor(10)), &key)
+                .await
+                .unwrap_or_else(|e| panic!("key {i}: nothing is charged yet: {e}"));
+            held.push(r.id);
+        }
+        std::fs::write(dir.join(format!("reserved-{me}")), b"").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while (0..CHILDREN).any(|c| !dir.join(format!("reserved-{c}")).exists()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other children never reserved"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for id in held {
+            ledger
+                .commit(id, Usage::cost(Money::from_minor(10)))
+                .await
+                .unwrap();
+        }
+    });
+}
+
+/// How many processes race.
+const CHILDREN: usize = 4;
+
+/// Four processes on one file each hold a reservation under the same 25 charge keys and
+/// then commit them all at once (as workers do when a run is taken over from a live one):
+/// each key is charged exactly once, and no reservation is left open.
+#[test]
+fn charged_once_per_key_across_processes() {
+    if std::env::var(CHILD_STORE).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("budget.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let ledger = store.budget_ledger(Arc::new(aios_core::SystemClock));
+        block_on(ledger.set_limits(BudgetKey::Organisation, cap(1_000_000))).unwrap();
+    }
+    let me = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..CHILDREN)
+        .map(|c| {
+            std::process::Command::new(&me)
+                .args(["--exact", "budget_child_process", "--nocapture"])
+                .env(CHILD_STORE, &path)
+                .env("AIOS_BUDGET_CHILD", c.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let ledger = store.budget_ledger(Arc::new(aios_core::SystemClock));
+    let usage = block_on(ledger.usage(BudgetKey::Organisation))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        usage.committed.cost.minor(),
+        10 * CHARGE_KEYS as i64,
+        "every key charged exactly once"
+    );
+    assert_eq!(usage.reserved.cost.minor(), 0, "no reservation left open");
+}

@@ -133,14 +133,18 @@ fn incarnation(mode: Mode, store: &Path, service: &Path, kill: Option<Kill>) -> 
                 }
             }
             if stalled {
-                // a known, open liveness problem of the fan-out worker on SQLite (an
-                // incarnation that stops making progress, every store thread idle): it is
-                // reported loudly and the incarnation is killed like any other, so the
-                // promises below are still checked on what it left behind
-                eprintln!("STALLED: no progress for {STALL:?}; killing this incarnation");
+                // a worker that prints nothing for this long is stuck, not slow (a run
+                // whose driver awaited its own save while a sibling task held the save lock
+                // once hung here; `aios-orchestrator/tests/liveness.rs` reproduces that)
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "a worker made no progress for {STALL:?}: it hung\n{}",
+                    stderr_of(&mut child)
+                );
             }
             // SIGKILL on Unix; an error means it had exited already
-            let killed = (seen == n || stalled) && child.kill().is_ok();
+            let killed = seen == n && child.kill().is_ok();
             let _ = child.wait();
             drop(rx);
             let _ = reader.join();

@@ -1,0 +1,257 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Batch writes (`remember_many`) index their records together, with the keyword postings
+//! grouped per term: the result must be exactly what one `remember` per record gives, and
+//! a failure part-way must leave the index holding exactly what the store holds.
+
+use std::sync::Arc;
+
+use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+use aios_core::{InMemoryAuditLog, ManualClock, MemoryId, Principal, SeededRng};
+use aios_memory::testing::FaultyMemoryStore;
+use aios_memory::{
+    InMemoryMemoryStore, KeywordOptions, Memory, MemoryError, MemoryStore, NewMemory, RecallMode,
+    RecallQuery, Scope, Stemming, Tier,
+};
+use futures::executor::block_on;
+
+const WORDS: &[&str] = &[
+    "invoice",
+    "invoices",
+    "friday",
+    "paid",
+    "paying",
+    "the",
+    "a",
+    "Supplier",
+    "budget",
+    "q3",
+    "overdue",
+    "reminder",
+    "supercalifragilisticexpialidocious",
+    "naïve",
+    "Straße",
+    "café",
+];
+
+/// Texts with repeated words, mixed case, long words and non-ASCII words.
+fn texts(n: usize, seed: u64) -> Vec<String> {
+    let mut rng = SeededRng::new(seed);
+    (0..n)
+        .map(|_| {
+            let len = 1 + (rng.next_u64() % 12) as usize;
+            (0..len)
+                .map(|_| {
+                    let r = rng.next_f64();
+                    WORDS[((r * r) * WORDS.len() as f64) as usize]
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn vector(rng: &mut SeededRng) -> Vec<f32> {
+    (0..8).map(|_| rng.next_f64() as f32 - 0.5).collect()
+}
+
+fn records(texts: &[String], seed: u64) -> Vec<NewMemory> {
+    let mut rng = SeededRng::new(seed);
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            NewMemory::new(
+                Scope::parse(["org/a", "org/b"][i % 2]).unwrap(),
+                Tier::ALL[i % 3],
+                t.clone(),
+                Principal::System,
+            )
+            .with_id(MemoryId::from_name(&format!("r{i}")))
+            .embedding(vector(&mut rng))
+        })
+        .collect()
+}
+
+fn open(keyword: KeywordOptions, store: Arc<dyn MemoryStore>) -> Memory {
+    block_on(
+        Memory::builder(Arc::new(ManualClock::default()))
+            .keyword(keyword)
+            .store(store)
+            .open(),
+    )
+    .unwrap()
+}
+
+/// `(id, total score, keyword score)` of every hit, bit for bit.
+fn hits(m: &Memory, q: &RecallQuery) -> Vec<(MemoryId, u32, Option<u32>)> {
+    block_on(m.recall(q))
+        .unwrap()
+        .into_iter()
+        .map(|h| {
+            (
+                h.record.id,
+                h.score.total.to_bits(),
+                h.score.keyword.map(f32::to_bits),
+            )
+        })
+        .collect()
+}
+
+fn queries() -> Vec<RecallQuery> {
+    let mut rng = SeededRng::new(77);
+    let mut out = Vec::new();
+    for w in WORDS {
+        out.push(RecallQuery::text(*w).mode(RecallMode::Keyword).k(25));
+    }
+    for _ in 0..10 {
+        out.push(
+            RecallQuery::text("paid invoice friday reminder")
+                .with_vector(vector(&mut rng))
+                .k(15),
+        );
+    }
+    out.push(
+        RecallQuery::text("budget the q3")
+            .mode(RecallMode::Keyword)
+            .in_scope(Scope::parse("org/b").unwrap())
+            .k(40),
+    );
+    out
+}
+
+/// The same records written one `remember` each, in one batch, and in uneven batches after
+/// some single writes, recall identically: the same hits in the same order with the same
+/// scores, with and without stemming.
+#[test]
+fn batches_index_exactly_like_single_writes() {
+    let texts = texts(600, 5);
+    for keyword in [
+        KeywordOptions::default(),
+        KeywordOptions::default().stemming(Stemming::English),
+    ] {
+        let single = open(keyword, Arc::new(InMemoryMemoryStore::new()));
+        let whole = open(keyword, Arc::new(InMemoryMemoryStore::new()));
+        let mixed = open(keyword, Arc::new(InMemoryMemoryStore::new()));
+        block_on(async {
+            for r in records(&texts, 1) {
+                single.remember(r).await.unwrap();
+            }
+            assert_eq!(
+                whole.remember_many(records(&texts, 1)).await.unwrap().len(),
+                600
+            );
+            let mut rest = records(&texts, 1).into_iter();
+            for r in rest.by_ref().take(7) {
+                mixed.remember(r).await.unwrap();
+            }
+            for size in [1, 2, 50, 333, 1000] {
+                let batch: Vec<NewMemory> = rest.by_ref().take(size).collect();
+                mixed.remember_many(batch).await.unwrap();
+            }
+        });
+        for q in queries() {
+            let want = hits(&single, &q);
+            assert!(!want.is_empty(), "{q:?}");
+            assert_eq!(hits(&whole, &q), want, "{q:?}");
+            assert_eq!(hits(&mixed, &q), want, "{q:?}");
+        }
+        // a memory reopened over the batch's store (loaded in pages, in id order, so equal
+        // scores tie in another order) finds the same records with the same scores
+        let reopened = open(keyword, whole.store().clone());
+        for w in WORDS {
+            let q = RecallQuery::text(*w).mode(RecallMode::Keyword).k(1000);
+            let (mut a, mut b) = (hits(&reopened, &q), hits(&single, &q));
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "{q:?}");
+        }
+    }
+}
+
+/// A store failure part-way through a batch: the records before it are stored, indexed
+/// (recall finds them, with the scores single writes give) and counted; the failing one and
+/// those after it are nowhere.
+#[test]
+fn a_store_failure_mid_batch_leaves_the_index_matching_the_store() {
+    let texts = texts(40, 9);
+    let faults = Faults::new(FaultPlan::none());
+    let store = Arc::new(FaultyMemoryStore::new(
+        InMemoryMemoryStore::new(),
+        faults.clone(),
+    ));
+    let m = open(KeywordOptions::default(), store.clone());
+    // each record with an id is looked up (one call) and then put (one call): call 2 * 17 + 2
+    // is the put of record 17
+    faults.set_plan(FaultPlan::fail_nth(2 * 17 + 2));
+    let err = block_on(m.remember_many(records(&texts, 3))).unwrap_err();
+    match &err {
+        MemoryError::Batch {
+            index: 17,
+            written: 17,
+            ..
+        } => {}
+        other => panic!("{other}"),
+    }
+    faults.set_plan(FaultPlan::none());
+    assert_eq!(store.inner().len(), 17);
+    assert_eq!(m.len(), 17);
+    let reference = open(
+        KeywordOptions::default(),
+        Arc::new(InMemoryMemoryStore::new()),
+    );
+    block_on(async {
+        for r in records(&texts, 3).into_iter().take(17) {
+            reference.remember(r).await.unwrap();
+        }
+    });
+    for q in queries() {
+        assert_eq!(hits(&m, &q), hits(&reference, &q), "{q:?}");
+    }
+    // repeating the batch finishes the work
+    assert_eq!(
+        block_on(m.remember_many(records(&texts, 3))).unwrap().len(),
+        40
+    );
+    assert_eq!(m.len(), 40);
+    assert!(block_on(m.verify()).unwrap().is_intact());
+}
+
+/// An audit failure part-way: the record whose entry failed is stored and indexed (as a
+/// single write leaves it) but not counted as written; a repeat audits it and finishes.
+#[test]
+fn an_audit_failure_mid_batch_indexes_what_was_stored() {
+    let texts = texts(30, 11);
+    let faults = Faults::new(FaultPlan::none());
+    let log = Arc::new(FaultyAuditLog::new(InMemoryAuditLog::new(), faults.clone()));
+    let store = Arc::new(InMemoryMemoryStore::new());
+    let m = block_on(
+        Memory::builder(Arc::new(ManualClock::default()))
+            .store(store.clone())
+            .audit(log)
+            .open(),
+    )
+    .unwrap();
+    faults.set_plan(FaultPlan::fail_nth(6));
+    let err = block_on(m.remember_many(records(&texts, 4))).unwrap_err();
+    let index = match &err {
+        MemoryError::Batch { index, written, .. } => {
+            assert_eq!(index, written);
+            *index
+        }
+        other => panic!("{other}"),
+    };
+    faults.set_plan(FaultPlan::none());
+    // stored: the ones before and the one whose audit failed, and the index agrees
+    assert_eq!(store.len(), index + 1);
+    assert_eq!(m.len(), index + 1);
+    let all = RecallQuery::text(WORDS.join(" "))
+        .mode(RecallMode::Keyword)
+        .k(100);
+    // every text has a word of the query
+    assert_eq!(hits(&m, &all).len(), index + 1);
+    assert_eq!(
+        block_on(m.remember_many(records(&texts, 4))).unwrap().len(),
+        30
+    );
+    assert_eq!(m.len(), 30);
+}

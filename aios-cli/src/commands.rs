@@ -1347,6 +1347,7 @@ async fn serve(ctx: &Ctx, listen: std::net::SocketAddr) -> Result<(), CliError> 
     let auth = Arc::new(StoreHumans(store.humans()?));
     let mut b = aios_console::Console::builder(orchestrator, auth)
         .controls(controls)
+        .budgets(store.budget_ledger(Arc::new(SystemClock)))
         .memory(memory);
     for (n, id) in &plan.ids.pathways {
         b = b.control_target(format!("pathway {n}"), ControlTarget::Pathway(*id));

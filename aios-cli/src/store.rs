@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aios_core::{AuditLog, StoreError};
-use aios_governance::{ApprovalStore, ControlStore};
+use aios_governance::{ApprovalStore, BudgetLedger, ControlStore};
 use aios_orchestrator::CheckpointStore;
 use aios_sqlite::SqliteStore;
 
@@ -183,6 +183,15 @@ impl Store {
             Store::Sqlite(s) => Arc::new(s.checkpoint_store()),
             #[cfg(feature = "postgres")]
             Store::Postgres(s) => Arc::new(s.checkpoint_store()),
+        }
+    }
+
+    /// The budget ledger, its periods read from `clock` (the console's budgets page reads it).
+    pub(crate) fn budget_ledger(&self, clock: Arc<dyn aios_core::Clock>) -> Arc<dyn BudgetLedger> {
+        match self {
+            Store::Sqlite(s) => Arc::new(s.budget_ledger(clock)),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => Arc::new(s.budget_ledger(clock)),
         }
     }
 

@@ -1182,6 +1182,16 @@ fn serve_runs_the_console_on_loopback_over_the_store(dir: &Dir) {
         body.contains("<svg") && body.contains("Autonomy rate"),
         "{body}"
     );
+    // the budgets page reads the store's ledger: the workspace's monthly company budget
+    let (head, body) = http(
+        &addr,
+        &format!("GET /budgets HTTP/1.1\r\nHost: {addr}\r\nCookie: {session}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("company") && body.contains("monthly") && body.contains("of 50.00"),
+        "{body}"
+    );
     // a wrong token does not log in; alice's no longer does once she is removed
     let login = |token: &str| {
         let form = format!("csrf={csrf}&token={token}");

@@ -2,8 +2,9 @@
 //!
 //! Server-rendered pages, no JavaScript: login with a human's token, the approvals inbox
 //! (approve, edit the proposed input as JSON, reject with a reason), the runs list with a
-//! status filter and pagination, a run's page (tasks, status, the transcript), the audit
-//! chain's status and head (to anchor elsewhere), operator controls (pause, resume, stop a
+//! status filter and pagination, a run's page (tasks, status, the transcript, pause,
+//! resume and stop of that run), the audit
+//! chain's status and head (to anchor elsewhere), the budgets with their burn, operator controls (pause, resume, stop a
 //! pathway, a role, an agent or everything, with a reason), memory search, and the
 //! operations report with charts drawn as SVG on the server.
 //!
@@ -29,6 +30,7 @@
 //! no script at all; a failed login is answered only after [`ConsoleConfig::login_delay`],
 //! one failure at a time; tokens are never rendered or logged.
 
+mod budgets;
 mod charts;
 mod pages;
 mod security;
@@ -38,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_core::{Clock, RunId};
-use aios_governance::{ControlTarget, Controls};
+use aios_governance::{BudgetLedger, ControlTarget, Controls};
 use aios_memory::Memory;
 use aios_orchestrator::Orchestrator;
 use aios_workspace::OpsReport;
@@ -46,7 +48,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use futures::future::BoxFuture;
 
-pub use charts::{bar_chart, gauge, Bar};
+pub use charts::{bar_chart, burn_chart, gauge, line_chart, Bar, BurnRow, Series};
 pub use security::{CONTENT_SECURITY_POLICY, SESSION_COOKIE};
 
 /// Checks a human's credential: the human's key in the governance model, or `None` when the
@@ -56,8 +58,8 @@ pub trait Authenticator: Send + Sync {
     fn authenticate(&self, token: &str) -> Result<Option<String>, String>;
 }
 
-/// Called, on a task of its own, after an approval of `run` is decided in the console: a
-/// host that embeds the console resumes the run here.
+/// Called, on a task of its own, after an approval of `run` is decided in the console, or
+/// an operator lifted a pause on it: a host that embeds the console resumes the run here.
 pub type DecidedHook = Arc<dyn Fn(RunId) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Builds the operations report when the report page is opened.
@@ -99,6 +101,7 @@ pub struct Console {
     pub(crate) orchestrator: Orchestrator,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) controls: Option<Arc<Controls>>,
+    pub(crate) budgets: Option<Arc<dyn BudgetLedger>>,
     pub(crate) memory: Option<Memory>,
     pub(crate) report: Option<ReportSource>,
     pub(crate) targets: BTreeMap<String, (String, ControlTarget)>,
@@ -140,6 +143,7 @@ impl Console {
                 orchestrator,
                 auth,
                 controls: None,
+                budgets: None,
                 memory: None,
                 report: None,
                 targets: BTreeMap::new(),
@@ -165,7 +169,9 @@ impl Console {
             .route("/approvals/{id}", post(pages::decide))
             .route("/runs", get(pages::runs))
             .route("/runs/{id}", get(pages::run))
+            .route("/runs/{id}/control", post(pages::control_run))
             .route("/audit", get(pages::audit))
+            .route("/budgets", get(budgets::budgets))
             .route("/controls", get(pages::controls).post(pages::apply_control))
             .route("/memory", get(pages::memory))
             .route("/report", get(pages::report))
@@ -179,6 +185,14 @@ impl ConsoleBuilder {
     /// Operator controls: the page lists what is in force and applies new controls.
     pub fn controls(mut self, controls: Arc<Controls>) -> Self {
         self.console.controls = Some(controls);
+        self
+    }
+
+    /// The budget ledger the orchestrator draws on (the same store), for the budgets page:
+    /// every budget of the current governance model with its limits, what is used and
+    /// reserved now, and where the period stands by the console's [clock](Self::clock).
+    pub fn budgets(mut self, ledger: Arc<dyn BudgetLedger>) -> Self {
+        self.console.budgets = Some(ledger);
         self
     }
 
@@ -224,7 +238,8 @@ impl ConsoleBuilder {
         self
     }
 
-    /// The clock sessions expire by (default the orchestrator's).
+    /// The clock sessions expire by and budget periods are placed on (default the
+    /// orchestrator's).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.console.clock = clock;
         self

@@ -2,10 +2,12 @@
 
 use std::sync::Arc;
 
-use aios_core::{ApprovalId, HumanId, Principal, RunId};
-use aios_governance::{ApprovalResponse, ControlAction, ControlCommand, ResponseKind};
+use aios_core::{ApprovalId, HumanId, Money, Principal, RunId};
+use aios_governance::{
+    ApprovalError, ApprovalResponse, ControlAction, ControlCommand, ResponseKind,
+};
 use aios_memory::{RecallMode, RecallQuery};
-use aios_orchestrator::{PendingApproval, RunStatus};
+use aios_orchestrator::{PendingApproval, RunControl, RunStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -13,16 +15,16 @@ use axum::Form;
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
-use crate::charts::{bar_chart, gauge, Bar};
+use crate::charts::{bar_chart, gauge, line_chart, Bar, Series};
 use crate::security::{self, cookie, same_secret, set_cookie, Session, LOGIN_COOKIE};
 use crate::{Console, SESSION_COOKIE};
 
-type S = State<Arc<Console>>;
+pub(crate) type S = State<Arc<Console>>;
 
 const CSS: &str = include_str!("console.css");
 
 impl Console {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.base_path)
     }
 
@@ -34,7 +36,7 @@ impl Console {
 
     /// The session of a page view, or a redirect to the login page.
     #[allow(clippy::result_large_err)]
-    fn viewer(&self, headers: &HeaderMap) -> Result<Session, Response> {
+    pub(crate) fn viewer(&self, headers: &HeaderMap) -> Result<Session, Response> {
         self.session(headers)
             .map(|(_, s)| s)
             .ok_or_else(|| redirect(&self.url("/login")))
@@ -42,7 +44,7 @@ impl Console {
 
     /// The session of a POST whose form carries `csrf`, or 403 with nothing done.
     #[allow(clippy::result_large_err)]
-    fn poster(
+    pub(crate) fn poster(
         &self,
         headers: &HeaderMap,
         csrf: Option<&str>,
@@ -64,7 +66,7 @@ impl Console {
         }
     }
 
-    fn page(&self, title: &str, session: Option<&Session>, body: Markup) -> Markup {
+    pub(crate) fn page(&self, title: &str, session: Option<&Session>, body: Markup) -> Markup {
         html! {
             (DOCTYPE)
             html lang="en" {
@@ -81,6 +83,7 @@ impl Console {
                             nav {
                                 a href=(self.url("/approvals")) { "Approvals" }
                                 a href=(self.url("/runs")) { "Runs" }
+                                a href=(self.url("/budgets")) { "Budgets" }
                                 a href=(self.url("/controls")) { "Controls" }
                                 a href=(self.url("/audit")) { "Audit" }
                                 a href=(self.url("/memory")) { "Memory" }
@@ -103,15 +106,15 @@ impl Console {
     }
 }
 
-fn redirect(to: &str) -> Response {
+pub(crate) fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
-fn html_response(status: StatusCode, markup: Markup) -> Response {
+pub(crate) fn html_response(status: StatusCode, markup: Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
 
-fn message(
+pub(crate) fn message(
     c: &Console,
     status: StatusCode,
     session: Option<&Session>,
@@ -128,7 +131,12 @@ fn forbidden(c: &Console, session: Option<&Session>, text: &str) -> Response {
     message(c, StatusCode::FORBIDDEN, session, "Refused", text)
 }
 
-fn failed(c: &Console, session: &Session, what: &str, e: impl std::fmt::Display) -> Response {
+pub(crate) fn failed(
+    c: &Console,
+    session: &Session,
+    what: &str,
+    e: impl std::fmt::Display,
+) -> Response {
     tracing::warn!("console: {what}: {e}");
     message(
         c,
@@ -139,7 +147,7 @@ fn failed(c: &Console, session: &Session, what: &str, e: impl std::fmt::Display)
     )
 }
 
-fn time(t: &aios_core::Timestamp) -> String {
+pub(crate) fn time(t: &aios_core::Timestamp) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -166,7 +174,7 @@ fn status_text(status: &RunStatus) -> String {
     }
 }
 
-fn plural(n: usize) -> &'static str {
+pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
     } else {
@@ -183,14 +191,26 @@ fn paginate<T>(items: &[T], page: usize, size: usize) -> (&[T], usize, usize) {
     (&items[from.min(items.len())..to], page, pages)
 }
 
-fn pager(c: &Console, path: &str, extra: &str, page: usize, pages: usize) -> Markup {
+/// Links to the pages around `page`; `newest_first` says which way the list runs.
+fn pager(
+    c: &Console,
+    path: &str,
+    extra: &str,
+    (page, pages): (usize, usize),
+    newest_first: bool,
+) -> Markup {
     let link = |p: usize| format!("{}?{extra}page={p}", c.url(path));
+    let (back, on) = if newest_first {
+        ("‹ newer", "older ›")
+    } else {
+        ("‹ older", "newer ›")
+    };
     html! {
         @if pages > 1 {
             nav.pager aria-label="pages" {
-                @if page > 1 { a href=(link(page - 1)) rel="prev" { "‹ newer" } }
+                @if page > 1 { a href=(link(page - 1)) rel="prev" { (back) } }
                 span { "page " (page) " of " (pages) }
-                @if page < pages { a href=(link(page + 1)) rel="next" { "older ›" } }
+                @if page < pages { a href=(link(page + 1)) rel="next" { (on) } }
             }
         }
     }
@@ -461,20 +481,34 @@ fn approval_card(c: &Console, s: &Session, p: &PendingApproval) -> Markup {
     }
 }
 
-/// Renders the inbox page for `s` (public to the crate for the benchmark's sake).
+/// Renders the inbox page for `s`: only the requests on the page have their runs read.
 pub(crate) async fn inbox_page(c: &Console, s: &Session, page: usize) -> Response {
-    let inbox = match c.orchestrator.inbox().await {
+    let size = c.config.page_size;
+    let read = |page: usize| {
+        let offset = page.saturating_sub(1).saturating_mul(size);
+        c.orchestrator.inbox_page(offset, size)
+    };
+    let mut page = page.max(1);
+    let mut inbox = match read(page).await {
         Ok(i) => i,
         Err(e) => return failed(c, s, "the inbox could not be read", e),
     };
-    let (shown, page, pages) = paginate(&inbox, page, c.config.page_size);
+    let pages = inbox.total.div_ceil(size).max(1);
+    if page > pages {
+        // past the end (the inbox shrank, or a hand-made link): show the last page
+        page = pages;
+        inbox = match read(page).await {
+            Ok(i) => i,
+            Err(e) => return failed(c, s, "the inbox could not be read", e),
+        };
+    }
     let body = html! {
-        @if inbox.is_empty() {
+        @if inbox.total == 0 {
             p.empty { "Nothing waits for a human." }
         } @else {
-            p { (inbox.len()) " pending, oldest first." }
-            @for p in shown { (approval_card(c, s, p)) }
-            (pager(c, "/approvals", "", page, pages))
+            p { (inbox.total) " pending, oldest first." }
+            @for p in &inbox.approvals { (approval_card(c, s, p)) }
+            (pager(c, "/approvals", "", (page, pages), false))
         }
     };
     html_response(StatusCode::OK, c.page("Approvals", Some(s), body))
@@ -558,19 +592,6 @@ pub(crate) async fn decide(
         }
     };
     let kind = kind_name(&response.kind());
-    match c.orchestrator.pending_approvals().await {
-        Ok(pending) if pending.iter().any(|r| r.id == approval) => {}
-        Ok(_) => {
-            return message(
-                &c,
-                StatusCode::NOT_FOUND,
-                Some(&s),
-                "Not decided",
-                &format!("no pending approval {approval} (it may have been answered or expired)"),
-            )
-        }
-        Err(e) => return failed(&c, &s, "the pending approvals could not be read", e),
-    }
     match c
         .orchestrator
         .answer_approval(approval, HumanId::from_name(&s.human), response)
@@ -583,7 +604,19 @@ pub(crate) async fn decide(
             }
             redirect(&c.url(&format!("/runs/{run}?decided={kind}")))
         }
-        Err(aios_orchestrator::OrchestratorError::UnknownApproval(_)) => message(
+        // the request is not pending (any more): unknown, answered, used or expired. Asked
+        // of the store itself, so a console does not list every pending request to check
+        Err(
+            aios_orchestrator::OrchestratorError::UnknownApproval(_)
+            | aios_orchestrator::OrchestratorError::Approval {
+                error:
+                    ApprovalError::UnknownRequest { .. }
+                    | ApprovalError::AlreadyDecided { .. }
+                    | ApprovalError::AlreadyRedeemed { .. }
+                    | ApprovalError::Expired { .. },
+                ..
+            },
+        ) => message(
             &c,
             StatusCode::NOT_FOUND,
             Some(&s),
@@ -676,16 +709,130 @@ pub(crate) async fn runs(State(c): S, headers: HeaderMap, Query(q): Query<RunsQu
                     }
                 }
             }
-            (pager(&c, "/runs", &extra, page, pages))
+            (pager(&c, "/runs", &extra, (page, pages), true))
         }
     };
     html_response(StatusCode::OK, c.page("Runs", Some(&s), body))
 }
 
-/// `?decided=approve` after an answer.
+/// `?decided=approve` after an answer, `?controlled=pause` after a control.
 #[derive(Debug, Deserialize)]
 pub(crate) struct RunQuery {
     decided: Option<String>,
+    controlled: Option<String>,
+}
+
+/// The controls offered for a run in `status`: (value, label).
+fn run_controls(status: &RunStatus) -> &'static [(&'static str, &'static str)] {
+    match status {
+        s if s.is_terminal() => &[],
+        RunStatus::Paused => &[("resume", "resume"), ("stop", "stop (cancel for good)")],
+        _ => &[("pause", "pause"), ("stop", "stop (cancel for good)")],
+    }
+}
+
+fn run_control_form(c: &Console, s: &Session, run: RunId, status: &RunStatus) -> Markup {
+    let offered = run_controls(status);
+    html! {
+        @if !offered.is_empty() {
+            h2 { "Control this run" }
+            form.control method="post" action=(c.url(&format!("/runs/{run}/control"))) {
+                input type="hidden" name="csrf" value=(s.csrf);
+                label { "Action " select name="action" {
+                    @for (value, label) in offered { option value=(value) { (label) } }
+                } }
+                label { "Reason " input type="text" name="reason" required; }
+                button type="submit" { "Apply" }
+            }
+            p.hint { "A pause or stop holds across restarts and is recorded with your name and reason; a running run stops at its next task boundary." }
+        }
+    }
+}
+
+/// A control on one run.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RunControlForm {
+    csrf: Option<String>,
+    action: Option<String>,
+    reason: Option<String>,
+}
+
+pub(crate) async fn control_run(
+    State(c): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<RunControlForm>,
+) -> Response {
+    let (_, s) = match c.poster(&headers, form.csrf.as_deref()) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let refused =
+        |status: StatusCode, text: String| message(&c, status, Some(&s), "Not applied", &text);
+    let Ok(run) = id.parse::<RunId>() else {
+        return refused(StatusCode::NOT_FOUND, format!("`{id}` is not a run id"));
+    };
+    let control = match form.action.as_deref() {
+        Some("pause") => RunControl::Pause,
+        Some("stop") => RunControl::Cancel,
+        Some("resume") => RunControl::Resume,
+        other => {
+            return refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "unknown action `{}` for run {run}: pause, resume or stop",
+                    other.unwrap_or("")
+                ),
+            )
+        }
+    };
+    let reason = form.reason.unwrap_or_default();
+    if reason.trim().is_empty() {
+        return refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("a control of run {run} needs a reason: say why"),
+        );
+    }
+    match c.orchestrator.state(run).await {
+        Ok(Some(st)) if st.status.is_terminal() => {
+            return refused(
+                StatusCode::CONFLICT,
+                format!(
+                    "run {run} has ended ({}): there is nothing to control",
+                    status_text(&st.status)
+                ),
+            )
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => return refused(StatusCode::NOT_FOUND, format!("no run {run}")),
+        Err(e) => return failed(&c, &s, "the run could not be read", e),
+    }
+    let by = Principal::Human(HumanId::from_name(&s.human));
+    match c
+        .orchestrator
+        .control_run(run, control, by, reason.trim())
+        .await
+    {
+        Ok(()) => {
+            let name = match control {
+                RunControl::Pause => "pause",
+                RunControl::Cancel => "stop",
+                RunControl::Resume => "resume",
+            };
+            tracing::info!("console: {} applied {name} to run {run}", s.human);
+            if control == RunControl::Resume {
+                // the pause is lifted; the host (if it said how) drives the run on
+                if let Some(hook) = &c.on_decided {
+                    tokio::spawn(hook(run));
+                }
+            }
+            redirect(&c.url(&format!("/runs/{run}?controlled={name}")))
+        }
+        Err(e) => refused(
+            StatusCode::FORBIDDEN,
+            format!("{} may not control run {run}: {e}", s.human),
+        ),
+    }
 }
 
 pub(crate) async fn run(
@@ -720,6 +867,10 @@ pub(crate) async fn run(
         }
         Err(e) => return failed(&c, &s, "the run could not be read", e),
     };
+    let budget = match crate::budgets::run_budget(&c, run).await {
+        Ok(b) => b,
+        Err(e) => return failed(&c, &s, "the run's budget could not be read", e),
+    };
     let transcript = match c.orchestrator.transcript(run).await {
         Ok(t) => t,
         Err(e) => format!("(the transcript could not be read: {e})"),
@@ -727,9 +878,18 @@ pub(crate) async fn run(
     let decided = q
         .decided
         .filter(|d| ["approve", "edit", "reject"].contains(&d.as_str()));
+    let controlled = q
+        .controlled
+        .filter(|d| ["pause", "stop", "resume"].contains(&d.as_str()));
     let body = html! {
         @if let Some(d) = decided {
             p.notice role="status" { "Your answer (" (d) ") is recorded; the run goes on when its worker picks it up." }
+        }
+        @if let Some(d) = controlled {
+            p.notice role="status" { @match d.as_str() {
+                "resume" => { "The pause is lifted; the run goes on when its host resumes it." }
+                other => { "Applied: " (other) "." }
+            } }
         }
         dl.run {
             dt { "Run" } dd { code { (state.run) } }
@@ -741,6 +901,8 @@ pub(crate) async fn run(
         @if matches!(state.status, RunStatus::Parked { .. }) {
             p { a href=(c.url("/approvals")) { "Answer its approvals in the inbox" } }
         }
+        (budget)
+        (run_control_form(&c, &s, run, &state.status))
         h2 { "Tasks" }
         table.tasks {
             thead { tr { th { "Task" } th { "Status" } th { "Calls" } th { "Note" } } }
@@ -1106,6 +1268,39 @@ pub(crate) fn report_body(report: &aios_workspace::OpsReport) -> Markup {
             text: st.cost.to_string(),
         })
         .collect();
+    let days: Vec<String> = report
+        .series
+        .iter()
+        .map(|b| b.start.format("%d %b").to_string())
+        .collect();
+    let autonomy_days = report
+        .series
+        .iter()
+        .map(|b| b.autonomy_rate.map(|r| r * 100.0))
+        .collect();
+    let latency_days = [
+        Series {
+            name: "median".into(),
+            values: report
+                .series
+                .iter()
+                .map(|b| b.approval_latency_p50_ms.map(|v| v as f64))
+                .collect(),
+        },
+        Series {
+            name: "95th percentile".into(),
+            values: report
+                .series
+                .iter()
+                .map(|b| b.approval_latency_p95_ms.map(|v| v as f64))
+                .collect(),
+        },
+    ];
+    let cost_days = report
+        .series
+        .iter()
+        .map(|b| b.cost_per_completed_run.map(|m| m.minor() as f64))
+        .collect();
     html! {
         section.figures {
             dl {
@@ -1120,6 +1315,14 @@ pub(crate) fn report_body(report: &aios_workspace::OpsReport) -> Markup {
         h2 { "Budget burn" }
         p.hint { "Cost in the window against the organisation's spend limit." }
         (gauge("budget burn", t.budget_burn))
+        h2 { "Over time" }
+        p.hint { "Per day (UTC), by when each thing happened; days without a figure are gaps." }
+        h3 { "Autonomy rate" }
+        (line_chart("autonomy rate per day", &days, &[Series { name: "autonomy".into(), values: autonomy_days }], Some(100.0), &|v| format!("{v:.0}%")))
+        h3 { "Approval latency" }
+        (line_chart("approval latency per day", &days, &latency_days, None, &|v| ms(Some(v as u64))))
+        h3 { "Cost per completed run" }
+        (line_chart("cost per completed run per day", &days, &[Series { name: "cost per run".into(), values: cost_days }], None, &|v| Money::from_minor(v as i64).to_string()))
         h2 { "Autonomy rate" }
         p.hint { "Of the actions that went ahead or went to a human, the share no human was needed for (denials left out)." }
         (bar_chart("autonomy rate", &autonomy, Some(100.0)))

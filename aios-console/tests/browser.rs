@@ -154,6 +154,7 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
             ..ConsoleConfig::default()
         })
         .controls(controls.clone())
+        .budgets(Arc::new(store.budget_ledger(orchestrator.clock().clone())))
         .memory(store.memory().await.unwrap())
         .human("alice")
         .report(Arc::new(move || {
@@ -179,6 +180,19 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
     for (n, id) in &p.ids.pathways {
         b = b.control_target(format!("pathway {n}"), ControlTarget::Pathway(*id));
     }
+    // the host spent on the company budget: 18.00 committed, 6.00 held by a call in flight
+    let ledger = store.budget_ledger(orchestrator.clock().clone());
+    let chain = aios_governance::BudgetChain::organisation();
+    let spend = |minor| aios_governance::Usage::cost(aios_core::Money::from_minor(minor));
+    let none = aios_governance::ReserveOptions::default();
+    use aios_governance::{BudgetLedger, BudgetLedgerExt};
+    ledger
+        .apply_plan(&orchestrator.governor().budget_plan())
+        .await
+        .unwrap();
+    let r = ledger.reserve(&chain, spend(2_000), &none).await.unwrap();
+    ledger.commit(r.id, spend(1_800)).await.unwrap();
+    ledger.reserve(&chain, spend(600), &none).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = b.build().router();
@@ -308,16 +322,80 @@ async fn an_operator_approves_a_parked_run_in_chromium_and_sees_it_finish() {
     assert_eq!(xss, serde_json::json!("undefined"));
     shot(&c, "05-run").await;
 
+    // another run parks; alice pauses it from its page, with a reason
+    let second = start_proposal(&orchestrator).await;
+    c.goto(&format!("{base}/runs/{second}")).await.unwrap();
+    assert!(text_with(&c, "Control this run")
+        .await
+        .contains("Control this run"));
+    c.find(Locator::Css(
+        "form.control select[name=action] option[value=pause]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    c.find(Locator::Css("form.control input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("<b>waiting for the client's call</b>")
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.control button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let text = text_with(&c, "Applied: pause").await;
+    assert!(text.contains("Applied: pause"), "{text}");
+    let status = c
+        .find(Locator::Id("run-status"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(status, "paused");
+    assert_eq!(
+        orchestrator.state(second).await.unwrap().unwrap().status,
+        aios_orchestrator::RunStatus::Paused
+    );
+    shot(&c, "10-run-paused").await;
+
     c.goto(&format!("{base}/runs")).await.unwrap();
     assert!(text_with(&c, "completed").await.contains("completed"));
     shot(&c, "06-runs").await;
     c.goto(&format!("{base}/audit?verify=1")).await.unwrap();
     assert!(text_with(&c, "Intact").await.contains("Intact"));
     shot(&c, "07-audit").await;
+    // long pages are shot whole in a taller window
+    c.set_window_size(1280, 2900).await.unwrap();
     c.goto(&format!("{base}/report")).await.unwrap();
     let charts = c.find_all(Locator::Css("svg.chart")).await.unwrap();
-    assert_eq!(charts.len(), 4);
+    assert_eq!(charts.len(), 7, "4 charts of the totals, 3 over time");
+    let lines = c
+        .find_all(Locator::Css("svg.chart.line polyline"))
+        .await
+        .unwrap();
+    assert!(
+        lines.len() >= 3,
+        "today's points joined or alone: {}",
+        lines.len()
+    );
     shot(&c, "08-report").await;
+    c.goto(&format!("{base}/budgets")).await.unwrap();
+    let text = text_with(&c, "company").await;
+    assert!(text.contains("monthly"), "{text}");
+    assert!(
+        text.contains("18.00 used + 6.00 reserved of 50.00 (48%)"),
+        "{text}"
+    );
+    let burn = c.find_all(Locator::Css("svg.chart.burn")).await.unwrap();
+    assert_eq!(burn.len(), 1, "the company budget");
+    shot(&c, "11-budgets").await;
+    c.set_window_size(1280, 1100).await.unwrap();
     c.goto(&format!("{base}/memory?q=client")).await.unwrap();
     shot(&c, "09-memory").await;
     // log out: the session is gone

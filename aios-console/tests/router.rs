@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aios_console::{Console, ConsoleConfig, CONTENT_SECURITY_POLICY};
-use aios_core::{Clock, ManualClock, RunId};
+use aios_core::{Clock, ManualClock, RunId, SystemClock};
 use aios_governance::{ControlTarget, Controls};
 use aios_orchestrator::Orchestrator;
 use aios_sqlite::SqliteStore;
@@ -52,6 +52,7 @@ async fn app(name: &str, config: ConsoleConfig) -> App {
         .clock(clock.clone())
         .controls(controls.clone())
         .memory(store.memory().await.unwrap())
+        .budgets(Arc::new(store.budget_ledger(Arc::new(SystemClock))))
         .human("alice")
         .on_decided(Arc::new(move |run| {
             let tx = tx.clone();
@@ -487,6 +488,18 @@ async fn approving_records_the_decision_and_calls_the_hook() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let unknown = aios_core::ApprovalId::from_name("never asked");
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &format!("/approvals/{unknown}"),
+            Some(&session),
+            &[("csrf", &token), ("answer", "approve")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no pending approval"), "{body}");
     assert_eq!(pending(&a.orchestrator).await, 1);
     assert!(a.decided.try_recv().is_err());
 
@@ -763,4 +776,453 @@ async fn the_audit_page_shows_the_head_and_verifies_the_chain() {
     );
     let (_, _, body) = send(&a.router, get("/audit?verify=1", Some(&session))).await;
     assert!(body.contains("Intact"), "{body}");
+}
+
+/// The workspace with a role budget whose key and parent are markup.
+const HOSTILE_BUDGET: &str = r#"
+[[governance.budgets]]
+key = "<script>window.__xss=3</script>"
+scope = { role = "outreach" }
+period = "day"
+limits = { tool_calls = 10 }
+alerts = [80]
+
+[[governance.budgets]]
+key = "per-run"
+scope = "run"
+limits = { tool_calls = 20, spend = "5.00" }
+"#;
+
+#[tokio::test]
+async fn the_budgets_page_shows_each_budget_with_its_burn_and_hostile_names_as_text() {
+    let dir = Dir::new("budgets");
+    let store = SqliteStore::open(dir.store()).unwrap();
+    let toml = aios_workspace::SOLO_CONSULTANCY_TOML.replacen(
+        "[[implementation.phases]]",
+        &format!("{HOSTILE_BUDGET}\n[[implementation.phases]]"),
+        1,
+    );
+    let plan = plan_of(&toml);
+    let mail = mail_connector(&plan);
+    let orchestrator = host_with(&store, &mail, &plan).await;
+    // one run parks on the mail, is approved and sends it; another stays parked
+    let first = start_proposal(&orchestrator).await;
+    start_proposal(&orchestrator).await;
+    let request = orchestrator.inbox().await.unwrap()[0].id;
+    let done = orchestrator
+        .submit_approval(
+            request,
+            aios_core::HumanId::from_name("alice"),
+            aios_governance::ApprovalResponse::Approve,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.run, first);
+    assert_eq!(done.status, aios_orchestrator::RunStatus::Completed);
+    let ledger: Arc<dyn aios_governance::BudgetLedger> =
+        Arc::new(store.budget_ledger(Arc::new(SystemClock)));
+    let clock = Arc::new(ManualClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-12-16T12:00:00Z")
+            .unwrap()
+            .to_utc(),
+    ));
+    let router = Console::builder(orchestrator.clone(), tokens())
+        .config(config())
+        .clock(clock.clone())
+        .budgets(ledger.clone())
+        .build()
+        .router();
+    let (_, session, _) = login(&router, ALICE).await;
+    let session = session.unwrap();
+    let (status, _, body) = send(&router, get("/budgets", Some(&session))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // the hostile key is text, never markup
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(
+        body.contains("&lt;script&gt;window.__xss=3&lt;/script&gt;"),
+        "{body}"
+    );
+    // the organisation's monthly budget: limits from the ledger, the month's window
+    assert!(
+        body.contains("company") && body.contains("monthly"),
+        "{body}"
+    );
+    assert!(
+        body.contains("2026-12-01 00:00:00 UTC") && body.contains("2027-01-01 00:00:00 UTC"),
+        "{body}"
+    );
+    assert!(
+        body.contains("50% of the period gone"),
+        "the 16th at noon of 31 days: {body}"
+    );
+    assert!(
+        body.contains("of 50.00") && body.contains("of 8000.00"),
+        "{body}"
+    );
+    // the role budget: the tool calls its agent made, as the ledger counts them
+    let role = aios_governance::BudgetKey::Role(aios_core::RoleId::from_name("outreach"));
+    let used = ledger
+        .usage(role)
+        .await
+        .unwrap()
+        .unwrap()
+        .committed
+        .tool_calls;
+    assert_eq!(used, 1, "the mail sent");
+    assert!(body.contains("1 used + 0 reserved of 10 (10%)"), "{body}");
+    assert!(
+        body.contains("daily") && body.contains("2026-12-16 00:00:00 UTC"),
+        "{body}"
+    );
+    // the per-run limits, without usage
+    assert!(
+        body.contains("Limit per run") && body.contains("5.00"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("<svg").count(),
+        2,
+        "one burn chart per budget in force: {body}"
+    );
+
+    // a run's page shows the budget the run got and what it used
+    let (_, _, page) = send(&router, get(&format!("/runs/{first}"), Some(&session))).await;
+    assert!(page.contains("Budget of this run"), "{page}");
+    assert!(
+        page.contains("1 used + 0 reserved of 20 (5%)"),
+        "the mail, of 20 tool calls: {page}"
+    );
+    assert!(
+        page.contains("0.00 used + 0.00 reserved of 5.00 (0%)"),
+        "{page}"
+    );
+
+    // without a ledger the page says so; without a session it asks for one
+    let bare = Console::builder(orchestrator, tokens())
+        .config(config())
+        .build()
+        .router();
+    let (_, session2, _) = login(&bare, ALICE).await;
+    let (status, _, body) = send(&bare, get("/budgets", session2.as_deref())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("without the budget ledger"), "{body}");
+    let (status, h, _) = send(&router, get("/budgets", None)).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/login");
+}
+
+#[tokio::test]
+async fn a_run_is_paused_resumed_and_stopped_from_its_page_with_a_reason_and_csrf() {
+    let mut a = app("run-controls", config()).await;
+    let (_, session, _) = login(&a.router, ALICE).await;
+    let session = session.unwrap();
+    let page = format!("/runs/{}", a.run);
+    let path = format!("/runs/{}/control", a.run);
+    let (_, _, body) = send(&a.router, get(&page, Some(&session))).await;
+    assert!(
+        body.contains("Control this run") && body.contains(&path),
+        "{body}"
+    );
+    assert!(
+        body.contains("value=\"pause\"") && !body.contains("value=\"resume\""),
+        "{body}"
+    );
+    let token = csrf(&body);
+    let status_of =
+        |o: Orchestrator, run: RunId| async move { o.state(run).await.unwrap().unwrap().status };
+
+    // no CSRF token, a wrong one, no session: refused, nothing applied
+    for (cookie, form) in [
+        (
+            Some(session.as_str()),
+            vec![("action", "pause"), ("reason", "x")],
+        ),
+        (
+            Some(session.as_str()),
+            vec![
+                ("csrf", "0".repeat(64).as_str()),
+                ("action", "pause"),
+                ("reason", "x"),
+            ],
+        ),
+        (
+            None,
+            vec![
+                ("csrf", token.as_str()),
+                ("action", "pause"),
+                ("reason", "x"),
+            ],
+        ),
+    ] {
+        let (status, _, _) = send(&a.router, post(&path, cookie, &form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    // bad input names what is wrong (escaped)
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[("csrf", &token), ("action", "<b>halt"), ("reason", "x")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("unknown action `&lt;b&gt;halt`"), "{body}");
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[("csrf", &token), ("action", "pause"), ("reason", " ")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.contains("needs a reason"), "{body}");
+    let (status, _, _) = send(
+        &a.router,
+        post(
+            "/runs/nope/control",
+            Some(&session),
+            &[("csrf", &token), ("action", "pause"), ("reason", "x")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let other = RunId::from_name("never started");
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &format!("/runs/{other}/control"),
+            Some(&session),
+            &[("csrf", &token), ("action", "pause"), ("reason", "x")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        matches!(
+            status_of(a.orchestrator.clone(), a.run).await,
+            aios_orchestrator::RunStatus::Parked { .. }
+        ),
+        "nothing applied yet"
+    );
+
+    // pause: the run is paused, durably, by alice with her reason
+    let (status, h, _) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[
+                ("csrf", &token),
+                ("action", "pause"),
+                ("reason", "<i>check the client</i>"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], format!("{page}?controlled=pause"));
+    assert_eq!(
+        status_of(a.orchestrator.clone(), a.run).await,
+        aios_orchestrator::RunStatus::Paused
+    );
+    let entries = aios_core::AuditLogExt::entries(a.orchestrator.audit_log().as_ref())
+        .await
+        .unwrap();
+    assert!(entries.iter().any(|e| matches!(&e.event,
+        aios_core::AuditEvent::ControlApplied { target, reason, .. }
+            if target == &format!("run:{}", a.run) && reason == "<i>check the client</i>")
+        && e.actor == aios_core::Principal::Human(aios_core::HumanId::from_name("alice"))));
+    let (_, _, body) = send(
+        &a.router,
+        get(&format!("{page}?controlled=pause"), Some(&session)),
+    )
+    .await;
+    assert!(body.contains("Applied: pause"), "{body}");
+    assert!(
+        body.contains("value=\"resume\"") && !body.contains("value=\"pause\""),
+        "{body}"
+    );
+    assert!(!body.contains("<i>check"), "{body}");
+
+    // resume lifts it and tells the host, which drives the run on
+    assert!(a.decided.try_recv().is_err());
+    let (status, _, _) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[
+                ("csrf", &token),
+                ("action", "resume"),
+                ("reason", "checked"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let told = tokio::time::timeout(Duration::from_secs(10), a.decided.recv())
+        .await
+        .unwrap();
+    assert_eq!(told, Some(a.run));
+    let fresh = Controls::open(
+        Arc::new(SqliteStore::open(a._dir.store()).unwrap().control_store()),
+        a.clock.clone(),
+        a.orchestrator.audit_log().clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fresh.snapshot().halt(ControlTarget::Run(a.run)),
+        None,
+        "lifted in the store"
+    );
+
+    // stop: cancelled for good; then there is nothing left to control
+    let (status, _, _) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[
+                ("csrf", &token),
+                ("action", "stop"),
+                ("reason", "client left"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        status_of(a.orchestrator.clone(), a.run).await,
+        aios_orchestrator::RunStatus::Cancelled
+    );
+    let (_, _, body) = send(&a.router, get(&page, Some(&session))).await;
+    assert!(!body.contains("Control this run"), "{body}");
+    let (status, _, body) = send(
+        &a.router,
+        post(
+            &path,
+            Some(&session),
+            &[("csrf", &token), ("action", "pause"), ("reason", "again")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body.contains("has ended"), "{body}");
+}
+
+#[tokio::test]
+async fn the_report_page_draws_the_figures_over_time() {
+    let dir = Dir::new("report");
+    let store = SqliteStore::open(dir.store()).unwrap();
+    let mail = mail_connector(&plan());
+    let orchestrator = host(&store, &mail).await;
+    let run = start_proposal(&orchestrator).await;
+    let request = orchestrator.inbox().await.unwrap()[0].id;
+    orchestrator
+        .submit_approval(
+            request,
+            aios_core::HumanId::from_name("alice"),
+            aios_governance::ApprovalResponse::Approve,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        orchestrator.state(run).await.unwrap().unwrap().status,
+        aios_orchestrator::RunStatus::Completed
+    );
+    let log = orchestrator.audit_log().clone();
+    let router = Console::builder(orchestrator, tokens())
+        .config(config())
+        .report(Arc::new(move || {
+            let log = log.clone();
+            Box::pin(async move {
+                let builder = aios_workspace::ReportBuilder::new(
+                    aios_workspace::Window::all(),
+                    aios_workspace::Targets::default(),
+                    None,
+                    aios_workspace::Names::default(),
+                );
+                aios_workspace::report_from_log(log.as_ref(), builder)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }))
+        .build()
+        .router();
+    let (_, session, _) = login(&router, ALICE).await;
+    let (status, _, body) = send(&router, get("/report", session.as_deref())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for title in [
+        "autonomy rate per day",
+        "approval latency per day",
+        "cost per completed run per day",
+    ] {
+        assert!(
+            body.contains(&format!("<title>{title}</title>")),
+            "{title}: {body}"
+        );
+    }
+    // today's point: the run's actions, its approval answered, the run completed
+    let entries = aios_core::AuditLogExt::entries(&store.audit_log())
+        .await
+        .unwrap();
+    let today = entries[0].at.format("%d %b").to_string();
+    assert!(body.contains(&today), "{body}");
+    assert!(
+        body.contains("median") && body.contains("95th percentile"),
+        "{body}"
+    );
+    assert!(
+        body.matches("<circle").count() >= 4,
+        "a point per line: {body}"
+    );
+}
+
+#[tokio::test]
+async fn the_inbox_is_paginated_oldest_first() {
+    let a = app(
+        "inbox-pages",
+        ConsoleConfig {
+            page_size: 2,
+            ..config()
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        start_proposal(&a.orchestrator).await;
+    }
+    let all = a.orchestrator.inbox().await.unwrap();
+    assert_eq!(all.len(), 4);
+    let (_, session, _) = login(&a.router, ALICE).await;
+    let session = session.unwrap();
+    let shown = |body: &str| {
+        all.iter()
+            .filter(|p| body.contains(&format!("approval-{}", p.id)))
+            .map(|p| p.id)
+            .collect::<Vec<_>>()
+    };
+    let (_, _, page1) = send(&a.router, get("/approvals", Some(&session))).await;
+    assert!(page1.contains("4 pending, oldest first"), "{page1}");
+    assert_eq!(shown(&page1), vec![all[0].id, all[1].id]);
+    assert!(
+        page1.contains("page 1 of 2") && page1.contains("newer ›"),
+        "{page1}"
+    );
+    let (_, _, page2) = send(&a.router, get("/approvals?page=2", Some(&session))).await;
+    assert_eq!(shown(&page2), vec![all[2].id, all[3].id]);
+    assert!(page2.contains("send"), "the task by name: {page2}");
+    // past the end, and page 0: the nearest page
+    let (status, _, page9) = send(&a.router, get("/approvals?page=9", Some(&session))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown(&page9), vec![all[2].id, all[3].id]);
+    assert!(page9.contains("page 2 of 2"), "{page9}");
+    let (_, _, page0) = send(&a.router, get("/approvals?page=0", Some(&session))).await;
+    assert_eq!(shown(&page0), vec![all[0].id, all[1].id]);
+    let (status, _, _) = send(&a.router, get("/approvals?page=-1", Some(&session))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -81,8 +81,8 @@ pub use reliability::{BreakerPolicy, RetryPolicy};
 pub use role::{Fallback, Role};
 pub use router::{LocalFirst, ModelEstimate, ModelRouter, RouteStep};
 pub use runtime::{
-    CheckpointMode, Orchestrator, OrchestratorConfig, PendingApproval, RunControl, RunOutcome,
-    TickReport,
+    CheckpointMode, InboxPage, Orchestrator, OrchestratorConfig, PendingApproval, RunControl,
+    RunOutcome, TickReport,
 };
 pub use scheduler::{
     Acquire, BackendLimits, BackendStats, FlowId, ModelScheduler, Permit, PermitRequest, Priority,

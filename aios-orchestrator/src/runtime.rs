@@ -208,6 +208,13 @@ impl Orchestrator {
         &self.inner.clock
     }
 
+    /// The current governance model version, the one new runs start under (runs already
+    /// started stay pinned to theirs): for an operator's surface that shows the model's
+    /// anchors, pathways and budgets.
+    pub fn governor(&self) -> Arc<aios_governance::Governor> {
+        self.inner.gov.current().governor().clone()
+    }
+
     /// Starts `workflow` as a new run and drives it until it completes, fails or parks.
     pub async fn start(&self, workflow: Workflow) -> Result<RunOutcome, OrchestratorError> {
         let (governor, lease, state) = self.create(workflow).await?;
@@ -705,13 +712,30 @@ impl Orchestrator {
     /// run and task (by name), the action, why it is asked, what is proposed, which anchor
     /// is asked and who may answer for it (by their keys in the governance model), the
     /// answers allowed and the deadline.
+    ///
+    /// This reads the state of every run with a pending request; a page of a long inbox is
+    /// cheaper through [`Orchestrator::inbox_page`].
     pub async fn inbox(&self) -> Result<Vec<PendingApproval>, OrchestratorError> {
+        Ok(self.inbox_page(0, usize::MAX).await?.approvals)
+    }
+
+    /// One page of the [inbox](Orchestrator::inbox): how many requests wait in all, and the
+    /// `limit` of them from position `offset` (oldest first, from 0), as the inbox shows
+    /// them. Only the runs of the requests on the page have their state read (for the task's
+    /// name), so a page costs the pending requests' listing plus `limit` run states, however
+    /// many runs wait. An `offset` past the end gives an empty page with the total.
+    pub async fn inbox_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<InboxPage, OrchestratorError> {
         let requests = self.pending_approvals().await?;
+        let total = requests.len();
         let governor = self.inner.gov.current();
         let model = governor.model();
         let mut states: HashMap<RunId, Option<RunState>> = HashMap::new();
-        let mut out = Vec::with_capacity(requests.len());
-        for r in requests {
+        let mut out = Vec::with_capacity(limit.min(total.saturating_sub(offset)));
+        for r in requests.into_iter().skip(offset).take(limit) {
             let task = match (r.run, r.task) {
                 (Some(run), Some(task)) => {
                     if let std::collections::hash_map::Entry::Vacant(e) = states.entry(run) {
@@ -733,20 +757,23 @@ impl Orchestrator {
                 id: r.id,
                 run: r.run,
                 task,
-                action: r.action.clone(),
-                reason: r.reason.clone(),
-                proposed: r.proposed.clone(),
                 anchor: anchor
                     .map(|a| a.key.clone())
                     .unwrap_or_else(|| r.anchor.to_string()),
                 may_answer: anchor
                     .map(|a| a.holders.iter().chain(a.deputy.iter()).cloned().collect())
                     .unwrap_or_default(),
-                allowed: r.allowed.clone(),
+                action: r.action,
+                reason: r.reason,
+                proposed: r.proposed,
+                allowed: r.allowed,
                 expires_at: r.expires_at,
             });
         }
-        Ok(out)
+        Ok(InboxPage {
+            total,
+            approvals: out,
+        })
     }
 
     /// Records `by`'s decision on `approval` and resumes the run waiting for it, which
@@ -976,6 +1003,16 @@ pub struct PendingApproval {
     pub allowed: Vec<aios_governance::ResponseKind>,
     /// Until when; then it is denied or escalated.
     pub expires_at: aios_core::Timestamp,
+}
+
+/// One page of the inbox ([`Orchestrator::inbox_page`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct InboxPage {
+    /// How many requests wait in all (not only on this page).
+    pub total: usize,
+    /// The requests on this page, oldest first.
+    pub approvals: Vec<PendingApproval>,
 }
 
 /// What one [`Orchestrator::tick`] did.

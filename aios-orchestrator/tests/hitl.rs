@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use aios_core::AuditLogExt;
 use aios_governance::ApprovalResponse;
 use aios_orchestrator::RunStatus;
@@ -295,4 +297,146 @@ fn the_transcript_shows_the_runs_memory_writes_and_reads() {
     let entries = block_on(audit.entries()).unwrap();
     assert!(entries.iter().any(|e| matches!(&e.event,
         aios_core::AuditEvent::MemoryWritten { run: Some(r), .. } if *r == done.run)));
+}
+
+/// A checkpoint store that counts how many run states are read (`latest`).
+#[derive(Debug, Default)]
+struct CountingStore {
+    inner: aios_orchestrator::InMemoryCheckpointStore,
+    latest: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl aios_orchestrator::CheckpointStore for CountingStore {
+    async fn acquire(
+        &self,
+        run: aios_core::RunId,
+        owner: &aios_orchestrator::WorkerId,
+        now: aios_core::Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<aios_orchestrator::Lease, aios_core::StoreError> {
+        self.inner.acquire(run, owner, now, ttl).await
+    }
+    async fn renew(
+        &self,
+        lease: &aios_orchestrator::Lease,
+        now: aios_core::Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<aios_orchestrator::Lease, aios_core::StoreError> {
+        self.inner.renew(lease, now, ttl).await
+    }
+    async fn release(&self, lease: &aios_orchestrator::Lease) -> Result<(), aios_core::StoreError> {
+        self.inner.release(lease).await
+    }
+    async fn save(
+        &self,
+        lease: &aios_orchestrator::Lease,
+        checkpoint: &aios_orchestrator::Checkpoint,
+    ) -> Result<(), aios_core::StoreError> {
+        self.inner.save(lease, checkpoint).await
+    }
+    async fn latest(
+        &self,
+        run: aios_core::RunId,
+    ) -> Result<Option<aios_orchestrator::Checkpoint>, aios_core::StoreError> {
+        self.latest
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.latest(run).await
+    }
+    async fn get(
+        &self,
+        run: aios_core::RunId,
+        seq: u64,
+    ) -> Result<Option<aios_orchestrator::Checkpoint>, aios_core::StoreError> {
+        self.inner.get(run, seq).await
+    }
+    async fn list(
+        &self,
+        parked_only: bool,
+    ) -> Result<Vec<aios_orchestrator::RunSummary>, aios_core::StoreError> {
+        self.inner.list(parked_only).await
+    }
+    async fn claim(
+        &self,
+        owner: &aios_orchestrator::WorkerId,
+        now: aios_core::Timestamp,
+        ttl: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<aios_orchestrator::Lease>, aios_core::StoreError> {
+        self.inner.claim(owner, now, ttl, limit).await
+    }
+    async fn wake(
+        &self,
+        run: aios_core::RunId,
+        approval: aios_core::ApprovalId,
+    ) -> Result<(), aios_core::StoreError> {
+        self.inner.wake(run, approval).await
+    }
+}
+
+#[test]
+fn a_page_of_the_inbox_reads_only_the_runs_it_shows() {
+    let world = World::new();
+    let store = Arc::new(CountingStore::default());
+    let orch = newsletter_roles()
+        .into_iter()
+        .fold(builder(&world).checkpoints(store.clone()), |b, r| b.role(r))
+        .build()
+        .unwrap();
+    let mut runs = vec![];
+    for _ in 0..30 {
+        runs.push(block_on(orch.start(newsletter())).unwrap().run);
+    }
+    let whole = block_on(orch.inbox()).unwrap();
+    assert_eq!(whole.len(), 30);
+    let read = |s: &CountingStore| s.latest.swap(0, std::sync::atomic::Ordering::SeqCst);
+    read(&store);
+
+    let page = block_on(orch.inbox_page(10, 5)).unwrap();
+    assert_eq!(page.total, 30, "the total counts every pending request");
+    assert_eq!(
+        page.approvals,
+        whole[10..15].to_vec(),
+        "the same rows, in order"
+    );
+    assert_eq!(page.approvals[0].task.as_deref(), Some("send"));
+    assert_eq!(read(&store), 5, "one run state read per row shown");
+
+    // the last, short page; past the end; an empty limit
+    let last = block_on(orch.inbox_page(28, 5)).unwrap();
+    assert_eq!((last.total, last.approvals.len()), (30, 2));
+    assert_eq!(last.approvals, whole[28..].to_vec());
+    let past = block_on(orch.inbox_page(usize::MAX, 5)).unwrap();
+    assert_eq!((past.total, past.approvals.len()), (30, 0));
+    let none = block_on(orch.inbox_page(0, 0)).unwrap();
+    assert_eq!((none.total, none.approvals.len()), (30, 0));
+    read(&store);
+
+    // an answered request leaves the inbox and the total at once
+    block_on(orch.answer_approval(whole[0].id, alice(), ApprovalResponse::Approve)).unwrap();
+    let first = block_on(orch.inbox_page(0, 1)).unwrap();
+    assert_eq!(first.total, 29);
+    assert_eq!(first.approvals[0].id, whole[1].id);
+    // expired requests are not counted (the deadline is 24 h)
+    world
+        .timer
+        .advance(std::time::Duration::from_secs(25 * 3600));
+    let later = block_on(orch.inbox_page(0, 50)).unwrap();
+    assert_eq!((later.total, later.approvals.len()), (0, 0));
+    assert_eq!(read(&store), 1, "no run state read for an empty page");
+}
+
+#[test]
+fn the_current_governance_model_is_the_one_new_runs_start_under() {
+    let world = World::new();
+    let orch = newsletter_orchestrator(&world);
+    assert_eq!(orch.governor().version(), 1);
+    let next = || governor_from(&MODEL.replace(r#""version": 1"#, r#""version": 2"#));
+    orch.load_governance(next(), false);
+    assert_eq!(orch.governor().version(), 1, "loaded, not current");
+    orch.load_governance(next(), true);
+    assert_eq!(orch.governor().version(), 2);
+    let run = block_on(orch.start(newsletter())).unwrap().run;
+    let state = block_on(orch.state(run)).unwrap().unwrap();
+    assert_eq!(state.governance_version, 2);
 }

@@ -57,8 +57,8 @@ pub use recalibrate::{
     accept, answer_record, suggest, AcceptError, Direction, ProposedChange, Suggestion, Threshold,
 };
 pub use report::{
-    report_from_log, report_with_progress, Check, Evidence, Names, OpsReport, ReportBuilder, Stats,
-    Window, EVIDENCE_CAP,
+    report_from_log, report_with_progress, Bucket, Check, Evidence, Interval, Names, OpsReport,
+    ReportBuilder, Stats, Window, EVIDENCE_CAP, MAX_GAP_FILLED,
 };
 pub use templates::{
     resolve_role, role_template, role_templates, RoleSpec, NEWSLETTER_TOML, ROLE_TEMPLATES_TOML,

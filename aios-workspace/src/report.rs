@@ -21,6 +21,12 @@
 //! | cost per completed run | cost / completed runs |
 //! | budget burn | cost in the window / the organisation's spend limit (when given) |
 //!
+//! The report also holds the totals over time ([`OpsReport::series`]): one [`Bucket`] per day
+//! (or week, [`ReportBuilder::interval`]) from the first to the last one with an entry in the
+//! window, each counting what happened in it (by the entry's time): actions and their
+//! autonomy rate, approvals answered and their latency, cost, runs completed and cost per
+//! completed run (the bucket's cost over the runs completed in it).
+//!
 //! Events are attributed through what came before them, also before the window: a task's
 //! role and agent from its `TaskStarted`, a run's workflow from its `RunStarted`, a decision's
 //! agent from the entry's actor. Only entries inside the window are counted.
@@ -294,6 +300,98 @@ pub struct OpsReport {
     pub agents: BTreeMap<String, Stats>,
     /// Per workflow.
     pub workflows: BTreeMap<String, Stats>,
+    /// The totals over time, oldest first: one bucket per interval from the first to the
+    /// last with an entry in the window (intervals in between with nothing are there, empty,
+    /// unless there are more than [`MAX_GAP_FILLED`] of them).
+    #[serde(default)]
+    pub series: Vec<Bucket>,
+}
+
+/// The longest series whose empty intervals are filled in: past it (entries years apart
+/// counted by day), only the intervals with entries are listed.
+pub const MAX_GAP_FILLED: i64 = 10_000;
+
+/// How long one [`Bucket`] of [`OpsReport::series`] is (UTC).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// A calendar day (the default).
+    #[default]
+    Day,
+    /// A week from Monday.
+    Week,
+}
+
+impl Interval {
+    const WEEK_SHIFT: i64 = 3 * 86_400;
+
+    fn len(self) -> i64 {
+        match self {
+            Interval::Day => 86_400,
+            Interval::Week => 604_800,
+        }
+    }
+
+    fn shift(self) -> i64 {
+        match self {
+            Interval::Day => 0,
+            // 1970-01-01 was a Thursday; shift so weeks start on Monday
+            Interval::Week => Self::WEEK_SHIFT,
+        }
+    }
+
+    /// The number of the bucket `at` falls in.
+    fn index(self, at: Timestamp) -> i64 {
+        (at.timestamp() + self.shift()).div_euclid(self.len())
+    }
+
+    /// When bucket `index` starts.
+    fn start(self, index: i64) -> Timestamp {
+        let secs = index.saturating_mul(self.len()) - self.shift();
+        Timestamp::from_timestamp(secs, 0).unwrap_or_default()
+    }
+}
+
+/// What happened in one interval of the window ([`OpsReport::series`]), counted as in the
+/// totals (see the module's table), by the time of each entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// When the interval starts (UTC midnight; a Monday for weeks).
+    pub start: Timestamp,
+    /// Governance decisions.
+    pub actions: u64,
+    /// Of them allowed.
+    pub allowed: u64,
+    /// Of them sent for approval or escalated.
+    pub to_a_human: u64,
+    /// allowed / (allowed + to a human), as in [`Stats::autonomy_rate`].
+    pub autonomy_rate: Option<f64>,
+    /// Approval requests answered in the interval (approved, edited or rejected).
+    pub approvals_answered: u64,
+    /// Median time from request to answer of those, in milliseconds.
+    pub approval_latency_p50_ms: Option<u64>,
+    /// 95th percentile of the same.
+    pub approval_latency_p95_ms: Option<u64>,
+    /// Cost of the calls made in the interval.
+    pub cost: Money,
+    /// Runs that completed in the interval.
+    pub runs_completed: u64,
+    /// cost / runs completed in the interval.
+    pub cost_per_completed_run: Option<Money>,
+    #[serde(skip)]
+    latencies: Vec<u64>,
+}
+
+impl Bucket {
+    fn finish(&mut self) {
+        self.latencies.sort_unstable();
+        self.approval_latency_p50_ms = percentile(&self.latencies, 0.50);
+        self.approval_latency_p95_ms = percentile(&self.latencies, 0.95);
+        self.latencies = Vec::new();
+        self.autonomy_rate = ratio(self.allowed, self.allowed + self.to_a_human);
+        self.cost_per_completed_run = (self.runs_completed > 0)
+            .then(|| Money::from_minor(self.cost.minor() / self.runs_completed as i64));
+    }
 }
 
 /// The pathway and agent of a decision that asked for approval, until its request comes.
@@ -327,6 +425,8 @@ pub struct ReportBuilder {
     roles: FxHashMap<RoleId, Stats>,
     agents: FxHashMap<AgentId, Stats>,
     workflows: FxHashMap<u32, Stats>,
+    interval: Interval,
+    series: FxHashMap<i64, Bucket>,
     read: u64,
     counted: u64,
     seq_range: Option<(u64, u64)>,
@@ -360,10 +460,24 @@ impl ReportBuilder {
             roles: FxHashMap::default(),
             agents: FxHashMap::default(),
             workflows: FxHashMap::default(),
+            interval: Interval::default(),
+            series: FxHashMap::default(),
             read: 0,
             counted: 0,
             seq_range: None,
         }
+    }
+
+    /// Buckets the series by `interval` (default [`Interval::Day`]).
+    pub fn interval(mut self, interval: Interval) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The bucket of the series `at` falls in.
+    fn bucket(&mut self, at: Timestamp) -> &mut Bucket {
+        let i = self.interval.index(at);
+        self.series.entry(i).or_default()
     }
 
     fn each(&mut self, who: Who, f: impl Fn(&mut Stats)) {
@@ -483,6 +597,13 @@ impl ReportBuilder {
                     workflow: self.run_workflow(*run),
                 };
                 let d = *decision;
+                let b = self.bucket(e.at);
+                b.actions += 1;
+                match d {
+                    DecisionKind::Allow => b.allowed += 1,
+                    DecisionKind::RequireApproval | DecisionKind::Escalate => b.to_a_human += 1,
+                    DecisionKind::Deny => {}
+                }
                 self.each(who, |s| {
                     s.actions += 1;
                     match d {
@@ -548,6 +669,11 @@ impl ReportBuilder {
                     .filter(|_| *outcome != ApprovalOutcome::Expired)
                     .map(|i| (e.at - i.at).num_milliseconds().max(0) as u64);
                 let o = *outcome;
+                if let Some(l) = latency {
+                    let b = self.bucket(e.at);
+                    b.approvals_answered += 1;
+                    b.latencies.push(l);
+                }
                 self.each(who, |s| {
                     match o {
                         ApprovalOutcome::Approved => s.approved.add(seq),
@@ -578,6 +704,8 @@ impl ReportBuilder {
                     *attempt > 1,
                 );
                 let refused = detail.as_deref().is_some_and(mentions_breaker);
+                let b = self.bucket(e.at);
+                b.cost = b.cost.checked_add(cost).unwrap_or(b.cost);
                 self.each(who, |s| {
                     s.tokens += tokens;
                     s.cost = s.cost.checked_add(cost).unwrap_or(s.cost);
@@ -602,6 +730,8 @@ impl ReportBuilder {
             } => {
                 let who = self.task_who(*run, *task);
                 let (cost, failed, retry) = (*cost, *outcome == Outcome::Failed, *attempt > 1);
+                let b = self.bucket(e.at);
+                b.cost = b.cost.checked_add(cost).unwrap_or(b.cost);
                 self.each(who, |s| {
                     s.cost = s.cost.checked_add(cost).unwrap_or(s.cost);
                     if failed {
@@ -624,7 +754,10 @@ impl ReportBuilder {
                     ..Who::default()
                 };
                 match outcome {
-                    Outcome::Succeeded => self.each(who, |s| s.runs_completed += 1),
+                    Outcome::Succeeded => {
+                        self.bucket(e.at).runs_completed += 1;
+                        self.each(who, |s| s.runs_completed += 1)
+                    }
                     Outcome::Failed => self.each(who, |s| s.runs_failed.add(seq)),
                     _ => {}
                 }
@@ -646,11 +779,29 @@ impl ReportBuilder {
             roles,
             agents,
             workflows,
+            interval,
+            mut series,
             read,
             counted,
             seq_range,
             ..
         } = self;
+        let mut indices: Vec<i64> = series.keys().copied().collect();
+        indices.sort_unstable();
+        if let (Some(&first), Some(&last)) = (indices.first(), indices.last()) {
+            if last.saturating_sub(first) < MAX_GAP_FILLED {
+                indices = (first..=last).collect();
+            }
+        }
+        let series = indices
+            .into_iter()
+            .map(|i| {
+                let mut b = series.remove(&i).unwrap_or_default();
+                b.start = interval.start(i);
+                b.finish();
+                b
+            })
+            .collect();
         total.finish(&targets, budget);
         let done = |mut s: Stats| {
             s.finish(&targets, None);
@@ -710,6 +861,7 @@ impl ReportBuilder {
                     )
                 })
                 .collect(),
+            series,
         }
     }
 }
@@ -825,6 +977,28 @@ impl OpsReport {
                 "\nBudget burn: {:.1}% of the organisation's spend limit.",
                 b * 100.0
             );
+        }
+        if !self.series.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Over time\n\n| from | actions | autonomy | approvals answered | latency p50 / p95 | cost | runs ok | cost per run |\n|---|---|---|---|---|---|---|---|"
+            );
+            for b in &self.series {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                    b.start.format("%Y-%m-%d"),
+                    b.actions,
+                    rate(b.autonomy_rate),
+                    b.approvals_answered,
+                    ms(b.approval_latency_p50_ms),
+                    ms(b.approval_latency_p95_ms),
+                    b.cost,
+                    b.runs_completed,
+                    b.cost_per_completed_run
+                        .map_or("-".to_string(), |c| c.to_string()),
+                );
+            }
         }
         for (title, groups) in [
             ("Pathways", &self.pathways),

@@ -347,9 +347,30 @@ proptest! {
         let cost: i64 = inside.iter().flat_map(|r| &r.calls).map(|c| c.cost).sum();
         prop_assert_eq!(rep.total.budget_burn, Some(cost as f64 / 10_000.0));
 
+        // the series adds up to the totals, one bucket per day, contiguous, in order
+        let sum = |f: &dyn Fn(&aios_workspace::Bucket) -> u64| rep.series.iter().map(f).sum::<u64>();
+        prop_assert_eq!(sum(&|b| b.actions), rep.total.actions);
+        prop_assert_eq!(sum(&|b| b.allowed), rep.total.allowed);
+        prop_assert_eq!(sum(&|b| b.to_a_human), rep.total.approval_required + rep.total.escalated);
+        prop_assert_eq!(sum(&|b| b.approvals_answered), rep.total.approved.count + rep.total.edited.count + rep.total.rejected.count);
+        prop_assert_eq!(sum(&|b| b.runs_completed), rep.total.runs_completed);
+        prop_assert_eq!(rep.series.iter().map(|b| b.cost.minor()).sum::<i64>(), rep.total.cost.minor());
+        for pair in rep.series.windows(2) {
+            prop_assert_eq!((pair[1].start - pair[0].start).num_seconds(), 86_400);
+        }
+        for b in &rep.series {
+            prop_assert_eq!(b.start.timestamp() % 86_400, 0);
+            prop_assert_eq!(b.autonomy_rate, (b.allowed + b.to_a_human > 0).then(|| b.allowed as f64 / (b.allowed + b.to_a_human) as f64));
+            prop_assert!(b.approval_latency_p50_ms <= b.approval_latency_p95_ms);
+        }
+        prop_assert_eq!(rep.series.is_empty(), rep.entries_counted == 0);
+
         // the typed value survives JSON, and the Markdown names every pathway seen
         let back: OpsReport = serde_json::from_str(&rep.to_json()).unwrap_or_default();
         prop_assert_eq!(&back.total.checks, &rep.total.checks);
+        // (floats through JSON may lose their last bit, so the counts are compared)
+        let counts = |r: &OpsReport| r.series.iter().map(|b| (b.start, b.actions, b.allowed, b.to_a_human, b.approvals_answered, b.approval_latency_p95_ms, b.cost, b.runs_completed)).collect::<Vec<_>>();
+        prop_assert_eq!(counts(&back), counts(&rep));
         let md = rep.to_markdown();
         for p in rep.pathways.keys() {
             let row = format!("| {p} |");
@@ -402,4 +423,245 @@ fn evidence_cites_sequence_numbers_of_the_log() {
         .map(|c| (c.target.as_str(), c.met))
         .collect();
     assert_eq!(checks.get("min_autonomy_rate"), Some(&Some(false)));
+}
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap_or_default()
+}
+
+/// A log over eight days with known figures per day: Monday 30 November 2026, nothing on
+/// Tuesday, Wednesday 2 December, then Monday 7 December.
+async fn days_log() -> InMemoryAuditLog {
+    let log = InMemoryAuditLog::new();
+    let run = RunId::from_name("r");
+    let task = TaskId::from_name("t");
+    let me = Principal::Agent(AgentId::from_name("researcher"));
+    let decision = |kind: DecisionKind, action: &str| AuditEvent::DecisionMade {
+        run: Some(run),
+        pathway: Some(PathwayId::from_name("desk")),
+        action: action.into(),
+        decision: kind,
+        rules: vec![],
+        model_version: 1,
+    };
+    let done = || AuditEvent::RunFinished {
+        run,
+        outcome: Outcome::Succeeded,
+        detail: None,
+    };
+    let approval = ApprovalId::from_name("a");
+    let events = vec![
+        (
+            "2026-11-29T23:59:59Z",
+            me,
+            decision(DecisionKind::Allow, "before"),
+        ),
+        (
+            "2026-11-30T10:00:00Z",
+            me,
+            decision(DecisionKind::Allow, "x"),
+        ),
+        (
+            "2026-11-30T10:00:01Z",
+            me,
+            decision(DecisionKind::Allow, "x"),
+        ),
+        (
+            "2026-11-30T10:00:02Z",
+            me,
+            decision(DecisionKind::Allow, "x"),
+        ),
+        (
+            "2026-11-30T10:00:03Z",
+            me,
+            decision(DecisionKind::RequireApproval, "pay"),
+        ),
+        (
+            "2026-11-30T10:00:03Z",
+            Principal::System,
+            AuditEvent::ApprovalRequested {
+                approval,
+                anchor: AnchorId::from_name("founder"),
+                run: Some(run),
+                action: "pay".into(),
+                expires_at: ts("2026-12-10T00:00:00Z"),
+            },
+        ),
+        (
+            "2026-11-30T11:00:00Z",
+            me,
+            AuditEvent::ModelCalled {
+                run,
+                task,
+                model: ModelId::new("m"),
+                attempt: 1,
+                usage: TokenUsage::new(10, 0),
+                cost: Money::from_minor(100),
+                outcome: Outcome::Succeeded,
+                detail: None,
+                queued_ms: None,
+            },
+        ),
+        ("2026-11-30T23:59:59Z", Principal::System, done()),
+        (
+            "2026-12-02T09:00:03Z",
+            Principal::System,
+            AuditEvent::ApprovalDecided {
+                approval,
+                by: None,
+                outcome: ApprovalOutcome::Approved,
+                reason: None,
+            },
+        ),
+        (
+            "2026-12-02T09:10:00Z",
+            me,
+            decision(DecisionKind::Allow, "pay"),
+        ),
+        (
+            "2026-12-02T09:20:00Z",
+            me,
+            AuditEvent::ConnectorInvoked {
+                run,
+                task,
+                connector: ConnectorId::new("bank"),
+                operation: "pay".into(),
+                effect: EffectClass::Irreversible,
+                idempotency_key: IdempotencyKey::new("k"),
+                attempt: 1,
+                outcome: Outcome::Succeeded,
+                cost: Money::from_minor(51),
+            },
+        ),
+        ("2026-12-02T10:00:00Z", Principal::System, done()),
+        ("2026-12-02T11:00:00Z", Principal::System, done()),
+        (
+            "2026-12-07T00:00:00Z",
+            me,
+            decision(DecisionKind::Deny, "y"),
+        ),
+    ];
+    for (t, actor, event) in events {
+        let _ = log.append(AuditRecord::new(actor, event).at(ts(t))).await;
+    }
+    log
+}
+
+fn series_report(log: &InMemoryAuditLog, interval: aios_workspace::Interval) -> OpsReport {
+    let window = Window {
+        from: ts("2026-11-30T00:00:00Z"),
+        to: ts("2026-12-31T00:00:00Z"),
+    };
+    let builder =
+        ReportBuilder::new(window, Targets::default(), None, Names::default()).interval(interval);
+    futures::executor::block_on(report_from_log(log, builder)).unwrap_or_default()
+}
+
+#[test]
+fn the_series_counts_each_day_and_fills_the_quiet_ones() {
+    let log = futures::executor::block_on(days_log());
+    let rep = series_report(&log, aios_workspace::Interval::Day);
+    let starts: Vec<String> = rep
+        .series
+        .iter()
+        .map(|b| b.start.format("%m-%d").to_string())
+        .collect();
+    assert_eq!(
+        starts,
+        ["11-30", "12-01", "12-02", "12-03", "12-04", "12-05", "12-06", "12-07"],
+        "from the first day with an entry in the window to the last, quiet days included"
+    );
+    let monday = &rep.series[0];
+    assert_eq!(
+        (monday.actions, monday.allowed, monday.to_a_human),
+        (4, 3, 1)
+    );
+    assert_eq!(monday.autonomy_rate, Some(0.75));
+    assert_eq!(monday.cost, Money::from_minor(100));
+    assert_eq!(monday.runs_completed, 1, "23:59:59 is still Monday");
+    assert_eq!(monday.cost_per_completed_run, Some(Money::from_minor(100)));
+    assert_eq!(monday.approvals_answered, 0);
+    assert_eq!(monday.approval_latency_p50_ms, None);
+    let quiet = &rep.series[1];
+    assert_eq!(
+        (
+            quiet.actions,
+            quiet.autonomy_rate,
+            quiet.cost_per_completed_run
+        ),
+        (0, None, None)
+    );
+    let wednesday = &rep.series[2];
+    assert_eq!(
+        wednesday.approvals_answered, 1,
+        "the answer counts on the day it was given"
+    );
+    let latency = Some((47 * 3600) * 1000);
+    assert_eq!(wednesday.approval_latency_p50_ms, latency);
+    assert_eq!(wednesday.approval_latency_p95_ms, latency);
+    assert_eq!(wednesday.autonomy_rate, Some(1.0));
+    assert_eq!(wednesday.runs_completed, 2);
+    assert_eq!(
+        wednesday.cost_per_completed_run,
+        Some(Money::from_minor(25)),
+        "51 / 2, rounded down"
+    );
+    let last = &rep.series[7];
+    assert_eq!(
+        (last.actions, last.allowed, last.autonomy_rate),
+        (1, 0, None),
+        "a denial only"
+    );
+    let md = rep.to_markdown();
+    assert!(md.contains("## Over time"), "{md}");
+    assert!(
+        md.contains("| 2026-12-02 | 1 | 100.0% | 1 | 169200.0s / 169200.0s | 0.51 | 2 | 0.25 |"),
+        "{md}"
+    );
+    // the totals agree; the entry before the window is in neither
+    assert_eq!(rep.total.actions, 6);
+    assert_eq!(rep.series.iter().map(|b| b.actions).sum::<u64>(), 6);
+}
+
+#[test]
+fn weekly_buckets_start_on_monday() {
+    let log = futures::executor::block_on(days_log());
+    let rep = series_report(&log, aios_workspace::Interval::Week);
+    assert_eq!(rep.series.len(), 2);
+    assert_eq!(rep.series[0].start, ts("2026-11-30T00:00:00Z"));
+    assert_eq!(rep.series[1].start, ts("2026-12-07T00:00:00Z"));
+    let w = &rep.series[0];
+    assert_eq!(
+        (w.actions, w.allowed, w.to_a_human, w.runs_completed),
+        (5, 4, 1, 3)
+    );
+    assert_eq!(w.autonomy_rate, Some(0.8));
+    assert_eq!(w.cost, Money::from_minor(151));
+    assert_eq!(w.cost_per_completed_run, Some(Money::from_minor(50)));
+    assert_eq!(rep.series[1].actions, 1);
+}
+
+#[test]
+fn entries_years_apart_do_not_fill_a_day_each() {
+    let log = InMemoryAuditLog::new();
+    let me = Principal::Agent(AgentId::from_name("researcher"));
+    for t in ["1990-01-01T00:00:00Z", "2026-01-01T00:00:00Z"] {
+        let e = AuditEvent::DecisionMade {
+            run: None,
+            pathway: None,
+            action: "x".into(),
+            decision: DecisionKind::Allow,
+            rules: vec![],
+            model_version: 1,
+        };
+        let _ = futures::executor::block_on(log.append(AuditRecord::new(me, e).at(ts(t))));
+    }
+    let builder = ReportBuilder::new(Window::all(), Targets::default(), None, Names::default());
+    let rep = futures::executor::block_on(report_from_log(&log, builder)).unwrap_or_default();
+    assert_eq!(
+        rep.series.len(),
+        2,
+        "only the days with entries, past MAX_GAP_FILLED days"
+    );
+    assert!(rep.series[0].start < rep.series[1].start);
 }

@@ -1,8 +1,9 @@
 //! CONSOLE-INBOX: the web console's inbox page with 1,000 pending approvals, rendered
 //! through the router as a logged-in human's browser asks for it (reading the pending
 //! requests and their runs from a SQLite store, rendering the first page of 50, escaping
-//! every value). CONSOLE-RUNS: the runs page with 10,000 runs (1,000 with `--quick`), the
-//! first page of 50 newest first.
+//! every value), the first page and the last (page 20). CONSOLE-RUNS: the runs page with
+//! 10,000 runs (1,000 with `--quick`), the first page of 50 newest first, and one run's page
+//! (its transcript reads the whole audit log).
 //!
 //! The host is the `solo_consultancy` workspace with an outreach agent whose mail needs
 //! approval, as in the console's tests; every run of the proposal workflow parks on it.
@@ -201,6 +202,28 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
             inbox.push(t.elapsed());
         }
         inbox.sort();
+        // a page deep in the inbox costs the same: only its runs are read
+        let mut deep = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            get(&router, "/approvals?page=20", &session).await?;
+            deep.push(t.elapsed());
+        }
+        deep.sort();
+        // where the time goes: listing the pending requests, then a page of them with the
+        // task names (one run state read per row), then rendering
+        let mut listing = Vec::with_capacity(samples);
+        let mut paging = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let t = Instant::now();
+            o.pending_approvals().await.ok()?;
+            listing.push(t.elapsed());
+            let t = Instant::now();
+            o.inbox_page(0, 50).await.ok()?;
+            paging.push(t.elapsed());
+        }
+        listing.sort();
+        paging.sort();
         let mut runs = Vec::with_capacity(samples);
         for _ in 0..samples {
             let t = Instant::now();
@@ -209,6 +232,16 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
         }
         runs.sort();
         let (_, run_bytes) = get(&router, "/runs", &session).await?;
+        // one run's page: its state and its transcript, which reads the whole audit log
+        let one = o.pending_approvals().await.ok()?.first()?.run?;
+        let mut run_page = Vec::with_capacity(5);
+        for _ in 0..config.pick(3, 5) {
+            let t = Instant::now();
+            get(&router, &format!("/runs/{one}"), &session).await?;
+            run_page.push(t.elapsed());
+        }
+        run_page.sort();
+        let entries = o.audit_log().head().await.ok()?.len;
         let _ = std::fs::remove_dir_all(&dir);
         Some(vec![
             Measurement::new(
@@ -222,6 +255,27 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
                 "CONSOLE-INBOX",
                 "p95",
                 percentile_us(&inbox, 95.0) / 1000.0,
+                "ms",
+                Goal::None,
+            ),
+            Measurement::new(
+                "CONSOLE-INBOX",
+                "median, page 20 of 20",
+                percentile_us(&deep, 50.0) / 1000.0,
+                "ms",
+                Goal::AtMost(50.0),
+            ),
+            Measurement::new(
+                "CONSOLE-INBOX",
+                "of which: listing 1,000 pending requests",
+                percentile_us(&listing, 50.0) / 1000.0,
+                "ms",
+                Goal::None,
+            ),
+            Measurement::new(
+                "CONSOLE-INBOX",
+                "of which: inbox_page(0, 50)",
+                percentile_us(&paging, 50.0) / 1000.0,
                 "ms",
                 Goal::None,
             ),
@@ -244,6 +298,13 @@ fn measure(config: &Config) -> Option<Vec<Measurement>> {
                 "page size",
                 run_bytes as f64 / 1024.0,
                 "KiB",
+                Goal::None,
+            ),
+            Measurement::new(
+                "CONSOLE-RUNS",
+                &format!("one run's page, median ({entries} audit entries)"),
+                percentile_us(&run_page, 50.0) / 1000.0,
+                "ms",
                 Goal::None,
             ),
             Measurement::new(

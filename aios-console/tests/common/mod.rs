@@ -46,7 +46,12 @@ impl Drop for Dir {
 }
 
 pub fn plan() -> Plan {
-    let loaded = aios_workspace::parse("aios.toml", aios_workspace::SOLO_CONSULTANCY_TOML).unwrap();
+    plan_of(aios_workspace::SOLO_CONSULTANCY_TOML)
+}
+
+/// The plan of a workspace manifest.
+pub fn plan_of(toml: &str) -> Plan {
+    let loaded = aios_workspace::parse("aios.toml", toml).unwrap();
     aios_workspace::plan(&loaded, &ValidateOptions::default()).unwrap()
 }
 
@@ -98,7 +103,15 @@ pub fn mail_connector(plan: &Plan) -> RecordingConnector {
 
 /// The host application: the workspace's roles and connectors on the store.
 pub async fn host(store: &SqliteStore, mail: &RecordingConnector) -> Orchestrator {
-    let plan = plan();
+    host_with(store, mail, &plan()).await
+}
+
+/// The host application of another workspace (`plan`) on the store.
+pub async fn host_with(
+    store: &SqliteStore,
+    mail: &RecordingConnector,
+    plan: &Plan,
+) -> Orchestrator {
     let mut b = store.orchestrator(plan.governor().unwrap()).await.unwrap();
     let vault = InMemoryVault::new();
     for c in &plan.connectors {

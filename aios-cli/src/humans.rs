@@ -51,6 +51,17 @@ pub struct HumanCredential {
     pub added_by: Option<String>,
 }
 
+impl HumanCredential {
+    /// A stored credential as listed, whichever store holds it.
+    fn listed(name: String, added_at: aios_core::Timestamp, added_by: Option<String>) -> Self {
+        HumanCredential {
+            name,
+            added_at: added_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            added_by,
+        }
+    }
+}
+
 /// The credentials in one store: the table `aios_humans` of a SQLite file, or of a
 /// PostgreSQL database (feature `postgres`; there the table belongs to the versioned schema
 /// of `aios-postgres`). The contract is the same on both: only the SHA-256 of a token is
@@ -213,13 +224,7 @@ impl Humans {
                 .await
                 .map_err(HumansError::Store)?
                 .into_iter()
-                .map(|c| HumanCredential {
-                    name: c.name,
-                    added_at: c
-                        .added_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    added_by: c.added_by,
-                })
+                .map(|c| HumanCredential::listed(c.name, c.added_at, c.added_by))
                 .collect()),
             #[cfg(feature = "postgres")]
             Backend::Postgres(p, _) => Ok(p
@@ -227,13 +232,7 @@ impl Humans {
                 .await
                 .map_err(HumansError::Store)?
                 .into_iter()
-                .map(|c| HumanCredential {
-                    name: c.name,
-                    added_at: c
-                        .added_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    added_by: c.added_by,
-                })
+                .map(|c| HumanCredential::listed(c.name, c.added_at, c.added_by))
                 .collect()),
         }
     }

@@ -10,18 +10,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 
-use aios_core::{
-    Connector, CredentialHandle, CredentialVault, EffectClass, InMemoryVault, OperationSpec,
-    RecordingConnector, RunId, Secret,
-};
-use aios_orchestrator::{Agent, ConnectorRequest, FnAgent, Orchestrator, RunStatus, WorkOptions};
+use aios_core::{RecordingConnector, RunId};
+use aios_orchestrator::{Orchestrator, RunStatus, WorkOptions};
 use aios_postgres::testing::TestServer;
 use aios_postgres::PgStore;
 use aios_sqlite::SqliteStore;
 use aios_workspace::{Plan, ValidateOptions};
 use serde_json::Value;
+
+#[path = "../../aios-console/tests/common/host.rs"]
+mod host;
+use host::{mail_connector, wire};
 
 const AIOS: &str = env!("CARGO_BIN_EXE_aios");
 
@@ -235,73 +235,17 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", stdout(out), stderr(out)))
 }
 
-/// What the host's outreach agent proposes to send: it carries markup, shown as text.
-const HOSTILE: &str = "<script>alert('x')</script> Dear client";
-
 fn plan(workspace: &Path) -> Plan {
     let loaded = aios_workspace::load(workspace).unwrap();
     aios_workspace::plan(&loaded, &ValidateOptions::default()).unwrap()
-}
-
-fn agent_for(role: &str) -> Arc<dyn Agent> {
-    if role == "outreach" {
-        Arc::new(FnAgent::new(|ctx, _input| {
-            Box::pin(async move {
-                let out = ctx
-                    .call(ConnectorRequest::new(
-                        "mail",
-                        "send",
-                        serde_json::json!({ "to": "client@example.com", "body": HOSTILE }),
-                    ))
-                    .await?;
-                Ok(out.output)
-            })
-        }))
-    } else {
-        Arc::new(FnAgent::new(|_, _| {
-            Box::pin(async { Ok(serde_json::json!({ "text": "done" })) })
-        }))
-    }
 }
 
 /// The host application: the workspace's roles and connectors on the store.
 async fn host(dir: &Dir, mail: &RecordingConnector) -> Orchestrator {
     let plan = plan(&dir.workspace());
     let store = dir.open().await;
-    let mut b = store.orchestrator(plan.governor().unwrap()).await;
-    let vault = InMemoryVault::new();
-    for c in &plan.connectors {
-        let connector: Arc<dyn Connector> = if c.key == "mail" {
-            Arc::new(mail.clone())
-        } else {
-            let mut k = RecordingConnector::new(c.key.clone(), EffectClass::Irreversible);
-            for (op, effect) in &c.operations {
-                k = k.with_operation(OperationSpec::new(op.clone(), *effect));
-            }
-            Arc::new(k)
-        };
-        b = b.connector(connector);
-        if let Some(name) = c.credentials.first() {
-            vault
-                .put(CredentialHandle::new(name.clone()), Secret::new("s3cret"))
-                .await
-                .unwrap();
-            b = b.credential(&c.key, CredentialHandle::new(name.clone()));
-        }
-    }
-    for role in plan.roles(&mut |r| agent_for(&r.key)) {
-        b = b.role(role);
-    }
-    b.vault(Arc::new(vault)).build().unwrap()
-}
-
-fn mail_connector(plan: &Plan) -> RecordingConnector {
-    let decl = plan.connectors.iter().find(|c| c.key == "mail").unwrap();
-    let mut k = RecordingConnector::new("mail", EffectClass::Irreversible).not_idempotent();
-    for (op, effect) in &decl.operations {
-        k = k.with_operation(OperationSpec::new(op.clone(), *effect));
-    }
-    k
+    let b = store.orchestrator(plan.governor().unwrap()).await;
+    wire(b, mail, &plan).await
 }
 
 fn rt() -> tokio::runtime::Runtime {

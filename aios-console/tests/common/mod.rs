@@ -7,17 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use aios_console::Authenticator;
-use aios_core::{
-    Connector, CredentialHandle, CredentialVault, EffectClass, InMemoryVault, OperationSpec,
-    RecordingConnector, RunId, Secret,
-};
-use aios_orchestrator::{Agent, ConnectorRequest, FnAgent, Orchestrator, RunStatus};
+use aios_core::{RecordingConnector, RunId};
+use aios_orchestrator::{Orchestrator, RunStatus};
 use aios_sqlite::SqliteStore;
 use aios_workspace::{Plan, ValidateOptions};
 
-/// What the outreach agent proposes to send: a script that must never run.
-pub const HOSTILE: &str =
-    "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss=2\"> Dear client";
+mod host;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use host::{mail_connector, wire, HOSTILE};
 
 /// alice's token (alice holds the anchor the mail asks).
 pub const ALICE: &str = "aios_alice_token_0123456789";
@@ -71,36 +68,6 @@ pub fn tokens() -> Arc<dyn Authenticator> {
     )])))
 }
 
-fn agent_for(role: &str) -> Arc<dyn Agent> {
-    if role == "outreach" {
-        Arc::new(FnAgent::new(|ctx, _input| {
-            Box::pin(async move {
-                let out = ctx
-                    .call(ConnectorRequest::new(
-                        "mail",
-                        "send",
-                        serde_json::json!({ "to": "client@example.com", "body": HOSTILE }),
-                    ))
-                    .await?;
-                Ok(out.output)
-            })
-        }))
-    } else {
-        Arc::new(FnAgent::new(|_, _| {
-            Box::pin(async { Ok(serde_json::json!({ "text": "done" })) })
-        }))
-    }
-}
-
-pub fn mail_connector(plan: &Plan) -> RecordingConnector {
-    let decl = plan.connectors.iter().find(|c| c.key == "mail").unwrap();
-    let mut k = RecordingConnector::new("mail", EffectClass::Irreversible).not_idempotent();
-    for (op, effect) in &decl.operations {
-        k = k.with_operation(OperationSpec::new(op.clone(), *effect));
-    }
-    k
-}
-
 /// The host application: the workspace's roles and connectors on the store.
 pub async fn host(store: &SqliteStore, mail: &RecordingConnector) -> Orchestrator {
     host_with(store, mail, &plan()).await
@@ -112,31 +79,8 @@ pub async fn host_with(
     mail: &RecordingConnector,
     plan: &Plan,
 ) -> Orchestrator {
-    let mut b = store.orchestrator(plan.governor().unwrap()).await.unwrap();
-    let vault = InMemoryVault::new();
-    for c in &plan.connectors {
-        let connector: Arc<dyn Connector> = if c.key == "mail" {
-            Arc::new(mail.clone())
-        } else {
-            let mut k = RecordingConnector::new(c.key.clone(), EffectClass::Irreversible);
-            for (op, effect) in &c.operations {
-                k = k.with_operation(OperationSpec::new(op.clone(), *effect));
-            }
-            Arc::new(k)
-        };
-        b = b.connector(connector);
-        if let Some(name) = c.credentials.first() {
-            vault
-                .put(CredentialHandle::new(name.clone()), Secret::new("s3cret"))
-                .await
-                .unwrap();
-            b = b.credential(&c.key, CredentialHandle::new(name.clone()));
-        }
-    }
-    for role in plan.roles(&mut |r| agent_for(&r.key)) {
-        b = b.role(role);
-    }
-    b.vault(Arc::new(vault)).build().unwrap()
+    let b = store.orchestrator(plan.governor().unwrap()).await.unwrap();
+    wire(b, mail, plan).await
 }
 
 /// Starts the proposal workflow; it parks on the mail to the client.

@@ -1,11 +1,12 @@
 //! A standalone harness for the memory's two scale workloads, MEM-WRITE and MEM-RECALL-ANN,
 //! built against this crate alone so that a release build takes minutes, not the whole
-//! benchmark crate's dependency tree. It runs the same calls and the same data as
-//! `benches/src/memory.rs` and `benches/src/ann.rs` (the report binary's workloads).
+//! benchmark crate's dependency tree. It runs the same calls as `benches/src/memory.rs` and
+//! `benches/src/ann.rs` (the report binary's workloads), on the same data
+//! ([`aios_memory::testing::synthetic`]).
 //!
 //! ```text
-//! cargo run --release -p aios-memory --features ann --example scale -- write 1000000 [batch]
-//! cargo run --release -p aios-memory --features ann --example scale -- ann 50000 [queries]
+//! cargo run --release -p aios-memory --features ann,testing --example scale -- write 1000000 [batch]
+//! cargo run --release -p aios-memory --features ann,testing --example scale -- ann 50000 [queries]
 //! ```
 //!
 //! `ann N` builds the graph through `remember_many` in batches of 1,000 and measures recall@10
@@ -20,87 +21,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aios_core::{ManualClock, Principal, SeededRng};
+use aios_core::{ManualClock, Principal};
 use aios_memory::{
-    AnnOptions, Memory, MemoryKind, NewMemory, RecallMode, RecallQuery, RecallWeights, Scope, Tier,
+    AnnOptions, Memory, NewMemory, RecallMode, RecallQuery, RecallWeights, Scope, Tier,
 };
 
-const DIMS: usize = 384;
-
-const STOPWORDS: &[&str] = &[
-    "the", "a", "of", "to", "and", "in", "is", "for", "on", "with", "that", "it", "as", "at", "by",
-    "from", "was", "we", "our", "this",
-];
-
-fn vocabulary(n: usize) -> Vec<String> {
-    const SYL: &[&str] = &[
-        "ka", "lo", "mi", "ren", "sa", "tu", "vi", "zor", "bel", "dan", "fi", "gor", "ha", "jun",
-        "ke", "lys", "mor", "nel", "pa", "quin", "ro", "sol", "ta", "ul",
-    ];
-    (0..n)
-        .map(|i| {
-            let mut w = String::new();
-            let mut x = i;
-            loop {
-                w.push_str(SYL[x % SYL.len()]);
-                x /= SYL.len();
-                if x == 0 {
-                    break;
-                }
-            }
-            w
-        })
-        .collect()
-}
-
-fn text(rng: &mut SeededRng, vocab: &[String]) -> String {
-    let mut s = String::with_capacity(220);
-    while s.len() < 200 {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        if rng.next_u64() % 3 == 0 {
-            s.push_str(STOPWORDS[(rng.next_u64() % STOPWORDS.len() as u64) as usize]);
-        } else {
-            s.push_str(&vocab[(rng.next_u64() % vocab.len() as u64) as usize]);
-        }
-    }
-    s
-}
-
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-fn vector(rng: &mut SeededRng) -> Vec<f32> {
-    unit((0..DIMS).map(|_| rng.next_f64() as f32 - 0.5).collect())
-}
-
-/// The MEM-WRITE records of `benches/src/memory.rs`.
-fn records(n: usize, seed: u64) -> Vec<NewMemory> {
-    let mut rng = SeededRng::new(seed);
-    let vocab = vocabulary(5000);
-    let scopes: Vec<Scope> = ["a", "b"]
-        .iter()
-        .flat_map(|t| (0..4).map(move |p| format!("bench/team-{t}/p{p}")))
-        .filter_map(|s| Scope::parse(&s).ok())
-        .collect();
-    (0..n)
-        .map(|i| {
-            NewMemory::new(
-                scopes[i % scopes.len()].clone(),
-                Tier::ALL[i % 3],
-                text(&mut rng, &vocab),
-                Principal::System,
-            )
-            .kind(MemoryKind::Episode)
-            .importance((i % 10) as f32 / 10.0)
-            .embedding(vector(&mut rng))
-        })
-        .collect()
-}
+use aios_memory::testing::synthetic::{records, Clustered};
 
 fn thread_cpu() -> Duration {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -172,36 +98,6 @@ fn write(n: usize, batch: Option<usize>) {
     );
 }
 
-/// The clustered vectors of `benches/src/ann.rs`.
-struct Gen {
-    rng: SeededRng,
-    centres: Vec<Vec<f32>>,
-}
-
-impl Gen {
-    fn new(seed: u64, centres: usize) -> Self {
-        let mut rng = SeededRng::new(seed);
-        let centres = (0..centres)
-            .map(|_| unit((0..DIMS).map(|_| rng.next_f64() as f32 - 0.5).collect()))
-            .collect();
-        Self { rng, centres }
-    }
-
-    fn draw(&mut self) -> Vec<f32> {
-        if self.centres.is_empty() {
-            return vector(&mut self.rng);
-        }
-        let c = (self.rng.next_u64() % self.centres.len() as u64) as usize;
-        let rng = &mut self.rng;
-        unit(
-            self.centres[c]
-                .iter()
-                .map(|x| x + 0.16 * (rng.next_f64() as f32 - 0.5))
-                .collect(),
-        )
-    }
-}
-
 const SCOPES: [&str; 4] = ["bench/a/0", "bench/a/1", "bench/b/0", "bench/b/1"];
 
 /// The process's CPU time (all threads; Linux, from `/proc/self/stat`, in clock ticks of
@@ -234,11 +130,8 @@ fn perf_enable() {
 fn ann(n: usize, queries: usize, options: AnnOptions, checkpoints: &[usize]) {
     let rss0 = rss_mb();
     let approx = open(Some(options), None);
-    let mut gen = Gen::new(11, 2000);
-    let mut qgen = Gen {
-        rng: SeededRng::new(99),
-        centres: gen.centres.clone(),
-    };
+    let mut gen = Clustered::new(11, 2000);
+    let mut qgen = gen.fork(99);
     let qs: Vec<Vec<f32>> = (0..queries).map(|_| qgen.draw()).collect();
     let cpu0 = process_cpu();
     let t0 = Instant::now();
@@ -352,11 +245,8 @@ fn measure(approx: &Memory, qs: &[Vec<f32>]) {
 /// (re-scored exactly, best first) are the best ten of what that search found.
 fn ann_width(n: usize, centres: usize, options: AnnOptions) {
     let approx = open(Some(options), None);
-    let mut gen = Gen::new(11, centres);
-    let mut qgen = Gen {
-        rng: SeededRng::new(99),
-        centres: gen.centres.clone(),
-    };
+    let mut gen = Clustered::new(11, centres);
+    let mut qgen = gen.fork(99);
     let qs: Vec<Vec<f32>> = (0..100).map(|_| qgen.draw()).collect();
     let t0 = Instant::now();
     let mut i = 0usize;

@@ -14,65 +14,14 @@
 
 use std::sync::Arc;
 
-use aios::core::{ManualClock, Principal, SeededRng};
+use aios::core::{ManualClock, Principal};
 use aios::memory::{
     AnnOptions, Memory, NewMemory, RecallMode, RecallQuery, RecallWeights, Scope, Tier,
 };
 
-use crate::memory::DIMS;
 use crate::orchestrator::memory_mb;
 use crate::{percentile_us, time, Config, Goal, Measurement};
-
-fn unit(mut v: Vec<f32>) -> Vec<f32> {
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-/// Vectors around `centres` seeded centres; `centres == 0` gives uniformly random ones.
-pub struct Gen {
-    rng: SeededRng,
-    centres: Vec<Vec<f32>>,
-}
-
-impl Gen {
-    /// A generator with `centres` clusters (0: uniform).
-    pub fn new(seed: u64, centres: usize) -> Self {
-        let mut rng = SeededRng::new(seed);
-        let centres = (0..centres)
-            .map(|_| unit((0..DIMS).map(|_| rng.next_f64() as f32 - 0.5).collect()))
-            .collect();
-        Self { rng, centres }
-    }
-
-    /// A generator over the same centres drawing from another seed.
-    pub fn fork(&self, seed: u64) -> Self {
-        Self {
-            rng: SeededRng::new(seed),
-            centres: self.centres.clone(),
-        }
-    }
-
-    /// The next vector.
-    pub fn draw(&mut self) -> Vec<f32> {
-        if self.centres.is_empty() {
-            return unit(
-                (0..DIMS)
-                    .map(|_| self.rng.next_f64() as f32 - 0.5)
-                    .collect(),
-            );
-        }
-        let c = (self.rng.next_u64() % self.centres.len() as u64) as usize;
-        // uniform noise of amplitude 0.08 per component: |noise| ~ 0.9, |centre| = 1
-        let rng = &mut self.rng;
-        unit(
-            self.centres[c]
-                .iter()
-                .map(|x| x + 0.16 * (rng.next_f64() as f32 - 0.5))
-                .collect(),
-        )
-    }
-}
+use aios::memory::testing::synthetic::Clustered;
 
 const SCOPES: [&str; 4] = ["bench/a/0", "bench/a/1", "bench/b/0", "bench/b/1"];
 
@@ -126,7 +75,7 @@ fn measure(
     let w = |m: &str| format!("{m} ({label})");
     let (rss0, _) = memory_mb();
     let approx = open(Some(options), None);
-    let mut gen = Gen::new(11, centres);
+    let mut gen = Clustered::new(11, centres);
     // written in batches through remember_many, as an import would
     let (build, written) = time(|| {
         let mut written = 0usize;

@@ -4,89 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aios::core::{ManualClock, Principal, SeededRng};
-use aios::memory::{Memory, MemoryKind, NewMemory, RecallMode, RecallQuery, Scope, Tier};
+use aios::core::{ManualClock, SeededRng};
+use aios::memory::{Memory, NewMemory, RecallMode, RecallQuery, Scope};
 
 use crate::{percentile_us, sample, time, Config, Goal, Measurement};
 
-/// The embedding dimension of every workload.
-pub const DIMS: usize = 384;
-
-const STOPWORDS: &[&str] = &[
-    "the", "a", "of", "to", "and", "in", "is", "for", "on", "with", "that", "it", "as", "at", "by",
-    "from", "was", "we", "our", "this",
-];
-
-/// A synthetic vocabulary: `n` pronounceable words.
-pub fn vocabulary(n: usize) -> Vec<String> {
-    const SYL: &[&str] = &[
-        "ka", "lo", "mi", "ren", "sa", "tu", "vi", "zor", "bel", "dan", "fi", "gor", "ha", "jun",
-        "ke", "lys", "mor", "nel", "pa", "quin", "ro", "sol", "ta", "ul",
-    ];
-    (0..n)
-        .map(|i| {
-            let mut w = String::new();
-            let mut x = i;
-            loop {
-                w.push_str(SYL[x % SYL.len()]);
-                x /= SYL.len();
-                if x == 0 {
-                    break;
-                }
-            }
-            w
-        })
-        .collect()
-}
-
-/// About 200 bytes of text: a third stopwords, the rest from the vocabulary.
-pub fn text(rng: &mut SeededRng, vocab: &[String]) -> String {
-    let mut s = String::with_capacity(220);
-    while s.len() < 200 {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        if rng.next_u64().is_multiple_of(3) {
-            s.push_str(STOPWORDS[(rng.next_u64() % STOPWORDS.len() as u64) as usize]);
-        } else {
-            s.push_str(&vocab[(rng.next_u64() % vocab.len() as u64) as usize]);
-        }
-    }
-    s
-}
-
-/// A unit-length vector with seeded components.
-pub fn vector(rng: &mut SeededRng) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..DIMS).map(|_| rng.next_f64() as f32 - 0.5).collect();
-    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|x| *x /= n);
-    v
-}
-
-/// `n` records of about 200 bytes of text with a 384-dimension embedding, spread over 8
-/// scopes (`bench/team-a/p0` .. `bench/team-b/p3`) and the three tiers.
-pub fn records(n: usize, seed: u64) -> Vec<NewMemory> {
-    let mut rng = SeededRng::new(seed);
-    let vocab = vocabulary(5000);
-    let scopes: Vec<Scope> = ["a", "b"]
-        .iter()
-        .flat_map(|t| (0..4).map(move |p| format!("bench/team-{t}/p{p}")))
-        .filter_map(|s| Scope::parse(&s).ok())
-        .collect();
-    (0..n)
-        .map(|i| {
-            NewMemory::new(
-                scopes[i % scopes.len()].clone(),
-                Tier::ALL[i % 3],
-                text(&mut rng, &vocab),
-                Principal::System,
-            )
-            .kind(MemoryKind::Episode)
-            .importance((i % 10) as f32 / 10.0)
-            .embedding(vector(&mut rng))
-        })
-        .collect()
-}
+// the data of every memory workload (also used by the other workload modules)
+pub use aios::memory::testing::synthetic::{records, text, vector, vocabulary, DIMS};
 
 /// Opens an empty in-memory `Memory` on a manual clock.
 pub fn open() -> Memory {

@@ -1,6 +1,7 @@
 //! Test kit (feature `testing`): the conformance suite every [`crate::MemoryStore`] runs, a
-//! fault-injecting store wrapper, and [`longmem`], a synthetic long-conversation data set
-//! shaped like LongMemEval.
+//! fault-injecting store wrapper, [`longmem`], a synthetic long-conversation data set
+//! shaped like LongMemEval, and [`synthetic`], the seeded records and vectors of the memory
+//! benchmarks.
 //!
 //! ```
 //! use aios_memory::{testing, InMemoryMemoryStore};
@@ -10,6 +11,7 @@
 mod conformance;
 mod faulty;
 pub mod longmem;
+pub mod synthetic;
 
 pub use conformance::{memory_store_conformance, sample_record};
 pub use faulty::FaultyMemoryStore;

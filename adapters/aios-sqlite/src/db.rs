@@ -239,15 +239,24 @@ impl std::fmt::Debug for Db {
 impl Drop for Db {
     fn drop(&mut self) {
         // closing the queues stops the threads once they have done what was queued; a thread
-        // that itself dropped the last handle (a queued closure held one) is not joined
-        self.writer = None;
-        self.readers = None;
+        // that itself dropped the last handle (a queued closure held one) is not joined.
+        // The readers go first and the writer last: SQLite checkpoints the WAL into the file
+        // and removes it only when the connection closing sees no other one open, and two
+        // connections closing at the same moment can each see the other and both leave it.
+        // So the file is whole on its own once the last handle is gone.
         let me = std::thread::current().id();
-        for thread in self.threads.drain(..) {
+        let join = |thread: JoinHandle<()>| {
             if thread.thread().id() != me {
                 let _ = thread.join();
             }
-        }
+        };
+        self.readers = None;
+        // the writer thread is the first one started
+        let mut threads = self.threads.drain(..);
+        let writer = threads.next();
+        threads.for_each(join);
+        self.writer = None;
+        writer.into_iter().for_each(join);
     }
 }
 

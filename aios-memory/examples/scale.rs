@@ -9,8 +9,9 @@
 //! cargo run --release -p aios-memory --features ann,testing --example scale -- ann 50000 [queries]
 //! ```
 //!
-//! `ann N` builds the graph through `remember_many` in batches of 1,000 and measures recall@10
-//! and latency against the exact scan at 50k, 100k, 200k, 400k and 700k on the way and at N.
+//! `ann N` builds the index through `remember_many` in batches of 1,000 and measures recall@10
+//! and latency against the exact scan at 50k, 100k, 200k, 400k and 700k on the way and at N
+//! (at N only with `SCALE_CHECKPOINTS=0`).
 //!
 //! `write N` remembers N records one `remember` call each; `write N B` through
 //! `remember_many` in batches of B. Prints wall-clock and per-CPU-second rates (the thread's
@@ -125,7 +126,7 @@ fn perf_enable() {
     }
 }
 
-/// Builds a memory of `n` clustered vectors with the graph, and at each checkpoint on the
+/// Builds a memory of `n` clustered vectors with the index, and at each checkpoint on the
 /// way measures recall@10 and latency against an exact memory opened over the same store.
 fn ann(n: usize, queries: usize, options: AnnOptions, checkpoints: &[usize]) {
     let rss0 = rss_mb();
@@ -313,24 +314,26 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("write") => write(num(1).unwrap_or(200_000), num(2)),
         Some("ann") => {
-            // scale ann N [queries] [ef_search] [threads] [ef_construction] [connections]
+            // scale ann N [queries] [probes] [threads] [candidates] [lists]
             let mut o = AnnOptions::default();
-            if let Some(ef) = num(3) {
-                o = o.ef_search(ef);
+            if let Some(p) = num(3) {
+                o = o.probes(p);
             }
             if let Some(t) = num(4) {
                 o = o.threads(t);
             }
-            if let Some(ef) = num(5) {
-                o = o.ef_construction(ef);
+            if let Some(c) = num(5) {
+                o = o.candidates(c);
             }
-            if let Some(m) = num(6) {
-                o = o.connections(m);
+            if let Some(l) = num(6) {
+                o = o.lists(l);
             }
             let n = num(1).unwrap_or(50_000);
+            // SCALE_CHECKPOINTS=0: measure at N only (to profile one size's queries)
+            let on_the_way = std::env::var("SCALE_CHECKPOINTS").map_or(true, |v| v != "0");
             let checkpoints: Vec<usize> = [50_000, 100_000, 200_000, 400_000, 700_000]
                 .into_iter()
-                .filter(|c| *c < n)
+                .filter(|c| *c < n && on_the_way)
                 .collect();
             ann(n, num(2).unwrap_or(200), o, &checkpoints)
         }
@@ -340,7 +343,7 @@ fn main() {
             ann_width(num(1).unwrap_or(100_000), num(2).unwrap_or(200), o)
         }
         _ => eprintln!(
-            "usage: scale write N [batch] | scale ann N [queries] [ef_search] [threads] [ef_construction] [connections]"
+            "usage: scale write N [batch] | scale ann N [queries] [probes] [threads] [candidates] [lists] | scale ann-width N centres [threads]"
         ),
     }
 }

@@ -1,31 +1,56 @@
-//! The approximate vector index (feature `ann`): an HNSW graph over the rows of the exact
-//! matrix, consulted for vector recall in large memories.
+//! The approximate vector index (feature `ann`): an inverted file of the rows' vectors
+//! (IVF), consulted for vector recall in large memories.
 //!
-//! Why `hnsw_rs`: it is pure Rust (no C++ toolchain, unlike usearch's binding), dual
-//! MIT/Apache-2.0 like this project, maintained (releases through 2025), and, unlike
-//! `instant-distance`, it inserts points one at a time into a live graph, which a memory
-//! that keeps being written needs. Its layer draws come from a fixed seed, so inserting the
-//! same rows in the same order with one thread ([`AnnOptions::threads`]) builds the same graph
-//! and answers the same way.
+//! The vectors are grouped into lists around centres found by spherical k-means. A recall
+//! scores the query against every centre, reads the vectors of the nearest lists (the
+//! probes), and scores every candidate again exactly from the `f32` matrix. Each list keeps
+//! its vectors side by side in 16-bit fixed point (half the bytes of `f32`, a resolution of
+//! 3e-5), so a probe is one sequential read.
 //!
-//! The graph holds its own copy of each unit vector in 16-bit fixed point (half the bytes of
-//! `f32`, a resolution of 3e-5): a search is bound by reading its nodes' vectors from memory,
-//! and every candidate it proposes is scored again from the exact `f32` matrix.
+//! Why an inverted file, and not a graph (HNSW): measured on the benchmark's data (384
+//! dimensions, 1,000,000 vectors around 2,000 centres, two cores), `hnsw_rs` 0.3.5 (this
+//! index before) recalled 0.67 of the exact top 10 after a 58-minute build. `usearch` 2.26
+//! (a C++ library behind a Rust binding) recalls 0.96 at a search width of 128 in about
+//! 1 ms, but took 400 - 580 s to build on two threads (840 s of CPU) and needs a C++
+//! toolchain. This inverted file recalls 1.0 at about 1 ms after a 94 s build (164 s of
+//! CPU), in pure Rust, and answers the same whatever the threads. A graph search has to find
+//! its way between clusters; the inverted file compares the query with every centre, so it
+//! cannot lose its way. Its weakness is data without clusters: on uniformly random vectors
+//! few of the true neighbours are in the nearest lists (see `benches/RESULTS.md`,
+//! MEM-RECALL-ANN), where more probes or the exact scan are the answer. The lists are found
+//! once and kept: vectors written later join the nearest list, and the lists are found
+//! again each time the memory has grown fourfold.
+//!
+//! What it does, precisely:
+//!
+//! - until the memory holds [`TRAIN_MIN`] vectors, there is one list and no centres (and
+//!   below [`AnnOptions::min_vectors`] recall never consults the index at all);
+//! - training: [`AnnOptions::lists`] centres (by default `4 * sqrt(n)`), started from
+//!   evenly spaced vectors of a seeded sample of [`SAMPLE_PER_LIST`] vectors per list, moved
+//!   [`ITERATIONS`] times to the normalised mean of the sample vectors nearest to them; a
+//!   centre left with nothing takes the sample vector farthest from its own centre. Then
+//!   every vector is put in the list of its nearest centre. It runs when the index first
+//!   holds [`TRAIN_MIN`] vectors and again each time it has grown fourfold since, inside
+//!   the write that crossed the mark (which therefore takes longer, growing with the
+//!   memory: the whole build of 1,000,000 vectors of 384 dimensions, trainings included,
+//!   took 164 s of CPU);
+//! - everything is deterministic: the same vectors inserted in the same order give the
+//!   same lists and the same answers, whatever [`AnnOptions::threads`] is (threads only
+//!   split the work of finding each vector's nearest centre, which does not depend on the
+//!   split).
 //!
 //! How it stays exact where it must:
 //!
 //! - every row with a vector is inserted when it is indexed (remember, revise, import,
 //!   migration, and the rebuild on open), keyed by its row; a new version is a new row and
-//!   its predecessor stays in the graph for recall `as_of` an earlier time;
-//! - the graph never decides visibility: it proposes candidates, each is checked against the
-//!   query's filter (scope, tiers, system and world time, kinds, metadata, deleted and
-//!   retracted rows) and scored with the exact cosine from the matrix. Pruned lineages stay in
-//!   the graph as dead nodes that the filter drops;
-//! - when few rows can pass the filter, or the filtered candidates are fewer than asked, the
-//!   recall falls back to the exact scan; below [`AnnOptions::min_vectors`] it never uses the
-//!   graph at all.
-
-use hnsw_rs::prelude::{Distance, Hnsw};
+//!   its predecessor stays in the index for recall `as_of` an earlier time;
+//! - the index never decides visibility: it proposes candidates, each is checked against
+//!   the query's filter (scope, tiers, system and world time, kinds, metadata, deleted and
+//!   retracted rows) and scored with the exact cosine from the matrix. Pruned lineages stay
+//!   as dead entries that the filter drops;
+//! - when few rows can pass the filter, or the filtered candidates are fewer than asked,
+//!   the recall falls back to the exact scan; below [`AnnOptions::min_vectors`] it never uses
+//!   the index at all.
 
 use crate::index::Cand;
 use crate::MemoryError;
@@ -36,54 +61,51 @@ use crate::MemoryError;
 /// Defaults and why:
 ///
 /// - `min_vectors = 50_000`: below that the exact scan (at most 77 MB of 384-dimension
-///   vectors) costs about as much as a graph search and is exact (measured at 30,000
-///   vectors: 2.7 ms of CPU per exact query against 3.9 ms through the graph; at 100,000
-///   the graph answered in a third of the exact scan's time); the graph is still kept up to
+///   vectors) answers in a few milliseconds and is exact; the index is still kept up to
 ///   date so that crossing the threshold costs nothing;
-/// - `connections = 16` (HNSW's `M`, twice that on the ground layer) and
-///   `ef_construction = 100`: the usual trade-off between build time, memory and recall
-///   (measured on 384 dimensions: about 2.3 ms of CPU to link a vector at 50,000 vectors,
-///   with recall@10 of 1.0 at `ef_search = 96`; see `benches/RESULTS.md`);
-/// - `ef_search = 96`: the width of a search, about ten times the usual `k`; what it gives
-///   on the benchmark's data is in `benches/RESULTS.md` (MEM-RECALL-ANN). Raise it for
-///   recall, lower it for speed. Measured on 384-dimension vectors around 2,000 centres,
-///   recall@10 against the exact scan was 1.0 up to 200,000 vectors and 0.99 at 400,000, but
-///   0.86 at 700,000 and 0.67 at 1,000,000 (likely `hnsw_rs`'s query descent, see
-///   `benches/RESULTS.md`): keep the exact scan where recall matters in larger memories;
-/// - `threads = 1`: a batch written through [`crate::Memory::remember_many`] (or loaded
-///   when the memory opens) is linked into the graph by this many threads at once; with
-///   more than one, the memory owns a pool of that many threads (spawned on the first batch
-///   that needs them) and the graph no longer depends only on the order of the rows
-///   (recall is as good, the exact links differ between builds). The default spawns
-///   nothing, as the library promises; a host that can spare the cores sets it (the link
-///   step is what bounds the write rate of a memory with a graph);
-/// - `min_share = 0.05`: when the query's filters let through less than 5 % of the rows, the
-///   graph would have to be searched 20 times wider to find enough of them, so the exact
+/// - `lists = 0` (automatic): `4 * sqrt(n)` lists when the index trains on `n` vectors, the
+///   lower end of the usual advice for inverted files: more lists make each probe cheaper
+///   and the scan of the centres dearer;
+/// - `probes = 16`: the lists read per recall (more when the filter lets few of their
+///   vectors through). On the benchmark's data recall@10 against the exact scan was 1.0 at
+///   8 probes already; data without clusters needs more (see `benches/RESULTS.md`). Raise it
+///   for recall, lower it for speed;
+/// - `candidates = 96`: how many of the probed vectors, best first by their fixed-point
+///   score, are scored exactly and checked against the filter; about ten times the usual
+///   `k` (a recall asking for more looks at more);
+/// - `threads = 1`: the threads that find the nearest centre of each vector of a batch
+///   (`remember_many`, a page loaded when the memory opens) and of the training sample; with
+///   more than one the memory owns a pool of that many threads, spawned the first time a
+///   batch needs them. The default spawns nothing, as the library promises; answers are the
+///   same either way;
+/// - `min_share = 0.05`: when the query's filters let through less than 5 % of the rows,
+///   the index would have to be read 20 times wider to find enough of them, so the exact
 ///   scan (which then touches only the passing rows) answers instead.
 ///
 /// ```
 /// use aios_memory::AnnOptions;
-/// let o = AnnOptions::default().ef_search(128).min_vectors(100_000).threads(2);
-/// assert_eq!((o.ef_search, o.min_vectors, o.connections), (128, 100_000, 16));
-/// assert_eq!(o.threads, 2);
+/// let o = AnnOptions::default().probes(32).min_vectors(100_000).threads(2);
+/// assert_eq!((o.probes, o.min_vectors, o.candidates), (32, 100_000, 96));
+/// assert_eq!((o.lists, o.threads), (0, 2));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct AnnOptions {
     /// Below this many vectors in the memory, recall scans exactly.
     pub min_vectors: usize,
-    /// Links per node per layer (HNSW's `M`): `2..=128`.
-    pub connections: usize,
-    /// Width of the search that links a new node (at least 1).
-    pub ef_construction: usize,
-    /// Width of a recall's search (at least 1); a recall asking for more candidates searches
-    /// that wide.
-    pub ef_search: usize,
-    /// The smallest estimated share of rows passing the filters for which the graph is used
-    /// (`0..=1`).
+    /// How many lists the vectors are grouped into at each training (`0`: `4 * sqrt(n)`;
+    /// at most 65,536).
+    pub lists: usize,
+    /// How many of the nearest lists a recall reads (at least 1).
+    pub probes: usize,
+    /// How many candidates a recall scores exactly (at least 1); a recall asking for more
+    /// hits looks at more.
+    pub candidates: usize,
+    /// The smallest estimated share of rows passing the filters for which the index is
+    /// used (`0..=1`).
     pub min_share: f32,
-    /// Threads that link a batch of new vectors into the graph (`1..=256`; 1: the writing
-    /// thread alone, nothing spawned).
+    /// Threads that find the nearest centres of a batch (`1..=256`; 1: the writing thread
+    /// alone, nothing spawned).
     pub threads: usize,
 }
 
@@ -91,9 +113,9 @@ impl Default for AnnOptions {
     fn default() -> Self {
         Self {
             min_vectors: 50_000,
-            connections: 16,
-            ef_construction: 100,
-            ef_search: 96,
+            lists: 0,
+            probes: 16,
+            candidates: 96,
             min_share: 0.05,
             threads: 1,
         }
@@ -107,21 +129,21 @@ impl AnnOptions {
         self
     }
 
-    /// Sets [`AnnOptions::connections`].
-    pub fn connections(mut self, m: usize) -> Self {
-        self.connections = m;
+    /// Sets [`AnnOptions::lists`].
+    pub fn lists(mut self, n: usize) -> Self {
+        self.lists = n;
         self
     }
 
-    /// Sets [`AnnOptions::ef_construction`].
-    pub fn ef_construction(mut self, ef: usize) -> Self {
-        self.ef_construction = ef;
+    /// Sets [`AnnOptions::probes`].
+    pub fn probes(mut self, n: usize) -> Self {
+        self.probes = n;
         self
     }
 
-    /// Sets [`AnnOptions::ef_search`].
-    pub fn ef_search(mut self, ef: usize) -> Self {
-        self.ef_search = ef;
+    /// Sets [`AnnOptions::candidates`].
+    pub fn candidates(mut self, n: usize) -> Self {
+        self.candidates = n;
         self
     }
 
@@ -138,22 +160,22 @@ impl AnnOptions {
     }
 
     pub(crate) fn check(&self) -> Result<(), MemoryError> {
-        if !(2..=128).contains(&self.connections) {
+        if self.lists > MAX_LISTS {
             return Err(MemoryError::invalid(
-                "ann.connections",
-                format!("`{}` is not within 2..=128", self.connections),
+                "ann.lists",
+                format!("`{}` is more than {MAX_LISTS}", self.lists),
             ));
         }
-        if self.ef_construction == 0 {
+        if self.probes == 0 {
             return Err(MemoryError::invalid(
-                "ann.ef_construction",
-                "`0`: a search needs a width of at least 1",
+                "ann.probes",
+                "`0`: a recall must read at least one list",
             ));
         }
-        if self.ef_search == 0 {
+        if self.candidates == 0 {
             return Err(MemoryError::invalid(
-                "ann.ef_search",
-                "`0`: a search needs a width of at least 1",
+                "ann.candidates",
+                "`0`: a recall must score at least one candidate",
             ));
         }
         if !(1..=256).contains(&self.threads) {
@@ -172,16 +194,392 @@ impl AnnOptions {
     }
 }
 
-/// The widest search a recall runs before it falls back to the exact scan.
-const MAX_EF: usize = 4096;
+/// The most lists an index may have.
+pub const MAX_LISTS: usize = 65_536;
 
-/// The fixed-point scale of the graph's copies of the vectors: components of a unit vector
+/// The index first trains when it holds this many vectors (before, it is one list).
+pub const TRAIN_MIN: usize = 1_024;
+
+/// The training sample: this many vectors per list (or every vector, if fewer).
+pub const SAMPLE_PER_LIST: usize = 32;
+
+/// How many times training moves the centres.
+pub const ITERATIONS: usize = 8;
+
+/// The most candidates a recall scores before it falls back to the exact scan.
+const MAX_CANDIDATES: usize = 4096;
+
+/// The seed of the training sample.
+const SEED: u64 = 0x1f5a_7c3d_0e29_b481;
+
+/// One list: its vectors' rows, and their fixed-point vectors side by side.
+#[derive(Debug, Default)]
+struct List {
+    rows: Vec<u32>,
+    codes: Vec<i16>,
+}
+
+/// The inverted file, keyed by index row.
+pub(crate) struct Ann {
+    pub options: AnnOptions,
+    /// How many vectors the index holds.
+    pub nodes: usize,
+    /// The vectors' dimension (0 until the first one).
+    dims: usize,
+    /// The centres, `lists.len() * dims` fixed-point components; empty until the first
+    /// training (then everything is in the one list).
+    centres: Vec<i16>,
+    lists: Vec<List>,
+    /// How many vectors the last training saw (0: never trained).
+    trained_at: usize,
+    /// The threads finding nearest centres, once a batch needed them (`options.threads > 1`).
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Ann {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ann")
+            .field("options", &self.options)
+            .field("nodes", &self.nodes)
+            .field("lists", &self.lists.len())
+            .field("trained_at", &self.trained_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ann {
+    /// An empty index (the options are checked by the builder).
+    pub fn new(options: AnnOptions) -> Self {
+        Self {
+            options,
+            nodes: 0,
+            dims: 0,
+            centres: Vec::new(),
+            lists: vec![List::default()],
+            trained_at: 0,
+            pool: None,
+        }
+    }
+
+    /// How many lists the vectors are in (1 before the first training).
+    #[cfg(test)]
+    pub fn list_count(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// Adds the unit vectors of rows, in order, each to the list of its nearest centre;
+    /// trains again whenever the index reaches the next mark. The marks fall between
+    /// vectors, not between batches, so how the rows were batched changes nothing.
+    pub fn insert_many(&mut self, rows: &[(&[f32], u32)]) {
+        let mut rest = rows;
+        while !rest.is_empty() {
+            let due = if self.trained_at == 0 {
+                TRAIN_MIN
+            } else {
+                self.trained_at.saturating_mul(4)
+            };
+            let take = due.saturating_sub(self.nodes).clamp(1, rest.len());
+            let (now, later) = rest.split_at(take);
+            self.add(now);
+            rest = later;
+            if self.nodes >= due {
+                self.train();
+            }
+        }
+    }
+
+    /// Adds rows to the lists of their nearest centres, without training.
+    fn add(&mut self, rows: &[(&[f32], u32)]) {
+        let Some(d) = rows.first().map(|(v, _)| v.len()) else {
+            return;
+        };
+        if self.dims == 0 {
+            self.dims = d;
+        }
+        if d != self.dims || d == 0 {
+            // the memory checks dimensions before indexing: not reachable, but a vector of
+            // another size must never be read as one of this size
+            return;
+        }
+        let mut codes = Vec::with_capacity(rows.len() * d);
+        for (v, _) in rows {
+            quantise(v, &mut codes);
+        }
+        let nearest = self.nearest_all(&codes);
+        for ((code, (_, row)), list) in codes.chunks_exact(d).zip(rows).zip(nearest) {
+            if let Some(list) = self.lists.get_mut(list as usize) {
+                list.rows.push(*row);
+                list.codes.extend_from_slice(code);
+            }
+        }
+        self.nodes += rows.len();
+    }
+
+    /// The list of each fixed-point vector of `codes` (all 0 before the first training).
+    fn nearest_all(&mut self, codes: &[i16]) -> Vec<u32> {
+        if self.centres.is_empty() {
+            return vec![0; codes.len() / self.dims.max(1)];
+        }
+        self.nearest_scored(codes)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Finds the centres again on everything the index holds and regroups the vectors.
+    fn train(&mut self) {
+        let d = self.dims;
+        let n = self.nodes;
+        let want = if self.options.lists > 0 {
+            self.options.lists
+        } else {
+            (4.0 * (n as f64).sqrt()).round() as usize
+        };
+        let k = want.clamp(1, MAX_LISTS).min(n.max(1));
+        // every vector, in list order (a stable order: the lists were built deterministically)
+        let mut all_rows: Vec<u32> = Vec::with_capacity(n);
+        let mut all_codes: Vec<i16> = Vec::with_capacity(n * d);
+        for list in std::mem::take(&mut self.lists) {
+            all_rows.extend_from_slice(&list.rows);
+            all_codes.extend_from_slice(&list.codes);
+        }
+        // the sample: a seeded choice without repeats (a partial Fisher-Yates shuffle)
+        let size = (k * SAMPLE_PER_LIST).min(n);
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        let mut rng = aios_core::SeededRng::new(SEED);
+        for i in 0..size {
+            let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        order.truncate(size);
+        // in row order, so that the sample is the same whatever order the lists held it in
+        order.sort_unstable_by_key(|&i| all_rows.get(i as usize).copied().unwrap_or(u32::MAX));
+        let sample: Vec<i16> = order
+            .iter()
+            .flat_map(|&i| {
+                let i = i as usize;
+                all_codes.get(i * d..(i + 1) * d).unwrap_or_default()
+            })
+            .copied()
+            .collect();
+        // start from evenly spaced sample vectors
+        let step = size / k;
+        let mut centres: Vec<i16> = (0..k)
+            .flat_map(|c| {
+                sample
+                    .get(c * step * d..(c * step + 1) * d)
+                    .unwrap_or_default()
+            })
+            .copied()
+            .collect();
+        self.centres = std::mem::take(&mut centres);
+        for _ in 0..ITERATIONS {
+            let assigned = self.nearest_scored(&sample);
+            let mut sums = vec![0f64; k * d];
+            let mut counts = vec![0usize; k];
+            for (code, (c, _)) in sample.chunks_exact(d).zip(&assigned) {
+                let c = *c as usize;
+                if let (Some(sum), Some(count)) =
+                    (sums.get_mut(c * d..(c + 1) * d), counts.get_mut(c))
+                {
+                    for (s, x) in sum.iter_mut().zip(code) {
+                        *s += f64::from(*x);
+                    }
+                    *count += 1;
+                }
+            }
+            // centres left with nothing take the sample vectors farthest from their own
+            let mut farthest: Vec<usize> = (0..assigned.len()).collect();
+            farthest.sort_by(|a, b| {
+                let (sa, sb) = (assigned[*a].1, assigned[*b].1);
+                sa.cmp(&sb).then(a.cmp(b))
+            });
+            let mut spare = farthest.into_iter();
+            let mut next = Vec::with_capacity(k * d);
+            for (c, count) in counts.iter().enumerate() {
+                let mut v: Vec<f32> = if *count > 0 {
+                    sums[c * d..(c + 1) * d].iter().map(|x| *x as f32).collect()
+                } else {
+                    match spare.next() {
+                        Some(i) => sample[i * d..(i + 1) * d]
+                            .iter()
+                            .map(|x| f32::from(*x))
+                            .collect(),
+                        None => self.centres[c * d..(c + 1) * d]
+                            .iter()
+                            .map(|x| f32::from(*x))
+                            .collect(),
+                    }
+                };
+                crate::index::normalise(&mut v);
+                quantise(&v, &mut next);
+            }
+            self.centres = next;
+        }
+        // regroup everything around the final centres
+        let lists = self.nearest_all(&all_codes);
+        self.lists = (0..k).map(|_| List::default()).collect();
+        for ((code, row), l) in all_codes.chunks_exact(d).zip(all_rows).zip(lists) {
+            if let Some(list) = self.lists.get_mut(l as usize) {
+                list.rows.push(row);
+                list.codes.extend_from_slice(code);
+            }
+        }
+        self.trained_at = n;
+    }
+
+    /// The nearest centre of each vector of `codes`, with its fixed-point similarity; split
+    /// between [`AnnOptions::threads`] threads when there is enough to share.
+    fn nearest_scored(&mut self, codes: &[i16]) -> Vec<(u32, i64)> {
+        /// Vectors per piece of work handed to a thread.
+        const CHUNK: usize = 256;
+        let d = self.dims.max(1);
+        if self.options.threads > 1 && codes.len() > CHUNK * d && self.pool.is_none() {
+            // a pool that cannot be built (no threads to spare) leaves the serial path
+            self.pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(self.options.threads)
+                .thread_name(|i| format!("aios-memory-ann-{i}"))
+                .build()
+                .ok();
+        }
+        let centres = &self.centres;
+        match &self.pool {
+            Some(pool) if codes.len() > CHUNK * d => {
+                use rayon::prelude::*;
+                pool.install(|| {
+                    codes
+                        .par_chunks(CHUNK * d)
+                        .flat_map_iter(|chunk| {
+                            chunk.chunks_exact(d).map(|code| nearest(centres, d, code))
+                        })
+                        .collect()
+                })
+            }
+            _ => codes
+                .chunks_exact(d)
+                .map(|code| nearest(centres, d, code))
+                .collect(),
+        }
+    }
+
+    /// How many candidates to score to yield `want` rows when about `share` of them pass,
+    /// with room for the estimate being off; `None` when that is more than the index will
+    /// score.
+    pub fn width(&self, want: usize, share: f32) -> Option<usize> {
+        let needed = (want as f32 * 2.0 / share.max(1e-6)).ceil();
+        let ef = self.options.candidates.max(want).max(needed as usize);
+        (ef <= MAX_CANDIDATES).then_some(ef)
+    }
+
+    /// Up to `ef` rows near `query` that pass `passes`, scored exactly by `similarity`,
+    /// best first. Reads the [`AnnOptions::probes`] lists nearest to the query, and more
+    /// while fewer than `ef` of their vectors pass.
+    pub fn search(
+        &self,
+        query: &[f32],
+        ef: usize,
+        passes: impl Fn(u32) -> bool,
+        similarity: impl Fn(u32) -> Option<f32>,
+    ) -> Vec<Cand> {
+        let d = self.dims;
+        if query.len() != d || d == 0 {
+            return Vec::new();
+        }
+        let mut q = Vec::with_capacity(d);
+        quantise(query, &mut q);
+        // the lists, nearest centre first (the one list before training)
+        let mut order: Vec<(i64, u32)> = self
+            .centres
+            .chunks_exact(d)
+            .enumerate()
+            .map(|(i, c)| (dot_q(c, &q), i as u32))
+            .collect();
+        if order.is_empty() {
+            order.push((0, 0));
+        }
+        let probes = self.options.probes.min(order.len());
+        let by_score = |a: &(i64, u32), b: &(i64, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if probes < order.len() {
+            order.select_nth_unstable_by(probes, by_score);
+        }
+        order[..probes].sort_unstable_by(by_score);
+        let mut sorted_rest = false;
+        let mut scanned: Vec<(i64, u32)> = Vec::new();
+        let mut out: Vec<Cand> = Vec::new();
+        let mut read = 0;
+        while read < order.len() {
+            // the first `probes` lists, then twice as many each time while too few pass
+            let upto = if read == 0 {
+                probes
+            } else {
+                (read * 2).min(order.len())
+            };
+            if upto > probes && !sorted_rest {
+                order[probes..].sort_unstable_by(by_score);
+                sorted_rest = true;
+            }
+            for &(_, l) in &order[read..upto] {
+                if let Some(list) = self.lists.get(l as usize) {
+                    for (code, row) in list.codes.chunks_exact(d).zip(&list.rows) {
+                        scanned.push((dot_q(code, &q), *row));
+                    }
+                }
+            }
+            read = upto;
+            // the best by fixed-point score first; only those are checked and rescored.
+            // Sorting everything read would cost more than reading it: the best `2 * ef`
+            // are set apart and sorted first, the rest only if too few of those pass.
+            out.clear();
+            let head = (2 * ef).min(scanned.len());
+            if head < scanned.len() {
+                scanned.select_nth_unstable_by(head, by_score);
+            }
+            scanned[..head].sort_unstable_by(by_score);
+            let mut sorted_tail = false;
+            let mut i = 0;
+            while i < scanned.len() && out.len() < ef {
+                if i == head && !sorted_tail {
+                    scanned[head..].sort_unstable_by(by_score);
+                    sorted_tail = true;
+                }
+                let row = scanned[i].1;
+                if passes(row) {
+                    if let Some(score) = similarity(row) {
+                        out.push(Cand { score, row });
+                    }
+                }
+                i += 1;
+            }
+            if out.len() >= ef {
+                break;
+            }
+        }
+        out.sort_by(|a, b| b.cmp(a));
+        out
+    }
+}
+
+/// The nearest of the fixed-point `centres` (each `d` long) to `code`, and its score; ties
+/// go to the first.
+#[inline]
+fn nearest(centres: &[i16], d: usize, code: &[i16]) -> (u32, i64) {
+    let mut best = (0u32, i64::MIN);
+    for (i, c) in centres.chunks_exact(d).enumerate() {
+        let s = dot_q(c, code);
+        if s > best.1 {
+            best = (i as u32, s);
+        }
+    }
+    best
+}
+
+/// The fixed-point scale of the index's copies of the vectors: components of a unit vector
 /// lie within `-1..=1`, so `x * 32767` always fits an `i16`, with a resolution of 3e-5.
 const SCALE: f32 = 32767.0;
 
-/// A unit vector in the graph's fixed-point form (half the bytes of `f32`: a graph search is
-/// bound by reading its nodes' vectors from memory, and the exact similarity of every
-/// candidate is computed again from the `f32` matrix anyway).
+/// A unit vector in the index's fixed-point form (half the bytes of `f32`: a probe is
+/// bound by reading its vectors from memory, and the exact similarity of every candidate
+/// is computed again from the `f32` matrix anyway).
 fn quantise(v: &[f32], out: &mut Vec<i16>) {
     out.extend(
         v.iter()
@@ -194,7 +592,11 @@ fn quantise(v: &[f32], out: &mut Vec<i16>) {
 /// overflow: each lane's sum is a partial dot product, bounded by the product of the two
 /// vectors' norms (at most about `SCALE²`, 1.07e9, for unit vectors, under `i32::MAX`);
 /// the adds wrap instead of trapping all the same.
-#[inline]
+///
+/// Never inlined: on its own it compiles to 16-bit multiply-adds (about 13 G per second on
+/// the benchmark machine), but inlined into the search's loop over a list the compiler kept
+/// it scalar, four times slower (seen in a profile of MEM-RECALL-ANN).
+#[inline(never)]
 fn dot_q(a: &[i16], b: &[i16]) -> i64 {
     let mut acc = [0i32; 16];
     let ca = a.chunks_exact(16);
@@ -215,124 +617,6 @@ fn dot_q(a: &[i16], b: &[i16]) -> i64 {
         .map(|(p, q)| i64::from(*p) * i64::from(*q))
         .sum();
     rest + acc.iter().map(|x| i64::from(*x)).sum::<i64>()
-}
-
-/// `1 - cosine` of two fixed-point unit vectors, never negative (the graph expects
-/// distances >= 0).
-#[derive(Debug, Clone, Copy, Default)]
-struct UnitDot;
-
-impl Distance<i16> for UnitDot {
-    #[inline]
-    fn eval(&self, va: &[i16], vb: &[i16]) -> f32 {
-        (1.0 - dot_q(va, vb) as f32 / (SCALE * SCALE)).max(0.0)
-    }
-}
-
-/// The graph, keyed by index row.
-pub(crate) struct Ann {
-    pub options: AnnOptions,
-    graph: Hnsw<'static, i16, UnitDot>,
-    /// How many vectors the graph holds.
-    pub nodes: usize,
-    /// The threads linking a batch, once one needed them (`options.threads > 1`).
-    pool: Option<rayon::ThreadPool>,
-}
-
-impl std::fmt::Debug for Ann {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ann")
-            .field("options", &self.options)
-            .field("nodes", &self.nodes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Ann {
-    /// An empty graph (the options are checked by the builder).
-    pub fn new(options: AnnOptions) -> Self {
-        Self {
-            options,
-            graph: Hnsw::new(options.connections, 0, 16, options.ef_construction, UnitDot),
-            nodes: 0,
-            pool: None,
-        }
-    }
-
-    /// Adds the unit vectors of rows, in order; with [`AnnOptions::threads`] above 1 and
-    /// more than one vector, linked by that many threads at once.
-    pub fn insert_many(&mut self, rows: &[(&[f32], u32)]) {
-        let Some(d) = rows.first().map(|(v, _)| v.len()) else {
-            return;
-        };
-        let mut q = Vec::with_capacity(rows.len() * d);
-        for (v, _) in rows {
-            quantise(v, &mut q);
-        }
-        let items: Vec<(&[i16], usize)> = q
-            .chunks_exact(d.max(1))
-            .zip(rows)
-            .map(|(v, (_, row))| (v, *row as usize))
-            .collect();
-        if self.options.threads > 1 && items.len() > 1 {
-            if self.pool.is_none() {
-                // a pool that cannot be built (no threads to spare) leaves the serial path
-                self.pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(self.options.threads)
-                    .thread_name(|i| format!("aios-memory-ann-{i}"))
-                    .build()
-                    .ok();
-            }
-            if let Some(pool) = &self.pool {
-                let graph = &self.graph;
-                pool.install(|| graph.parallel_insert_slice(&items));
-                self.nodes += items.len();
-                return;
-            }
-        }
-        for item in &items {
-            self.graph.insert_slice(*item);
-        }
-        self.nodes += items.len();
-    }
-
-    /// How wide a search must be to yield `want` rows when about `share` of them pass,
-    /// with room for the estimate being off; `None` when that is wider than [`MAX_EF`].
-    pub fn width(&self, want: usize, share: f32) -> Option<usize> {
-        let needed = (want as f32 * 2.0 / share.max(1e-6)).ceil();
-        let ef = self.options.ef_search.max(want).max(needed as usize);
-        (ef <= MAX_EF).then_some(ef)
-    }
-
-    /// Up to `ef` rows near `query`, nearest first by the graph's reckoning, checked
-    /// against `passes` and scored exactly by `similarity`, best first.
-    pub fn search(
-        &self,
-        query: &[f32],
-        ef: usize,
-        passes: impl Fn(u32) -> bool,
-        similarity: impl Fn(u32) -> Option<f32>,
-    ) -> Vec<Cand> {
-        let mut q = Vec::with_capacity(query.len());
-        quantise(query, &mut q);
-        let mut out: Vec<Cand> = self
-            .graph
-            .search(&q, ef, ef)
-            .into_iter()
-            .filter_map(|n| {
-                let row = u32::try_from(n.d_id).ok()?;
-                if !passes(row) {
-                    return None;
-                }
-                Some(Cand {
-                    score: similarity(row)?,
-                    row,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| b.cmp(a));
-        out
-    }
 }
 
 #[cfg(test)]
@@ -372,8 +656,112 @@ mod tests {
             let exact = dot(&a, &b);
             let fixed = dot_q(&qa, &qb) as f32 / (SCALE * SCALE);
             assert!((exact - fixed).abs() < 2e-3, "{exact} vs {fixed}");
-            let d = UnitDot.eval(&qa, &qb);
-            assert!(d >= 0.0 && (d - (1.0 - exact).max(0.0)).abs() < 2e-3);
         }
+    }
+
+    fn unit_vectors(n: usize, centres: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = aios_core::SeededRng::new(seed);
+        let mut draw = |scale: f32| -> Vec<f32> {
+            (0..24)
+                .map(|_| scale * (rng.next_f64() as f32 - 0.5))
+                .collect()
+        };
+        let cs: Vec<Vec<f32>> = (0..centres).map(|_| draw(1.0)).collect();
+        (0..n)
+            .map(|i| {
+                let mut v: Vec<f32> = cs[i % centres]
+                    .iter()
+                    .zip(draw(0.3))
+                    .map(|(c, x)| c + x)
+                    .collect();
+                crate::index::normalise(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    fn build(vectors: &[Vec<f32>], options: AnnOptions, batch: usize) -> Ann {
+        let mut ann = Ann::new(options);
+        let rows: Vec<(&[f32], u32)> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.as_slice(), i as u32))
+            .collect();
+        for chunk in rows.chunks(batch) {
+            ann.insert_many(chunk);
+        }
+        ann
+    }
+
+    fn exact_top(vectors: &[Vec<f32>], q: &[f32], k: usize) -> Vec<u32> {
+        let mut all: Vec<Cand> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Cand {
+                score: dot(v, q),
+                row: i as u32,
+            })
+            .collect();
+        all.sort_by(|a, b| b.cmp(a));
+        all.iter().take(k).map(|c| c.row).collect()
+    }
+
+    /// Training happens at the first mark and at each fourfold growth, every vector is in
+    /// exactly one list, and a search reading every list is the exact answer.
+    #[test]
+    fn trains_at_the_marks_and_keeps_every_vector_once() {
+        let vectors = unit_vectors(TRAIN_MIN * 4 + 100, 40, 3);
+        let mut ann = build(&vectors[..TRAIN_MIN - 1], AnnOptions::default(), 1000);
+        assert_eq!((ann.list_count(), ann.trained_at), (1, 0));
+        let rest: Vec<(&[f32], u32)> = vectors
+            .iter()
+            .enumerate()
+            .skip(TRAIN_MIN - 1)
+            .map(|(i, v)| (v.as_slice(), i as u32))
+            .collect();
+        ann.insert_many(&rest[..1]);
+        let lists = (4.0 * (TRAIN_MIN as f64).sqrt()).round() as usize;
+        assert_eq!((ann.list_count(), ann.trained_at), (lists, TRAIN_MIN));
+        ann.insert_many(&rest[1..]);
+        assert_eq!(ann.trained_at, TRAIN_MIN * 4, "trained again at four times");
+        let mut rows: Vec<u32> = ann.lists.iter().flat_map(|l| l.rows.clone()).collect();
+        rows.sort_unstable();
+        assert_eq!(rows, (0..vectors.len() as u32).collect::<Vec<_>>());
+        for l in &ann.lists {
+            assert_eq!(l.codes.len(), l.rows.len() * 24);
+        }
+        // reading every list is the exact scan
+        let mut all = ann;
+        all.options.probes = MAX_LISTS;
+        for q in unit_vectors(10, 7, 4) {
+            let found = all.search(&q, 10, |_| true, |r| Some(dot(&vectors[r as usize], &q)));
+            let rows: Vec<u32> = found.iter().map(|c| c.row).collect();
+            assert_eq!(rows, exact_top(&vectors, &q, 10));
+        }
+    }
+
+    /// The same vectors in the same order give the same index whatever the batches and the
+    /// threads; the filter is always applied, and too few passing rows widen the probe.
+    #[test]
+    fn deterministic_filtered_and_widening() {
+        let vectors = unit_vectors(6000, 30, 5);
+        let a = build(&vectors, AnnOptions::default(), 6000);
+        let b = build(&vectors, AnnOptions::default().threads(2), 333);
+        assert_eq!(a.centres, b.centres);
+        for (x, y) in a.lists.iter().zip(&b.lists) {
+            assert_eq!((&x.rows, &x.codes), (&y.rows, &y.codes));
+        }
+        let q = &vectors[17];
+        let sim = |r: u32| Some(dot(&vectors[r as usize], q));
+        let one = a.search(q, 20, |r| r % 97 == 0, sim);
+        assert_eq!(one.len(), 20, "more lists were read until 20 passed");
+        assert!(one.iter().all(|c| c.row % 97 == 0));
+        assert!(one.windows(2).all(|w| w[0].score >= w[1].score));
+        assert!(a.search(q, 5, |_| false, sim).is_empty());
+        // a vector finds itself first
+        assert_eq!(
+            a.search(q, 10, |_| true, sim).first().map(|c| c.row),
+            Some(17)
+        );
     }
 }

@@ -470,6 +470,10 @@ impl Bm25 {
 /// Rows per chunk of the vector matrix.
 const MATRIX_ROWS: usize = 16_384;
 
+/// The most rows sampled to estimate the share of rows a filter lets through (a standard
+/// error under 0.016 for any share).
+const SHARE_SAMPLE: usize = 1024;
+
 /// Rows inserted together by [`Index::insert_many`] before their postings are appended: a
 /// run's postings (about 25 per record) stay in cache while they are grouped per term.
 const INSERT_RUN: usize = 1024;
@@ -590,14 +594,17 @@ impl Index {
         chunk.get(start..start + d)
     }
 
-    /// The estimated share of vector rows that pass `filter`, from every 64th row, and how
-    /// many rows were sampled.
+    /// The estimated share of vector rows that pass `filter`, from at most
+    /// [`SHARE_SAMPLE`] evenly spaced rows, and how many rows were sampled. Bounded so
+    /// that the estimate costs the same at any size: each sampled row is a cache miss, and
+    /// every 64th row of a million cost an approximate recall more than its search.
     fn pass_share(&self, filter: &Filter) -> (usize, usize) {
-        let sampled = self.slot_row.len().div_ceil(64);
+        let step = self.slot_row.len().div_ceil(SHARE_SAMPLE).max(1);
+        let sampled = self.slot_row.len().div_ceil(step);
         let passing = self
             .slot_row
             .iter()
-            .step_by(64)
+            .step_by(step)
             .filter(|r| self.passes(filter, **r))
             .count();
         (passing, sampled)
@@ -605,7 +612,7 @@ impl Index {
 
     /// Candidates from the approximate index, best first by exact similarity, all passing
     /// `filter`, at least `want` of them; `None` when the exact scan must answer instead (no
-    /// graph, a small memory, a filter few rows pass, or too few candidates found).
+    /// approximate index, a small memory, a filter few rows pass, or too few candidates).
     #[cfg(feature = "ann")]
     fn ann_top(&self, filter: &Filter, query: &[f32], want: usize) -> Option<Vec<Cand>> {
         let ann = self.ann.as_ref()?;
@@ -684,7 +691,7 @@ impl Index {
     }
 
     /// The keyword postings of a run of new rows, and its new vectors (from `first_slot`)
-    /// into the graph, together (in parallel when configured).
+    /// into the approximate index, together (in parallel when configured).
     fn finish_run(&mut self, texts: &[(u32, &str)], first_slot: usize) {
         self.index_texts(texts);
         #[cfg(feature = "ann")]
@@ -988,7 +995,7 @@ impl Index {
         // Skipping rows breaks the hardware's streaming of the matrix, and the scan is bound
         // by memory, not arithmetic: when many rows pass, score every row and keep those
         // that pass; when few pass, touch only those. Both give the same result.
-        // estimate the share of passing rows from every 64th row
+        // estimate the share of passing rows from a sample
         let (passing, sampled) = self.pass_share(filter);
         let chunks = self.matrix.iter().zip(self.slot_row.chunks(MATRIX_ROWS));
         if passing * 4 >= sampled {
@@ -1037,7 +1044,7 @@ impl Index {
         mut total: impl FnMut(u32, f32) -> f32,
     ) -> (Vec<Cand>, Vec<Cand>) {
         if let Some(found) = self.ann_top(filter, query, k) {
-            // approximate: every candidate the graph found is looked at closely
+            // approximate: every candidate the index found is looked at closely
             let mut top = TopK::new(k);
             for c in &found {
                 top.push(Cand {
@@ -1419,18 +1426,18 @@ mod tests {
         }
     }
 
-    /// With a graph, a large enough memory and a broad filter, candidates come from the
-    /// graph (not the exact scan); every one passes the filter and carries its exact
-    /// similarity. A narrow filter, a small memory or a graph out of step with the matrix
-    /// falls back to the exact scan.
+    /// With an approximate index, a large enough memory and a broad filter, candidates come
+    /// from the index (not the exact scan); every one passes the filter and carries its
+    /// exact similarity. A narrow filter, a small memory or an index out of step with the
+    /// matrix falls back to the exact scan.
     #[cfg(feature = "ann")]
     #[test]
-    fn the_graph_answers_only_when_it_should() {
+    fn the_approximate_index_answers_only_when_it_should() {
         let mut rng = aios_core::SeededRng::new(3);
         let build = |options: crate::AnnOptions, rng: &mut aios_core::SeededRng| {
             let mut index = Index::default();
             index.enable_ann(options);
-            for i in 0..600u64 {
+            for i in 0..1200u64 {
                 let mut r = record(i, format!("doc {i}"));
                 r.scope = Scope::parse(&format!("s/{}", i % 20)).unwrap();
                 r.embedding = Some((0..12).map(|_| rng.next_f64() as f32 - 0.5).collect());
@@ -1442,14 +1449,14 @@ mod tests {
         let mut q: Vec<f32> = (0..12).map(|_| rng.next_f64() as f32 - 0.5).collect();
         normalise(&mut q);
         let wide = index.compile(i64::MAX - 1, |_| 0b111, &[], None, &Metadata::new());
-        let found = index.ann_top(&wide, &q, 10).expect("the graph answers");
+        let found = index.ann_top(&wide, &q, 10).expect("the index answers");
         assert!(found.len() >= 10);
         for c in &found {
             let v = index.row_vector(c.row).unwrap();
             assert_eq!(c.score, dot(v, &q));
         }
         assert!(found.windows(2).all(|w| w[0] > w[1]), "best first");
-        // half the scopes: still the graph, every candidate in them
+        // half the scopes: still the index, every candidate in them
         let half = index.compile(
             i64::MAX - 1,
             |s| {
@@ -1463,7 +1470,7 @@ mod tests {
             None,
             &Metadata::new(),
         );
-        let found = index.ann_top(&half, &q, 10).expect("the graph answers");
+        let found = index.ann_top(&half, &q, 10).expect("the index answers");
         assert!(found.iter().all(|c| index.passes(&half, c.row)));
         // one scope of twenty (5 %) under min_share 0.1: the exact scan
         let narrow = index.compile(
@@ -1479,7 +1486,7 @@ mod tests {
         );
         assert!(index.ann_top(&narrow, &q, 10).is_none());
         // fewer vectors than min_vectors: the exact scan
-        let index = build(crate::AnnOptions::default().min_vectors(601), &mut rng);
+        let index = build(crate::AnnOptions::default().min_vectors(1201), &mut rng);
         assert!(index.ann_top(&wide, &q, 10).is_none());
         assert_eq!(index.vector_top(&wide, &q, 10).len(), 10);
     }

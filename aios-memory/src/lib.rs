@@ -50,10 +50,10 @@
 //! - `testing`: [`testing::memory_store_conformance`] (the contract every store runs),
 //!   [`testing::FaultyMemoryStore`], and [`testing::longmem`], a synthetic long-conversation
 //!   data set shaped like LongMemEval.
-//! - `ann`: [`AnnOptions`] and [`MemoryBuilder::ann`], an approximate (HNSW, from `hnsw_rs`)
-//!   vector index for memories of hundreds of thousands of vectors and more; filters stay
-//!   exact, small memories and narrow filters keep the exact scan. Off by default (it brings
-//!   rayon, rand and an mmap crate, and needs Rust 1.85 for its edition 2024).
+//! - `ann`: [`AnnOptions`] and [`MemoryBuilder::ann`], an approximate vector index (an
+//!   inverted file over k-means lists) for memories of hundreds of thousands of vectors and
+//!   more; filters stay exact, small memories and narrow filters keep the exact scan. Off by
+//!   default (it brings rayon).
 //!
 //! ```
 //! use std::sync::Arc;

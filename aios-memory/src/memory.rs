@@ -129,14 +129,16 @@ impl MemoryBuilder {
         self
     }
 
-    /// Keeps an approximate (HNSW) vector index beside the exact one and answers vector
-    /// recall from it once the memory holds [`crate::AnnOptions::min_vectors`] vectors
-    /// (feature `ann`). Filters stay exact: every hit passes the query's scope, tier, time,
-    /// kind and metadata filters, and a recall whose filters let few rows through, or for
-    /// which the graph finds too few, scans exactly. What becomes approximate is which rows
-    /// are found: a hit is never wrong, but one of the true top `k` may be missed. Every
-    /// vector written is linked into the graph at once, which makes writes slower (see
-    /// `benches/RESULTS.md`), and opening rebuilds the graph from the store.
+    /// Keeps an approximate vector index (an inverted file: the vectors grouped in lists
+    /// around k-means centres) beside the exact one and answers vector recall from it once
+    /// the memory holds [`crate::AnnOptions::min_vectors`] vectors (feature `ann`). Filters
+    /// stay exact: every hit passes the query's scope, tier, time, kind and metadata
+    /// filters, and a recall whose filters let few rows through, or for which the index
+    /// finds too few, scans exactly. What becomes approximate is which rows are found: a hit
+    /// is never wrong, but one of the true top `k` may be missed. Every vector written joins
+    /// the list of its nearest centre at once, and the lists are found again each time the
+    /// memory has grown fourfold (the write that crosses that mark takes longer; see
+    /// `benches/RESULTS.md`); opening rebuilds the index from the store.
     ///
     /// ```
     /// use std::sync::Arc;

@@ -91,9 +91,10 @@ fn overlap(a: &[String], b: &[String]) -> usize {
     b.iter().filter(|x| a.contains(x)).count()
 }
 
-/// A narrower construction than the default keeps the debug build fast at these sizes.
+/// The index consulted at any size (these memories hold a few thousand vectors; the first
+/// training is at 1,024).
 fn options() -> AnnOptions {
-    AnnOptions::default().min_vectors(0).ef_construction(48)
+    AnnOptions::default().min_vectors(0)
 }
 
 #[test]
@@ -158,7 +159,7 @@ fn hit_vector<'a>(vectors: &'a [Vec<f32>], content: &str) -> &'a [f32] {
 
 #[test]
 fn a_revision_replaces_the_old_vector_and_history_keeps_it() {
-    let vectors = clustered(800, 4);
+    let vectors = clustered(1200, 4);
     let clock = Arc::new(ManualClock::default());
     let memory = open(Some(options()), clock.clone());
     let written: Vec<_> = block_on(async {
@@ -181,7 +182,7 @@ fn a_revision_replaces_the_old_vector_and_history_keeps_it() {
         ),
     )
     .unwrap();
-    assert_eq!(memory.approximate_vectors(), Some(801));
+    assert_eq!(memory.approximate_vectors(), Some(1201));
     let near_new = contents(
         &memory,
         &RecallQuery::vector(target.clone())
@@ -215,7 +216,7 @@ fn a_revision_replaces_the_old_vector_and_history_keeps_it() {
 
 #[test]
 fn retracted_and_pruned_records_never_come_back() {
-    let vectors = clustered(800, 5);
+    let vectors = clustered(1200, 5);
     let clock = Arc::new(ManualClock::default());
     let memory = open(Some(options()), clock.clone());
     let written: Vec<_> = block_on(async {
@@ -228,7 +229,7 @@ fn retracted_and_pruned_records_never_come_back() {
     });
     block_on(memory.retract(written[10].id, Principal::System, "wrong")).unwrap();
     let report = block_on(memory.prune(&PrunePolicy::default().min_importance(0.5))).unwrap();
-    assert_eq!(report.pruned.len(), 400, "the odd ones");
+    assert_eq!(report.pruned.len(), 600, "the odd ones");
     for (i, v) in vectors.iter().enumerate().take(100) {
         let got = contents(
             &memory,
@@ -249,7 +250,7 @@ fn retracted_and_pruned_records_never_come_back() {
 
 #[test]
 fn an_import_with_migration_fills_the_graph() {
-    let vectors = clustered(600, 6);
+    let vectors = clustered(1100, 6);
     let (_, exact) = pair(&vectors, options());
     let lines = block_on(exact.export()).unwrap();
     // written by the schema before this one, which called the vector `vector`
@@ -274,8 +275,8 @@ fn an_import_with_migration_fills_the_graph() {
     let clock = Arc::new(ManualClock::default());
     let target = open(Some(options()), clock);
     let report = block_on(target.import(&lines, &migrator)).unwrap();
-    assert_eq!((report.imported, report.migrated), (600, 600));
-    assert_eq!(target.approximate_vectors(), Some(600));
+    assert_eq!((report.imported, report.migrated), (1100, 1100));
+    assert_eq!(target.approximate_vectors(), Some(1100));
     for i in [0, 99, 599] {
         let q = RecallQuery::vector(vectors[i].clone())
             .mode(RecallMode::Vector)
@@ -344,7 +345,7 @@ fn batches_linked_in_parallel_recall_like_the_exact_scan() {
 
 #[test]
 fn reopening_rebuilds_the_same_graph() {
-    let vectors = clustered(1000, 7);
+    let vectors = clustered(1300, 7);
     let (approx, _) = pair(&vectors, options());
     let reopened = block_on(
         Memory::builder(approx.clock().clone())
@@ -353,7 +354,7 @@ fn reopening_rebuilds_the_same_graph() {
             .open(),
     )
     .unwrap();
-    assert_eq!(reopened.approximate_vectors(), Some(1000));
+    assert_eq!(reopened.approximate_vectors(), Some(1300));
     let (again, _) = pair(&vectors, options());
     for q in clustered(20, 8) {
         let q = RecallQuery::vector(q).mode(RecallMode::Vector).k(10);
@@ -372,7 +373,7 @@ fn reopening_rebuilds_the_same_graph() {
 
 #[test]
 fn a_small_memory_or_a_narrow_filter_scans_exactly() {
-    let vectors = clustered(900, 9);
+    let vectors = clustered(1200, 9);
     // below min_vectors: exact
     let (approx, exact) = pair(&vectors, AnnOptions::default());
     for q in clustered(10, 10) {
@@ -402,13 +403,9 @@ fn a_small_memory_or_a_narrow_filter_scans_exactly() {
 fn invalid_options_are_refused_by_name() {
     let clock = Arc::new(ManualClock::default());
     for (options, field) in [
-        (AnnOptions::default().connections(1), "ann.connections"),
-        (AnnOptions::default().connections(300), "ann.connections"),
-        (AnnOptions::default().ef_search(0), "ann.ef_search"),
-        (
-            AnnOptions::default().ef_construction(0),
-            "ann.ef_construction",
-        ),
+        (AnnOptions::default().lists(65_537), "ann.lists"),
+        (AnnOptions::default().probes(0), "ann.probes"),
+        (AnnOptions::default().candidates(0), "ann.candidates"),
         (AnnOptions::default().min_share(1.5), "ann.min_share"),
         (AnnOptions::default().min_share(f32::NAN), "ann.min_share"),
         (AnnOptions::default().threads(0), "ann.threads"),

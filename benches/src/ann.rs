@@ -5,12 +5,13 @@
 //! vector is its centre's plus uniform noise, so that neighbours within a cluster have cosine
 //! similarities of about 0.5 to 0.8, as sentence embeddings of related text do), and queries
 //! drawn the same way. A second, smaller set of uniformly random vectors, the hardest case
-//! for a graph index in 384 dimensions (every point is about equally far from every other),
-//! is measured too and reported as such.
+//! for any approximate index in 384 dimensions (every point is about equally far from every
+//! other, so no list or neighbourhood holds a query's neighbours), is measured too and
+//! reported as such.
 //!
 //! The workload runs in a fresh process (`report --subprocess ann`) so that its memory
 //! figures are not distorted by earlier workloads. Full runs use 1,000,000 clustered vectors
-//! (building the graph takes many minutes on one core); `--quick` uses 50,000.
+//! (building the index takes a few minutes); `--quick` uses 50,000.
 
 use std::sync::Arc;
 
@@ -192,9 +193,9 @@ pub fn run(config: &Config) -> Vec<Measurement> {
 /// The body of the isolated workload.
 pub fn subprocess(config: &Config) -> Vec<Measurement> {
     let mut out = Vec::new();
-    // the batches are linked into the graph by two threads (the machine has two cores)
-    // (and the graph used from 20,000 vectors, so that the smaller uniform set measures the
-    // graph, not the exact scan that the default answers with below 50,000)
+    // each batch's nearest centres are found by two threads (the machine has two cores)
+    // (and the index used from 20,000 vectors, so that the smaller uniform set measures the
+    // index, not the exact scan that the default answers with below 50,000)
     let options = AnnOptions::default().threads(2).min_vectors(20_000);
     let n = config.pick(50_000, 1_000_000);
     measure(

@@ -34,6 +34,9 @@
 //!   the write that crossed the mark (which therefore takes longer, growing with the
 //!   memory: the whole build of 1,000,000 vectors of 384 dimensions, trainings included,
 //!   took 164 s of CPU);
+//! - calibration: after each training, the number of lists a recall reads is set to what
+//!   [`CALIBRATE_QUERIES`] held-out vectors need for [`CALIBRATE_RECALL`] of their 10
+//!   nearest neighbours in the sample, never below [`AnnOptions::probes`];
 //! - everything is deterministic: the same vectors inserted in the same order give the
 //!   same lists and the same answers, whatever [`AnnOptions::threads`] is (threads only
 //!   split the work of finding each vector's nearest centre, which does not depend on the
@@ -66,10 +69,14 @@ use crate::MemoryError;
 /// - `lists = 0` (automatic): `4 * sqrt(n)` lists when the index trains on `n` vectors, the
 ///   lower end of the usual advice for inverted files: more lists make each probe cheaper
 ///   and the scan of the centres dearer;
-/// - `probes = 16`: the lists read per recall (more when the filter lets few of their
-///   vectors through). On the benchmark's data recall@10 against the exact scan was 1.0 at
-///   8 probes already; data without clusters needs more (see `benches/RESULTS.md`). Raise it
-///   for recall, lower it for speed;
+/// - `probes = 16`: the fewest lists a recall reads (more when the filter lets few of their
+///   vectors through). It is a floor: each training measures, on its own sample, how many
+///   lists hold 95 % of the 10 nearest neighbours of 64 held-out vectors, and recalls read
+///   that many if it is more. Clustered data, like embeddings of text, needs few (on the
+///   benchmark's data, 1,000,000 vectors around 2,000 centres, recall@10 was 1.0 at 8 and at
+///   16); data without clusters needs most of the lists, and gets them, at a cost close to
+///   half the exact scan's (uniformly random vectors: recall@10 0.91 at 100,000; see
+///   `benches/RESULTS.md`). Raise it for recall, lower it for speed;
 /// - `candidates = 96`: how many of the probed vectors, best first by their fixed-point
 ///   score, are scored exactly and checked against the filter; about ten times the usual
 ///   `k` (a recall asking for more looks at more);
@@ -96,7 +103,8 @@ pub struct AnnOptions {
     /// How many lists the vectors are grouped into at each training (`0`: `4 * sqrt(n)`;
     /// at most 65,536).
     pub lists: usize,
-    /// How many of the nearest lists a recall reads (at least 1).
+    /// How many of the nearest lists a recall reads at least (at least 1); training raises
+    /// it where the data needs more.
     pub probes: usize,
     /// How many candidates a recall scores exactly (at least 1); a recall asking for more
     /// hits looks at more.
@@ -206,6 +214,13 @@ pub const SAMPLE_PER_LIST: usize = 32;
 /// How many times training moves the centres.
 pub const ITERATIONS: usize = 8;
 
+/// The sample vectors whose neighbours calibrate the number of lists a recall reads.
+pub const CALIBRATE_QUERIES: usize = 64;
+
+/// The share of the calibration queries' 10 nearest neighbours that the lists read must
+/// hold.
+pub const CALIBRATE_RECALL: f64 = 0.95;
+
 /// The most candidates a recall scores before it falls back to the exact scan.
 const MAX_CANDIDATES: usize = 4096;
 
@@ -232,6 +247,9 @@ pub(crate) struct Ann {
     lists: Vec<List>,
     /// How many vectors the last training saw (0: never trained).
     trained_at: usize,
+    /// How many lists a recall reads: [`AnnOptions::probes`], or more if the last training
+    /// measured that its data needs more ([`Ann::calibrate`]).
+    probes: usize,
     /// The threads finding nearest centres, once a batch needed them (`options.threads > 1`).
     pool: Option<rayon::ThreadPool>,
 }
@@ -243,6 +261,7 @@ impl std::fmt::Debug for Ann {
             .field("nodes", &self.nodes)
             .field("lists", &self.lists.len())
             .field("trained_at", &self.trained_at)
+            .field("probes", &self.probes)
             .finish_non_exhaustive()
     }
 }
@@ -257,6 +276,7 @@ impl Ann {
             centres: Vec::new(),
             lists: vec![List::default()],
             trained_at: 0,
+            probes: options.probes,
             pool: None,
         }
     }
@@ -344,24 +364,40 @@ impl Ann {
             all_codes.extend_from_slice(&list.codes);
         }
         // the sample: a seeded choice without repeats (a partial Fisher-Yates shuffle)
-        let size = (k * SAMPLE_PER_LIST).min(n);
+        // the calibration's queries are held out of it (when there are vectors enough), so
+        // that the estimate is that of vectors the centres were not fitted to
+        let spare = if n > 2 * CALIBRATE_QUERIES {
+            CALIBRATE_QUERIES
+        } else {
+            0
+        };
+        let size = (k * SAMPLE_PER_LIST).min(n - spare);
+        let k = k.min(size.max(1));
+        let drawn = size + spare;
         let mut order: Vec<u32> = (0..n as u32).collect();
         let mut rng = aios_core::SeededRng::new(SEED);
-        for i in 0..size {
+        for i in 0..drawn {
             let j = i + (rng.next_u64() % (n - i) as u64) as usize;
             order.swap(i, j);
         }
-        order.truncate(size);
+        order.truncate(drawn);
+        let mut held_out = order.split_off(size);
         // in row order, so that the sample is the same whatever order the lists held it in
-        order.sort_unstable_by_key(|&i| all_rows.get(i as usize).copied().unwrap_or(u32::MAX));
-        let sample: Vec<i16> = order
-            .iter()
-            .flat_map(|&i| {
-                let i = i as usize;
-                all_codes.get(i * d..(i + 1) * d).unwrap_or_default()
-            })
-            .copied()
-            .collect();
+        let by_row = |i: &u32| all_rows.get(*i as usize).copied().unwrap_or(u32::MAX);
+        order.sort_unstable_by_key(by_row);
+        held_out.sort_unstable_by_key(by_row);
+        let gather = |positions: &[u32]| -> Vec<i16> {
+            positions
+                .iter()
+                .flat_map(|&i| {
+                    let i = i as usize;
+                    all_codes.get(i * d..(i + 1) * d).unwrap_or_default()
+                })
+                .copied()
+                .collect()
+        };
+        let sample = gather(&order);
+        let queries = gather(&held_out);
         // start from evenly spaced sample vectors
         let step = size / k;
         let mut centres: Vec<i16> = (0..k)
@@ -416,6 +452,7 @@ impl Ann {
             }
             self.centres = next;
         }
+        self.probes = self.calibrate(&sample, &queries);
         // regroup everything around the final centres
         let lists = self.nearest_all(&all_codes);
         self.lists = (0..k).map(|_| List::default()).collect();
@@ -426,6 +463,80 @@ impl Ann {
             }
         }
         self.trained_at = n;
+    }
+
+    /// How many lists a recall must read so that [`CALIBRATE_RECALL`] of the 10 nearest
+    /// neighbours in the training `sample` of [`CALIBRATE_QUERIES`] vectors are in the lists
+    /// read: at least [`AnnOptions::probes`]. The queries are `held_out` vectors when the
+    /// memory has more than the sample (else sample vectors, leaving themselves out). Data
+    /// with clusters needs few lists; data without them (where every vector is about as far
+    /// from every other) needs most of them, and then reads them rather than silently
+    /// missing the neighbours.
+    fn calibrate(&mut self, sample: &[i16], held_out: &[i16]) -> usize {
+        let d = self.dims.max(1);
+        let k = self.centres.len() / d;
+        let floor = self.options.probes.min(k.max(1));
+        let n = sample.len() / d;
+        if k <= floor || n < 2 {
+            return floor;
+        }
+        let list_of: Vec<u32> = self
+            .nearest_scored(sample)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        // (the query, and its own place in the sample if it is one)
+        let queries: Vec<(&[i16], Option<usize>)> = if held_out.len() >= d {
+            held_out.chunks_exact(d).map(|q| (q, None)).collect()
+        } else {
+            let step = (n / CALIBRATE_QUERIES.min(n)).max(1);
+            sample
+                .chunks_exact(d)
+                .enumerate()
+                .step_by(step)
+                .take(CALIBRATE_QUERIES)
+                .map(|(i, q)| (q, Some(i)))
+                .collect()
+        };
+        let by_score = |a: &(i64, usize), b: &(i64, usize)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        // for each query, the rank (by centre score) of the list of each of its neighbours
+        let mut ranks: Vec<usize> = Vec::with_capacity(queries.len() * 10);
+        for (q, itself) in queries {
+            let mut near: Vec<(i64, usize)> = sample
+                .chunks_exact(d)
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != itself)
+                .map(|(i, v)| (dot_q(v, q), i))
+                .collect();
+            let top = 10.min(near.len());
+            if top < near.len() {
+                near.select_nth_unstable_by(top, by_score);
+            }
+            let mut order: Vec<(i64, usize)> = self
+                .centres
+                .chunks_exact(d)
+                .enumerate()
+                .map(|(c, v)| (dot_q(v, q), c))
+                .collect();
+            order.sort_unstable_by(by_score);
+            let mut rank = vec![0usize; k];
+            for (r, (_, c)) in order.iter().enumerate() {
+                if let Some(slot) = rank.get_mut(*c) {
+                    *slot = r;
+                }
+            }
+            for (_, i) in &near[..top] {
+                let list = list_of.get(*i).copied().unwrap_or(0) as usize;
+                ranks.push(rank.get(list).copied().unwrap_or(k - 1));
+            }
+        }
+        if ranks.is_empty() {
+            return floor;
+        }
+        ranks.sort_unstable();
+        let at = ((ranks.len() as f64 * CALIBRATE_RECALL).ceil() as usize).clamp(1, ranks.len());
+        let needed = ranks.get(at - 1).map_or(k, |r| r + 1);
+        needed.clamp(floor, k)
     }
 
     /// The nearest centre of each vector of `codes`, with its fixed-point similarity; split
@@ -497,7 +608,7 @@ impl Ann {
         if order.is_empty() {
             order.push((0, 0));
         }
-        let probes = self.options.probes.min(order.len());
+        let probes = self.probes.min(order.len());
         let by_score = |a: &(i64, u32), b: &(i64, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
         if probes < order.len() {
             order.select_nth_unstable_by(probes, by_score);
@@ -732,7 +843,7 @@ mod tests {
         }
         // reading every list is the exact scan
         let mut all = ann;
-        all.options.probes = MAX_LISTS;
+        all.probes = MAX_LISTS;
         for q in unit_vectors(10, 7, 4) {
             let found = all.search(&q, 10, |_| true, |r| Some(dot(&vectors[r as usize], &q)));
             let rows: Vec<u32> = found.iter().map(|c| c.row).collect();
@@ -762,6 +873,66 @@ mod tests {
         assert_eq!(
             a.search(q, 10, |_| true, sim).first().map(|c| c.row),
             Some(17)
+        );
+    }
+
+    /// Data without clusters needs more lists than the floor to reach its neighbours: the
+    /// training measures that and reads them, instead of answering with a poor recall;
+    /// clustered data keeps a small probe.
+    #[test]
+    fn calibration_widens_the_probe_where_the_data_needs_it() {
+        let recall = |ann: &Ann, vectors: &[Vec<f32>], queries: &[Vec<f32>]| {
+            let mut found = 0;
+            for q in queries {
+                let sim = |r: u32| Some(dot(&vectors[r as usize], q));
+                let got: Vec<u32> = ann
+                    .search(q, 10, |_| true, sim)
+                    .iter()
+                    .map(|c| c.row)
+                    .collect();
+                found += exact_top(vectors, q, 10)
+                    .iter()
+                    .filter(|r| got.contains(r))
+                    .count();
+            }
+            found as f64 / (10 * queries.len()) as f64
+        };
+        let mut rng = aios_core::SeededRng::new(9);
+        let mut uniform = |n: usize| -> Vec<Vec<f32>> {
+            (0..n)
+                .map(|_| {
+                    let mut v: Vec<f32> = (0..64).map(|_| rng.next_f64() as f32 - 0.5).collect();
+                    crate::index::normalise(&mut v);
+                    v
+                })
+                .collect()
+        };
+        let flat = uniform(5000);
+        let flat_queries = uniform(30);
+        let options = AnnOptions::default().probes(4);
+        let a = build(&flat, options, 1000);
+        assert!(
+            a.probes > 4 * 4,
+            "uniform data: {} lists of {}",
+            a.probes,
+            a.list_count()
+        );
+        let r = recall(&a, &flat, &flat_queries);
+        assert!(
+            r >= 0.85,
+            "uniform recall@10 {r} reading {} lists",
+            a.probes
+        );
+
+        let clustered = unit_vectors(5000, 40, 11);
+        let b = build(&clustered, options, 1000);
+        assert!(b.probes < a.probes, "{} vs {}", b.probes, a.probes);
+        let queries = unit_vectors(30, 40, 11);
+        let r = recall(&b, &clustered, &queries[..]);
+        assert!(
+            r >= 0.9,
+            "clustered recall@10 {r} reading {} lists",
+            b.probes
         );
     }
 }

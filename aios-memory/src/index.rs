@@ -376,8 +376,6 @@ struct Bm25 {
     total_len: u64,
     options: KeywordOptions,
     stemmer: Option<Arc<Stem>>,
-    /// The `(term, frequency)` pairs of the record being inserted (kept to reuse its buffer).
-    scratch: Vec<(u32, u32)>,
     /// The postings of the batch being inserted, each chained to the next of its term (kept
     /// to reuse its buffer when it is small).
     batch: Vec<Chained>,
@@ -819,43 +817,40 @@ impl Index {
             return;
         }
         let bm25 = &mut self.bm25;
-        // per record: its terms and frequencies first (a record has a few dozen words),
-        // merged locally; then per batch: each posting chained behind the batch's previous
-        // one of the same term, so that each term's list is appended to in one run, in row
-        // order, without sorting
-        let mut terms = std::mem::take(&mut bm25.scratch);
+        // each posting is chained behind the batch's previous one of the same term, so that
+        // each term's list is appended to in one run, in row order, without sorting; a word
+        // repeated within a record finds its posting at the chain's tail and counts there
         let mut batch = std::mem::take(&mut bm25.batch);
         batch.clear();
         let mut touched: Vec<u32> = Vec::new();
         let stemmer = bm25.stemmer.clone();
         for &(row, text) in texts {
-            terms.clear();
             let mut len = 0u32;
             for term in tokens(text) {
                 len += 1;
                 let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
-                match terms.iter_mut().find(|p| p.0 == id) {
-                    Some(p) => p.1 += 1,
-                    None => terms.push((id, 1)),
-                }
-            }
-            for &(id, tf) in &terms {
-                let at = batch.len() as u32;
-                batch.push(Chained {
-                    row,
-                    tf,
-                    next: NONE,
-                });
                 let Some(chain) = bm25.chains.get_mut(id as usize) else {
                     continue;
                 };
+                let at = batch.len() as u32;
                 if chain.0 == NONE {
                     touched.push(id);
                     chain.0 = at;
                 } else if let Some(tail) = batch.get_mut(chain.1 as usize) {
+                    // the term's last posting of this batch: this record's, if the word
+                    // came up before in it (the tail is recent, so in cache)
+                    if tail.row == row {
+                        tail.tf += 1;
+                        continue;
+                    }
                     tail.next = at;
                 }
                 chain.1 = at;
+                batch.push(Chained {
+                    row,
+                    tf: 1,
+                    next: NONE,
+                });
             }
             if let Some(d) = bm25.doc_len.get_mut(row as usize) {
                 *d = len;
@@ -880,7 +875,6 @@ impl Index {
                 }
             }
         }
-        bm25.scratch = terms;
         if batch.capacity() <= 1 << 16 {
             bm25.batch = batch;
         }

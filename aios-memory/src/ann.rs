@@ -935,4 +935,30 @@ mod tests {
             b.probes
         );
     }
+
+    /// Extreme list counts are clamped to what the data allows and still answer: one list
+    /// (an exhaustive fixed-point scan) and more lists than vectors.
+    #[test]
+    fn extreme_list_counts_still_answer() {
+        let vectors = unit_vectors(1500, 12, 13);
+        let q = &vectors[3];
+        let sim = |r: u32| Some(dot(&vectors[r as usize], q));
+        let one = build(&vectors, AnnOptions::default().lists(1), 500);
+        assert_eq!(one.list_count(), 1);
+        let rows: Vec<u32> = one
+            .search(q, 10, |_| true, sim)
+            .iter()
+            .map(|c| c.row)
+            .collect();
+        assert_eq!(
+            rows,
+            exact_top(&vectors, q, 10),
+            "one list is the exact answer"
+        );
+        let many = build(&vectors, AnnOptions::default().lists(MAX_LISTS), 500);
+        assert!(many.list_count() <= 1024, "{} lists", many.list_count());
+        let found = many.search(q, 10, |_| true, sim);
+        assert_eq!(found.len(), 10);
+        assert_eq!(found[0].row, 3, "a vector finds itself first");
+    }
 }

@@ -316,9 +316,10 @@ impl Ann {
         if self.dims == 0 {
             self.dims = d;
         }
-        if d != self.dims || d == 0 {
+        if d != self.dims || d == 0 || rows.iter().any(|(v, _)| v.len() != d) {
             // the memory checks dimensions before indexing: not reachable, but a vector of
-            // another size must never be read as one of this size
+            // another size must never be read as one of this size (the index then holds
+            // fewer vectors than the memory, and recall scans exactly)
             return;
         }
         let mut codes = Vec::with_capacity(rows.len() * d);

@@ -594,8 +594,9 @@ impl Index {
 
     /// The estimated share of vector rows that pass `filter`, from at most
     /// [`SHARE_SAMPLE`] evenly spaced rows, and how many rows were sampled. Bounded so
-    /// that the estimate costs the same at any size: each sampled row is a cache miss, and
-    /// every 64th row of a million cost an approximate recall more than its search.
+    /// that the estimate costs the same at any size: each sampled row is likely a cache miss,
+    /// and every 64th row of a million (15,600 rows) is of the order of the whole search of
+    /// the approximate index.
     fn pass_share(&self, filter: &Filter) -> (usize, usize) {
         let step = self.slot_row.len().div_ceil(SHARE_SAMPLE).max(1);
         let sampled = self.slot_row.len().div_ceil(step);

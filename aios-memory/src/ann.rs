@@ -36,7 +36,8 @@
 //!   took 164 s of CPU);
 //! - calibration: after each training, the number of lists a recall reads is set to what
 //!   [`CALIBRATE_QUERIES`] held-out vectors need for [`CALIBRATE_RECALL`] of their 10
-//!   nearest neighbours in the sample, never below [`AnnOptions::probes`];
+//!   nearest neighbours in the sample, never below [`AnnOptions::probes`], and lists whose
+//!   centre scores within the matching margin of the query's best centre are read too;
 //! - everything is deterministic: the same vectors inserted in the same order give the
 //!   same lists and the same answers, whatever [`AnnOptions::threads`] is (threads only
 //!   split the work of finding each vector's nearest centre, which does not depend on the
@@ -250,6 +251,11 @@ pub(crate) struct Ann {
     /// How many lists a recall reads: [`AnnOptions::probes`], or more if the last training
     /// measured that its data needs more ([`Ann::calibrate`]).
     probes: usize,
+    /// Lists whose centre scores within this much (fixed point) of the query's best centre
+    /// are read too, whatever their rank: the margin the last training measured for its
+    /// held-out vectors ([`Ann::calibrate`]). A query far from every cluster, whose centres
+    /// all score about the same, so reads more lists than one inside a cluster.
+    gap: i64,
     /// The threads finding nearest centres, once a batch needed them (`options.threads > 1`).
     pool: Option<rayon::ThreadPool>,
 }
@@ -277,6 +283,7 @@ impl Ann {
             lists: vec![List::default()],
             trained_at: 0,
             probes: options.probes,
+            gap: 0,
             pool: None,
         }
     }
@@ -453,7 +460,7 @@ impl Ann {
             }
             self.centres = next;
         }
-        self.probes = self.calibrate(&sample, &queries);
+        (self.probes, self.gap) = self.calibrate(&sample, &queries);
         // regroup everything around the final centres
         let lists = self.nearest_all(&all_codes);
         self.lists = (0..k).map(|_| List::default()).collect();
@@ -472,14 +479,17 @@ impl Ann {
     /// memory has more than the sample (else sample vectors, leaving themselves out). Data
     /// with clusters needs few lists; data without them (where every vector is about as far
     /// from every other) needs most of them, and then reads them rather than silently
-    /// missing the neighbours.
-    fn calibrate(&mut self, sample: &[i16], held_out: &[i16]) -> usize {
+    /// missing the neighbours. Also returns the margin below the best centre's score within
+    /// which the same share of those neighbours' lists scored: rank and margin both bound
+    /// what a recall reads, so that a query unlike the held-out ones (far from every
+    /// cluster, its centres all scoring about the same) reads more lists, not fewer.
+    fn calibrate(&mut self, sample: &[i16], held_out: &[i16]) -> (usize, i64) {
         let d = self.dims.max(1);
         let k = self.centres.len() / d;
         let floor = self.options.probes.min(k.max(1));
         let n = sample.len() / d;
         if k <= floor || n < 2 {
-            return floor;
+            return (floor, 0);
         }
         let list_of: Vec<u32> = self
             .nearest_scored(sample)
@@ -502,6 +512,8 @@ impl Ann {
         let by_score = |a: &(i64, usize), b: &(i64, usize)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
         // for each query, the rank (by centre score) of the list of each of its neighbours
         let mut ranks: Vec<usize> = Vec::with_capacity(queries.len() * 10);
+        // and how far below the best centre's score its centre scored
+        let mut gaps: Vec<i64> = Vec::with_capacity(queries.len() * 10);
         for (q, itself) in queries {
             let mut near: Vec<(i64, usize)> = sample
                 .chunks_exact(d)
@@ -526,18 +538,23 @@ impl Ann {
                     *slot = r;
                 }
             }
+            let best = order.first().map_or(0, |(s, _)| *s);
             for (_, i) in &near[..top] {
                 let list = list_of.get(*i).copied().unwrap_or(0) as usize;
-                ranks.push(rank.get(list).copied().unwrap_or(k - 1));
+                let r = rank.get(list).copied().unwrap_or(k - 1);
+                ranks.push(r);
+                gaps.push(order.get(r).map_or(0, |(s, _)| best - s));
             }
         }
         if ranks.is_empty() {
-            return floor;
+            return (floor, 0);
         }
         ranks.sort_unstable();
+        gaps.sort_unstable();
         let at = ((ranks.len() as f64 * CALIBRATE_RECALL).ceil() as usize).clamp(1, ranks.len());
         let needed = ranks.get(at - 1).map_or(k, |r| r + 1);
-        needed.clamp(floor, k)
+        let gap = gaps.get(at - 1).copied().unwrap_or(0);
+        (needed.clamp(floor, k), gap)
     }
 
     /// The nearest centre of each vector of `codes`, with its fixed-point similarity; split
@@ -609,7 +626,10 @@ impl Ann {
         if order.is_empty() {
             order.push((0, 0));
         }
-        let probes = self.probes.min(order.len());
+        // the calibrated count, or every list within the calibrated margin of the best
+        let best = order.iter().map(|(s, _)| *s).max().unwrap_or(0);
+        let within = order.iter().filter(|(s, _)| best - s <= self.gap).count();
+        let probes = self.probes.max(within).min(order.len());
         let by_score = |a: &(i64, u32), b: &(i64, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
         if probes < order.len() {
             order.select_nth_unstable_by(probes, by_score);

@@ -429,13 +429,36 @@ fn shared() -> &'static (Memory, Memory, Vec<Vec<f32>>) {
     })
 }
 
+/// Queries unlike the data (random directions leaning on one axis, as the property test
+/// below draws them) still find most of the exact top 10, over many queries; a single query
+/// may miss its nearest row (approximate recall promises no more than that).
+#[test]
+fn queries_far_from_the_data_still_recall_most() {
+    let (approx, exact, _) = shared();
+    let mut rng = SeededRng::new(77);
+    let (mut found, mut wanted) = (0, 0);
+    for _ in 0..200 {
+        let mut q: Vec<f32> = (0..DIMS)
+            .map(|_| 2.0 * rng.next_f64() as f32 - 1.0)
+            .collect();
+        q[0] += 1.5;
+        let query = RecallQuery::vector(unit(q)).mode(RecallMode::Vector).k(10);
+        let want = contents(exact, &query);
+        let got = contents(approx, &query);
+        found += overlap(&want, &got);
+        wanted += want.len();
+    }
+    let recall = found as f64 / wanted as f64;
+    eprintln!("recall@10 far from the data: {recall}");
+    assert!(recall >= 0.9, "recall@10 {recall}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Whatever the scope and tier filters, every approximate hit passes them, the hits come
-    /// in the exact ranking's order of their own scores, and they mostly agree with the exact
-    /// scan (recall@10 over all cases is checked above; here each query must find at least
-    /// half).
+    /// in order of their scores, as many as the exact scan returns, and a hit both return
+    /// carries the same score.
     #[test]
     fn filters_are_exact(
         q in prop::collection::vec(-1.0f32..1.0, DIMS),
@@ -462,8 +485,13 @@ proptest! {
         for w in got.windows(2) {
             prop_assert!(w[0].score.total >= w[1].score.total);
         }
-        let g: Vec<String> = got.iter().map(|h| h.record.content.clone()).collect();
-        let e: Vec<String> = want.iter().map(|h| h.record.content.clone()).collect();
-        prop_assert!(overlap(&e, &g) * 2 >= e.len(), "{:?} vs {:?}", g, e);
+        // every hit is a row the exact scan ranks with the same score (how many of the exact
+        // top k are found is an aggregate figure, checked over many queries above)
+        for h in &got {
+            let same = want.iter().find(|w| w.record.id == h.record.id);
+            if let Some(w) = same {
+                prop_assert_eq!(w.score.total, h.score.total);
+            }
+        }
     }
 }

@@ -215,8 +215,11 @@ pub const SAMPLE_PER_LIST: usize = 32;
 /// How many times training moves the centres.
 pub const ITERATIONS: usize = 8;
 
-/// The sample vectors whose neighbours calibrate the number of lists a recall reads.
+/// The held-out vectors whose neighbours calibrate the number of lists a recall reads.
 pub const CALIBRATE_QUERIES: usize = 64;
+
+// a training always has vectors to hold out beside its sample
+const _: () = assert!(TRAIN_MIN > 2 * CALIBRATE_QUERIES);
 
 /// The share of the calibration queries' 10 nearest neighbours that the lists read must
 /// hold.
@@ -335,12 +338,17 @@ impl Ann {
         }
         let nearest = self.nearest_all(&codes);
         for ((code, (_, row)), list) in codes.chunks_exact(d).zip(rows).zip(nearest) {
-            if let Some(list) = self.lists.get_mut(list as usize) {
-                list.rows.push(*row);
-                list.codes.extend_from_slice(code);
-            }
+            self.push(list, *row, code);
         }
         self.nodes += rows.len();
+    }
+
+    /// Appends a row and its fixed-point vector to list `list`.
+    fn push(&mut self, list: u32, row: u32, code: &[i16]) {
+        if let Some(list) = self.lists.get_mut(list as usize) {
+            list.rows.push(row);
+            list.codes.extend_from_slice(code);
+        }
     }
 
     /// The list of each fixed-point vector of `codes` (all 0 before the first training).
@@ -371,17 +379,12 @@ impl Ann {
             all_rows.extend_from_slice(&list.rows);
             all_codes.extend_from_slice(&list.codes);
         }
-        // the sample: a seeded choice without repeats (a partial Fisher-Yates shuffle)
-        // the calibration's queries are held out of it (when there are vectors enough), so
-        // that the estimate is that of vectors the centres were not fitted to
-        let spare = if n > 2 * CALIBRATE_QUERIES {
-            CALIBRATE_QUERIES
-        } else {
-            0
-        };
-        let size = (k * SAMPLE_PER_LIST).min(n - spare);
+        // the sample: a seeded choice without repeats (a partial Fisher-Yates shuffle); the
+        // calibration's queries are held out of it, so that the estimate is that of vectors
+        // the centres were not fitted to (a training sees at least TRAIN_MIN vectors)
+        let size = (k * SAMPLE_PER_LIST).min(n.saturating_sub(CALIBRATE_QUERIES));
         let k = k.min(size.max(1));
-        let drawn = size + spare;
+        let drawn = (size + CALIBRATE_QUERIES).min(n);
         let mut order: Vec<u32> = (0..n as u32).collect();
         let mut rng = aios_core::SeededRng::new(SEED);
         for i in 0..drawn {
@@ -408,7 +411,7 @@ impl Ann {
         let queries = gather(&held_out);
         // start from evenly spaced sample vectors
         let step = size / k;
-        let mut centres: Vec<i16> = (0..k)
+        self.centres = (0..k)
             .flat_map(|c| {
                 sample
                     .get(c * step * d..(c * step + 1) * d)
@@ -416,7 +419,6 @@ impl Ann {
             })
             .copied()
             .collect();
-        self.centres = std::mem::take(&mut centres);
         for _ in 0..ITERATIONS {
             let assigned = self.nearest_scored(&sample);
             let mut sums = vec![0f64; k * d];
@@ -465,18 +467,15 @@ impl Ann {
         let lists = self.nearest_all(&all_codes);
         self.lists = (0..k).map(|_| List::default()).collect();
         for ((code, row), l) in all_codes.chunks_exact(d).zip(all_rows).zip(lists) {
-            if let Some(list) = self.lists.get_mut(l as usize) {
-                list.rows.push(row);
-                list.codes.extend_from_slice(code);
-            }
+            self.push(l, row, code);
         }
         self.trained_at = n;
     }
 
     /// How many lists a recall must read so that [`CALIBRATE_RECALL`] of the 10 nearest
     /// neighbours in the training `sample` of [`CALIBRATE_QUERIES`] vectors are in the lists
-    /// read: at least [`AnnOptions::probes`]. The queries are `held_out` vectors when the
-    /// memory has more than the sample (else sample vectors, leaving themselves out). Data
+    /// read: at least [`AnnOptions::probes`]. The queries are `held_out`: vectors outside the
+    /// sample. Data
     /// with clusters needs few lists; data without them (where every vector is about as far
     /// from every other) needs most of them, and then reads them rather than silently
     /// missing the neighbours. Also returns the margin below the best centre's score within
@@ -496,29 +495,15 @@ impl Ann {
             .into_iter()
             .map(|(c, _)| c)
             .collect();
-        // (the query, and its own place in the sample if it is one)
-        let queries: Vec<(&[i16], Option<usize>)> = if held_out.len() >= d {
-            held_out.chunks_exact(d).map(|q| (q, None)).collect()
-        } else {
-            let step = (n / CALIBRATE_QUERIES.min(n)).max(1);
-            sample
-                .chunks_exact(d)
-                .enumerate()
-                .step_by(step)
-                .take(CALIBRATE_QUERIES)
-                .map(|(i, q)| (q, Some(i)))
-                .collect()
-        };
         let by_score = |a: &(i64, usize), b: &(i64, usize)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
         // for each query, the rank (by centre score) of the list of each of its neighbours
-        let mut ranks: Vec<usize> = Vec::with_capacity(queries.len() * 10);
+        let mut ranks: Vec<usize> = Vec::with_capacity(CALIBRATE_QUERIES * 10);
         // and how far below the best centre's score its centre scored
-        let mut gaps: Vec<i64> = Vec::with_capacity(queries.len() * 10);
-        for (q, itself) in queries {
+        let mut gaps: Vec<i64> = Vec::with_capacity(CALIBRATE_QUERIES * 10);
+        for q in held_out.chunks_exact(d) {
             let mut near: Vec<(i64, usize)> = sample
                 .chunks_exact(d)
                 .enumerate()
-                .filter(|(i, _)| Some(*i) != itself)
                 .map(|(i, v)| (dot_q(v, q), i))
                 .collect();
             let top = 10.min(near.len());

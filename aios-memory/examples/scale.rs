@@ -15,7 +15,10 @@
 //!
 //! `write N` remembers N records one `remember` call each; `write N B` through
 //! `remember_many` in batches of B. Prints wall-clock and per-CPU-second rates (the thread's
-//! own CPU time, from `/proc/thread-self/schedstat`, so a shared machine's load shows).
+//! own CPU time, from `/proc/thread-self/schedstat`, so a shared machine's load shows), and
+//! the thread's minor page faults and user and system time. `SCALE_WITHOUT=embedding`,
+//! `text` or `both` writes the same records without their vectors, with one word of text,
+//! or both, to take the cost apart; `PERF_CTL` (below) starts a profiler at the timed phase.
 
 #![allow(clippy::expect_used)]
 
@@ -34,6 +37,26 @@ fn thread_cpu() -> Duration {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// This thread's minor page faults and user and system CPU time (Linux, from
+/// `/proc/thread-self/stat`; times in clock ticks of 10 ms).
+fn thread_faults_user_sys() -> (u64, Duration, Duration) {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .map(|x| x.parse().unwrap_or(0))
+                .collect();
+            Some((
+                *f.get(7)?,
+                Duration::from_millis(f.get(11)? * 10),
+                Duration::from_millis(f.get(12)? * 10),
+            ))
+        })
+        .unwrap_or_default()
 }
 
 fn rss_mb() -> f64 {
@@ -59,9 +82,21 @@ fn open(ann: Option<AnnOptions>, store: Option<Arc<dyn aios_memory::MemoryStore>
 }
 
 fn write(n: usize, batch: Option<usize>) {
-    let data = records(n, 1);
+    let mut data = records(n, 1);
+    // to take the cost apart: the same records without their vectors, or with one word
+    let without = std::env::var("SCALE_WITHOUT").unwrap_or_default();
+    for r in &mut data {
+        if without == "embedding" || without == "both" {
+            r.embedding = None;
+        }
+        if without == "text" || without == "both" {
+            r.content = "x".into();
+        }
+    }
     let memory = open(None, None);
     let rss0 = rss_mb();
+    let (faults0, user0, sys0) = thread_faults_user_sys();
+    perf_enable();
     let cpu0 = thread_cpu();
     let t0 = Instant::now();
     let ok = futures::executor::block_on(async {
@@ -89,13 +124,17 @@ fn write(n: usize, batch: Option<usize>) {
     });
     let wall = t0.elapsed();
     let cpu = thread_cpu().saturating_sub(cpu0);
+    let (faults1, user1, sys1) = thread_faults_user_sys();
     println!(
-        "MEM-WRITE n={n} batch={batch:?} ok={ok} wall={:.2}s rate={:.0}/s cpu={:.2}s per-cpu={:.0}/s rss+={:.0}MB",
+        "MEM-WRITE n={n} batch={batch:?} ok={ok} wall={:.2}s rate={:.0}/s cpu={:.2}s per-cpu={:.0}/s rss+={:.0}MB faults={} user={:.2}s sys={:.2}s",
         wall.as_secs_f64(),
         ok as f64 / wall.as_secs_f64(),
         cpu.as_secs_f64(),
         ok as f64 / cpu.as_secs_f64(),
-        rss_mb() - rss0
+        rss_mb() - rss0,
+        faults1.saturating_sub(faults0),
+        user1.saturating_sub(user0).as_secs_f64(),
+        sys1.saturating_sub(sys0).as_secs_f64(),
     );
 }
 

@@ -292,42 +292,99 @@ pub(crate) fn all_finite(v: &[f32]) -> bool {
     (rest + acc.iter().sum::<f32>()) == 0.0
 }
 
+/// What an ASCII byte is to the tokenizer: 0 between words, 1 in a word as it is, 2 in a
+/// word but uppercase.
+const ASCII_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_uppercase() {
+            2
+        } else if c.is_ascii_alphanumeric() {
+            1
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
 /// Lowercase alphanumeric word tokens, shared by indexing and querying; borrowed from the
 /// text unless lowercasing changes them.
-pub(crate) fn tokens(text: &str) -> Box<dyn Iterator<Item = Cow<'_, str>> + '_> {
+pub(crate) fn tokens(text: &str) -> Tokens<'_> {
     if text.is_ascii() {
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        return Box::new(std::iter::from_fn(move || {
-            while bytes.get(i).is_some_and(|b| !b.is_ascii_alphanumeric()) {
-                i += 1;
-            }
-            let start = i;
-            let mut upper = false;
-            while let Some(b) = bytes.get(i).filter(|b| b.is_ascii_alphanumeric()) {
-                upper |= b.is_ascii_uppercase();
-                i += 1;
-            }
-            // ASCII text: every byte offset is a char boundary
-            let word = text.get(start..i).filter(|w| !w.is_empty())?;
-            Some(if upper {
-                Cow::Owned(word.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(word)
-            })
-        }));
+        Tokens::Ascii { text, at: 0 }
+    } else {
+        Tokens::Unicode(text.split(not_alphanumeric as fn(char) -> bool))
     }
-    Box::new(
-        text.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(|w| {
-                if w.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
-                    Cow::Borrowed(w)
+}
+
+/// Where the tokenizer splits text that is not ASCII.
+fn not_alphanumeric(c: char) -> bool {
+    !c.is_alphanumeric()
+}
+
+/// The iterator of [`tokens`]: ASCII text is scanned byte by byte through a class table,
+/// any other text split at every character that is not alphanumeric.
+pub(crate) enum Tokens<'a> {
+    /// ASCII text, and where the scan is.
+    Ascii {
+        /// The text.
+        text: &'a str,
+        /// The byte the scan resumes at.
+        at: usize,
+    },
+    /// Any other text.
+    Unicode(std::str::Split<'a, fn(char) -> bool>),
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = Cow<'a, str>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Cow<'a, str>> {
+        match self {
+            Tokens::Ascii { text, at } => {
+                let bytes = text.as_bytes().get(*at..)?;
+                let class = |b: &u8| ASCII_CLASS.get(usize::from(*b)).copied().unwrap_or(0);
+                let skip = bytes.iter().position(|b| class(b) != 0)?;
+                let rest = bytes.get(skip..).unwrap_or_default();
+                let mut upper = false;
+                let len = rest
+                    .iter()
+                    .position(|b| {
+                        let c = class(b);
+                        upper |= c == 2;
+                        c == 0
+                    })
+                    .unwrap_or(rest.len());
+                let start = *at + skip;
+                *at = start + len;
+                // ASCII text: every byte offset is a char boundary
+                let word = text.get(start..start + len)?;
+                Some(if upper {
+                    Cow::Owned(word.to_ascii_lowercase())
                 } else {
-                    Cow::Owned(w.chars().flat_map(char::to_lowercase).collect())
+                    Cow::Borrowed(word)
+                })
+            }
+            Tokens::Unicode(split) => loop {
+                let w = split.next()?;
+                if w.is_empty() {
+                    continue;
                 }
-            }),
-    )
+                return Some(
+                    if w.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+                        Cow::Borrowed(w)
+                    } else {
+                        Cow::Owned(w.chars().flat_map(char::to_lowercase).collect())
+                    },
+                );
+            },
+        }
+    }
 }
 
 /// `word` reduced to its stem by `stemmer` (unchanged without one).
@@ -369,26 +426,38 @@ struct Bm25 {
     short_terms: FxMap<ShortKey, u32>,
     /// Longer words.
     long_terms: FxMap<Box<str>, u32>,
-    /// Per term: `(row, term frequency)` in row order.
-    postings: Vec<Vec<(u32, u32)>>,
+    /// Per term: its postings in row order.
+    postings: Vec<Vec<Posting>>,
     doc_len: Vec<u32>,
     docs: u64,
     total_len: u64,
     options: KeywordOptions,
     stemmer: Option<Arc<Stem>>,
-    /// The postings of the batch being inserted, each chained to the next of its term (kept
-    /// to reuse its buffer when it is small).
-    batch: Vec<Chained>,
-    /// Per term: the first and last of its postings in `batch` (`NONE` outside a batch).
-    chains: Vec<(u32, u32)>,
+    /// Scratch space of [`Index::index_texts`], kept between runs (when small) so that a run
+    /// allocates nothing: the run's postings in row order with their terms ...
+    pending: Vec<(u32, Posting)>,
+    /// ... the same grouped by term ...
+    grouped: Vec<Posting>,
+    /// ... and per term, its place in the run (its count zero outside a run).
+    run: Vec<RunTerm>,
 }
 
-/// A posting of the batch being inserted, and the index of its term's next one.
-#[derive(Debug, Clone, Copy)]
-struct Chained {
+/// A term in the run being indexed by [`Index::index_texts`].
+#[derive(Debug, Clone, Copy, Default)]
+struct RunTerm {
+    /// Its postings in the run; then where its group starts; then where it ends.
+    count: u32,
+    /// The row of its last posting in the run ...
+    row: u32,
+    /// ... and where that posting is in `pending`.
+    at: u32,
+}
+
+/// One posting: a row holding a term, and how often it holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Posting {
     row: u32,
     tf: u32,
-    next: u32,
 }
 
 /// The English Snowball stemmer, shared by indexing and querying.
@@ -419,12 +488,34 @@ fn short_key(word: &str) -> Option<ShortKey> {
     if b.len() > 15 {
         return None;
     }
-    // built in registers: no byte stores to forward into a wide load
-    let mut k = [0u64, (b.len() as u64) << 56];
-    for (i, x) in b.iter().enumerate() {
-        k[i / 8] |= u64::from(*x) << (8 * (i % 8));
-    }
+    // loaded straight from the word, with overlapping loads for the odd lengths: no bytes
+    // stored to forward into a wide load, no loop
+    let (lo, hi) = b.split_at(b.len().min(8));
+    let k = [le_word(lo), le_word(hi) | (b.len() as u64) << 56];
     Some(ShortKey(k))
+}
+
+/// Up to 8 bytes as a little-endian integer (zero above them).
+#[inline]
+fn le_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    let at = |i: usize| b.get(i).map_or(0, |x| u64::from(*x) << (8 * i));
+    let u32_at = |i: usize| {
+        b.get(i..i + 4)
+            .and_then(|w| <[u8; 4]>::try_from(w).ok())
+            .map_or(0, |w| u64::from(u32::from_le_bytes(w)) << (8 * i))
+    };
+    if n >= 8 {
+        b.get(..8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    } else if n >= 4 {
+        u32_at(0) | u32_at(n - 4)
+    } else if n > 0 {
+        at(0) | at(n / 2) | at(n - 1)
+    } else {
+        0
+    }
 }
 
 impl Bm25 {
@@ -441,7 +532,7 @@ impl Bm25 {
         }
         let id = self.postings.len() as u32;
         self.postings.push(Vec::new());
-        self.chains.push((NONE, NONE));
+        self.run.push(RunTerm::default());
         match short_key(&word) {
             Some(k) => self.short_terms.insert(k, id),
             None => self
@@ -813,16 +904,20 @@ impl Index {
 
     /// Tokenises the texts of freshly inserted rows (in ascending row order) and appends
     /// their postings, grouped by term.
+    ///
+    /// A counting sort, with no pointer to follow: the run's postings are gathered in row
+    /// order while each term counts its own, every term then gets a group of the right size,
+    /// the postings are scattered into their groups (still in row order within each), and
+    /// each group is appended to its term's list in one copy. A word repeated within a
+    /// record is recognised by its term's last row, and counted at that posting.
     fn index_texts(&mut self, texts: &[(u32, &str)]) {
         if texts.is_empty() {
             return;
         }
         let bm25 = &mut self.bm25;
-        // each posting is chained behind the batch's previous one of the same term, so that
-        // each term's list is appended to in one run, in row order, without sorting; a word
-        // repeated within a record finds its posting at the chain's tail and counts there
-        let mut batch = std::mem::take(&mut bm25.batch);
-        batch.clear();
+        let mut pending = std::mem::take(&mut bm25.pending);
+        let mut grouped = std::mem::take(&mut bm25.grouped);
+        pending.clear();
         let mut touched: Vec<u32> = Vec::new();
         let stemmer = bm25.stemmer.clone();
         for &(row, text) in texts {
@@ -830,28 +925,23 @@ impl Index {
             for term in tokens(text) {
                 len += 1;
                 let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
-                let Some(chain) = bm25.chains.get_mut(id as usize) else {
+                let Some(t) = bm25.run.get_mut(id as usize) else {
                     continue;
                 };
-                let at = batch.len() as u32;
-                if chain.0 == NONE {
-                    touched.push(id);
-                    chain.0 = at;
-                } else if let Some(tail) = batch.get_mut(chain.1 as usize) {
-                    // the term's last posting of this batch: this record's, if the word
-                    // came up before in it (the tail is recent, so in cache)
-                    if tail.row == row {
-                        tail.tf += 1;
-                        continue;
+                if t.count > 0 && t.row == row {
+                    // the word came up before in this record
+                    if let Some((_, p)) = pending.get_mut(t.at as usize) {
+                        p.tf += 1;
                     }
-                    tail.next = at;
+                    continue;
                 }
-                chain.1 = at;
-                batch.push(Chained {
-                    row,
-                    tf: 1,
-                    next: NONE,
-                });
+                if t.count == 0 {
+                    touched.push(id);
+                }
+                t.count += 1;
+                t.row = row;
+                t.at = pending.len() as u32;
+                pending.push((id, Posting { row, tf: 1 }));
             }
             if let Some(d) = bm25.doc_len.get_mut(row as usize) {
                 *d = len;
@@ -861,23 +951,45 @@ impl Index {
                 bm25.total_len += u64::from(len);
             }
         }
-        // the batch's rows are above every row already indexed, and each chain is in row
-        // order, so each postings list stays in row order
-        for id in touched {
-            let Some(chain) = bm25.chains.get_mut(id as usize) else {
-                continue;
-            };
-            let mut at = chain.0;
-            *chain = (NONE, NONE);
-            if let Some(list) = bm25.postings.get_mut(id as usize) {
-                while let Some(p) = batch.get(at as usize) {
-                    list.push((p.row, p.tf));
-                    at = p.next;
-                }
+        // each touched term's group: its count becomes where its group starts
+        let mut start = 0u32;
+        for &id in &touched {
+            if let Some(t) = bm25.run.get_mut(id as usize) {
+                let n = t.count;
+                t.count = start;
+                start += n;
             }
         }
-        if batch.capacity() <= 1 << 16 {
-            bm25.batch = batch;
+        grouped.clear();
+        grouped.resize(pending.len(), Posting::default());
+        for &(id, posting) in &pending {
+            if let Some(t) = bm25.run.get_mut(id as usize) {
+                if let Some(slot) = grouped.get_mut(t.count as usize) {
+                    *slot = posting;
+                }
+                t.count += 1;
+            }
+        }
+        // the run's rows are above every row already indexed, and each group is in row
+        // order, so each postings list stays in row order; after the scatter a term's count
+        // is where its group ends
+        let mut from = 0usize;
+        for id in touched {
+            let Some(t) = bm25.run.get_mut(id as usize) else {
+                continue;
+            };
+            let to = t.count as usize;
+            t.count = 0;
+            if let (Some(list), Some(group)) =
+                (bm25.postings.get_mut(id as usize), grouped.get(from..to))
+            {
+                list.extend_from_slice(group);
+            }
+            from = to;
+        }
+        if pending.capacity() <= 1 << 16 {
+            bm25.pending = pending;
+            bm25.grouped = grouped;
         }
     }
 
@@ -1092,7 +1204,7 @@ impl Index {
         if terms.is_empty() {
             return;
         }
-        let lists: Vec<&[(u32, u32)]> = terms
+        let lists: Vec<&[Posting]> = terms
             .iter()
             .map(|t| {
                 self.bm25
@@ -1116,7 +1228,7 @@ impl Index {
             // many postings: accumulate densely, in term order per row
             let mut acc = vec![0f32; self.hot.len()];
             for (list, idf) in lists.iter().zip(&idf) {
-                for &(row, tf) in list.iter() {
+                for &Posting { row, tf } in list.iter() {
                     if let Some(a) = acc.get_mut(row as usize) {
                         *a += self.bm25.weight(*idf, tf, dl(row), avgdl);
                     }
@@ -1134,7 +1246,7 @@ impl Index {
             // few: gather (row, term, weight), order by row then term, sum runs
             let mut parts: Vec<(u32, u32, f32)> = Vec::with_capacity(total);
             for (i, (list, idf)) in lists.iter().zip(&idf).enumerate() {
-                for &(row, tf) in list.iter() {
+                for &Posting { row, tf } in list.iter() {
                     if self.passes(filter, row) {
                         parts.push((row, i as u32, self.bm25.weight(*idf, tf, dl(row), avgdl)));
                     }
@@ -1523,5 +1635,25 @@ mod tests {
         assert_eq!(out, ["a1", "b2", "c"]);
         assert_eq!(tokens("").count(), 0);
         assert_eq!(tokens(" ;; ").count(), 0);
+    }
+
+    /// The packed key of a short word is its bytes in little-endian order with the length in
+    /// the top byte, for every length and position of the odd loads.
+    #[test]
+    fn short_keys_pack_every_length() {
+        let word = "abcdefghijklmnopq";
+        for n in 0..=16 {
+            let w = word.get(..n).unwrap();
+            let key = short_key(w);
+            if n > 15 {
+                assert!(key.is_none());
+                continue;
+            }
+            let mut want = [0u64, (n as u64) << 56];
+            for (i, b) in w.bytes().enumerate() {
+                want[i / 8] |= u64::from(b) << (8 * (i % 8));
+            }
+            assert_eq!(key.unwrap().0, want, "length {n}");
+        }
     }
 }

@@ -18,7 +18,9 @@
 //! own CPU time, from `/proc/thread-self/schedstat`, so a shared machine's load shows), and
 //! the thread's minor page faults and user and system time. `SCALE_WITHOUT=embedding`,
 //! `text` or `both` writes the same records without their vectors, with one word of text,
-//! or both, to take the cost apart; `PERF_CTL` (below) starts a profiler at the timed phase.
+//! or both, to take the cost apart; `SCALE_WRITE_THREADS=2` opens the memory with two write
+//! threads (`MemoryBuilder::write_threads`); `PERF_CTL` (below) starts a profiler at the
+//! timed phase.
 
 #![allow(clippy::expect_used)]
 
@@ -77,6 +79,13 @@ fn open(ann: Option<AnnOptions>, store: Option<Arc<dyn aios_memory::MemoryStore>
     }
     if let Some(s) = store {
         b = b.store(s);
+    }
+    // `SCALE_WRITE_THREADS=2`: a batch's keyword postings on a second thread
+    if let Some(n) = std::env::var("SCALE_WRITE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        b = b.write_threads(n);
     }
     futures::executor::block_on(b.open()).expect("an in-memory memory opens")
 }

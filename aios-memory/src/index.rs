@@ -433,7 +433,7 @@ struct Bm25 {
     total_len: u64,
     options: KeywordOptions,
     stemmer: Option<Arc<Stem>>,
-    /// Scratch space of [`Index::index_texts`], kept between runs (when small) so that a run
+    /// Scratch space of [`Bm25::index`], kept between runs (when small) so that a run
     /// allocates nothing: the run's postings in row order with their terms ...
     pending: Vec<(u32, Posting)>,
     /// ... the same grouped by term ...
@@ -442,7 +442,7 @@ struct Bm25 {
     run: Vec<RunTerm>,
 }
 
-/// A term in the run being indexed by [`Index::index_texts`].
+/// A term in the run being indexed by [`Bm25::index`].
 #[derive(Debug, Clone, Copy, Default)]
 struct RunTerm {
     /// Its postings in the run; then where its group starts; then where it ends.
@@ -554,6 +554,101 @@ impl Bm25 {
         let tf = tf as f32;
         idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl as f32 / avgdl))
     }
+
+    /// Tokenises the texts of freshly inserted rows (in ascending row order, every row below
+    /// `rows`) and appends their postings, grouped by term.
+    ///
+    /// A counting sort, with no pointer to follow: the run's postings are gathered in row
+    /// order while each term counts its own, every term then gets a group of the right size,
+    /// the postings are scattered into their groups (still in row order within each), and
+    /// each group is appended to its term's list in one copy. A word repeated within a
+    /// record is recognised by its term's last row, and counted at that posting.
+    fn index(&mut self, texts: &[(u32, &str)], rows: usize) {
+        // one length per row, zero for a row without text (a tombstone)
+        if self.doc_len.len() < rows {
+            self.doc_len.resize(rows, 0);
+        }
+        if texts.is_empty() {
+            return;
+        }
+        let bm25 = self;
+        let mut pending = std::mem::take(&mut bm25.pending);
+        let mut grouped = std::mem::take(&mut bm25.grouped);
+        pending.clear();
+        let mut touched: Vec<u32> = Vec::new();
+        let stemmer = bm25.stemmer.clone();
+        for &(row, text) in texts {
+            let mut len = 0u32;
+            for term in tokens(text) {
+                len += 1;
+                let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
+                let Some(t) = bm25.run.get_mut(id as usize) else {
+                    continue;
+                };
+                if t.count > 0 && t.row == row {
+                    // the word came up before in this record
+                    if let Some((_, p)) = pending.get_mut(t.at as usize) {
+                        p.tf += 1;
+                    }
+                    continue;
+                }
+                if t.count == 0 {
+                    touched.push(id);
+                }
+                t.count += 1;
+                t.row = row;
+                t.at = pending.len() as u32;
+                pending.push((id, Posting { row, tf: 1 }));
+            }
+            if let Some(d) = bm25.doc_len.get_mut(row as usize) {
+                *d = len;
+            }
+            if len > 0 {
+                bm25.docs += 1;
+                bm25.total_len += u64::from(len);
+            }
+        }
+        // each touched term's group: its count becomes where its group starts
+        let mut start = 0u32;
+        for &id in &touched {
+            if let Some(t) = bm25.run.get_mut(id as usize) {
+                let n = t.count;
+                t.count = start;
+                start += n;
+            }
+        }
+        grouped.clear();
+        grouped.resize(pending.len(), Posting::default());
+        for &(id, posting) in &pending {
+            if let Some(t) = bm25.run.get_mut(id as usize) {
+                if let Some(slot) = grouped.get_mut(t.count as usize) {
+                    *slot = posting;
+                }
+                t.count += 1;
+            }
+        }
+        // the run's rows are above every row already indexed, and each group is in row
+        // order, so each postings list stays in row order; after the scatter a term's count
+        // is where its group ends
+        let mut from = 0usize;
+        for id in touched {
+            let Some(t) = bm25.run.get_mut(id as usize) else {
+                continue;
+            };
+            let to = t.count as usize;
+            t.count = 0;
+            if let (Some(list), Some(group)) =
+                (bm25.postings.get_mut(id as usize), grouped.get(from..to))
+            {
+                list.extend_from_slice(group);
+            }
+            from = to;
+        }
+        if pending.capacity() <= 1 << 16 {
+            bm25.pending = pending;
+            bm25.grouped = grouped;
+        }
+    }
 }
 
 /// Rows per chunk of the vector matrix.
@@ -566,6 +661,10 @@ const SHARE_SAMPLE: usize = 1024;
 /// Rows inserted together by [`Index::insert_many`] before their postings are appended: a
 /// run's postings (about 25 per record) stay in cache while they are grouped per term.
 const INSERT_RUN: usize = 1024;
+
+/// The fewest records [`Index::insert_many`] shares with a second thread (when the memory
+/// has two write threads): below it, starting the thread would cost more than it saves.
+const PARALLEL_MIN: usize = 256;
 
 /// The indexes of one [`crate::Memory`].
 
@@ -589,6 +688,8 @@ pub(crate) struct Index {
     /// The approximate vector index, when the memory has one (feature `ann`).
     #[cfg(feature = "ann")]
     ann: Option<crate::ann::Ann>,
+    /// The threads a batch is indexed with (1 or 2; see [`Index::insert_many`]).
+    pub threads: usize,
 }
 
 /// A record prepared for insertion (tokenised and normalised outside the lock).
@@ -753,37 +854,105 @@ impl Index {
     /// A version older than the lineage's latest indexed one (its writer indexed it after a
     /// concurrent revision had indexed the next) is linked in before its successor instead.
     ///
-    /// The keyword postings of the whole batch are appended after every row is in place,
-    /// grouped by term: each term's list is touched once per batch instead of once per
-    /// record, and the term dictionary stays in cache while the batch's words are looked up
-    /// (the vectors copied in the first pass would otherwise evict it between records).
+    /// The keyword postings are appended in runs of up to [`INSERT_RUN`] rows, after the
+    /// run's rows are in place, grouped by term: each term's list is touched once per run
+    /// instead of once per record, and the term dictionary stays in cache while the run's
+    /// words are looked up (the vectors copied with the rows would otherwise evict it
+    /// between records). With two threads (`threads == 2`) and at least [`PARALLEL_MIN`]
+    /// records, the postings are indexed on a second thread while this one places the rows.
     pub fn insert_many<'a>(
+        &mut self,
+        batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
+    ) {
+        if self.threads > 1 {
+            let batch: Vec<(&'a MemoryRecord, Prepared<'a>)> = batch.into_iter().collect();
+            if batch.len() >= PARALLEL_MIN {
+                self.insert_parallel(&batch);
+            } else {
+                self.insert_serial(batch);
+            }
+        } else {
+            self.insert_serial(batch);
+        }
+    }
+
+    /// [`Index::insert_many`] on this thread.
+    fn insert_serial<'a>(
         &mut self,
         batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
     ) {
         let mut texts: Vec<(u32, &'a str)> = Vec::new();
         let mut first_slot = self.slot_row.len();
-        let mut rows = 0usize;
-        for (record, prepared) in batch {
+        for (i, (record, prepared)) in batch.into_iter().enumerate() {
             let row = self.insert_row(record);
             if let Some(text) = prepared.text {
                 texts.push((row, text));
             }
-            rows += 1;
             // in runs of a bounded size, so that one run's postings stay in cache
-            if rows % INSERT_RUN == 0 {
-                self.finish_run(&texts, first_slot);
+            if (i + 1) % INSERT_RUN == 0 {
+                self.bm25.index(&texts, self.hot.len());
+                self.link_vectors(first_slot);
                 texts.clear();
                 first_slot = self.slot_row.len();
             }
         }
-        self.finish_run(&texts, first_slot);
+        self.bm25.index(&texts, self.hot.len());
+        self.link_vectors(first_slot);
     }
 
-    /// The keyword postings of a run of new rows, and its new vectors (from `first_slot`)
-    /// into the approximate index, together (in parallel when configured).
-    fn finish_run(&mut self, texts: &[(u32, &str)], first_slot: usize) {
-        self.index_texts(texts);
+    /// [`Index::insert_many`] on two threads: this one places the rows and vectors while a
+    /// second indexes the keyword postings (which touch nothing else). The result is the
+    /// same as on one thread; a second thread that cannot be started leaves the work to
+    /// this one.
+    fn insert_parallel(&mut self, batch: &[(&MemoryRecord, Prepared<'_>)]) {
+        // the rows the batch will take are known before it is placed
+        let first = self.hot.len();
+        let rows = first + batch.len();
+        let texts: Vec<(u32, &str)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, p))| Some(((first + i) as u32, p.text?)))
+            .collect();
+        let mut bm25 = std::mem::take(&mut self.bm25);
+        let keywords = |bm25: &mut Bm25| {
+            for run in texts.chunks(INSERT_RUN) {
+                // a run's rows: up to its last, then the batch's
+                let end = run.last().map_or(rows, |(row, _)| *row as usize + 1);
+                bm25.index(run, end);
+            }
+            bm25.index(&[], rows);
+        };
+        let outcome = std::thread::scope(|scope| {
+            let spawned = std::thread::Builder::new()
+                .name("aios-memory-keywords".into())
+                .spawn_scoped(scope, || keywords(&mut bm25));
+            let mut first_slot = self.slot_row.len();
+            for (i, (record, _)) in batch.iter().enumerate() {
+                self.insert_row(record);
+                if (i + 1) % INSERT_RUN == 0 {
+                    self.link_vectors(first_slot);
+                    first_slot = self.slot_row.len();
+                }
+            }
+            self.link_vectors(first_slot);
+            match spawned {
+                Ok(handle) => handle.join().map(|()| true),
+                Err(_) => Ok(false),
+            }
+        });
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => keywords(&mut bm25),
+            Err(panic) => {
+                self.bm25 = bm25;
+                std::panic::resume_unwind(panic);
+            }
+        }
+        self.bm25 = bm25;
+    }
+
+    /// The vectors placed from `first_slot` on, into the approximate index (feature `ann`).
+    fn link_vectors(&mut self, first_slot: usize) {
         #[cfg(feature = "ann")]
         if let (Some(ann), Some(d)) = (&mut self.ann, self.dims) {
             let rows: Vec<(&[f32], u32)> = self
@@ -897,100 +1066,7 @@ impl Index {
             }
         }
         self.vec_slot.push(slot);
-        // set by `index_texts`
-        self.bm25.doc_len.push(0);
         row
-    }
-
-    /// Tokenises the texts of freshly inserted rows (in ascending row order) and appends
-    /// their postings, grouped by term.
-    ///
-    /// A counting sort, with no pointer to follow: the run's postings are gathered in row
-    /// order while each term counts its own, every term then gets a group of the right size,
-    /// the postings are scattered into their groups (still in row order within each), and
-    /// each group is appended to its term's list in one copy. A word repeated within a
-    /// record is recognised by its term's last row, and counted at that posting.
-    fn index_texts(&mut self, texts: &[(u32, &str)]) {
-        if texts.is_empty() {
-            return;
-        }
-        let bm25 = &mut self.bm25;
-        let mut pending = std::mem::take(&mut bm25.pending);
-        let mut grouped = std::mem::take(&mut bm25.grouped);
-        pending.clear();
-        let mut touched: Vec<u32> = Vec::new();
-        let stemmer = bm25.stemmer.clone();
-        for &(row, text) in texts {
-            let mut len = 0u32;
-            for term in tokens(text) {
-                len += 1;
-                let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
-                let Some(t) = bm25.run.get_mut(id as usize) else {
-                    continue;
-                };
-                if t.count > 0 && t.row == row {
-                    // the word came up before in this record
-                    if let Some((_, p)) = pending.get_mut(t.at as usize) {
-                        p.tf += 1;
-                    }
-                    continue;
-                }
-                if t.count == 0 {
-                    touched.push(id);
-                }
-                t.count += 1;
-                t.row = row;
-                t.at = pending.len() as u32;
-                pending.push((id, Posting { row, tf: 1 }));
-            }
-            if let Some(d) = bm25.doc_len.get_mut(row as usize) {
-                *d = len;
-            }
-            if len > 0 {
-                bm25.docs += 1;
-                bm25.total_len += u64::from(len);
-            }
-        }
-        // each touched term's group: its count becomes where its group starts
-        let mut start = 0u32;
-        for &id in &touched {
-            if let Some(t) = bm25.run.get_mut(id as usize) {
-                let n = t.count;
-                t.count = start;
-                start += n;
-            }
-        }
-        grouped.clear();
-        grouped.resize(pending.len(), Posting::default());
-        for &(id, posting) in &pending {
-            if let Some(t) = bm25.run.get_mut(id as usize) {
-                if let Some(slot) = grouped.get_mut(t.count as usize) {
-                    *slot = posting;
-                }
-                t.count += 1;
-            }
-        }
-        // the run's rows are above every row already indexed, and each group is in row
-        // order, so each postings list stays in row order; after the scatter a term's count
-        // is where its group ends
-        let mut from = 0usize;
-        for id in touched {
-            let Some(t) = bm25.run.get_mut(id as usize) else {
-                continue;
-            };
-            let to = t.count as usize;
-            t.count = 0;
-            if let (Some(list), Some(group)) =
-                (bm25.postings.get_mut(id as usize), grouped.get(from..to))
-            {
-                list.extend_from_slice(group);
-            }
-            from = to;
-        }
-        if pending.capacity() <= 1 << 16 {
-            bm25.pending = pending;
-            bm25.grouped = grouped;
-        }
     }
 
     /// Marks every row of a lineage deleted. Returns whether it existed.

@@ -73,10 +73,15 @@ fn records(texts: &[String], seed: u64) -> Vec<NewMemory> {
 }
 
 fn open(keyword: KeywordOptions, store: Arc<dyn MemoryStore>) -> Memory {
+    open_with(keyword, store, 1)
+}
+
+fn open_with(keyword: KeywordOptions, store: Arc<dyn MemoryStore>, threads: usize) -> Memory {
     block_on(
         Memory::builder(Arc::new(ManualClock::default()))
             .keyword(keyword)
             .store(store)
+            .write_threads(threads)
             .open(),
     )
     .unwrap()
@@ -164,6 +169,72 @@ fn batches_index_exactly_like_single_writes() {
             a.sort();
             b.sort();
             assert_eq!(a, b, "{q:?}");
+        }
+    }
+}
+
+/// With two write threads (the keyword postings of a batch of 256 or more indexed on a
+/// second thread) a memory recalls exactly as with one: the same hits, order and scores,
+/// after batches below and above that size, with stemming, with retracted lineages, and
+/// after a rebuild from the store on two threads (pages of 512 records).
+#[test]
+fn two_write_threads_index_exactly_like_one() {
+    let texts = texts(2600, 15);
+    for keyword in [
+        KeywordOptions::default(),
+        KeywordOptions::default().stemming(Stemming::English),
+    ] {
+        let one = open_with(keyword, Arc::new(InMemoryMemoryStore::new()), 1);
+        let two = open_with(keyword, Arc::new(InMemoryMemoryStore::new()), 2);
+        block_on(async {
+            for m in [&one, &two] {
+                let mut rest = records(&texts, 4).into_iter();
+                for size in [300, 1, 255, 256, 1500, 17, 1000] {
+                    let batch: Vec<NewMemory> = rest.by_ref().take(size).collect();
+                    m.remember_many(batch).await.unwrap();
+                }
+                for i in (0..2600).step_by(97) {
+                    m.retract(
+                        MemoryId::from_name(&format!("r{i}")),
+                        Principal::System,
+                        "gone",
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        });
+        assert_eq!(one.len(), two.len());
+        for q in queries() {
+            let want = hits(&one, &q);
+            assert!(!want.is_empty(), "{q:?}");
+            assert_eq!(hits(&two, &q), want, "{q:?}");
+        }
+        // rebuilt from the store on one thread and on two: the same
+        let a = open_with(keyword, one.store().clone(), 1);
+        let b = open_with(keyword, one.store().clone(), 2);
+        for q in queries() {
+            assert_eq!(hits(&b, &q), hits(&a, &q), "{q:?}");
+        }
+    }
+}
+
+/// Only 1 and 2 write threads are accepted; anything else is refused by name.
+#[test]
+fn write_threads_other_than_one_or_two_are_refused() {
+    for n in [0, 3, 64] {
+        let err = block_on(
+            Memory::builder(Arc::new(ManualClock::default()))
+                .write_threads(n)
+                .open(),
+        )
+        .unwrap_err();
+        match err {
+            MemoryError::InvalidInput { field, detail } => {
+                assert_eq!(field, "write_threads");
+                assert!(detail.contains(&n.to_string()), "{detail}");
+            }
+            other => panic!("{other}"),
         }
     }
 }

@@ -419,9 +419,10 @@ impl Memory {
     ///
     /// The batch is indexed together once it is written (recall sees it when the call
     /// returns, or, after a failure, before the error returns): the keyword postings are
-    /// appended per term rather than per record, and with an approximate index the new
-    /// vectors are linked as one batch (by several threads with `AnnOptions::threads`). The
-    /// result is the index single writes build.
+    /// appended per term rather than per record (on a second thread while the rows are
+    /// placed, with [`MemoryBuilder::write_threads`]`(2)`), and with an approximate index the
+    /// new vectors are linked as one batch (by several threads with `AnnOptions::threads`).
+    /// The result is the index single writes build.
     ///
     /// Every record is validated before anything is written, so an invalid one fails the
     /// call with nothing written. A failure while writing (the store, the audit log) stops

@@ -575,6 +575,9 @@ impl ReportBuilder {
             return;
         }
         self.counted += 1;
+        // every counted entry's interval is in the series, even one that adds to none of a
+        // bucket's figures (a failed run, say): the series runs from the first to the last
+        self.bucket(e.at);
         self.seq_range = Some(match self.seq_range {
             None => (e.seq, e.seq),
             Some((a, _)) => (a, e.seq),

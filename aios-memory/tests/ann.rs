@@ -343,6 +343,75 @@ fn batches_linked_in_parallel_recall_like_the_exact_scan() {
     }
 }
 
+/// Two write threads (keyword postings on a second thread) hand the approximate index the
+/// same vectors in the same batches, so it answers exactly as with one: the same hits with
+/// the same scores, written in batches of 700 and rebuilt on opening.
+#[test]
+fn two_write_threads_leave_the_approximate_index_as_one() {
+    let vectors = clustered(2500, 21);
+    let memory = |threads: usize| {
+        let m = block_on(
+            Memory::builder(Arc::new(ManualClock::default()))
+                .seed(7)
+                .ann(options())
+                .write_threads(threads)
+                .open(),
+        )
+        .unwrap();
+        block_on(async {
+            for (c, chunk) in vectors.chunks(700).enumerate() {
+                let batch = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| new_memory(c * 700 + i, v))
+                    .collect();
+                m.remember_many(batch).await.unwrap();
+            }
+        });
+        m
+    };
+    let (one, two) = (memory(1), memory(2));
+    let reopened = block_on(
+        Memory::builder(two.clock().clone())
+            .store(two.store().clone())
+            .ann(options())
+            .write_threads(2)
+            .open(),
+    )
+    .unwrap();
+    let reopened_once = memory_reopened_once(&one);
+    assert_eq!(two.approximate_vectors(), Some(2500));
+    let hits = |m: &Memory, q: &RecallQuery| -> Vec<(String, u32)> {
+        block_on(m.recall(q))
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.record.content, h.score.total.to_bits()))
+            .collect()
+    };
+    for q in clustered(30, 22) {
+        let query = RecallQuery::vector(q).mode(RecallMode::Vector).k(10);
+        let want = hits(&one, &query);
+        assert_eq!(want.len(), 10);
+        assert_eq!(hits(&two, &query), want);
+        let mut a = hits(&reopened, &query);
+        let mut b = hits(&reopened_once, &query);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+}
+
+/// `m` reopened over its store on one write thread.
+fn memory_reopened_once(m: &Memory) -> Memory {
+    block_on(
+        Memory::builder(m.clock().clone())
+            .store(m.store().clone())
+            .ann(options())
+            .open(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn reopening_rebuilds_the_same_graph() {
     let vectors = clustered(1300, 7);

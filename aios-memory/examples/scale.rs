@@ -41,24 +41,33 @@ fn thread_cpu() -> Duration {
         .map_or(Duration::ZERO, Duration::from_nanos)
 }
 
-/// This thread's minor page faults and user and system CPU time (Linux, from
-/// `/proc/thread-self/stat`; times in clock ticks of 10 ms).
-fn thread_faults_user_sys() -> (u64, Duration, Duration) {
-    std::fs::read_to_string("/proc/thread-self/stat")
+/// The numeric fields of a `/proc/.../stat` file after the command name (Linux; empty
+/// elsewhere): 7 is the minor page faults, 11 and 12 the user and system time in clock
+/// ticks of 10 ms.
+fn stat_fields(path: &str) -> Vec<u64> {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|x| x.parse().unwrap_or(0))
-                .collect();
-            Some((
-                *f.get(7)?,
-                Duration::from_millis(f.get(11)? * 10),
-                Duration::from_millis(f.get(12)? * 10),
-            ))
+            Some(
+                s.rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect(),
+            )
         })
         .unwrap_or_default()
+}
+
+/// A clock-tick field of [`stat_fields`] as a duration.
+fn ticks(f: &[u64], i: usize) -> Duration {
+    Duration::from_millis(f.get(i).copied().unwrap_or(0) * 10)
+}
+
+/// This thread's minor page faults and user and system CPU time.
+fn thread_faults_user_sys() -> (u64, Duration, Duration) {
+    let f = stat_fields("/proc/thread-self/stat");
+    (f.get(7).copied().unwrap_or(0), ticks(&f, 11), ticks(&f, 12))
 }
 
 fn rss_mb() -> f64 {
@@ -152,18 +161,8 @@ const SCOPES: [&str; 4] = ["bench/a/0", "bench/a/1", "bench/b/0", "bench/b/1"];
 /// The process's CPU time (all threads; Linux, from `/proc/self/stat`, in clock ticks of
 /// 10 ms).
 fn process_cpu() -> Duration {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let (u, k) = (
-                f.get(11)?.parse::<u64>().ok()?,
-                f.get(12)?.parse::<u64>().ok()?,
-            );
-            Some(Duration::from_millis((u + k) * 10))
-        })
-        .unwrap_or_default()
+    let f = stat_fields("/proc/self/stat");
+    ticks(&f, 11) + ticks(&f, 12)
 }
 
 /// Tells a `perf record --control fifo:...` session to start sampling (for profiling the

@@ -571,18 +571,17 @@ impl Bm25 {
         if texts.is_empty() {
             return;
         }
-        let bm25 = self;
-        let mut pending = std::mem::take(&mut bm25.pending);
-        let mut grouped = std::mem::take(&mut bm25.grouped);
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut grouped = std::mem::take(&mut self.grouped);
         pending.clear();
         let mut touched: Vec<u32> = Vec::new();
-        let stemmer = bm25.stemmer.clone();
+        let stemmer = self.stemmer.clone();
         for &(row, text) in texts {
             let mut len = 0u32;
             for term in tokens(text) {
                 len += 1;
-                let id = bm25.term_or_insert(stem(stemmer.as_deref(), term));
-                let Some(t) = bm25.run.get_mut(id as usize) else {
+                let id = self.term_or_insert(stem(stemmer.as_deref(), term));
+                let Some(t) = self.run.get_mut(id as usize) else {
                     continue;
                 };
                 if t.count > 0 && t.row == row {
@@ -600,18 +599,18 @@ impl Bm25 {
                 t.at = pending.len() as u32;
                 pending.push((id, Posting { row, tf: 1 }));
             }
-            if let Some(d) = bm25.doc_len.get_mut(row as usize) {
+            if let Some(d) = self.doc_len.get_mut(row as usize) {
                 *d = len;
             }
             if len > 0 {
-                bm25.docs += 1;
-                bm25.total_len += u64::from(len);
+                self.docs += 1;
+                self.total_len += u64::from(len);
             }
         }
         // each touched term's group: its count becomes where its group starts
         let mut start = 0u32;
         for &id in &touched {
-            if let Some(t) = bm25.run.get_mut(id as usize) {
+            if let Some(t) = self.run.get_mut(id as usize) {
                 let n = t.count;
                 t.count = start;
                 start += n;
@@ -620,7 +619,7 @@ impl Bm25 {
         grouped.clear();
         grouped.resize(pending.len(), Posting::default());
         for &(id, posting) in &pending {
-            if let Some(t) = bm25.run.get_mut(id as usize) {
+            if let Some(t) = self.run.get_mut(id as usize) {
                 if let Some(slot) = grouped.get_mut(t.count as usize) {
                     *slot = posting;
                 }
@@ -632,21 +631,21 @@ impl Bm25 {
         // is where its group ends
         let mut from = 0usize;
         for id in touched {
-            let Some(t) = bm25.run.get_mut(id as usize) else {
+            let Some(t) = self.run.get_mut(id as usize) else {
                 continue;
             };
             let to = t.count as usize;
             t.count = 0;
             if let (Some(list), Some(group)) =
-                (bm25.postings.get_mut(id as usize), grouped.get(from..to))
+                (self.postings.get_mut(id as usize), grouped.get(from..to))
             {
                 list.extend_from_slice(group);
             }
             from = to;
         }
         if pending.capacity() <= 1 << 16 {
-            bm25.pending = pending;
-            bm25.grouped = grouped;
+            self.pending = pending;
+            self.grouped = grouped;
         }
     }
 }
@@ -915,12 +914,11 @@ impl Index {
             .collect();
         let mut bm25 = std::mem::take(&mut self.bm25);
         let keywords = |bm25: &mut Bm25| {
-            for run in texts.chunks(INSERT_RUN) {
-                // a run's rows: up to its last, then the batch's
-                let end = run.last().map_or(rows, |(row, _)| *row as usize + 1);
-                bm25.index(run, end);
-            }
+            // a length for every row of the batch, whichever have texts
             bm25.index(&[], rows);
+            for run in texts.chunks(INSERT_RUN) {
+                bm25.index(run, rows);
+            }
         };
         let outcome = std::thread::scope(|scope| {
             let spawned = std::thread::Builder::new()

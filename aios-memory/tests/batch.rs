@@ -241,50 +241,50 @@ fn write_threads_other_than_one_or_two_are_refused() {
 
 /// A store failure part-way through a batch: the records before it are stored, indexed
 /// (recall finds them, with the scores single writes give) and counted; the failing one and
-/// those after it are nowhere.
+/// those after it are nowhere. On one thread, and on two with enough stored before the
+/// failure (300) for the keyword postings to go to the second thread.
 #[test]
 fn a_store_failure_mid_batch_leaves_the_index_matching_the_store() {
-    let texts = texts(40, 9);
-    let faults = Faults::new(FaultPlan::none());
-    let store = Arc::new(FaultyMemoryStore::new(
-        InMemoryMemoryStore::new(),
-        faults.clone(),
-    ));
-    let m = open(KeywordOptions::default(), store.clone());
-    // each record with an id is looked up (one call) and then put (one call): call 2 * 17 + 2
-    // is the put of record 17
-    faults.set_plan(FaultPlan::fail_nth(2 * 17 + 2));
-    let err = block_on(m.remember_many(records(&texts, 3))).unwrap_err();
-    match &err {
-        MemoryError::Batch {
-            index: 17,
-            written: 17,
-            ..
-        } => {}
-        other => panic!("{other}"),
-    }
-    faults.set_plan(FaultPlan::none());
-    assert_eq!(store.inner().len(), 17);
-    assert_eq!(m.len(), 17);
-    let reference = open(
-        KeywordOptions::default(),
-        Arc::new(InMemoryMemoryStore::new()),
-    );
-    block_on(async {
-        for r in records(&texts, 3).into_iter().take(17) {
-            reference.remember(r).await.unwrap();
+    for (n, fail_at, threads) in [(40, 17, 1), (500, 300, 2)] {
+        let texts = texts(n, 9);
+        let faults = Faults::new(FaultPlan::none());
+        let store = Arc::new(FaultyMemoryStore::new(
+            InMemoryMemoryStore::new(),
+            faults.clone(),
+        ));
+        let m = open_with(KeywordOptions::default(), store.clone(), threads);
+        // each record with an id is looked up (one call) and then put (one call): call
+        // 2 * i + 2 is the put of record i
+        faults.set_plan(FaultPlan::fail_nth(2 * fail_at as u64 + 2));
+        let err = block_on(m.remember_many(records(&texts, 3))).unwrap_err();
+        match &err {
+            MemoryError::Batch { index, written, .. }
+                if *index == fail_at && *written == fail_at => {}
+            other => panic!("{other}"),
         }
-    });
-    for q in queries() {
-        assert_eq!(hits(&m, &q), hits(&reference, &q), "{q:?}");
+        faults.set_plan(FaultPlan::none());
+        assert_eq!(store.inner().len(), fail_at);
+        assert_eq!(m.len(), fail_at);
+        let reference = open(
+            KeywordOptions::default(),
+            Arc::new(InMemoryMemoryStore::new()),
+        );
+        block_on(async {
+            for r in records(&texts, 3).into_iter().take(fail_at) {
+                reference.remember(r).await.unwrap();
+            }
+        });
+        for q in queries() {
+            assert_eq!(hits(&m, &q), hits(&reference, &q), "{q:?}");
+        }
+        // repeating the batch finishes the work
+        assert_eq!(
+            block_on(m.remember_many(records(&texts, 3))).unwrap().len(),
+            n
+        );
+        assert_eq!(m.len(), n);
+        assert!(block_on(m.verify()).unwrap().is_intact());
     }
-    // repeating the batch finishes the work
-    assert_eq!(
-        block_on(m.remember_many(records(&texts, 3))).unwrap().len(),
-        40
-    );
-    assert_eq!(m.len(), 40);
-    assert!(block_on(m.verify()).unwrap().is_intact());
 }
 
 /// An audit failure part-way: the record whose entry failed is stored and indexed (as a

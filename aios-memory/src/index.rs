@@ -347,24 +347,27 @@ impl<'a> Iterator for Tokens<'a> {
     fn next(&mut self) -> Option<Cow<'a, str>> {
         match self {
             Tokens::Ascii { text, at } => {
-                let bytes = text.as_bytes().get(*at..)?;
-                let class = |b: &u8| ASCII_CLASS.get(usize::from(*b)).copied().unwrap_or(0);
-                let skip = bytes.iter().position(|b| class(b) != 0)?;
-                let rest = bytes.get(skip..).unwrap_or_default();
-                let mut upper = false;
-                let len = rest
-                    .iter()
-                    .position(|b| {
-                        let c = class(b);
-                        upper |= c == 2;
-                        c == 0
-                    })
-                    .unwrap_or(rest.len());
-                let start = *at + skip;
-                *at = start + len;
+                // one table load and one test per byte (a `u8` indexes the 256 entries
+                // without a bounds check)
+                let bytes = text.as_bytes();
+                let mut i = *at;
+                while ASCII_CLASS[usize::from(*bytes.get(i)?)] == 0 {
+                    i += 1;
+                }
+                let start = i;
+                let mut classes = 0u8;
+                while let Some(&b) = bytes.get(i) {
+                    let c = ASCII_CLASS[usize::from(b)];
+                    if c == 0 {
+                        break;
+                    }
+                    classes |= c;
+                    i += 1;
+                }
+                *at = i;
                 // ASCII text: every byte offset is a char boundary
-                let word = text.get(start..start + len)?;
-                Some(if upper {
+                let word = text.get(start..i)?;
+                Some(if classes & 2 != 0 {
                     Cow::Owned(word.to_ascii_lowercase())
                 } else {
                     Cow::Borrowed(word)
@@ -433,24 +436,9 @@ struct Bm25 {
     total_len: u64,
     options: KeywordOptions,
     stemmer: Option<Arc<Stem>>,
-    /// Scratch space of [`Bm25::index`], kept between runs (when small) so that a run
-    /// allocates nothing: the run's postings in row order with their terms ...
-    pending: Vec<(u32, Posting)>,
-    /// ... the same grouped by term ...
+    /// Scratch space of [`Bm25::merge`], kept between batches (when small) so that a run
+    /// allocates nothing: a run's postings grouped by term.
     grouped: Vec<Posting>,
-    /// ... and per term, its place in the run (its count zero outside a run).
-    run: Vec<RunTerm>,
-}
-
-/// A term in the run being indexed by [`Bm25::index`].
-#[derive(Debug, Clone, Copy, Default)]
-struct RunTerm {
-    /// Its postings in the run; then where its group starts; then where it ends.
-    count: u32,
-    /// The row of its last posting in the run ...
-    row: u32,
-    /// ... and where that posting is in `pending`.
-    at: u32,
 }
 
 /// One posting: a row holding a term, and how often it holds it.
@@ -461,7 +449,7 @@ struct Posting {
 }
 
 /// The English Snowball stemmer, shared by indexing and querying.
-struct Stem(rust_stemmers::Stemmer);
+pub(crate) struct Stem(rust_stemmers::Stemmer);
 
 impl std::fmt::Debug for Stem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -526,18 +514,20 @@ impl Bm25 {
         }
     }
 
-    fn term_or_insert(&mut self, word: Cow<'_, str>) -> u32 {
-        if let Some(id) = self.term(&word) {
-            return id;
+    /// The id of a batch's term, given one if it is new.
+    fn term_or_insert(&mut self, word: &Word) -> u32 {
+        let found = match word {
+            Word::Short(k) => self.short_terms.get(k),
+            Word::Long(w) => self.long_terms.get(w),
+        };
+        if let Some(id) = found {
+            return *id;
         }
         let id = self.postings.len() as u32;
         self.postings.push(Vec::new());
-        self.run.push(RunTerm::default());
-        match short_key(&word) {
-            Some(k) => self.short_terms.insert(k, id),
-            None => self
-                .long_terms
-                .insert(word.into_owned().into_boxed_str(), id),
+        match word {
+            Word::Short(k) => self.short_terms.insert(*k, id),
+            Word::Long(w) => self.long_terms.insert(w.clone(), id),
         };
         id
     }
@@ -555,103 +545,203 @@ impl Bm25 {
         idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl as f32 / avgdl))
     }
 
-    /// Tokenises the texts of freshly inserted rows (in ascending row order, every row below
-    /// `rows`) and appends their postings, grouped by term.
+    /// Appends the postings of freshly inserted rows: `rows` pairs each row (in ascending
+    /// order, every one below `total_rows` and above every row already indexed) with its text
+    /// in `batch`.
     ///
-    /// A counting sort, with no pointer to follow: the run's postings are gathered in row
-    /// order while each term counts its own, every term then gets a group of the right size,
-    /// the postings are scattered into their groups (still in row order within each), and
-    /// each group is appended to its term's list in one copy. A word repeated within a
-    /// record is recognised by its term's last row, and counted at that posting.
-    fn index(&mut self, texts: &[(u32, &str)], rows: usize) {
+    /// In runs of [`INSERT_RUN`] rows, by a counting sort over the batch's own term numbers
+    /// (dense and few, so the counts stay in cache): each term counts its postings in the run,
+    /// gets a group of the right size, the postings are scattered into their groups (still in
+    /// row order within each), and each group is appended to its term's list in one copy. A
+    /// term is looked up in the dictionary once per batch, not once per word.
+    fn merge(&mut self, batch: &Tokenized, rows: &[(u32, u32)], total_rows: usize) {
         // one length per row, zero for a row without text (a tombstone)
-        if self.doc_len.len() < rows {
-            self.doc_len.resize(rows, 0);
+        if self.doc_len.len() < total_rows {
+            self.doc_len.resize(total_rows, 0);
         }
-        if texts.is_empty() {
+        if rows.is_empty() {
             return;
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        let mut grouped = std::mem::take(&mut self.grouped);
-        pending.clear();
+        let terms = batch.words.len();
+        let mut global = vec![NONE; terms];
+        let mut count = vec![0u32; terms];
         let mut touched: Vec<u32> = Vec::new();
-        let stemmer = self.stemmer.clone();
-        for &(row, text) in texts {
-            let mut len = 0u32;
-            for term in tokens(text) {
-                len += 1;
-                let id = self.term_or_insert(stem(stemmer.as_deref(), term));
-                let Some(t) = self.run.get_mut(id as usize) else {
+        let mut grouped = std::mem::take(&mut self.grouped);
+        for run in rows.chunks(INSERT_RUN) {
+            for &(row, text) in run {
+                let len = batch.lens.get(text as usize).copied().unwrap_or(0);
+                if let Some(d) = self.doc_len.get_mut(row as usize) {
+                    *d = len;
+                }
+                if len > 0 {
+                    self.docs += 1;
+                    self.total_len += u64::from(len);
+                }
+                for &(term, _) in batch.postings_of(text) {
+                    if let Some(c) = count.get_mut(term as usize) {
+                        if *c == 0 {
+                            touched.push(term);
+                        }
+                        *c += 1;
+                    }
+                }
+            }
+            // each touched term's group: its count becomes where its group starts
+            let mut start = 0u32;
+            for &term in &touched {
+                if let Some(c) = count.get_mut(term as usize) {
+                    let n = *c;
+                    *c = start;
+                    start += n;
+                }
+            }
+            grouped.clear();
+            grouped.resize(start as usize, Posting::default());
+            for &(row, text) in run {
+                for &(term, tf) in batch.postings_of(text) {
+                    if let Some(c) = count.get_mut(term as usize) {
+                        if let Some(slot) = grouped.get_mut(*c as usize) {
+                            *slot = Posting { row, tf };
+                        }
+                        *c += 1;
+                    }
+                }
+            }
+            // the run's rows are above every row already indexed, and each group is in row
+            // order, so each postings list stays in row order; after the scatter a term's
+            // count is where its group ends
+            let mut from = 0usize;
+            for term in touched.drain(..) {
+                let (Some(c), Some(g)) =
+                    (count.get_mut(term as usize), global.get_mut(term as usize))
+                else {
                     continue;
                 };
-                if t.count > 0 && t.row == row {
-                    // the word came up before in this record
-                    if let Some((_, p)) = pending.get_mut(t.at as usize) {
-                        p.tf += 1;
+                let to = *c as usize;
+                *c = 0;
+                if *g == NONE {
+                    if let Some(word) = batch.words.get(term as usize) {
+                        *g = self.term_or_insert(word);
                     }
-                    continue;
                 }
-                if t.count == 0 {
-                    touched.push(id);
+                if let (Some(list), Some(group)) =
+                    (self.postings.get_mut(*g as usize), grouped.get(from..to))
+                {
+                    list.extend_from_slice(group);
                 }
-                t.count += 1;
-                t.row = row;
-                t.at = pending.len() as u32;
-                pending.push((id, Posting { row, tf: 1 }));
-            }
-            if let Some(d) = self.doc_len.get_mut(row as usize) {
-                *d = len;
-            }
-            if len > 0 {
-                self.docs += 1;
-                self.total_len += u64::from(len);
+                from = to;
             }
         }
-        // each touched term's group: its count becomes where its group starts
-        let mut start = 0u32;
-        for &id in &touched {
-            if let Some(t) = self.run.get_mut(id as usize) {
-                let n = t.count;
-                t.count = start;
-                start += n;
-            }
-        }
-        grouped.clear();
-        grouped.resize(pending.len(), Posting::default());
-        for &(id, posting) in &pending {
-            if let Some(t) = self.run.get_mut(id as usize) {
-                if let Some(slot) = grouped.get_mut(t.count as usize) {
-                    *slot = posting;
-                }
-                t.count += 1;
-            }
-        }
-        // the run's rows are above every row already indexed, and each group is in row
-        // order, so each postings list stays in row order; after the scatter a term's count
-        // is where its group ends
-        let mut from = 0usize;
-        for id in touched {
-            let Some(t) = self.run.get_mut(id as usize) else {
-                continue;
-            };
-            let to = t.count as usize;
-            t.count = 0;
-            if let (Some(list), Some(group)) =
-                (self.postings.get_mut(id as usize), grouped.get(from..to))
-            {
-                list.extend_from_slice(group);
-            }
-            from = to;
-        }
-        if pending.capacity() <= 1 << 16 {
-            self.pending = pending;
+        if grouped.capacity() <= 1 << 16 {
             self.grouped = grouped;
         }
     }
 }
 
-/// Rows per chunk of the vector matrix.
-const MATRIX_ROWS: usize = 16_384;
+/// A term of a [`Tokenized`] batch, as the dictionary keys it.
+#[derive(Debug)]
+enum Word {
+    /// A word of up to 15 bytes.
+    Short(ShortKey),
+    /// A longer word.
+    Long(Box<str>),
+}
+
+/// The keyword terms of a batch of texts, found without the index (so before its lock is
+/// taken, or on another thread): the batch's distinct terms numbered by first appearance, and
+/// per text each of its terms once with how often it holds it.
+#[derive(Debug, Default)]
+pub(crate) struct Tokenized {
+    /// The batch's terms, by number.
+    words: Vec<Word>,
+    /// Per text: where its postings end in `postings`.
+    ends: Vec<u32>,
+    /// Per text: its length in terms (zero without text).
+    lens: Vec<u32>,
+    /// The texts' (term, count) pairs, text after text.
+    postings: Vec<(u32, u32)>,
+}
+
+impl Tokenized {
+    /// The terms of text `text`, with their counts.
+    fn postings_of(&self, text: u32) -> &[(u32, u32)] {
+        let i = text as usize;
+        let from = match i.checked_sub(1) {
+            Some(p) => self.ends.get(p).copied().unwrap_or(0),
+            None => 0,
+        } as usize;
+        let to = self.ends.get(i).copied().unwrap_or(0) as usize;
+        self.postings.get(from..to).unwrap_or_default()
+    }
+}
+
+/// The terms of each of `texts` as the keyword index sees them ([`tokens`], stemmed by
+/// `stemmer` if given), numbered within the batch: what [`Index::insert_tokenized`] appends.
+/// `None` is a text without terms (a tombstone).
+pub(crate) fn tokenize<'t>(
+    stemmer: Option<&Stem>,
+    texts: impl IntoIterator<Item = Option<&'t str>>,
+) -> Tokenized {
+    let texts = texts.into_iter();
+    // sized for the batch at once (a dozen distinct words per text, up to a bound) rather
+    // than grown and rehashed several times per batch
+    let room = texts.size_hint().0.saturating_mul(12).min(1 << 16);
+    let mut out = Tokenized {
+        words: Vec::with_capacity(room),
+        postings: Vec::with_capacity(room * 2),
+        ..Tokenized::default()
+    };
+    let mut short: FxMap<ShortKey, u32> = FxMap::with_capacity_and_hasher(room, FxBuild);
+    let mut long: FxMap<Box<str>, u32> = FxMap::default();
+    // per batch term: the text it last came up in (counted from 1) and where its posting is
+    let mut last: Vec<(u32, u32)> = Vec::with_capacity(room);
+    for (i, text) in texts.enumerate() {
+        let mark = i as u32 + 1;
+        let mut len = 0u32;
+        // an empty text for none: no terms (a flattened option would cost a test per word)
+        for term in tokens(text.unwrap_or_default()) {
+            let term = stem(stemmer, term);
+            len += 1;
+            let next = out.words.len() as u32;
+            let id = match short_key(&term) {
+                Some(k) => {
+                    let id = *short.entry(k).or_insert(next);
+                    if id == next {
+                        out.words.push(Word::Short(k));
+                    }
+                    id
+                }
+                None => match long.get(term.as_ref()) {
+                    Some(&id) => id,
+                    None => {
+                        let w: Box<str> = term.as_ref().into();
+                        long.insert(w.clone(), next);
+                        out.words.push(Word::Long(w));
+                        next
+                    }
+                },
+            };
+            if id == next {
+                last.push((0, 0));
+            }
+            let Some(l) = last.get_mut(id as usize) else {
+                continue;
+            };
+            if l.0 == mark {
+                // the word came up before in this text
+                if let Some(p) = out.postings.get_mut(l.1 as usize) {
+                    p.1 += 1;
+                }
+            } else {
+                *l = (mark, out.postings.len() as u32);
+                out.postings.push((id, 1));
+            }
+        }
+        out.ends.push(out.postings.len() as u32);
+        out.lens.push(len);
+    }
+    out
+}
 
 /// The most rows sampled to estimate the share of rows a filter lets through (a standard
 /// error under 0.016 for any share).
@@ -663,7 +753,7 @@ const INSERT_RUN: usize = 1024;
 
 /// The fewest records [`Index::insert_many`] shares with a second thread (when the memory
 /// has two write threads): below it, starting the thread would cost more than it saves.
-const PARALLEL_MIN: usize = 256;
+pub(crate) const PARALLEL_MIN: usize = 256;
 
 /// The indexes of one [`crate::Memory`].
 
@@ -672,7 +762,7 @@ pub(crate) struct Index {
     pub dims: Option<usize>,
     /// The normalised vectors, `MATRIX_ROWS` rows per chunk: contiguous for the scan, and
     /// growing by whole chunks so inserting never moves the vectors already stored.
-    matrix: Vec<Vec<f32>>,
+    matrix: crate::matrix::Matrix,
     slot_row: Vec<u32>,
     pub hot: Vec<Hot>,
     pub cold: Vec<Cold>,
@@ -777,10 +867,7 @@ impl Index {
         if slot == NONE {
             return None;
         }
-        let slot = slot as usize;
-        let chunk = self.matrix.get(slot / MATRIX_ROWS)?;
-        let start = (slot % MATRIX_ROWS) * d;
-        chunk.get(start..start + d)
+        self.matrix.row(slot as usize, d)
     }
 
     /// The estimated share of vector rows that pass `filter`, from at most
@@ -863,76 +950,85 @@ impl Index {
         &mut self,
         batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
     ) {
-        if self.threads > 1 {
-            let batch: Vec<(&'a MemoryRecord, Prepared<'a>)> = batch.into_iter().collect();
-            if batch.len() >= PARALLEL_MIN {
-                self.insert_parallel(&batch);
-            } else {
-                self.insert_serial(batch);
-            }
-        } else {
-            self.insert_serial(batch);
-        }
-    }
-
-    /// [`Index::insert_many`] on this thread.
-    fn insert_serial<'a>(
-        &mut self,
-        batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
-    ) {
-        let mut texts: Vec<(u32, &'a str)> = Vec::new();
-        let mut first_slot = self.slot_row.len();
-        for (i, (record, prepared)) in batch.into_iter().enumerate() {
-            let row = self.insert_row(record);
-            if let Some(text) = prepared.text {
-                texts.push((row, text));
-            }
-            // in runs of a bounded size, so that one run's postings stay in cache
-            if (i + 1) % INSERT_RUN == 0 {
-                self.bm25.index(&texts, self.hot.len());
-                self.link_vectors(first_slot);
-                texts.clear();
-                first_slot = self.slot_row.len();
-            }
-        }
-        self.bm25.index(&texts, self.hot.len());
-        self.link_vectors(first_slot);
-    }
-
-    /// [`Index::insert_many`] on two threads: this one places the rows and vectors while a
-    /// second indexes the keyword postings (which touch nothing else). The result is the
-    /// same as on one thread; a second thread that cannot be started leaves the work to
-    /// this one.
-    fn insert_parallel(&mut self, batch: &[(&MemoryRecord, Prepared<'_>)]) {
-        // the rows the batch will take are known before it is placed
-        let first = self.hot.len();
-        let rows = first + batch.len();
-        let texts: Vec<(u32, &str)> = batch
+        let batch: Vec<(&'a MemoryRecord, Prepared<'a>)> = batch.into_iter().collect();
+        let tokenized = tokenize(
+            self.bm25.stemmer.as_deref(),
+            batch.iter().map(|(_, p)| p.text),
+        );
+        let records: Vec<(&MemoryRecord, u32)> = batch
             .iter()
             .enumerate()
-            .filter_map(|(i, (_, p))| Some(((first + i) as u32, p.text?)))
+            .map(|(i, (r, _))| (*r, i as u32))
             .collect();
-        let mut bm25 = std::mem::take(&mut self.bm25);
-        let keywords = |bm25: &mut Bm25| {
-            // a length for every row of the batch, whichever have texts
-            bm25.index(&[], rows);
-            for run in texts.chunks(INSERT_RUN) {
-                bm25.index(run, rows);
+        self.insert_tokenized(&records, &tokenized);
+    }
+
+    /// The stemmer the keyword index applies, for [`tokenize`] outside the lock.
+    pub fn stemmer(&self) -> Option<Arc<Stem>> {
+        self.bm25.stemmer.clone()
+    }
+
+    /// [`Index::insert_many`] with the texts already tokenised: each record is paired with
+    /// its text's number in `tokenized` (made by [`tokenize`] with this index's
+    /// [`Index::stemmer`]).
+    pub fn insert_tokenized(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
+        if self.threads > 1 && batch.len() >= PARALLEL_MIN {
+            self.insert_parallel(batch, tokenized);
+        } else {
+            self.insert_serial(batch, tokenized);
+        }
+    }
+
+    /// [`Index::insert_tokenized`] on this thread, in runs of [`INSERT_RUN`].
+    fn insert_serial(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
+        let mut rows = Vec::with_capacity(batch.len().min(INSERT_RUN));
+        for run in batch.chunks(INSERT_RUN) {
+            let first_slot = self.slot_row.len();
+            rows.clear();
+            for &(record, text) in run {
+                rows.push((self.insert_row(record, true), text));
+            }
+            self.bm25.merge(tokenized, &rows, self.hot.len());
+            self.link_vectors(first_slot);
+        }
+    }
+
+    /// [`Index::insert_tokenized`] on two threads: this one places the rows and appends the
+    /// keyword postings while a second copies the vectors into the matrix (the bulk of the
+    /// fresh memory a batch writes, and so of its page faults). The result is the same as on
+    /// one thread; a second thread that cannot be started leaves the work to this one.
+    fn insert_parallel(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
+        // which records take a vector slot is known before the rows are placed: those with a
+        // vector of the index's length (set by the first vector ever), if not tombstones
+        fn vector(r: &MemoryRecord) -> Option<&[f32]> {
+            r.embedding.as_deref().filter(|_| r.tombstone.is_none())
+        }
+        let dims = self
+            .dims
+            .or_else(|| batch.iter().find_map(|(r, _)| vector(r)).map(<[f32]>::len));
+        let vectors: Vec<&[f32]> = batch
+            .iter()
+            .filter_map(|(r, _)| vector(r).filter(|v| Some(v.len()) == dims))
+            .collect();
+        let first_slot = self.slot_row.len();
+        let mut matrix = std::mem::take(&mut self.matrix);
+        let place = |matrix: &mut crate::matrix::Matrix| {
+            for v in &vectors {
+                matrix.push(v, unit_scale(v));
             }
         };
         let outcome = std::thread::scope(|scope| {
             let spawned = std::thread::Builder::new()
-                .name("aios-memory-keywords".into())
-                .spawn_scoped(scope, || keywords(&mut bm25));
-            let mut first_slot = self.slot_row.len();
-            for (i, (record, _)) in batch.iter().enumerate() {
-                self.insert_row(record);
-                if (i + 1) % INSERT_RUN == 0 {
-                    self.link_vectors(first_slot);
-                    first_slot = self.slot_row.len();
+                .name("aios-memory-vectors".into())
+                .spawn_scoped(scope, || place(&mut matrix));
+            let mut rows = Vec::with_capacity(batch.len().min(INSERT_RUN));
+            for run in batch.chunks(INSERT_RUN) {
+                rows.clear();
+                for &(record, text) in run {
+                    rows.push((self.insert_row(record, false), text));
                 }
+                self.bm25.merge(tokenized, &rows, self.hot.len());
             }
-            self.link_vectors(first_slot);
             match spawned {
                 Ok(handle) => handle.join().map(|()| true),
                 Err(_) => Ok(false),
@@ -940,13 +1036,15 @@ impl Index {
         });
         match outcome {
             Ok(true) => {}
-            Ok(false) => keywords(&mut bm25),
+            Ok(false) => place(&mut matrix),
             Err(panic) => {
-                self.bm25 = bm25;
+                self.matrix = matrix;
                 std::panic::resume_unwind(panic);
             }
         }
-        self.bm25 = bm25;
+        self.matrix = matrix;
+        debug_assert_eq!(self.matrix.rows(), self.slot_row.len());
+        self.link_vectors(first_slot);
     }
 
     /// The vectors placed from `first_slot` on, into the approximate index (feature `ann`).
@@ -959,12 +1057,7 @@ impl Index {
                 .unwrap_or_default()
                 .iter()
                 .enumerate()
-                .filter_map(|(i, &row)| {
-                    let slot = first_slot + i;
-                    let chunk = self.matrix.get(slot / MATRIX_ROWS)?;
-                    let start = (slot % MATRIX_ROWS) * d;
-                    Some((chunk.get(start..start + d)?, row))
-                })
+                .filter_map(|(i, &row)| Some((self.matrix.row(first_slot + i, d)?, row)))
                 .collect();
             ann.insert_many(&rows);
         }
@@ -973,7 +1066,10 @@ impl Index {
     }
 
     /// Adds everything of one version but its keyword postings; returns its row.
-    fn insert_row(&mut self, record: &MemoryRecord) -> u32 {
+    ///
+    /// Its vector, if it takes a slot, is copied into the matrix only with `place_vector`:
+    /// otherwise the caller places it (the next row of the matrix, in slot order).
+    fn insert_row(&mut self, record: &MemoryRecord, place_vector: bool) -> u32 {
         let row = self.hot.len() as u32;
         let recorded = micros(record.recorded_at);
         let mut retired = record.retired_at.map_or(i64::MAX, micros);
@@ -1046,21 +1142,12 @@ impl Index {
             }
             if Some(v.len()) == self.dims {
                 slot = self.slot_row.len() as u32;
-                let d = v.len();
-                if self
-                    .matrix
-                    .last()
-                    .map_or(true, |c| c.len() + d > MATRIX_ROWS * d)
-                {
-                    self.matrix.push(Vec::with_capacity(MATRIX_ROWS * d));
-                }
-                if let Some(chunk) = self.matrix.last_mut() {
+                self.slot_row.push(row);
+                if place_vector {
                     // scaled while copied: one pass over the new row, not a copy and then a
                     // read and a write to normalise it
-                    let inv = unit_scale(v);
-                    chunk.extend(v.iter().map(|x| x * inv));
+                    self.matrix.push(v, unit_scale(v));
                 }
-                self.slot_row.push(row);
             }
         }
         self.vec_slot.push(slot);
@@ -1178,7 +1265,10 @@ impl Index {
         // that pass; when few pass, touch only those. Both give the same result.
         // estimate the share of passing rows from a sample
         let (passing, sampled) = self.pass_share(filter);
-        let chunks = self.matrix.iter().zip(self.slot_row.chunks(MATRIX_ROWS));
+        let chunks = self
+            .matrix
+            .chunks()
+            .zip(self.slot_row.chunks(crate::matrix::Matrix::ROWS));
         if passing * 4 >= sampled {
             for (chunk, rows) in chunks {
                 for (v, &row) in chunk.chunks_exact(d).zip(rows) {
@@ -1709,6 +1799,21 @@ mod tests {
         assert_eq!(out, ["a1", "b2", "c"]);
         assert_eq!(tokens("").count(), 0);
         assert_eq!(tokens(" ;; ").count(), 0);
+    }
+
+    proptest::proptest! {
+        /// The ASCII scan splits and lowercases exactly as the general path does, on any
+        /// ASCII text (letters of both cases, digits, separators, control bytes).
+        #[test]
+        fn the_ascii_scan_agrees_with_the_general_split(text in "[ -~\t\n\x00-\x1fA-Za-z0-9]{0,120}") {
+            let ascii: Vec<String> = tokens(&text).map(|t| t.into_owned()).collect();
+            let general: Vec<String> = Tokens::Unicode(text.split(not_alphanumeric as fn(char) -> bool))
+                .map(|t| t.into_owned())
+                .collect();
+            let scanned = matches!(tokens(&text), Tokens::Ascii { .. });
+            proptest::prop_assert!(scanned, "ASCII text takes the scan");
+            proptest::prop_assert_eq!(ascii, general);
+        }
     }
 
     /// The packed key of a short word is its bytes in little-endian order with the length in

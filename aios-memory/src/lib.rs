@@ -80,6 +80,7 @@ mod error;
 mod grants;
 mod index;
 mod maintenance;
+mod matrix;
 mod memory;
 mod query;
 mod rank;

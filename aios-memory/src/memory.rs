@@ -8,7 +8,7 @@ use aios_core::{
 };
 use parking_lot::RwLock;
 
-use crate::index::{micros, Index, Prepared};
+use crate::index::{micros, tokenize, Index, Prepared, Stem, Tokenized, PARALLEL_MIN};
 use crate::rank::{rank, Signals};
 use crate::{
     GetOptions, Grant, GrantSubject, InMemoryMemoryStore, KeywordOptions, MemoryError,
@@ -500,6 +500,16 @@ impl Memory {
                 planned.push(Ok(self.build(new, vector).map_err(|e| tag(i, e))?));
             }
         }
+        // The texts' keyword terms are found while the batch is written: on a second thread
+        // with two write threads, else here once it is written; either way outside the
+        // index's lock.
+        let (stemmer, threads) = {
+            let index = self.inner.index.read();
+            (index.stemmer(), index.threads)
+        };
+        let helper = (threads > 1 && planned.len() >= PARALLEL_MIN)
+            .then(|| spawn_tokenize(stemmer.clone(), &planned))
+            .flatten();
         // Each record is stored and audited in turn, as `remember` would; the fresh ones are
         // indexed together (one lock, the keyword postings grouped per term) once the batch
         // is done or, on a failure, before the error returns, so the index always ends up
@@ -543,12 +553,23 @@ impl Memory {
                 break;
             }
         }
-        self.inner.index.write().insert_many(
-            fresh
-                .iter()
-                .filter_map(|i| out.get(*i))
-                .map(|r| (r, Prepared::of(r))),
-        );
+        let tokenized = match helper.map(std::thread::JoinHandle::join) {
+            Some(Ok(tokenized)) => tokenized,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            // the batch's texts are the contents it was planned with: out[i] is planned[i]
+            None => tokenize(
+                stemmer.as_deref(),
+                out.iter().map(|r| Some(r.content.as_str())),
+            ),
+        };
+        let batch: Vec<(&MemoryRecord, u32)> = fresh
+            .iter()
+            .filter_map(|&i| Some((out.get(i)?, i as u32)))
+            .collect();
+        self.inner
+            .index
+            .write()
+            .insert_tokenized(&batch, &tokenized);
         match failed {
             None => Ok(out),
             Some((index, e)) => Err(MemoryError::Batch {
@@ -1090,4 +1111,37 @@ impl Memory {
         self.inner.index.write().insert(&record, prepared);
         Ok(())
     }
+}
+
+/// Starts finding the keyword terms of a planned batch on a second thread (the records'
+/// contents copied into one buffer, so the thread owns them while the batch is written).
+/// `None` if the thread cannot be started: the caller then tokenises on its own thread.
+fn spawn_tokenize(
+    stemmer: Option<Arc<Stem>>,
+    planned: &[Result<MemoryRecord, NewMemory>],
+) -> Option<std::thread::JoinHandle<Tokenized>> {
+    fn content(p: &Result<MemoryRecord, NewMemory>) -> &str {
+        match p {
+            Ok(r) => &r.content,
+            Err(n) => &n.content,
+        }
+    }
+    let mut joined = String::with_capacity(planned.iter().map(|p| content(p).len()).sum());
+    let mut ends = Vec::with_capacity(planned.len());
+    for p in planned {
+        joined.push_str(content(p));
+        ends.push(joined.len());
+    }
+    std::thread::Builder::new()
+        .name("aios-memory-keywords".into())
+        .spawn(move || {
+            let mut from = 0;
+            let texts = ends.iter().map(|&to| {
+                let text = joined.get(from..to);
+                from = to;
+                text
+            });
+            tokenize(stemmer.as_deref(), texts)
+        })
+        .ok()
 }

@@ -152,13 +152,7 @@ impl MemoryRecord {
         match &self.embedding {
             Some(v) => {
                 h.update((v.len() as u64).to_le_bytes());
-                let mut buf = [0u8; 4 * 256];
-                for chunk in v.chunks(256) {
-                    for (dst, x) in buf.chunks_exact_mut(4).zip(chunk) {
-                        dst.copy_from_slice(&x.to_le_bytes());
-                    }
-                    h.update(buf.get(..chunk.len() * 4).unwrap_or_default());
-                }
+                put_floats(&mut h, v);
             }
             None => h.update(u64::MAX.to_le_bytes()),
         }
@@ -260,6 +254,24 @@ impl MemoryRecord {
 ///
 /// The many small fields are gathered in a buffer and hashed together: the hasher's cost is
 /// per call, and most fields are a few bytes.
+/// The floats' little-endian bytes: read in place where that is how they are held.
+#[cfg(target_endian = "little")]
+fn put_floats(h: &mut Crc32, v: &[f32]) {
+    h.update(bytemuck::cast_slice::<f32, u8>(v));
+}
+
+/// The floats' little-endian bytes, converted a block at a time.
+#[cfg(not(target_endian = "little"))]
+fn put_floats(h: &mut Crc32, v: &[f32]) {
+    let mut buf = [0u8; 4 * 256];
+    for chunk in v.chunks(256) {
+        for (dst, x) in buf.chunks_exact_mut(4).zip(chunk) {
+            dst.copy_from_slice(&x.to_le_bytes());
+        }
+        h.update(buf.get(..chunk.len() * 4).unwrap_or_default());
+    }
+}
+
 struct Crc32 {
     hasher: crc32fast::Hasher,
     buf: [u8; 256],

@@ -439,6 +439,9 @@ struct Bm25 {
     /// Scratch space of [`Bm25::merge`], kept between batches (when small) so that a run
     /// allocates nothing: a run's postings grouped by term.
     grouped: Vec<Posting>,
+    /// Scratch space of the batches [`Index::insert_many`] tokenises itself (kept when
+    /// small).
+    scratch: Scratch,
 }
 
 /// One posting: a row holding a term, and how often it holds it.
@@ -686,16 +689,68 @@ pub(crate) fn tokenize<'t>(
     // sized for the batch at once (a dozen distinct words per text, up to a bound) rather
     // than grown and rehashed several times per batch
     let room = texts.size_hint().0.saturating_mul(12).min(1 << 16);
-    let mut out = Tokenized {
-        words: Vec::with_capacity(room),
-        postings: Vec::with_capacity(room * 2),
-        ..Tokenized::default()
+    let mut scratch = Scratch {
+        short: FxMap::with_capacity_and_hasher(room, FxBuild),
+        long: FxMap::default(),
+        last: Vec::with_capacity(room),
+        out: Tokenized {
+            words: Vec::with_capacity(room),
+            postings: Vec::with_capacity(room * 2),
+            ..Tokenized::default()
+        },
     };
-    let mut short: FxMap<ShortKey, u32> = FxMap::with_capacity_and_hasher(room, FxBuild);
-    let mut long: FxMap<Box<str>, u32> = FxMap::default();
-    // per batch term: the text it last came up in (counted from 1) and where its posting is
-    let mut last: Vec<(u32, u32)> = Vec::with_capacity(room);
-    for (i, text) in texts.enumerate() {
+    scratch.tokenize(stemmer, texts);
+    scratch.out
+}
+
+/// The working space of [`tokenize`], which the index keeps for the writes it tokenises
+/// itself (a single write then allocates nothing for it).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The batch's short words, by key, with their numbers.
+    short: FxMap<ShortKey, u32>,
+    /// The batch's longer words.
+    long: FxMap<Box<str>, u32>,
+    /// Per batch term: the text it last came up in (counted from 1) and where its posting is.
+    last: Vec<(u32, u32)>,
+    /// The result.
+    out: Tokenized,
+}
+
+impl Scratch {
+    /// Tokenises `texts` into `self.out`, after clearing what an earlier call left.
+    fn tokenize<'t>(
+        &mut self,
+        stemmer: Option<&Stem>,
+        texts: impl IntoIterator<Item = Option<&'t str>>,
+    ) {
+        let Scratch {
+            short,
+            long,
+            last,
+            out,
+        } = self;
+        short.clear();
+        long.clear();
+        last.clear();
+        out.words.clear();
+        out.ends.clear();
+        out.lens.clear();
+        out.postings.clear();
+        tokenize_texts(stemmer, texts, short, long, last, out);
+    }
+}
+
+/// The loop of [`tokenize`] over cleared working space.
+fn tokenize_texts<'t>(
+    stemmer: Option<&Stem>,
+    texts: impl IntoIterator<Item = Option<&'t str>>,
+    short: &mut FxMap<ShortKey, u32>,
+    long: &mut FxMap<Box<str>, u32>,
+    last: &mut Vec<(u32, u32)>,
+    out: &mut Tokenized,
+) {
+    for (i, text) in texts.into_iter().enumerate() {
         let mark = i as u32 + 1;
         let mut len = 0u32;
         // an empty text for none: no terms (a flattened option would cost a test per word)
@@ -740,7 +795,6 @@ pub(crate) fn tokenize<'t>(
         out.ends.push(out.postings.len() as u32);
         out.lens.push(len);
     }
-    out
 }
 
 /// The most rows sampled to estimate the share of rows a filter lets through (a standard
@@ -940,18 +994,16 @@ impl Index {
     /// A version older than the lineage's latest indexed one (its writer indexed it after a
     /// concurrent revision had indexed the next) is linked in before its successor instead.
     ///
-    /// The keyword postings are appended in runs of up to [`INSERT_RUN`] rows, after the
-    /// run's rows are in place, grouped by term: each term's list is touched once per run
-    /// instead of once per record, and the term dictionary stays in cache while the run's
-    /// words are looked up (the vectors copied with the rows would otherwise evict it
-    /// between records). With two threads (`threads == 2`) and at least [`PARALLEL_MIN`]
-    /// records, the postings are indexed on a second thread while this one places the rows.
+    /// The texts are [`tokenize`]d first, then the rows are placed and the keyword postings
+    /// appended in runs of up to [`INSERT_RUN`] rows, grouped by term: each term's list is
+    /// touched once per run instead of once per record (see [`Index::insert_tokenized`]).
     pub fn insert_many<'a>(
         &mut self,
         batch: impl IntoIterator<Item = (&'a MemoryRecord, Prepared<'a>)>,
     ) {
         let batch: Vec<(&'a MemoryRecord, Prepared<'a>)> = batch.into_iter().collect();
-        let tokenized = tokenize(
+        let mut scratch = std::mem::take(&mut self.bm25.scratch);
+        scratch.tokenize(
             self.bm25.stemmer.as_deref(),
             batch.iter().map(|(_, p)| p.text),
         );
@@ -960,7 +1012,10 @@ impl Index {
             .enumerate()
             .map(|(i, (r, _))| (*r, i as u32))
             .collect();
-        self.insert_tokenized(&records, &tokenized);
+        self.insert_tokenized(&records, &scratch.out);
+        if scratch.out.postings.capacity() <= 1 << 16 {
+            self.bm25.scratch = scratch;
+        }
     }
 
     /// The stemmer the keyword index applies, for [`tokenize`] outside the lock.
@@ -970,7 +1025,9 @@ impl Index {
 
     /// [`Index::insert_many`] with the texts already tokenised: each record is paired with
     /// its text's number in `tokenized` (made by [`tokenize`] with this index's
-    /// [`Index::stemmer`]).
+    /// [`Index::stemmer`]). With two threads (`threads == 2`) and at least [`PARALLEL_MIN`]
+    /// records, the vectors are copied into the matrix on a second thread while this one
+    /// places the rows and appends the postings.
     pub fn insert_tokenized(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
         if self.threads > 1 && batch.len() >= PARALLEL_MIN {
             self.insert_parallel(batch, tokenized);

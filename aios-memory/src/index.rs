@@ -737,64 +737,61 @@ impl Scratch {
         out.ends.clear();
         out.lens.clear();
         out.postings.clear();
-        tokenize_texts(stemmer, texts, short, long, last, out);
+        for (i, text) in texts.into_iter().enumerate() {
+            let mark = i as u32 + 1;
+            let mut len = 0u32;
+            // an empty text for none: no terms (a flattened option would cost a test per word)
+            for term in tokens(text.unwrap_or_default()) {
+                let term = stem(stemmer, term);
+                len += 1;
+                let next = out.words.len() as u32;
+                let id = match short_key(&term) {
+                    Some(k) => {
+                        let id = *short.entry(k).or_insert(next);
+                        if id == next {
+                            out.words.push(Word::Short(k));
+                        }
+                        id
+                    }
+                    None => match long.get(term.as_ref()) {
+                        Some(&id) => id,
+                        None => {
+                            let w: Box<str> = term.as_ref().into();
+                            long.insert(w.clone(), next);
+                            out.words.push(Word::Long(w));
+                            next
+                        }
+                    },
+                };
+                if id == next {
+                    last.push((0, 0));
+                }
+                let Some(l) = last.get_mut(id as usize) else {
+                    continue;
+                };
+                if l.0 == mark {
+                    // the word came up before in this text
+                    if let Some(p) = out.postings.get_mut(l.1 as usize) {
+                        p.1 += 1;
+                    }
+                } else {
+                    *l = (mark, out.postings.len() as u32);
+                    out.postings.push((id, 1));
+                }
+            }
+            out.ends.push(out.postings.len() as u32);
+            out.lens.push(len);
+        }
     }
 }
 
-/// The loop of [`tokenize`] over cleared working space.
-fn tokenize_texts<'t>(
-    stemmer: Option<&Stem>,
-    texts: impl IntoIterator<Item = Option<&'t str>>,
-    short: &mut FxMap<ShortKey, u32>,
-    long: &mut FxMap<Box<str>, u32>,
-    last: &mut Vec<(u32, u32)>,
-    out: &mut Tokenized,
-) {
-    for (i, text) in texts.into_iter().enumerate() {
-        let mark = i as u32 + 1;
-        let mut len = 0u32;
-        // an empty text for none: no terms (a flattened option would cost a test per word)
-        for term in tokens(text.unwrap_or_default()) {
-            let term = stem(stemmer, term);
-            len += 1;
-            let next = out.words.len() as u32;
-            let id = match short_key(&term) {
-                Some(k) => {
-                    let id = *short.entry(k).or_insert(next);
-                    if id == next {
-                        out.words.push(Word::Short(k));
-                    }
-                    id
-                }
-                None => match long.get(term.as_ref()) {
-                    Some(&id) => id,
-                    None => {
-                        let w: Box<str> = term.as_ref().into();
-                        long.insert(w.clone(), next);
-                        out.words.push(Word::Long(w));
-                        next
-                    }
-                },
-            };
-            if id == next {
-                last.push((0, 0));
-            }
-            let Some(l) = last.get_mut(id as usize) else {
-                continue;
-            };
-            if l.0 == mark {
-                // the word came up before in this text
-                if let Some(p) = out.postings.get_mut(l.1 as usize) {
-                    p.1 += 1;
-                }
-            } else {
-                *l = (mark, out.postings.len() as u32);
-                out.postings.push((id, 1));
-            }
-        }
-        out.ends.push(out.postings.len() as u32);
-        out.lens.push(len);
-    }
+/// The vector a record brings to the matrix, if any: none for a tombstone. (It takes a slot
+/// if it has the index's length.)
+fn vector_of(record: &MemoryRecord) -> Option<&[f32]> {
+    record
+        .embedding
+        .as_deref()
+        .filter(|_| record.tombstone.is_none())
 }
 
 /// The most rows sampled to estimate the share of rows a filter lets through (a standard
@@ -814,7 +811,7 @@ pub(crate) const PARALLEL_MIN: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     pub dims: Option<usize>,
-    /// The normalised vectors, `MATRIX_ROWS` rows per chunk: contiguous for the scan, and
+    /// The normalised vectors, `Matrix::ROWS` rows per chunk: contiguous for the scan, and
     /// growing by whole chunks so inserting never moves the vectors already stored.
     matrix: crate::matrix::Matrix,
     slot_row: Vec<u32>,
@@ -1055,17 +1052,17 @@ impl Index {
     /// fresh memory a batch writes, and so of its page faults). The result is the same as on
     /// one thread; a second thread that cannot be started leaves the work to this one.
     fn insert_parallel(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
-        // which records take a vector slot is known before the rows are placed: those with a
-        // vector of the index's length (set by the first vector ever), if not tombstones
-        fn vector(r: &MemoryRecord) -> Option<&[f32]> {
-            r.embedding.as_deref().filter(|_| r.tombstone.is_none())
-        }
-        let dims = self
-            .dims
-            .or_else(|| batch.iter().find_map(|(r, _)| vector(r)).map(<[f32]>::len));
+        // which records take a vector slot is known before the rows are placed, by the rule
+        // `insert_row` applies: a vector of the index's length (set by the first ever)
+        let dims = self.dims.or_else(|| {
+            batch
+                .iter()
+                .find_map(|(r, _)| vector_of(r))
+                .map(<[f32]>::len)
+        });
         let vectors: Vec<&[f32]> = batch
             .iter()
-            .filter_map(|(r, _)| vector(r).filter(|v| Some(v.len()) == dims))
+            .filter_map(|(r, _)| vector_of(r).filter(|v| Some(v.len()) == dims))
             .collect();
         let first_slot = self.slot_row.len();
         let mut matrix = std::mem::take(&mut self.matrix);
@@ -1078,14 +1075,12 @@ impl Index {
             let spawned = std::thread::Builder::new()
                 .name("aios-memory-vectors".into())
                 .spawn_scoped(scope, || place(&mut matrix));
-            let mut rows = Vec::with_capacity(batch.len().min(INSERT_RUN));
-            for run in batch.chunks(INSERT_RUN) {
-                rows.clear();
-                for &(record, text) in run {
-                    rows.push((self.insert_row(record, false), text));
-                }
-                self.bm25.merge(tokenized, &rows, self.hot.len());
-            }
+            let rows: Vec<(u32, u32)> = batch
+                .iter()
+                .map(|&(record, text)| (self.insert_row(record, false), text))
+                .collect();
+            // (`merge` appends in runs of `INSERT_RUN` itself)
+            self.bm25.merge(tokenized, &rows, self.hot.len());
             match spawned {
                 Ok(handle) => handle.join().map(|()| true),
                 Err(_) => Ok(false),
@@ -1193,7 +1188,7 @@ impl Index {
             metadata: record.metadata.clone(),
         });
         let mut slot = NONE;
-        if let (Some(v), false) = (&record.embedding, record.tombstone.is_some()) {
+        if let Some(v) = vector_of(record) {
             if self.dims.is_none() {
                 self.dims = Some(v.len());
             }

@@ -248,12 +248,6 @@ impl MemoryRecord {
     }
 }
 
-/// The record checksum: CRC-32 (hardware-accelerated) over a canonical encoding of the
-/// fields. It detects corruption and broken version chains; tamper evidence is the audit
-/// log's job (SHA-256 chain), not the memory store's.
-///
-/// The many small fields are gathered in a buffer and hashed together: the hasher's cost is
-/// per call, and most fields are a few bytes.
 /// The floats' little-endian bytes: read in place where that is how they are held.
 #[cfg(target_endian = "little")]
 fn put_floats(h: &mut Crc32, v: &[f32]) {
@@ -272,6 +266,12 @@ fn put_floats(h: &mut Crc32, v: &[f32]) {
     }
 }
 
+/// The record checksum: CRC-32 (hardware-accelerated) over a canonical encoding of the
+/// fields. It detects corruption and broken version chains; tamper evidence is the audit
+/// log's job (SHA-256 chain), not the memory store's.
+///
+/// The many small fields are gathered in a buffer and hashed together: the hasher's cost is
+/// per call, and most fields are a few bytes.
 struct Crc32 {
     hasher: crc32fast::Hasher,
     buf: [u8; 256],

@@ -334,3 +334,51 @@ fn an_audit_failure_mid_batch_indexes_what_was_stored() {
     );
     assert_eq!(m.len(), 30);
 }
+
+/// An invalid record at the end of a large batch, with two write threads (the batch's terms
+/// already being found on the second thread when it is refused): the call fails naming the
+/// record and field, and nothing is written, stored or indexed; the same batch without it
+/// then writes in full, indexed as on one thread.
+#[test]
+fn an_invalid_record_in_a_two_thread_batch_writes_nothing() {
+    let texts = texts(300, 21);
+    let store = Arc::new(InMemoryMemoryStore::new());
+    let two = open_with(KeywordOptions::default(), store.clone(), 2);
+    let mut batch = records(&texts, 5);
+    let last = batch.pop().unwrap();
+    let mut bad = last.clone();
+    bad.content = "   ".into();
+    batch.push(bad);
+    let err = block_on(two.remember_many(batch.clone())).unwrap_err();
+    match &err {
+        MemoryError::Batch {
+            index,
+            written,
+            source,
+        } => {
+            assert_eq!((*index, *written), (299, 0), "{err}");
+            assert!(
+                matches!(&**source, MemoryError::InvalidInput { field, .. } if *field == "content"),
+                "{source}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(two.len(), 0);
+    assert_eq!(store.len(), 0);
+    for q in queries() {
+        assert!(hits(&two, &q).is_empty(), "{q:?}");
+    }
+    batch.pop();
+    batch.push(last);
+    block_on(two.remember_many(batch.clone())).unwrap();
+    let one = open_with(
+        KeywordOptions::default(),
+        Arc::new(InMemoryMemoryStore::new()),
+        1,
+    );
+    block_on(one.remember_many(batch)).unwrap();
+    for q in queries() {
+        assert_eq!(hits(&two, &q), hits(&one, &q), "{q:?}");
+    }
+}

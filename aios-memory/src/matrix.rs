@@ -50,11 +50,6 @@ impl Chunk {
         }
     }
 
-    /// The floats from `start`, `len` of them, if filled.
-    pub fn get(&self, range: std::ops::Range<usize>) -> Option<&[f32]> {
-        self.as_slice().get(range)
-    }
-
     /// Appends `v` scaled by `scale`, in one pass over the new row; refused (returning
     /// `false`, nothing written) if the chunk has no room for it.
     pub fn push_scaled(&mut self, v: &[f32], scale: f32) -> bool {
@@ -111,10 +106,14 @@ impl Matrix {
         self.rows
     }
 
-    /// The row in `slot`, of `dims` floats.
+    /// The row in `slot`, of `dims` floats (read by the approximate index).
+    #[cfg(any(feature = "ann", test))]
     pub fn row(&self, slot: usize, dims: usize) -> Option<&[f32]> {
         let start = (slot % Self::ROWS) * dims;
-        self.chunks.get(slot / Self::ROWS)?.get(start..start + dims)
+        self.chunks
+            .get(slot / Self::ROWS)?
+            .as_slice()
+            .get(start..start + dims)
     }
 
     /// The chunks' filled floats, in slot order.
@@ -156,8 +155,8 @@ mod tests {
         assert_eq!(c.as_slice(), &[2.0, 4.0, 6.0, 2.0, 2.5, 3.0]);
         assert!(!c.push_scaled(&[7.0], 1.0), "no room is refused");
         assert_eq!(c.as_slice().len(), 6);
-        assert_eq!(c.get(3..6), Some(&[2.0, 2.5, 3.0][..]));
-        assert_eq!(c.get(4..7), None);
+        assert_eq!(c.as_slice().get(3..6), Some(&[2.0, 2.5, 3.0][..]));
+        assert_eq!(c.as_slice().get(4..7), None);
     }
 
     #[test]

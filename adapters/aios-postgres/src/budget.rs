@@ -475,8 +475,14 @@ async fn detached<T: Send + 'static>(
 /// transaction holding the locks of accounts every run shares (the organisation's) then
 /// always commits promptly, even when the future that asked for it is not polled meanwhile
 /// (a run's driver awaiting one call while a sibling task's reservation holds the lock would
-/// otherwise stall every worker on the database). A caller dropped meanwhile does not cancel
-/// the operation: it completes, as if the caller had gone away after it.
+/// otherwise stall every worker on the database).
+///
+/// A caller dropped meanwhile (a worker killed, a call timed out) does not cancel a
+/// settlement: a commit or release completes, as if the caller had gone away after it. A
+/// reservation does not: one whose caller is gone by the time it would commit is rolled back,
+/// since nobody holds its id to settle it (it would otherwise stay open, holding budget, until
+/// it expired, and could appear after the worker that took the run over had released the
+/// run's reservations).
 #[async_trait]
 impl BudgetLedger for PgBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -492,7 +498,14 @@ impl BudgetLedger for PgBudgetLedger {
     ) -> Result<Reservation, BudgetError> {
         let d = Direct(self.clone());
         let (chain, options) = (*chain, options.clone());
-        detached(async move { d.reserve(&chain, amount, &options).await }).await
+        // dropped with this future: the detached task then knows nobody waits for its id
+        let caller = std::sync::Arc::new(());
+        let waiting = std::sync::Arc::downgrade(&caller);
+        let reserved =
+            detached(async move { d.reserve_for(&chain, amount, &options, Some(waiting)).await })
+                .await;
+        drop(caller);
+        reserved
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
@@ -520,43 +533,15 @@ impl BudgetLedger for PgBudgetLedger {
     }
 }
 
-#[async_trait]
-impl BudgetLedger for Direct {
-    async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
-        let now = self.clock.now();
-        let what = "set budget limits";
-        let mut client = self.db.client(what).await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| self.db.err(what, e))?;
-        let w = limits.period.window(now);
-        let account = match self.lock_accounts(&tx, [key]).await?.pop_first() {
-            Some((_, mut a)) => {
-                a.roll(w);
-                a.alerted = [0; DIMENSIONS];
-                a.limits = limits;
-                a
-            }
-            None => Account {
-                key,
-                limits,
-                window: w,
-                committed: [0; DIMENSIONS],
-                reserved: [0; DIMENSIONS],
-                alerted: [0; DIMENSIONS],
-            },
-        };
-        self.store(&tx, &account).await?;
-        tx.commit().await.map_err(|e| self.db.err(what, e))?;
-        Ok(())
-    }
-
-    async fn reserve(
+impl Direct {
+    /// [`BudgetLedger::reserve`], rolled back instead of committed when `waiting` is given and
+    /// its caller has gone.
+    async fn reserve_for(
         &self,
         chain: &BudgetChain,
         amount: Usage,
         options: &ReserveOptions,
+        waiting: Option<std::sync::Weak<()>>,
     ) -> Result<Reservation, BudgetError> {
         let amt = amount.to_array();
         if amt[0] < 0 {
@@ -639,12 +624,62 @@ impl BudgetLedger for Direct {
             .await
             .map_err(|e| db.err("record a budget reservation", e))?;
         let id = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if waiting.is_some_and(|w| w.upgrade().is_none()) {
+            // nobody would learn the id: dropping the transaction rolls the reservation back
+            return Err(BudgetError::Store(StoreError::Backend {
+                detail:
+                    "the caller went away before the reservation was made; nothing was reserved"
+                        .to_string(),
+            }));
+        }
         tx.commit().await.map_err(|e| db.err(what, e))?;
         self.emit(&alerts).await?;
         Ok(Reservation {
             id: ReservationId::from_raw(id),
             alerts,
         })
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for Direct {
+    async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
+        let now = self.clock.now();
+        let what = "set budget limits";
+        let mut client = self.db.client(what).await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| self.db.err(what, e))?;
+        let w = limits.period.window(now);
+        let account = match self.lock_accounts(&tx, [key]).await?.pop_first() {
+            Some((_, mut a)) => {
+                a.roll(w);
+                a.alerted = [0; DIMENSIONS];
+                a.limits = limits;
+                a
+            }
+            None => Account {
+                key,
+                limits,
+                window: w,
+                committed: [0; DIMENSIONS],
+                reserved: [0; DIMENSIONS],
+                alerted: [0; DIMENSIONS],
+            },
+        };
+        self.store(&tx, &account).await?;
+        tx.commit().await.map_err(|e| self.db.err(what, e))?;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        chain: &BudgetChain,
+        amount: Usage,
+        options: &ReserveOptions,
+    ) -> Result<Reservation, BudgetError> {
+        self.reserve_for(chain, amount, options, None).await
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {

@@ -412,3 +412,59 @@ async fn two_commits_under_one_charge_key_charge_it_once() {
     assert_eq!(org.reserved.cost, Money::ZERO, "nothing left reserved");
     assert_eq!(a.outstanding().await.unwrap(), 0);
 }
+
+/// A worker killed while its reservation waits for a lock (the organisation's account, which
+/// every run shares) leaves nothing reserved: the reservation, made on a task of its own,
+/// is rolled back once it finds nobody waiting for its id. Before, it committed after its
+/// caller was gone and stayed open, holding budget, until it expired (and could appear after
+/// the worker that took the run over had released the run's reservations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_caller_is_dropped_while_it_waits_for_a_lock_is_not_left_open() {
+    let url = common::fresh_url().await;
+    let store = PgStore::connect(&url).await.unwrap();
+    let ledger = store.budget_ledger(Arc::new(ManualClock::default()));
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(1_000))
+        .await
+        .unwrap();
+    // another session holds the organisation's account
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let holder = client.transaction().await.unwrap();
+    let locked = holder
+        .query(
+            "SELECT key FROM aios_budget_accounts WHERE key = $1 FOR UPDATE",
+            &[&BudgetKey::Organisation.to_string()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(locked.len(), 1, "the organisation's account row is held");
+    let chain = BudgetChain::organisation().run(RunId::from_name("killed"));
+    let options = ReserveOptions::default();
+    let reserving = ledger.reserve(&chain, cost(100), &options);
+    // the caller gives up (a killed worker's future is dropped) while the reservation waits
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), reserving).await;
+    assert!(gave_up.is_err(), "the reservation waited for the lock");
+    holder.commit().await.unwrap();
+    // set_limits locks the same row, so it runs after the abandoned reservation let go of it
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(1_000))
+        .await
+        .unwrap();
+    assert_eq!(ledger.outstanding().await.unwrap(), 0, "nothing left open");
+    let org = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO, "nothing reserved");
+    // the ledger still serves its next caller
+    let r = ledger
+        .reserve(&chain, cost(100), &ReserveOptions::default())
+        .await
+        .unwrap();
+    ledger.release(r.id).await.unwrap();
+    assert_eq!(ledger.outstanding().await.unwrap(), 0);
+}

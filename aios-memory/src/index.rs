@@ -430,7 +430,7 @@ struct Bm25 {
     /// Longer words.
     long_terms: FxMap<Box<str>, u32>,
     /// Per term: its postings in row order.
-    postings: Vec<Vec<Posting>>,
+    postings: Vec<Postings>,
     doc_len: Vec<u32>,
     docs: u64,
     total_len: u64,
@@ -449,6 +449,72 @@ struct Bm25 {
 struct Posting {
     row: u32,
     tf: u32,
+}
+
+/// The postings a term's list holds in its first segment before it grows by whole segments.
+const SEGMENT: usize = 1024;
+
+/// A term's postings in row order, in segments that never move once allocated.
+///
+/// The segment being filled grows as a vector does up to [`SEGMENT`] postings; once full it
+/// is set aside and the next is allocated as large as all before it together. So appending
+/// never copies the postings a list holds (a list grown by reallocation copied itself into
+/// fresh memory at every doubling: most of the time of appending postings at a million
+/// records), the room left unused is at most what a doubling vector leaves, and a list of
+/// `n` postings has about `log2(n / SEGMENT)` segments. The segment being filled sits in the
+/// list itself, so an append reads nothing else; a short list costs one word more than a
+/// vector.
+#[derive(Debug, Default)]
+struct Postings {
+    /// The segment being filled: the last.
+    head: Vec<Posting>,
+    /// The full segments before it, once there are any.
+    full: Option<Box<Full>>,
+}
+
+/// The full segments of a [`Postings`] list, and how many postings they hold.
+#[derive(Debug, Default)]
+struct Full {
+    segments: Vec<Vec<Posting>>,
+    len: usize,
+}
+
+impl Postings {
+    /// The postings held.
+    fn len(&self) -> usize {
+        self.full.as_ref().map_or(0, |f| f.len) + self.head.len()
+    }
+
+    /// The segments, in row order.
+    fn segments(&self) -> impl Iterator<Item = &[Posting]> {
+        self.full
+            .iter()
+            .flat_map(|f| f.segments.iter().map(Vec::as_slice))
+            .chain(std::iter::once(self.head.as_slice()))
+    }
+
+    /// Appends `new` (rows above every row held, in order).
+    fn extend(&mut self, mut new: &[Posting]) {
+        while !new.is_empty() {
+            // the first segment grows to `SEGMENT`; a later one is filled to its capacity
+            let limit = match self.full {
+                Some(_) => self.head.capacity(),
+                None => SEGMENT,
+            };
+            let room = limit.saturating_sub(self.head.len());
+            if room == 0 {
+                let full = self.full.get_or_insert_with(Default::default);
+                let held = full.len + self.head.len();
+                let done = std::mem::replace(&mut self.head, Vec::with_capacity(held));
+                full.len += done.len();
+                full.segments.push(done);
+                continue;
+            }
+            let (now, rest) = new.split_at(room.min(new.len()));
+            self.head.extend_from_slice(now);
+            new = rest;
+        }
+    }
 }
 
 /// The English Snowball stemmer, shared by indexing and querying.
@@ -527,7 +593,7 @@ impl Bm25 {
             return *id;
         }
         let id = self.postings.len() as u32;
-        self.postings.push(Vec::new());
+        self.postings.push(Postings::default());
         match word {
             Word::Short(k) => self.short_terms.insert(*k, id),
             Word::Long(w) => self.long_terms.insert(w.clone(), id),
@@ -630,7 +696,7 @@ impl Bm25 {
                 if let (Some(list), Some(group)) =
                     (self.postings.get_mut(*g as usize), grouped.get(from..to))
                 {
-                    list.extend_from_slice(group);
+                    list.extend(group);
                 }
                 from = to;
             }
@@ -1420,14 +1486,10 @@ impl Index {
         if terms.is_empty() {
             return;
         }
-        let lists: Vec<&[Posting]> = terms
+        let empty = Postings::default();
+        let lists: Vec<&Postings> = terms
             .iter()
-            .map(|t| {
-                self.bm25
-                    .postings
-                    .get(*t as usize)
-                    .map_or(&[][..], |p| &p[..])
-            })
+            .map(|t| self.bm25.postings.get(*t as usize).unwrap_or(&empty))
             .collect();
         let n = self.bm25.docs as f32;
         let avgdl = (self.bm25.total_len as f32 / n).max(1.0);
@@ -1444,9 +1506,11 @@ impl Index {
             // many postings: accumulate densely, in term order per row
             let mut acc = vec![0f32; self.hot.len()];
             for (list, idf) in lists.iter().zip(&idf) {
-                for &Posting { row, tf } in list.iter() {
-                    if let Some(a) = acc.get_mut(row as usize) {
-                        *a += self.bm25.weight(*idf, tf, dl(row), avgdl);
+                for segment in list.segments() {
+                    for &Posting { row, tf } in segment {
+                        if let Some(a) = acc.get_mut(row as usize) {
+                            *a += self.bm25.weight(*idf, tf, dl(row), avgdl);
+                        }
                     }
                 }
             }
@@ -1462,9 +1526,12 @@ impl Index {
             // few: gather (row, term, weight), order by row then term, sum runs
             let mut parts: Vec<(u32, u32, f32)> = Vec::with_capacity(total);
             for (i, (list, idf)) in lists.iter().zip(&idf).enumerate() {
-                for &Posting { row, tf } in list.iter() {
-                    if self.passes(filter, row) {
-                        parts.push((row, i as u32, self.bm25.weight(*idf, tf, dl(row), avgdl)));
+                for segment in list.segments() {
+                    for &Posting { row, tf } in segment {
+                        if self.passes(filter, row) {
+                            let w = self.bm25.weight(*idf, tf, dl(row), avgdl);
+                            parts.push((row, i as u32, w));
+                        }
                     }
                 }
             }
@@ -1854,6 +1921,50 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A segmented postings list holds exactly what a plain vector would after any
+        /// sequence of appends (runs of 0 to 3,000 postings, crossing the first segment's
+        /// limit and later ones), never moves a full segment, and grows by segments at least
+        /// as large as everything before them.
+        #[test]
+        fn segmented_postings_hold_what_a_vector_would(runs in proptest::collection::vec(0usize..3_000, 0..40)) {
+            let mut list = Postings::default();
+            let mut plain: Vec<Posting> = Vec::new();
+            let mut full: Vec<(*const Posting, usize)> = Vec::new();
+            let mut row = 0u32;
+            for n in runs {
+                let run: Vec<Posting> = (0..n)
+                    .map(|i| {
+                        row += 1;
+                        Posting { row, tf: i as u32 % 7 + 1 }
+                    })
+                    .collect();
+                list.extend(&run);
+                plain.extend_from_slice(&run);
+                proptest::prop_assert_eq!(list.len(), plain.len());
+                let segments: Vec<&[Posting]> = list.segments().collect();
+                let flat: Vec<Posting> = segments.iter().flat_map(|s| s.iter().copied()).collect();
+                proptest::prop_assert_eq!(&flat, &plain);
+                // the segments set aside are where they were, with what they held
+                let f = list.full.as_ref().map_or(&[][..], |f| &f.segments[..]);
+                for (i, (ptr, len)) in full.iter().enumerate() {
+                    proptest::prop_assert_eq!(f[i].as_ptr(), *ptr, "segment {} moved", i);
+                    proptest::prop_assert_eq!(f[i].len(), *len);
+                }
+                full = f.iter().map(|s| (s.as_ptr(), s.len())).collect();
+                let mut before = 0;
+                for (i, s) in f.iter().enumerate() {
+                    if i == 0 {
+                        proptest::prop_assert_eq!(s.len(), SEGMENT);
+                    } else {
+                        proptest::prop_assert!(s.len() >= before, "segment {} smaller than what came before", i);
+                    }
+                    before += s.len();
+                }
+                let bound = (plain.len() / SEGMENT).max(1).ilog2() as usize + 2;
+                proptest::prop_assert!(segments.len() <= bound, "{} segments for {}", segments.len(), plain.len());
+            }
+        }
+
         /// The ASCII scan splits and lowercases exactly as the general path does, on any
         /// ASCII text (letters of both cases, digits, separators, control bytes).
         #[test]

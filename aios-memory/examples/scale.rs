@@ -21,6 +21,12 @@
 //! or both, to take the cost apart; `SCALE_WRITE_THREADS=2` opens the memory with two write
 //! threads (`MemoryBuilder::write_threads`); `PERF_CTL` (below) starts a profiler at the
 //! timed phase.
+//!
+//! `fresh MB [threads]` touches MB megabytes of memory no earlier write freed (an anonymous
+//! mapping advised to use huge pages, as the vector matrix is) on each of `threads` threads,
+//! and prints the rate: the price the machine sets on the memory a bulk write must take
+//! (1,000,000 records of 384 dimensions need 1.5 GB for their vectors alone). Run it a few
+//! seconds after anything that freed much memory, or the kernel hands back pages still warm.
 
 #![allow(clippy::expect_used)]
 
@@ -355,6 +361,42 @@ fn ann_width(n: usize, centres: usize, options: AnnOptions) {
     }
 }
 
+/// Touches `mb` megabytes of fresh anonymous memory on each of `threads` threads, one write
+/// per 4 KB page (a whole huge page at its first, where the kernel grants them), and prints
+/// the rate over the slowest thread's time.
+fn fresh(mb: usize, threads: usize) {
+    let bytes = mb << 20;
+    let times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(move || {
+                    let mut m = memmap2::MmapOptions::new()
+                        .len(bytes)
+                        .map_anon()
+                        .expect("an anonymous mapping");
+                    let _ = m.advise(memmap2::Advice::HugePage);
+                    let t0 = Instant::now();
+                    for b in m.iter_mut().step_by(4096) {
+                        *b = 1;
+                    }
+                    t0.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a touching thread"))
+            .collect()
+    });
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    println!(
+        "FRESH-MEMORY mb={mb} threads={} slowest={:.2}s rate={:.2}GB/s",
+        times.len(),
+        slowest.as_secs_f64(),
+        (bytes * times.len()) as f64 / 1e9 / slowest.as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| args.get(i).and_then(|s| s.parse::<usize>().ok());
@@ -384,13 +426,14 @@ fn main() {
                 .collect();
             ann(n, num(2).unwrap_or(200), o, &checkpoints)
         }
+        Some("fresh") => fresh(num(1).unwrap_or(1024), num(2).unwrap_or(1)),
         Some("ann-width") => {
             // scale ann-width N centres [threads]
             let o = AnnOptions::default().threads(num(3).unwrap_or(1));
             ann_width(num(1).unwrap_or(100_000), num(2).unwrap_or(200), o)
         }
         _ => eprintln!(
-            "usage: scale write N [batch] | scale ann N [queries] [probes] [threads] [candidates] [lists] | scale ann-width N centres [threads]"
+            "usage: scale write N [batch] | scale fresh MB [threads] | scale ann N [queries] [probes] [threads] [candidates] [lists] | scale ann-width N centres [threads]"
         ),
     }
 }

@@ -429,11 +429,13 @@ impl BudgetLedger for SqliteBudgetLedger {
         let now = self.clock.now();
         let expires = nanos(now).saturating_add(options.ttl.map_or(self.ttl, duration_nanos));
         // a refusal commits the transaction too: it wrote nothing but the sweep, which
-        // stands (as in the in-memory ledger); store errors roll everything back
+        // stands (as in the in-memory ledger); store errors roll everything back. A caller
+        // gone before its turn (a worker's future dropped while it waited for the writer)
+        // reserves nothing: nobody would hold the reservation's id to settle it.
         let (this, chain, options) = (self.clone(), *chain, options.clone());
         let (id, alerts) = self
             .db
-            .write("reserve budget", move |tx| {
+            .write_unless_abandoned("reserve budget", move |tx| {
                 this.sweep(tx, now)?;
                 match this.reserve_in(tx, now, &chain, amt, &options, expires) {
                     Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),

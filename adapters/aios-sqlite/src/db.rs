@@ -412,7 +412,24 @@ impl Db {
         E: From<StoreError> + Send + 'static,
         F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.submit_write(what, true, f).await
+        self.submit_write(what, true, false, f).await
+    }
+
+    /// Like [`Db::write`], but `f` is not run if the caller stopped waiting before its turn
+    /// came (its future dropped while the write was queued): the caller then never learns
+    /// what it would have made. For writes that leave something only their answer lets the
+    /// caller settle, such as a budget reservation whose id nobody would hold.
+    pub(crate) async fn write_unless_abandoned<T, E, F>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+    {
+        self.submit_write(what, true, true, f).await
     }
 
     /// Like [`Db::write`], but the commit is not fsynced even under [`Durability::Full`]
@@ -427,10 +444,16 @@ impl Db {
         E: From<StoreError> + Send + 'static,
         F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.submit_write(what, false, f).await
+        self.submit_write(what, false, false, f).await
     }
 
-    async fn submit_write<T, E, F>(&self, what: &'static str, synced: bool, f: F) -> Result<T, E>
+    async fn submit_write<T, E, F>(
+        &self,
+        what: &'static str,
+        synced: bool,
+        abandonable: bool,
+        f: F,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -440,6 +463,7 @@ impl Db {
         let job = WriteOp {
             what,
             synced,
+            abandonable,
             f,
             out: None,
             reply: Some(reply),
@@ -599,6 +623,8 @@ trait WriteJob: Send {
 struct WriteOp<T, E, F> {
     what: &'static str,
     synced: bool,
+    /// Skipped if the caller has stopped waiting (see [`Db::write_unless_abandoned`]).
+    abandonable: bool,
     f: F,
     out: Option<Result<T, E>>,
     reply: Option<oneshot::Sender<Result<T, E>>>,
@@ -615,6 +641,15 @@ where
     }
 
     fn attempt(&mut self, tx: &Transaction<'_>, location: &str) -> Attempt {
+        if self.abandonable && self.reply.as_ref().is_some_and(|r| r.is_canceled()) {
+            self.out = Some(Err(E::from(StoreError::Backend {
+                detail: format!(
+                    "{} on `{location}`: the caller stopped waiting before its turn; nothing was written",
+                    self.what
+                ),
+            })));
+            return Attempt::Failed;
+        }
         let f = &mut self.f;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx))) {
             Ok(Ok(v)) => {
@@ -1212,6 +1247,53 @@ mod tests {
         });
         is_started.recv().unwrap();
         (held, go)
+    }
+
+    /// A write queued with `write_unless_abandoned` whose caller stops waiting before its
+    /// turn is not run (nobody would learn what it made); one whose caller waits runs, and a
+    /// plain write whose caller went away still runs (its effect stands, as before).
+    #[test]
+    fn an_abandonable_write_whose_caller_is_gone_is_not_run() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let db = file_db(&dir);
+        let flag = || Arc::new(AtomicBool::new(false));
+        let (abandoned, waited, plain) = (flag(), flag(), flag());
+        let (held, go) = hold(&db);
+        let run = |db: &Arc<Db>, ran: &Arc<AtomicBool>, abandonable: bool| {
+            let (d, ran) = (db.clone(), ran.clone());
+            queued(async move {
+                let f = move |_: &Transaction<'_>| {
+                    ran.store(true, Ordering::SeqCst);
+                    Ok::<(), StoreError>(())
+                };
+                if abandonable {
+                    d.write_unless_abandoned("an abandonable write", f).await
+                } else {
+                    d.write("a plain write", f).await
+                }
+            })
+        };
+        let gone = run(&db, &abandoned, true);
+        let kept = run(&db, &waited, true);
+        let plain_gone = run(&db, &plain, false);
+        // their callers stop waiting while the writer is busy
+        drop(gone);
+        drop(plain_gone);
+        go.send(()).unwrap();
+        block_on(held).unwrap();
+        block_on(kept).unwrap();
+        // a write queued after them has run once they have
+        block_on(db.write("a later write", |_| Ok::<(), StoreError>(()))).unwrap();
+        assert!(
+            !abandoned.load(Ordering::SeqCst),
+            "the abandoned write did not run"
+        );
+        assert!(waited.load(Ordering::SeqCst), "the awaited one ran");
+        assert!(
+            plain.load(Ordering::SeqCst),
+            "a plain write stands without its caller"
+        );
     }
 
     fn note(text: &str) -> AuditRecord {

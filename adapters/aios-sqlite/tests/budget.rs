@@ -194,3 +194,45 @@ fn charged_once_per_key_across_processes() {
     );
     assert_eq!(usage.reserved.cost.minor(), 0, "no reservation left open");
 }
+
+/// A reservation whose caller stops waiting while the writer cannot start (another
+/// connection holds the database's write lock) reserves nothing once the lock is released:
+/// nobody would hold its id to settle it. Before, it was made anyway and stayed open, holding
+/// budget, until it expired.
+#[test]
+fn a_reservation_whose_caller_is_gone_before_its_turn_reserves_nothing() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let ledger = store.budget_ledger(Arc::new(ManualClock::default()));
+    block_on(ledger.set_limits(BudgetKey::Organisation, cap(1_000))).unwrap();
+    // another process's connection holds the write lock
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let chain = BudgetChain::organisation();
+    let options = ReserveOptions::default();
+    let mut reserving =
+        Box::pin(ledger.reserve(&chain, Usage::cost(Money::from_minor(100)), &options));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    assert!(
+        matches!(reserving.as_mut().poll(&mut cx), Poll::Pending),
+        "the reservation waits for the writer"
+    );
+    // the caller gives up (a worker's future dropped) while the write lock is held
+    drop(reserving);
+    other.execute_batch("COMMIT").unwrap();
+    // a write queued after it runs after it
+    block_on(ledger.set_limits(BudgetKey::Organisation, cap(1_000))).unwrap();
+    assert_eq!(ledger.outstanding().unwrap(), 0, "nothing left open");
+    let org = block_on(ledger.usage(BudgetKey::Organisation))
+        .unwrap()
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO, "nothing reserved");
+    // the next caller is served
+    let r =
+        block_on(ledger.reserve(&chain, Usage::cost(Money::from_minor(100)), &options)).unwrap();
+    block_on(ledger.release(r.id)).unwrap();
+    assert_eq!(ledger.outstanding().unwrap(), 0);
+}

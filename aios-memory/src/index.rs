@@ -456,12 +456,13 @@ const SEGMENT: usize = 1024;
 
 /// A term's postings in row order, in segments that never move once allocated.
 ///
-/// The segment being filled grows as a vector does up to [`SEGMENT`] postings; once full it
-/// is set aside and the next is allocated as large as all before it together. So appending
-/// never copies the postings a list holds (a list grown by reallocation copied itself into
-/// fresh memory at every doubling: most of the time of appending postings at a million
-/// records), the room left unused is at most what a doubling vector leaves, and a list of
-/// `n` postings has about `log2(n / SEGMENT)` segments. The segment being filled sits in the
+/// The first segment grows as a vector does, but never past room for [`SEGMENT`] postings;
+/// once full it is set aside and the next is allocated as large as all before it together.
+/// So appending never copies the postings a list holds beyond its first segment (a list
+/// grown by reallocation copied itself into fresh memory at every doubling: most of the
+/// time of appending postings at a million records), the room left unused is at most what
+/// a doubling vector leaves, and a list of `n` postings has about `log2(n / SEGMENT)`
+/// segments. The segment being filled sits in the
 /// list itself, so an append reads nothing else; a short list costs one word more than a
 /// vector.
 #[derive(Debug, Default)]
@@ -511,6 +512,14 @@ impl Postings {
                 continue;
             }
             let (now, rest) = new.split_at(room.min(new.len()));
+            if self.full.is_none() && self.head.len() + now.len() > self.head.capacity() {
+                // grow as a vector would, but never past `SEGMENT`: the first segment keeps
+                // its room once set aside
+                let want = (self.head.capacity() * 2)
+                    .max(self.head.len() + now.len())
+                    .clamp(4, SEGMENT);
+                self.head.reserve_exact(want - self.head.len());
+            }
             self.head.extend_from_slice(now);
             new = rest;
         }
@@ -1930,6 +1939,7 @@ mod tests {
             let mut list = Postings::default();
             let mut plain: Vec<Posting> = Vec::new();
             let mut full: Vec<(*const Posting, usize)> = Vec::new();
+            let mut head: Option<(*const Posting, usize)> = None;
             let mut row = 0u32;
             for n in runs {
                 let run: Vec<Posting> = (0..n)
@@ -1951,6 +1961,16 @@ mod tests {
                     proptest::prop_assert_eq!(f[i].len(), *len);
                 }
                 full = f.iter().map(|s| (s.as_ptr(), s.len())).collect();
+                // the segment being filled never moves once the first is set aside
+                if let (Some((ptr, segments)), false) = (head, f.is_empty()) {
+                    if segments == f.len() {
+                        proptest::prop_assert_eq!(list.head.as_ptr(), ptr, "the head moved");
+                    }
+                }
+                head = (!f.is_empty()).then_some((list.head.as_ptr(), f.len()));
+                if let Some(first) = f.first() {
+                    proptest::prop_assert!(first.capacity() <= SEGMENT, "first segment room {}", first.capacity());
+                }
                 let mut before = 0;
                 for (i, s) in f.iter().enumerate() {
                     if i == 0 {

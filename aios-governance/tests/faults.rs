@@ -2,19 +2,19 @@
 //! reserved without a record, and the kill switch works even when the log or store is down.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/alert_undo.rs"]
+mod alert_undo;
 mod common;
 
 use std::sync::Arc;
 
 use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
 use aios_core::{
-    AnchorId, HumanId, IdGen, InMemoryAuditLog, ManualClock, Money, PathwayId, Principal,
-    StoreError,
+    AnchorId, HumanId, IdGen, InMemoryAuditLog, ManualClock, PathwayId, Principal, StoreError,
 };
 use aios_governance::{
-    ApprovalError, ApprovalResponse, ApprovalState, Approvals, BudgetChain, BudgetError, BudgetKey,
-    BudgetLedger, BudgetLimits, ControlError, ControlTarget, Controls, Halt, InMemoryApprovalStore,
-    InMemoryBudgetLedger, Limits, NewApproval, OnTimeout, ReserveOptions, Usage,
+    ApprovalError, ApprovalResponse, ApprovalState, Approvals, ControlError, ControlTarget,
+    Controls, Halt, InMemoryApprovalStore, InMemoryBudgetLedger, NewApproval, OnTimeout,
 };
 
 fn alice() -> Principal {
@@ -135,67 +135,11 @@ fn approvals_are_never_usable_without_their_record() {
 #[test]
 fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
     futures::executor::block_on(async {
-        let faults = Faults::new(FaultPlan::fail_after(0));
+        let faults = Faults::new(FaultPlan::none());
         let ledger = InMemoryBudgetLedger::new(Arc::new(ManualClock::default())).with_audit(
             Arc::new(FaultyAuditLog::new(InMemoryAuditLog::new(), faults.clone())),
         );
-        ledger
-            .set_limits(
-                BudgetKey::Organisation,
-                BudgetLimits::total(Limits {
-                    cost: Some(Money::from_minor(100)),
-                    ..Limits::default()
-                }),
-            )
-            .await
-            .unwrap();
-        let org = BudgetChain::organisation();
-        // below every threshold: no alert, no audit needed
-        let quiet = ledger
-            .reserve(
-                &org,
-                Usage::cost(Money::from_minor(10)),
-                &ReserveOptions::default(),
-            )
-            .await
-            .unwrap();
-        // crossing 50 % needs an alert the log refuses: undone
-        assert!(matches!(
-            ledger
-                .reserve(
-                    &org,
-                    Usage::cost(Money::from_minor(60)),
-                    &ReserveOptions::default()
-                )
-                .await,
-            Err(BudgetError::Store(_))
-        ));
-        let u = ledger
-            .usage(BudgetKey::Organisation)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(u.reserved.cost, Money::from_minor(10), "nothing leaked");
-        assert_eq!(ledger.outstanding(), 1);
-        // once the log is back, the alert is reported (and recorded) after all
-        faults.set_plan(FaultPlan::none());
-        let r = ledger
-            .reserve(
-                &org,
-                Usage::cost(Money::from_minor(60)),
-                &ReserveOptions::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            r.alerts
-                .iter()
-                .map(|a| a.threshold_percent)
-                .collect::<Vec<_>>(),
-            vec![50]
-        );
-        ledger.release(quiet.id).await.unwrap();
-        ledger.release(r.id).await.unwrap();
+        alert_undo::a_reservation_whose_alert_cannot_be_recorded_is_undone(&ledger, &faults).await;
         assert_eq!(ledger.outstanding(), 0);
     });
 }

@@ -104,6 +104,25 @@ impl Account {
         }
     }
 
+    /// Marks `alerts` of this account as not reported, so they are reported again (their
+    /// audit entries could not be written).
+    fn forget(&mut self, alerts: &[BudgetAlert]) {
+        let mut thresholds = self.limits.alerts.clone();
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        for alert in alerts.iter().filter(|a| a.key == self.key) {
+            if let Some(i) = thresholds
+                .iter()
+                .position(|t| *t == alert.threshold_percent)
+                .filter(|i| *i < 32)
+            {
+                if let Some(bits) = self.alerted.get_mut(alert.dimension as usize) {
+                    *bits &= !(1u32 << i);
+                }
+            }
+        }
+    }
+
     fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
         let mut alerts = self.limits.alerts.clone();
         alerts.sort_unstable();
@@ -300,10 +319,13 @@ impl PgBudgetLedger {
         Ok(due.len())
     }
 
+    /// Settles reservation `id`: commits `actual`, or releases it with `None`, marking
+    /// `forget` (alerts of its reservation that could not be recorded) as not reported.
     async fn settle(
         &self,
         id: ReservationId,
         actual: Option<Usage>,
+        forget: &[BudgetAlert],
     ) -> Result<Settlement, BudgetError> {
         let act = actual.map(Usage::to_array);
         if let Some(a) = act {
@@ -387,6 +409,7 @@ impl PgBudgetLedger {
             if !expired {
                 a.unreserve(&held.amount);
             }
+            a.forget(forget);
             if let Some(act) = act {
                 for d in 0..DIMENSIONS {
                     a.committed[d] = a.committed[d].saturating_add(act[d]);
@@ -479,10 +502,13 @@ async fn detached<T: Send + 'static>(
 ///
 /// A caller dropped meanwhile (a worker killed, a call timed out) does not cancel a
 /// settlement: a commit or release completes, as if the caller had gone away after it. A
-/// reservation does not: one whose caller is gone by the time it would commit is rolled back,
-/// since nobody holds its id to settle it (it would otherwise stay open, holding budget, until
-/// it expired, and could appear after the worker that took the run over had released the
-/// run's reservations).
+/// reservation does not stand without its caller, since nobody would hold its id to settle
+/// it (it would stay open, holding budget, until it expired, and could appear after the
+/// worker that took the run over had released the run's reservations): one whose caller is
+/// gone when it would commit is rolled back, and one whose caller went away while it
+/// committed or while its alerts were recorded is released again. Only a caller dropped in
+/// the instant between the task's end and its reading the answer still leaves the
+/// reservation to expire.
 #[async_trait]
 impl BudgetLedger for PgBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -624,7 +650,8 @@ impl Direct {
             .await
             .map_err(|e| db.err("record a budget reservation", e))?;
         let id = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-        if waiting.is_some_and(|w| w.upgrade().is_none()) {
+        let gone = || waiting.as_ref().is_some_and(|w| w.upgrade().is_none());
+        if gone() {
             // nobody would learn the id: dropping the transaction rolls the reservation back
             return Err(BudgetError::Store(StoreError::Backend {
                 detail:
@@ -633,11 +660,22 @@ impl Direct {
             }));
         }
         tx.commit().await.map_err(|e| db.err(what, e))?;
-        self.emit(&alerts).await?;
-        Ok(Reservation {
-            id: ReservationId::from_raw(id),
-            alerts,
-        })
+        let id = ReservationId::from_raw(id);
+        let emitted = self.emit(&alerts).await;
+        if emitted.is_err() || gone() {
+            // the caller never sees the id (its alerts could not be recorded, or it went away
+            // meanwhile): undo the reservation so nothing leaks, and report alerts that were
+            // not recorded again next time. A failed undo leaves the reservation to expire.
+            let unrecorded = if emitted.is_err() { &alerts[..] } else { &[] };
+            let _ = self.settle(id, None, unrecorded).await;
+            emitted?;
+            return Err(BudgetError::Store(StoreError::Backend {
+                detail:
+                    "the caller went away before the reservation was made; nothing was reserved"
+                        .to_string(),
+            }));
+        }
+        Ok(Reservation { id, alerts })
     }
 }
 
@@ -683,13 +721,13 @@ impl BudgetLedger for Direct {
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, Some(actual)).await?;
+        let s = self.settle(id, Some(actual), &[]).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }
 
     async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, None).await?;
+        let s = self.settle(id, None, &[]).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }

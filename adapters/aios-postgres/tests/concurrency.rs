@@ -2,6 +2,8 @@
 //! processes would.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../../aios-governance/tests/common/alert_undo.rs"]
+mod alert_undo;
 mod common;
 
 use std::sync::Arc;
@@ -467,4 +469,77 @@ async fn a_reservation_whose_caller_is_dropped_while_it_waits_for_a_lock_is_not_
         .unwrap();
     ledger.release(r.id).await.unwrap();
     assert_eq!(ledger.outstanding().await.unwrap(), 0);
+}
+
+/// A reservation whose alert cannot be recorded is undone and its alert reported again once
+/// the log is back (the promise the in-memory ledger keeps too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
+    use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+    let store = common::fresh().await;
+    let faults = Faults::new(FaultPlan::none());
+    let ledger = store
+        .budget_ledger(Arc::new(ManualClock::default()))
+        .with_audit(Arc::new(FaultyAuditLog::new(
+            aios_core::InMemoryAuditLog::new(),
+            faults.clone(),
+        )));
+    alert_undo::a_reservation_whose_alert_cannot_be_recorded_is_undone(&ledger, &faults).await;
+    assert_eq!(ledger.outstanding().await.unwrap(), 0);
+}
+
+/// A reservation whose caller is dropped after the reservation was made, while its alert is
+/// being recorded, is released once the entry is written: nobody holds its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_dropped_while_its_alert_is_recorded_is_released() {
+    use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+    use aios_core::ManualTimer;
+    let store = common::fresh().await;
+    let clock = ManualClock::default();
+    // appends wait for the test to advance the timer
+    let timer = ManualTimer::new(clock.clone());
+    let faults = Faults::new(FaultPlan::delay(
+        Arc::new(timer.clone()),
+        Duration::from_secs(60),
+    ));
+    let ledger = store
+        .budget_ledger(Arc::new(clock))
+        .with_audit(Arc::new(FaultyAuditLog::new(
+            aios_core::InMemoryAuditLog::new(),
+            faults.clone(),
+        )));
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(100))
+        .await
+        .unwrap();
+    let chain = BudgetChain::organisation();
+    let options = ReserveOptions::default();
+    // crossing 50 % raises an alert; the caller gives up while it is recorded
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        ledger.reserve(&chain, cost(60), &options),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "the reservation waited for its alert's entry"
+    );
+    assert_eq!(faults.calls(), 1, "the alert's entry was being written");
+    faults.set_plan(FaultPlan::none());
+    timer.advance(Duration::from_secs(60));
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        open = ledger.outstanding().await.unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0, "released once the entry was written");
+    let org = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO);
 }

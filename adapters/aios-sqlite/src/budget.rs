@@ -96,6 +96,25 @@ impl Account {
         }
     }
 
+    /// Marks `alerts` of this account as not reported, so they are reported again (their
+    /// audit entries could not be written).
+    fn forget(&mut self, alerts: &[BudgetAlert]) {
+        let mut thresholds = self.limits.alerts.clone();
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        for alert in alerts.iter().filter(|a| a.key == self.key) {
+            if let Some(i) = thresholds
+                .iter()
+                .position(|t| *t == alert.threshold_percent)
+                .filter(|i| *i < 32)
+            {
+                if let Some(bits) = self.alerted.get_mut(alert.dimension as usize) {
+                    *bits &= !(1u32 << i);
+                }
+            }
+        }
+    }
+
     fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {
         let mut alerts = self.limits.alerts.clone();
         alerts.sort_unstable();
@@ -216,10 +235,13 @@ impl SqliteBudgetLedger {
         Ok(())
     }
 
+    /// Settles reservation `id`: commits `actual`, or releases it with `None`, marking
+    /// `forget` (alerts of its reservation that could not be recorded) as not reported.
     async fn settle(
         &self,
         id: ReservationId,
         actual: Option<Usage>,
+        forget: &[BudgetAlert],
     ) -> Result<Settlement, BudgetError> {
         let act = actual.map(Usage::to_array);
         if let Some(a) = act {
@@ -232,14 +254,49 @@ impl SqliteBudgetLedger {
         let Ok(raw) = i64::try_from(id.raw()) else {
             return Err(BudgetError::UnknownReservation { id });
         };
+        let alerts = self
+            .db
+            .write(
+                "settle a budget reservation",
+                self.settling(id, raw, act, forget),
+            )
+            .await?;
+        Ok(Settlement { alerts })
+    }
+
+    /// Releases reservation `id` without waiting, marking `forget` as not reported: what a
+    /// reservation future dropped after its reservation was made undoes (see
+    /// [`Unclaimed`]).
+    fn release_detached(&self, id: ReservationId, forget: &[BudgetAlert]) {
+        if let Ok(raw) = i64::try_from(id.raw()) {
+            self.db.write_detached(
+                "release an unclaimed budget reservation",
+                self.settling(id, raw, None, forget),
+            );
+        }
+    }
+
+    /// The write of [`SqliteBudgetLedger::settle`].
+    fn settling(
+        &self,
+        id: ReservationId,
+        raw: i64,
+        act: Option<[i64; DIMENSIONS]>,
+        forget: &[BudgetAlert],
+    ) -> impl FnMut(&Transaction<'_>) -> Result<Vec<BudgetAlert>, BudgetError> + Send + 'static
+    {
         let now = self.clock.now();
         let this = self.clone();
-        let alerts = self.db.write("settle a budget reservation", move |tx| {
+        let forget = forget.to_vec();
+        move |tx| {
             let row: Option<(String, bool)> = tx
                 .prepare_cached(
                     "SELECT reservation, expired FROM budget_reservations WHERE id = ?1",
                 )
-                .and_then(|mut s| s.query_row([raw], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .and_then(|mut s| {
+                    s.query_row([raw], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
                 .map_err(|e| this.db.err("read a budget reservation", e))?;
             let Some((text, expired)) = row else {
                 let issued: i64 = tx
@@ -289,6 +346,7 @@ impl SqliteBudgetLedger {
                         a.reserved[d] = a.reserved[d].saturating_sub(held.amount[d]);
                     }
                 }
+                a.forget(&forget);
                 if let Some(act) = act {
                     for d in 0..DIMENSIONS {
                         a.committed[d] = a.committed[d].saturating_add(act[d]);
@@ -298,9 +356,7 @@ impl SqliteBudgetLedger {
                 this.store(tx, &a)?;
             }
             Ok::<_, BudgetError>(alerts)
-        })
-        .await?;
-        Ok(Settlement { alerts })
+        }
     }
 
     /// The checks and writes of a reservation, after the sweep; a refusal writes nothing.
@@ -384,6 +440,31 @@ impl SqliteBudgetLedger {
     }
 }
 
+/// A reservation made whose id its caller has not received yet. If the caller's future is
+/// dropped meanwhile (while the reservation's alerts are recorded), the reservation is
+/// released without waiting, and its alerts are reported again next time (they may not
+/// have been recorded): nobody would hold the id to settle it.
+struct Unclaimed<'a> {
+    ledger: &'a SqliteBudgetLedger,
+    id: Option<ReservationId>,
+    alerts: &'a [BudgetAlert],
+}
+
+impl Unclaimed<'_> {
+    /// The caller has the id (or the reservation was undone already).
+    fn claim(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.ledger.release_detached(id, self.alerts);
+        }
+    }
+}
+
 #[async_trait]
 impl BudgetLedger for SqliteBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -443,18 +524,32 @@ impl BudgetLedger for SqliteBudgetLedger {
                 }
             })
             .await??;
-        self.emit(&alerts).await?;
+        // until the caller has the id, a dropped future releases the reservation
+        let unclaimed = Unclaimed {
+            ledger: self,
+            id: Some(id),
+            alerts: &alerts,
+        };
+        if let Err(e) = self.emit(&alerts).await {
+            // the caller never sees the id: undo the reservation so nothing leaks, and report
+            // its alerts again next time since they were never recorded (a failed undo leaves
+            // the reservation to expire)
+            let _ = self.settle(id, None, &alerts).await;
+            unclaimed.claim();
+            return Err(e);
+        }
+        unclaimed.claim();
         Ok(Reservation { id, alerts })
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, Some(actual)).await?;
+        let s = self.settle(id, Some(actual), &[]).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }
 
     async fn release(&self, id: ReservationId) -> Result<Settlement, BudgetError> {
-        let s = self.settle(id, None).await?;
+        let s = self.settle(id, None, &[]).await?;
         self.emit(&s.alerts).await?;
         Ok(s)
     }

@@ -447,6 +447,28 @@ impl Db {
         self.submit_write(what, false, false, f).await
     }
 
+    /// Queues `f` as a write and returns at once, without its answer: for undoing what a
+    /// caller that has gone away left behind (run from a `Drop`, which cannot wait). Nothing
+    /// is queued once the store is closing.
+    pub(crate) fn write_detached<T, E, F>(&self, what: &'static str, f: F)
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let job = WriteOp {
+            what,
+            synced: true,
+            abandonable: false,
+            f,
+            out: None,
+            reply: None::<oneshot::Sender<Result<T, E>>>,
+        };
+        if let Some(w) = self.writer.as_ref() {
+            let _ = w.send(Task::Write(Box::new(job)));
+        }
+    }
+
     async fn submit_write<T, E, F>(
         &self,
         what: &'static str,

@@ -1,6 +1,8 @@
 //! The SQLite budget ledger's own promises, beyond the conformance suite.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../../aios-governance/tests/common/alert_undo.rs"]
+mod alert_undo;
 #[path = "../../../aios-governance/tests/common/budget_ops.rs"]
 mod budget_ops;
 
@@ -234,5 +236,84 @@ fn a_reservation_whose_caller_is_gone_before_its_turn_reserves_nothing() {
     let r =
         block_on(ledger.reserve(&chain, Usage::cost(Money::from_minor(100)), &options)).unwrap();
     block_on(ledger.release(r.id)).unwrap();
+    assert_eq!(ledger.outstanding().unwrap(), 0);
+}
+
+/// A reservation whose caller stops waiting after the reservation was made, while its alert
+/// is being recorded (the audit log does not answer), is released: nobody would hold its id.
+/// Its alert is reported again next time, since it may never have been recorded.
+#[test]
+fn a_reservation_dropped_while_its_alert_is_recorded_is_released() {
+    use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+    use aios_core::{InMemoryAuditLog, ManualTimer};
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("ledger.db")).unwrap();
+    let clock = ManualClock::default();
+    // every append waits for a timer nobody advances
+    let timer = ManualTimer::new(clock.clone());
+    let faults = Faults::new(FaultPlan::delay(Arc::new(timer), Duration::from_secs(3600)));
+    let ledger = store
+        .budget_ledger(Arc::new(clock))
+        .with_audit(Arc::new(FaultyAuditLog::new(
+            InMemoryAuditLog::new(),
+            faults.clone(),
+        )));
+    block_on(ledger.set_limits(BudgetKey::Organisation, cap(100))).unwrap();
+    let chain = BudgetChain::organisation();
+    let options = ReserveOptions::default();
+    // crossing 50 % raises an alert, whose audit entry never comes
+    let mut reserving =
+        Box::pin(ledger.reserve(&chain, Usage::cost(Money::from_minor(60)), &options));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let started = Instant::now();
+    while faults.calls() == 0 {
+        assert!(
+            matches!(reserving.as_mut().poll(&mut cx), Poll::Pending),
+            "the reservation waits for its alert's audit entry"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the alert is recorded"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(reserving);
+    // a write queued after the release runs after it
+    block_on(ledger.expire_reservations()).unwrap();
+    assert_eq!(ledger.outstanding().unwrap(), 0, "released");
+    let org = block_on(ledger.usage(BudgetKey::Organisation))
+        .unwrap()
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO, "nothing reserved");
+    // with the log answering again, the alert is reported after all
+    faults.set_plan(FaultPlan::none());
+    let r = block_on(ledger.reserve(&chain, Usage::cost(Money::from_minor(60)), &options)).unwrap();
+    assert_eq!(
+        r.alerts
+            .iter()
+            .map(|a| a.threshold_percent)
+            .collect::<Vec<_>>(),
+        vec![50]
+    );
+}
+
+/// A reservation whose alert cannot be recorded is undone and its alert reported again once
+/// the log is back (the promise the in-memory ledger keeps too).
+#[test]
+fn a_reservation_whose_alert_cannot_be_recorded_is_undone() {
+    use aios_core::testing::{FaultPlan, Faults, FaultyAuditLog};
+    use aios_core::InMemoryAuditLog;
+    let store = SqliteStore::in_memory().unwrap();
+    let faults = Faults::new(FaultPlan::none());
+    let ledger = store
+        .budget_ledger(Arc::new(ManualClock::default()))
+        .with_audit(Arc::new(FaultyAuditLog::new(
+            InMemoryAuditLog::new(),
+            faults.clone(),
+        )));
+    block_on(alert_undo::a_reservation_whose_alert_cannot_be_recorded_is_undone(&ledger, &faults));
     assert_eq!(ledger.outstanding().unwrap(), 0);
 }

@@ -505,10 +505,9 @@ async fn detached<T: Send + 'static>(
 /// reservation does not stand without its caller, since nobody would hold its id to settle
 /// it (it would stay open, holding budget, until it expired, and could appear after the
 /// worker that took the run over had released the run's reservations): one whose caller is
-/// gone when it would commit is rolled back, and one whose caller went away while it
-/// committed or while its alerts were recorded is released again. Only a caller dropped in
-/// the instant between the task's end and its reading the answer still leaves the
-/// reservation to expire.
+/// gone when it would commit is rolled back, and one whose caller went away later (while it
+/// committed, while its alerts were recorded, or before it read the answer) is released
+/// again.
 #[async_trait]
 impl BudgetLedger for PgBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -524,14 +523,20 @@ impl BudgetLedger for PgBudgetLedger {
     ) -> Result<Reservation, BudgetError> {
         let d = Direct(self.clone());
         let (chain, options) = (*chain, options.clone());
-        // dropped with this future: the detached task then knows nobody waits for its id
-        let caller = std::sync::Arc::new(());
-        let waiting = std::sync::Arc::downgrade(&caller);
-        let reserved =
-            detached(async move { d.reserve_for(&chain, amount, &options, Some(waiting)).await })
-                .await;
-        drop(caller);
-        reserved
+        // the answer's channel closes with this future: the task then knows nobody waits for
+        // the id, and a reservation it cannot hand over is released
+        let (answer, answered) = futures::channel::oneshot::channel();
+        tokio::spawn(async move {
+            let reserved = d.reserve_for(&chain, amount, &options, Some(&answer)).await;
+            if let Err(Ok(unclaimed)) = answer.send(reserved) {
+                let _ = d.settle(unclaimed.id, None, &[]).await;
+            }
+        });
+        answered.await.map_err(|_| {
+            BudgetError::Store(StoreError::Backend {
+                detail: "a budget reservation's task ended abnormally".to_string(),
+            })
+        })?
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
@@ -559,15 +564,19 @@ impl BudgetLedger for PgBudgetLedger {
     }
 }
 
+/// Where a reservation's task hands its answer to the caller.
+type Answer = futures::channel::oneshot::Sender<Result<Reservation, BudgetError>>;
+
 impl Direct {
-    /// [`BudgetLedger::reserve`], rolled back instead of committed when `waiting` is given and
-    /// its caller has gone.
+    /// [`BudgetLedger::reserve`] for the caller waiting on `waiting`, if given: rolled back
+    /// instead of committed if that caller is gone by then, released again if it went away
+    /// while the reservation committed or its alerts were recorded.
     async fn reserve_for(
         &self,
         chain: &BudgetChain,
         amount: Usage,
         options: &ReserveOptions,
-        waiting: Option<std::sync::Weak<()>>,
+        waiting: Option<&Answer>,
     ) -> Result<Reservation, BudgetError> {
         let amt = amount.to_array();
         if amt[0] < 0 {
@@ -650,7 +659,7 @@ impl Direct {
             .await
             .map_err(|e| db.err("record a budget reservation", e))?;
         let id = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-        let gone = || waiting.as_ref().is_some_and(|w| w.upgrade().is_none());
+        let gone = || waiting.is_some_and(Answer::is_canceled);
         if gone() {
             // nobody would learn the id: dropping the transaction rolls the reservation back
             return Err(BudgetError::Store(StoreError::Backend {

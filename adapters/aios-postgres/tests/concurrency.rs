@@ -543,3 +543,51 @@ async fn a_reservation_dropped_while_its_alert_is_recorded_is_released() {
         .unwrap();
     assert_eq!(org.reserved.cost, Money::ZERO);
 }
+
+/// Reservations whose callers give up at every point of the way (timeouts from nothing to
+/// several round trips) leave nothing reserved once their tasks end: each is either handed
+/// to its caller (who releases it here), rolled back, or released by its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_given_up_at_any_point_leave_nothing_reserved() {
+    let store = common::fresh().await;
+    let ledger = store.budget_ledger(Arc::new(ManualClock::default()));
+    ledger
+        .set_limits(BudgetKey::Organisation, cap(1_000_000))
+        .await
+        .unwrap();
+    let chain = BudgetChain::organisation().run(RunId::from_name("impatient"));
+    let options = ReserveOptions::default();
+    let (mut handed, mut abandoned) = (0, 0);
+    for i in 0..60u64 {
+        let patience = Duration::from_micros(i * 150);
+        match tokio::time::timeout(patience, ledger.reserve(&chain, cost(1), &options)).await {
+            Ok(r) => {
+                ledger.release(r.unwrap().id).await.unwrap();
+                handed += 1;
+            }
+            Err(_) => abandoned += 1,
+        }
+    }
+    assert!(
+        abandoned > 0,
+        "some callers gave up ({handed} were answered)"
+    );
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        open = ledger.outstanding().await.unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        open, 0,
+        "nothing left open ({abandoned} given up, {handed} answered)"
+    );
+    let org = ledger
+        .usage(BudgetKey::Organisation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(org.reserved.cost, Money::ZERO);
+}

@@ -507,7 +507,7 @@ async fn detached<T: Send + 'static>(
 /// worker that took the run over had released the run's reservations): one whose caller is
 /// gone when it would commit is rolled back, and one whose caller went away later (while it
 /// committed, while its alerts were recorded, or before it read the answer) is released
-/// again.
+/// again (see `Handover`).
 #[async_trait]
 impl BudgetLedger for PgBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -528,15 +528,21 @@ impl BudgetLedger for PgBudgetLedger {
         let (answer, answered) = futures::channel::oneshot::channel();
         tokio::spawn(async move {
             let reserved = d.reserve_for(&chain, amount, &options, Some(&answer)).await;
-            if let Err(Ok(unclaimed)) = answer.send(reserved) {
-                let _ = d.settle(unclaimed.id, None, &[]).await;
-            }
+            // not taken (sent to nobody, or never read), it is released when dropped
+            let _ = answer.send(Handover {
+                reserved: Some(reserved),
+                ledger: d,
+            });
         });
-        answered.await.map_err(|_| {
-            BudgetError::Store(StoreError::Backend {
-                detail: "a budget reservation's task ended abnormally".to_string(),
+        answered
+            .await
+            .ok()
+            .and_then(Handover::take)
+            .unwrap_or_else(|| {
+                Err(BudgetError::Store(StoreError::Backend {
+                    detail: "a budget reservation's task ended abnormally".to_string(),
+                }))
             })
-        })?
     }
 
     async fn commit(&self, id: ReservationId, actual: Usage) -> Result<Settlement, BudgetError> {
@@ -565,7 +571,36 @@ impl BudgetLedger for PgBudgetLedger {
 }
 
 /// Where a reservation's task hands its answer to the caller.
-type Answer = futures::channel::oneshot::Sender<Result<Reservation, BudgetError>>;
+type Answer = futures::channel::oneshot::Sender<Handover>;
+
+/// A reservation's answer on its way to its caller. A reservation nobody takes (its caller's
+/// future dropped before the answer came, or after it came but before it was read) is
+/// released when this is dropped: nobody else would hold its id.
+struct Handover {
+    reserved: Option<Result<Reservation, BudgetError>>,
+    ledger: Direct,
+}
+
+impl Handover {
+    /// The answer, taken by its caller.
+    fn take(mut self) -> Option<Result<Reservation, BudgetError>> {
+        self.reserved.take()
+    }
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(Ok(r)) = self.reserved.take() {
+            // outside a runtime (the caller's executor gone) it is left to expire
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let ledger = self.ledger.clone();
+                runtime.spawn(async move {
+                    let _ = ledger.settle(r.id, None, &[]).await;
+                });
+            }
+        }
+    }
+}
 
 impl Direct {
     /// [`BudgetLedger::reserve`] for the caller waiting on `waiting`, if given: rolled back

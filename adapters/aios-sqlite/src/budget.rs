@@ -513,16 +513,26 @@ impl BudgetLedger for SqliteBudgetLedger {
         // stands (as in the in-memory ledger); store errors roll everything back. A caller
         // gone before its turn (a worker's future dropped while it waited for the writer)
         // reserves nothing: nobody would hold the reservation's id to settle it.
+        // Gone while the write ran, it leaves a reservation nobody took: released again.
         let (this, chain, options) = (self.clone(), *chain, options.clone());
+        let ledger = self.clone();
         let (id, alerts) = self
             .db
-            .write_unless_abandoned("reserve budget", move |tx| {
-                this.sweep(tx, now)?;
-                match this.reserve_in(tx, now, &chain, amt, &options, expires) {
-                    Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),
-                    refused_or_reserved => Ok(refused_or_reserved),
-                }
-            })
+            .write_unless_abandoned(
+                "reserve budget",
+                move |tx| {
+                    this.sweep(tx, now)?;
+                    match this.reserve_in(tx, now, &chain, amt, &options, expires) {
+                        Err(BudgetError::Store(e)) => Err(BudgetError::Store(e)),
+                        refused_or_reserved => Ok(refused_or_reserved),
+                    }
+                },
+                move |made| {
+                    if let Ok((id, alerts)) = made {
+                        ledger.release_detached(id, &alerts);
+                    }
+                },
+            )
             .await??;
         // until the caller has the id, a dropped future releases the reservation
         let unclaimed = Unclaimed {

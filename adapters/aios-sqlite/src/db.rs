@@ -412,24 +412,29 @@ impl Db {
         E: From<StoreError> + Send + 'static,
         F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.submit_write(what, true, false, f).await
+        self.submit_write(what, true, None, f).await
     }
 
-    /// Like [`Db::write`], but `f` is not run if the caller stopped waiting before its turn
-    /// came (its future dropped while the write was queued): the caller then never learns
-    /// what it would have made. For writes that leave something only their answer lets the
-    /// caller settle, such as a budget reservation whose id nobody would hold.
+    /// Like [`Db::write`], for writes that leave something only their answer lets the caller
+    /// settle, such as a budget reservation whose id nobody else would hold: `f` is not run if
+    /// the caller stopped waiting before its turn came (its future dropped while the write was
+    /// queued), and if the caller went away later (while it ran, or before it read the
+    /// answer), `unclaimed` is given the answer nobody took. `unclaimed` runs on the writer
+    /// thread or the caller's, inside a `Drop`, so it must not wait for a write
+    /// ([`Db::write_detached`] queues one).
     pub(crate) async fn write_unless_abandoned<T, E, F>(
         &self,
         what: &'static str,
         f: F,
+        unclaimed: impl FnOnce(T) + Send + 'static,
     ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.submit_write(what, true, true, f).await
+        self.submit_write(what, true, Some(Box::new(unclaimed)), f)
+            .await
     }
 
     /// Like [`Db::write`], but the commit is not fsynced even under [`Durability::Full`]
@@ -444,7 +449,7 @@ impl Db {
         E: From<StoreError> + Send + 'static,
         F: FnMut(&Transaction<'_>) -> Result<T, E> + Send + 'static,
     {
-        self.submit_write(what, false, false, f).await
+        self.submit_write(what, false, None, f).await
     }
 
     /// Queues `f` as a write and returns at once, without its answer: for undoing what a
@@ -459,10 +464,10 @@ impl Db {
         let job = WriteOp {
             what,
             synced: true,
-            abandonable: false,
+            unclaimed: None,
             f,
             out: None,
-            reply: None::<oneshot::Sender<Result<T, E>>>,
+            reply: None::<oneshot::Sender<Handed<T, E>>>,
         };
         if let Some(w) = self.writer.as_ref() {
             let _ = w.send(Task::Write(Box::new(job)));
@@ -473,7 +478,7 @@ impl Db {
         &self,
         what: &'static str,
         synced: bool,
-        abandonable: bool,
+        unclaimed: Option<Unclaimed<T>>,
         f: F,
     ) -> Result<T, E>
     where
@@ -485,7 +490,7 @@ impl Db {
         let job = WriteOp {
             what,
             synced,
-            abandonable,
+            unclaimed,
             f,
             out: None,
             reply: Some(reply),
@@ -497,9 +502,12 @@ impl Db {
         if !sent {
             return Err(E::from(self.stopped(what)));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(E::from(self.stopped(what))))
+        match answer.await {
+            Ok(handed) => handed
+                .take()
+                .unwrap_or_else(|| Err(E::from(self.stopped(what)))),
+            Err(_) => Err(E::from(self.stopped(what))),
+        }
     }
 
     /// Runs `f` in a read transaction (a consistent snapshot across its statements) on a
@@ -642,14 +650,42 @@ trait WriteJob: Send {
     fn finish(self: Box<Self>, committed: Result<(), &rusqlite::Error>, location: &str);
 }
 
+/// What is done with the answer of a write whose caller went away while it ran.
+type Unclaimed<T> = Box<dyn FnOnce(T) + Send>;
+
 struct WriteOp<T, E, F> {
     what: &'static str,
     synced: bool,
-    /// Skipped if the caller has stopped waiting (see [`Db::write_unless_abandoned`]).
-    abandonable: bool,
+    /// For a write skipped if its caller has stopped waiting: what to do with an answer the
+    /// caller went away from (see [`Db::write_unless_abandoned`]).
+    unclaimed: Option<Unclaimed<T>>,
     f: F,
     out: Option<Result<T, E>>,
-    reply: Option<oneshot::Sender<Result<T, E>>>,
+    reply: Option<oneshot::Sender<Handed<T, E>>>,
+}
+
+/// A write's answer on its way to its caller. One the caller never takes (its future dropped
+/// before the answer came, or after it came but before it was read) goes to the write's
+/// [`Unclaimed`] handler, if it has one, when it is dropped.
+struct Handed<T, E> {
+    out: Option<Result<T, E>>,
+    unclaimed: Option<Unclaimed<T>>,
+}
+
+impl<T, E> Handed<T, E> {
+    /// The answer, taken by its caller.
+    fn take(mut self) -> Option<Result<T, E>> {
+        self.unclaimed = None;
+        self.out.take()
+    }
+}
+
+impl<T, E> Drop for Handed<T, E> {
+    fn drop(&mut self) {
+        if let (Some(Ok(value)), Some(unclaimed)) = (self.out.take(), self.unclaimed.take()) {
+            unclaimed(value);
+        }
+    }
 }
 
 impl<T, E, F> WriteJob for WriteOp<T, E, F>
@@ -663,7 +699,7 @@ where
     }
 
     fn attempt(&mut self, tx: &Transaction<'_>, location: &str) -> Attempt {
-        if self.abandonable && self.reply.as_ref().is_some_and(|r| r.is_canceled()) {
+        if self.unclaimed.is_some() && self.reply.as_ref().is_some_and(|r| r.is_canceled()) {
             self.out = Some(Err(E::from(StoreError::Backend {
                 detail: format!(
                     "{} on `{location}`: the caller stopped waiting before its turn; nothing was written",
@@ -700,6 +736,7 @@ where
             f,
             out,
             reply,
+            unclaimed,
             ..
         } = *self;
         // the closure may hold a handle on the store: it goes before the caller hears back,
@@ -714,8 +751,13 @@ where
             })),
         };
         if let Some(reply) = reply {
-            // the caller may have stopped waiting; the write stands either way
-            let _ = reply.send(out);
+            // the caller may have stopped waiting; the write stands either way, and an answer
+            // nobody takes goes to `unclaimed` when it has one (dropped here, or unread with
+            // the caller's future)
+            let _ = reply.send(Handed {
+                out: Some(out),
+                unclaimed,
+            });
         }
     }
 }
@@ -1290,7 +1332,8 @@ mod tests {
                     Ok::<(), StoreError>(())
                 };
                 if abandonable {
-                    d.write_unless_abandoned("an abandonable write", f).await
+                    d.write_unless_abandoned("an abandonable write", f, |()| {})
+                        .await
                 } else {
                     d.write("a plain write", f).await
                 }

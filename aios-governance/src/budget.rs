@@ -567,6 +567,13 @@ pub trait BudgetLedger: Send + Sync + std::fmt::Debug {
 
     /// Reserves `amount` on every budget of `chain`, all or nothing, with a charge key and a
     /// time to live from `options`.
+    ///
+    /// A reservation exists for its caller only once the caller has its id. An
+    /// implementation leaves nothing reserved when the call fails (its alerts could not be
+    /// recorded, say) or when the caller's future is dropped before it took the answer (a
+    /// worker killed, a call timed out): it does not make the reservation, rolls it back, or
+    /// releases it. The ledgers of this crate and of the SQLite and PostgreSQL adapters are
+    /// tested for it.
     async fn reserve(
         &self,
         chain: &BudgetChain,
@@ -1174,6 +1181,37 @@ impl InMemoryBudgetLedger {
     }
 }
 
+impl InMemoryBudgetLedger {
+    /// Undoes a reservation its caller never got: releases it and marks its alerts as not
+    /// reported (they may not have been recorded).
+    fn undo(&self, r: &Reservation) {
+        let _ = self.release_sync(r.id);
+        self.forget_alerts(&r.alerts);
+    }
+}
+
+/// A reservation made whose id its caller has not received yet: undone if the caller's
+/// future is dropped meanwhile (while its alerts are recorded).
+struct Unclaimed<'a> {
+    ledger: &'a InMemoryBudgetLedger,
+    reservation: Option<&'a Reservation>,
+}
+
+impl Unclaimed<'_> {
+    /// The reservation's fate is the caller's now.
+    fn claim(mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.ledger.undo(r);
+        }
+    }
+}
+
 #[async_trait]
 impl BudgetLedger for InMemoryBudgetLedger {
     async fn set_limits(&self, key: BudgetKey, limits: BudgetLimits) -> Result<(), BudgetError> {
@@ -1188,11 +1226,17 @@ impl BudgetLedger for InMemoryBudgetLedger {
         options: &ReserveOptions,
     ) -> Result<Reservation, BudgetError> {
         let r = self.reserve_sync(chain, amount, options)?;
-        if let Err(e) = self.emit(&r.alerts).await {
+        // until the caller has the id, a dropped future undoes the reservation
+        let unclaimed = Unclaimed {
+            ledger: self,
+            reservation: Some(&r),
+        };
+        let emitted = self.emit(&r.alerts).await;
+        unclaimed.claim();
+        if let Err(e) = emitted {
             // the caller never sees the id: undo the reservation so nothing leaks, and
             // report its alerts again next time since they were never recorded
-            let _ = self.release_sync(r.id);
-            self.forget_alerts(&r.alerts);
+            self.undo(&r);
             return Err(e);
         }
         Ok(r)

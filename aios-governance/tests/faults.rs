@@ -223,3 +223,45 @@ fn a_control_store_failure_still_stops_but_never_resumes() {
         assert_eq!(c.snapshot().halt(ControlTarget::Organisation), None);
     });
 }
+
+/// A reservation whose caller is dropped while its alert is being recorded (the audit log
+/// does not answer) is undone, and its alert reported again once the log answers.
+#[test]
+fn a_reservation_dropped_while_its_alert_is_recorded_is_undone() {
+    use aios_core::ManualTimer;
+    use std::future::Future;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+    let clock = ManualClock::default();
+    let faults = Faults::new(FaultPlan::delay(
+        Arc::new(ManualTimer::new(clock.clone())),
+        Duration::from_secs(3600),
+    ));
+    let ledger = InMemoryBudgetLedger::new(Arc::new(clock)).with_audit(Arc::new(
+        FaultyAuditLog::new(InMemoryAuditLog::new(), faults.clone()),
+    ));
+    let limits = aios_governance::BudgetLimits::total(aios_governance::Limits {
+        cost: Some(aios_core::Money::from_minor(100)),
+        ..aios_governance::Limits::default()
+    });
+    ledger.set_limits_sync(aios_governance::BudgetKey::Organisation, limits);
+    let chain = aios_governance::BudgetChain::organisation();
+    let options = aios_governance::ReserveOptions::default();
+    let sixty = aios_governance::Usage::cost(aios_core::Money::from_minor(60));
+    let mut reserving = Box::pin(aios_governance::BudgetLedger::reserve(
+        &ledger, &chain, sixty, &options,
+    ));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    assert!(matches!(reserving.as_mut().poll(&mut cx), Poll::Pending));
+    assert_eq!(faults.calls(), 1, "its alert's entry is being written");
+    assert_eq!(ledger.outstanding(), 1);
+    drop(reserving);
+    assert_eq!(ledger.outstanding(), 0, "undone with the dropped future");
+    faults.set_plan(FaultPlan::none());
+    let r = ledger.reserve_sync(&chain, sixty, &options).unwrap();
+    assert_eq!(
+        alert_undo::thresholds(&r.alerts),
+        vec![50],
+        "the alert is reported again"
+    );
+}

@@ -291,13 +291,7 @@ fn a_reservation_dropped_while_its_alert_is_recorded_is_released() {
     // with the log answering again, the alert is reported after all
     faults.set_plan(FaultPlan::none());
     let r = block_on(ledger.reserve(&chain, Usage::cost(Money::from_minor(60)), &options)).unwrap();
-    assert_eq!(
-        r.alerts
-            .iter()
-            .map(|a| a.threshold_percent)
-            .collect::<Vec<_>>(),
-        vec![50]
-    );
+    assert_eq!(alert_undo::thresholds(&r.alerts), vec![50]);
 }
 
 /// A reservation whose alert cannot be recorded is undone and its alert reported again once

@@ -8,6 +8,11 @@ use aios_governance::{
     BudgetChain, BudgetError, BudgetKey, BudgetLedger, BudgetLimits, Limits, ReserveOptions, Usage,
 };
 
+/// The thresholds of `alerts`, in order.
+pub fn thresholds(alerts: &[aios_governance::BudgetAlert]) -> Vec<u32> {
+    alerts.iter().map(|a| a.threshold_percent).collect()
+}
+
 /// Runs the scenario on `ledger`, whose audit log fails while `faults` says so (it starts
 /// failing every append).
 pub async fn a_reservation_whose_alert_cannot_be_recorded_is_undone(
@@ -50,10 +55,7 @@ pub async fn a_reservation_whose_alert_cannot_be_recorded_is_undone(
     faults.set_plan(FaultPlan::none());
     let r = reserve(60).await.unwrap();
     assert_eq!(
-        r.alerts
-            .iter()
-            .map(|a| a.threshold_percent)
-            .collect::<Vec<_>>(),
+        thresholds(&r.alerts),
         vec![50],
         "the unrecorded alert is reported again"
     );

@@ -347,6 +347,10 @@ struct Backend {
     rate_limited: u64,
     /// The fraction of the configured per-minute rates in force (see [`SLOW_DOWN`]).
     scale: f64,
+    /// Per granted call, the least room its token bucket has had below capacity since the
+    /// grant: the most of its estimate's excess a refund may give back (see
+    /// [`Backend::release`]).
+    headroom: HashMap<u64, f64>,
 }
 
 /// What a rate-limit answer multiplies the per-minute rates by: limits configured too high
@@ -376,6 +380,7 @@ impl Backend {
             waiters: HashMap::new(),
             rate_limited: 0,
             scale: 1.0,
+            headroom: HashMap::new(),
         }
     }
 
@@ -448,7 +453,13 @@ impl Backend {
                 b.adjust(-1.0);
             }
             if let Some(b) = &mut self.tokens {
+                // a peak of the level: the calls in flight have this little room at most
+                let room = b.capacity - b.level;
+                for h in self.headroom.values_mut() {
+                    *h = h.min(room);
+                }
                 b.adjust(-tokens);
+                self.headroom.insert(id, f64::INFINITY);
             }
             self.in_flight += 1;
             self.vtime = self.vtime.max(key.1);
@@ -494,10 +505,22 @@ impl Backend {
     }
 
     /// Gives back a permit's slot and corrects its tokens by `refund` (negative: charge).
-    fn release(&mut self, refund: f64) {
+    /// Frees call `id`'s slot and gives back `refund`, what its estimate took beyond its
+    /// usage, but no more than the least room the bucket has had since the grant.
+    ///
+    /// The backend counted the usage, the scheduler the estimate: while the backend's bucket
+    /// was full it lost refill the scheduler's, lower by the excess, still gained. A full
+    /// refund would then put the scheduler above the backend, which refuses the next call.
+    fn release(&mut self, id: u64, refund: f64) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let headroom = self.headroom.remove(&id);
         if let Some(b) = &mut self.tokens {
-            b.adjust(refund);
+            let room = b.capacity - b.level;
+            for h in self.headroom.values_mut() {
+                *h = h.min(room);
+            }
+            let kept = headroom.unwrap_or(0.0).min(room).max(0.0);
+            b.adjust(refund.min(kept).max(0.0));
         }
     }
 }
@@ -706,6 +729,7 @@ impl Future for Acquire {
                     return Poll::Ready(Permit {
                         shared: self.shared.clone(),
                         model: self.model.clone(),
+                        id: self.id,
                         tokens,
                         waited: Duration::from_nanos(
                             u64::try_from(at.saturating_sub(self.enqueued_at)).unwrap_or(0),
@@ -751,7 +775,7 @@ impl Drop for Acquire {
             if let Some(w) = b.waiters.remove(&self.id) {
                 if w.granted_at.is_some() {
                     // granted but never collected: give everything back
-                    b.release(w.tokens as f64);
+                    b.release(self.id, w.tokens as f64);
                     if let Some(r) = &mut b.requests {
                         r.adjust(1.0);
                     }
@@ -769,6 +793,8 @@ impl Drop for Acquire {
 pub struct Permit {
     shared: Arc<Shared>,
     model: ModelId,
+    /// The request's number within its backend.
+    id: u64,
     tokens: u64,
     waited: Duration,
     refund: Option<f64>,
@@ -827,7 +853,7 @@ impl Drop for Permit {
             let mut state = self.shared.state.lock();
             let b = self.shared.backend(&mut state, &self.model, now);
             b.refill(now);
-            b.release(self.refund.unwrap_or(0.0));
+            b.release(self.id, self.refund.unwrap_or(0.0));
             if self.refund.is_some() && b.scale < 1.0 {
                 // a call that answered: win back a little of the rate
                 let faster = b.scale + RECOVER;

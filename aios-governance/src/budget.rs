@@ -356,6 +356,26 @@ pub struct BudgetAlert {
     pub limit: i64,
 }
 
+/// Marks `alerts` of budget `key` as not reported in `alerted` (per dimension, a bit per
+/// threshold of `thresholds`, sorted and deduplicated, the first 32 only), so they are
+/// reported again: what a ledger does for alerts whose audit entries could not be written.
+pub fn unreport_alerts(
+    key: BudgetKey,
+    thresholds: &[u32],
+    alerted: &mut [u32],
+    alerts: &[BudgetAlert],
+) {
+    for alert in alerts.iter().filter(|a| a.key == key) {
+        let bit = thresholds
+            .iter()
+            .position(|t| *t == alert.threshold_percent)
+            .filter(|i| *i < 32);
+        if let (Some(i), Some(bits)) = (bit, alerted.get_mut(alert.dimension as usize)) {
+            *bits &= !(1u32 << i);
+        }
+    }
+}
+
 /// Appends each alert to `audit` as an [`AuditEvent::BudgetAlert`] by the system at `at`:
 /// what every ledger does after an operation that crossed thresholds.
 pub async fn record_alerts(
@@ -1157,11 +1177,12 @@ impl InMemoryBudgetLedger {
                 continue;
             };
             let a = &mut st.accounts[i as usize];
-            if let Some(pos) = a.alerts.iter().position(|t| *t == alert.threshold_percent) {
-                if pos < 32 {
-                    a.alerted[alert.dimension as usize] &= !(1u32 << pos);
-                }
-            }
+            unreport_alerts(
+                alert.key,
+                &a.alerts,
+                &mut a.alerted,
+                std::slice::from_ref(alert),
+            );
             a.refresh_next_alerts();
         }
     }

@@ -94,10 +94,10 @@ pub use approvals::{
     StateKind,
 };
 pub use budget::{
-    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
-    BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension, InMemoryBudgetLedger,
-    Reservation, ReservationId, ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL,
-    DIMENSIONS,
+    record_alerts, refuses, unreport_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey,
+    BudgetLedger, BudgetLedgerExt, BudgetLimits, BudgetPlan, BudgetUsage, Dimension,
+    InMemoryBudgetLedger, Reservation, ReservationId, ReserveOptions, Settlement, Usage,
+    DEFAULT_RESERVATION_TTL, DIMENSIONS,
 };
 pub use controls::{
     ControlAction, ControlCommand, ControlError, ControlRecord, ControlSnapshot, ControlStore,

@@ -471,6 +471,20 @@ async fn a_reservation_whose_caller_is_dropped_while_it_waits_for_a_lock_is_not_
     assert_eq!(ledger.outstanding().await.unwrap(), 0);
 }
 
+/// The reservations `ledger` holds open once the tasks of abandoned reservations have had
+/// up to five seconds to settle them.
+async fn open_once_settled(ledger: &aios_postgres::PgBudgetLedger) -> usize {
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        open = ledger.outstanding().await.unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    open
+}
+
 /// A reservation whose alert cannot be recorded is undone and its alert reported again once
 /// the log is back (the promise the in-memory ledger keeps too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,14 +541,7 @@ async fn a_reservation_dropped_while_its_alert_is_recorded_is_released() {
     assert_eq!(faults.calls(), 1, "the alert's entry was being written");
     faults.set_plan(FaultPlan::none());
     timer.advance(Duration::from_secs(60));
-    let mut open = usize::MAX;
-    for _ in 0..100 {
-        open = ledger.outstanding().await.unwrap();
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = open_once_settled(&ledger).await;
     assert_eq!(open, 0, "released once the entry was written");
     let org = ledger
         .usage(BudgetKey::Organisation)
@@ -572,14 +579,7 @@ async fn reservations_given_up_at_any_point_leave_nothing_reserved() {
         abandoned > 0,
         "some callers gave up ({handed} were answered)"
     );
-    let mut open = usize::MAX;
-    for _ in 0..100 {
-        open = ledger.outstanding().await.unwrap();
-        if open == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let open = open_once_settled(&ledger).await;
     assert_eq!(
         open, 0,
         "nothing left open ({abandoned} given up, {handed} answered)"

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aios_core::{AuditLog, Clock, RunId, StoreError, Timestamp};
 use aios_governance::{
-    record_alerts, refuses, BudgetAlert, BudgetChain, BudgetError, BudgetKey, BudgetLedger,
-    BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId, ReserveOptions,
-    Settlement, Usage, DEFAULT_RESERVATION_TTL, DIMENSIONS,
+    record_alerts, refuses, unreport_alerts, BudgetAlert, BudgetChain, BudgetError, BudgetKey,
+    BudgetLedger, BudgetLimits, BudgetUsage, Dimension, Period, Reservation, ReservationId,
+    ReserveOptions, Settlement, Usage, DEFAULT_RESERVATION_TTL, DIMENSIONS,
 };
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Transaction};
@@ -102,17 +102,7 @@ impl Account {
         let mut thresholds = self.limits.alerts.clone();
         thresholds.sort_unstable();
         thresholds.dedup();
-        for alert in alerts.iter().filter(|a| a.key == self.key) {
-            if let Some(i) = thresholds
-                .iter()
-                .position(|t| *t == alert.threshold_percent)
-                .filter(|i| *i < 32)
-            {
-                if let Some(bits) = self.alerted.get_mut(alert.dimension as usize) {
-                    *bits &= !(1u32 << i);
-                }
-            }
-        }
+        unreport_alerts(self.key, &thresholds, &mut self.alerted, alerts);
     }
 
     fn check_alerts(&mut self, out: &mut Vec<BudgetAlert>) {

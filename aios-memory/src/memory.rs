@@ -8,7 +8,7 @@ use aios_core::{
 };
 use parking_lot::RwLock;
 
-use crate::index::{micros, tokenize, Index, Prepared, Stem, Tokenized, PARALLEL_MIN};
+use crate::index::{micros, tokenize, Index, Prepared, Scratch, Stem, PARALLEL_MIN};
 use crate::rank::{rank, Signals};
 use crate::{
     GetOptions, Grant, GrantSubject, InMemoryMemoryStore, KeywordOptions, MemoryError,
@@ -62,6 +62,10 @@ pub(crate) struct Inner {
     ids: IdGen,
     audit: Option<Arc<dyn AuditLog>>,
     pub(crate) index: RwLock<Index>,
+    /// The keyword working space of earlier batches, kept for the next ones (at most one
+    /// per batch written at once, and only of the usual size): reused, its memory is already
+    /// the process's, where a fresh one costs page faults on every batch.
+    scratch: parking_lot::Mutex<Vec<Scratch>>,
 }
 
 /// Configures and opens a [`Memory`].
@@ -259,6 +263,7 @@ impl MemoryBuilder {
                 clock: self.clock,
                 audit: self.audit,
                 index: RwLock::new(index),
+                scratch: parking_lot::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -494,9 +499,12 @@ impl Memory {
             let index = self.inner.index.read();
             (index.stemmer(), index.threads)
         };
-        let helper = (threads > 1 && batch.len() >= PARALLEL_MIN)
-            .then(|| spawn_tokenize(stemmer.clone(), &batch))
-            .flatten();
+        let scratch = self.inner.scratch.lock().pop().unwrap_or_default();
+        let (helper, scratch) = if threads > 1 && batch.len() >= PARALLEL_MIN {
+            (spawn_tokenize(scratch, stemmer.clone(), &batch), None)
+        } else {
+            (None, Some(scratch))
+        };
         // validate every record before writing any
         let mut planned: Vec<Result<MemoryRecord, NewMemory>> = Vec::with_capacity(batch.len());
         for (i, (new, vector)) in batch.into_iter().zip(vectors).enumerate() {
@@ -556,11 +564,12 @@ impl Memory {
                 break;
             }
         }
-        let tokenized = match helper.map(std::thread::JoinHandle::join) {
-            Some(Ok(tokenized)) => tokenized,
+        let scratch = match helper.map(std::thread::JoinHandle::join) {
+            Some(Ok(scratch)) => scratch,
             Some(Err(panic)) => std::panic::resume_unwind(panic),
             // the texts are the contents the batch came with: out[i] is batch[i]
             None => tokenize(
+                scratch.unwrap_or_default(),
                 stemmer.as_deref(),
                 out.iter().map(|r| Some(r.content.as_str())),
             ),
@@ -572,7 +581,13 @@ impl Memory {
         self.inner
             .index
             .write()
-            .insert_tokenized(&batch, &tokenized);
+            .insert_tokenized(&batch, scratch.tokenized());
+        if scratch.worth_keeping() {
+            let mut kept = self.inner.scratch.lock();
+            if kept.len() < 2 {
+                kept.push(scratch);
+            }
+        }
         match failed {
             None => Ok(out),
             Some((index, e)) => Err(MemoryError::Batch {
@@ -1120,9 +1135,10 @@ impl Memory {
 /// one buffer, so the thread owns them while the batch is sealed and written). `None` if the
 /// thread cannot be started: the caller then tokenises on its own thread.
 fn spawn_tokenize(
+    scratch: Scratch,
     stemmer: Option<Arc<Stem>>,
     batch: &[NewMemory],
-) -> Option<std::thread::JoinHandle<Tokenized>> {
+) -> Option<std::thread::JoinHandle<Scratch>> {
     let mut joined = String::with_capacity(batch.iter().map(|n| n.content.len()).sum());
     let mut ends = Vec::with_capacity(batch.len());
     for n in batch {
@@ -1138,7 +1154,7 @@ fn spawn_tokenize(
                 from = to;
                 text
             });
-            tokenize(stemmer.as_deref(), texts)
+            tokenize(scratch, stemmer.as_deref(), texts)
         })
         .ok()
 }

@@ -269,7 +269,7 @@ pub(crate) fn normalise(v: &mut [f32]) {
 
 /// The factor that scales `v` to unit length (1 for a zero or non-finite norm).
 #[inline]
-fn unit_scale(v: &[f32]) -> f32 {
+pub(crate) fn unit_scale(v: &[f32]) -> f32 {
     let n = dot(v, v).sqrt();
     if n > 0.0 && n.is_finite() {
         1.0 / n
@@ -913,6 +913,19 @@ const INSERT_RUN: usize = 1024;
 /// has two write threads): below it, starting the thread would cost more than it saves.
 pub(crate) const PARALLEL_MIN: usize = 256;
 
+/// The fewest vectors of a batch that [`crate::Memory::remember_many`] gathers into blocks
+/// for the matrix to adopt (see [`Index::insert_tokenized`]): a smaller batch's vectors are
+/// copied into the matrix's chunks instead.
+pub(crate) const SHARE_MIN: usize = 256;
+
+/// The most bytes of one block of a batch's vectors (see [`SHARE_MIN`]). Below the size at
+/// which the common allocators map fresh memory for each allocation (glibc's default
+/// threshold is 128 KiB), so that a block takes the memory the batch's own vectors free as
+/// they are gathered, rather than memory the process never touched (the costly part of a
+/// bulk write: every fresh page is a fault, and on a virtual machine a slow one). The scan
+/// reads each block as one slice, and 120 KiB is long enough to stream.
+pub(crate) const BLOCK_BYTES: usize = 120 * 1024;
+
 /// The indexes of one [`crate::Memory`].
 
 #[derive(Debug, Default)]
@@ -1017,15 +1030,16 @@ impl Index {
         self.ann.as_ref().map(|a| a.nodes)
     }
 
-    /// The unit vector of a row, if it has one.
+    /// The cosine similarity of a row's vector to `query` (unit length), if it has one.
     #[cfg(feature = "ann")]
-    fn row_vector(&self, row: u32) -> Option<&[f32]> {
+    fn row_similarity(&self, row: u32, query: &[f32]) -> Option<f32> {
         let d = self.dims?;
         let slot = *self.vec_slot.get(row as usize)?;
         if slot == NONE {
             return None;
         }
-        self.matrix.row(slot as usize, d)
+        let v = self.matrix.row(slot as usize, d)?;
+        Some(dot(v, query) * self.matrix.inverse_norm(slot as usize)?)
     }
 
     /// The estimated share of vector rows that pass `filter`, from at most
@@ -1069,7 +1083,7 @@ impl Index {
             query,
             ef,
             |row| self.passes(filter, row),
-            |row| self.row_vector(row).map(|v| dot(v, query)),
+            |row| self.row_similarity(row, query),
         );
         (found.len() >= want).then_some(found)
     }
@@ -1116,7 +1130,7 @@ impl Index {
             .enumerate()
             .map(|(i, (r, _))| (*r, i as u32))
             .collect();
-        self.insert_tokenized(&records, &scratch.out);
+        self.insert_tokenized(&records, &scratch.out, &[]);
         if scratch.worth_keeping() {
             self.bm25.scratch = scratch;
         }
@@ -1129,25 +1143,102 @@ impl Index {
 
     /// [`Index::insert_many`] with the texts already tokenised: each record is paired with
     /// its text's number in `tokenized` (made by [`tokenize`] with this index's
-    /// [`Index::stemmer`]). With two threads (`threads == 2`) and at least [`PARALLEL_MIN`]
-    /// records, the vectors are copied into the matrix on a second thread while this one
-    /// places the rows and appends the postings.
-    pub fn insert_tokenized(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
+    /// [`Index::stemmer`]).
+    ///
+    /// When the records that take a vector slot view `blocks` row after row (as
+    /// [`crate::Memory::remember_many`] makes them, see [`SHARE_MIN`]), the matrix adopts the
+    /// blocks as they are: the vectors are not copied. Otherwise they are copied into the
+    /// matrix: with two threads (`threads == 2`) and at least [`PARALLEL_MIN`] records, on a
+    /// second thread while this one places the rows and appends the postings.
+    pub fn insert_tokenized(
+        &mut self,
+        batch: &[(&MemoryRecord, u32)],
+        tokenized: &Tokenized,
+        blocks: &[Arc<Vec<f32>>],
+    ) {
+        if let Some((rows, dims)) = self.block_rows(batch, blocks) {
+            for (block, &n) in blocks.iter().zip(&rows) {
+                // checked by `block_rows`: each holds its rows
+                self.matrix.adopt(block.clone(), n, dims);
+            }
+            self.dims = Some(dims);
+            self.insert_serial(batch, tokenized, false);
+            debug_assert_eq!(self.matrix.rows(), self.slot_row.len());
+            return;
+        }
         if self.threads > 1 && batch.len() >= PARALLEL_MIN {
             self.insert_parallel(batch, tokenized);
         } else {
-            self.insert_serial(batch, tokenized);
+            self.insert_serial(batch, tokenized, true);
         }
     }
 
-    /// [`Index::insert_tokenized`] on this thread, in runs of [`INSERT_RUN`].
-    fn insert_serial(&mut self, batch: &[(&MemoryRecord, u32)], tokenized: &Tokenized) {
+    /// If the records of `batch` that will take a vector slot view `blocks` row after row
+    /// (each block from its start, the next once one is used up): how many rows they take
+    /// of each block (none of those after the last used), and of how many dimensions.
+    fn block_rows(
+        &self,
+        batch: &[(&MemoryRecord, u32)],
+        blocks: &[Arc<Vec<f32>>],
+    ) -> Option<(Vec<usize>, usize)> {
+        if blocks.is_empty() {
+            return None;
+        }
+        let dims = self
+            .dims
+            .or_else(|| {
+                batch
+                    .iter()
+                    .find_map(|(r, _)| vector_of(r))
+                    .map(<[f32]>::len)
+            })
+            .filter(|&d| d > 0)?;
+        let mut rows: Vec<usize> = vec![0];
+        for (record, _) in batch {
+            let Some(e) = record
+                .embedding
+                .as_ref()
+                .filter(|_| record.tombstone.is_none())
+            else {
+                continue;
+            };
+            if e.len() != dims {
+                // takes no slot (the rule of `insert_row`)
+                continue;
+            }
+            let mut b = rows.len() - 1;
+            if rows
+                .get(b)
+                .is_some_and(|&n| (n + 1) * dims > blocks.get(b).map_or(0, |x| x.len()))
+            {
+                // this block is used up: the next
+                rows.push(0);
+                b += 1;
+            }
+            let n = rows.get_mut(b)?;
+            if !e.views(blocks.get(b)?, *n * dims) {
+                return None;
+            }
+            *n += 1;
+        }
+        rows.retain(|&n| n > 0);
+        (!rows.is_empty()).then_some((rows, dims))
+    }
+
+    /// [`Index::insert_tokenized`] on this thread, in runs of [`INSERT_RUN`]; the vectors
+    /// copied into the matrix only with `place_vectors` (otherwise it holds them already).
+    fn insert_serial(
+        &mut self,
+        batch: &[(&MemoryRecord, u32)],
+        tokenized: &Tokenized,
+        place_vectors: bool,
+    ) {
         let mut rows = Vec::with_capacity(batch.len().min(INSERT_RUN));
         for run in batch.chunks(INSERT_RUN) {
             let first_slot = self.slot_row.len();
             rows.clear();
             for &(record, text) in run {
-                rows.push((self.insert_row(record, true), text));
+                rows.push((self.insert_row(record, place_vectors), text));
             }
             self.bm25.merge(tokenized, &rows, self.hot.len());
             self.link_vectors(first_slot);
@@ -1175,7 +1266,7 @@ impl Index {
         let mut matrix = std::mem::take(&mut self.matrix);
         let place = |matrix: &mut crate::matrix::Matrix| {
             for v in &vectors {
-                matrix.push(v, unit_scale(v));
+                matrix.push(v);
             }
         };
         let outcome = std::thread::scope(|scope| {
@@ -1206,19 +1297,25 @@ impl Index {
         self.link_vectors(first_slot);
     }
 
-    /// The vectors placed from `first_slot` on, into the approximate index (feature `ann`).
+    /// The vectors placed from `first_slot` on, into the approximate index (feature `ann`),
+    /// which takes them at unit length.
     fn link_vectors(&mut self, first_slot: usize) {
         #[cfg(feature = "ann")]
         if let (Some(ann), Some(d)) = (&mut self.ann, self.dims) {
-            let rows: Vec<(&[f32], u32)> = self
-                .slot_row
-                .get(first_slot..)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .filter_map(|(i, &row)| Some((self.matrix.row(first_slot + i, d)?, row)))
-                .collect();
-            ann.insert_many(&rows);
+            let slots = self.slot_row.get(first_slot..).unwrap_or_default();
+            let mut units: Vec<f32> = Vec::with_capacity(slots.len() * d);
+            let mut rows: Vec<u32> = Vec::with_capacity(slots.len());
+            for (i, &row) in slots.iter().enumerate() {
+                let slot = first_slot + i;
+                if let (Some(v), Some(inv)) =
+                    (self.matrix.row(slot, d), self.matrix.inverse_norm(slot))
+                {
+                    units.extend(v.iter().map(|x| x * inv));
+                    rows.push(row);
+                }
+            }
+            let linked: Vec<(&[f32], u32)> = units.chunks_exact(d).zip(rows).collect();
+            ann.insert_many(&linked);
         }
         #[cfg(not(feature = "ann"))]
         let _ = first_slot;
@@ -1303,9 +1400,7 @@ impl Index {
                 slot = self.slot_row.len() as u32;
                 self.slot_row.push(row);
                 if place_vector {
-                    // scaled while copied: one pass over the new row, not a copy and then a
-                    // read and a write to normalise it
-                    self.matrix.push(v, unit_scale(v));
+                    self.matrix.push(v);
                 }
             }
         }
@@ -1424,24 +1519,30 @@ impl Index {
         // that pass; when few pass, touch only those. Both give the same result.
         // estimate the share of passing rows from a sample
         let (passing, sampled) = self.pass_share(filter);
-        let chunks = self
-            .matrix
-            .chunks()
-            .zip(self.slot_row.chunks(crate::matrix::Matrix::ROWS));
+        // per part: its rows, their slots' rows and their inverse norms
+        let mut first = 0;
+        let parts = self.matrix.parts().map(|(floats, inverse)| {
+            let rows = self
+                .slot_row
+                .get(first..first + inverse.len())
+                .unwrap_or_default();
+            first += inverse.len();
+            (floats, rows, inverse)
+        });
         if passing * 4 >= sampled {
-            for (chunk, rows) in chunks {
-                for (v, &row) in chunk.chunks_exact(d).zip(rows) {
-                    let score = dot(v, query);
+            for (floats, rows, inverse) in parts {
+                for ((v, &row), &inv) in floats.chunks_exact(d).zip(rows).zip(inverse) {
+                    let score = dot(v, query) * inv;
                     if passes(row) {
                         visit(row, score);
                     }
                 }
             }
         } else {
-            for (chunk, rows) in chunks {
-                for (v, &row) in chunk.chunks_exact(d).zip(rows) {
+            for (floats, rows, inverse) in parts {
+                for ((v, &row), &inv) in floats.chunks_exact(d).zip(rows).zip(inverse) {
                     if passes(row) {
-                        visit(row, dot(v, query));
+                        visit(row, dot(v, query) * inv);
                     }
                 }
             }
@@ -1810,11 +1911,9 @@ mod tests {
             let mut r = record(i, format!("doc {i}"));
             r.scope = Scope::parse(&format!("s/{}", i % 10)).unwrap();
             let v: Vec<f32> = (0..24).map(|_| rng.next_f64() as f32 - 0.5).collect();
-            r.embedding = Some(v.clone());
+            r.embedding = Some(v.clone().into());
             index.insert(&r, Prepared::of(&r));
-            let mut n = v;
-            normalise(&mut n);
-            rows.push((r.scope.clone(), n));
+            rows.push((r.scope.clone(), v));
         }
         let q: Vec<f32> = {
             let mut q: Vec<f32> = (0..24).map(|_| rng.next_f64() as f32 - 0.5).collect();
@@ -1844,7 +1943,8 @@ mod tests {
                 .iter()
                 .enumerate()
                 .filter(|(_, (s, _))| allowed.contains(s))
-                .map(|(i, (_, v))| (dot(v, &q), i as u32))
+                // the cosine, as the index computes it: the dot product times the inverse norm
+                .map(|(i, (_, v))| (dot(v, &q) * unit_scale(v), i as u32))
                 .collect();
             want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             want.truncate(10);
@@ -1883,8 +1983,7 @@ mod tests {
         let found = index.ann_top(&wide, &q, 10).expect("the index answers");
         assert!(found.len() >= 10);
         for c in &found {
-            let v = index.row_vector(c.row).unwrap();
-            assert_eq!(c.score, dot(v, &q));
+            assert_eq!(Some(c.score), index.row_similarity(c.row, &q));
         }
         assert!(found.windows(2).all(|w| w[0] > w[1]), "best first");
         // half the scopes: still the index, every candidate in them

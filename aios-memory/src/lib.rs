@@ -108,7 +108,8 @@ pub use query::{
     KeywordOptions, RecallHit, RecallMode, RecallQuery, RecallWeights, ScoreBreakdown, Stemming,
 };
 pub use record::{
-    MemoryRecord, Metadata, NewMemory, Provenance, Revision, Tombstone, MEMORY_SCHEMA_VERSION,
+    Embedding, MemoryRecord, Metadata, NewMemory, Provenance, Revision, Tombstone,
+    MEMORY_SCHEMA_VERSION,
 };
 pub use scope::{MemoryKind, Scope, Tier};
 pub use store::{GetOptions, InMemoryMemoryStore, MemoryStore};

@@ -8,10 +8,12 @@ use aios_core::{
 };
 use parking_lot::RwLock;
 
-use crate::index::{micros, tokenize, Index, Prepared, Scratch, Stem, PARALLEL_MIN};
+use crate::index::{
+    micros, tokenize, Index, Prepared, Scratch, Stem, BLOCK_BYTES, PARALLEL_MIN, SHARE_MIN,
+};
 use crate::rank::{rank, Signals};
 use crate::{
-    GetOptions, Grant, GrantSubject, InMemoryMemoryStore, KeywordOptions, MemoryError,
+    Embedding, GetOptions, Grant, GrantSubject, InMemoryMemoryStore, KeywordOptions, MemoryError,
     MemoryRecord, MemoryStore, MemoryView, NewMemory, RecallHit, RecallMode, RecallQuery, Revision,
     Scope, ScoreBreakdown, Tier, Tombstone, ViewSubject, MEMORY_SCHEMA_VERSION,
 };
@@ -412,7 +414,7 @@ impl Memory {
         }
         let embedding = match &new.embedding {
             Some(_) => None,
-            None => self.embed_text(&new.content).await?,
+            None => self.embed_text(&new.content).await?.map(Embedding::from),
         };
         let record = self.build(new, embedding)?;
         self.commit(record, None, "remember").await
@@ -474,7 +476,7 @@ impl Memory {
             .filter(|(_, n)| n.embedding.is_none())
             .map(|(i, _)| i)
             .collect();
-        let mut vectors: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        let mut vectors: Vec<Option<Embedding>> = vec![None; batch.len()];
         if let (Some(e), false) = (&self.inner.embedder, wanted.is_empty()) {
             let texts: Vec<String> = wanted
                 .iter()
@@ -488,7 +490,7 @@ impl Memory {
             }
             for (i, v) in wanted.into_iter().zip(out) {
                 if let Some(slot) = vectors.get_mut(i) {
-                    *slot = Some(v);
+                    *slot = Some(v.into());
                 }
             }
         }
@@ -521,6 +523,9 @@ impl Memory {
                 planned.push(Ok(self.build(new, vector).map_err(|e| tag(i, e))?));
             }
         }
+        // the new records' vectors in one block that they view and the index adopts: each
+        // vector is then held once (not by the store and again by the index)
+        let blocks = self.share_vectors(&mut planned);
         // Each record is stored and audited in turn, as `remember` would; the fresh ones are
         // indexed together (one lock, the keyword postings grouped per term) once the batch
         // is done or, on a failure, before the error returns, so the index always ends up
@@ -581,7 +586,7 @@ impl Memory {
         self.inner
             .index
             .write()
-            .insert_tokenized(&batch, scratch.tokenized());
+            .insert_tokenized(&batch, scratch.tokenized(), &blocks);
         if scratch.worth_keeping() {
             let mut kept = self.inner.scratch.lock();
             if kept.len() < 2 {
@@ -597,6 +602,58 @@ impl Memory {
                 source: Box::new(e),
             }),
         }
+    }
+
+    /// Gathers the vectors of a batch's new records into blocks (of up to [`BLOCK_BYTES`]),
+    /// and has each record view its row of them instead of holding its own (the floats are
+    /// the same, and so is every checksum). The store, the records returned and the index
+    /// (which adopts the blocks, see [`Index::insert_tokenized`]) then share one copy, and the
+    /// caller's vectors are freed as they are gathered. Only for a batch of at least
+    /// [`SHARE_MIN`] vectors of the index's length with no write under a given id (those are
+    /// decided one by one); otherwise none, and the vectors are copied into the index as for
+    /// a single write.
+    fn share_vectors(&self, planned: &mut [Result<MemoryRecord, NewMemory>]) -> Vec<Arc<Vec<f32>>> {
+        if planned.iter().any(Result::is_err) {
+            return Vec::new();
+        }
+        let dims = self.inner.index.read().dims.or_else(|| {
+            planned
+                .iter()
+                .flatten()
+                .find_map(|r| r.embedding.as_ref())
+                .map(|e| e.len())
+        });
+        let Some(dims) = dims.filter(|&d| d > 0) else {
+            return Vec::new();
+        };
+        let takes = |e: &Embedding| e.len() == dims;
+        let count = planned
+            .iter()
+            .flatten()
+            .filter(|r| r.embedding.as_ref().is_some_and(takes))
+            .count();
+        if count < SHARE_MIN {
+            return Vec::new();
+        }
+        let per_block = (BLOCK_BYTES / (dims * std::mem::size_of::<f32>())).max(1);
+        let mut taking: Vec<&mut Embedding> = planned
+            .iter_mut()
+            .flatten()
+            .filter_map(|r| r.embedding.as_mut().filter(|e| takes(e)))
+            .collect();
+        let mut blocks = Vec::with_capacity(count.div_ceil(per_block));
+        for group in taking.chunks_mut(per_block) {
+            let mut floats = Vec::with_capacity(group.len() * dims);
+            for e in group.iter() {
+                floats.extend_from_slice(e);
+            }
+            let block = Arc::new(floats);
+            for (i, e) in group.iter_mut().enumerate() {
+                **e = Embedding::view(&block, i * dims, dims);
+            }
+            blocks.push(block);
+        }
+        blocks
     }
 
     /// For a write with an id: the version already written under it if it is the same
@@ -663,7 +720,7 @@ impl Memory {
     fn build(
         &self,
         new: NewMemory,
-        embedded: Option<Vec<f32>>,
+        embedded: Option<Embedding>,
     ) -> Result<MemoryRecord, MemoryError> {
         self.validate(&new, embedded.as_deref())?;
         let importance = clamp_importance(new.importance)?;
@@ -780,10 +837,10 @@ impl Memory {
         }
         let embedding = match (revision.embedding, content_changed) {
             (Some(v), _) => Some(v),
-            (None, true) => {
-                self.embed_text(revision.content.as_deref().unwrap_or_default())
-                    .await?
-            }
+            (None, true) => self
+                .embed_text(revision.content.as_deref().unwrap_or_default())
+                .await?
+                .map(Embedding::from),
             (None, false) => latest.embedding.clone(),
         };
         if let Some(v) = &embedding {

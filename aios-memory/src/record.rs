@@ -1,6 +1,7 @@
 //! Memory records, their provenance and checksums.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use aios_core::{MemoryId, Principal, RunId, TaskId, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,144 @@ impl Provenance {
     }
 }
 
+/// A record's vector: immutable, and shared rather than copied.
+///
+/// The store, the memory's vector index and every record handed out (by a write, a read or a
+/// recall that asks for vectors) can hold the same floats: cloning an embedding costs a
+/// reference count, not a copy (1.5 KB for 384 dimensions). A batch written with
+/// [`Memory::remember_many`](crate::Memory::remember_many) keeps its vectors once, in one
+/// block that the index scans and every record of the batch views.
+///
+/// It reads as a `&[f32]` (it dereferences to one); it is made from a `Vec<f32>` (without
+/// copying it), a slice, an array or an iterator of floats; it serialises as a list of
+/// numbers, as a `Vec<f32>` does.
+///
+/// ```
+/// use aios_memory::Embedding;
+/// let e = Embedding::from(vec![0.6, 0.8]);
+/// let shared = e.clone(); // the same floats, not a copy
+/// assert_eq!(&shared[..], &[0.6, 0.8]);
+/// assert_eq!(e.len(), 2);
+/// assert_eq!(serde_json::to_string(&e).unwrap(), "[0.6,0.8]");
+/// ```
+#[derive(Clone)]
+pub struct Embedding {
+    /// The floats this one is a run of (its own, or a batch's block).
+    buf: Arc<Vec<f32>>,
+    /// Where its run starts in `buf`.
+    start: usize,
+    /// How many floats it has.
+    len: usize,
+}
+
+impl Embedding {
+    /// The floats, as a new vector.
+    pub fn to_vec(&self) -> Vec<f32> {
+        self.as_slice().to_vec()
+    }
+
+    /// The floats.
+    pub fn as_slice(&self) -> &[f32] {
+        self.buf
+            .get(self.start..self.start + self.len)
+            .unwrap_or_default()
+    }
+
+    /// The `len` floats of `block` from `start`: a view, nothing copied (the range lies in
+    /// the block; one that does not reads as empty).
+    pub(crate) fn view(block: &Arc<Vec<f32>>, start: usize, len: usize) -> Self {
+        Self {
+            buf: block.clone(),
+            start,
+            len,
+        }
+    }
+
+    /// Whether it is the view of `block` from `start`.
+    pub(crate) fn views(&self, block: &Arc<Vec<f32>>, start: usize) -> bool {
+        Arc::ptr_eq(&self.buf, block) && self.start == start
+    }
+}
+
+impl std::ops::Deref for Embedding {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[f32]> for Embedding {
+    fn as_ref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Embedding {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl PartialEq<[f32]> for Embedding {
+    fn eq(&self, other: &[f32]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl PartialEq<Vec<f32>> for Embedding {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl From<Vec<f32>> for Embedding {
+    fn from(v: Vec<f32>) -> Self {
+        let len = v.len();
+        Self {
+            buf: Arc::new(v),
+            start: 0,
+            len,
+        }
+    }
+}
+
+impl From<&[f32]> for Embedding {
+    fn from(v: &[f32]) -> Self {
+        Self::from(v.to_vec())
+    }
+}
+
+impl<const N: usize> From<[f32; N]> for Embedding {
+    fn from(v: [f32; N]) -> Self {
+        Self::from(v.to_vec())
+    }
+}
+
+impl FromIterator<f32> for Embedding {
+    fn from_iter<I: IntoIterator<Item = f32>>(iter: I) -> Self {
+        Self::from(iter.into_iter().collect::<Vec<f32>>())
+    }
+}
+
+impl Serialize for Embedding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.as_slice())
+    }
+}
+
+impl<'de> Deserialize<'de> for Embedding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<f32>::deserialize(deserializer).map(Self::from)
+    }
+}
+
 /// The mark of a retracted lineage: the version that carries it hides the record from recall.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
@@ -75,9 +214,10 @@ pub struct MemoryRecord {
     pub kind: MemoryKind,
     /// The text.
     pub content: String,
-    /// The vector, given by the writer or computed by the embedder.
+    /// The vector, given by the writer or computed by the embedder (shared, not copied,
+    /// when the record is cloned).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub embedding: Option<Vec<f32>>,
+    pub embedding: Option<Embedding>,
     /// Filterable metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: Metadata,
@@ -377,7 +517,7 @@ pub struct NewMemory {
     /// The text.
     pub content: String,
     /// A vector; when `None` the memory's embedder (if any) computes it.
-    pub embedding: Option<Vec<f32>>,
+    pub embedding: Option<Embedding>,
     /// Filterable metadata.
     pub metadata: Metadata,
     /// Who wrote it and from what.
@@ -442,8 +582,8 @@ impl NewMemory {
     }
 
     /// Supplies the vector instead of asking the embedder.
-    pub fn embedding(mut self, embedding: Vec<f32>) -> Self {
-        self.embedding = Some(embedding);
+    pub fn embedding(mut self, embedding: impl Into<Embedding>) -> Self {
+        self.embedding = Some(embedding.into());
         self
     }
 
@@ -527,7 +667,7 @@ pub struct Revision {
     /// New text (the embedding is recomputed unless one is given).
     pub content: Option<String>,
     /// New vector.
-    pub embedding: Option<Vec<f32>>,
+    pub embedding: Option<Embedding>,
     /// New tier.
     pub tier: Option<Tier>,
     /// New kind.
@@ -565,8 +705,8 @@ impl Revision {
     }
 
     /// Replaces the vector.
-    pub fn embedding(mut self, embedding: Vec<f32>) -> Self {
-        self.embedding = Some(embedding);
+    pub fn embedding(mut self, embedding: impl Into<Embedding>) -> Self {
+        self.embedding = Some(embedding.into());
         self
     }
 
@@ -642,7 +782,7 @@ mod tests {
             tier: Tier::Project,
             kind: MemoryKind::Fact,
             content: "hello".into(),
-            embedding: Some(vec![0.5, -0.25]),
+            embedding: Some(vec![0.5, -0.25].into()),
             metadata: Metadata::from([("k".to_string(), serde_json::json!(1))]),
             provenance: Provenance::by(Principal::System),
             valid_from: None,
@@ -680,7 +820,7 @@ mod tests {
         let mutations: Vec<Mutation> = vec![
             Box::new(|r| r.content.push('!')),
             Box::new(|r| r.version += 1),
-            Box::new(|r| r.embedding = Some(vec![0.5, -0.26])),
+            Box::new(|r| r.embedding = Some(vec![0.5, -0.26].into())),
             Box::new(|r| r.importance = 0.9),
             Box::new(|r| r.pinned = true),
             Box::new(|r| {

@@ -382,3 +382,197 @@ fn an_invalid_record_in_a_two_thread_batch_writes_nothing() {
         assert_eq!(hits(&two, &q), hits(&one, &q), "{q:?}");
     }
 }
+
+// ---- batches that hold their vectors once ---------------------------------------------
+
+/// The dimensions of the shared-vector tests: a block of 120 KiB holds 80 such rows, so a
+/// batch of 1,000 spans 13 blocks.
+const WIDE: usize = 384;
+
+/// Records without ids (the batches whose vectors are gathered into shared blocks), each
+/// text made unique by its number, with `WIDE`-dimension vectors.
+fn fresh_records(texts: &[String], seed: u64) -> Vec<NewMemory> {
+    let mut rng = SeededRng::new(seed);
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let v: Vec<f32> = (0..WIDE).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            NewMemory::new(
+                Scope::parse(["org/a", "org/b"][i % 2]).unwrap(),
+                Tier::ALL[i % 3],
+                format!("{t} n{i}"),
+                Principal::System,
+            )
+            .embedding(v)
+        })
+        .collect()
+}
+
+fn wide_queries() -> Vec<RecallQuery> {
+    let mut rng = SeededRng::new(78);
+    let mut out = Vec::new();
+    for _ in 0..8 {
+        let v: Vec<f32> = (0..WIDE).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        out.push(
+            RecallQuery::vector(v.clone())
+                .mode(RecallMode::Vector)
+                .k(20),
+        );
+        out.push(
+            RecallQuery::text("paid invoice friday")
+                .with_vector(v)
+                .in_scope(Scope::parse("org/a").unwrap())
+                .k(20),
+        );
+    }
+    out
+}
+
+/// `(content, total score)` of every hit, bit for bit (the ids of records written without
+/// one differ between memories).
+fn content_hits(m: &Memory, q: &RecallQuery) -> Vec<(String, u32)> {
+    block_on(m.recall(q))
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.record.content, h.score.total.to_bits()))
+        .collect()
+}
+
+/// Batches of new records (no ids) hold each vector once: the records returned, the store's
+/// records and the index view the same floats, in blocks, one row after another. They
+/// recall exactly as one `remember` per record does (same hits, same order, same scores), on
+/// one write thread and two, in batches below the sharing size (255) and above it, after
+/// single writes, and after a rebuild from the store; every checksum still verifies and the
+/// floats read back are the ones written.
+#[test]
+fn batches_of_new_records_hold_their_vectors_once_and_recall_like_single_writes() {
+    let texts = texts(2000, 31);
+    let single = open(
+        KeywordOptions::default(),
+        Arc::new(InMemoryMemoryStore::new()),
+    );
+    block_on(async {
+        for r in fresh_records(&texts, 6) {
+            single.remember(r).await.unwrap();
+        }
+    });
+    for threads in [1, 2] {
+        let store = Arc::new(InMemoryMemoryStore::new());
+        let m = open_with(KeywordOptions::default(), store.clone(), threads);
+        let all = fresh_records(&texts, 6);
+        block_on(async {
+            let mut rest = all.clone().into_iter();
+            for r in rest.by_ref().take(5) {
+                m.remember(r).await.unwrap();
+            }
+            for size in [1000, 255, 256, 484] {
+                let batch: Vec<NewMemory> = rest.by_ref().take(size).collect();
+                let written = m.remember_many(batch.clone()).await.unwrap();
+                assert_eq!(written.len(), size);
+                for (i, (w, (new, next))) in written
+                    .iter()
+                    .zip(batch.iter().zip(written.iter().skip(1)))
+                    .enumerate()
+                {
+                    let e = w.embedding.as_ref().unwrap();
+                    assert_eq!(
+                        &e[..],
+                        &new.embedding.as_ref().unwrap()[..],
+                        "the floats written"
+                    );
+                    let stored = store.get(w.id, None).await.unwrap();
+                    let s = stored.embedding.as_ref().unwrap();
+                    if size >= 256 {
+                        assert!(
+                            std::ptr::eq(s.as_ptr(), e.as_ptr()),
+                            "the store's record and the one returned share the vector"
+                        );
+                        // within a block of 80 rows, the next record's row follows this one's
+                        let n = next.embedding.as_ref().unwrap();
+                        if i % 80 != 79 {
+                            assert_eq!(
+                                n.as_ptr() as usize,
+                                e.as_ptr() as usize + WIDE * 4,
+                                "rows {i} and {} of a batch of {size} are adjacent",
+                                i + 1
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        assert_eq!(m.len(), 2000);
+        for q in wide_queries() {
+            let want = content_hits(&single, &q);
+            assert!(!want.is_empty(), "{q:?}");
+            assert_eq!(content_hits(&m, &q), want, "{threads} threads: {q:?}");
+        }
+        assert!(block_on(m.verify()).unwrap().is_intact());
+        let reopened = open(KeywordOptions::default(), store.clone());
+        for q in wide_queries() {
+            assert_eq!(
+                content_hits(&reopened, &q),
+                content_hits(&single, &q),
+                "{q:?}"
+            );
+        }
+    }
+}
+
+/// A store failure part-way through a batch of new records: the ones stored before it are
+/// indexed from their shared blocks (recall equals single writes of just those), the rest
+/// of their blocks is never read, and later writes, single and batched, land after them.
+#[test]
+fn a_store_failure_mid_batch_of_shared_vectors_indexes_what_was_stored() {
+    let texts = texts(700, 41);
+    let faults = Faults::new(FaultPlan::none());
+    let store = Arc::new(FaultyMemoryStore::new(
+        InMemoryMemoryStore::new(),
+        faults.clone(),
+    ));
+    let m = open_with(KeywordOptions::default(), store.clone(), 1);
+    let all = fresh_records(&texts, 8);
+    // a record without an id is one put: call 301 is the put of record 300 (in the fifth
+    // block of 80 rows, part-way)
+    faults.set_plan(FaultPlan::fail_nth(301));
+    let err = block_on(m.remember_many(all.get(..500).unwrap().to_vec())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MemoryError::Batch {
+                index: 300,
+                written: 300,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    faults.set_plan(FaultPlan::none());
+    assert_eq!(m.len(), 300);
+    block_on(async {
+        m.remember(all.get(500).unwrap().clone()).await.unwrap();
+        m.remember_many(all.get(501..).unwrap().to_vec())
+            .await
+            .unwrap();
+    });
+    let reference = open(
+        KeywordOptions::default(),
+        Arc::new(InMemoryMemoryStore::new()),
+    );
+    block_on(async {
+        for r in all
+            .get(..300)
+            .unwrap()
+            .iter()
+            .chain(all.get(500..).unwrap())
+        {
+            reference.remember(r.clone()).await.unwrap();
+        }
+    });
+    assert_eq!(m.len(), 500);
+    for q in wide_queries() {
+        assert_eq!(content_hits(&m, &q), content_hits(&reference, &q), "{q:?}");
+    }
+    assert!(block_on(m.verify()).unwrap().is_intact());
+}

@@ -168,11 +168,15 @@ proptest! {
 
 // ---- the brute-force reference -------------------------------------------------------
 
-/// Unit length, computed as the index does (for fewer than 16 dimensions its dot product is
-/// the plain left-to-right sum), so similarities agree to the bit.
+/// The inverse of the norm, computed as the index does (for fewer than 16 dimensions its
+/// dot product is the plain left-to-right sum), so similarities agree to the bit.
+fn inverse_norm(v: &[f32]) -> f32 {
+    1.0 / v.iter().fold(0f32, |a, x| a + x * x).sqrt()
+}
+
+/// Unit length, computed as the index does for a query.
 fn unit(v: &[f32]) -> Vec<f32> {
-    let n = v.iter().fold(0f32, |a, x| a + x * x).sqrt();
-    let inv = 1.0 / n;
+    let inv = inverse_norm(v);
     v.iter().map(|x| x * inv).collect()
 }
 
@@ -238,7 +242,12 @@ fn reference(l: &Loaded, text: &str, vector: &[f32]) -> Vec<Ref> {
             let age = (now - since).max(0) as f64 / 1e6;
             Ref {
                 row,
-                sim: dot(&unit(r.embedding.as_ref().unwrap()), &q),
+                // the index keeps rows as written: the cosine is the dot product with the
+                // unit query times the row's inverse norm
+                sim: {
+                    let v = r.embedding.as_deref().unwrap();
+                    dot(v, &q) * inverse_norm(v)
+                },
                 bm25,
                 recency: w.recency * 0.5f64.powf(age / half_life) as f32,
                 importance: w.importance * r.importance,

@@ -104,7 +104,7 @@ pub fn run(config: &Config) -> Vec<Measurement> {
     let mut out = Vec::new();
 
     // MEM-WRITE: through `remember_many` in batches of 1,000 (the batch write API, which
-    // indexes each batch together), the same with two write threads, and one `remember`
+    // indexes each batch together and holds each batch's vectors once), the same with two write threads, and one `remember`
     // per record
     let n_write = config.pick(200_000, 1_000_000);
     for (label, batch, threads) in [

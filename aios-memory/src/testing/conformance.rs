@@ -28,7 +28,7 @@ pub fn sample_record(
         tier: Tier::Project,
         kind: MemoryKind::Fact,
         content: content.to_owned(),
-        embedding: Some(vec![version as f32, 0.5, -1.25, 3.0e-7]),
+        embedding: Some(vec![version as f32, 0.5, -1.25, 3.0e-7].into()),
         metadata: Metadata::from([("n".to_string(), serde_json::json!(version))]),
         provenance: Provenance::by(Principal::System),
         valid_from: None,

@@ -18,6 +18,8 @@
 
 use std::sync::Arc;
 
+use crate::index::unit_scale;
+
 /// Where a chunk's floats live.
 #[derive(Debug)]
 enum Buf {
@@ -134,7 +136,7 @@ impl Matrix {
             self.parts.push(Part::Own(c));
             self.starts.push(self.rows);
         }
-        self.inverse.push(inverse_norm(v));
+        self.inverse.push(unit_scale(v));
         self.rows += 1;
     }
 
@@ -151,7 +153,7 @@ impl Matrix {
                 .get(..floats)
                 .unwrap_or_default()
                 .chunks_exact(dims)
-                .map(inverse_norm),
+                .map(unit_scale),
         );
         self.parts.push(Part::Shared { block, floats });
         self.starts.push(self.rows);
@@ -181,25 +183,18 @@ impl Matrix {
     /// The parts in slot order: each one's rows (as written, one after the other) and their
     /// inverse norms.
     pub fn parts(&self) -> impl Iterator<Item = (&[f32], &[f32])> {
-        self.parts.iter().zip(&self.starts).map(|(p, &start)| {
-            let rows = self.starts_end(start);
-            (
-                p.as_slice(),
-                self.inverse.get(start..rows).unwrap_or_default(),
-            )
-        })
+        // a part's rows end where the next part's start (the last's at `rows`)
+        let ends = self.starts.iter().skip(1).copied().chain([self.rows]);
+        self.parts
+            .iter()
+            .zip(self.starts.iter().zip(ends))
+            .map(|(p, (&start, end))| {
+                (
+                    p.as_slice(),
+                    self.inverse.get(start..end).unwrap_or_default(),
+                )
+            })
     }
-
-    /// The row after the last of the part starting at `start`.
-    fn starts_end(&self, start: usize) -> usize {
-        let next = self.starts.partition_point(|&s| s <= start);
-        self.starts.get(next).copied().unwrap_or(self.rows)
-    }
-}
-
-/// The factor that scales `v` to unit length (1 for a zero or non-finite norm).
-fn inverse_norm(v: &[f32]) -> f32 {
-    crate::index::unit_scale(v)
 }
 
 /// An anonymous mapping for `floats` floats, advised to use huge pages (Linux only: elsewhere

@@ -627,21 +627,16 @@ impl Memory {
             return Vec::new();
         };
         let takes = |e: &Embedding| e.len() == dims;
-        let count = planned
-            .iter()
-            .flatten()
-            .filter(|r| r.embedding.as_ref().is_some_and(takes))
-            .count();
-        if count < SHARE_MIN {
-            return Vec::new();
-        }
-        let per_block = (BLOCK_BYTES / (dims * std::mem::size_of::<f32>())).max(1);
         let mut taking: Vec<&mut Embedding> = planned
             .iter_mut()
             .flatten()
             .filter_map(|r| r.embedding.as_mut().filter(|e| takes(e)))
             .collect();
-        let mut blocks = Vec::with_capacity(count.div_ceil(per_block));
+        if taking.len() < SHARE_MIN {
+            return Vec::new();
+        }
+        let per_block = (BLOCK_BYTES / (dims * std::mem::size_of::<f32>())).max(1);
+        let mut blocks = Vec::with_capacity(taking.len().div_ceil(per_block));
         for group in taking.chunks_mut(per_block) {
             let mut floats = Vec::with_capacity(group.len() * dims);
             for e in group.iter() {
